@@ -1,0 +1,36 @@
+# citygate: `make demo` serves the embedded demo city; `make test` runs every check.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install services services-stop lint typecheck test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "[make] creating $(VENV) and installing citygate with its dev dependencies"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+services: install
+	$(BIN)/python -m tools.services start
+
+services-stop:
+	$(BIN)/python -m tools.services stop
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install services lint typecheck
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

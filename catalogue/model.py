@@ -1,0 +1,85 @@
+"""The catalogue: what departments exist, what tables they own, and each column's type and class.
+
+Engines produce a :class:`Catalogue` by introspection; configuration adds what a store cannot
+say about itself (display names, sharing classes, relationships).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from catalogue.types import LogicalType
+
+
+class SharingClass(StrEnum):
+    """The five sharing classes of the city's resource catalogue."""
+
+    PUBLISHED = "published"  # 发布
+    SHARED = "shared"  # 共享
+    EXCHANGE = "exchange"  # 交换
+    REPORTED = "reported"  # 上报
+    CONFIDENTIAL = "confidential"  # 保密
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: LogicalType
+    nullable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    department: str
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.department}.{self.name}"
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(f"{self.qualified_name} has no column {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Department:
+    name: str
+    tables: tuple[Table, ...] = ()
+    display_name: str = ""
+
+    def table(self, name: str) -> Table:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(f"department {self.name!r} has no table {name!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    departments: tuple[Department, ...] = field(default_factory=tuple)
+
+    def department(self, name: str) -> Department:
+        for department in self.departments:
+            if department.name == name:
+                return department
+        raise KeyError(f"no department {name!r}")
+
+    def table(self, department: str, name: str) -> Table:
+        return self.department(department).table(name)
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        return tuple(t for d in self.departments for t in d.tables)
+
+    def describe(self) -> dict[str, dict[str, dict[str, str]]]:
+        """A plain, comparable summary: department -> table -> column -> logical type."""
+        return {
+            d.name: {t.name: {c.name: str(c.type) for c in t.columns} for t in d.tables}
+            for d in self.departments
+        }

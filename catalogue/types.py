@@ -1,0 +1,89 @@
+"""Logical column types: the few kinds that keep their meaning across every engine and store.
+
+Engines name types differently (Trino's ``varchar(64)``, DuckDB's ``VARCHAR``, SQLite's
+declared ``DECIMAL(10, 2)``); introspection normalises each to a :class:`LogicalType` so the
+same table looks the same whichever engine reads it.
+
+>>> logical_type("varchar(64)")
+LogicalType(kind='string', precision=None, scale=None)
+>>> str(logical_type("DECIMAL(10, 2)"))
+'decimal(10,2)'
+>>> str(logical_type("timestamp(3)"))
+'timestamp'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+Kind = Literal["string", "boolean", "integer", "bigint", "double", "decimal", "date", "timestamp"]
+
+_KINDS: dict[exp.DataType.Type, Kind] = {}
+for _kind, _members in {
+    "string": ("VARCHAR", "NVARCHAR", "CHAR", "NCHAR", "TEXT", "BPCHAR", "NAME", "MEDIUMTEXT", "LONGTEXT", "TINYTEXT"),
+    "boolean": ("BOOLEAN",),
+    "integer": ("INT", "SMALLINT", "TINYINT", "MEDIUMINT", "UTINYINT", "USMALLINT"),
+    "bigint": ("BIGINT", "UINT", "UBIGINT"),
+    "double": ("DOUBLE", "FLOAT"),
+    "decimal": ("DECIMAL",),
+    "date": ("DATE",),
+    "timestamp": ("TIMESTAMP", "DATETIME", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME64"),
+}.items():
+    for _member in _members:
+        if hasattr(exp.DataType.Type, _member):
+            _KINDS[exp.DataType.Type[_member]] = _kind  # type: ignore[assignment]
+
+
+class UnknownTypeError(ValueError):
+    """A store or engine reported a type that citygate does not serve."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalType:
+    kind: Kind
+    precision: int | None = None
+    scale: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind == "decimal":
+            return f"decimal({self.precision},{self.scale})"
+        return self.kind
+
+    def to_sqlglot(self) -> exp.DataType:
+        """The sqlglot type, for casts and DDL.
+
+        >>> LogicalType("decimal", 10, 2).to_sqlglot().sql("trino")
+        'DECIMAL(10, 2)'
+        """
+        if self.kind == "decimal":
+            return exp.DataType.build(f"DECIMAL({self.precision}, {self.scale})")
+        name = {"string": "VARCHAR", "integer": "INT"}.get(self.kind, self.kind.upper())
+        return exp.DataType.build(name)
+
+
+def logical_type(name: str, dialect: str | None = None) -> LogicalType:
+    """Normalise a type name as an engine or store spells it.
+
+    ``tinyint(1)`` is MariaDB's spelling of BOOLEAN, so it is read as one.
+    """
+    cleaned = name.strip()
+    if cleaned.lower().replace(" ", "") in {"tinyint(1)", "bit(1)"}:
+        return LogicalType("boolean")
+    try:
+        built = exp.DataType.build(cleaned, dialect=dialect)
+    except (ParseError, ValueError) as error:
+        raise UnknownTypeError(f"unsupported column type {name!r}") from error
+    kind = _KINDS.get(built.this)
+    if kind is None:
+        raise UnknownTypeError(f"unsupported column type {name!r}")
+    if kind == "decimal":
+        params = [int(p.name) for p in built.expressions]
+        precision, scale = (params + [38, 0])[:2] if params else (38, 0)
+        if len(params) == 1:
+            scale = 0
+        return LogicalType("decimal", precision, scale)
+    return LogicalType(kind)

@@ -1,0 +1,140 @@
+"""One engine interface: run a sqlglot tree, read the catalogue, report health.
+
+The compiler addresses tables logically, as ``department.table`` (an ``exp.Table`` whose ``db``
+is the department and which has no catalog). Each engine relocates those references to where
+it reads the table (:meth:`Engine.locate`) and renders SQL text once, with sqlglot, in its own
+dialect. Engines hold no policy logic.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+
+from catalogue.model import Catalogue, Department
+from gateway.config import Config
+from gateway.errors import CitygateError
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    columns: tuple[str, ...]
+    types: tuple[str, ...]  # the engine's own type names
+    rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    engine: str
+    ok: bool
+    departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
+    latency_ms: float = 0.0
+
+
+def logical_table(department: str, table: str) -> exp.Table:
+    """The compiler's reference to a department's table.
+
+    >>> logical_table("health", "clinic_visits").sql()
+    'health.clinic_visits'
+    """
+    return exp.Table(this=exp.to_identifier(table), db=exp.to_identifier(department))
+
+
+def departments_in(tree: exp.Expression) -> list[str]:
+    """The departments a tree reads, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for table in tree.find_all(exp.Table):
+        if table.db and not table.catalog:
+            seen.setdefault(table.db, None)
+    return list(seen)
+
+
+class Engine(ABC):
+    """A query engine over every configured department."""
+
+    name: str
+    dialect: str
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abstractmethod
+    def physical_table(self, department: str, table: str) -> exp.Table:
+        """Where this engine reads ``department.table``."""
+
+    def locate(self, tree: exp.Expression) -> exp.Expression:
+        """Copy ``tree`` with every logical table reference replaced by its physical one."""
+        unknown = [d for d in departments_in(tree) if d not in self.config.departments]
+        if unknown:
+            raise CitygateError(f"unknown department {unknown[0]!r}")
+
+        def relocate(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Table) and node.db and not node.catalog:
+                physical = self.physical_table(node.db, node.name)
+                alias = node.args.get("alias")
+                if alias is not None:
+                    physical.set("alias", alias.copy())
+                return physical
+            return node
+
+        return tree.transform(relocate)
+
+    def sql(self, tree: exp.Expression) -> str:
+        """The text this engine runs for ``tree``: the only place SQL text is produced."""
+        return self.locate(tree).sql(dialect=self.dialect)
+
+    @abstractmethod
+    def execute(self, tree: exp.Expression) -> Result:
+        """Run a logical tree and return all rows."""
+
+    @abstractmethod
+    def introspect_department(self, department: str) -> Department:
+        """Tables, columns and logical types of one department, as this engine sees them."""
+
+    def introspect(self, departments: Iterable[str] | None = None) -> Catalogue:
+        names = list(departments) if departments is not None else list(self.config.departments)
+        return Catalogue(tuple(self.introspect_department(name) for name in names))
+
+    def health(self) -> Health:
+        """Whether the engine answers, and each department's store with it."""
+        started = time.perf_counter()
+        states: dict[str, str] = {}
+        try:
+            self.ping()
+        except CitygateError as error:
+            return Health(self.name, False, {}, (time.perf_counter() - started) * 1000)
+        for department in self.config.departments:
+            try:
+                self.ping_department(department)
+                states[department] = "ok"
+            except CitygateError as error:
+                states[department] = error.message
+        ok = all(state == "ok" for state in states.values())
+        return Health(self.name, ok, states, (time.perf_counter() - started) * 1000)
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`EngineUnavailableError` unless the engine answers a trivial query."""
+
+    def ping_department(self, department: str) -> None:
+        """Raise :class:`StoreUnavailableError` unless ``department``'s store answers."""
+        self.introspect_department(department)
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need not override
+        """Release connections."""
+
+
+def create_engine(config: Config) -> Engine:
+    """The engine the configuration names."""
+    if config.engine.kind == "trino":
+        from connectors.trino import TrinoEngine
+
+        return TrinoEngine(config)
+    from connectors.embedded import EmbeddedEngine
+
+    return EmbeddedEngine(config)

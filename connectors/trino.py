@@ -1,0 +1,275 @@
+"""The Trino engine: one Trino catalog per department, reached with the trino client.
+
+Trino fans a statement out to each department's own store and joins across them. This module
+only says how to address a table, how to run a tree and how to read a catalog's columns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+import trino
+from sqlglot import exp
+from trino.exceptions import TrinoExternalError, TrinoQueryError, TrinoUserError
+
+from catalogue.model import Column, Department, Table
+from catalogue.types import logical_type
+from connectors.base import Engine, Result, departments_in
+from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
+from gateway.errors import (
+    CitygateError,
+    ConfigError,
+    EngineQueryError,
+    EngineUnavailableError,
+    StoreUnavailableError,
+)
+from connectors.stores import describe_store_failure
+
+
+def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, str]]:
+    """The Trino connector and properties that serve ``department``'s store.
+
+    >>> from gateway.config import PostgresStore
+    >>> catalog_properties("health", PostgresStore(kind="postgresql", database="health", user="u"))[1]["connection-url"]
+    'jdbc:postgresql://127.0.0.1:5432/health'
+    """
+    if isinstance(store, PostgresStore):
+        url = f"jdbc:postgresql://{store.host}:{store.port}/{store.database}"
+        return "postgresql", {"connection-url": url, "connection-user": store.user, "connection-password": store.password}
+    if isinstance(store, MariadbStore):
+        # The MariaDB connector takes no database in the URL: each database is a schema.
+        url = f"jdbc:mariadb://{store.host}:{store.port}"
+        return "mariadb", {"connection-url": url, "connection-user": store.user, "connection-password": store.password}
+    raise ConfigError(
+        f"department {department}: Trino has no connector for store kind {store.kind!r} "
+        f"(serve SQLite departments with engine kind 'embedded')"
+    )
+
+
+def write_catalog_files(config: Config, out: Path) -> list[Path]:
+    """Write one ``<catalog>.properties`` per department; return the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, department in config.departments.items():
+        connector, properties = catalog_properties(name, department.store)
+        path = out / f"{config.catalog_of(name)}.properties"
+        lines = [f"connector.name={connector}", *(f"{k}={_escape_property(v)}" for k, v in properties.items())]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        path.chmod(0o600)  # it holds the store's password
+        written.append(path)
+    return written
+
+
+def _escape_property(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _schema_of(store: Store) -> str:
+    if isinstance(store, PostgresStore):
+        return store.schema_
+    if isinstance(store, MariadbStore):
+        return store.database
+    return "main"
+
+
+class TrinoEngine(Engine):
+    name = "trino"
+    dialect = "trino"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.settings = config.engine.trino
+        self._local = threading.local()
+        self.statements = 0  # statements sent; tests count round trips with it
+        self._catalogs_checked = False
+        self._catalog_lock = threading.Lock()
+
+    # -- addressing ---------------------------------------------------------------------------
+
+    def physical_table(self, department: str, table: str) -> exp.Table:
+        store = self.config.departments[department].store
+        return exp.Table(
+            this=exp.to_identifier(table, quoted=True),
+            db=exp.to_identifier(_schema_of(store), quoted=True),
+            catalog=exp.to_identifier(self.config.catalog_of(department), quoted=True),
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.http_scheme}://{self.settings.host}:{self.settings.port}"
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = trino.dbapi.connect(
+                host=self.settings.host,
+                port=self.settings.port,
+                user=self.settings.user,
+                http_scheme=self.settings.http_scheme,
+                request_timeout=self.settings.request_timeout,
+                max_attempts=1,
+                source="citygate",
+            )
+            self._local.conn = conn
+        return conn
+
+    def execute(self, tree: exp.Expression) -> Result:
+        touched = departments_in(tree)
+        if self.settings.create_missing_catalogs and not self._catalogs_checked:
+            self.ensure_catalogs()
+        return self._run(self.sql(tree), touched)
+
+    def _run(self, sql: str, touched: list[str]) -> Result:
+        with self._errors(touched):
+            cursor = self._connection().cursor()
+            self.statements += 1
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+            description = cursor.description or []
+        return Result(
+            columns=tuple(d[0] for d in description),
+            types=tuple(str(d[1]) for d in description),
+            rows=[tuple(r) for r in rows],
+        )
+
+    @contextmanager
+    def _errors(self, touched: list[str]) -> Iterator[None]:
+        try:
+            yield
+        except requests.exceptions.RequestException as error:
+            raise EngineUnavailableError(
+                f"Trino at {self.address} is unreachable (check engine.trino.host and engine.trino.port, "
+                f"or start it with `make services`)",
+                detail=str(error),
+            ) from None
+        except TrinoExternalError as error:
+            raise self._store_failure(touched, error) from None
+        except TrinoUserError as error:
+            raise self._user_failure(touched, error) from None
+        except TrinoQueryError as error:
+            raise EngineQueryError("Trino could not run the query", detail=str(error)) from None
+        except trino.exceptions.TrinoConnectionError as error:  # type: ignore[misc]
+            raise EngineUnavailableError(f"Trino at {self.address} is unreachable", detail=str(error)) from None
+
+    def _department_in(self, touched: list[str], text: str) -> str | None:
+        """The department a Trino message is about: named catalog, else the only one touched."""
+        for department in touched or list(self.config.departments):
+            catalog = self.config.catalog_of(department)
+            if f"'{catalog}'" in text or f"catalog {catalog}" in text or f"{catalog}." in text:
+                return department
+        return touched[0] if len(touched) == 1 else None
+
+    def _store_failure(self, touched: list[str], error: TrinoQueryError) -> CitygateError:
+        text = f"{error.error_name}: {error.message}"
+        department = self._department_in(touched, text)
+        if department is None:
+            names = ", ".join(touched) or "unknown"
+            return StoreUnavailableError(names, f"a department's store did not answer ({names})", detail=text)
+        return describe_store_failure(department, self.config.departments[department].store, text)
+
+    def _user_failure(self, touched: list[str], error: TrinoQueryError) -> CitygateError:
+        text = f"{error.error_name}: {error.message}"
+        if error.error_name == "CATALOG_NOT_FOUND":
+            department = self._department_in(touched, text) or "unknown"
+            return StoreUnavailableError(
+                department,
+                f"department {department}: Trino at {self.address} has no catalog "
+                f"{self.config.catalog_of(department) if department in self.config.departments else ''!r} "
+                f"(write it with `citygate trino-catalogs`, or set engine.trino.create_missing_catalogs)",
+                detail=text,
+            )
+        if error.error_name == "CATALOG_UNAVAILABLE":
+            department = self._department_in(touched, text) or "unknown"
+            return StoreUnavailableError(
+                department,
+                f"department {department}: Trino could not start catalog "
+                f"{self.config.catalog_of(department) if department in self.config.departments else ''!r} "
+                f"(check its catalog properties and Trino's server log)",
+                detail=text,
+            )
+        if error.error_name in ("SCHEMA_NOT_FOUND", "TABLE_NOT_FOUND"):
+            department = self._department_in(touched, text) or "unknown"
+            return StoreUnavailableError(
+                department, f"department {department}: a table or schema the query needs is missing from its store",
+                detail=text,
+            )
+        return EngineQueryError("Trino refused the query", detail=text)
+
+    # -- catalogs -----------------------------------------------------------------------------
+
+    def catalogs(self) -> set[str]:
+        result = self._run("SHOW CATALOGS", [])
+        return {row[0] for row in result.rows}
+
+    def ensure_catalogs(self) -> list[str]:
+        """Register each department's catalog that Trino lacks (needs catalog.management=dynamic)."""
+        with self._catalog_lock:
+            present = self.catalogs()
+            created = []
+            for name, department in self.config.departments.items():
+                catalog = self.config.catalog_of(name)
+                if catalog in present:
+                    continue
+                connector, properties = catalog_properties(name, department.store)
+                with_clause = ", ".join(
+                    f"{exp.to_identifier(k, quoted=True).sql('trino')} = {exp.Literal.string(v).sql('trino')}"
+                    for k, v in properties.items()
+                )
+                statement = exp.Command(
+                    this="CREATE",
+                    expression=exp.Literal.string(
+                        f"CATALOG {exp.to_identifier(catalog, quoted=True).sql('trino')} "
+                        f"USING {exp.to_identifier(connector).sql('trino')} WITH ({with_clause})"
+                    ),
+                )
+                self._run(f"{statement.this} {statement.expression.name}", [name])
+                created.append(catalog)
+            self._catalogs_checked = True
+            return created
+
+    # -- catalogue ----------------------------------------------------------------------------
+
+    def introspect_department(self, department: str) -> Department:
+        spec = self.config.departments[department]
+        store = spec.store
+        if isinstance(store, SqliteStore):
+            catalog_properties(department, store)  # raises the clear error
+        catalog = self.config.catalog_of(department)
+        columns = exp.Table(
+            this=exp.to_identifier("columns"),
+            db=exp.to_identifier("information_schema"),
+            catalog=exp.to_identifier(catalog, quoted=True),
+        )
+        query = (
+            exp.select("table_name", "column_name", "data_type", "is_nullable")
+            .from_(columns)
+            .where(exp.column("table_schema").eq(exp.Literal.string(_schema_of(store))))
+            .order_by("table_name", "ordinal_position")
+        )
+        result = self._run(query.sql(dialect=self.dialect), [department])
+        tables: dict[str, list[Column]] = {}
+        for table_name, column_name, data_type, nullable in result.rows:
+            tables.setdefault(table_name, []).append(
+                Column(column_name, logical_type(data_type, "trino"), nullable == "YES")
+            )
+        return Department(
+            name=department,
+            display_name=spec.display_name,
+            tables=tuple(Table(department, name, tuple(cols)) for name, cols in sorted(tables.items())),
+        )
+
+    def ping(self) -> None:
+        started = time.monotonic()
+        self._run("SELECT 1", [])
+        self.last_ping_ms = (time.monotonic() - started) * 1000
+
+    def close(self) -> None:
+        self._local = threading.local()

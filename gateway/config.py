@@ -1,0 +1,220 @@
+"""The deployment configuration: one YAML file, validated by a typed model.
+
+A file names the engine and every department with its own store. String values may take
+secrets from the environment as ``${NAME}`` or ``${NAME:-default}``. Every error names the
+file, the key and what is allowed:
+
+    configs/x.yaml: departments.health.store.kind: 'oracle' is not one of 'sqlite', 'postgresql', 'mariadb'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqliteStore(_Model):
+    kind: Literal["sqlite"]
+    path: Path
+
+
+class PostgresStore(_Model):
+    kind: Literal["postgresql"]
+    host: str = "127.0.0.1"
+    port: int = Field(5432, ge=1, le=65535)
+    database: str
+    schema_: str = Field("public", alias="schema")
+    user: str
+    password: str = ""
+
+
+class MariadbStore(_Model):
+    kind: Literal["mariadb"]
+    host: str = "127.0.0.1"
+    port: int = Field(3306, ge=1, le=65535)
+    database: str
+    user: str
+    password: str = ""
+
+
+Store = Annotated[SqliteStore | PostgresStore | MariadbStore, Field(discriminator="kind")]
+STORE_KINDS = ("sqlite", "postgresql", "mariadb")
+
+
+class DepartmentConfig(_Model):
+    display_name: str = ""
+    owner: str = ""
+    store: Store
+    trino_catalog: str | None = Field(None, pattern=NAME_PATTERN)
+
+
+class TrinoSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    user: str = "citygate"
+    http_scheme: Literal["http", "https"] = "http"
+    # Register missing department catalogs with CREATE CATALOG (needs Trino's
+    # catalog.management=dynamic) instead of expecting catalog files.
+    create_missing_catalogs: bool = False
+    request_timeout: float = Field(30.0, gt=0)
+
+
+class EmbeddedSettings(_Model):
+    # Where the DuckDB scanner extensions are laid out; default: the user's cache directory.
+    extension_dir: Path | None = None
+    threads: int | None = Field(None, ge=1)
+
+
+class EngineConfig(_Model):
+    kind: Literal["trino", "embedded"] = "embedded"
+    trino: TrinoSettings = TrinoSettings()
+    embedded: EmbeddedSettings = EmbeddedSettings()
+
+
+class Config(_Model):
+    engine: EngineConfig = EngineConfig()
+    departments: dict[str, DepartmentConfig]
+    source: Path | None = Field(None, exclude=True)
+
+    @field_validator("departments")
+    @classmethod
+    def _department_names(cls, value: dict[str, DepartmentConfig]) -> dict[str, DepartmentConfig]:
+        if not value:
+            raise ValueError("at least one department is required")
+        for name in value:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"department name {name!r} must match {NAME_PATTERN} (lower case, digits, _)")
+        return value
+
+    def catalog_of(self, department: str) -> str:
+        """The Trino catalog that serves ``department`` (its own name unless configured)."""
+        return self.departments[department].trino_catalog or department
+
+    def with_engine(self, kind: Literal["trino", "embedded"]) -> Config:
+        return self.model_copy(update={"engine": self.engine.model_copy(update={"kind": kind})})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, expand and validate a configuration file, or raise :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys 'engine' and 'departments'")
+    expanded = _expand_env(raw, path, ())
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as error:
+        raise ConfigError(_describe(path, error)) from None
+    return _resolve_paths(config.model_copy(update={"source": path}), path.parent)
+
+
+def _expand_env(value: Any, path: Path, key: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, path, (*key, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, path, (*key, str(i))) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: {'.'.join(key)}: environment variable {name} is not set "
+                          f"(set it, or write ${{{name}:-default}})")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    departments = {}
+    for name, department in config.departments.items():
+        store = department.store
+        if isinstance(store, SqliteStore) and not store.path.is_absolute():
+            store = store.model_copy(update={"path": (base / store.path).resolve()})
+        departments[name] = department.model_copy(update={"store": store})
+    return config.model_copy(update={"departments": departments})
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"] if not _is_union_tag(p))
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(item["loc"][:-1])
+            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            message = f"'kind' must be one of {', '.join(repr(k) for k in STORE_KINDS)}"
+            if kind == "union_tag_invalid":
+                message = f"{item['input'].get('kind')!r} is not one of {', '.join(repr(k) for k in STORE_KINDS)}"
+                loc = f"{loc}.kind"
+        elif kind == "literal_error":
+            message = f"{item['input']!r} is not allowed; expected {item['ctx']['expected']}"
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            message = message[0].lower() + message[1:]
+            if "input" in item and not isinstance(item["input"], (dict, list)) and "password" not in loc:
+                message += f" (got {item['input']!r})"
+        lines.append(f"{path}: {loc or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: object) -> bool:
+    return isinstance(part, str) and part in STORE_KINDS
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Walk the model along ``loc`` to list the keys allowed where an unknown one was found."""
+    model: Any = Config
+    for part in loc:
+        if part in _STORE_MODELS:
+            model = _STORE_MODELS[part]
+        elif model is Config and part == "departments":
+            model = "each department"
+        elif model == "each department":
+            model = DepartmentConfig
+        elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = model.model_fields[part].annotation
+        else:
+            return []
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return []
+    return [f.alias or name for name, f in model.model_fields.items() if name != "source"]
+
+
+_STORE_MODELS: dict[str, type[BaseModel]] = {
+    "sqlite": SqliteStore,
+    "postgresql": PostgresStore,
+    "mariadb": MariadbStore,
+}

@@ -1,0 +1,45 @@
+"""One error hierarchy for citygate.
+
+Code inside raises these; the edges (CLI, HTTP) turn them into a message and an exit status or
+a GraphQL error. ``message`` is safe to show a client: it says what went wrong and what to
+check, and never carries SQL, stack traces or credentials. ``detail`` is for the operator's log.
+"""
+
+from __future__ import annotations
+
+
+class CitygateError(Exception):
+    code = "INTERNAL"
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class ConfigError(CitygateError):
+    """A configuration file is missing, malformed or invalid; the message names file and key."""
+
+    code = "BAD_CONFIG"
+
+
+class StoreUnavailableError(CitygateError):
+    """A department's own store did not answer or refused the gateway."""
+
+    code = "DEPARTMENT_UNAVAILABLE"
+
+    def __init__(self, department: str, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.department = department
+
+
+class EngineUnavailableError(CitygateError):
+    """The query engine itself (Trino, or the embedded engine's set-up) cannot be reached."""
+
+    code = "ENGINE_UNAVAILABLE"
+
+
+class EngineQueryError(CitygateError):
+    """The engine refused a statement for a reason other than a store being down."""
+
+    code = "ENGINE_ERROR"

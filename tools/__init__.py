@@ -1,0 +1,1 @@
+"""Developer tooling: local services for tests, benchmarks and the demo on Trino."""
