@@ -217,22 +217,62 @@ TABLES = (
 )
 
 RELATIONSHIPS = (
-    RelationshipSpec(("health", "clinic_visits", "id_card"), "resident",
-                     ("public_security", "residents", "id_card"), "clinic_visits", "array"),
-    RelationshipSpec(("health", "health_records", "id_card"), "resident",
-                     ("public_security", "residents", "id_card"), "health_record", "object"),
-    RelationshipSpec(("market_regulation", "enterprises", "legal_rep_id_card"), "legal_representative",
-                     ("public_security", "residents", "id_card"), "enterprises_represented", "array"),
-    RelationshipSpec(("environment", "monitored_sites", "credit_code"), "enterprise",
-                     ("market_regulation", "enterprises", "credit_code"), "monitored_sites", "array"),
-    RelationshipSpec(("environment", "emission_readings", "site_id"), "site",
-                     ("environment", "monitored_sites", "site_id"), "readings", "array"),
-    RelationshipSpec(("transport", "vehicles", "owner_credit_code"), "owner",
-                     ("market_regulation", "enterprises", "credit_code"), "vehicles", "array"),
-    RelationshipSpec(("human_resources", "social_insurance", "id_card"), "resident",
-                     ("public_security", "residents", "id_card"), "social_insurance", "array"),
-    RelationshipSpec(("human_resources", "social_insurance", "employer_credit_code"), "employer",
-                     ("market_regulation", "enterprises", "credit_code"), "insured_employees", "array"),
+    RelationshipSpec(
+        ("health", "clinic_visits", "id_card"),
+        "resident",
+        ("public_security", "residents", "id_card"),
+        "clinic_visits",
+        "array",
+    ),
+    RelationshipSpec(
+        ("health", "health_records", "id_card"),
+        "resident",
+        ("public_security", "residents", "id_card"),
+        "health_record",
+        "object",
+    ),
+    RelationshipSpec(
+        ("market_regulation", "enterprises", "legal_rep_id_card"),
+        "legal_representative",
+        ("public_security", "residents", "id_card"),
+        "enterprises_represented",
+        "array",
+    ),
+    RelationshipSpec(
+        ("environment", "monitored_sites", "credit_code"),
+        "enterprise",
+        ("market_regulation", "enterprises", "credit_code"),
+        "monitored_sites",
+        "array",
+    ),
+    RelationshipSpec(
+        ("environment", "emission_readings", "site_id"),
+        "site",
+        ("environment", "monitored_sites", "site_id"),
+        "readings",
+        "array",
+    ),
+    RelationshipSpec(
+        ("transport", "vehicles", "owner_credit_code"),
+        "owner",
+        ("market_regulation", "enterprises", "credit_code"),
+        "vehicles",
+        "array",
+    ),
+    RelationshipSpec(
+        ("human_resources", "social_insurance", "id_card"),
+        "resident",
+        ("public_security", "residents", "id_card"),
+        "social_insurance",
+        "array",
+    ),
+    RelationshipSpec(
+        ("human_resources", "social_insurance", "employer_credit_code"),
+        "employer",
+        ("market_regulation", "enterprises", "credit_code"),
+        "insured_employees",
+        "array",
+    ),
 )
 
 

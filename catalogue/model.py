@@ -79,7 +79,4 @@ class Catalogue:
 
     def describe(self) -> dict[str, dict[str, dict[str, str]]]:
         """A plain, comparable summary: department -> table -> column -> logical type."""
-        return {
-            d.name: {t.name: {c.name: str(c.type) for c in t.columns} for t in d.tables}
-            for d in self.departments
-        }
+        return {d.name: {t.name: {c.name: str(c.type) for c in t.columns} for t in d.tables} for d in self.departments}

@@ -15,14 +15,14 @@ LogicalType(kind='string', precision=None, scale=None)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
 Kind = Literal["string", "boolean", "integer", "bigint", "double", "decimal", "date", "timestamp"]
 
-_KINDS: dict[exp.DataType.Type, Kind] = {}
+_KINDS: dict[Any, Kind] = {}  # sqlglot type enum member -> logical kind
 for _kind, _members in {
     "string": ("VARCHAR", "NVARCHAR", "CHAR", "NCHAR", "TEXT", "BPCHAR", "NAME", "MEDIUMTEXT", "LONGTEXT", "TINYTEXT"),
     "boolean": ("BOOLEAN",),
@@ -31,7 +31,7 @@ for _kind, _members in {
     "double": ("DOUBLE", "FLOAT"),
     "decimal": ("DECIMAL",),
     "date": ("DATE",),
-    "timestamp": ("TIMESTAMP", "DATETIME", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME64"),
+    "timestamp": ("TIMESTAMP", "TIMESTAMPNTZ", "DATETIME", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATETIME64"),
 }.items():
     for _member in _members:
         if hasattr(exp.DataType.Type, _member):
@@ -82,8 +82,7 @@ def logical_type(name: str, dialect: str | None = None) -> LogicalType:
         raise UnknownTypeError(f"unsupported column type {name!r}")
     if kind == "decimal":
         params = [int(p.name) for p in built.expressions]
-        precision, scale = (params + [38, 0])[:2] if params else (38, 0)
-        if len(params) == 1:
-            scale = 0
+        precision = params[0] if params else 38
+        scale = params[1] if len(params) > 1 else 0
         return LogicalType("decimal", precision, scale)
     return LogicalType(kind)

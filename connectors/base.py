@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlglot import exp
 
-from catalogue.model import Catalogue, Department
+from catalogue.model import Catalogue, Column, Department
+from catalogue.types import LogicalType, logical_type
 from gateway.config import Config
 from gateway.errors import CitygateError
 
@@ -62,6 +63,8 @@ class Engine(ABC):
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Columns as the engine reads them, before configured types: what casts start from.
+        self._raw_columns: dict[tuple[str, str], tuple[Column, ...]] = {}
 
     @abstractmethod
     def physical_table(self, department: str, table: str) -> exp.Table:
@@ -75,14 +78,42 @@ class Engine(ABC):
 
         def relocate(node: exp.Expression) -> exp.Expression:
             if isinstance(node, exp.Table) and node.db and not node.catalog:
-                physical = self.physical_table(node.db, node.name)
-                alias = node.args.get("alias")
-                if alias is not None:
-                    physical.set("alias", alias.copy())
-                return physical
+                return self._source(node.db, node.name, node.alias or None)
             return node
 
         return tree.transform(relocate)
+
+    def _source(self, department: str, table: str, alias: str | None) -> exp.Expression:
+        """The physical table, or a subquery over it that casts to the configured column types."""
+        physical = self.physical_table(department, table)
+        casts = self._casts(department, table)
+        if not casts:
+            if alias:
+                physical.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+            return physical
+        projections = [
+            exp.alias_(
+                exp.cast(exp.column(exp.to_identifier(c.name, quoted=True)), casts[c.name].to_sqlglot()),
+                exp.to_identifier(c.name, quoted=True),
+            )
+            if c.name in casts
+            else exp.column(exp.to_identifier(c.name, quoted=True))
+            for c in self._raw_columns[(department, table)]
+        ]
+        return exp.select(*projections).from_(physical).subquery(exp.to_identifier(alias or table))
+
+    def _casts(self, department: str, table: str) -> dict[str, LogicalType]:
+        wanted = {
+            key.split(".", 1)[1]: logical_type(type_name)
+            for key, type_name in self.config.departments[department].column_types.items()
+            if key.split(".", 1)[0] == table
+        }
+        if not wanted:
+            return {}
+        if (department, table) not in self._raw_columns:
+            self.introspect_department(department)
+        raw = {c.name: c.type for c in self._raw_columns.get((department, table), ())}
+        return {name: kind for name, kind in wanted.items() if name in raw and raw[name] != kind}
 
     def sql(self, tree: exp.Expression) -> str:
         """The text this engine runs for ``tree``: the only place SQL text is produced."""
@@ -93,8 +124,24 @@ class Engine(ABC):
         """Run a logical tree and return all rows."""
 
     @abstractmethod
+    def read_department(self, department: str) -> Department:
+        """Tables, columns and logical types of one department, as this engine reads them."""
+
     def introspect_department(self, department: str) -> Department:
-        """Tables, columns and logical types of one department, as this engine sees them."""
+        """One department's tables, with configured column types applied."""
+        raw = self.read_department(department)
+        overrides = self.config.departments[department].column_types
+        tables = []
+        for table in raw.tables:
+            self._raw_columns[(department, table.name)] = table.columns
+            columns = tuple(
+                replace(c, type=logical_type(overrides[f"{table.name}.{c.name}"]))
+                if f"{table.name}.{c.name}" in overrides
+                else c
+                for c in table.columns
+            )
+            tables.append(replace(table, columns=columns))
+        return replace(raw, tables=tuple(tables))
 
     def introspect(self, departments: Iterable[str] | None = None) -> Catalogue:
         names = list(departments) if departments is not None else list(self.config.departments)
@@ -106,7 +153,7 @@ class Engine(ABC):
         states: dict[str, str] = {}
         try:
             self.ping()
-        except CitygateError as error:
+        except CitygateError:
             return Health(self.name, False, {}, (time.perf_counter() - started) * 1000)
         for department in self.config.departments:
             try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pymysql
@@ -29,8 +29,8 @@ BATCH = 5_000
 class _PyformatMySQL(MySQL):
     """MySQL as pymysql wants its parameters: ``%s`` placeholders."""
 
-    class Generator(MySQL.Generator):
-        TRANSFORMS = {**MySQL.Generator.TRANSFORMS, exp.Placeholder: lambda self, e: "%s"}
+    class Generator(MySQL.Generator):  # type: ignore[misc,valid-type]
+        TRANSFORMS: ClassVar = {**MySQL.Generator.TRANSFORMS, exp.Placeholder: lambda self, e: "%s"}
 
 
 def create_table_sql(spec: TableSpec, dialect: str) -> str:
@@ -41,13 +41,14 @@ def create_table_sql(spec: TableSpec, dialect: str) -> str:
     TIMESTAMP); sqlglot's sqlite dialect would reduce them to affinities and lose them.
 
     >>> from catalogue.demo_city import table_spec
-    >>> create_table_sql(table_spec("transport", "stations"), "mysql")[:59]
-    'CREATE TABLE `stations` (`station_id` INT NOT NULL, `name` VA'
+    >>> create_table_sql(table_spec("transport", "stations"), "mysql").startswith(
+    ...     "CREATE TABLE `stations` (`station_id` INT NOT NULL, `name` VARCHAR(32) NOT NULL")
+    True
     """
     columns: list[exp.Expression] = [
         exp.ColumnDef(
             this=exp.to_identifier(c.name, quoted=True),
-            kind=_declared_type(c.declared, dialect),
+            kind=exp.DataType.build(c.declared),
             constraints=[] if c.nullable else [exp.ColumnConstraint(kind=exp.NotNullColumnConstraint())],
         )
         for c in spec.columns
@@ -60,18 +61,12 @@ def create_table_sql(spec: TableSpec, dialect: str) -> str:
     return create.sql("postgres" if dialect == "sqlite" else dialect)
 
 
-def _declared_type(declared: str, dialect: str) -> exp.DataType:
-    # MariaDB's BOOLEAN is TINYINT(1), which Trino reads as a number; BIT(1) reads as a
-    # boolean in both Trino's MariaDB connector and DuckDB's MySQL scanner.
-    if dialect == "mysql" and declared.upper() == "BOOLEAN":
-        return exp.DataType.build("BIT(1)", dialect="mysql")
-    return exp.DataType.build(declared)
-
-
 def _insert_sql(spec: TableSpec, dialect: str | type[MySQL]) -> str:
     table = exp.Table(this=exp.to_identifier(spec.name, quoted=True))
     values = exp.values([tuple(exp.Placeholder() for _ in spec.columns)])
-    return exp.insert(values, table, columns=[exp.to_identifier(c.name, quoted=True) for c in spec.columns]).sql(dialect)
+    return exp.insert(values, table, columns=[exp.to_identifier(c.name, quoted=True) for c in spec.columns]).sql(
+        dialect
+    )
 
 
 def _drop_sql(spec: TableSpec, dialect: str) -> str:
@@ -105,7 +100,7 @@ def _load_sqlite(store: SqliteStore, tables: Sequence[tuple[TableSpec, list[Row]
             conn.execute(create_table_sql(spec, "sqlite"))
             insert = _insert_sql(spec, "sqlite")
             for start in range(0, len(rows), BATCH):
-                batch = rows[start:start + BATCH]
+                batch = rows[start : start + BATCH]
                 conn.executemany(insert, [_sqlite_row(r) for r in batch])
                 progress(len(batch))
         conn.commit()
@@ -127,14 +122,16 @@ def _load_postgres(store: PostgresStore, tables: Sequence[tuple[TableSpec, list[
             cur.execute(_drop_sql(spec, "postgres"))
             cur.execute(create_table_sql(spec, "postgres"))
             copy = exp.Copy(
-                this=exp.Schema(this=exp.Table(this=exp.to_identifier(spec.name, quoted=True)),
-                                expressions=[exp.to_identifier(c.name, quoted=True) for c in spec.columns]),
+                this=exp.Schema(
+                    this=exp.Table(this=exp.to_identifier(spec.name, quoted=True)),
+                    expressions=[exp.to_identifier(c.name, quoted=True) for c in spec.columns],
+                ),
                 kind=True,
                 files=[exp.Var(this="STDIN")],
             ).sql("postgres")
             with cur.copy(copy) as writer:
                 for start in range(0, len(rows), BATCH):
-                    batch = rows[start:start + BATCH]
+                    batch = rows[start : start + BATCH]
                     for row in batch:
                         writer.write_row(row)
                     progress(len(batch))
@@ -163,7 +160,7 @@ def _load_mariadb(store: MariadbStore, tables: Sequence[tuple[TableSpec, list[Ro
                 cur.execute(create_table_sql(spec, "mysql"))
                 insert = _insert_sql(spec, _PyformatMySQL)
                 for start in range(0, len(rows), BATCH):
-                    batch = rows[start:start + BATCH]
+                    batch = rows[start : start + BATCH]
                     cur.executemany(insert, batch)
                     progress(len(batch))
                 conn.commit()
@@ -175,13 +172,25 @@ def _load_mariadb(store: MariadbStore, tables: Sequence[tuple[TableSpec, list[Ro
 
 
 def _pg_params(store: PostgresStore, database: str) -> dict[str, Any]:
-    return {"host": store.host, "port": store.port, "user": store.user, "password": store.password,
-            "dbname": database, "connect_timeout": 5}
+    return {
+        "host": store.host,
+        "port": store.port,
+        "user": store.user,
+        "password": store.password,
+        "dbname": database,
+        "connect_timeout": 5,
+    }
 
 
 def _mariadb_params(store: MariadbStore, database: str | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"host": store.host, "port": store.port, "user": store.user,
-                              "password": store.password, "connect_timeout": 5, "charset": "utf8mb4"}
+    params: dict[str, Any] = {
+        "host": store.host,
+        "port": store.port,
+        "user": store.user,
+        "password": store.password,
+        "connect_timeout": 5,
+        "charset": "utf8mb4",
+    }
     if database:
         params["database"] = database
     return params
@@ -210,25 +219,31 @@ def _guard(department: str, store: PostgresStore | MariadbStore, action: Callabl
         raise describe_store_failure(department, store, str(error)) from None
 
 
-def describe_store_failure(department: str, store: PostgresStore | MariadbStore | SqliteStore, text: str) -> StoreUnavailableError:
+def describe_store_failure(
+    department: str, store: PostgresStore | MariadbStore | SqliteStore, text: str
+) -> StoreUnavailableError:
     """Turn a driver's or engine's failure text into one message naming the department.
 
     >>> from gateway.config import PostgresStore
     >>> s = PostgresStore(kind="postgresql", database="health", user="citygate")
-    >>> describe_store_failure("health", s, 'password authentication failed for user "citygate"').message
-    "department health: PostgreSQL at 127.0.0.1:5432 rejected user 'citygate' (check departments.health.store.user and password)"
+    >>> print(describe_store_failure("health", s, 'password authentication failed for user "x"').message)
+    department health: PostgreSQL at 127.0.0.1:5432 rejected user 'citygate' (check departments.health.store.user ...)
     """
     if isinstance(store, SqliteStore):
-        return StoreUnavailableError(department, f"department {department}: cannot read SQLite file {store.path}", detail=text)
+        return StoreUnavailableError(
+            department, f"department {department}: cannot read SQLite file {store.path}", detail=text
+        )
     label = "PostgreSQL" if isinstance(store, PostgresStore) else "MariaDB"
     where = f"{label} at {store.host}:{store.port}"
     lowered = text.lower()
     if "password authentication failed" in lowered or "access denied" in lowered:
         message = f"rejected user {store.user!r} (check departments.{department}.store.user and password)"
-    elif ("database" in lowered or "unknown database" in lowered) and ("does not exist" in lowered or "unknown database" in lowered):
+    elif ("database" in lowered or "unknown database" in lowered) and (
+        "does not exist" in lowered or "unknown database" in lowered
+    ):
         message = f"has no database {store.database!r} (check departments.{department}.store.database)"
     else:
-        message = (f"did not answer (is it running? check departments.{department}.store.host and port)")
+        message = f"did not answer (is it running? check departments.{department}.store.host and port)"
     return StoreUnavailableError(department, f"department {department}: {where} {message}", detail=text)
 
 

@@ -21,6 +21,7 @@ from trino.exceptions import TrinoExternalError, TrinoQueryError, TrinoUserError
 from catalogue.model import Column, Department, Table
 from catalogue.types import logical_type
 from connectors.base import Engine, Result, departments_in
+from connectors.stores import describe_store_failure
 from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
 from gateway.errors import (
     CitygateError,
@@ -29,7 +30,6 @@ from gateway.errors import (
     EngineUnavailableError,
     StoreUnavailableError,
 )
-from connectors.stores import describe_store_failure
 
 
 def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, str]]:
@@ -41,7 +41,11 @@ def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, st
     """
     if isinstance(store, PostgresStore):
         url = f"jdbc:postgresql://{store.host}:{store.port}/{store.database}"
-        return "postgresql", {"connection-url": url, "connection-user": store.user, "connection-password": store.password}
+        return "postgresql", {
+            "connection-url": url,
+            "connection-user": store.user,
+            "connection-password": store.password,
+        }
     if isinstance(store, MariadbStore):
         # The MariaDB connector takes no database in the URL: each database is a schema.
         url = f"jdbc:mariadb://{store.host}:{store.port}"
@@ -109,7 +113,7 @@ class TrinoEngine(Engine):
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = trino.dbapi.connect(
+            conn = trino.dbapi.connect(  # type: ignore[no-untyped-call]
                 host=self.settings.host,
                 port=self.settings.port,
                 user=self.settings.user,
@@ -156,7 +160,7 @@ class TrinoEngine(Engine):
             raise self._user_failure(touched, error) from None
         except TrinoQueryError as error:
             raise EngineQueryError("Trino could not run the query", detail=str(error)) from None
-        except trino.exceptions.TrinoConnectionError as error:  # type: ignore[misc]
+        except trino.exceptions.TrinoConnectionError as error:
             raise EngineUnavailableError(f"Trino at {self.address} is unreachable", detail=str(error)) from None
 
     def _department_in(self, touched: list[str], text: str) -> str | None:
@@ -198,7 +202,8 @@ class TrinoEngine(Engine):
         if error.error_name in ("SCHEMA_NOT_FOUND", "TABLE_NOT_FOUND"):
             department = self._department_in(touched, text) or "unknown"
             return StoreUnavailableError(
-                department, f"department {department}: a table or schema the query needs is missing from its store",
+                department,
+                f"department {department}: a table or schema the query needs is missing from its store",
                 detail=text,
             )
         return EngineQueryError("Trino refused the query", detail=text)
@@ -237,7 +242,7 @@ class TrinoEngine(Engine):
 
     # -- catalogue ----------------------------------------------------------------------------
 
-    def introspect_department(self, department: str) -> Department:
+    def read_department(self, department: str) -> Department:
         spec = self.config.departments[department]
         store = spec.store
         if isinstance(store, SqliteStore):

@@ -50,16 +50,25 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     print(f"generating the demo city at scale {args.scale} (seed {args.seed}) ...", file=sys.stderr)
     city = generate(scale=args.scale, seed=args.seed)
     print(f"generated {city.total_rows:,} rows in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    with tqdm(total=city.total_rows, unit="row", unit_scale=True, desc="loading", file=sys.stderr,
-              disable=None, mininterval=0.5) as bar:
+    with tqdm(
+        total=city.total_rows,
+        unit="row",
+        unit_scale=True,
+        desc="loading",
+        file=sys.stderr,
+        disable=None,
+        mininterval=0.5,
+    ) as bar:
         for department, store in targets.items():
             tables = [(spec, city.rows(spec.department, spec.name)) for spec in TABLES if spec.department == department]
             if not tables:
                 continue
             bar.set_description(f"loading {department} ({store.kind})")
             stores.load(department, store, tables, bar.update)
-    print(f"loaded {city.total_rows:,} rows into {len(targets)} stores in {time.monotonic() - started:.1f} s",
-          file=sys.stderr)
+    print(
+        f"loaded {city.total_rows:,} rows into {len(targets)} stores in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -101,7 +110,9 @@ def cmd_introspect(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="citygate", description="A federated GraphQL gateway over a city's departments.")
+    parser = argparse.ArgumentParser(
+        prog="citygate", description="A federated GraphQL gateway over a city's departments."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:

@@ -60,6 +60,26 @@ class DepartmentConfig(_Model):
     owner: str = ""
     store: Store
     trino_catalog: str | None = Field(None, pattern=NAME_PATTERN)
+    # "table.column" -> logical type, where an engine cannot tell a column's meaning from its
+    # store (Trino reads MariaDB's BOOLEAN, a TINYINT(1), as a number). Engines cast to it.
+    column_types: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("column_types")
+    @classmethod
+    def _column_types(cls, value: dict[str, str]) -> dict[str, str]:
+        from catalogue.types import UnknownTypeError, logical_type
+
+        for key, type_name in value.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise ValueError(f"key {key!r} must be written table.column")
+            try:
+                logical_type(type_name)
+            except UnknownTypeError:
+                raise ValueError(
+                    f"{key}: unknown type {type_name!r}; use string, boolean, integer, bigint, "
+                    "double, decimal(p,s), date or timestamp"
+                ) from None
+        return value
 
 
 class TrinoSettings(_Model):
@@ -148,8 +168,9 @@ def _expand_env(value: Any, path: Path, key: tuple[str, ...]) -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"{path}: {'.'.join(key)}: environment variable {name} is not set "
-                          f"(set it, or write ${{{name}:-default}})")
+        raise ConfigError(
+            f"{path}: {'.'.join(key)}: environment variable {name} is not set (set it, or write ${{{name}:-default}})"
+        )
 
     return _ENV_REF.sub(substitute, value)
 

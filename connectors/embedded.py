@@ -1,0 +1,324 @@
+"""The embedded engine: DuckDB in the gateway's own process, attaching every store read-only.
+
+SQLite files, PostgreSQL and MariaDB databases are attached under their department's name with
+the scanner extensions that PyPI ships as wheels (``duckdb-extension-*``), laid out where DuckDB
+looks for them, so nothing is downloaded at run time. A department whose store is down is left
+detached and retried on the next query that needs it; the others keep answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from sqlglot import exp
+
+from catalogue.model import Column, Department, Table
+from catalogue.types import LogicalType, UnknownTypeError, logical_type
+from connectors.base import Engine, Result, departments_in
+from connectors.stores import describe_store_failure, sqlite_declared_types
+from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
+from gateway.errors import CitygateError, EngineQueryError, EngineUnavailableError, StoreUnavailableError
+
+# store kind -> (wheel package, file in the wheel, extension name DuckDB loads, ATTACH TYPE)
+_EXTENSIONS = {
+    "sqlite": ("duckdb_extension_sqlite", "sqlite", "sqlite_scanner", "sqlite"),
+    "postgresql": ("duckdb_extension_postgres", "postgres", "postgres_scanner", "postgres"),
+    "mariadb": ("duckdb_extension_mysql", "mysql", "mysql_scanner", "mysql"),
+}
+_SECRET = re.compile(r"(password=)(\S+)", re.IGNORECASE)
+
+
+def default_extension_dir() -> Path:
+    return Path.home() / ".cache" / "citygate" / "duckdb-extensions"
+
+
+def ensure_extensions(directory: Path) -> Path:
+    """Lay the wheels' extension files out as DuckDB expects: ``<dir>/v<ver>/<platform>/<name>.duckdb_extension``.
+
+    Loading a wheel's file in place fails (its file name is not the extension's name), so it
+    is copied once under the name DuckDB looks for.
+    """
+    version = f"v{duckdb.__version__}"
+    platform = duckdb.execute("PRAGMA platform").fetchone()[0]  # type: ignore[index]
+    target = directory / version / platform
+    target.mkdir(parents=True, exist_ok=True)
+    for package, wheel_name, extension, _ in _EXTENSIONS.values():
+        destination = target / f"{extension}.duckdb_extension"
+        try:
+            source = importlib.resources.files(package) / "extensions" / version / f"{wheel_name}.duckdb_extension"
+            with importlib.resources.as_file(source) as path:
+                if not path.exists():
+                    raise FileNotFoundError(path)
+                if not destination.exists() or destination.stat().st_size != path.stat().st_size:
+                    partial = destination.with_suffix(".partial")
+                    shutil.copyfile(path, partial)
+                    partial.replace(destination)
+        except (ModuleNotFoundError, FileNotFoundError):
+            wheel = package.replace("_", "-")
+            raise EngineUnavailableError(
+                f"the embedded engine needs the wheel {wheel}=={duckdb.__version__} "
+                f"(pip install {wheel}=={duckdb.__version__})"
+            ) from None
+    return directory
+
+
+def scrub(text: str) -> str:
+    """Remove passwords from a driver's message before it reaches any log."""
+    return _SECRET.sub(r"\1***", text)
+
+
+def _conninfo(pairs: dict[str, Any]) -> str:
+    """A libpq/MySQL-style ``key=value`` string, quoting values as libpq specifies."""
+
+    def quote(value: Any) -> str:
+        text = str(value)
+        if text and not re.search(r"[\s'\\]", text):
+            return text
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quote(v)}" for k, v in pairs.items())
+
+
+def _source(store: Store) -> str:
+    if isinstance(store, SqliteStore):
+        return str(store.path)
+    if isinstance(store, PostgresStore):
+        return _conninfo(
+            {
+                "host": store.host,
+                "port": store.port,
+                "dbname": store.database,
+                "user": store.user,
+                "password": store.password,
+                "connect_timeout": 5,
+            }
+        )
+    return _conninfo(
+        {
+            "host": store.host,
+            "port": store.port,
+            "database": store.database,
+            "user": store.user,
+            "password": store.password,
+        }
+    )
+
+
+def _schema_of(store: Store) -> str:
+    if isinstance(store, PostgresStore):
+        return store.schema_
+    if isinstance(store, MariadbStore):
+        return store.database
+    return "main"
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+class EmbeddedEngine(Engine):
+    name = "embedded"
+    dialect = "duckdb"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        settings = config.engine.embedded
+        directory = ensure_extensions(settings.extension_dir or default_extension_dir())
+        duck_config: dict[str, Any] = {
+            "extension_directory": str(directory),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": True,
+        }
+        if settings.threads:
+            duck_config["threads"] = settings.threads
+        self._db = duckdb.connect(":memory:", config=duck_config)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._attached: set[str] = set()
+        self.statements = 0
+        for department in config.departments:
+            # A store that is down is left detached; the first query that needs it names it.
+            with contextlib.suppress(StoreUnavailableError):
+                self._attach(department)
+
+    # -- attaching ----------------------------------------------------------------------------
+
+    def _attach(self, department: str) -> None:
+        with self._lock:
+            if department in self._attached:
+                return
+            store = self.config.departments[department].store
+            if isinstance(store, SqliteStore) and not store.path.is_file():
+                raise StoreUnavailableError(
+                    department,
+                    f"department {department}: SQLite file {store.path} does not exist "
+                    f"(check departments.{department}.store.path, or create it with `citygate datagen`)",
+                )
+            attach = exp.Attach(
+                this=exp.Alias(this=exp.Literal.string(_source(store)), alias=_ident(department)),
+                expressions=[
+                    exp.AttachOption(this=exp.var("TYPE"), expression=exp.var(_EXTENSIONS[store.kind][3])),
+                    exp.AttachOption(this=exp.var("READ_ONLY")),
+                ],
+            )
+            try:
+                self._db.execute(attach.sql("duckdb"))
+                if isinstance(store, SqliteStore):
+                    self._type_sqlite_views(department, store)
+            except duckdb.Error as error:
+                self._forget(department)
+                raise describe_store_failure(department, store, scrub(str(error))) from None
+            self._attached.add(department)
+
+    def _forget(self, department: str) -> None:
+        detach = exp.Detach(this=_ident(department), exists=True)
+        with contextlib.suppress(duckdb.Error):
+            self._db.execute(detach.sql("duckdb"))
+        self._attached.discard(department)
+
+    def _type_sqlite_views(self, department: str, store: SqliteStore) -> None:
+        """Expose each SQLite table through a view that restores its declared types.
+
+        DuckDB's SQLite scanner reads by storage class (DECIMAL as DOUBLE, BOOLEAN and INT as
+        BIGINT); the file still records the declared type, which the view casts back to.
+        """
+        declared = sqlite_declared_types(store.path)
+        self._db.execute(
+            exp.Create(kind="SCHEMA", exists=True, this=exp.Table(this=_ident(department), db=_ident("memory"))).sql(
+                "duckdb"
+            )
+        )
+        for table, columns in declared.items():
+            projections = []
+            for column, declared_type in columns.items():
+                ref = exp.column(_ident(column))
+                try:
+                    target = logical_type(declared_type or "VARCHAR")
+                except UnknownTypeError:
+                    target = LogicalType("string")
+                projections.append(exp.alias_(exp.cast(ref, target.to_sqlglot()), _ident(column)))
+            source = exp.Table(this=_ident(table), db=_ident("main"), catalog=_ident(department))
+            view = exp.Create(
+                kind="VIEW",
+                replace=True,
+                this=exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory")),
+                expression=exp.select(*projections).from_(source),
+            )
+            self._db.execute(view.sql("duckdb"))
+
+    # -- addressing and running ------------------------------------------------------------------
+
+    def physical_table(self, department: str, table: str) -> exp.Table:
+        store = self.config.departments[department].store
+        if isinstance(store, SqliteStore):
+            return exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory"))
+        return exp.Table(this=_ident(table), db=_ident(_schema_of(store)), catalog=_ident(department))
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._db.cursor()
+            self._local.cursor = cursor
+        return cursor
+
+    def execute(self, tree: exp.Expression) -> Result:
+        touched = departments_in(tree)
+        for department in touched:
+            if department in self.config.departments and department not in self._attached:
+                self._attach(department)
+        return self._run(self.sql(tree), touched)
+
+    def _run(self, sql: str, touched: list[str]) -> Result:
+        cursor = self._cursor()
+        self.statements += 1
+        try:
+            cursor.execute(sql)
+            rows = cursor.fetchall()
+        except (duckdb.IOException, duckdb.ConnectionException) as error:
+            raise self._store_failure(touched, scrub(str(error))) from None
+        except duckdb.Error as error:
+            raise EngineQueryError("the embedded engine could not run the query", detail=scrub(str(error))) from None
+        description = cursor.description or []
+        return Result(
+            columns=tuple(d[0] for d in description),
+            types=tuple(str(d[1]) for d in description),
+            rows=rows,
+        )
+
+    def _store_failure(self, touched: list[str], text: str) -> CitygateError:
+        candidates = [d for d in touched if d in self.config.departments]
+        named = [d for d in candidates if self._mentions(d, text)]
+        department = (named or candidates or ["unknown"])[0]
+        if department == "unknown":
+            return EngineQueryError("the embedded engine could not reach a store", detail=text)
+        # Drop the attachment so the next query reconnects once the store is back.
+        with self._lock:
+            self._forget(department)
+        return describe_store_failure(department, self.config.departments[department].store, text)
+
+    def _mentions(self, department: str, text: str) -> bool:
+        store = self.config.departments[department].store
+        if isinstance(store, SqliteStore):
+            return str(store.path) in text
+        return f"port={store.port}" in text and store.database in text
+
+    # -- catalogue ----------------------------------------------------------------------------
+
+    def read_department(self, department: str) -> Department:
+        self._attach(department)
+        spec = self.config.departments[department]
+        location = self.physical_table(department, "_")
+        catalog, schema = location.catalog, location.db
+        columns_query = (
+            exp.select("table_name", "column_name", "data_type", "is_nullable")
+            .from_("duckdb_columns()")
+            .where(exp.column("database_name").eq(exp.Literal.string(catalog)))
+            .where(exp.column("schema_name").eq(exp.Literal.string(schema)))
+            .order_by("table_name", "column_index")
+        )
+        source_schema = _schema_of(spec.store)
+        keys_query = (
+            exp.select("table_name", "constraint_column_names")
+            .from_("duckdb_constraints()")
+            .where(exp.column("database_name").eq(exp.Literal.string(department)))
+            .where(exp.column("schema_name").eq(exp.Literal.string(source_schema)))
+            .where(exp.column("constraint_type").eq(exp.Literal.string("PRIMARY KEY")))
+        )
+        columns = self._run(columns_query.sql("duckdb"), [department]).rows
+        keys = {name: tuple(cols) for name, cols in self._run(keys_query.sql("duckdb"), [department]).rows}
+        tables: dict[str, list[Column]] = {}
+        for table_name, column_name, data_type, nullable in columns:
+            tables.setdefault(table_name, []).append(
+                Column(column_name, logical_type(data_type, "duckdb"), bool(nullable))
+            )
+        return Department(
+            name=department,
+            display_name=spec.display_name,
+            tables=tuple(
+                Table(department, name, tuple(cols), keys.get(name, ())) for name, cols in sorted(tables.items())
+            ),
+        )
+
+    def ping(self) -> None:
+        self._run("SELECT 1", [])
+
+    def ping_department(self, department: str) -> None:
+        self._attach(department)
+        location = self.physical_table(department, "_")
+        probe = (
+            exp.select("1")
+            .from_("duckdb_tables()")
+            .where(exp.column("database_name").eq(exp.Literal.string(location.catalog)))
+            .limit(1)
+        )
+        self._run(probe.sql("duckdb"), [department])
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,104 @@
+"""Shared fixtures: the generator's own output as the oracle, and real engines over real stores.
+
+The services (PostgreSQL, MariaDB, Trino) are started by `make services`, which `make test`
+runs first. A test that needs one and cannot reach it fails with what to do; nothing skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from catalogue.demo_city import TABLES
+from connectors import stores
+from connectors.base import Engine
+from connectors.embedded import EmbeddedEngine
+from connectors.trino import TrinoEngine
+from gateway.config import Config, SqliteStore, load_config
+from gateway.datagen import City, generate
+from gateway.errors import CitygateError
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES_CONFIG = REPO / "configs" / "services.yaml"
+
+
+def unreachable(what: str, error: Exception) -> None:
+    pytest.fail(
+        f"{what} is not reachable ({error}); start the services with `make services`",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def city() -> City:
+    """The demo city at scale 1, exactly as the stores were loaded."""
+    return generate(scale=1)
+
+
+@pytest.fixture(scope="session")
+def sqlite_config(tmp_path_factory: pytest.TempPathFactory, city: City) -> Config:
+    """The embedded demo: one SQLite file per department, written by the project's loader."""
+    data_dir = tmp_path_factory.mktemp("demo-city")
+    departments = {}
+    for department in sorted({t.department for t in TABLES}):
+        store = SqliteStore(kind="sqlite", path=data_dir / f"{department}.db")
+        tables = [(t, city.rows(t.department, t.name)) for t in TABLES if t.department == department]
+        stores.load(department, store, tables, lambda n: None)
+        departments[department] = {"store": {"kind": "sqlite", "path": str(store.path)}}
+    return Config.model_validate({"engine": {"kind": "embedded"}, "departments": departments})
+
+
+@pytest.fixture(scope="session")
+def services_config() -> Config:
+    return load_config(SERVICES_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def embedded_sqlite(sqlite_config: Config) -> Iterator[EmbeddedEngine]:
+    engine = EmbeddedEngine(sqlite_config)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_services(services_config: Config) -> Iterator[EmbeddedEngine]:
+    engine = EmbeddedEngine(services_config.with_engine("embedded"))
+    for department in services_config.departments:
+        try:
+            engine.ping_department(department)
+        except CitygateError as error:
+            unreachable(f"the store of department {department}", error)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def trino_engine(services_config: Config) -> Iterator[TrinoEngine]:
+    engine = TrinoEngine(services_config)
+    try:
+        engine.ping()
+    except CitygateError as error:
+        unreachable("Trino", error)
+    yield engine
+    engine.close()
+
+
+ENGINES = ("embedded_sqlite", "embedded_services", "trino_engine")
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each engine in turn: DuckDB on SQLite files, DuckDB on PostgreSQL + MariaDB, Trino."""
+    value: Engine = request.getfixturevalue(request.param)
+    return value
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening: a store that is down."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

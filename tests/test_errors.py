@@ -1,0 +1,242 @@
+"""A store that is down, a wrong password, an unreachable Trino, a bad config: one clear message each.
+
+Messages name the department or file and what to check, and never carry a password.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlglot import exp
+
+from connectors.base import logical_table
+from connectors.embedded import EmbeddedEngine
+from connectors.trino import TrinoEngine
+from gateway.config import Config
+from gateway.errors import EngineUnavailableError, StoreUnavailableError
+from tests.conftest import REPO, free_port
+
+WRONG_PASSWORD = "not-the-password-7f3a"
+
+
+def count(department: str, table: str) -> exp.Select:
+    return exp.select(exp.func("count", exp.Star())).from_(logical_table(department, table))
+
+
+def with_store(config: Config, department: str, **changes: Any) -> Config:
+    """A copy of ``config`` where one department's store differs."""
+    raw = config.model_dump(by_alias=True, exclude={"source"})
+    raw["departments"][department]["store"].update(changes)
+    for spec in raw["departments"].values():
+        spec["store"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in spec["store"].items()}
+    return Config.model_validate(raw)
+
+
+@pytest.mark.parametrize("department", ["health", "environment"])
+def test_embedded_store_down_names_the_department_and_others_still_answer(
+    services_config: Config, department: str
+) -> None:
+    engine = EmbeddedEngine(with_store(services_config, department, port=free_port()).with_engine("embedded"))
+    try:
+        table = {"health": "clinic_visits", "environment": "monitored_sites"}[department]
+        with pytest.raises(StoreUnavailableError) as caught:
+            engine.execute(count(department, table))
+        assert caught.value.department == department
+        assert caught.value.message.startswith(f"department {department}: ")
+        assert "did not answer" in caught.value.message and f"departments.{department}.store" in caught.value.message
+        assert engine.execute(count("transport", "stations")).rows == [(24,)]
+        health = engine.health()
+        assert not health.ok and health.departments["transport"] == "ok"
+        assert department in health.departments[department]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("department", ["public_security", "market_regulation"])
+def test_embedded_wrong_password_is_named_without_the_password(services_config: Config, department: str) -> None:
+    engine = EmbeddedEngine(with_store(services_config, department, password=WRONG_PASSWORD).with_engine("embedded"))
+    try:
+        table = {"public_security": "residents", "market_regulation": "enterprises"}[department]
+        with pytest.raises(StoreUnavailableError) as caught:
+            engine.execute(count(department, table))
+        assert "rejected user 'citygate'" in caught.value.message
+        assert WRONG_PASSWORD not in caught.value.message
+        assert WRONG_PASSWORD not in (caught.value.detail or "")
+    finally:
+        engine.close()
+
+
+def test_embedded_missing_sqlite_file(sqlite_config: Config, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    engine = EmbeddedEngine(with_store(sqlite_config, "health", path=str(missing)))
+    try:
+        with pytest.raises(StoreUnavailableError) as caught:
+            engine.execute(count("health", "clinic_visits"))
+        assert str(missing) in caught.value.message and "departments.health.store.path" in caught.value.message
+        assert engine.execute(count("transport", "stations")).rows == [(24,)]
+    finally:
+        engine.close()
+
+
+def test_unreachable_trino(services_config: Config) -> None:
+    port = free_port()
+    config = services_config.model_copy(
+        update={
+            "engine": services_config.engine.model_copy(
+                update={"trino": services_config.engine.trino.model_copy(update={"port": port})}
+            )
+        }
+    )
+    engine = TrinoEngine(config)
+    with pytest.raises(EngineUnavailableError) as caught:
+        engine.execute(count("health", "clinic_visits"))
+    assert f"127.0.0.1:{port} is unreachable" in caught.value.message
+    assert not engine.health().ok
+
+
+@pytest.fixture
+def dynamic_catalogs(trino_engine: TrinoEngine) -> Iterator[list[str]]:
+    """Catalogs a test registers with CREATE CATALOG, dropped afterwards."""
+    created: list[str] = []
+    yield created
+    for catalog in created:
+        trino_engine._run(f"DROP CATALOG IF EXISTS {exp.to_identifier(catalog, quoted=True).sql('trino')}", [])
+
+
+def trino_with(services_config: Config, department: str, catalog: str, **store: Any) -> TrinoEngine:
+    config = with_store(services_config, department, **store)
+    departments = dict(config.departments)
+    departments[department] = departments[department].model_copy(update={"trino_catalog": catalog})
+    engine_config = config.engine.model_copy(
+        update={"trino": config.engine.trino.model_copy(update={"create_missing_catalogs": True})}
+    )
+    return TrinoEngine(config.model_copy(update={"departments": departments, "engine": engine_config}))
+
+
+def test_trino_registers_missing_catalogs_dynamically(
+    services_config: Config, trino_engine: TrinoEngine, dynamic_catalogs: list[str]
+) -> None:
+    engine = trino_with(services_config, "transport", "transport_dynamic")
+    dynamic_catalogs.append("transport_dynamic")
+    assert "transport_dynamic" not in trino_engine.catalogs()
+    assert engine.execute(count("transport", "stations")).rows == [(24,)]
+    assert "transport_dynamic" in trino_engine.catalogs()
+
+
+@pytest.mark.parametrize(
+    ("department", "table", "store", "expected"),
+    [
+        ("health", "clinic_visits", {"password": WRONG_PASSWORD}, "rejected user 'citygate'"),
+        ("environment", "monitored_sites", {"password": WRONG_PASSWORD}, "rejected user 'citygate'"),
+        ("health", "clinic_visits", {"port": "free"}, "did not answer"),
+    ],
+)
+def test_trino_store_failures_name_the_department(  # noqa: PLR0917 - one parameter per column of the table above
+    services_config: Config,
+    dynamic_catalogs: list[str],
+    department: str,
+    table: str,
+    store: dict[str, Any],
+    expected: str,
+) -> None:
+    catalog = f"{department}_broken_{len(dynamic_catalogs)}_{'pw' if 'password' in store else 'down'}"
+    store = {k: (free_port() if v == "free" else v) for k, v in store.items()}
+    engine = trino_with(services_config, department, catalog, **store)
+    dynamic_catalogs.append(catalog)
+    with pytest.raises(StoreUnavailableError) as caught:
+        engine.execute(count(department, table))
+    assert caught.value.department == department
+    assert caught.value.message.startswith(f"department {department}: ")
+    assert expected in caught.value.message
+    assert WRONG_PASSWORD not in caught.value.message
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "departments: {health: {store: {kind: oracle}}}",
+            "departments.health.store.kind: 'oracle' is not one of 'sqlite', 'postgresql', 'mariadb'",
+        ),
+        (
+            "departments: {health: {store: {kind: sqlite, path: x.db, colour: red}}}",
+            "departments.health.store.colour: unknown key; allowed keys: kind, path",
+        ),
+        (
+            "engine: {kind: spark}\ndepartments: {health: {store: {kind: sqlite, path: x.db}}}",
+            "engine.kind: 'spark' is not allowed; expected 'trino' or 'embedded'",
+        ),
+        (
+            "departments: {health: {store: {kind: postgresql, database: h, user: u, port: 70000}}}",
+            "departments.health.store.port: input should be less than or equal to 65535",
+        ),
+        (
+            "departments: {health: {store: {kind: postgresql, database: h, user: u, "
+            "password: '${CITYGATE_NO_SUCH_VAR}'}}}",
+            "departments.health.store.password: environment variable CITYGATE_NO_SUCH_VAR is not set",
+        ),
+        ("departments: {health: [unclosed", "not valid YAML at line 1"),
+        ("departments: {}", "departments: at least one department is required"),
+        (
+            "departments: {health: {store: {kind: sqlite, path: x.db}, column_types: {exceeded: boolean}}}",
+            "departments.health.column_types: key 'exceeded' must be written table.column",
+        ),
+    ],
+)
+def test_malformed_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "deployment.yaml"
+    path.write_text(text)
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"citygate: error: {path}: ")
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = run_cli("check", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"citygate: error: {tmp_path / 'absent.yaml'}: no such configuration file"
+
+
+def test_cli_check_reports_each_department(tmp_path: Path, sqlite_config: Config) -> None:
+    broken = with_store(sqlite_config, "health", path=str(tmp_path / "gone.db"))
+    path = tmp_path / "deployment.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(broken.model_dump(mode="json", by_alias=True, exclude={"source"})))
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 1
+    assert "  transport: ok" in result.stdout
+    assert f"  health: department health: SQLite file {tmp_path / 'gone.db'} does not exist" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_trino_catalog_files(tmp_path: Path, services_config: Config, sqlite_config: Config) -> None:
+    result = run_cli("trino-catalogs", "--config", str(REPO / "configs" / "services.yaml"), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    health = (tmp_path / "health.properties").read_text().splitlines()
+    assert health[0] == "connector.name=postgresql"
+    assert "connection-url=jdbc:postgresql://127.0.0.1:5432/health" in health
+    environment = (tmp_path / "environment.properties").read_text().splitlines()
+    assert environment[0] == "connector.name=mariadb"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{d}.properties" for d in services_config.departments)
+
+    import yaml
+
+    path = tmp_path / "embedded.yaml"
+    path.write_text(yaml.safe_dump(sqlite_config.model_dump(mode="json", by_alias=True, exclude={"source"})))
+    result = run_cli("trino-catalogs", "--config", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Trino has no connector for store kind 'sqlite'" in result.stderr
