@@ -105,7 +105,7 @@ class Engine(ABC):
     def _casts(self, department: str, table: str) -> dict[str, LogicalType]:
         wanted = {
             key.split(".", 1)[1]: logical_type(type_name)
-            for key, type_name in self.config.departments[department].column_types.items()
+            for key, type_name in self.config.departments[department].column_types().items()
             if key.split(".", 1)[0] == table
         }
         if not wanted:
@@ -130,7 +130,7 @@ class Engine(ABC):
     def introspect_department(self, department: str) -> Department:
         """One department's tables, with configured column types applied."""
         raw = self.read_department(department)
-        overrides = self.config.departments[department].column_types
+        overrides = self.config.departments[department].column_types()
         tables = []
         for table in raw.tables:
             self._raw_columns[(department, table.name)] = table.columns

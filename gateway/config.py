@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError
 
@@ -55,31 +55,88 @@ Store = Annotated[SqliteStore | PostgresStore | MariadbStore, Field(discriminato
 STORE_KINDS = ("sqlite", "postgresql", "mariadb")
 
 
+class ColumnConfig(_Model):
+    # The column's meaning where an engine cannot tell it from the store (Trino reads
+    # MariaDB's BOOLEAN, a TINYINT(1), as a number); engines cast to it.
+    type: str | None = None
+    description: str = ""
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | None) -> str | None:
+        from catalogue.types import UnknownTypeError, logical_type
+
+        if value is not None:
+            try:
+                logical_type(value)
+            except UnknownTypeError:
+                raise ValueError(
+                    f"unknown type {value!r}; use string, boolean, integer, bigint, double, "
+                    "decimal(p,s), date or timestamp"
+                ) from None
+        return value
+
+
+class TableConfig(_Model):
+    # Trino does not report primary keys; they identify rows for `_by_pk` and make every
+    # ordering total, so the same query pages the same way on every engine.
+    primary_key: list[str] = Field(default_factory=list)
+    description: str = ""
+    columns: dict[str, ColumnConfig] = Field(default_factory=dict)
+
+
 class DepartmentConfig(_Model):
     display_name: str = ""
     owner: str = ""
     store: Store
     trino_catalog: str | None = Field(None, pattern=NAME_PATTERN)
-    # "table.column" -> logical type, where an engine cannot tell a column's meaning from its
-    # store (Trino reads MariaDB's BOOLEAN, a TINYINT(1), as a number). Engines cast to it.
-    column_types: dict[str, str] = Field(default_factory=dict)
+    tables: dict[str, TableConfig] = Field(default_factory=dict)
 
-    @field_validator("column_types")
-    @classmethod
-    def _column_types(cls, value: dict[str, str]) -> dict[str, str]:
-        from catalogue.types import UnknownTypeError, logical_type
+    def column_types(self) -> dict[str, str]:
+        """ "table.column" -> configured logical type."""
+        return {
+            f"{table}.{column}": spec.type
+            for table, table_spec in self.tables.items()
+            for column, spec in table_spec.columns.items()
+            if spec.type
+        }
 
-        for key, type_name in value.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$", key):
-                raise ValueError(f"key {key!r} must be written table.column")
-            try:
-                logical_type(type_name)
-            except UnknownTypeError:
-                raise ValueError(
-                    f"{key}: unknown type {type_name!r}; use string, boolean, integer, bigint, "
-                    "double, decimal(p,s), date or timestamp"
-                ) from None
-        return value
+
+class ColumnRef(_Model):
+    department: str
+    table: str
+    column: str
+
+
+class ReverseConfig(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["array", "object"] = "array"
+
+
+class RelationshipConfig(_Model):
+    """A link from one table's column to another's, usually across departments.
+
+    ``from`` holds the key that points (``health.clinic_visits.id_card``), ``to`` the key it
+    points at; ``name`` is the object field on the ``from`` side, ``reverse`` the field on the
+    ``to`` side.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = Field(alias="from", pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    target: str = Field(alias="to", pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    reverse: ReverseConfig | None = None
+
+    @property
+    def source_ref(self) -> ColumnRef:
+        department, table, column = self.source.split(".")
+        return ColumnRef(department=department, table=table, column=column)
+
+    @property
+    def target_ref(self) -> ColumnRef:
+        department, table, column = self.target.split(".")
+        return ColumnRef(department=department, table=table, column=column)
 
 
 class TrinoSettings(_Model):
@@ -108,7 +165,19 @@ class EngineConfig(_Model):
 class Config(_Model):
     engine: EngineConfig = EngineConfig()
     departments: dict[str, DepartmentConfig]
+    relationships: list[RelationshipConfig] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _relationships_name_departments(self) -> Config:
+        for index, link in enumerate(self.relationships):
+            for end in (link.source_ref, link.target_ref):
+                if end.department not in self.departments:
+                    raise ValueError(
+                        f"relationships.{index}: department {end.department!r} is not configured "
+                        f"(configured: {', '.join(self.departments)})"
+                    )
+        return self
 
     @field_validator("departments")
     @classmethod
@@ -146,12 +215,49 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with keys 'engine' and 'departments'")
+    raw = _with_includes(raw, path, seen=(path.resolve(),))
     expanded = _expand_env(raw, path, ())
     try:
         config = Config.model_validate(expanded)
     except ValidationError as error:
         raise ConfigError(_describe(path, error)) from None
     return _resolve_paths(config.model_copy(update={"source": path}), path.parent)
+
+
+def _with_includes(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Merge the files named by ``include`` under this one: this file's keys win, mappings merge."""
+    includes = raw.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"{path}: include: expected a file name or a list of file names")
+    merged: dict[str, Any] = {}
+    for name in includes:
+        included = (path.parent / name).resolve()
+        if included in seen:
+            raise ConfigError(f"{path}: include: {name} includes itself")
+        try:
+            text = included.read_text(encoding="utf-8")
+        except OSError:
+            raise ConfigError(f"{path}: include: cannot read {included}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{included}: not valid YAML (included from {path})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{included}: expected a mapping (included from {path})")
+        merged = _merge(merged, _with_includes(data, included, (*seen, included)))
+    return _merge(merged, raw)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merge(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def _expand_env(value: Any, path: Path, key: tuple[str, ...]) -> Any:
@@ -218,21 +324,32 @@ def _is_union_tag(part: object) -> bool:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     """Walk the model along ``loc`` to list the keys allowed where an unknown one was found."""
     model: Any = Config
+    keyed = False  # the next part is a user-chosen key (a department, table or column name)
     for part in loc:
-        if part in _STORE_MODELS:
+        if isinstance(part, int):
+            continue
+        if keyed:
+            keyed = False
+        elif part in _STORE_MODELS:
             model = _STORE_MODELS[part]
-        elif model is Config and part == "departments":
-            model = "each department"
-        elif model == "each department":
-            model = DepartmentConfig
+        elif (model, part) in _MAPPINGS:
+            model, keyed = _MAPPINGS[(model, part)], True
         elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
-            model = model.model_fields[part].annotation
+            annotation = model.model_fields[part].annotation
+            model = RelationshipConfig if part == "relationships" else annotation
         else:
             return []
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+    if keyed or not (isinstance(model, type) and issubclass(model, BaseModel)):
         return []
-    return [f.alias or name for name, f in model.model_fields.items() if name != "source"]
+    return [f.alias or name for name, f in model.model_fields.items() if not (model is Config and name == "source")]
 
+
+# Mappings keyed by names the user chooses: (model, key) -> the model of each value.
+_MAPPINGS: dict[tuple[type[BaseModel], str], type[BaseModel]] = {
+    (Config, "departments"): DepartmentConfig,
+    (DepartmentConfig, "tables"): TableConfig,
+    (TableConfig, "columns"): ColumnConfig,
+}
 
 _STORE_MODELS: dict[str, type[BaseModel]] = {
     "sqlite": SqliteStore,

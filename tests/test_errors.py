@@ -189,8 +189,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("departments: {health: [unclosed", "not valid YAML at line 1"),
         ("departments: {}", "departments: at least one department is required"),
         (
-            "departments: {health: {store: {kind: sqlite, path: x.db}, column_types: {exceeded: boolean}}}",
-            "departments.health.column_types: key 'exceeded' must be written table.column",
+            "departments: {health: {store: {kind: sqlite, path: x.db}, tables: {t: {columns: {c: {type: money}}}}}}",
+            "departments.health.tables.t.columns.c.type: unknown type 'money'",
         ),
     ],
 )
