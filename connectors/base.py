@@ -46,7 +46,7 @@ def logical_table(department: str, table: str) -> exp.Table:
     return exp.Table(this=exp.to_identifier(table), db=exp.to_identifier(department))
 
 
-def departments_in(tree: exp.Expression) -> list[str]:
+def departments_in(tree: exp.Expr) -> list[str]:
     """The departments a tree reads, in order of first appearance."""
     seen: dict[str, None] = {}
     for table in tree.find_all(exp.Table):
@@ -70,20 +70,20 @@ class Engine(ABC):
     def physical_table(self, department: str, table: str) -> exp.Table:
         """Where this engine reads ``department.table``."""
 
-    def locate(self, tree: exp.Expression) -> exp.Expression:
+    def locate(self, tree: exp.Expr) -> exp.Expr:
         """Copy ``tree`` with every logical table reference replaced by its physical one."""
         unknown = [d for d in departments_in(tree) if d not in self.config.departments]
         if unknown:
             raise CitygateError(f"unknown department {unknown[0]!r}")
 
-        def relocate(node: exp.Expression) -> exp.Expression:
+        def relocate(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Table) and node.db and not node.catalog:
                 return self._source(node.db, node.name, node.alias or None)
             return node
 
         return tree.transform(relocate)
 
-    def _source(self, department: str, table: str, alias: str | None) -> exp.Expression:
+    def _source(self, department: str, table: str, alias: str | None) -> exp.Expr:
         """The physical table, or a subquery over it that casts to the configured column types."""
         physical = self.physical_table(department, table)
         casts = self._casts(department, table)
@@ -115,12 +115,12 @@ class Engine(ABC):
         raw = {c.name: c.type for c in self._raw_columns.get((department, table), ())}
         return {name: kind for name, kind in wanted.items() if name in raw and raw[name] != kind}
 
-    def sql(self, tree: exp.Expression) -> str:
+    def sql(self, tree: exp.Expr) -> str:
         """The text this engine runs for ``tree``: the only place SQL text is produced."""
         return self.locate(tree).sql(dialect=self.dialect)
 
     @abstractmethod
-    def execute(self, tree: exp.Expression) -> Result:
+    def execute(self, tree: exp.Expr) -> Result:
         """Run a logical tree and return all rows."""
 
     @abstractmethod

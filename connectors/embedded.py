@@ -228,7 +228,7 @@ class EmbeddedEngine(Engine):
             self._local.cursor = cursor
         return cursor
 
-    def execute(self, tree: exp.Expression) -> Result:
+    def execute(self, tree: exp.Expr) -> Result:
         touched = departments_in(tree)
         for department in touched:
             if department in self.config.departments and department not in self._attached:

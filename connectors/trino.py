@@ -125,7 +125,7 @@ class TrinoEngine(Engine):
             self._local.conn = conn
         return conn
 
-    def execute(self, tree: exp.Expression) -> Result:
+    def execute(self, tree: exp.Expr) -> Result:
         touched = departments_in(tree)
         if self.settings.create_missing_catalogs and not self._catalogs_checked:
             self.ensure_catalogs()

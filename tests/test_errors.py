@@ -136,7 +136,7 @@ def test_trino_registers_missing_catalogs_dynamically(
         ("health", "clinic_visits", {"port": "free"}, "did not answer"),
     ],
 )
-def test_trino_store_failures_name_the_department(  # noqa: PLR0917 - one parameter per column of the table above
+def test_trino_store_failures_name_the_department(
     services_config: Config,
     dynamic_catalogs: list[str],
     department: str,

@@ -1,0 +1,271 @@
+"""Run a GraphQL request: parse and validate with graphql-core, compile each root field to one
+statement, run it on the engine, and shape the rows into the response.
+
+Compiled fields are not resolved field by field through graphql-core; only introspection
+(``__schema``, ``__type``) runs through graphql-core's executor. Root fields of one request run
+concurrently, and a root field whose department is down answers null with an error while the
+others still answer (GraphQL partial results).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLObjectType,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    execute_sync,
+    parse,
+    validate,
+)
+from graphql.execution.values import get_variable_values
+from graphql.utilities import get_operation_ast
+from sqlglot import exp
+
+from catalogue.model import Catalogue, Department
+from connectors.base import Engine
+from gateway.compile import Compiled, CompileError, Context, collect_fields, compile_root_field
+from gateway.config import Config
+from gateway.errors import CitygateError, StoreUnavailableError
+from gateway.schema import Model, build_model
+from gateway.shape import shape
+
+log = logging.getLogger("citygate")
+
+# A policy step rewrites a compiled tree before any engine sees it (the policies issue adds
+# real ones); the identity keeps the seam visible and tested.
+Rewrite = Callable[[exp.Expr], exp.Expr]
+
+_UNKNOWN_FIELD = re.compile(r"Cannot query field '([^']+)' on type '([^']+)'\.(?: Did you mean (.+)\?)?")
+
+
+@dataclass
+class Response:
+    """A GraphQL response and whether the request itself was refused (parse, validation)."""
+
+    body: dict[str, Any]
+    request_error: bool = False
+    statements: int = 0
+
+
+@dataclass
+class Gateway:
+    """The schema over a configured engine, and the way to answer requests with it."""
+
+    config: Config
+    engine: Engine
+    model: Model
+    rewrite: Rewrite = field(default=lambda tree: tree)
+    unavailable: dict[str, str] = field(default_factory=dict)  # department -> why, at start-up
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="citygate"))
+
+    @classmethod
+    def start(cls, config: Config, engine: Engine) -> Gateway:
+        """Introspect every department (a department that is down is left out and named)."""
+        departments: list[Department] = []
+        unavailable: dict[str, str] = {}
+        for name in config.departments:
+            try:
+                departments.append(engine.introspect_department(name))
+            except CitygateError as error:
+                unavailable[name] = error.message
+                log.warning("department left out of the schema: %s", error.message)
+        model = build_model(Catalogue(tuple(departments)), config)
+        return cls(config=config, engine=engine, model=model, unavailable=unavailable)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _prepare(
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None
+    ) -> Response | tuple[DocumentNode, OperationDefinitionNode, Context]:
+        """Parse, validate, pick the operation and coerce its variables, or refuse the request."""
+        try:
+            document = parse(query)
+        except GraphQLError as error:
+            return _refused([_error(error.message, "GRAPHQL_PARSE_FAILED", locations=error.locations)])
+        errors = validate(self.model.schema, document)
+        if errors:
+            return _refused(
+                [_error(_friendly(e.message), "GRAPHQL_VALIDATION_FAILED", locations=e.locations) for e in errors]
+            )
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            message = (
+                f"no operation named {operation_name!r}"
+                if operation_name
+                else "the document has several operations; send operationName"
+            )
+            return _refused([_error(message, "BAD_REQUEST")])
+        if operation.operation != OperationType.QUERY:
+            message = f"{operation.operation.value} operations are not supported; citygate is read-only"
+            return _refused([_error(message, "BAD_REQUEST")])
+        coerced = get_variable_values(self.model.schema, operation.variable_definitions or (), dict(variables or {}))
+        if isinstance(coerced, list):
+            return _refused([_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
+        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        return document, operation, Context(self.model, fragments, coerced)
+
+    def execute(
+        self, query: str, variables: Mapping[str, Any] | None = None, operation_name: str | None = None
+    ) -> Response:
+        prepared = self._prepare(query, variables, operation_name)
+        if isinstance(prepared, Response):
+            return prepared
+        document, operation, ctx = prepared
+        root_type = self.model.schema.query_type
+        assert root_type is not None
+        fields = collect_fields(ctx, [operation.selection_set])
+
+        data: dict[str, Any] = {}
+        errors_out: list[dict[str, Any]] = []
+        compiled: dict[str, Compiled] = {}
+        introspection: dict[str, list[FieldNode]] = {}
+        for key, nodes in fields.items():
+            name = nodes[0].name.value
+            data[key] = root_type.name if name == "__typename" else None
+            if name.startswith("__") and name != "__typename":
+                introspection[key] = nodes
+            elif not name.startswith("__"):
+                try:
+                    compiled[key] = compile_root_field(ctx, key, nodes, root_type)
+                except CompileError as error:
+                    errors_out.append(
+                        _error(error.message, error.code, path=error.path or [key], locations=[_location(nodes[0])])
+                    )
+        if introspection:
+            data.update(self._introspect(document, operation, introspection, variables, errors_out))
+
+        statements = 0
+        results = self._run_all(compiled)
+        for key, outcome in results.items():
+            if isinstance(outcome, CitygateError):
+                extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
+                errors_out.append(
+                    _error(
+                        outcome.message, outcome.code, path=[key], locations=[_location(fields[key][0])], **extensions
+                    )
+                )
+            else:
+                data[key] = outcome
+                statements += 1
+        body: dict[str, Any] = {"data": data}
+        if errors_out:
+            body = {"errors": errors_out, "data": data}
+        return Response(body, statements=statements)
+
+    def _run_all(self, compiled: dict[str, Compiled]) -> dict[str, Any]:
+        if len(compiled) <= 1:
+            return {key: self._run(c) for key, c in compiled.items()}
+        futures = {key: self.pool.submit(self._run, c) for key, c in compiled.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+    def _run(self, compiled: Compiled) -> Any:
+        started = time.perf_counter()
+        try:
+            result = self.engine.execute(self.rewrite(compiled.tree))
+        except CitygateError as error:
+            log.warning("root field %s failed: %s (%s)", compiled.key, error.message, error.detail or "")
+            return error
+        except Exception:  # an engine bug must not take the server down or leak a trace
+            log.exception("root field %s failed", compiled.key)
+            return CitygateError("internal error while running the query")
+        value = shape(compiled, result.columns, result.rows)
+        log.debug(
+            "root field %s: %d rows in %.1f ms", compiled.key, len(result.rows), (time.perf_counter() - started) * 1000
+        )
+        return value
+
+    def _introspect(
+        self,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        fields: dict[str, list[FieldNode]],
+        variables: Mapping[str, Any] | None,
+        errors: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Introspection fields through graphql-core's own executor, on a document holding only them."""
+        selections = tuple(node for nodes in fields.values() for node in nodes)
+        only = OperationDefinitionNode(
+            operation=OperationType.QUERY,
+            name=operation.name,
+            variable_definitions=operation.variable_definitions,
+            directives=(),
+            selection_set=SelectionSetNode(selections=selections),
+        )
+        definitions = [only, *(d for d in document.definitions if isinstance(d, FragmentDefinitionNode))]
+        result = execute_sync(
+            self.model.schema, DocumentNode(definitions=tuple(definitions)), variable_values=dict(variables or {})
+        )
+        for error in result.errors or []:
+            errors.append(_error(error.message, "INTERNAL", path=error.path))
+        return dict(result.data or {})
+
+    # -- tools -----------------------------------------------------------------------------
+
+    def compile(
+        self, query: str, variables: Mapping[str, Any] | None = None, operation_name: str | None = None
+    ) -> list[Compiled]:
+        """Compile every data root field of ``query`` (for `citygate explain` and tests)."""
+        prepared = self._prepare(query, variables, operation_name)
+        if isinstance(prepared, Response):
+            raise CompileError("; ".join(e["message"] for e in prepared.body["errors"]))
+        _, operation, ctx = prepared
+        root_type = self.model.schema.query_type
+        assert isinstance(root_type, GraphQLObjectType)
+        return [
+            compile_root_field(ctx, key, nodes, root_type)
+            for key, nodes in collect_fields(ctx, [operation.selection_set]).items()
+            if not nodes[0].name.value.startswith("__")
+        ]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.engine.close()
+
+
+def _friendly(message: str) -> str:
+    """graphql-core's unknown-field message, as one that says what to change."""
+    match = _UNKNOWN_FIELD.match(message)
+    if not match:
+        return message
+    field_name, type_name, suggestions = match.groups()
+    text = f'unknown field "{field_name}" on "{type_name}"'
+    if suggestions:
+        options = re.findall(r"'([^']+)'", suggestions)
+        text += "; did you mean " + " or ".join(f'"{o}"' for o in options) + "?"
+    return text
+
+
+def _location(node: FieldNode) -> dict[str, int]:
+    loc = node.loc
+    if loc is None:
+        return {"line": 1, "column": 1}
+    return {"line": loc.start_token.line, "column": loc.start_token.column}
+
+
+def _error(message: str, code: str, *, path: Any = None, locations: Any = None, **extensions: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message}
+    if locations:
+        error["locations"] = [
+            loc if isinstance(loc, dict) else {"line": loc.line, "column": loc.column} for loc in locations
+        ]
+    if path:
+        error["path"] = list(path)
+    error["extensions"] = {"code": code, **extensions}
+    return error
+
+
+def _refused(errors: list[dict[str, Any]]) -> Response:
+    return Response({"errors": errors}, request_error=True)
