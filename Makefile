@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install services services-stop lint typecheck test bench clean
+.PHONY: install demo services services-stop lint typecheck test bench clean
 
 install: $(STAMP)
 
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+demo: install
+	$(BIN)/citygate demo
 
 services: install
 	$(BIN)/python -m tools.services start

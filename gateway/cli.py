@@ -109,6 +109,100 @@ def cmd_introspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The gateway over ``--config``, or over the embedded demo city when there is none."""
+    from connectors.base import create_engine
+    from gateway.demo import demo_config, ensure_demo_data
+    from gateway.execute import Gateway
+
+    if getattr(args, "config", None):
+        config = _load(args)
+    else:
+        data_dir = Path(args.data_dir).resolve()
+        ensure_demo_data(data_dir)
+        config = demo_config(data_dir)
+    return Gateway.start(config, create_engine(config))
+
+
+def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
+    import uvicorn
+
+    from gateway.http import create_app
+
+    gateway = _gateway(args)
+    for department, why in gateway.unavailable.items():
+        print(f"citygate: warning: {department} is left out of the schema: {why}", file=sys.stderr)
+    address = f"http://{args.host}:{args.port}/graphql"
+    print(banner.format(address=address, engine=gateway.engine.name) + epilogue, file=sys.stderr)
+    try:
+        uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level="warning")
+    finally:
+        gateway.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Serve the demo city on the embedded engine (built under --data-dir on first run)."""
+    from gateway.demo import EXAMPLE_QUERY
+
+    banner = (
+        "citygate demo: the demo city on the {engine} engine\n"
+        "  GraphiQL:  {address}  (open it in a browser)\n"
+        "  POST:      curl -s {address} -H 'content-type: application/json' "
+        '-d \'{{"query": "{{ transport_stations(limit: 3) {{ name district }} }}"}}\'\n'
+        "Try this query in GraphiQL:\n\n"
+    )
+    return _serve(args, banner, EXAMPLE_QUERY)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a configured deployment on its engine."""
+    return _serve(args, "citygate: serving on the {engine} engine at {address}")
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the GraphQL schema (SDL)."""
+    from graphql import print_schema
+
+    gateway = _gateway(args)
+    try:
+        print(print_schema(gateway.model.schema))
+    finally:
+        gateway.close()
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Print the SQL each engine would run for a query, one statement per root field."""
+    from connectors.base import create_engine
+
+    query = sys.stdin.read() if args.query == "-" else args.query
+    if query.startswith("@"):
+        query = Path(query[1:]).read_text(encoding="utf-8")
+    try:
+        variables = json.loads(args.variables) if args.variables else None
+    except ValueError:
+        raise CitygateError("--variables is not valid JSON") from None
+    gateway = _gateway(args)
+    try:
+        compiled = gateway.compile(query, variables)
+        engines = [gateway.engine]
+        other = "embedded" if gateway.engine.name == "trino" else "trino"
+        if all(d.store.kind != "sqlite" for d in gateway.config.departments.values()):
+            engines.append(create_engine(gateway.config.with_engine(other)))
+        for field in compiled:
+            for engine in engines:
+                print(f"-- {field.key} on {engine.name} ({engine.dialect})")
+                print(engine.sql(field.tree) + ";\n")
+        if len(engines) == 1:
+            print(
+                f"-- {other}: not available for this configuration (SQLite stores are read by the embedded engine only)"
+            )
+    finally:
+        gateway.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="citygate", description="A federated GraphQL gateway over a city's departments."
@@ -130,6 +224,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("trino-catalogs", cmd_trino_catalogs)
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True, help="directory for the .properties files")
+
+    def serving(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+
+    def demo_or_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="a deployment config (default: the embedded demo city)")
+        p.add_argument("--engine", choices=("trino", "embedded"), help="override the config's engine")
+        p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the demo city's SQLite files")
+
+    p = command("demo", cmd_demo)
+    serving(p)
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where the demo city's SQLite files live")
+
+    p = command("serve", cmd_serve)
+    serving(p)
+    p.add_argument("--config", required=True)
+    p.add_argument("--engine", choices=("trino", "embedded"), help="override the config's engine")
+
+    p = command("schema", cmd_schema)
+    p.add_argument("action", choices=("print",))
+    demo_or_config(p)
+
+    p = command("explain", cmd_explain)
+    p.add_argument("query", help="the GraphQL query, @FILE, or - for standard input")
+    p.add_argument("--variables", help="variables as a JSON object")
+    demo_or_config(p)
 
     for name, handler in (("check", cmd_check), ("introspect", cmd_introspect)):
         p = command(name, handler)
