@@ -139,6 +139,15 @@ class EmbeddedEngine(Engine):
         if settings.threads:
             duck_config["threads"] = settings.threads
         self._db = duckdb.connect(":memory:", config=duck_config)
+        # DuckDB 1.5.5 rewrites `ROW_NUMBER() OVER (...) ... WHERE rn <= 1` into an aggregate
+        # that returns one row of NULLs when its input is empty (a `_by_pk` that finds
+        # nothing, an object relationship with no target); without that rewrite it is correct.
+        self._db.execute("SET GLOBAL disabled_optimizers = 'top_n_window_elimination'")
+        # The MySQL scanner's aggregate pushdown fails with an internal error (which would
+        # invalidate the whole database) on COUNT(column) over a subquery; DuckDB aggregates
+        # correctly itself.
+        self._db.execute("LOAD mysql_scanner")
+        self._db.execute("SET GLOBAL mysql_aggregate_pushdown_enabled = false")
         self._lock = threading.Lock()
         self._local = threading.local()
         self._attached: set[str] = set()

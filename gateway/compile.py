@@ -633,7 +633,7 @@ def _paged(
         )
         source = (
             exp.select("*")
-            .from_(exp.select(exp.Star(), exp.alias_(first, "__first")).from_(source))
+            .from_(exp.select(exp.Star(), exp.alias_(first, "__first")).from_(source).subquery("f"))
             .where(exp.column("__first").eq(1))
             .subquery("d")
         )
@@ -668,7 +668,10 @@ def _rows_sql(ctx: Context, node: Node) -> exp.Select:
 def _agg_sql(ctx: Context, node: Node) -> exp.Select:
     select, alias, _, order = _node_base(ctx, node, [])
     columns = sorted({c.name for o in node.outputs for c in o.find_all(exp.Column)})
-    select = select.select(*[exp.alias_(_col(alias, c), c) for c in columns])
+    # COUNT(*) alone reads no column, but a SELECT needs one.
+    select = select.select(
+        *[exp.alias_(_col(alias, c), c) for c in columns] or [exp.alias_(exp.Literal.number(1), "__one")]
+    )
     partition = [exp.column("__parent")] if node.parent is not None else []
     if any(node.args.get(k) for k in ("limit", "offset", "distinct_on")):
         sorts = [(f"__s{i}", o) for i, o in enumerate(order)]
@@ -690,10 +693,10 @@ def _agg_sql(ctx: Context, node: Node) -> exp.Select:
 
 def _group_sql(ctx: Context, node: Node) -> exp.Select:
     select, alias, _, _ = _node_base(ctx, node, [], ordered=False)
-    table = node.table
-    columns = sorted({c.name for o in node.outputs for c in o.find_all(exp.Column)} | set(node.group_by))
-    select = select.select(*[exp.alias_(_col(alias, c), c) for c in columns])
     order = _group_order(node)
+    used = [c.name for e in [*node.outputs, *order] for c in e.find_all(exp.Column)]
+    columns = sorted(set(used) | set(node.group_by))
+    select = select.select(*[exp.alias_(_col(alias, c), c) for c in columns])
     order += [exp.Ordered(this=exp.column(_ident(c)), desc=False, nulls_first=False) for c in node.group_by]
     number = exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=order))
     outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}") for i, o in enumerate(node.outputs)]
@@ -711,7 +714,6 @@ def _group_sql(ctx: Context, node: Node) -> exp.Select:
         paged = paged.where(exp.column("__rn") > offset)
     if limit is not None:
         paged = paged.where(exp.column("__rn") <= offset + limit)
-    del table
     return paged
 
 

@@ -6,12 +6,14 @@ no server and no file outside the installed package.
 
 from __future__ import annotations
 
+import importlib.resources
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from catalogue.demo_city import DEPARTMENTS, RELATIONSHIPS, TABLES
+import yaml
+
+from catalogue.demo_city import DEPARTMENTS, TABLES
 from gateway.config import Config
 
 EXAMPLE_QUERY = """\
@@ -37,27 +39,15 @@ query VisitsInNancheng {
 
 
 def demo_config(data_dir: Path) -> Config:
-    """The demo city on SQLite files in ``data_dir``, with the contract's keys and relationships."""
-    departments: dict[str, Any] = {}
+    """The demo city on SQLite files in ``data_dir``: the packaged catalogue plus one store each."""
+    catalogue = yaml.safe_load((importlib.resources.files("gateway") / "demo-city.yaml").read_text(encoding="utf-8"))
     for department in DEPARTMENTS:
-        departments[department.name] = {
-            "display_name": department.display_name,
-            "owner": department.display_name,
-            "store": {"kind": "sqlite", "path": str(data_dir / f"{department.name}.db")},
-            "tables": {t.name: {"primary_key": list(t.primary_key)} for t in TABLES if t.department == department.name},
+        catalogue["departments"][department.name]["store"] = {
+            "kind": "sqlite",
+            "path": str(data_dir / f"{department.name}.db"),
         }
-    relationships = [
-        {
-            "name": r.name,
-            "from": ".".join(r.source),
-            "to": ".".join(r.target),
-            "reverse": {"name": r.reverse_name, "kind": r.reverse_kind},
-        }
-        for r in RELATIONSHIPS
-    ]
-    return Config.model_validate(
-        {"engine": {"kind": "embedded"}, "departments": departments, "relationships": relationships}
-    )
+    catalogue["engine"] = {"kind": "embedded"}
+    return Config.model_validate(catalogue)
 
 
 def ensure_demo_data(data_dir: Path, scale: float = 1.0) -> bool:

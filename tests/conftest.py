@@ -18,7 +18,9 @@ from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
 from gateway.config import Config, SqliteStore, load_config
 from gateway.datagen import City, generate
+from gateway.demo import demo_config
 from gateway.errors import CitygateError
+from gateway.execute import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES_CONFIG = REPO / "configs" / "services.yaml"
@@ -41,13 +43,11 @@ def city() -> City:
 def sqlite_config(tmp_path_factory: pytest.TempPathFactory, city: City) -> Config:
     """The embedded demo: one SQLite file per department, written by the project's loader."""
     data_dir = tmp_path_factory.mktemp("demo-city")
-    departments = {}
     for department in sorted({t.department for t in TABLES}):
         store = SqliteStore(kind="sqlite", path=data_dir / f"{department}.db")
         tables = [(t, city.rows(t.department, t.name)) for t in TABLES if t.department == department]
         stores.load(department, store, tables, lambda n: None)
-        departments[department] = {"store": {"kind": "sqlite", "path": str(store.path)}}
-    return Config.model_validate({"engine": {"kind": "embedded"}, "departments": departments})
+    return demo_config(data_dir)
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +102,28 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def gateway_sqlite(embedded_sqlite: EmbeddedEngine, sqlite_config: Config) -> Gateway:
+    return Gateway.start(sqlite_config, embedded_sqlite)
+
+
+@pytest.fixture(scope="session")
+def gateway_services(embedded_services: EmbeddedEngine, services_config: Config) -> Gateway:
+    return Gateway.start(services_config.with_engine("embedded"), embedded_services)
+
+
+@pytest.fixture(scope="session")
+def gateway_trino(trino_engine: TrinoEngine, services_config: Config) -> Gateway:
+    return Gateway.start(services_config, trino_engine)
+
+
+GATEWAYS = ("gateway_sqlite", "gateway_services", "gateway_trino")
+
+
+@pytest.fixture(params=GATEWAYS)
+def gateway(request: pytest.FixtureRequest) -> Gateway:
+    """The GraphQL gateway on each engine in turn."""
+    value: Gateway = request.getfixturevalue(request.param)
+    return value

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from catalogue.demo_city import DISTRICTS, RELATIONSHIPS, TABLES, RelationshipSpec
+from catalogue.demo_city import DEPARTMENTS, DISTRICTS, RELATIONSHIPS, TABLES, RelationshipSpec
 from catalogue.ids import is_valid_credit_code, is_valid_resident_id, resident_birth_date, resident_gender
 from gateway.datagen import City, generate
 
@@ -92,3 +92,21 @@ def test_value_domains(city: City) -> None:
     assert None in chronic and any(chronic)
     costs = [v["cost"] for v in city.dicts("health", "clinic_visits")]
     assert all(c.as_tuple().exponent == -2 for c in costs)
+
+
+def test_the_packaged_catalogue_matches_the_contract() -> None:
+    """gateway/demo-city.yaml (what the configs and `citygate demo` serve) agrees with catalogue/demo_city.py."""
+    from pathlib import Path
+
+    from gateway.demo import demo_config
+
+    config = demo_config(Path("/nonexistent"))
+    assert sorted(config.departments) == sorted(d.name for d in DEPARTMENTS)
+    for spec in TABLES:
+        assert config.departments[spec.department].tables[spec.name].primary_key == list(spec.primary_key)
+    links = {
+        (r.name, r.source, r.target, r.reverse.name if r.reverse else None, r.reverse.kind if r.reverse else None)
+        for r in config.relationships
+    }
+    expected = {(r.name, ".".join(r.source), ".".join(r.target), r.reverse_name, r.reverse_kind) for r in RELATIONSHIPS}
+    assert links == expected

@@ -1,0 +1,102 @@
+"""GraphQL -> SQL golden fixtures, run on every engine and compared with the Python oracle.
+
+Each ``tests/fixtures/compile/<name>.graphql`` has its compiled SQL beside it in
+``<name>.sql`` (the logical tree, before an engine locates its tables). Set
+CITYGATE_UPDATE_GOLDEN=1 to rewrite the ``.sql`` files after an intended compiler change,
+and read the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from graphql import print_schema
+
+from gateway.datagen import City
+from gateway.execute import Gateway
+from tests.oracle import Oracle
+
+FIXTURES = Path(__file__).parent / "fixtures" / "compile"
+CASES = sorted(p.stem for p in FIXTURES.glob("*.graphql"))
+
+
+def load(name: str) -> tuple[str, dict[str, Any]]:
+    text = (FIXTURES / f"{name}.graphql").read_text(encoding="utf-8")
+    variables: dict[str, Any] = {}
+    for line in text.splitlines():
+        if line.startswith("# variables:"):
+            variables = json.loads(line.split(":", 1)[1])
+    return text, variables
+
+
+def same(got: Any, want: Any, path: str = "") -> None:
+    """Equal, with floats (averages, sums of doubles) to 1e-9 relative: engines add in any order."""
+    if isinstance(want, float) and isinstance(got, float):
+        assert math.isclose(got, want, rel_tol=1e-9), f"{path}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want), f"{path}: keys {list(got)} != {list(want)}"
+        for key in want:
+            same(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{path}: {len(got)} items != {len(want)}"
+        for index, (g, w) in enumerate(zip(got, want, strict=True)):
+            same(g, w, f"{path}[{index}]")
+    else:
+        assert got == want, f"{path}: {got!r} != {want!r}"
+
+
+@pytest.fixture(scope="session")
+def oracle(gateway_sqlite: Gateway, city: City) -> Oracle:
+    return Oracle(gateway_sqlite.model, city)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_golden_sql(gateway_sqlite: Gateway, name: str) -> None:
+    query, variables = load(name)
+    compiled = gateway_sqlite.compile(query, variables)
+    text = "".join(f"-- {c.key}\n{c.tree.sql(dialect='duckdb', pretty=True)};\n\n" for c in compiled)
+    golden = FIXTURES / f"{name}.sql"
+    if os.environ.get("CITYGATE_UPDATE_GOLDEN") == "1":
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no golden SQL for {name}; run with CITYGATE_UPDATE_GOLDEN=1 and review it"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_fixture_rows_equal_the_oracle(gateway: Gateway, oracle: Oracle, name: str) -> None:
+    query, variables = load(name)
+    response = gateway.execute(query, variables)
+    assert "errors" not in response.body, response.body
+    same(response.body["data"], oracle.execute(query, variables))
+    assert response.statements == sum(1 for c in gateway.compile(query, variables))
+
+
+def test_every_engine_serves_the_same_schema(
+    gateway_sqlite: Gateway, gateway_services: Gateway, gateway_trino: Gateway
+) -> None:
+    sdl = [print_schema(g.model.schema) for g in (gateway_sqlite, gateway_services, gateway_trino)]
+    assert sdl[0] == sdl[1] == sdl[2]
+    assert "health_clinic_visits_group_by(" in sdl[0] and "clinic_visits_aggregate(" in sdl[0]
+
+
+def test_three_levels_over_a_thousand_parents_is_one_statement(gateway: Gateway, oracle: Oracle) -> None:
+    query = """{
+      market_regulation_enterprises(limit: 1000, order_by: [{credit_code: asc}]) {
+        credit_code
+        legal_representative { name clinic_visits(order_by: [{visit_id: asc}]) { visit_id cost } }
+      }
+    }"""
+    engine = gateway.engine
+    before = engine.statements  # type: ignore[attr-defined]
+    response = gateway.execute(query)
+    assert engine.statements - before == 1  # type: ignore[attr-defined]
+    assert "errors" not in response.body
+    enterprises = response.body["data"]["market_regulation_enterprises"]
+    assert len(enterprises) == 1000
+    assert sum(len(e["legal_representative"]["clinic_visits"]) for e in enterprises) > 1000
+    same(response.body["data"], oracle.execute(query))
