@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlglot import exp
 
 from catalogue.demo_city import TABLES
 from connectors import stores
@@ -127,3 +129,31 @@ def gateway(request: pytest.FixtureRequest) -> Gateway:
     """The GraphQL gateway on each engine in turn."""
     value: Gateway = request.getfixturevalue(request.param)
     return value
+
+
+def with_store(config: Config, department: str, **changes: Any) -> Config:
+    """A copy of ``config`` where one department's store differs."""
+    raw = config.model_dump(by_alias=True, exclude={"source"})
+    raw["departments"][department]["store"].update(changes)
+    for spec in raw["departments"].values():
+        spec["store"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in spec["store"].items()}
+    return Config.model_validate(raw)
+
+
+def trino_with(services_config: Config, department: str, catalog: str, **store: Any) -> TrinoEngine:
+    config = with_store(services_config, department, **store)
+    departments = dict(config.departments)
+    departments[department] = departments[department].model_copy(update={"trino_catalog": catalog})
+    engine_config = config.engine.model_copy(
+        update={"trino": config.engine.trino.model_copy(update={"create_missing_catalogs": True})}
+    )
+    return TrinoEngine(config.model_copy(update={"departments": departments, "engine": engine_config}))
+
+
+@pytest.fixture
+def dynamic_catalogs(trino_engine: TrinoEngine) -> Iterator[list[str]]:
+    """Catalogs a test registers with CREATE CATALOG, dropped afterwards."""
+    created: list[str] = []
+    yield created
+    for catalog in created:
+        trino_engine._run(f"DROP CATALOG IF EXISTS {exp.to_identifier(catalog, quoted=True).sql('trino')}", [])

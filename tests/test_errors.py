@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,13 @@ from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
 from gateway.config import Config
 from gateway.errors import EngineUnavailableError, StoreUnavailableError
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, trino_with, with_store
 
 WRONG_PASSWORD = "not-the-password-7f3a"
 
 
 def count(department: str, table: str) -> exp.Select:
     return exp.select(exp.func("count", exp.Star())).from_(logical_table(department, table))
-
-
-def with_store(config: Config, department: str, **changes: Any) -> Config:
-    """A copy of ``config`` where one department's store differs."""
-    raw = config.model_dump(by_alias=True, exclude={"source"})
-    raw["departments"][department]["store"].update(changes)
-    for spec in raw["departments"].values():
-        spec["store"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in spec["store"].items()}
-    return Config.model_validate(raw)
 
 
 @pytest.mark.parametrize("department", ["health", "environment"])
@@ -97,25 +87,6 @@ def test_unreachable_trino(services_config: Config) -> None:
         engine.execute(count("health", "clinic_visits"))
     assert f"127.0.0.1:{port} is unreachable" in caught.value.message
     assert not engine.health().ok
-
-
-@pytest.fixture
-def dynamic_catalogs(trino_engine: TrinoEngine) -> Iterator[list[str]]:
-    """Catalogs a test registers with CREATE CATALOG, dropped afterwards."""
-    created: list[str] = []
-    yield created
-    for catalog in created:
-        trino_engine._run(f"DROP CATALOG IF EXISTS {exp.to_identifier(catalog, quoted=True).sql('trino')}", [])
-
-
-def trino_with(services_config: Config, department: str, catalog: str, **store: Any) -> TrinoEngine:
-    config = with_store(services_config, department, **store)
-    departments = dict(config.departments)
-    departments[department] = departments[department].model_copy(update={"trino_catalog": catalog})
-    engine_config = config.engine.model_copy(
-        update={"trino": config.engine.trino.model_copy(update={"create_missing_catalogs": True})}
-    )
-    return TrinoEngine(config.model_copy(update={"departments": departments, "engine": engine_config}))
 
 
 def test_trino_registers_missing_catalogs_dynamically(

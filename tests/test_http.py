@@ -1,0 +1,156 @@
+"""The HTTP edge, through the real ASGI application: statuses, error shapes, GraphiQL, health."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.execute import Gateway
+from gateway.http import GRAPHQL_RESPONSE, create_app
+
+
+@pytest.fixture(scope="module")
+def client(gateway_sqlite: Gateway) -> Iterator[TestClient]:
+    with TestClient(create_app(gateway_sqlite)) as test_client:
+        yield test_client
+
+
+def test_post_answers_a_query(client: TestClient) -> None:
+    response = client.post("/graphql", json={"query": "{ transport_stations(limit: 2) { name level } }"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    stations = response.json()["data"]["transport_stations"]
+    assert [s["name"] for s in stations] == ["莞城汽车客运站", "南城汽车客运站"]
+
+
+def test_variables_and_operation_name(client: TestClient) -> None:
+    document = """
+      query A($d: String!) { transport_stations(where: {district: {_eq: $d}}) { station_id } }
+      query B { transport_stations_aggregate { aggregate { count } } }
+    """
+    a = client.post("/graphql", json={"query": document, "variables": {"d": "虎门"}, "operationName": "A"})
+    assert a.json() == {"data": {"transport_stations": [{"station_id": 6}, {"station_id": 14}, {"station_id": 22}]}}
+    b = client.post("/graphql", json={"query": document, "operationName": "B"})
+    assert b.json() == {"data": {"transport_stations_aggregate": {"aggregate": {"count": 24}}}}
+    neither = client.post("/graphql", json={"query": document})
+    assert neither.json()["errors"][0]["message"] == "the document has several operations; send operationName"
+
+
+def test_get_with_query_parameter(client: TestClient) -> None:
+    response = client.get("/graphql", params={"query": "{ transport_stations_by_pk(station_id: 3) { name } }"})
+    assert response.json() == {"data": {"transport_stations_by_pk": {"name": "东城汽车客运站"}}}
+
+
+def test_unknown_field_says_what_to_change(client: TestClient) -> None:
+    response = client.post("/graphql", json={"query": "{ public_security_residents { phon } }"})
+    assert response.status_code == 200  # application/json: every well-formed request is 200
+    error = response.json()["errors"][0]
+    assert error["message"] == 'unknown field "phon" on "public_security_residents"; did you mean "phone"?'
+    assert error["locations"] == [{"line": 1, "column": 31}]
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "data" not in response.json()
+
+
+def test_graphql_response_media_type_uses_400_for_refused_requests(client: TestClient) -> None:
+    headers = {"accept": GRAPHQL_RESPONSE}
+    refused = client.post("/graphql", json={"query": "{ nope }"}, headers=headers)
+    assert refused.status_code == 400
+    assert refused.headers["content-type"].startswith(GRAPHQL_RESPONSE)
+    parse = client.post("/graphql", json={"query": "{ transport_stations { name "}, headers=headers)
+    assert parse.status_code == 400 and parse.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
+    ok = client.post("/graphql", json={"query": "{ transport_stations(limit: 1) { name } }"}, headers=headers)
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "message"),
+    [
+        (b"{not json", "application/json", 400, "the request body is not valid JSON"),
+        (b"[1, 2]", "application/json", 400, "the request body must be a JSON object with a `query`"),
+        (b'{"variables": {}}', "application/json", 400, "the request has no `query` string"),
+        (
+            b'{"query": "{ transport_stations { name } }", "variables": [1]}',
+            "application/json",
+            400,
+            "`variables` must be an object",
+        ),
+        (b"query=x", "application/x-www-form-urlencoded", 415, "send the request as application/json"),
+    ],
+)
+def test_malformed_requests(client: TestClient, body: bytes, content_type: str, status: int, message: str) -> None:
+    response = client.post("/graphql", content=body, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert response.json() == {"errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]}
+
+
+def test_oversized_body(client: TestClient) -> None:
+    query = "{ transport_stations { name } }" + " " * (1 << 20)
+    response = client.post("/graphql", json={"query": query})
+    assert response.status_code == 413
+
+
+def test_bad_variable_value(client: TestClient) -> None:
+    response = client.post(
+        "/graphql",
+        json={
+            "query": "query ($d: Date!) "
+            "{ health_clinic_visits(where: {visit_date: {_eq: $d}}, limit: 1) { visit_id } }",
+            "variables": {"d": "30 February"},
+        },
+    )
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "Date expects YYYY-MM-DD" in error["message"]
+
+
+def test_compile_errors_carry_path_and_code(client: TestClient) -> None:
+    response = client.post("/graphql", json={"query": "{ a: transport_stations(limit: -1) { name } }"})
+    error = response.json()["errors"][0]
+    assert error["message"] == "`limit` must not be negative"
+    assert error["path"] == ["a"] and error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert response.json()["data"] == {"a": None}
+
+
+def test_mutations_are_refused(client: TestClient) -> None:
+    response = client.post("/graphql", json={"query": "mutation { x }"})
+    assert response.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_introspection_and_typename(client: TestClient) -> None:
+    query = (
+        '{ __typename __type(name: "health_clinic_visits") { fields { name } } transport_stations(limit: 1) { name } }'
+    )
+    data = client.post("/graphql", json={"query": query}).json()["data"]
+    assert list(data) == ["__typename", "__type", "transport_stations"]
+    assert data["__typename"] == "query_root"
+    assert {"visit_id", "cost", "resident"} <= {f["name"] for f in data["__type"]["fields"]}
+
+
+def test_graphiql_for_browsers(client: TestClient) -> None:
+    response = client.get("/graphql", headers={"accept": "text/html"})
+    assert response.status_code == 200 and "graphiql" in response.text.lower()
+    assert client.get("/graphql").status_code == 400
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["departments"] == {
+        d: "ok"
+        for d in ("public_security", "health", "transport", "market_regulation", "environment", "human_resources")
+    }
+
+
+def test_no_sql_or_trace_reaches_the_client(client: TestClient) -> None:
+    hostile = "x' UNION SELECT password FROM users --"
+    response = client.post(
+        "/graphql",
+        json={
+            "query": "query ($n: String!) { market_regulation_enterprises(where: {name: {_like: $n}}) { name } }",
+            "variables": {"n": hostile},
+        },
+    )
+    assert response.json() == {"data": {"market_regulation_enterprises": []}}
