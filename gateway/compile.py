@@ -673,7 +673,7 @@ def _agg_sql(ctx: Context, node: Node) -> exp.Select:
         *[exp.alias_(_col(alias, c), c) for c in columns] or [exp.alias_(exp.Literal.number(1), "__one")]
     )
     partition = [exp.column("__parent")] if node.parent is not None else []
-    if any(node.args.get(k) for k in ("limit", "offset", "distinct_on")):
+    if any(node.args.get(k) is not None for k in ("limit", "offset", "distinct_on")):
         sorts = [(f"__s{i}", o) for i, o in enumerate(order)]
         select = select.select(*[exp.alias_(o.this, a) for a, o in sorts])
         select = select.select(

@@ -6,11 +6,13 @@ runs first. A test that needs one and cannot reach it fails with what to do; not
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from sqlglot import exp
 
 from catalogue.demo_city import TABLES
@@ -23,8 +25,14 @@ from gateway.datagen import City, generate
 from gateway.demo import demo_config
 from gateway.errors import CitygateError
 from gateway.execute import Gateway
+from tests.oracle import Oracle
 
 REPO = Path(__file__).resolve().parent.parent
+
+# CI runs a fixed sample of generated queries; HYPOTHESIS_PROFILE=hunt explores many more.
+settings.register_profile("ci", max_examples=40, derandomize=True)
+settings.register_profile("hunt", max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SERVICES_CONFIG = REPO / "configs" / "services.yaml"
 
 
@@ -119,6 +127,12 @@ def gateway_services(embedded_services: EmbeddedEngine, services_config: Config)
 @pytest.fixture(scope="session")
 def gateway_trino(trino_engine: TrinoEngine, services_config: Config) -> Gateway:
     return Gateway.start(services_config, trino_engine)
+
+
+@pytest.fixture(scope="session")
+def oracle(gateway_sqlite: Gateway, city: City) -> Oracle:
+    """The same queries answered in plain Python over the generator's rows."""
+    return Oracle(gateway_sqlite.model, city)
 
 
 GATEWAYS = ("gateway_sqlite", "gateway_services", "gateway_trino")

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from graphql import print_schema
 
-from gateway.datagen import City
 from gateway.execute import Gateway
 from tests.oracle import Oracle
 
@@ -48,11 +47,6 @@ def same(got: Any, want: Any, path: str = "") -> None:
             same(g, w, f"{path}[{index}]")
     else:
         assert got == want, f"{path}: {got!r} != {want!r}"
-
-
-@pytest.fixture(scope="session")
-def oracle(gateway_sqlite: Gateway, city: City) -> Oracle:
-    return Oracle(gateway_sqlite.model, city)
 
 
 @pytest.mark.parametrize("name", CASES)
