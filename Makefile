@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo services services-stop lint typecheck test bench clean
+.PHONY: install demo services services-stop compose-check lint typecheck test bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,13 @@ services: install
 services-stop:
 	$(BIN)/python -m tools.services stop
 
+# Docker cannot run here; Debian's docker-compose validates the deployment without an engine.
+compose-check:
+	@command -v docker-compose >/dev/null || { echo "[make] installing docker-compose to validate compose/"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }; }
+	docker-compose -f compose/docker-compose.yml config -q
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -32,7 +39,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install services lint typecheck
+test: install services compose-check lint typecheck
 	$(BIN)/python -m pytest
 
 clean:
