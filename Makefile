@@ -42,5 +42,9 @@ typecheck: install
 test: install services compose-check lint typecheck
 	$(BIN)/python -m pytest
 
+# Benchmarks against the services (started if needed); not part of `make test`.
+bench: install services
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -82,18 +82,18 @@ def _nin(column: exp.Expr, values: list[Any], t: LogicalType) -> exp.Expr:
     # `_nin: []` matches everything.
     if not values:
         return exp.true()
-    return exp.not_(exp.In(this=column, expressions=[literal(v, t) for v in values]))
+    return exp.not_(exp.In(this=column, expressions=[literal(v, t) for v in values]), copy=False)
 
 
 def _is_null(column: exp.Expr, value: bool, t: LogicalType) -> exp.Expr:
     check = exp.Is(this=column, expression=exp.Null())
-    return check if value else exp.not_(check)
+    return check if value else exp.not_(check, copy=False)
 
 
 def _like(kind: type[exp.Expr], negate: bool) -> Comparison:
     def build(column: exp.Expr, value: str, t: LogicalType) -> exp.Expr:
         node = kind(this=column, expression=exp.Literal.string(value))
-        return exp.not_(node) if negate else node
+        return exp.not_(node, copy=False) if negate else node
 
     return build
 
@@ -118,7 +118,7 @@ AGGREGATES: dict[str, Callable[[exp.Expr], exp.Expr]] = {
     "sum": lambda e: exp.Sum(this=e),
     # Averages are taken in double precision on every engine: Trino's AVG over a decimal
     # rounds to the column's scale, DuckDB's does not.
-    "avg": lambda e: exp.Avg(this=exp.cast(e, exp.DataType.build("DOUBLE"))),
+    "avg": lambda e: exp.Avg(this=exp.cast(e, exp.DataType(this=exp.DataType.Type.DOUBLE), copy=False)),
     "min": lambda e: exp.Min(this=e),
     "max": lambda e: exp.Max(this=e),
 }
@@ -126,12 +126,14 @@ AGGREGATES: dict[str, Callable[[exp.Expr], exp.Expr]] = {
 
 def _date(value: Any) -> exp.Expr:
     day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
-    return exp.cast(exp.Literal.string(day.isoformat()), exp.DataType.build("DATE"))
+    return exp.cast(exp.Literal.string(day.isoformat()), exp.DataType(this=exp.DataType.Type.DATE), copy=False)
 
 
 def _timestamp(value: Any) -> exp.Expr:
     moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-    return exp.cast(exp.Literal.string(moment.isoformat(sep=" ")), exp.DataType.build("TIMESTAMP"))
+    return exp.cast(
+        exp.Literal.string(moment.isoformat(sep=" ")), exp.DataType(this=exp.DataType.Type.TIMESTAMP), copy=False
+    )
 
 
 LITERALS: dict[str, Callable[[Any], exp.Expr]] = {
@@ -139,7 +141,9 @@ LITERALS: dict[str, Callable[[Any], exp.Expr]] = {
     "boolean": lambda v: exp.Boolean(this=bool(v)),
     "integer": lambda v: exp.Literal.number(int(v)),
     "bigint": lambda v: exp.Literal.number(int(v)),
-    "double": lambda v: exp.cast(exp.Literal.number(repr(float(v))), exp.DataType.build("DOUBLE")),
+    "double": lambda v: exp.cast(
+        exp.Literal.number(repr(float(v))), exp.DataType(this=exp.DataType.Type.DOUBLE), copy=False
+    ),
     "decimal": lambda v: exp.Literal.number(str(Decimal(v))),
     "date": _date,
     "timestamp": _timestamp,
@@ -411,7 +415,9 @@ def _count(columns: list[str], distinct: bool, path: list[str | int]) -> exp.Exp
     if distinct:
         raise CompileError("count(distinct: true) counts one column at a time", path)
     # Rows where every named column is set, as COUNT(a, b) would mean.
-    every = exp.and_(*[exp.not_(exp.Is(this=exp.column(_ident(c)), expression=exp.Null())) for c in columns])
+    every = exp.and_(
+        *[exp.not_(exp.Is(this=exp.column(_ident(c)), expression=exp.Null()), copy=False) for c in columns], copy=False
+    )
     return exp.Count(this=exp.Case(ifs=[exp.If(this=every, true=exp.Literal.number(1))]))
 
 
@@ -491,13 +497,13 @@ def where_sql(
             raise CompileError(f"`{name}: null` is not a condition; leave it out", here)
         if name == "_and":
             parts = [where_sql(ctx, table, alias, v, here) or exp.true() for v in value]
-            terms.append(exp.and_(*parts) if parts else exp.true())
+            terms.append(exp.and_(*parts, copy=False) if parts else exp.true())
         elif name == "_or":
             parts = [where_sql(ctx, table, alias, v, here) or exp.true() for v in value]
-            terms.append(exp.paren(exp.or_(*parts)) if parts else exp.false())
+            terms.append(exp.paren(exp.or_(*parts, copy=False), copy=False) if parts else exp.false())
         elif name == "_not":
             inner = where_sql(ctx, table, alias, value, here)
-            terms.append(exp.not_(exp.paren(inner)) if inner is not None else exp.false())
+            terms.append(exp.not_(exp.paren(inner, copy=False), copy=False) if inner is not None else exp.false())
         elif name in table.columns:
             column = table.columns[name]
             for op, operand in value.items():
@@ -510,18 +516,18 @@ def where_sql(
             inner_alias = ctx.alias()
             link = _col(inner_alias, relation.target_column).eq(_col(alias, relation.column))
             nested = where_sql(ctx, target, inner_alias, value, here)
-            predicate = exp.and_(link, nested) if nested is not None else link
+            predicate = exp.and_(link, nested, copy=False) if nested is not None else link
             subquery = (
-                exp.select(exp.Literal.number(1))
-                .from_(logical_table(target.department, target.name).as_(inner_alias))
-                .where(predicate)
+                exp.select(exp.Literal.number(1), copy=False)
+                .from_(logical_table(target.department, target.name).as_(inner_alias, copy=False), copy=False)
+                .where(predicate, copy=False)
             )
             terms.append(exp.Exists(this=subquery))
         else:
             raise CompileError(f"unknown filter field {name!r} on {table.root}", here)
     if not terms:
         return None
-    return exp.and_(*terms) if len(terms) > 1 else terms[0]
+    return exp.and_(*terms, copy=False) if len(terms) > 1 else terms[0]
 
 
 @dataclass
@@ -586,23 +592,31 @@ def _node_base(
     """FROM the table (joined to the parent's CTE), WHERE, plus the order terms it needs."""
     alias = ctx.alias()
     table = node.table
-    select = exp.select(*extra).from_(logical_table(table.department, table.name).as_(alias))
+    select = exp.select(*extra, copy=False).from_(
+        logical_table(table.department, table.name).as_(alias, copy=False), copy=False
+    )
     if node.parent is not None and node.relation is not None:
         parent = node.parent
         select = select.join(
-            exp.Table(this=exp.to_identifier(parent.cte)).as_("p"),
+            exp.Table(this=exp.to_identifier(parent.cte)).as_("p", copy=False),
             on=_col(alias, node.relation.target_column).eq(exp.column(parent.keys[node.relation.column], "p")),
+            copy=False,
         )
-        select = select.select(exp.alias_(exp.column("__id", "p"), "__parent"))
+        select = select.select(exp.alias_(exp.column("__id", "p"), "__parent", copy=False), copy=False)
     condition = where_sql(ctx, table, alias, node.args.get("where"), [*node.path, "where"])
     if condition is not None:
-        select = select.where(condition)
+        select = select.where(condition, copy=False)
     joins = Joins(alias)
     order = order_terms(
         ctx, table, alias, node.args.get("order_by") if ordered else None, joins, [*node.path, "order_by"]
     )
     for join_alias, target, on in joins.joins.values():
-        select = select.join(logical_table(target.department, target.name).as_(join_alias), on=on, join_type="left")
+        select = select.join(
+            logical_table(target.department, target.name).as_(join_alias, copy=False),
+            on=on,
+            join_type="left",
+            copy=False,
+        )
     return select, alias, joins, _total(order, table, alias)
 
 
@@ -620,7 +634,7 @@ def _paged(
 ) -> exp.Select:
     """Number rows in order (per parent) and keep the page ``offset < n <= offset + limit``."""
     distinct = node.args.get("distinct_on") or []
-    source: exp.Expr = inner.subquery("b")
+    source: exp.Expr = inner.subquery("b", copy=False)
     order = [
         exp.Ordered(this=exp.column(a), desc=o.args.get("desc"), nulls_first=o.args.get("nulls_first"))
         for a, o in sort_aliases
@@ -632,29 +646,42 @@ def _paged(
             order=exp.Order(expressions=order),
         )
         source = (
-            exp.select("*")
-            .from_(exp.select(exp.Star(), exp.alias_(first, "__first")).from_(source).subquery("f"))
-            .where(exp.column("__first").eq(1))
-            .subquery("d")
+            exp.select("*", copy=False)
+            .from_(
+                exp.select(exp.Star(), exp.alias_(first, "__first", copy=False), copy=False)
+                .from_(source, copy=False)
+                .subquery("f", copy=False),
+                copy=False,
+            )
+            .where(exp.column("__first").eq(1), copy=False)
+            .subquery("d", copy=False)
         )
     number = exp.Window(this=exp.RowNumber(), partition_by=partition or None, order=exp.Order(expressions=order))
-    ranked = exp.select(exp.Star(), exp.alias_(number, "__rn")).from_(source).subquery("r")
-    paged = exp.select("*").from_(ranked)
+    ranked = (
+        exp.select(exp.Star(), exp.alias_(number, "__rn", copy=False), copy=False)
+        .from_(source, copy=False)
+        .subquery("r", copy=False)
+    )
+    paged = exp.select("*", copy=False).from_(ranked, copy=False)
     offset, limit = node.args.get("offset") or 0, node.args.get("limit")
     if offset:
-        paged = paged.where(exp.column("__rn") > offset)
+        paged = paged.where(exp.column("__rn") > offset, copy=False)
     if limit is not None:
-        paged = paged.where(exp.column("__rn") <= offset + limit)
+        paged = paged.where(exp.column("__rn") <= offset + limit, copy=False)
     return paged
 
 
 def _rows_sql(ctx: Context, node: Node) -> exp.Select:
     select, alias, _, order = _node_base(ctx, node, [])
-    outputs = [exp.alias_(_qualify(o, alias), f"o{node.index}_{i}") for i, o in enumerate(node.outputs)]
-    keys = [exp.alias_(_col(alias, c), k) for c, k in node.keys.items()]
+    outputs = [exp.alias_(_qualify(o, alias), f"o{node.index}_{i}", copy=False) for i, o in enumerate(node.outputs)]
+    keys = [exp.alias_(_col(alias, c), k, copy=False) for c, k in node.keys.items()]
     sorts = [(f"__s{i}", o) for i, o in enumerate(order)]
-    distinct = [exp.alias_(_col(alias, c), f"__d{i}") for i, c in enumerate(node.args.get("distinct_on") or [])]
-    select = select.select(*outputs, *keys, *[exp.alias_(o.this, a) for a, o in sorts], *distinct)
+    distinct = [
+        exp.alias_(_col(alias, c), f"__d{i}", copy=False) for i, c in enumerate(node.args.get("distinct_on") or [])
+    ]
+    select = select.select(
+        *outputs, *keys, *[exp.alias_(o.this, a, copy=False) for a, o in sorts], *distinct, copy=False
+    )
     partition = [exp.column("__parent")] if node.parent is not None else []
     paged = _paged(node, select, sorts, partition)
     # A global row number: children find their parent by it.
@@ -662,7 +689,9 @@ def _rows_sql(ctx: Context, node: Node) -> exp.Select:
         this=exp.RowNumber(),
         order=exp.Order(expressions=[*[exp.Ordered(this=p) for p in partition], exp.Ordered(this=exp.column("__rn"))]),
     )
-    return exp.select("*", exp.alias_(ident, "__id")).from_(paged.subquery("g"))
+    return exp.select("*", exp.alias_(ident, "__id", copy=False), copy=False).from_(
+        paged.subquery("g", copy=False), copy=False
+    )
 
 
 def _agg_sql(ctx: Context, node: Node) -> exp.Select:
@@ -670,25 +699,31 @@ def _agg_sql(ctx: Context, node: Node) -> exp.Select:
     columns = sorted({c.name for o in node.outputs for c in o.find_all(exp.Column)})
     # COUNT(*) alone reads no column, but a SELECT needs one.
     select = select.select(
-        *[exp.alias_(_col(alias, c), c) for c in columns] or [exp.alias_(exp.Literal.number(1), "__one")]
+        *[exp.alias_(_col(alias, c), c, copy=False) for c in columns]
+        or [exp.alias_(exp.Literal.number(1), "__one", copy=False)],
+        copy=False,
     )
     partition = [exp.column("__parent")] if node.parent is not None else []
     if any(node.args.get(k) is not None for k in ("limit", "offset", "distinct_on")):
         sorts = [(f"__s{i}", o) for i, o in enumerate(order)]
-        select = select.select(*[exp.alias_(o.this, a) for a, o in sorts])
+        select = select.select(*[exp.alias_(o.this, a, copy=False) for a, o in sorts], copy=False)
         select = select.select(
-            *[exp.alias_(_col(alias, c), f"__d{i}") for i, c in enumerate(node.args.get("distinct_on") or [])]
+            *[
+                exp.alias_(_col(alias, c), f"__d{i}", copy=False)
+                for i, c in enumerate(node.args.get("distinct_on") or [])
+            ],
+            copy=False,
         )
         source = _paged(node, select, sorts, partition)
     else:
         source = select
-    outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}") for i, o in enumerate(node.outputs)]
-    aggregated = exp.select(*outputs).from_(source.subquery("a"))
+    outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}", copy=False) for i, o in enumerate(node.outputs)]
+    aggregated = exp.select(*outputs, copy=False).from_(source.subquery("a", copy=False), copy=False)
     if partition:
-        return aggregated.select(exp.column("__parent"), exp.alias_(exp.column("__parent"), "__id")).group_by(
-            exp.column("__parent")
-        )
-    return aggregated.select(exp.alias_(exp.Literal.number(1), "__id"))
+        return aggregated.select(
+            exp.column("__parent"), exp.alias_(exp.column("__parent"), "__id", copy=False), copy=False
+        ).group_by(exp.column("__parent"), copy=False)
+    return aggregated.select(exp.alias_(exp.Literal.number(1), "__id", copy=False), copy=False)
 
 
 def _group_sql(ctx: Context, node: Node) -> exp.Select:
@@ -696,24 +731,26 @@ def _group_sql(ctx: Context, node: Node) -> exp.Select:
     order = _group_order(node)
     used = [c.name for e in [*node.outputs, *order] for c in e.find_all(exp.Column)]
     columns = sorted(set(used) | set(node.group_by))
-    select = select.select(*[exp.alias_(_col(alias, c), c) for c in columns])
+    select = select.select(*[exp.alias_(_col(alias, c), c, copy=False) for c in columns], copy=False)
     order += [exp.Ordered(this=exp.column(_ident(c)), desc=False, nulls_first=False) for c in node.group_by]
     number = exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=order))
-    outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}") for i, o in enumerate(node.outputs)]
+    outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}", copy=False) for i, o in enumerate(node.outputs)]
     grouped = (
-        exp.select(*outputs, exp.alias_(number, "__rn"))
-        .from_(select.subquery("a"))
-        .group_by(*[exp.column(_ident(c)) for c in node.group_by])
+        exp.select(*outputs, exp.alias_(number, "__rn", copy=False), copy=False)
+        .from_(select.subquery("a", copy=False), copy=False)
+        .group_by(*[exp.column(_ident(c)) for c in node.group_by], copy=False)
     )
-    paged = exp.select("*", exp.alias_(exp.column("__rn"), "__id")).from_(grouped.subquery("g"))
+    paged = exp.select("*", exp.alias_(exp.column("__rn"), "__id", copy=False), copy=False).from_(
+        grouped.subquery("g", copy=False), copy=False
+    )
     offset, limit = node.args.get("offset") or 0, node.args.get("limit")
     for name in ("limit", "offset"):
         if node.args.get(name) is not None and node.args[name] < 0:
             raise CompileError(f"`{name}` must not be negative", node.path)
     if offset:
-        paged = paged.where(exp.column("__rn") > offset)
+        paged = paged.where(exp.column("__rn") > offset, copy=False)
     if limit is not None:
-        paged = paged.where(exp.column("__rn") <= offset + limit)
+        paged = paged.where(exp.column("__rn") <= offset + limit, copy=False)
     return paged
 
 
@@ -754,19 +791,23 @@ def _statement(ctx: Context) -> exp.Expr:
     branches: list[exp.Select] = []
     for node in nodes:
         projections: list[exp.Expr] = [
-            exp.alias_(exp.Literal.number(node.index), "__node"),
-            exp.alias_(exp.column("__parent") if node.parent is not None else exp.Null(), "__parent"),
+            exp.alias_(exp.Literal.number(node.index), "__node", copy=False),
+            exp.alias_(exp.column("__parent") if node.parent is not None else exp.Null(), "__parent", copy=False),
             exp.column("__id"),
         ]
         for other in nodes:
             for i in range(len(other.outputs)):
                 name = f"o{other.index}_{i}"
-                projections.append(exp.column(name) if other is node else exp.alias_(exp.Null(), name))
-        branches.append(exp.select(*projections).from_(node.cte))
+                projections.append(exp.column(name) if other is node else exp.alias_(exp.Null(), name, copy=False))
+        branches.append(exp.select(*projections, copy=False).from_(node.cte, copy=False))
     union: exp.Select | exp.Union = branches[0]
     for branch in branches[1:]:
-        union = exp.union(union, branch, distinct=False)
-    statement = exp.select("*").from_(union.subquery("u")).order_by("__node", "__id")
+        union = exp.union(union, branch, distinct=False, copy=False)
+    statement = (
+        exp.select("*", copy=False)
+        .from_(union.subquery("u", copy=False), copy=False)
+        .order_by("__node", "__id", copy=False)
+    )
     for name, cte in ctes:
-        statement = statement.with_(name, as_=cte)
+        statement = statement.with_(name, as_=cte, copy=False)
     return statement

@@ -39,7 +39,12 @@ def build(template: list[Slot], row: tuple[Any, ...] | None, offset: int) -> dic
 def shape(compiled: Compiled, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
     """The response value of ``compiled``'s root field from the statement's rows."""
     initial = compiled.initial
-    holder: dict[str, Any] = {compiled.key: build(initial[1], None, 0) if isinstance(initial, tuple) else initial}
+    # A fresh value each time: a compiled field is shaped again for every request that uses it.
+    if isinstance(initial, tuple):
+        start: Any = build(initial[1], None, 0)
+    else:
+        start = [] if isinstance(initial, list) else None
+    holder: dict[str, Any] = {compiled.key: start}
     offsets = {}
     position = 3  # __node, __parent, __id
     for node in compiled.nodes:

@@ -94,3 +94,13 @@ def test_three_levels_over_a_thousand_parents_is_one_statement(gateway: Gateway,
     assert len(enterprises) == 1000
     assert sum(len(e["legal_representative"]["clinic_visits"]) for e in enterprises) > 1000
     same(response.body["data"], oracle.execute(query))
+
+
+def test_shaping_the_same_compiled_field_twice_gives_the_same_answer(gateway_sqlite: Gateway) -> None:
+    from gateway.shape import shape
+
+    [compiled] = gateway_sqlite.compile("{ transport_stations(limit: 3) { name } }")
+    result = gateway_sqlite.engine.execute(compiled.tree)
+    first = shape(compiled, result.columns, result.rows)
+    second = shape(compiled, result.columns, result.rows)
+    assert first == second and len(second) == 3 and first is not second
