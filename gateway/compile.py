@@ -212,6 +212,7 @@ class Compiled:
     initial: Any  # the response value before any row arrives
     root_kind: str
     departments: list[str]
+    builders: list[Any] = field(default_factory=list)  # one per node, made at first shape (gateway.shape)
 
 
 @dataclass
