@@ -21,6 +21,16 @@ class SharingClass(StrEnum):
     REPORTED = "reported"  # 上报
     CONFIDENTIAL = "confidential"  # 保密
 
+    @property
+    def label(self) -> str:
+        """The class as the city's catalogue writes it.
+
+        >>> SharingClass.CONFIDENTIAL.label
+        'confidential (保密)'
+        """
+        names = {"published": "发布", "shared": "共享", "exchange": "交换", "reported": "上报", "confidential": "保密"}
+        return f"{self.value} ({names[self.value]})"
+
 
 @dataclass(frozen=True, slots=True)
 class Column:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from catalogue.model import SharingClass
 from gateway.errors import ConfigError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
@@ -77,11 +78,40 @@ class ColumnConfig(_Model):
         return value
 
 
+class SharingConfig(_Model):
+    """A table's columns by sharing class, as the city's catalogue lists them: the named
+    columns take their class, every other column the default."""
+
+    default: SharingClass = SharingClass.SHARED
+    published: list[str] = Field(default_factory=list)
+    shared: list[str] = Field(default_factory=list)
+    exchange: list[str] = Field(default_factory=list)
+    reported: list[str] = Field(default_factory=list)
+    confidential: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _each_column_once(self) -> SharingConfig:
+        seen: dict[str, str] = {}
+        for sharing in SharingClass:
+            for column in getattr(self, sharing.value):
+                if column in seen:
+                    raise ValueError(f"column {column!r} is listed as both {seen[column]} and {sharing.value}")
+                seen[column] = sharing.value
+        return self
+
+    def of(self, column: str) -> SharingClass:
+        for sharing in SharingClass:
+            if column in getattr(self, sharing.value):
+                return sharing
+        return self.default
+
+
 class TableConfig(_Model):
     # Trino does not report primary keys; they identify rows for `_by_pk` and make every
     # ordering total, so the same query pages the same way on every engine.
     primary_key: list[str] = Field(default_factory=list)
     description: str = ""
+    sharing: SharingConfig = SharingConfig()
     columns: dict[str, ColumnConfig] = Field(default_factory=dict)
 
 

@@ -34,9 +34,9 @@ from graphql import (
     GraphQLString,
 )
 
-from catalogue.model import Catalogue
+from catalogue.model import Catalogue, Column, SharingClass
 from catalogue.types import Kind, LogicalType
-from gateway.config import Config
+from gateway.config import Config, TableConfig
 from gateway.errors import ConfigError
 from gateway.scalars import NUMERIC, ORDERABLE, SCALARS
 
@@ -49,6 +49,7 @@ class ColumnInfo:
     type: LogicalType
     scalar: GraphQLScalarType
     description: str = ""
+    sharing: SharingClass | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +141,7 @@ def _tables(catalogue: Catalogue, config: Config) -> dict[str, TableInfo]:
             primary_key = (
                 tuple(table_config.primary_key) if table_config and table_config.primary_key else table.primary_key
             )
-            columns = {
-                c.name: ColumnInfo(
-                    c.name,
-                    c.type,
-                    SCALARS[c.type.kind],
-                    table_config.columns[c.name].description if table_config and c.name in table_config.columns else "",
-                )
-                for c in table.columns
-            }
+            columns = {c.name: _column(c, table_config) for c in table.columns}
             missing = [k for k in primary_key if k not in columns]
             if missing:
                 raise ConfigError(
@@ -177,6 +170,17 @@ def _tables(catalogue: Catalogue, config: Config) -> dict[str, TableInfo]:
                 link.reverse.name, link.reverse.kind, target.column, source_root, source.column
             )
     return tables
+
+
+def _column(column: Column, table_config: TableConfig | None) -> ColumnInfo:
+    """A column with its description: the configured text and its sharing class."""
+    parts = []
+    sharing = table_config.sharing.of(column.name) if table_config else None
+    if sharing is not None:
+        parts.append(f"sharing class: {sharing.label}")
+    if table_config and column.name in table_config.columns and table_config.columns[column.name].description:
+        parts.append(table_config.columns[column.name].description)
+    return ColumnInfo(column.name, column.type, SCALARS[column.type.kind], "; ".join(parts), sharing)
 
 
 class _Builder:

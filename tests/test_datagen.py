@@ -110,3 +110,14 @@ def test_the_packaged_catalogue_matches_the_contract() -> None:
     }
     expected = {(r.name, ".".join(r.source), ".".join(r.target), r.reverse_name, r.reverse_kind) for r in RELATIONSHIPS}
     assert links == expected
+
+
+def test_the_packaged_catalogue_carries_the_contracts_sharing_classes() -> None:
+    from pathlib import Path
+
+    from gateway.demo import demo_config
+
+    config = demo_config(Path("/nonexistent"))
+    for spec in TABLES:
+        sharing = config.departments[spec.department].tables[spec.name].sharing
+        assert {c.name: sharing.of(c.name) for c in spec.columns} == {c.name: c.sharing for c in spec.columns}

@@ -104,3 +104,9 @@ def test_shaping_the_same_compiled_field_twice_gives_the_same_answer(gateway_sql
     first = shape(compiled, result.columns, result.rows)
     second = shape(compiled, result.columns, result.rows)
     assert first == second and len(second) == 3 and first is not second
+
+
+def test_schema_describes_sharing_classes(gateway_sqlite: Gateway) -> None:
+    sdl = print_schema(gateway_sqlite.model.schema)
+    assert '"""sharing class: confidential (保密)"""\n  phone: String' in sdl
+    assert '"""sharing class: published (发布)"""\n  district: String' in sdl
