@@ -9,14 +9,17 @@ others still answer (GraphQL partial results).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
 from graphql import (
     DocumentNode,
     FieldNode,
@@ -61,6 +64,19 @@ class Response:
 
 
 @dataclass
+class Plan:
+    """What a request compiles to: reused as long as the schema stands."""
+
+    refused: Response | None = None
+    keys: list[str] = field(default_factory=list)  # response keys, in order
+    static: dict[str, Any] = field(default_factory=dict)  # root __typename
+    compiled: dict[str, Compiled] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    locations: dict[str, dict[str, int]] = field(default_factory=dict)
+    introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
+
+
+@dataclass
 class Gateway:
     """The schema over a configured engine, and the way to answer requests with it."""
 
@@ -70,6 +86,8 @@ class Gateway:
     rewrite: Rewrite = field(default=lambda tree: tree)
     unavailable: dict[str, str] = field(default_factory=dict)  # department -> why, at start-up
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="citygate"))
+    _plans: LRUCache[Any, Plan] = field(default_factory=lambda: LRUCache(maxsize=2048))
+    _plans_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def start(cls, config: Config, engine: Engine) -> Gateway:
@@ -117,45 +135,70 @@ class Gateway:
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
         return document, operation, Context(self.model, fragments, coerced)
 
-    def execute(
-        self, query: str, variables: Mapping[str, Any] | None = None, operation_name: str | None = None
-    ) -> Response:
+    def plan(self, query: str, variables: Mapping[str, Any] | None = None, operation_name: str | None = None) -> Plan:
+        """Parse, validate and compile a request once; a repeated request reuses its plan.
+
+        The key holds the variables too, since the compiled trees carry their values as literals.
+        """
+        try:
+            key = (query, operation_name, json.dumps(variables, sort_keys=True, default=str) if variables else "")
+        except (TypeError, ValueError):
+            return self._make_plan(query, variables, operation_name)
+        with self._plans_lock:
+            found = self._plans.get(key)
+        if found is not None:
+            return found
+        made = self._make_plan(query, variables, operation_name)
+        with self._plans_lock:
+            self._plans[key] = made
+        return made
+
+    def _make_plan(self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None) -> Plan:
         prepared = self._prepare(query, variables, operation_name)
         if isinstance(prepared, Response):
-            return prepared
+            return Plan(refused=prepared)
         document, operation, ctx = prepared
         root_type = self.model.schema.query_type
         assert root_type is not None
-        fields = collect_fields(ctx, [operation.selection_set])
-
-        data: dict[str, Any] = {}
-        errors_out: list[dict[str, Any]] = []
-        compiled: dict[str, Compiled] = {}
+        plan = Plan()
         introspection: dict[str, list[FieldNode]] = {}
-        for key, nodes in fields.items():
+        for key, nodes in collect_fields(ctx, [operation.selection_set]).items():
             name = nodes[0].name.value
-            data[key] = root_type.name if name == "__typename" else None
-            if name.startswith("__") and name != "__typename":
+            plan.keys.append(key)
+            plan.locations[key] = _location(nodes[0])
+            if name == "__typename":
+                plan.static[key] = root_type.name
+            elif name.startswith("__"):
                 introspection[key] = nodes
-            elif not name.startswith("__"):
+            else:
                 try:
-                    compiled[key] = compile_root_field(ctx, key, nodes, root_type)
+                    plan.compiled[key] = compile_root_field(ctx, key, nodes, root_type)
                 except CompileError as error:
-                    errors_out.append(
-                        _error(error.message, error.code, path=error.path or [key], locations=[_location(nodes[0])])
+                    plan.errors.append(
+                        _error(error.message, error.code, path=error.path or [key], locations=[plan.locations[key]])
                     )
         if introspection:
-            data.update(self._introspect(document, operation, introspection, variables, errors_out))
+            plan.introspection = (document, operation, introspection)
+        return plan
+
+    def execute(
+        self, query: str, variables: Mapping[str, Any] | None = None, operation_name: str | None = None
+    ) -> Response:
+        plan = self.plan(query, variables, operation_name)
+        if plan.refused is not None:
+            return plan.refused
+        data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
+        errors_out: list[dict[str, Any]] = list(plan.errors)
+        if plan.introspection is not None:
+            document, operation, fields = plan.introspection
+            data.update(self._introspect(document, operation, fields, variables, errors_out))
 
         statements = 0
-        results = self._run_all(compiled)
-        for key, outcome in results.items():
+        for key, outcome in self._run_all(plan.compiled).items():
             if isinstance(outcome, CitygateError):
                 extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
                 errors_out.append(
-                    _error(
-                        outcome.message, outcome.code, path=[key], locations=[_location(fields[key][0])], **extensions
-                    )
+                    _error(outcome.message, outcome.code, path=[key], locations=[plan.locations[key]], **extensions)
                 )
             else:
                 data[key] = outcome

@@ -110,3 +110,17 @@ def test_schema_describes_sharing_classes(gateway_sqlite: Gateway) -> None:
     sdl = print_schema(gateway_sqlite.model.schema)
     assert '"""sharing class: confidential (保密)"""\n  phone: String' in sdl
     assert '"""sharing class: published (发布)"""\n  district: String' in sdl
+
+
+def test_a_repeated_request_reuses_its_plan_and_new_values_get_their_own(gateway_sqlite: Gateway) -> None:
+    query = "query ($d: String!) { transport_stations(where: {district: {_eq: $d}}) { station_id } }"
+    first = gateway_sqlite.plan(query, {"d": "虎门"})
+    assert gateway_sqlite.plan(query, {"d": "虎门"}) is first
+    other = gateway_sqlite.plan(query, {"d": "长安"})
+    assert other is not first
+    assert gateway_sqlite.execute(query, {"d": "虎门"}).body == {
+        "data": {"transport_stations": [{"station_id": 6}, {"station_id": 14}, {"station_id": 22}]}
+    }
+    assert gateway_sqlite.execute(query, {"d": "长安"}).body == {
+        "data": {"transport_stations": [{"station_id": 7}, {"station_id": 15}, {"station_id": 23}]}
+    }
