@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -119,9 +119,13 @@ class Engine(ABC):
         """The text this engine runs for ``tree``: the only place SQL text is produced."""
         return self.locate(tree).sql(dialect=self.dialect)
 
-    @abstractmethod
     def execute(self, tree: exp.Expr) -> Result:
         """Run a logical tree and return all rows."""
+        return self.run(self.sql(tree), departments_in(tree))
+
+    @abstractmethod
+    def run(self, sql: str, departments: Sequence[str]) -> Result:
+        """Run SQL text that :meth:`sql` produced; ``departments`` are the ones it reads."""
 
     @abstractmethod
     def read_department(self, department: str) -> Department:

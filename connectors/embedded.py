@@ -13,6 +13,7 @@ import importlib.resources
 import re
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlglot import exp
 
 from catalogue.model import Column, Department, Table
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
-from connectors.base import Engine, Result, departments_in
+from connectors.base import Engine, Result
 from connectors.stores import describe_store_failure, sqlite_declared_types
 from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
 from gateway.errors import CitygateError, EngineQueryError, EngineUnavailableError, StoreUnavailableError
@@ -237,12 +238,11 @@ class EmbeddedEngine(Engine):
             self._local.cursor = cursor
         return cursor
 
-    def execute(self, tree: exp.Expr) -> Result:
-        touched = departments_in(tree)
-        for department in touched:
+    def run(self, sql: str, departments: Sequence[str]) -> Result:
+        for department in departments:
             if department in self.config.departments and department not in self._attached:
                 self._attach(department)
-        return self._run(self.sql(tree), touched)
+        return self._run(sql, list(departments))
 
     def _run(self, sql: str, touched: list[str]) -> Result:
         cursor = self._cursor()

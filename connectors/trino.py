@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from trino.exceptions import TrinoExternalError, TrinoQueryError, TrinoUserError
 
 from catalogue.model import Column, Department, Table
 from catalogue.types import logical_type
-from connectors.base import Engine, Result, departments_in
+from connectors.base import Engine, Result
 from connectors.stores import describe_store_failure
 from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
 from gateway.errors import (
@@ -125,11 +125,10 @@ class TrinoEngine(Engine):
             self._local.conn = conn
         return conn
 
-    def execute(self, tree: exp.Expr) -> Result:
-        touched = departments_in(tree)
+    def run(self, sql: str, departments: Sequence[str]) -> Result:
         if self.settings.create_missing_catalogs and not self._catalogs_checked:
             self.ensure_catalogs()
-        return self._run(self.sql(tree), touched)
+        return self._run(sql, list(departments))
 
     def _run(self, sql: str, touched: list[str]) -> Result:
         with self._errors(touched):

@@ -38,7 +38,7 @@ from graphql.execution.values import VariableValues, get_argument_values, get_di
 from sqlglot import exp
 
 from catalogue.types import LogicalType
-from connectors.base import logical_table
+from connectors.base import departments_in, logical_table
 from gateway.errors import CitygateError
 from gateway.scalars import ORDERABLE, OUTPUT
 from gateway.schema import ColumnInfo, Model, Relation, TableInfo
@@ -213,6 +213,7 @@ class Compiled:
     root_kind: str
     departments: list[str]
     builders: list[Any] = field(default_factory=list)  # one per node, made at first shape (gateway.shape)
+    sql: dict[str, str] = field(default_factory=dict)  # engine name -> the text it runs, made at first run
 
 
 @dataclass
@@ -287,7 +288,7 @@ def compile_root_field(ctx: Context, key: str, nodes: list[FieldNode], root_type
         node = _group_node(ctx, table, args, _subselections(nodes), [key])
         initial = []
     tree = _statement(ctx)
-    return Compiled(key, tree, list(ctx.nodes), initial, kind, sorted({n.table.department for n in ctx.nodes}))
+    return Compiled(key, tree, list(ctx.nodes), initial, kind, departments_in(tree))
 
 
 def _arguments(ctx: Context, field_def: GraphQLField, node: FieldNode, path: list[str | int]) -> dict[str, Any]:

@@ -217,7 +217,10 @@ class Gateway:
     def _run(self, compiled: Compiled) -> Any:
         started = time.perf_counter()
         try:
-            result = self.engine.execute(self.rewrite(compiled.tree))
+            text = compiled.sql.get(self.engine.name)
+            if text is None:
+                text = compiled.sql[self.engine.name] = self.engine.sql(self.rewrite(compiled.tree))
+            result = self.engine.run(text, compiled.departments)
         except CitygateError as error:
             log.warning("root field %s failed: %s (%s)", compiled.key, error.message, error.detail or "")
             return error
