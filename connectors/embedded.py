@@ -23,8 +23,8 @@ from sqlglot import exp
 from catalogue.model import Column, Department, Table
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Engine, Result
-from connectors.stores import describe_store_failure, sqlite_declared_types
-from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
+from connectors.stores import describe_store_failure, schema_of, sqlite_declared_types
+from gateway.config import Config, PostgresStore, SqliteStore, Store
 from gateway.errors import CitygateError, EngineQueryError, EngineUnavailableError, StoreUnavailableError
 
 # store kind -> (wheel package, file in the wheel, extension name DuckDB loads, ATTACH TYPE)
@@ -110,14 +110,6 @@ def _source(store: Store) -> str:
             "password": store.password,
         }
     )
-
-
-def _schema_of(store: Store) -> str:
-    if isinstance(store, PostgresStore):
-        return store.schema_
-    if isinstance(store, MariadbStore):
-        return store.database
-    return "main"
 
 
 def _ident(name: str) -> exp.Identifier:
@@ -229,7 +221,7 @@ class EmbeddedEngine(Engine):
         store = self.config.departments[department].store
         if isinstance(store, SqliteStore):
             return exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory"))
-        return exp.Table(this=_ident(table), db=_ident(_schema_of(store)), catalog=_ident(department))
+        return exp.Table(this=_ident(table), db=_ident(schema_of(store)), catalog=_ident(department))
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
@@ -292,7 +284,7 @@ class EmbeddedEngine(Engine):
             .where(exp.column("schema_name").eq(exp.Literal.string(schema)))
             .order_by("table_name", "column_index")
         )
-        source_schema = _schema_of(spec.store)
+        source_schema = schema_of(spec.store)
         keys_query = (
             exp.select("table_name", "constraint_column_names")
             .from_("duckdb_constraints()")

@@ -196,6 +196,16 @@ def _mariadb_params(store: MariadbStore, database: str | None) -> dict[str, Any]
     return params
 
 
+def schema_of(store: Store) -> str:
+    """The schema that holds a department's tables: PostgreSQL's configured schema, MariaDB's
+    database (each database is a schema to Trino and DuckDB), SQLite's ``main``."""
+    if isinstance(store, PostgresStore):
+        return store.schema_
+    if isinstance(store, MariadbStore):
+        return store.database
+    return "main"
+
+
 def check(department: str, store: Store) -> None:
     """Connect to ``department``'s store once; raise :class:`StoreUnavailableError` if it refuses."""
     if isinstance(store, SqliteStore):

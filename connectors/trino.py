@@ -21,7 +21,7 @@ from trino.exceptions import TrinoExternalError, TrinoQueryError, TrinoUserError
 from catalogue.model import Column, Department, Table
 from catalogue.types import logical_type
 from connectors.base import Engine, Result
-from connectors.stores import describe_store_failure
+from connectors.stores import describe_store_failure, schema_of
 from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
 from gateway.errors import (
     CitygateError,
@@ -74,14 +74,6 @@ def _escape_property(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
-def _schema_of(store: Store) -> str:
-    if isinstance(store, PostgresStore):
-        return store.schema_
-    if isinstance(store, MariadbStore):
-        return store.database
-    return "main"
-
-
 class TrinoEngine(Engine):
     name = "trino"
     dialect = "trino"
@@ -100,7 +92,7 @@ class TrinoEngine(Engine):
         store = self.config.departments[department].store
         return exp.Table(
             this=exp.to_identifier(table, quoted=True),
-            db=exp.to_identifier(_schema_of(store), quoted=True),
+            db=exp.to_identifier(schema_of(store), quoted=True),
             catalog=exp.to_identifier(self.config.catalog_of(department), quoted=True),
         )
 
@@ -255,7 +247,7 @@ class TrinoEngine(Engine):
         query = (
             exp.select("table_name", "column_name", "data_type", "is_nullable")
             .from_(columns)
-            .where(exp.column("table_schema").eq(exp.Literal.string(_schema_of(store))))
+            .where(exp.column("table_schema").eq(exp.Literal.string(schema_of(store))))
             .order_by("table_name", "ordinal_position")
         )
         result = self._run(query.sql(dialect=self.dialect), [department])

@@ -665,12 +665,17 @@ def _paged(
         .subquery("r", copy=False)
     )
     paged = exp.select("*", copy=False).from_(ranked, copy=False)
+    return _page(paged, node)
+
+
+def _page(select: exp.Select, node: Node) -> exp.Select:
+    """Keep rows numbered ``offset < __rn <= offset + limit``."""
     offset, limit = node.args.get("offset") or 0, node.args.get("limit")
     if offset:
-        paged = paged.where(exp.column("__rn") > offset, copy=False)
+        select = select.where(exp.column("__rn") > offset, copy=False)
     if limit is not None:
-        paged = paged.where(exp.column("__rn") <= offset + limit, copy=False)
-    return paged
+        select = select.where(exp.column("__rn") <= offset + limit, copy=False)
+    return select
 
 
 def _rows_sql(ctx: Context, node: Node) -> exp.Select:
@@ -745,15 +750,10 @@ def _group_sql(ctx: Context, node: Node) -> exp.Select:
     paged = exp.select("*", exp.alias_(exp.column("__rn"), "__id", copy=False), copy=False).from_(
         grouped.subquery("g", copy=False), copy=False
     )
-    offset, limit = node.args.get("offset") or 0, node.args.get("limit")
     for name in ("limit", "offset"):
         if node.args.get(name) is not None and node.args[name] < 0:
             raise CompileError(f"`{name}` must not be negative", node.path)
-    if offset:
-        paged = paged.where(exp.column("__rn") > offset, copy=False)
-    if limit is not None:
-        paged = paged.where(exp.column("__rn") <= offset + limit, copy=False)
-    return paged
+    return _page(paged, node)
 
 
 def _ordered(expression: exp.Expr, value: tuple[str, bool]) -> exp.Ordered:

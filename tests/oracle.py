@@ -170,18 +170,7 @@ class Oracle:
         for key in table.primary_key:
             terms.append((lambda r, k=key: r[k], False, False))
 
-        def compare_rows(a: Row, b: Row) -> int:
-            for get, desc, nulls_first in terms:
-                x, y = get(a), get(b)
-                if x == y:
-                    continue
-                if x is None or y is None:
-                    return (-1 if x is None else 1) * (1 if nulls_first else -1)
-                result = -1 if x < y else 1
-                return -result if desc else result
-            return 0
-
-        return compare_rows
+        return by_terms(terms)
 
     def group(self, table: TableInfo, rows: list[Row], args: Mapping[str, Any]) -> list[dict[str, Any]]:
         kept = [r for r in self.select(table, rows, {"where": args.get("where")})]
@@ -212,21 +201,27 @@ class Oracle:
         for column in args["by"]:
             terms.append((lambda e, c=column: e["__group"][1][c], False, False))
 
-        def compare_entries(a: dict[str, Any], b: dict[str, Any]) -> int:
-            for get, desc, nulls_first in terms:
-                x, y = get(a), get(b)
-                if x == y:
-                    continue
-                if x is None or y is None:
-                    return (-1 if x is None else 1) * (1 if nulls_first else -1)
-                result = -1 if x < y else 1
-                return -result if desc else result
-            return 0
-
-        entries.sort(key=cmp_to_key(compare_entries))
+        entries.sort(key=cmp_to_key(by_terms(terms)))
         offset = args.get("offset") or 0
         limit = args.get("limit")
         return entries[offset : None if limit is None else offset + limit]
+
+
+def by_terms(terms: list[tuple[Callable[[Any], Any], bool, bool]]) -> Callable[[Any, Any], int]:
+    """A comparison by (value, descending, nulls first) terms, as SQL's ORDER BY compares."""
+
+    def compare(a: Any, b: Any) -> int:
+        for get, desc, nulls_first in terms:
+            x, y = get(a), get(b)
+            if x == y:
+                continue
+            if x is None or y is None:
+                return (-1 if x is None else 1) * (1 if nulls_first else -1)
+            result = -1 if x < y else 1
+            return -result if desc else result
+        return 0
+
+    return compare
 
 
 # -- SQL semantics in Python -------------------------------------------------------------------
