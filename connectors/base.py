@@ -20,6 +20,7 @@ from catalogue.model import Catalogue, Column, Department
 from catalogue.types import LogicalType, logical_type
 from gateway.config import Config
 from gateway.errors import CitygateError
+from policies.masks import HASH_FUNCTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,26 @@ class Engine(ABC):
                 return self._source(node.db, node.name, node.alias or None)
             return node
 
-        return tree.transform(relocate)
+        return tree.transform(relocate).transform(self._expand_functions, copy=False)
+
+    def _expand_functions(self, node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Anonymous) and node.name.lower() == HASH_FUNCTION:
+            policies = self.config.policies
+            if policies is None:
+                raise CitygateError("the hash mask needs policies.hash_key in the configuration")
+            return exp.DPipe(
+                this=exp.Literal.string("h:"),
+                expression=exp.Substring(
+                    this=self.hmac_hex(node.expressions[0], policies.hash_key.encode()),
+                    start=exp.Literal.number(1),
+                    length=exp.Literal.number(16),
+                ),
+            )
+        return node
+
+    @abstractmethod
+    def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
+        """Lower-case hex HMAC-SHA256 of a string under ``key``, in this engine's functions."""
 
     def _source(self, department: str, table: str, alias: str | None) -> exp.Expr:
         """The physical table, or a subquery over it that casts to the configured column types."""

@@ -9,6 +9,7 @@ detached and retried on the next query that needs it; the others keep answering.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.resources
 import re
 import shutil
@@ -222,6 +223,21 @@ class EmbeddedEngine(Engine):
         if isinstance(store, SqliteStore):
             return exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory"))
         return exp.Table(this=_ident(table), db=_ident(schema_of(store)), catalog=_ident(department))
+
+    def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
+        """HMAC from SHA-256 by its definition (RFC 2104): DuckDB has SHA256 but no HMAC, and
+        a Python function would need numpy. The key enters only as its padded, XORed blocks."""
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        ipad = exp.Anonymous(this="UNHEX", expressions=[exp.Literal.string(bytes(b ^ 0x36 for b in block).hex())])
+        opad = exp.Anonymous(this="UNHEX", expressions=[exp.Literal.string(bytes(b ^ 0x5C for b in block).hex())])
+        inner = exp.Anonymous(
+            this="SHA256",
+            expressions=[exp.DPipe(this=ipad, expression=exp.Anonymous(this="ENCODE", expressions=[value]))],
+        )
+        return exp.Anonymous(
+            this="SHA256",
+            expressions=[exp.DPipe(this=opad, expression=exp.Anonymous(this="UNHEX", expressions=[inner]))],
+        )
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)

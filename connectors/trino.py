@@ -96,6 +96,16 @@ class TrinoEngine(Engine):
             catalog=exp.to_identifier(self.config.catalog_of(department), quoted=True),
         )
 
+    def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
+        digest = exp.Anonymous(
+            this="HMAC_SHA256",
+            expressions=[
+                exp.Anonymous(this="TO_UTF8", expressions=[value]),
+                exp.Anonymous(this="TO_UTF8", expressions=[exp.Literal.string(key.decode())]),
+            ],
+        )
+        return exp.Lower(this=exp.Anonymous(this="TO_HEX", expressions=[digest]))
+
     @property
     def address(self) -> str:
         return f"{self.settings.http_scheme}://{self.settings.host}:{self.settings.port}"

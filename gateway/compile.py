@@ -42,6 +42,7 @@ from connectors.base import departments_in, logical_table
 from gateway.errors import CitygateError
 from gateway.scalars import ORDERABLE, OUTPUT
 from gateway.schema import ColumnInfo, Model, Relation, TableInfo
+from policies.rewrite import AGGREGATED, KEY, TIE
 
 # Template slot kinds (see gateway.shape).
 VALUE, CONST, NESTED, CHILD_LIST, CHILD_ONE, COMPOSITE = range(6)
@@ -167,6 +168,14 @@ def _ident(name: str) -> exp.Identifier:
 
 def _col(table: str, name: str) -> exp.Column:
     return exp.Column(this=_ident(name), table=exp.to_identifier(table))
+
+
+def _marked(table: str, name: str, mark: str) -> exp.Column:
+    """A column read for the compiler's own use: a relationship key (joined on its raw value
+    inside the engine) or a tie-break; the policy step knows it by this mark."""
+    column = _col(table, name)
+    column.meta["citygate"] = mark
+    return column
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -516,7 +525,7 @@ def where_sql(
             relation = table.relations[name]
             target = ctx.model.tables[relation.target]
             inner_alias = ctx.alias()
-            link = _col(inner_alias, relation.target_column).eq(_col(alias, relation.column))
+            link = _marked(inner_alias, relation.target_column, KEY).eq(_marked(alias, relation.column, KEY))
             nested = where_sql(ctx, target, inner_alias, value, here)
             predicate = exp.and_(link, nested, copy=False) if nested is not None else link
             subquery = (
@@ -544,7 +553,7 @@ class Joins:
     ) -> str:
         if path not in self.joins:
             alias = ctx.alias()
-            on = _col(alias, relation.target_column).eq(_col(parent_alias, relation.column))
+            on = _marked(alias, relation.target_column, KEY).eq(_marked(parent_alias, relation.column, KEY))
             self.joins[path] = (alias, table, on)
         return self.joins[path][0]
 
@@ -582,7 +591,7 @@ def order_terms(
 def _total(terms: list[exp.Ordered], table: TableInfo, alias: str) -> list[exp.Ordered]:
     """Append the primary key (or every column) so that ties break the same way everywhere."""
     keys = table.primary_key or tuple(n for n, c in table.columns.items() if c.type.kind in ORDERABLE)
-    return terms + [exp.Ordered(this=_col(alias, k), desc=False, nulls_first=False) for k in keys]
+    return terms + [exp.Ordered(this=_marked(alias, k, TIE), desc=False, nulls_first=False) for k in keys]
 
 
 # -- SQL for each node ---------------------------------------------------------------------
@@ -601,7 +610,7 @@ def _node_base(
         parent = node.parent
         select = select.join(
             exp.Table(this=exp.to_identifier(parent.cte)).as_("p", copy=False),
-            on=_col(alias, node.relation.target_column).eq(exp.column(parent.keys[node.relation.column], "p")),
+            on=_marked(alias, node.relation.target_column, KEY).eq(exp.column(parent.keys[node.relation.column], "p")),
             copy=False,
         )
         select = select.select(exp.alias_(exp.column("__id", "p"), "__parent", copy=False), copy=False)
@@ -681,7 +690,7 @@ def _page(select: exp.Select, node: Node) -> exp.Select:
 def _rows_sql(ctx: Context, node: Node) -> exp.Select:
     select, alias, _, order = _node_base(ctx, node, [])
     outputs = [exp.alias_(_qualify(o, alias), f"o{node.index}_{i}", copy=False) for i, o in enumerate(node.outputs)]
-    keys = [exp.alias_(_col(alias, c), k, copy=False) for c, k in node.keys.items()]
+    keys = [exp.alias_(_marked(alias, c, KEY), k, copy=False) for c, k in node.keys.items()]
     sorts = [(f"__s{i}", o) for i, o in enumerate(order)]
     distinct = [
         exp.alias_(_col(alias, c), f"__d{i}", copy=False) for i, c in enumerate(node.args.get("distinct_on") or [])
@@ -726,6 +735,7 @@ def _agg_sql(ctx: Context, node: Node) -> exp.Select:
         source = select
     outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}", copy=False) for i, o in enumerate(node.outputs)]
     aggregated = exp.select(*outputs, copy=False).from_(source.subquery("a", copy=False), copy=False)
+    aggregated.meta[AGGREGATED] = True
     if partition:
         return aggregated.select(
             exp.column("__parent"), exp.alias_(exp.column("__parent"), "__id", copy=False), copy=False
@@ -747,6 +757,7 @@ def _group_sql(ctx: Context, node: Node) -> exp.Select:
         .from_(select.subquery("a", copy=False), copy=False)
         .group_by(*[exp.column(_ident(c)) for c in node.group_by], copy=False)
     )
+    grouped.meta[AGGREGATED] = True
     paged = exp.select("*", exp.alias_(exp.column("__rn"), "__id", copy=False), copy=False).from_(
         grouped.subquery("g", copy=False), copy=False
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -192,8 +193,16 @@ class EngineConfig(_Model):
     embedded: EmbeddedSettings = EmbeddedSettings()
 
 
+class PoliciesConfig(_Model):
+    """Where the confidentiality policies are and the secret the `hash` mask is keyed with."""
+
+    files: list[Path] = Field(min_length=1)
+    hash_key: str = Field(min_length=16, description="HMAC key of the hash mask; from the environment")
+
+
 class Config(_Model):
     engine: EngineConfig = EngineConfig()
+    policies: PoliciesConfig | None = None
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
@@ -318,7 +327,11 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if isinstance(store, SqliteStore) and not store.path.is_absolute():
             store = store.model_copy(update={"path": (base / store.path).resolve()})
         departments[name] = department.model_copy(update={"store": store})
-    return config.model_copy(update={"departments": departments})
+    update: dict[str, Any] = {"departments": departments}
+    if config.policies is not None:
+        files = [f if f.is_absolute() else (base / f).resolve() for f in config.policies.files]
+        update["policies"] = config.policies.model_copy(update={"files": files})
+    return config.model_copy(update=update)
 
 
 def _describe(path: Path, error: ValidationError) -> str:
@@ -341,7 +354,11 @@ def _describe(path: Path, error: ValidationError) -> str:
         else:
             message = item["msg"].removeprefix("Value error, ")
             message = message[0].lower() + message[1:]
-            if "input" in item and not isinstance(item["input"], (dict, list)) and "password" not in loc:
+            if (
+                "input" in item
+                and not isinstance(item["input"], (dict, list))
+                and not loc.endswith(("password", "key"))
+            ):
                 message += f" (got {item['input']!r})"
         lines.append(f"{path}: {loc or '(top level)'}: {message}")
     return "\n".join(lines)
@@ -366,7 +383,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
             model, keyed = _MAPPINGS[(model, part)], True
         elif isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
             annotation = model.model_fields[part].annotation
-            model = RelationshipConfig if part == "relationships" else annotation
+            members: list[Any] = [a for a in typing.get_args(annotation) if isinstance(a, type)] or [annotation]
+            model = RelationshipConfig if part == "relationships" else members[0]
         else:
             return []
     if keyed or not (isinstance(model, type) and issubclass(model, BaseModel)):

@@ -12,7 +12,7 @@ seconds. The :class:`Model` beside the schema is what the compiler reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,9 @@ from catalogue.types import Kind, LogicalType
 from gateway.config import Config, TableConfig
 from gateway.errors import ConfigError
 from gateway.scalars import NUMERIC, ORDERABLE, SCALARS
+from policies.decide import TableDecision
+from policies.masks import output_kind
+from policies.model import RAW, Treatment
 
 QUERY_ROOT = "query_root"
 
@@ -68,10 +71,14 @@ class TableInfo:
     root: str
     department: str
     name: str
-    columns: dict[str, ColumnInfo]
+    columns: dict[str, ColumnInfo]  # what the schema shows (for a role: its visible columns)
     primary_key: tuple[str, ...]
     description: str = ""
     relations: dict[str, Relation] = field(default_factory=dict)
+    all_columns: frozenset[str] = frozenset()  # every column of the store's table (keys join on them)
+    aggregate_only: bool = False
+    group_by: frozenset[str] | None = None  # aggregate_only: the columns groups may use
+    by_pk: bool = True  # `_by_pk` exists only where the role sees the whole key raw
 
     def column(self, name: str) -> ColumnInfo:
         return self.columns[name]
@@ -124,25 +131,39 @@ def sum_type(column: LogicalType) -> GraphQLScalarType:
     return SCALARS[kind]
 
 
-def build_model(catalogue: Catalogue, config: Config) -> Model:
-    """Build the schema for every table the catalogue lists."""
-    tables = _tables(catalogue, config)
+def build_model(
+    catalogue: Catalogue, config: Config, decisions: Mapping[tuple[str, str], TableDecision] | None = None
+) -> Model:
+    """Build the schema for every table the catalogue lists, or, given a role's decisions,
+    for what that role may see: denied tables and columns are absent, masked columns carry
+    their masked type, aggregate-only tables have only their aggregate fields."""
+    tables = _tables(catalogue, config, decisions)
     builder = _Builder(tables)
     return Model(tables=tables, schema=builder.schema(), roots=builder.roots)
 
 
-def _tables(catalogue: Catalogue, config: Config) -> dict[str, TableInfo]:
+def _tables(
+    catalogue: Catalogue, config: Config, decisions: Mapping[tuple[str, str], TableDecision] | None
+) -> dict[str, TableInfo]:
     tables: dict[str, TableInfo] = {}
     for department in catalogue.departments:
         dept_config = config.departments.get(department.name)
         for table in department.tables:
+            decision = decisions.get((department.name, table.name)) if decisions is not None else None
+            if decisions is not None and (decision is None or not decision.visible):
+                continue
+            visible = decision.visible_columns if decision is not None else None
             table_config = dept_config.tables.get(table.name) if dept_config else None
             root = f"{department.name}_{table.name}"
             primary_key = (
                 tuple(table_config.primary_key) if table_config and table_config.primary_key else table.primary_key
             )
-            columns = {c.name: _column(c, table_config) for c in table.columns}
-            missing = [k for k in primary_key if k not in columns]
+            columns = {
+                c.name: _column(c, table_config, visible[c.name] if visible is not None else RAW)
+                for c in table.columns
+                if visible is None or c.name in visible
+            }
+            missing = [k for k in primary_key if k not in {c.name for c in table.columns}]
             if missing:
                 raise ConfigError(
                     f"departments.{department.name}.tables.{table.name}.primary_key: "
@@ -150,7 +171,18 @@ def _tables(catalogue: Catalogue, config: Config) -> dict[str, TableInfo]:
                 )
             display = dept_config.display_name if dept_config else department.display_name
             description = " — ".join(p for p in (display, table_config.description if table_config else "") if p)
-            tables[root] = TableInfo(root, department.name, table.name, columns, primary_key, description)
+            tables[root] = TableInfo(
+                root,
+                department.name,
+                table.name,
+                columns,
+                primary_key,
+                description,
+                all_columns=frozenset(c.name for c in table.columns),
+                aggregate_only=decision is not None and decision.access == "aggregate_only",
+                group_by=decision.group_by if decision is not None else None,
+                by_pk=visible is None or all(visible.get(k) == RAW for k in primary_key),
+            )
     for index, link in enumerate(config.relationships):
         source, target = link.source_ref, link.target_ref
         source_root, target_root = f"{source.department}_{source.table}", f"{target.department}_{target.table}"
@@ -158,7 +190,7 @@ def _tables(catalogue: Catalogue, config: Config) -> dict[str, TableInfo]:
             # A department that is down has no tables yet; its links appear when it does.
             continue
         for root, column in ((source_root, source.column), (target_root, target.column)):
-            if column not in tables[root].columns:
+            if column not in tables[root].all_columns:
                 raise ConfigError(
                     f"relationships.{index}: {tables[root].department}.{tables[root].name} has no column {column!r}"
                 )
@@ -172,15 +204,19 @@ def _tables(catalogue: Catalogue, config: Config) -> dict[str, TableInfo]:
     return tables
 
 
-def _column(column: Column, table_config: TableConfig | None) -> ColumnInfo:
-    """A column with its description: the configured text and its sharing class."""
+def _column(column: Column, table_config: TableConfig | None, treatment: Treatment) -> ColumnInfo:
+    """A column with its description (configured text, sharing class, mask) and the type the
+    role sees (a partial or hashed value is a string)."""
     parts = []
     sharing = table_config.sharing.of(column.name) if table_config else None
     if sharing is not None:
         parts.append(f"sharing class: {sharing.label}")
     if table_config and column.name in table_config.columns and table_config.columns[column.name].description:
         parts.append(table_config.columns[column.name].description)
-    return ColumnInfo(column.name, column.type, SCALARS[column.type.kind], "; ".join(parts), sharing)
+    if treatment.masked:
+        parts.append(f"masked for this role: {treatment}")
+    kind = output_kind(treatment, column.type)
+    return ColumnInfo(column.name, kind, SCALARS[kind.kind], "; ".join(parts), sharing)
 
 
 class _Builder:
@@ -196,6 +232,7 @@ class _Builder:
         self.aggregates: dict[str, GraphQLObjectType] = {}
         self.aggregate_fields: dict[str, GraphQLObjectType] = {}
         self.group_bys: dict[str, GraphQLObjectType] = {}
+        self.group_columns: dict[str, GraphQLEnumType] = {}
         self.group_order_bys: dict[str, GraphQLInputObjectType] = {}
         for root, table in tables.items():
             self._declare(root, table)
@@ -218,16 +255,24 @@ class _Builder:
             description=f"Ordering of {root}.",
         )
         self.aggregate_fields[root] = GraphQLObjectType(f"{root}_aggregate_fields", self._aggregate_fields(table))
-        self.aggregates[root] = GraphQLObjectType(
-            f"{root}_aggregate",
-            {
-                "aggregate": GraphQLField(self.aggregate_fields[root]),
-                "nodes": GraphQLField(GraphQLNonNull(GraphQLList(GraphQLNonNull(self.objects[root])))),
-            },
+        aggregate: dict[str, GraphQLField] = {"aggregate": GraphQLField(self.aggregate_fields[root])}
+        if not table.aggregate_only:
+            aggregate["nodes"] = GraphQLField(GraphQLNonNull(GraphQLList(GraphQLNonNull(self.objects[root]))))
+        self.aggregates[root] = GraphQLObjectType(f"{root}_aggregate", aggregate)
+        groupable = [c for c in table.columns if table.group_by is None or c in table.group_by]
+        self.group_columns[root] = GraphQLEnumType(
+            f"{root}_group_column",
+            {c: GraphQLEnumValue(c) for c in groupable} or {"_none": GraphQLEnumValue("_none")},
+            description=f"Columns of {root} that groups may use.",
         )
         keys = GraphQLObjectType(
             f"{root}_group_keys",
-            {name: GraphQLField(c.scalar, description=c.description or None) for name, c in table.columns.items()},
+            {
+                name: GraphQLField(c.scalar, description=c.description or None)
+                for name, c in table.columns.items()
+                if table.group_by is None or name in table.group_by
+            }
+            or {"_none": GraphQLField(GraphQLBoolean)},
         )
         self.group_bys[root] = GraphQLObjectType(
             f"{root}_group_by",
@@ -257,10 +302,18 @@ class _Builder:
     def _object_fields(self, table: TableInfo) -> dict[str, GraphQLField]:
         fields: dict[str, GraphQLField] = {}
         for name, column in table.columns.items():
-            kind: GraphQLOutputType = GraphQLNonNull(column.scalar) if name in table.primary_key else column.scalar
+            required = name in table.primary_key and table.by_pk
+            kind: GraphQLOutputType = GraphQLNonNull(column.scalar) if required else column.scalar
             fields[name] = GraphQLField(kind, description=column.description or None)
         for relation in table.relations.values():
             target = self.objects[relation.target]
+            if self.tables[relation.target].aggregate_only:
+                # Rows of an aggregate-only table are never shown, only its aggregates.
+                if relation.kind == "array":
+                    fields[f"{relation.name}_aggregate"] = GraphQLField(
+                        GraphQLNonNull(self.aggregates[relation.target]), self._list_args(relation.target)
+                    )
+                continue
             if relation.kind == "object":
                 fields[relation.name] = GraphQLField(target, description=f"via {relation.column}")
             else:
@@ -321,7 +374,9 @@ class _Builder:
         for name, column in table.columns.items():
             fields[name] = GraphQLInputField(COMPARISONS[column.type.kind])
         for relation in table.relations.values():
-            fields[relation.name] = GraphQLInputField(self.bool_exps[relation.target])
+            # No filter reaches into an aggregate-only table: EXISTS would test single rows.
+            if not self.tables[relation.target].aggregate_only:
+                fields[relation.name] = GraphQLInputField(self.bool_exps[relation.target])
         return fields
 
     def _order_by_fields(self, table: TableInfo) -> dict[str, GraphQLInputField]:
@@ -331,7 +386,7 @@ class _Builder:
             if c.type.kind in ORDERABLE or c.type.kind == "boolean"
         }
         for relation in table.relations.values():
-            if relation.kind == "object":
+            if relation.kind == "object" and not self.tables[relation.target].aggregate_only:
                 fields[relation.name] = GraphQLInputField(self.order_bys[relation.target])
         return fields
 
@@ -362,11 +417,12 @@ class _Builder:
             list_args = self._list_args(root)
             # Root fields are nullable: a department that is down answers null with an error
             # while the request's other root fields still answer.
-            fields[root] = GraphQLField(
-                GraphQLList(GraphQLNonNull(self.objects[root])), list_args, description=table.description or None
-            )
-            self.roots[root] = ("list", table)
-            if table.primary_key:
+            if not table.aggregate_only:
+                fields[root] = GraphQLField(
+                    GraphQLList(GraphQLNonNull(self.objects[root])), list_args, description=table.description or None
+                )
+                self.roots[root] = ("list", table)
+            if table.primary_key and table.by_pk and not table.aggregate_only:
                 fields[f"{root}_by_pk"] = GraphQLField(
                     self.objects[root],
                     {k: GraphQLArgument(GraphQLNonNull(table.columns[k].scalar)) for k in table.primary_key},
@@ -376,7 +432,7 @@ class _Builder:
             fields[f"{root}_aggregate"] = GraphQLField(self.aggregates[root], list_args)
             self.roots[f"{root}_aggregate"] = ("aggregate", table)
             group_args: dict[str, Any] = {
-                "by": GraphQLArgument(GraphQLNonNull(GraphQLList(GraphQLNonNull(self.select_columns[root])))),
+                "by": GraphQLArgument(GraphQLNonNull(GraphQLList(GraphQLNonNull(self.group_columns[root])))),
                 "limit": GraphQLArgument(GraphQLInt),
                 "offset": GraphQLArgument(GraphQLInt),
                 "order_by": GraphQLArgument(GraphQLList(GraphQLNonNull(self.group_order_bys[root]))),

@@ -1,0 +1,114 @@
+"""What a role may see of one table: the effective treatment of every column, and why.
+
+Resolution, most specific first: the role's rule for the column in that table, then its
+rule for the column name across tables (``all_columns``), then its default for the column's
+sharing class, then the built-in class defaults. A department's floor then limits the result:
+a raw column its floor reserves for other roles gets the floor's ``otherwise``. Deny by default:
+a role with no policy sees nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from catalogue.model import SharingClass
+from policies.model import DENY, RAW, Policies, RolePolicy, TableRule, Treatment, parse_treatment
+from policies.rowfilter import columns_used, parse_filter
+
+
+@dataclass(frozen=True)
+class TableDecision:
+    department: str
+    table: str
+    access: str  # "allow", "aggregate_only" or "deny"
+    columns: dict[str, Treatment]  # every column, denied ones included
+    reasons: dict[str, str]
+    row_filter: str | None = None
+    k: int = 1
+    group_by: frozenset[str] | None = None
+    floor_conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def visible(self) -> bool:
+        return self.access != "deny" and any(t.visible for t in self.columns.values())
+
+    @property
+    def visible_columns(self) -> dict[str, Treatment]:
+        return {c: t for c, t in self.columns.items() if t.visible}
+
+
+def builtin_default(sharing: SharingClass | None, role: RolePolicy, department: str) -> Treatment:
+    """The catalogue's own meaning of each class, before any rule."""
+    if sharing in (SharingClass.PUBLISHED, SharingClass.SHARED):
+        return RAW
+    if sharing == SharingClass.REPORTED and role.department == department:
+        return RAW
+    return DENY  # exchange needs an agreement, confidential a grant; unclassified: deny
+
+
+def decide(
+    policies: Policies, role: str, department: str, table: str, classes: Mapping[str, SharingClass | None]
+) -> TableDecision:
+    """The effective policy of ``role`` on ``department.table`` whose columns have ``classes``."""
+    policy = policies.role(role)
+    if policy is None:
+        return TableDecision(
+            department, table, "deny", {c: DENY for c in classes}, {c: f"role {role!r} has no policy" for c in classes}
+        )
+    rule = policy.tables.get(f"{department}.{table}", TableRule())
+    columns: dict[str, Treatment] = {}
+    reasons: dict[str, str] = {}
+    for column, sharing in classes.items():
+        if rule.access == "deny":
+            columns[column], reasons[column] = DENY, f"table {department}.{table} is denied to {role}"
+        elif column in rule.columns:
+            columns[column] = parse_treatment(rule.columns[column])
+            reasons[column] = f"rule for {department}.{table}.{column}"
+        elif rule.only_listed:
+            columns[column], reasons[column] = DENY, f"{department}.{table} grants only the columns it lists"
+        elif column in policy.all_columns:
+            columns[column], reasons[column] = (
+                parse_treatment(policy.all_columns[column]),
+                f"rule for {column} everywhere",
+            )
+        elif sharing is not None and sharing in policy.classes:
+            columns[column] = parse_treatment(policy.classes[sharing])
+            reasons[column] = f"{role}'s default for {sharing.value} columns"
+        else:
+            columns[column] = builtin_default(sharing, policy, department)
+            reasons[column] = f"the catalogue's default for {sharing.value if sharing else 'unclassified'} columns"
+    conflicts = _apply_floor(policies, role, department, table, columns, reasons)
+    if rule.row_filter is not None:
+        unknown = columns_used(parse_filter(rule.row_filter)) - set(classes)
+        if unknown:
+            raise ValueError(f"roles.{role}.tables.{department}.{table}.row_filter: no column {sorted(unknown)[0]!r}")
+    return TableDecision(
+        department,
+        table,
+        rule.access,
+        columns,
+        reasons,
+        rule.row_filter,
+        rule.k,
+        frozenset(rule.group_by) if rule.group_by is not None else None,
+        conflicts,
+    )
+
+
+def _apply_floor(
+    policies: Policies, role: str, department: str, table: str, columns: dict[str, Treatment], reasons: dict[str, str]
+) -> list[str]:
+    conflicts = []
+    for column, treatment in columns.items():
+        floor = policies.floors.get(department, {}).get(f"{table}.{column}")
+        if floor is None or role in floor.unmasked_for or treatment.kind != "raw":
+            continue
+        columns[column] = parse_treatment(floor.otherwise)
+        reasons[column] = f"{department}'s floor: unmasked only for {', '.join(floor.unmasked_for) or 'no role'}"
+        conflicts.append(
+            f"roles.{role} reveals {department}.{table}.{column} raw; {department}'s floor "
+            f"allows that only for {', '.join(floor.unmasked_for) or 'no role'}, so it gets "
+            f"{columns[column]}"
+        )
+    return conflicts

@@ -1,0 +1,199 @@
+"""Masks as sqlglot expressions over a raw column, with the exact formats of the demo contract.
+
+Every mask is built from the raw column alone, side by side with the others, so no mask ever
+reads another mask's output (the hole of trinodb/trino#14420). They use only functions that
+DuckDB and Trino both have, with the same meaning, so one tree gives the same values on both;
+``hash`` is the one engine-specific function, ``citygate_hash(value)``, which each engine
+provides with the configured key (never from the query).
+
+>>> from catalogue.types import LogicalType
+>>> from sqlglot import exp
+>>> from policies.model import Treatment
+>>> mask(Treatment("partial", (3, 4)), exp.column("phone"), LogicalType("string")).sql("trino")[:40]
+'CASE WHEN LENGTH(CAST(phone AS VARCHAR))'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from catalogue.types import LogicalType
+from policies.model import Treatment
+
+HASH_FUNCTION = "citygate_hash"
+REDACTED = "[REDACTED]"
+
+# Functions a custom mask may call: pure, deterministic, present on both engines.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        "UPPER",
+        "LOWER",
+        "SUBSTRING",
+        "LENGTH",
+        "CONCAT",
+        "COALESCE",
+        "ROUND",
+        "FLOOR",
+        "CEIL",
+        "ABS",
+        "LPAD",
+        "RPAD",
+        "TRIM",
+        "REPLACE",
+        "NULLIF",
+        "GREATEST",
+        "LEAST",
+    }
+)
+_ALLOWED_NODES = (
+    exp.Column,
+    exp.Literal,
+    exp.Identifier,
+    exp.Paren,
+    exp.Case,
+    exp.If,
+    exp.Cast,
+    exp.DataType,
+    exp.DataTypeParam,
+    exp.Null,
+    exp.Boolean,
+    exp.DPipe,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Mod,
+    exp.Neg,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.Is,
+    exp.Var,
+)
+
+
+def _string(column: exp.Expr) -> exp.Expr:
+    return exp.cast(column, exp.DataType(this=exp.DataType.Type.VARCHAR))
+
+
+def _stars(count: exp.Expr) -> exp.Expr:
+    # RPAD('', n, '*'): Trino's REPEAT returns an array, not a string.
+    # DuckDB's RPAD takes an INTEGER count, and LENGTH is a BIGINT there.
+    count = exp.cast(count, exp.DataType(this=exp.DataType.Type.INT))
+    return exp.func("RPAD", exp.Literal.string(""), count, exp.Literal.string("*"))
+
+
+def _partial(column: exp.Expr, first: int, last: int) -> exp.Expr:
+    """Keep ``first`` and ``last`` characters, one ``*`` for each between; a value no longer
+    than ``first + last`` is starred whole rather than shown."""
+    value = _string(column)
+    length = exp.Length(this=value.copy())
+    kept = exp.DPipe(
+        this=exp.DPipe(
+            this=exp.Substring(this=value.copy(), start=exp.Literal.number(1), length=exp.Literal.number(first)),
+            expression=_stars(exp.Sub(this=length.copy(), expression=exp.Literal.number(first + last))),
+        ),
+        expression=exp.Substring(
+            this=value.copy(),
+            start=exp.Add(
+                this=exp.Sub(this=length.copy(), expression=exp.Literal.number(last)), expression=exp.Literal.number(1)
+            ),
+            length=exp.Literal.number(last),
+        ),
+    )
+    short = exp.LTE(this=length.copy(), expression=exp.Literal.number(first + last))
+    return exp.Case(ifs=[exp.If(this=short, true=_stars(length.copy()))], default=kept)
+
+
+def _hash(column: exp.Expr) -> exp.Expr:
+    return exp.Anonymous(this=HASH_FUNCTION, expressions=[_string(column)])
+
+
+def _year(column: exp.Expr, kind: LogicalType) -> exp.Expr:
+    truncated = exp.DateTrunc(this=column, unit=exp.var("YEAR"))  # type: ignore[no-untyped-call]
+    return exp.cast(truncated, kind.to_sqlglot())
+
+
+def _bucket(column: exp.Expr, width: float, kind: LogicalType) -> exp.Expr:
+    # Divide in double precision: Trino divides integers by truncation, DuckDB does not.
+    quotient = exp.Div(
+        this=exp.cast(column, exp.DataType(this=exp.DataType.Type.DOUBLE)), expression=exp.Literal.number(width)
+    )
+    floored = exp.Mul(this=exp.Floor(this=quotient), expression=exp.Literal.number(width))
+    return exp.cast(floored, kind.to_sqlglot())
+
+
+def _null(kind: LogicalType) -> exp.Expr:
+    return exp.cast(exp.Null(), kind.to_sqlglot())
+
+
+def _redact(kind: LogicalType) -> exp.Expr:
+    return exp.Literal.string(REDACTED) if kind.kind == "string" else _null(kind)
+
+
+def _custom(column: exp.Expr, text: str) -> exp.Expr:
+    tree = check_custom(text)
+
+    def substitute(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Column) and node.name.lower() == "value":
+            return column.copy()
+        return node
+
+    return tree.transform(substitute)
+
+
+MASKS: dict[str, Callable[[Treatment, exp.Expr, LogicalType], exp.Expr]] = {
+    "raw": lambda t, c, k: c,
+    "partial": lambda t, c, k: _partial(c, t.params[0], t.params[1]),
+    "hash": lambda t, c, k: _hash(c),
+    "nullify": lambda t, c, k: _null(k),
+    "year": lambda t, c, k: _year(c, k),
+    "bucket": lambda t, c, k: _bucket(c, t.params[0], k),
+    "redact": lambda t, c, k: _redact(k),
+    "sql": lambda t, c, k: _custom(c, t.params[0]),
+}
+
+
+def mask(treatment: Treatment, column: exp.Expr, kind: LogicalType) -> exp.Expr:
+    """The expression a role sees in place of ``column``."""
+    if treatment.kind == "deny":
+        raise ValueError("a denied column has no expression")
+    return MASKS[treatment.kind](treatment, column, kind)
+
+
+def output_kind(treatment: Treatment, kind: LogicalType) -> LogicalType:
+    """The logical type a column has once masked (partial and hash yield strings)."""
+    if treatment.kind in ("partial", "hash", "sql") or (treatment.kind == "redact" and kind.kind == "string"):
+        return LogicalType("string")
+    return kind
+
+
+def check_custom(text: str) -> exp.Expr:
+    """Parse a custom mask and refuse anything but allow-listed functions over ``value``."""
+    try:
+        tree = sqlglot.parse_one(text)
+    except ParseError as error:
+        raise ValueError(f"custom mask {text!r} is not an SQL expression: {error.errors[0]['description']}") from None
+    for node in tree.walk():
+        if isinstance(node, exp.Column) and node.name.lower() != "value":
+            raise ValueError(f"custom mask {text!r} may refer only to `value`, not {node.sql()!r}")
+        if isinstance(node, exp.Func) and not isinstance(node, exp.Cast | exp.Case | exp.If):
+            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).upper()
+            if name not in ALLOWED_FUNCTIONS:
+                raise ValueError(
+                    f"custom mask {text!r} calls {name}, which is not allowed; allowed: "
+                    + ", ".join(sorted(ALLOWED_FUNCTIONS))
+                )
+        elif not isinstance(node, (*_ALLOWED_NODES, exp.Func)):
+            raise ValueError(f"custom mask {text!r} uses {type(node).__name__}, which is not allowed")
+    return tree

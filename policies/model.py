@@ -1,0 +1,213 @@
+"""Confidentiality policies as files: what each role may see of each department's data.
+
+A policy file, written by security officers, gives per role:
+
+- ``classes``: a default treatment per sharing class (``published: allow``, ``confidential: hash``);
+- ``tables``: per ``department.table``, ``access`` (``allow``, ``aggregate_only`` with a minimum
+  group size ``k``, or ``deny``), column treatments that refine the class defaults, and a
+  ``row_filter`` over the table's columns and the caller's claims (``district = :claims.district``);
+- ``all_columns``: treatments by column name across every table (``id_card: partial(6,4)``).
+
+A treatment is ``allow``, ``deny`` or a mask: ``partial(first,last)``, ``hash``, ``nullify``,
+``year``, ``bucket(width)``, ``redact``, or ``sql: <expression over the column>``.
+
+Departments add floors in their own files: the most any central rule may reveal of a column
+(``unmasked_for: [health_analyst]``, otherwise ``deny`` or a mask); where a rule reveals more,
+the floor wins and ``citygate policy check`` reports it. Deny by default: a column no rule grants
+is absent, and a table with no visible column is absent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from catalogue.model import SharingClass
+from gateway.errors import ConfigError
+
+_TREATMENT = re.compile(r"^(allow|deny|hash|nullify|year|redact|partial\((\d+),\s*(\d+)\)|bucket\((\d+(?:\.\d+)?)\))$")
+
+
+@dataclass(frozen=True, slots=True)
+class Treatment:
+    """What a role gets of one column: ``raw``, ``deny``, or a mask with its parameters."""
+
+    kind: str  # raw, deny, partial, hash, nullify, year, bucket, redact, sql
+    params: tuple[Any, ...] = ()
+
+    @property
+    def visible(self) -> bool:
+        return self.kind != "deny"
+
+    @property
+    def masked(self) -> bool:
+        return self.kind not in ("raw", "deny")
+
+    def __str__(self) -> str:
+        if self.kind == "partial":
+            return f"partial({self.params[0]},{self.params[1]})"
+        if self.kind == "bucket":
+            return f"bucket({self.params[0]})"
+        if self.kind == "sql":
+            return f"sql({self.params[0]})"
+        return self.kind
+
+
+RAW = Treatment("raw")
+DENY = Treatment("deny")
+
+
+def parse_treatment(value: Any) -> Treatment:
+    """``"partial(6,4)"`` -> Treatment("partial", (6, 4)); ``{"sql": "..."}`` -> a custom mask.
+
+    >>> parse_treatment("partial(6,4)")
+    Treatment(kind='partial', params=(6, 4))
+    >>> parse_treatment("allow")
+    Treatment(kind='raw', params=())
+    """
+    if isinstance(value, dict) and set(value) == {"sql"} and isinstance(value["sql"], str):
+        from policies.masks import check_custom  # the expression must parse and use allowed functions
+
+        check_custom(value["sql"])
+        return Treatment("sql", (value["sql"],))
+    match = _TREATMENT.match(str(value).strip()) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(
+            f"{value!r} is not a treatment; use allow, deny, partial(first,last), hash, nullify, year, "
+            "bucket(width), redact, or {sql: <expression>}"
+        )
+    word = match.group(1)
+    if word == "allow":
+        return RAW
+    if word.startswith("partial"):
+        return Treatment("partial", (int(match.group(2)), int(match.group(3))))
+    if word.startswith("bucket"):
+        width = float(match.group(4))
+        if width <= 0:
+            raise ValueError("bucket width must be positive")
+        return Treatment("bucket", (int(width) if width.is_integer() else width,))
+    return Treatment(word)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+TreatmentText = str | dict[str, str]
+
+
+class TableRule(_Model):
+    access: Literal["allow", "aggregate_only", "deny"] = "allow"
+    k: int = Field(1, ge=1, description="aggregate_only: groups of fewer rows are left out")
+    columns: dict[str, TreatmentText] = Field(default_factory=dict)
+    row_filter: str | None = None
+    # aggregate_only: the columns a role may group by (the others only inside aggregates)
+    group_by: list[str] | None = None
+    # deny every column the rule does not list, whatever the class defaults say
+    only_listed: bool = False
+
+    @field_validator("columns")
+    @classmethod
+    def _treatments(cls, value: dict[str, TreatmentText]) -> dict[str, TreatmentText]:
+        for text in value.values():
+            parse_treatment(text)
+        return value
+
+    @field_validator("row_filter")
+    @classmethod
+    def _filter(cls, value: str | None) -> str | None:
+        if value is not None:
+            from policies.rowfilter import parse_filter
+
+            parse_filter(value)
+        return value
+
+
+class RolePolicy(_Model):
+    description: str = ""
+    department: str | None = None  # the owner department, for `reported` columns
+    classes: dict[SharingClass, TreatmentText] = Field(default_factory=dict)
+    all_columns: dict[str, TreatmentText] = Field(default_factory=dict)
+    tables: dict[str, TableRule] = Field(default_factory=dict)
+
+    @field_validator("classes", "all_columns")
+    @classmethod
+    def _treatments(cls, value: dict[Any, TreatmentText]) -> dict[Any, TreatmentText]:
+        for text in value.values():
+            parse_treatment(text)
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _table_names(cls, value: dict[str, TableRule]) -> dict[str, TableRule]:
+        for name in value:
+            if not re.match(r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"table {name!r} must be written department.table")
+        return value
+
+
+class FloorRule(_Model):
+    unmasked_for: list[str] = Field(default_factory=list)
+    otherwise: TreatmentText = "deny"
+
+
+class Floor(_Model):
+    """A department's own limit on what any central rule may reveal of its columns."""
+
+    department: str
+    columns: dict[str, FloorRule] = Field(default_factory=dict)  # "table.column" -> rule
+
+
+class PolicyFile(_Model):
+    roles: dict[str, RolePolicy] = Field(default_factory=dict)
+    floors: list[Floor] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Policies:
+    """Every role's policy and every department's floor, loaded from one or more files."""
+
+    roles: dict[str, RolePolicy]
+    floors: dict[str, dict[str, FloorRule]]  # department -> "table.column" -> rule
+    version: str
+
+    def role(self, name: str) -> RolePolicy | None:
+        return self.roles.get(name)
+
+
+def load_policies(paths: list[Path]) -> Policies:
+    """Read policy files (central policies and departments' floors); errors name file and key."""
+    import hashlib
+
+    roles: dict[str, RolePolicy] = {}
+    floors: dict[str, dict[str, FloorRule]] = {}
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            raise ConfigError(f"{path}: cannot read the policy file") from None
+        digest.update(text.encode())
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{path}: not valid YAML") from None
+        try:
+            parsed = PolicyFile.model_validate(raw)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            message = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{path}: {where}: {message}") from None
+        for name, role in parsed.roles.items():
+            if name in roles:
+                raise ConfigError(f"{path}: roles.{name}: defined in two policy files")
+            roles[name] = role
+        for floor in parsed.floors:
+            floors.setdefault(floor.department, {}).update(floor.columns)
+    return Policies(roles=roles, floors=floors, version=digest.hexdigest()[:12])

@@ -1,0 +1,171 @@
+"""Enforcement: the compiled tree, rewritten so that each table reference reads only what the
+caller's role may see, before any engine sees it.
+
+The steps are pure functions over the tree, applied in order (like sqlglot's optimizer RULES):
+
+    qualify -> row filters and masks (one policy subquery per table) -> aggregate thresholds -> verify
+
+Each reference to ``department.table`` becomes a subquery over the raw table that computes every
+visible column's mask from the raw column, side by side, and applies the role's row filter with
+the caller's claims as literals. The user's filters, orderings, groupings and aggregates outside
+it therefore see masked values. Relationship joins and tie-breaks read hidden raw keys
+(``__key_<column>``) that exist only inside the engine, so a masked or hashed key still links
+records without being shown. The last step fails closed if anything would leave unmasked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from catalogue.types import LogicalType
+from policies.decide import TableDecision
+from policies.masks import _hash, mask
+from policies.rowfilter import bind, parse_filter
+
+KEY = "key"  # meta mark on a column the compiler uses to join (a relationship key)
+TIE = "tie"  # meta mark on a column the compiler orders by only to break ties
+AGGREGATED = "aggregates"  # meta mark on a SELECT whose output is aggregated
+RAW_TABLE = "policy_raw"  # meta mark on the raw table inside a policy subquery
+
+
+class PolicyViolation(Exception):
+    """The rewritten tree would release data against the policy; the request is refused."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the rewrite needs: each table's decision, column types, and the caller's claims."""
+
+    decisions: Mapping[tuple[str, str], TableDecision]
+    types: Mapping[tuple[str, str], Mapping[str, LogicalType]]
+    claims: Mapping[str, Any]
+
+
+Step = Callable[[exp.Expr, Context], exp.Expr]
+
+
+def hidden(mark: str, column: str) -> str:
+    return f"__{mark}_{column}"
+
+
+def _logical(node: exp.Expr) -> bool:
+    return isinstance(node, exp.Table) and bool(node.db) and not node.catalog and not node.meta.get(RAW_TABLE)
+
+
+def qualify(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """Check every table the tree reads has a decision: deny what the policy does not know."""
+    for table in tree.find_all(exp.Table):
+        if _logical(table) and (table.db, table.name) not in ctx.decisions:
+            raise PolicyViolation(f"no policy decision for {table.db}.{table.name}")
+    return tree
+
+
+def protect(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """Replace each table reference by its policy subquery (masks and row filter)."""
+    needs: dict[str, set[tuple[str, str]]] = {}
+    for column in tree.find_all(exp.Column):
+        mark = column.meta.get("citygate")
+        if mark in (KEY, TIE) and column.table:
+            needs.setdefault(column.table, set()).add((mark, column.name))
+            column.set("this", exp.to_identifier(hidden(mark, column.name), quoted=True))
+
+    def wrap(node: exp.Expr) -> exp.Expr:
+        if not _logical(node):
+            return node
+        assert isinstance(node, exp.Table)
+        alias = node.alias or node.name
+        return _policy_subquery(node, alias, needs.get(alias, set()), ctx)
+
+    return tree.transform(wrap, copy=False)
+
+
+def _policy_subquery(table: exp.Table, alias: str, needs: set[tuple[str, str]], ctx: Context) -> exp.Expr:
+    key = (table.db, table.name)
+    decision = ctx.decisions[key]
+    types = ctx.types[key]
+    raw = exp.Table(this=exp.to_identifier(table.name), db=exp.to_identifier(table.db))
+    raw.meta[RAW_TABLE] = True
+    raw.set("alias", exp.TableAlias(this=exp.to_identifier("raw")))
+
+    def column(name: str) -> exp.Expr:
+        return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
+
+    projections: list[exp.Expr] = [
+        exp.alias_(mask(treatment, column(name), types[name]), exp.to_identifier(name, quoted=True))
+        for name, treatment in decision.visible_columns.items()
+    ]
+    for mark, name in sorted(needs):
+        treatment = decision.columns.get(name)
+        if treatment is None:
+            raise PolicyViolation(f"{table.db}.{table.name} has no column {name!r}")
+        # Ties break on the raw key only where the role sees it raw; elsewhere on its keyed
+        # hash, which is as deterministic and says nothing about the raw order.
+        value = column(name) if mark == KEY or treatment.kind == "raw" else _hash(column(name))
+        projections.append(exp.alias_(value, exp.to_identifier(hidden(mark, name), quoted=True)))
+    if not projections:
+        raise PolicyViolation(f"{table.db}.{table.name} has no column the role may read")
+    select = exp.select(*projections).from_(raw)
+    if decision.row_filter is not None:
+        select = select.where(bind(parse_filter(decision.row_filter), ctx.claims))
+    subquery = select.subquery(exp.to_identifier(alias))
+    subquery.meta["policy"] = key
+    return subquery
+
+
+def thresholds(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """Leave out any group, or whole aggregate, of fewer than k rows of an aggregate-only table."""
+    for select in list(tree.find_all(exp.Select)):
+        if not select.meta.get(AGGREGATED):
+            continue
+        ks = [
+            ctx.decisions[s.meta["policy"]].k
+            for s in select.find_all(exp.Subquery)
+            if s.meta.get("policy") and ctx.decisions[s.meta["policy"]].access == "aggregate_only"
+        ]
+        if ks:
+            select.having(exp.GTE(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(max(ks))), copy=False)
+    return tree
+
+
+def verify(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """Fail closed: every table read through its policy, aggregate-only data only aggregated,
+    and no hidden raw key in any output."""
+    for table in tree.find_all(exp.Table):
+        if _logical(table):
+            raise PolicyViolation(f"{table.db}.{table.name} is read without its policy")
+        if table.meta.get(RAW_TABLE) and not (
+            isinstance(table.parent, exp.From)
+            and isinstance(table.parent.parent, exp.Select)
+            and isinstance(table.parent.parent.parent, exp.Subquery)
+            and table.parent.parent.parent.meta.get("policy")
+        ):
+            raise PolicyViolation(f"raw {table.db}.{table.name} outside its policy subquery")
+    for subquery in tree.find_all(exp.Subquery):
+        key = subquery.meta.get("policy")
+        if key and ctx.decisions[key].access == "aggregate_only":
+            holder = subquery.find_ancestor(exp.Select)
+            while holder is not None and not holder.meta.get(AGGREGATED):
+                holder = holder.find_ancestor(exp.Select)
+            if holder is None or holder.find_ancestor(exp.Exists) is not None:
+                raise PolicyViolation(f"{key[0]}.{key[1]} is aggregate-only but is read row by row")
+    for alias in tree.find_all(exp.Alias):
+        if alias.alias.startswith("o") and any(
+            c.name.startswith(("__key_", "__tie_")) for c in alias.find_all(exp.Column)
+        ):
+            raise PolicyViolation("a hidden key would leave in the response")
+    return tree
+
+
+STEPS: tuple[Step, ...] = (qualify, protect, thresholds, verify)
+
+
+def enforce(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """The tree as the role may run it. The compiled tree is left untouched."""
+    result = tree.copy()
+    for step in STEPS:
+        result = step(result, ctx)
+    return result
