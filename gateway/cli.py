@@ -112,7 +112,7 @@ def cmd_introspect(args: argparse.Namespace) -> int:
 def _gateway(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     """The gateway over ``--config``, or over the embedded demo city when there is none."""
     from connectors.base import create_engine
-    from gateway.demo import demo_config, ensure_demo_data
+    from gateway.demo import demo_config, ensure_demo_data, secure_demo
     from gateway.execute import Gateway
 
     if getattr(args, "config", None):
@@ -120,8 +120,22 @@ def _gateway(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     else:
         data_dir = Path(args.data_dir).resolve()
         ensure_demo_data(data_dir)
-        config = demo_config(data_dir)
+        config = secure_demo(demo_config(data_dir), data_dir)
     return Gateway.start(config, create_engine(config))
+
+
+def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from gateway.execute import Identity
+
+    if not getattr(args, "role", None):
+        return None
+    claims = {}
+    for pair in args.claim or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CitygateError(f"--claim {pair!r}: write name=value")
+        claims[name] = value
+    return Identity(args.role, claims)
 
 
 def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
@@ -141,6 +155,16 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token that `citygate demo` with the same --data-dir accepts (demo only)."""
+    from gateway.demo import issue_token
+
+    identity = _identity(args)
+    assert identity is not None
+    print(issue_token(Path(args.data_dir).resolve(), identity.role, dict(identity.claims), args.ttl))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Serve the demo city on the embedded engine (built under --data-dir on first run)."""
     from gateway.demo import EXAMPLE_QUERY
@@ -150,7 +174,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "  GraphiQL:  {address}  (open it in a browser)\n"
         "  POST:      curl -s {address} -H 'content-type: application/json' "
         '-d \'{{"query": "{{ transport_stations(limit: 3) {{ name district }} }}"}}\'\n'
-        "Try this query in GraphiQL:\n\n"
+        "Tokens: citygate token --role health_analyst   (roles: anonymous without a token, health_analyst,\n"
+        "        district_officer --claim district=南城, env_inspector, police, supervisor); in GraphiQL\n"
+        "        add the header Authorization: Bearer <token>\n"
+        "Try this query in GraphiQL (as health_analyst):\n\n"
     )
     return _serve(args, banner, EXAMPLE_QUERY)
 
@@ -166,7 +193,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     gateway = _gateway(args)
     try:
-        print(print_schema(gateway.model.schema))
+        identity = _identity(args)
+        model = gateway.view(identity).model if identity is not None else gateway.model
+        print(print_schema(model.schema))
     finally:
         gateway.close()
     return 0
@@ -185,7 +214,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CitygateError("--variables is not valid JSON") from None
     gateway = _gateway(args)
     try:
-        compiled = gateway.compile(query, variables)
+        identity = _identity(args)
+        compiled = gateway.compile(query, variables, identity=identity)
+        view = gateway.view(identity)
+        claims = identity.claims if identity is not None else {}
         engines = [gateway.engine]
         other = "embedded" if gateway.engine.name == "trino" else "trino"
         if all(d.store.kind != "sqlite" for d in gateway.config.departments.values()):
@@ -193,7 +225,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for field in compiled:
             for engine in engines:
                 print(f"-- {field.key} on {engine.name} ({engine.dialect})")
-                print(engine.sql(field.tree) + ";\n")
+                print(engine.sql(view.rewrite(field.tree, claims)) + ";\n")
+        if view.decisions is not None:
+            print(f"-- policy decisions for role {view.role}:")
+            for (department, table), decision in sorted(view.decisions.items()):
+                if any(department == d for c in compiled for d in c.departments):
+                    shown = ", ".join(f"{c}: {t}" for c, t in decision.columns.items())
+                    extra = f"; row filter: {decision.row_filter}" if decision.row_filter else ""
+                    extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
+                    print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(
                 f"-- {other}: not available for this configuration (SQLite stores are read by the embedded engine only)"
@@ -243,14 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--engine", choices=("trino", "embedded"), help="override the config's engine")
 
+    def as_role(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--role", help="as this role sees it (with policies configured)")
+        p.add_argument("--claim", action="append", metavar="NAME=VALUE", help="a claim of the role (repeatable)")
+
     p = command("schema", cmd_schema)
     p.add_argument("action", choices=("print",))
     demo_or_config(p)
+    as_role(p)
 
     p = command("explain", cmd_explain)
     p.add_argument("query", help="the GraphQL query, @FILE, or - for standard input")
     p.add_argument("--variables", help="variables as a JSON object")
     demo_or_config(p)
+    as_role(p)
+
+    p = command("token", cmd_token)
+    p.add_argument("--role", required=True)
+    p.add_argument("--claim", action="append", metavar="NAME=VALUE", help="a claim policies may use (repeatable)")
+    p.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the demo's data directory")
 
     for name, handler in (("check", cmd_check), ("introspect", cmd_introspect)):
         p = command(name, handler)

@@ -200,9 +200,41 @@ class PoliciesConfig(_Model):
     hash_key: str = Field(min_length=16, description="HMAC key of the hash mask; from the environment")
 
 
+Algorithm = Literal["RS256", "ES256", "EdDSA", "HS256"]
+ASYMMETRIC: tuple[Algorithm, ...] = ("RS256", "ES256", "EdDSA")
+
+
+class AuthConfig(_Model):
+    """How requests prove who they are: bearer JWTs from the city's identity provider."""
+
+    issuer: str
+    audience: str
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_cache_seconds: int = Field(300, ge=0)
+    algorithms: list[Algorithm] = Field(default_factory=lambda: list(ASYMMETRIC))
+    hs256_secret: str | None = Field(None, min_length=32)
+    leeway_seconds: int = Field(30, ge=0, le=300)
+    roles_claim: str = "roles"  # a dot path into the token's claims
+    claims_path: str | None = None  # where the attributes policies use live (default: the top level)
+    anonymous: bool = False  # requests without a token act as `anonymous` (else 401)
+
+    @model_validator(mode="after")
+    def _keys(self) -> AuthConfig:
+        if "HS256" in self.algorithms and not self.hs256_secret:
+            raise ValueError("HS256 needs hs256_secret (a shared secret of at least 32 characters)")
+        if self.hs256_secret and "HS256" not in self.algorithms:
+            raise ValueError("hs256_secret is set but HS256 is not among the algorithms")
+        asymmetric = [a for a in self.algorithms if a != "HS256"]
+        if asymmetric and (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("give exactly one of jwks_file and jwks_url")
+        return self
+
+
 class Config(_Model):
     engine: EngineConfig = EngineConfig()
     policies: PoliciesConfig | None = None
+    auth: AuthConfig | None = None
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
@@ -331,6 +363,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if config.policies is not None:
         files = [f if f.is_absolute() else (base / f).resolve() for f in config.policies.files]
         update["policies"] = config.policies.model_copy(update={"files": files})
+    if config.auth is not None and config.auth.jwks_file is not None and not config.auth.jwks_file.is_absolute():
+        update["auth"] = config.auth.model_copy(update={"jwks_file": (base / config.auth.jwks_file).resolve()})
     return config.model_copy(update=update)
 
 

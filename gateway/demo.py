@@ -7,14 +7,17 @@ no server and no file outside the installed package.
 from __future__ import annotations
 
 import importlib.resources
+import json
+import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from catalogue.demo_city import DEPARTMENTS, TABLES
-from gateway.config import Config
+from gateway.config import AuthConfig, Config, PoliciesConfig
 
 EXAMPLE_QUERY = """\
 # Clinic visits with the patient's record from the household registry, one request, two departments.
@@ -72,3 +75,74 @@ def ensure_demo_data(data_dir: Path, scale: float = 1.0) -> bool:
             stores.load(department.name, store, tables, bar.update)
     print(f"citygate: {city.total_rows:,} rows in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return True
+
+
+DEMO_ISSUER = "citygate-demo"
+DEMO_AUDIENCE = "citygate"
+
+
+def _issuer_file(data_dir: Path) -> Path:
+    return data_dir / "demo-issuer.json"
+
+
+def ensure_demo_issuer(data_dir: Path) -> dict[str, Any]:
+    """The demo's own signing key and hash key, made once per data directory (mode 0600).
+
+    Only `citygate demo` and `citygate token` use it; `citygate serve` never issues tokens.
+    """
+    from joserfc.jwk import RSAKey
+
+    path = _issuer_file(data_dir)
+    if path.exists():
+        loaded: dict[str, Any] = json.loads(path.read_text())
+        return loaded
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = RSAKey.generate_key(2048, parameters={"kid": f"demo-{secrets.token_hex(4)}", "use": "sig", "alg": "RS256"})
+    issuer = {"private_jwk": key.as_dict(private=True), "hash_key": secrets.token_hex(32)}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(issuer))
+    partial.chmod(0o600)
+    partial.replace(path)
+    (data_dir / "demo-jwks.json").write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    return issuer
+
+
+def secure_demo(config: Config, data_dir: Path) -> Config:
+    """The demo with the demo city's policies and the demo issuer's tokens (no token: anonymous)."""
+    issuer = ensure_demo_issuer(data_dir)
+    demo_policies = Path(__file__).resolve().parent.parent / "policies" / "demo"
+    return config.model_copy(
+        update={
+            "policies": PoliciesConfig(
+                files=[demo_policies / "central.yaml", demo_policies / "health-floor.yaml"],
+                hash_key=issuer["hash_key"],
+            ),
+            "auth": AuthConfig(
+                issuer=DEMO_ISSUER,
+                audience=DEMO_AUDIENCE,
+                jwks_file=data_dir / "demo-jwks.json",
+                anonymous=True,
+            ),
+        }
+    )
+
+
+def issue_token(data_dir: Path, role: str, claims: dict[str, str], ttl: int) -> str:
+    """A token the demo in ``data_dir`` accepts, acting as ``role`` with ``claims``."""
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    issuer = ensure_demo_issuer(data_dir)
+    key = RSAKey.import_key(issuer["private_jwk"])
+    now = int(time.time())
+    payload = {
+        **claims,
+        "iss": DEMO_ISSUER,
+        "aud": DEMO_AUDIENCE,
+        "sub": f"demo-{role}",
+        "roles": [role],
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode({"alg": "RS256", "kid": key.kid}, payload, key)

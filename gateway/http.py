@@ -19,7 +19,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from strawberry.http.ides import get_graphql_ide_html
 
-from gateway.execute import Gateway
+from gateway.execute import Gateway, Identity
+from gateway.identity import Authenticator, AuthError
 
 log = logging.getLogger("citygate.http")
 
@@ -36,27 +37,54 @@ def _bad_request(message: str, media_type: str, status: int = 400) -> Response:
     return _json({"errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]}, status, media_type)
 
 
+def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None] | str:
+    """The request's query, variables and operation name, or what is wrong with them."""
+    query = params.get("query")
+    if not isinstance(query, str) or not query.strip():
+        return "the request has no `query` string"
+    variables = params.get("variables")
+    if isinstance(variables, str) and variables:
+        try:
+            variables = json.loads(variables)
+        except ValueError:
+            return "`variables` is not valid JSON"
+    if variables is not None and not isinstance(variables, dict):
+        return "`variables` must be an object"
+    operation_name = params.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        return "`operationName` must be a string"
+    return query, variables or None, operation_name or None
+
+
 def create_app(gateway: Gateway) -> Starlette:
     """The ASGI application over ``gateway``."""
+    authenticator = Authenticator(gateway.config.auth) if gateway.config.auth is not None else None
+
+    def authenticate(request: Request, media_type: str) -> Identity | Response | None:
+        """The caller's identity; a 401/403 response when the token is refused."""
+        if authenticator is None:
+            return None
+        try:
+            return authenticator.identify(request.headers.get("authorization"), request.headers.get("x-citygate-role"))
+        except AuthError as error:
+            response = _json(
+                {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}, error.status, media_type
+            )
+            if error.status == 401:
+                response.headers["WWW-Authenticate"] = "Bearer"
+            return response
 
     async def answer(request: Request, params: dict[str, Any]) -> Response:
         media_type = GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in request.headers.get("accept", "") else "application/json"
-        query = params.get("query")
-        if not isinstance(query, str) or not query.strip():
-            return _bad_request("the request has no `query` string", media_type)
-        variables = params.get("variables")
-        if isinstance(variables, str) and variables:
-            try:
-                variables = json.loads(variables)
-            except ValueError:
-                return _bad_request("`variables` is not valid JSON", media_type)
-        if variables is not None and not isinstance(variables, dict):
-            return _bad_request("`variables` must be an object", media_type)
-        operation_name = params.get("operationName")
-        if operation_name is not None and not isinstance(operation_name, str):
-            return _bad_request("`operationName` must be a string", media_type)
+        parsed = _parameters(params)
+        if isinstance(parsed, str):
+            return _bad_request(parsed, media_type)
+        query, variables, operation_name = parsed
+        identity = authenticate(request, media_type)
+        if isinstance(identity, Response):
+            return identity
         try:
-            result = await run_in_threadpool(gateway.execute, query, variables, operation_name or None)
+            result = await run_in_threadpool(gateway.execute, query, variables, operation_name, identity)
         except Exception:  # the last guard: log it, never show it
             log.exception("request failed")
             body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}

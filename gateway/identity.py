@@ -1,0 +1,139 @@
+"""Who is asking: bearer JWTs verified against the identity provider's keys.
+
+A token must be signed with an allowed algorithm by a key of the configured JWKS (a file, or a
+URL fetched and cached; an unknown ``kid`` fetches it again once, for key rotation), come from
+the configured issuer for the configured audience, and be within ``exp``/``nbf`` give or take a
+small leeway. The request then acts as one of the token's roles: the one ``X-Citygate-Role``
+names, else the first. Every refusal says what is wrong in words that reveal nothing about keys
+or claims. JOSE work is done by joserfc, authlib's own successor to ``authlib.jose``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import (
+    ExpiredTokenError,
+    InvalidClaimError,
+    InvalidKeyIdError,
+    InvalidTokenError,
+    JoseError,
+    MissingClaimError,
+)
+from joserfc.jwk import KeySet, OctKey
+
+from gateway.config import AuthConfig
+from gateway.errors import CitygateError
+from gateway.execute import Identity
+
+
+class AuthError(CitygateError):
+    """The request is not authenticated (401) or may not act as the role it asks for (403)."""
+
+    code = "UNAUTHENTICATED"
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+        if status == 403:
+            self.code = "FORBIDDEN"
+
+
+class Authenticator:
+    def __init__(self, auth: AuthConfig) -> None:
+        self.auth = auth
+        self._lock = threading.Lock()
+        self._keys: KeySet | None = None
+        self._fetched = 0.0
+        self._claims = jwt.JWTClaimsRegistry(
+            leeway=auth.leeway_seconds,
+            iss={"essential": True, "value": auth.issuer},
+            aud={"essential": True, "value": auth.audience},
+            exp={"essential": True},
+        )
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _keyset(self, refresh: bool = False) -> KeySet:
+        with self._lock:
+            stale = time.monotonic() - self._fetched > self.auth.jwks_cache_seconds
+            if self._keys is None or refresh or (self.auth.jwks_url and stale):
+                self._keys = self._load()
+                self._fetched = time.monotonic()
+            return self._keys
+
+    def _load(self) -> KeySet:
+        keys: list[dict[str, Any]] = []
+        if self.auth.jwks_file is not None:
+            keys = json.loads(self.auth.jwks_file.read_text(encoding="utf-8"))["keys"]
+        elif self.auth.jwks_url is not None:
+            with urllib.request.urlopen(self.auth.jwks_url, timeout=5) as response:  # noqa: S310 - configured https URL
+                keys = json.load(response)["keys"]
+        keyset = KeySet.import_key_set({"keys": [k for k in keys if k.get("kty") != "oct"]})
+        if self.auth.hs256_secret:
+            keyset.keys.append(OctKey.import_key(self.auth.hs256_secret))
+        return keyset
+
+    # -- requests --------------------------------------------------------------------------
+
+    def identify(self, authorization: str | None, role: str | None = None) -> Identity:
+        """The identity a request acts as, or :class:`AuthError`."""
+        if not authorization:
+            if self.auth.anonymous and not role:
+                return Identity("anonymous")
+            raise AuthError("a bearer token is required (Authorization: Bearer <token>)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("send the token as Authorization: Bearer <token>")
+        claims = self._verify(token.strip())
+        roles = _path(claims, self.auth.roles_claim)
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+            raise AuthError("the token carries no role")
+        if role and role not in roles:
+            raise AuthError(f"the token does not carry the role {role!r} named by X-Citygate-Role", status=403)
+        attributes = _path(claims, self.auth.claims_path) if self.auth.claims_path else claims
+        if not isinstance(attributes, Mapping):
+            attributes = {}
+        return Identity(role or roles[0], {k: v for k, v in attributes.items() if isinstance(v, str | int | float)})
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        algorithms = list(self.auth.algorithms)
+        try:
+            try:
+                decoded = jwt.decode(token, self._keyset(), algorithms=algorithms)
+            except InvalidKeyIdError:
+                if self.auth.jwks_url is None:
+                    raise
+                decoded = jwt.decode(token, self._keyset(refresh=True), algorithms=algorithms)
+            self._claims.validate(decoded.claims)
+        except ExpiredTokenError:
+            raise AuthError("the token has expired") from None
+        except InvalidTokenError:
+            raise AuthError("the token is not valid yet") from None
+        except InvalidKeyIdError:
+            raise AuthError("the token was signed by a key this gateway does not know") from None
+        except (InvalidClaimError, MissingClaimError):
+            raise AuthError("the token was not issued for this gateway") from None
+        except (JoseError, ValueError):
+            raise AuthError("the token is not valid") from None
+        return dict(decoded.claims)
+
+
+def _path(claims: Mapping[str, Any], path: str) -> Any:
+    """``a.b`` in nested claims; a key that itself holds dots (a namespace URL) is tried whole."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value

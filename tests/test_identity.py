@@ -1,0 +1,160 @@
+"""Tokens: what passes, what is refused with 401 (or 403), and the demo issuer end to end."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+from starlette.testclient import TestClient
+
+from connectors.base import create_engine
+from gateway.config import AuthConfig, Config
+from gateway.demo import issue_token, secure_demo
+from gateway.execute import Gateway
+from gateway.http import create_app
+from gateway.identity import Authenticator, AuthError
+
+ISSUER, AUDIENCE = "https://id.city.example", "citygate"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    rsa = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+    ec = ECKey.generate_key("P-256", parameters={"kid": "ec-1"})
+    path = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    path.write_text(json.dumps({"keys": [rsa.as_dict(private=False), ec.as_dict(private=False)]}))
+    return {"rsa": rsa, "ec": ec, "jwks": path}
+
+
+@pytest.fixture(scope="module")
+def authenticator(keys: dict[str, Any]) -> Authenticator:
+    return Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=keys["jwks"]))
+
+
+def claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "u1",
+        "iat": now,
+        "exp": now + 300,
+        "roles": ["police", "supervisor"],
+        "department": "public_security",
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def sign(key: Any, alg: str, payload: dict[str, Any], kid: str | None = None) -> str:
+    return jwt.encode({"alg": alg, "kid": kid or key.kid}, payload, key)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_valid_rs256_and_es256_tokens_pass(authenticator: Authenticator, keys: dict[str, Any]) -> None:
+    identity = authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", claims()))
+    assert identity.role == "police" and identity.claims["department"] == "public_security"
+    assert authenticator.identify("Bearer " + sign(keys["ec"], "ES256", claims())).role == "police"
+    chosen = authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", claims()), "supervisor")
+    assert chosen.role == "supervisor"
+
+
+def forged_tokens(keys: dict[str, Any]) -> dict[str, str]:
+    now = int(time.time())
+    body = b64(json.dumps(claims()).encode())
+    public_pem = keys["rsa"].as_pem(private=False)
+    hs_header = b64(json.dumps({"alg": "HS256", "kid": "rsa-1"}).encode())
+    hs_signature = b64(hmac.new(public_pem, f"{hs_header}.{body}".encode(), hashlib.sha256).digest())
+    other = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})
+    unknown = RSAKey.generate_key(2048, parameters={"kid": "rsa-9"})
+    valid = sign(keys["rsa"], "RS256", claims())
+    return {
+        "alg none": f"{b64(json.dumps({'alg': 'none'}).encode())}.{body}.",
+        "HS256 signed with the public key": f"{hs_header}.{body}.{hs_signature}",
+        "expired": sign(keys["rsa"], "RS256", claims(exp=now - 120)),
+        "not yet valid": sign(keys["rsa"], "RS256", claims(nbf=now + 600)),
+        "wrong issuer": sign(keys["rsa"], "RS256", claims(iss="https://evil.example")),
+        "wrong audience": sign(keys["rsa"], "RS256", claims(aud="someone-else")),
+        "bad signature": sign(other, "RS256", claims()),
+        "unknown kid": sign(unknown, "RS256", claims()),
+        "tampered payload": valid.split(".")[0]
+        + "."
+        + b64(json.dumps(claims(roles=["supervisor"]) | {"x": 1}).encode())
+        + "."
+        + valid.split(".")[2],
+        "no roles": sign(keys["rsa"], "RS256", claims(roles=None)),
+        "garbage": "not-a-token",
+    }
+
+
+def test_forged_and_invalid_tokens_are_401(authenticator: Authenticator, keys: dict[str, Any]) -> None:
+    for name, token in forged_tokens(keys).items():
+        with pytest.raises(AuthError) as caught:
+            authenticator.identify("Bearer " + token)
+        assert caught.value.status == 401, name
+        assert "rsa" not in caught.value.message.lower() and ISSUER not in caught.value.message, name
+
+
+def test_a_role_the_token_does_not_carry_is_403(authenticator: Authenticator, keys: dict[str, Any]) -> None:
+    with pytest.raises(AuthError) as caught:
+        authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", claims()), "health_analyst")
+    assert caught.value.status == 403 and caught.value.code == "FORBIDDEN"
+
+
+def test_no_token(keys: dict[str, Any]) -> None:
+    strict = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=keys["jwks"]))
+    with pytest.raises(AuthError):
+        strict.identify(None)
+    with pytest.raises(AuthError):
+        strict.identify("Basic dXNlcjpwYXNz")
+    lenient = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=keys["jwks"], anonymous=True))
+    assert lenient.identify(None).role == "anonymous"
+
+
+@pytest.fixture(scope="module")
+def demo_client(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
+    data_dir = tmp_path_factory.mktemp("demo-issuer")
+    config = secure_demo(sqlite_config, data_dir)
+    gateway = Gateway.start(config, create_engine(config))
+    with TestClient(create_app(gateway)) as client:
+        yield client, data_dir
+    gateway.close()
+
+
+def test_demo_issuer_tokens_over_http(demo_client: tuple[TestClient, Path]) -> None:
+    client, data_dir = demo_client
+    query = {"query": "{ public_security_residents(limit: 1, order_by: [{registered_at: asc}]) { id_card name } }"}
+    anonymous = client.post("/graphql", json=query).json()
+    assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    token = issue_token(data_dir, "health_analyst", {}, 60)
+    answer = client.post("/graphql", json=query, headers={"authorization": f"Bearer {token}"}).json()
+    [row] = answer["data"]["public_security_residents"]
+    assert row["id_card"][6:14] == "********" and row["name"].endswith("*")
+    refused = client.post("/graphql", json=query, headers={"authorization": "Bearer " + token[:-3] + "abc"})
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json() == {
+        "errors": [{"message": "the token is not valid", "extensions": {"code": "UNAUTHENTICATED"}}]
+    }
+    officer = issue_token(data_dir, "district_officer", {"district": "虎门"}, 60)
+    rows = client.post(
+        "/graphql",
+        json={"query": "{ public_security_residents { district } }"},
+        headers={"authorization": f"Bearer {officer}"},
+    ).json()["data"]["public_security_residents"]
+    assert rows and {r["district"] for r in rows} == {"虎门"}
+    wrong_role = client.post(
+        "/graphql", json=query, headers={"authorization": f"Bearer {token}", "x-citygate-role": "supervisor"}
+    )
+    assert wrong_role.status_code == 403
