@@ -12,8 +12,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import CitygateError
+
+if TYPE_CHECKING:
+    from gateway.execute import Gateway
 
 DEFAULT_DATA_DIR = Path(".citygate") / "demo"
 
@@ -155,6 +159,66 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     return 0
 
 
+def cmd_policy(args: argparse.Namespace) -> int:
+    """Check the configured policies, or run policy test cases against the engine."""
+    gateway = _gateway(args)
+    try:
+        if gateway.policies is None:
+            raise CitygateError("the configuration has no policies section")
+        return _policy_check(gateway) if args.action == "check" else _policy_test(gateway, Path(args.file))
+    finally:
+        gateway.close()
+
+
+def _policy_check(gateway: Gateway) -> int:
+    from policies.check import check
+
+    tables = {
+        (t.department, t.name): gateway._classes(t.department, t.name, [c.name for c in t.columns])
+        for t in gateway.catalogue.tables
+    }
+    policies = gateway.policies
+    assert policies is not None
+    findings = check(policies, tables)
+    print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
+    for finding in findings:
+        print(f"  {finding.kind}: {finding.message}")
+    print("no findings" if not findings else f"{len(findings)} finding(s)")
+    return 1 if findings else 0
+
+
+def _policy_test(gateway: Gateway, path: Path) -> int:
+    import yaml
+
+    from gateway.execute import Identity
+
+    try:
+        cases = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise CitygateError(f"{path}: cannot read the policy tests ({error.__class__.__name__})") from None
+    if not isinstance(cases, list):
+        raise CitygateError(f"{path}: expected a list of test cases")
+    failed = 0
+    for index, case in enumerate(cases):
+        if not isinstance(case, dict) or "role" not in case or "query" not in case:
+            raise CitygateError(f"{path}: case {index}: needs role and query")
+        identity = Identity(str(case["role"]), {k: v for k, v in (case.get("claims") or {}).items()})
+        body = gateway.execute(case["query"], case.get("variables"), identity=identity).body
+        if "expect_error" in case:
+            codes = [e.get("extensions", {}).get("code") for e in body.get("errors", [])]
+            ok = case["expect_error"] in codes
+            got = f"errors {codes}" if codes else f"data {json.dumps(body.get('data'), ensure_ascii=False)}"
+        else:
+            ok = "errors" not in body and body.get("data") == case.get("expect")
+            got = json.dumps(body, ensure_ascii=False)
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {case.get('name', f'case {index}')}")
+        if not ok:
+            print(f"       got {got[:400]}")
+    print(f"{len(cases) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a token that `citygate demo` with the same --data-dir accepts (demo only)."""
     from gateway.demo import issue_token
@@ -243,27 +307,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="citygate", description="A federated GraphQL gateway over a city's departments."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        doc = (handler.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc, description=doc)
-        p.set_defaults(handler=handler)
-        return p
-
-    p = command("datagen", cmd_datagen)
-    p.add_argument("--config", help="write into the stores this config names (default: SQLite files)")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where SQLite files go without --config")
-    p.add_argument("--scale", type=_positive_float, default=1.0, help="multiply the scalable row counts (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the contract's)")
-
-    p = command("trino-catalogs", cmd_trino_catalogs)
-    p.add_argument("--config", required=True)
-    p.add_argument("--out", required=True, help="directory for the .properties files")
+def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]) -> None:
+    """The commands that serve, print or query a gateway."""
 
     def serving(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")
@@ -298,12 +343,41 @@ def build_parser() -> argparse.ArgumentParser:
     demo_or_config(p)
     as_role(p)
 
+    p = command("policy", cmd_policy)
+    p.add_argument("action", choices=("check", "test"))
+    p.add_argument("file", nargs="?", help="policy test cases (YAML), for `test`")
+    demo_or_config(p)
+
     p = command("token", cmd_token)
     p.add_argument("--role", required=True)
     p.add_argument("--claim", action="append", metavar="NAME=VALUE", help="a claim policies may use (repeatable)")
     p.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid (default 3600)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the demo's data directory")
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="citygate", description="A federated GraphQL gateway over a city's departments."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        doc = (handler.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc, description=doc)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("datagen", cmd_datagen)
+    p.add_argument("--config", help="write into the stores this config names (default: SQLite files)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where SQLite files go without --config")
+    p.add_argument("--scale", type=_positive_float, default=1.0, help="multiply the scalable row counts (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the contract's)")
+
+    p = command("trino-catalogs", cmd_trino_catalogs)
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="directory for the .properties files")
+
+    _gateway_commands(command)
     for name, handler in (("check", cmd_check), ("introspect", cmd_introspect)):
         p = command(name, handler)
         p.add_argument("--config", required=True)

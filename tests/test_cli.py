@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,61 @@ def test_serve_with_a_bad_config_names_the_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"citygate: error: {bad}: departments.a.store.path: required key is missing")
     assert "Traceback" not in result.stderr
+
+
+def test_policy_check_and_policy_test_on_the_demo(tmp_path: Path) -> None:
+    check = run("policy", "check", "--data-dir", str(tmp_path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "roles anonymous, district_officer, env_inspector, health_analyst, police, supervisor" in check.stdout
+    assert check.stdout.strip().endswith("no findings")
+    tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(tmp_path))
+    assert tested.returncode == 0, tested.stdout
+    assert tested.stdout.strip().endswith("6 passed, 0 failed")
+
+
+def test_policy_check_reports_floors_and_rules_that_match_nothing(tmp_path: Path) -> None:
+    central = tmp_path / "central.yaml"
+    central.write_text(
+        "roles:\n  police:\n    tables:\n      health.clinic_visits: {columns: {diagnosis: allow, diagnose: allow}}\n"
+        "      health.nothing: {access: deny}\n"
+    )
+    config = tmp_path / "city.yaml"
+    floor = REPO / "policies" / "demo" / "health-floor.yaml"
+    config.write_text(
+        f"include: {REPO / 'configs' / 'embedded.yaml'}\n"
+        f"policies: {{files: [{central}, {floor}], hash_key: 0123456789abcdef0123}}\n"
+    )
+    data = tmp_path / "data"
+    assert run("datagen", "--data-dir", str(data), "--scale", "0.01").returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "policy", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+        env={**os.environ, "CITYGATE_DATA_DIR": str(data)},
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "unmatched: roles.police.tables.health.clinic_visits.columns.diagnose: no such column" in result.stdout
+    assert "unmatched: roles.police.tables.health.nothing: no such table" in result.stdout
+    assert "floor: roles.police reveals health.clinic_visits.diagnosis raw" in result.stdout
+    assert "unmatched: floors.health.health_records.chronic_conditions: no role 'health_analyst'" in result.stdout
+
+
+def test_explain_as_a_role_shows_the_policy(tmp_path: Path) -> None:
+    result = run(
+        "explain",
+        "--data-dir",
+        str(tmp_path),
+        "--role",
+        "district_officer",
+        "--claim",
+        "district=南城",
+        "{ public_security_residents { phone } }",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "'南城'" in result.stdout and "RPAD" in result.stdout
+    assert "public_security.residents (allow; row filter: district = :claims.district)" in result.stdout
+    printed = run("schema", "print", "--data-dir", str(tmp_path), "--role", "anonymous")
+    assert "health_health_records" not in printed.stdout and "type transport_stations" in printed.stdout
