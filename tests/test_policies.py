@@ -295,3 +295,26 @@ def test_anonymous_sees_only_published_columns(secured: Gateway) -> None:
     assert errors(secured, "anonymous", "{ public_security_residents { name } }")[0]["extensions"]["code"] == (
         "GRAPHQL_VALIDATION_FAILED"
     )
+
+
+def test_a_row_filter_holds_through_relationships(secured: Gateway, city: City) -> None:
+    data = run(
+        secured,
+        "district_officer",
+        """{ market_regulation_enterprises {
+        credit_code legal_representative { district phone } } }""",
+        district="南城",
+    )
+    district = {r["id_card"]: r["district"] for r in city.dicts("public_security", "residents")}
+    representative = {e["credit_code"]: e["legal_rep_id_card"] for e in city.dicts("market_regulation", "enterprises")}
+    rows = data["market_regulation_enterprises"]
+    assert rows
+    for row in rows:
+        in_district = district[representative[row["credit_code"]]] == "南城"
+        assert (row["legal_representative"] is not None) == in_district
+        if in_district:
+            assert row["legal_representative"]["phone"][3:7] == "****"
+    reached = run(
+        secured, "district_officer", "{ health_health_records(limit: 300) { resident { district } } }", district="南城"
+    )
+    assert {r["resident"]["district"] for r in reached["health_health_records"] if r["resident"]} == {"南城"}
