@@ -34,8 +34,8 @@ from strawberry.schema.config import StrawberryConfig
 from tqdm import tqdm
 
 from connectors.base import Engine, create_engine
-from gateway.config import load_config
-from gateway.execute import Gateway
+from gateway.config import PoliciesConfig, load_config
+from gateway.execute import Gateway, Identity
 from gateway.shape import shape
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,6 +213,39 @@ def _http_client(gateway: Gateway) -> Iterator[Callable[[], None]]:
         thread.join(timeout=10)
 
 
+POLICY_QUERY = """{ health_clinic_visits(where: {hospital: {_eq: "东华医院"}, visit_date: {_eq: "2015-06-30"}},
+  order_by: [{visit_id: asc}], limit: 10) { visit_id id_card diagnosis cost resident { name birth_date } } }"""
+
+
+def bench_policy(plain: Gateway, secured: Gateway, runs: int) -> dict[str, Any]:
+    """The same query without policies and as health_analyst (masked ids, names, birth dates),
+    interleaved run by run."""
+    identity = Identity("health_analyst", {})
+    assert "errors" not in secured.execute(POLICY_QUERY, identity=identity).body
+    actions: dict[str, Callable[[], Any]] = {
+        "without": lambda: plain.execute(POLICY_QUERY),
+        "with": lambda: secured.execute(POLICY_QUERY, identity=identity),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(5):
+        for action in actions.values():
+            action()
+    for _ in range(runs):
+        for name, action in actions.items():
+            started = time.perf_counter()
+            action()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    ratio = percentile(samples["with"], 0.5) / percentile(samples["without"], 0.5)
+    return {
+        "engine": plain.engine.name,
+        "without_policy": summary(samples["without"]),
+        "with_policy": summary(samples["with"]),
+        "p50_ratio": ratio,
+        "target": "<= 1.05",
+        "met": ratio <= 1.05,
+    }
+
+
 def bench_statements(gateway: Gateway) -> dict[str, Any]:
     counts = {}
     for depth, query in enumerate(NESTED, start=1):
@@ -263,6 +296,20 @@ def markdown(report: dict[str, Any]) -> str:
         f"Runs per figure: {report['overhead'][0]['direct_sql']['runs']} (embedded), "
         f"{report['overhead'][-1]['direct_sql']['runs']} (Trino), interleaved.",
     ]
+    lines += [
+        "",
+        "## Policy overhead: the same query without policies and as health_analyst",
+        "",
+        "| engine | without p50 / p95 ms | with p50 / p95 ms | p50 ratio | target |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in report["policy"]:
+        w, p = row["without_policy"], row["with_policy"]
+        lines.append(
+            f"| {row['engine']} | {w['p50_ms']:.2f} / {w['p95_ms']:.2f} | {p['p50_ms']:.2f} / "
+            f"{p['p95_ms']:.2f} | {row['p50_ratio']:.3f} | {row['target']} "
+            f"{'met' if row['met'] else 'missed'} ({w['runs']} runs) |"
+        )
     counts = report["statements"]["statements_per_request"]
     lines += [
         "",
@@ -287,9 +334,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}",
         "overhead": [],
     }
-    steps = tqdm(total=5, desc="benchmarks", unit="step", file=sys.stderr)
+    steps = tqdm(total=6, desc="benchmarks", unit="step", file=sys.stderr)
     embedded = Gateway.start(config.with_engine("embedded"), create_engine(config.with_engine("embedded")))
     trino = Gateway.start(config, create_engine(config))
+    demo = REPO / "policies" / "demo"
+    secured_config = config.model_copy(
+        update={
+            "policies": PoliciesConfig(
+                files=[demo / "central.yaml", demo / "health-floor.yaml"], hash_key="bench-hash-key-0123456789"
+            )
+        }
+    )
     try:
         steps.set_description("shaping vs strawberry")
         report["shaping"] = bench_shaping(embedded, runs)
@@ -299,6 +354,16 @@ def main(argv: list[str] | None = None) -> int:
         steps.update()
         steps.set_description("overhead on Trino")
         report["overhead"].append(bench_overhead(trino, max(30, runs // 2), 1.10))
+        steps.update()
+        steps.set_description("policy overhead")
+        report["policy"] = []
+        for engine_kind, plain, count in (("embedded", embedded, runs), ("trino", trino, max(30, runs // 2))):
+            secured_kind = secured_config.with_engine(engine_kind)  # type: ignore[arg-type]
+            secured = Gateway.start(secured_kind, create_engine(secured_kind))
+            try:
+                report["policy"].append(bench_policy(plain, secured, count))
+            finally:
+                secured.close()
         steps.update()
         steps.set_description("statements per depth")
         report["statements"] = bench_statements(trino)

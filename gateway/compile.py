@@ -628,6 +628,10 @@ def _node_base(
             join_type="left",
             copy=False,
         )
+    if node.relation is not None and node.relation.kind == "object":
+        # At most one row per parent: nothing to order, and a tie-break on a key the role may
+        # see only hashed would hash the whole related table for nothing.
+        return select, alias, joins, order
     return select, alias, joins, _total(order, table, alias)
 
 
@@ -654,7 +658,7 @@ def _paged(
         first = exp.Window(
             this=exp.RowNumber(),
             partition_by=[*partition, *[exp.column(f"__d{i}") for i in range(len(distinct))]],
-            order=exp.Order(expressions=order),
+            order=exp.Order(expressions=order) if order else None,
         )
         source = (
             exp.select("*", copy=False)
@@ -667,7 +671,9 @@ def _paged(
             .where(exp.column("__first").eq(1), copy=False)
             .subquery("d", copy=False)
         )
-    number = exp.Window(this=exp.RowNumber(), partition_by=partition or None, order=exp.Order(expressions=order))
+    number = exp.Window(
+        this=exp.RowNumber(), partition_by=partition or None, order=exp.Order(expressions=order) if order else None
+    )
     ranked = (
         exp.select(exp.Star(), exp.alias_(number, "__rn", copy=False), copy=False)
         .from_(source, copy=False)
