@@ -75,10 +75,12 @@ class Authenticator:
         elif self.auth.jwks_url is not None:
             with urllib.request.urlopen(self.auth.jwks_url, timeout=5) as response:  # noqa: S310 - configured https URL
                 keys = json.load(response)["keys"]
-        keyset = KeySet.import_key_set({"keys": [k for k in keys if k.get("kty") != "oct"]})
+        # Shared-secret keys come only from the configuration, never from a published set.
+        public = [k for k in keys if k.get("kty") != "oct"]
+        imported = list(KeySet.import_key_set({"keys": public}).keys) if public else []
         if self.auth.hs256_secret:
-            keyset.keys.append(OctKey.import_key(self.auth.hs256_secret))
-        return keyset
+            imported.append(OctKey.import_key(self.auth.hs256_secret))
+        return KeySet(imported)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -127,13 +129,19 @@ class Authenticator:
         return dict(decoded.claims)
 
 
-def _path(claims: Mapping[str, Any], path: str) -> Any:
-    """``a.b`` in nested claims; a key that itself holds dots (a namespace URL) is tried whole."""
-    if path in claims:
-        return claims[path]
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
+def _path(claims: Any, path: str) -> Any:
+    """Follow a dot path through nested claims; a key that itself holds dots (a namespace URL
+    such as ``https://city.example/claims``) is matched whole, longest first.
+
+    >>> _path({"https://city.example/claims": {"roles": ["a"]}}, "https://city.example/claims.roles")
+    ['a']
+    """
+    if not isinstance(claims, Mapping):
+        return None
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        key = ".".join(parts[:cut])
+        if key in claims:
+            rest = ".".join(parts[cut:])
+            return _path(claims[key], rest) if rest else claims[key]
+    return None

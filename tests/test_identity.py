@@ -158,3 +158,65 @@ def test_demo_issuer_tokens_over_http(demo_client: tuple[TestClient, Path]) -> N
         "/graphql", json=query, headers={"authorization": f"Bearer {token}", "x-citygate-role": "supervisor"}
     )
     assert wrong_role.status_code == 403
+
+
+def test_jwks_url_is_cached_and_refetched_for_a_new_kid() -> None:
+    import http.server
+    import threading
+
+    first = RSAKey.generate_key(2048, parameters={"kid": "old"})
+    second = RSAKey.generate_key(2048, parameters={"kid": "new"})
+    served = {"keys": [first.as_dict(private=False)]}
+    fetches = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetches.append(self.path)
+            body = json.dumps(served).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/jwks.json"
+        auth = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, jwks_cache_seconds=3600))
+        assert auth.identify("Bearer " + sign(first, "RS256", claims())).role == "police"
+        assert auth.identify("Bearer " + sign(first, "RS256", claims())).role == "police"
+        assert len(fetches) == 1  # cached
+        served["keys"].append(second.as_dict(private=False))  # the provider rotates
+        assert auth.identify("Bearer " + sign(second, "RS256", claims())).role == "police"
+        assert len(fetches) == 2  # an unknown kid fetched the set again, once
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hs256_only_with_a_configured_secret_and_claim_paths(keys: dict[str, Any]) -> None:
+    from joserfc.jwk import OctKey
+
+    secret = "a-shared-secret-of-at-least-32-chars!"
+    auth = Authenticator(
+        AuthConfig(
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            algorithms=["HS256"],
+            hs256_secret=secret,
+            roles_claim="https://city.example/claims.roles",
+            claims_path="https://city.example/claims",
+        )
+    )
+    namespaced = claims(roles=None) | {
+        "https://city.example/claims": {"roles": ["district_officer"], "district": "虎门"}
+    }
+    identity = auth.identify("Bearer " + jwt.encode({"alg": "HS256"}, namespaced, OctKey.import_key(secret)))
+    assert identity.role == "district_officer" and identity.claims == {"district": "虎门"}
+    with pytest.raises(AuthError):  # an RS256 token is not accepted where only HS256 is allowed
+        auth.identify("Bearer " + sign(keys["rsa"], "RS256", namespaced))
+    with pytest.raises(ValueError, match="HS256 needs hs256_secret"):
+        AuthConfig(issuer=ISSUER, audience=AUDIENCE, algorithms=["HS256"])

@@ -318,3 +318,28 @@ def test_a_row_filter_holds_through_relationships(secured: Gateway, city: City) 
         secured, "district_officer", "{ health_health_records(limit: 300) { resident { district } } }", district="南城"
     )
     assert {r["resident"]["district"] for r in reached["health_health_records"] if r["resident"]} == {"南城"}
+
+
+def test_the_last_step_fails_closed() -> None:
+    from policies.decide import TableDecision
+    from policies.model import RAW
+    from policies.rewrite import Context, PolicyViolation, enforce, verify
+
+    decision = TableDecision("health", "clinic_visits", "allow", {"cost": RAW}, {})
+    ctx = Context(
+        {("health", "clinic_visits"): decision},
+        {("health", "clinic_visits"): {"cost": LogicalType("decimal", 10, 2)}},
+        {},
+    )
+    unknown = exp.select("x").from_(
+        exp.Table(this=exp.to_identifier("residents"), db=exp.to_identifier("public_security"))
+    )
+    with pytest.raises(PolicyViolation, match="no policy decision"):
+        enforce(unknown, ctx)
+    bare = exp.select("cost").from_(exp.Table(this=exp.to_identifier("clinic_visits"), db=exp.to_identifier("health")))
+    with pytest.raises(PolicyViolation, match="read without its policy"):
+        verify(bare, ctx)
+    leaking = exp.select(exp.alias_(exp.column("__key_id_card", "t"), "o0_0")).from_("n0")
+    with pytest.raises(PolicyViolation, match="hidden key"):
+        verify(leaking, ctx)
+    assert "raw" in enforce(bare, ctx).sql()  # and the rewrite itself passes its own check
