@@ -70,6 +70,21 @@ def timed(action: Callable[[], Any], runs: int, warmup: int = 3) -> list[float]:
     return samples
 
 
+def interleaved(actions: dict[str, Callable[[], Any]], runs: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Milliseconds per run of each action, taking turns run by run so that drift (JIT
+    warm-up, caches, a busy neighbour) falls on all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in actions}
+    for _ in range(warmup):
+        for action in actions.values():
+            action()
+    for _ in range(runs):
+        for name, action in actions.items():
+            started = time.perf_counter()
+            action()
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 def summary(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(samples, 0.5), "p95_ms": percentile(samples, 0.95), "runs": len(samples)}
 
@@ -153,15 +168,7 @@ def bench_overhead(gateway: Gateway, runs: int, target: float) -> dict[str, Any]
     }
     with _http_client(gateway) as post:
         actions["http"] = post
-        samples: dict[str, list[float]] = {name: [] for name in actions}
-        for _ in range(5):
-            for action in actions.values():
-                action()
-        for _ in range(runs):
-            for name, action in actions.items():
-                started = time.perf_counter()
-                action()
-                samples[name].append((time.perf_counter() - started) * 1000)
+        samples = interleaved(actions, runs)
     direct = percentile(samples["direct"], 0.5)
     ratio = percentile(samples["gateway"], 0.5) / direct
     return {
@@ -226,15 +233,7 @@ def bench_policy(plain: Gateway, secured: Gateway, runs: int) -> dict[str, Any]:
         "without": lambda: plain.execute(POLICY_QUERY),
         "with": lambda: secured.execute(POLICY_QUERY, identity=identity),
     }
-    samples: dict[str, list[float]] = {name: [] for name in actions}
-    for _ in range(5):
-        for action in actions.values():
-            action()
-    for _ in range(runs):
-        for name, action in actions.items():
-            started = time.perf_counter()
-            action()
-            samples[name].append((time.perf_counter() - started) * 1000)
+    samples = interleaved(actions, runs)
     ratio = percentile(samples["with"], 0.5) / percentile(samples["without"], 0.5)
     return {
         "engine": plain.engine.name,

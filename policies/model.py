@@ -94,6 +94,13 @@ def parse_treatment(value: Any) -> Treatment:
     return Treatment(word)
 
 
+def _check_treatments(value: dict[Any, TreatmentText]) -> dict[Any, TreatmentText]:
+    """Every treatment of a mapping must parse; the error says which and what is allowed."""
+    for text in value.values():
+        parse_treatment(text)
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,9 +121,7 @@ class TableRule(_Model):
     @field_validator("columns")
     @classmethod
     def _treatments(cls, value: dict[str, TreatmentText]) -> dict[str, TreatmentText]:
-        for text in value.values():
-            parse_treatment(text)
-        return value
+        return _check_treatments(value)
 
     @field_validator("row_filter")
     @classmethod
@@ -138,9 +143,7 @@ class RolePolicy(_Model):
     @field_validator("classes", "all_columns")
     @classmethod
     def _treatments(cls, value: dict[Any, TreatmentText]) -> dict[Any, TreatmentText]:
-        for text in value.values():
-            parse_treatment(text)
-        return value
+        return _check_treatments(value)
 
     @field_validator("tables")
     @classmethod
