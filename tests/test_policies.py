@@ -343,3 +343,26 @@ def test_the_last_step_fails_closed() -> None:
     with pytest.raises(PolicyViolation, match="hidden key"):
         verify(leaking, ctx)
     assert "raw" in enforce(bare, ctx).sql()  # and the rewrite itself passes its own check
+
+
+def test_ordering_and_counting_on_masked_columns(secured: Gateway, city: City) -> None:
+    data = run(
+        secured,
+        "health_analyst",
+        """{ public_security_residents(order_by: [{id_card: desc}, {name: asc}],
+        limit: 50) { id_card name } }""",
+    )
+    rows = data["public_security_residents"]
+    assert [(r["id_card"], r["name"]) for r in rows] == sorted(
+        ((r["id_card"], r["name"]) for r in rows), key=lambda p: p[0], reverse=True
+    )[:50]
+    assert all(r["id_card"][6:14] == "********" for r in rows)
+    counted = run(
+        secured,
+        "supervisor",
+        """{ health_clinic_visits_aggregate {
+        aggregate { people: count(columns: [id_card], distinct: true) } } }""",
+    )
+    assert counted["health_clinic_visits_aggregate"]["aggregate"]["people"] == len(
+        {v["id_card"] for v in city.dicts("health", "clinic_visits")}
+    )
