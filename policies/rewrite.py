@@ -67,23 +67,28 @@ def qualify(tree: exp.Expr, ctx: Context) -> exp.Expr:
 def protect(tree: exp.Expr, ctx: Context) -> exp.Expr:
     """Replace each table reference by its policy subquery (masks and row filter)."""
     needs: dict[str, set[tuple[str, str]]] = {}
+    used: dict[str, set[str]] = {}
     for column in tree.find_all(exp.Column):
         mark = column.meta.get("citygate")
         if mark in (KEY, TIE) and column.table:
             needs.setdefault(column.table, set()).add((mark, column.name))
             column.set("this", exp.to_identifier(hidden(mark, column.name), quoted=True))
+        elif column.table:
+            used.setdefault(column.table, set()).add(column.name)
 
     def wrap(node: exp.Expr) -> exp.Expr:
         if not _logical(node):
             return node
         assert isinstance(node, exp.Table)
         alias = node.alias or node.name
-        return _policy_subquery(node, alias, needs.get(alias, set()), ctx)
+        return _policy_subquery(node, alias, needs.get(alias, set()), used.get(alias, set()), ctx)
 
     return tree.transform(wrap, copy=False)
 
 
-def _policy_subquery(table: exp.Table, alias: str, needs: set[tuple[str, str]], ctx: Context) -> exp.Expr:
+def _policy_subquery(
+    table: exp.Table, alias: str, needs: set[tuple[str, str]], used: set[str], ctx: Context
+) -> exp.Expr:
     key = (table.db, table.name)
     decision = ctx.decisions[key]
     types = ctx.types[key]
@@ -94,9 +99,11 @@ def _policy_subquery(table: exp.Table, alias: str, needs: set[tuple[str, str]], 
     def column(name: str) -> exp.Expr:
         return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
 
+    # Only the columns the query reads: a mask nobody reads is not computed for every row.
     projections: list[exp.Expr] = [
         exp.alias_(mask(treatment, column(name), types[name]), exp.to_identifier(name, quoted=True))
         for name, treatment in decision.visible_columns.items()
+        if name in used
     ]
     for mark, name in sorted(needs):
         treatment = decision.columns.get(name)
@@ -106,8 +113,10 @@ def _policy_subquery(table: exp.Table, alias: str, needs: set[tuple[str, str]], 
         # hash, which is as deterministic and says nothing about the raw order.
         value = column(name) if mark == KEY or treatment.kind == "raw" else _hash(column(name))
         projections.append(exp.alias_(value, exp.to_identifier(hidden(mark, name), quoted=True)))
-    if not projections:
+    if not decision.visible:
         raise PolicyViolation(f"{table.db}.{table.name} has no column the role may read")
+    if not projections:  # COUNT(*) reads rows, not columns; the row filter still applies
+        projections.append(exp.alias_(exp.Literal.number(1), "__row"))
     select = exp.select(*projections).from_(raw)
     if decision.row_filter is not None:
         select = select.where(bind(parse_filter(decision.row_filter), ctx.claims))
