@@ -25,7 +25,6 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     GraphQLError,
-    GraphQLObjectType,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
@@ -360,19 +359,12 @@ class Gateway:
         operation_name: str | None = None,
         identity: Identity | None = None,
     ) -> list[Compiled]:
-        """Compile every data root field of ``query`` (for `citygate explain` and tests)."""
-        model = self.view(identity).model
-        prepared = self._prepare(query, variables, operation_name, model)
-        if isinstance(prepared, Response):
-            raise CompileError("; ".join(e["message"] for e in prepared.body["errors"]))
-        _, operation, ctx = prepared
-        root_type = model.schema.query_type
-        assert isinstance(root_type, GraphQLObjectType)
-        return [
-            compile_root_field(ctx, key, nodes, root_type)
-            for key, nodes in collect_fields(ctx, [operation.selection_set]).items()
-            if not nodes[0].name.value.startswith("__")
-        ]
+        """The compiled data root fields of ``query``, from its plan (for `citygate explain` and tests)."""
+        plan = self.plan(query, variables, operation_name, identity)
+        refusals = plan.refused.body["errors"] if plan.refused is not None else plan.errors
+        if refusals:
+            raise CompileError("; ".join(e["message"] for e in refusals))
+        return list(plan.compiled.values())
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
