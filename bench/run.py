@@ -114,7 +114,7 @@ def bench_shaping(gateway: Gateway, runs: int) -> dict[str, Any]:
         visit_id hospital department_name diagnosis visit_date cost resident { name district } } }"""
     [compiled] = gateway.compile(query)
     result = gateway.engine.execute(compiled.tree)
-    response = shape(compiled, result.columns, result.rows)
+    response = shape(compiled, result.rows)
     visits = [
         Visit(**{k: v for k, v in row.items() if k != "resident"}, resident=Resident(**row["resident"]))
         for row in response
@@ -129,7 +129,7 @@ def bench_shaping(gateway: Gateway, runs: int) -> dict[str, Any]:
     schema = strawberry.Schema(query=Query, config=StrawberryConfig(auto_camel_case=False))
     plain = query.replace("(limit: 2000, order_by: [{visit_id: asc}])", "")
     fields = sum(6 + 1 + 2 for _ in response)  # six columns, the object, its two columns
-    ours = timed(lambda: shape(compiled, result.columns, result.rows), runs)
+    ours = timed(lambda: shape(compiled, result.rows), runs)
     theirs = timed(lambda: schema.execute_sync(plain), max(5, runs // 4))
     assert schema.execute_sync(plain).data == {"health_clinic_visits": response}
     ours_us = statistics.median(ours) * 1000 / fields

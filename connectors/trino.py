@@ -7,7 +7,6 @@ only says how to address a table, how to run a tree and how to read a catalog's 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -273,9 +272,7 @@ class TrinoEngine(Engine):
         )
 
     def ping(self) -> None:
-        started = time.monotonic()
         self._run("SELECT 1", [])
-        self.last_ping_ms = (time.monotonic() - started) * 1000
 
     def close(self) -> None:
         self._local = threading.local()

@@ -219,7 +219,6 @@ class Compiled:
     tree: exp.Expr
     nodes: list[Node]
     initial: Any  # the response value before any row arrives
-    root_kind: str
     departments: list[str]
     builders: list[Any] = field(default_factory=list)  # one per node, made at first shape (gateway.shape)
     sql: dict[str, str] = field(default_factory=dict)  # engine name -> the text it runs, made at first run
@@ -297,7 +296,7 @@ def compile_root_field(ctx: Context, key: str, nodes: list[FieldNode], root_type
         node = _group_node(ctx, table, args, _subselections(nodes), [key])
         initial = []
     tree = _statement(ctx)
-    return Compiled(key, tree, list(ctx.nodes), initial, kind, departments_in(tree))
+    return Compiled(key, tree, list(ctx.nodes), initial, departments_in(tree))
 
 
 def _arguments(ctx: Context, field_def: GraphQLField, node: FieldNode, path: list[str | int]) -> dict[str, Any]:

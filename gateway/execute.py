@@ -317,7 +317,7 @@ class Gateway:
         except Exception:  # an engine bug must not take the server down or leak a trace
             log.exception("root field %s failed", compiled.key)
             return CitygateError("internal error while running the query")
-        value = shape(compiled, result.columns, result.rows)
+        value = shape(compiled, result.rows)
         log.debug(
             "root field %s: %d rows in %.1f ms", compiled.key, len(result.rows), (time.perf_counter() - started) * 1000
         )

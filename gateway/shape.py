@@ -13,22 +13,16 @@ from typing import Any
 from gateway.compile import CHILD_LIST, CHILD_ONE, COMPOSITE, CONST, NESTED, VALUE, Compiled, Slot
 
 
-def build(template: list[Slot], row: tuple[Any, ...] | None, offset: int) -> dict[str, Any]:
-    """One object: ``row`` holds the node's outputs starting at ``offset`` (None: defaults).
-
-    >>> from gateway.compile import VALUE, CONST, CHILD_LIST
-    >>> build([(VALUE, "n", 0, str, None), (CONST, "__typename", "t"), (CHILD_LIST, "items")], (7,), 0)
-    {'n': '7', '__typename': 't', 'items': []}
-    """
-    return builder(template, offset)(row)
-
-
 def builder(template: list[Slot], offset: int) -> Callable[[tuple[Any, ...] | None], dict[str, Any]]:
     """A function that builds one object as a single dict display.
 
     The hot path: generated once per compiled node, it reads each value by position and
     converts it in place, with no loop over fields and no call per field but the converter.
     Keys enter the code only as ``repr`` of GraphQL names and aliases.
+
+    >>> from gateway.compile import VALUE, CONST, CHILD_LIST
+    >>> builder([(VALUE, "n", 0, str, None), (CONST, "__typename", "t"), (CHILD_LIST, "items")], 0)((7,))
+    {'n': '7', '__typename': 't', 'items': []}
     """
     env: dict[str, Any] = {}
     with_row = _display(template, offset, True, env)
@@ -71,7 +65,7 @@ def _display(template: list[Slot], offset: int, with_row: bool, env: dict[str, A
     return "{" + ", ".join(parts) + "}"
 
 
-def shape(compiled: Compiled, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
+def shape(compiled: Compiled, rows: list[tuple[Any, ...]]) -> Any:
     """The response value of ``compiled``'s root field from the statement's rows."""
     initial = compiled.initial
     # A fresh value each time: a compiled field is shaped again for every request that uses it.

@@ -101,8 +101,8 @@ def test_shaping_the_same_compiled_field_twice_gives_the_same_answer(gateway_sql
 
     [compiled] = gateway_sqlite.compile("{ transport_stations(limit: 3) { name } }")
     result = gateway_sqlite.engine.execute(compiled.tree)
-    first = shape(compiled, result.columns, result.rows)
-    second = shape(compiled, result.columns, result.rows)
+    first = shape(compiled, result.rows)
+    second = shape(compiled, result.rows)
     assert first == second and len(second) == 3 and first is not second
 
 
