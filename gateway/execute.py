@@ -397,7 +397,7 @@ class Gateway:
             data.update(self._introspect(document, operation, fields, variables, errors_out, view.model))
         response = Response({}, plan=plan, claims=claims)
         for key, (outcome, cached) in self._run_all(plan.compiled, view, claims).items():
-            response.cache[key] = cached
+            response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
                 errors_out.append(
