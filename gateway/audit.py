@@ -185,6 +185,9 @@ class FileSink:
         atexit.register(self.close)
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._closed:
+            log.error("audit record of request %s after the trail was closed", record.get("request_id"))
+            return
         self._queue.put(record)
 
     def backlog(self) -> int:

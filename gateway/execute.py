@@ -438,7 +438,10 @@ class Gateway:
     ) -> Response | None:
         """The response, if it needs neither compiling nor the engine (its plan and every root
         field's rows are cached); else None. Cheap enough to run on the event loop."""
-        view = self._views.get(identity.role if identity is not None and self.policies is not None else None)
+        role = None
+        if self.policies is not None:
+            role = identity.role if identity is not None else "anonymous"
+        view = self._views.get(role)
         if view is None:
             return None
         claims = view.used_claims(identity)
@@ -569,12 +572,16 @@ class Gateway:
             raise CompileError("; ".join(e["message"] for e in refusals))
         return list(plan.compiled.values())
 
-    def close(self) -> None:
-        """Stop: queued audit records are written first, then spans flushed, then the engine."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def flush(self) -> None:
+        """Write every queued audit record and span, and stop recording (the server is stopping)."""
         if self.audit is not None:
             self.audit.close()
         self.telemetry.close()
+
+    def close(self) -> None:
+        """Stop: queued audit records are written first, then spans flushed, then the engine."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.flush()
         self.engine.close()
 
 

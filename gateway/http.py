@@ -14,6 +14,7 @@ without a hop to a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -22,6 +23,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -301,4 +303,12 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", edge.prometheus, methods=["GET"]),
         Route("/admin/{action:path}", edge.admin, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # uvicorn ends a SIGTERM'd process by raising the signal again once it has shut down,
+        # so code after `uvicorn.run` may never run: the trail is written here, at shutdown.
+        await run_in_threadpool(gateway.flush)
+
+    return Starlette(routes=routes, lifespan=lifespan)
