@@ -278,7 +278,9 @@ def load_config(path: str | Path) -> Config:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        # libyaml's loader when present: a generated catalogue (configs/seed-scale.yaml, 755
+        # tables) loads in 0.3 s instead of 2.4 s.
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
