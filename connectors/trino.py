@@ -247,6 +247,9 @@ class TrinoEngine(Engine):
         store = spec.store
         if isinstance(store, SqliteStore):
             catalog_properties(department, store)  # raises the clear error
+        if self.settings.create_missing_catalogs and not self._catalogs_checked:
+            # Introspection is a gateway's first statement: register the catalogs before it.
+            self.ensure_catalogs()
         catalog = self.config.catalog_of(department)
         columns = exp.Table(
             this=exp.to_identifier("columns"),
