@@ -257,9 +257,19 @@ class Generator:
         self.plan, self.scale = seed, scale
         self.residents = seed.residents.rows(scale)
         self.enterprises = seed.enterprises.rows(scale)
-        self.db = duckdb.connect(":memory:", config={"threads": threads} if threads else {})
-        for statement in reference_sql(self.residents, self.enterprises):
-            self.db.execute(statement)
+        self._threads = threads
+        self._db: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def db(self) -> duckdb.DuckDBPyConnection:
+        """The connection, with the identifier tables made on first use (a few seconds for a
+        million residents, which checking the stamps of a loaded city does not need)."""
+        if self._db is None:
+            self._db = duckdb.connect(":memory:", config={"threads": self._threads} if self._threads else {})
+            self._db.execute("SET enable_progress_bar = false")  # tqdm reports progress, not DuckDB
+            for statement in reference_sql(self.residents, self.enterprises):
+                self._db.execute(statement)
+        return self._db
 
     def sql(self, table: TableSpec) -> str:
         return table_sql(table, table.rows(self.scale), self.residents, self.enterprises)
@@ -276,16 +286,21 @@ class Generator:
         return self.db.execute(self.sql(table)).fetchall()
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 def department_digest(department: SeedDepartment, generator: Generator) -> str:
-    """What decides a department's contents: reload exactly when this changes."""
-    from connectors import bulk
+    """What decides a department's contents: reload exactly when this changes.
 
-    digest = hashlib.sha256(f"{FORMAT_VERSION}|{duckdb.__version__}|{generator.scale!r}".encode())
+    The table specs (names, declared types, keys) stand for the DDL and the generating SQL
+    for the values; both are cheap to compute, so checking 73 stamps takes no time.
+    """
+    from connectors.bulk import index_columns
+
+    digest = hashlib.sha256(f"{FORMAT_VERSION}|{duckdb.__version__}|{generator.scale!r}|{department.store}".encode())
     for table in department.tables:
-        digest.update(bulk.table_ddl(table, department.store).encode())
+        digest.update(repr((table, index_columns(table))).encode())
         digest.update(generator.sql(table).encode())
     return digest.hexdigest()[:16]
 
