@@ -74,9 +74,6 @@ class Plan:
     errors: list[dict[str, Any]] = field(default_factory=list)
     locations: dict[str, dict[str, int]] = field(default_factory=dict)
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
-    # The introspection answer: it depends only on the schema, which stands as long as the plan
-    # does; at 755 tables graphql-core takes 15 s or more to compute a full one.
-    introspected: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -279,15 +276,9 @@ class Gateway:
             return plan.refused
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
         errors_out: list[dict[str, Any]] = list(plan.errors)
-        if plan.introspection is not None and plan.introspected is not None:
-            data.update(plan.introspected)
-        elif plan.introspection is not None:
+        if plan.introspection is not None:
             document, operation, fields = plan.introspection
-            failed: list[dict[str, Any]] = []
-            answer = self._introspect(document, operation, fields, variables, failed, view.model)
-            plan.introspected = None if failed else answer
-            errors_out.extend(failed)
-            data.update(answer)
+            data.update(self._introspect(document, operation, fields, variables, errors_out, view.model))
 
         statements = 0
         for key, outcome in self._run_all(plan.compiled, view, claims).items():
