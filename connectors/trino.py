@@ -6,6 +6,7 @@ only says how to address a table, how to run a tree and how to read a catalog's 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -84,6 +85,8 @@ class TrinoEngine(Engine):
         self.statements = 0  # statements sent; tests count round trips with it
         self._catalogs_checked = False
         self._catalog_lock = threading.Lock()
+        self._prefetched_once = False
+        self._prefetched: dict[str, list[tuple[Any, ...]]] = {}
 
     # -- addressing ---------------------------------------------------------------------------
 
@@ -247,21 +250,22 @@ class TrinoEngine(Engine):
         store = spec.store
         if isinstance(store, SqliteStore):
             catalog_properties(department, store)  # raises the clear error
-        catalog = self.config.catalog_of(department)
-        columns = exp.Table(
-            this=exp.to_identifier("columns"),
-            db=exp.to_identifier("information_schema"),
-            catalog=exp.to_identifier(catalog, quoted=True),
-        )
-        query = (
-            exp.select("table_name", "column_name", "data_type", "is_nullable")
-            .from_(columns)
-            .where(exp.column("table_schema").eq(exp.Literal.string(schema_of(store))))
-            .order_by("table_name", "ordinal_position")
-        )
-        result = self._run(query.sql(dialect=self.dialect), [department])
+        if self.settings.create_missing_catalogs and not self._catalogs_checked:
+            # Introspection is a gateway's first statement: register the catalogs before it.
+            self.ensure_catalogs()
+        if not self._prefetched_once:
+            # The first read (a gateway starting) asks for every department in one statement,
+            # which Trino runs in parallel: one round trip instead of one per department
+            # (about 0.2 s each, 13 s for 73 departments).
+            self._prefetched_once = True
+            readable = [d for d, s in self.config.departments.items() if not isinstance(s.store, SqliteStore)]
+            with contextlib.suppress(CitygateError):  # a store that fails is then read on its own
+                self._prefetched = self._read_columns(readable)
+        rows = self._prefetched.pop(department, None)
+        if rows is None:
+            rows = self._read_columns([department])[department]
         tables: dict[str, list[Column]] = {}
-        for table_name, column_name, data_type, nullable in result.rows:
+        for table_name, column_name, data_type, nullable in rows:
             tables.setdefault(table_name, []).append(
                 Column(column_name, logical_type(data_type, "trino"), nullable == "YES")
             )
@@ -270,6 +274,42 @@ class TrinoEngine(Engine):
             display_name=spec.display_name,
             tables=tuple(Table(department, name, tuple(cols)) for name, cols in sorted(tables.items())),
         )
+
+    def _read_columns(self, departments: list[str]) -> dict[str, list[tuple[Any, ...]]]:
+        """department -> its (table, column, type, nullable) rows, in one statement for all."""
+        selects = []
+        for department in departments:
+            columns = exp.Table(
+                this=exp.to_identifier("columns"),
+                db=exp.to_identifier("information_schema"),
+                catalog=exp.to_identifier(self.config.catalog_of(department), quoted=True),
+            )
+            selects.append(
+                exp.select(
+                    exp.alias_(exp.Literal.string(department), "department"),
+                    "table_name",
+                    "column_name",
+                    "data_type",
+                    "is_nullable",
+                    "ordinal_position",
+                )
+                .from_(columns)
+                .where(
+                    exp.column("table_schema").eq(
+                        exp.Literal.string(schema_of(self.config.departments[department].store))
+                    )
+                )
+            )
+        found: dict[str, list[tuple[Any, ...]]] = {d: [] for d in departments}
+        if not selects:
+            return found
+        union = selects[0]
+        for select in selects[1:]:
+            union = exp.union(union, select, distinct=False)  # type: ignore[assignment]
+        query = exp.select("*").from_(union.subquery("c")).order_by("department", "table_name", "ordinal_position")
+        for department, *row, _ in self._run(query.sql(dialect=self.dialect), departments).rows:
+            found[department].append(tuple(row))
+        return found
 
     def ping(self) -> None:
         self._run("SELECT 1", [])

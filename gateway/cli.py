@@ -33,7 +33,11 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_datagen(args: argparse.Namespace) -> int:
-    """Generate the demo city and write each department into its own store."""
+    """Generate the demo city (or --profile seed-scale) and write each department into its own store."""
+    if args.profile == "seed-scale":
+        from gateway.seedgen import datagen
+
+        return datagen(args.config, args.scale)
     from tqdm import tqdm
 
     from catalogue.demo_city import TABLES
@@ -546,6 +550,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where SQLite files go without --config")
     p.add_argument("--scale", type=_positive_float, default=1.0, help="multiply the scalable row counts (default 1)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the contract's)")
+    p.add_argument(
+        "--profile",
+        choices=("demo", "seed-scale"),
+        default="demo",
+        help="demo: the demo city; seed-scale: 73 departments, 755 tables, 26.88M rows (default config: "
+        "configs/seed-scale.yaml)",
+    )
 
     p = command("trino-catalogs", cmd_trino_catalogs)
     p.add_argument("--config", required=True)

@@ -330,7 +330,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _parse_yaml(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -345,6 +345,19 @@ def load_config(path: str | Path) -> Config:
     except ValidationError as error:
         raise ConfigError(_describe(path, error)) from None
     return _resolve_paths(config.model_copy(update={"source": path}), path.parent)
+
+
+def _parse_yaml(text: str) -> Any:
+    """libyaml's loader when present: a generated catalogue (configs/seed-scale.yaml, 755
+    tables) loads in 0.3 s instead of 2.4 s. A file it refuses is parsed again by the pure
+    Python loader, whose error names the position the way users are told it."""
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None:
+        try:
+            return yaml.load(text, Loader=fast)  # noqa: S506 - libyaml's safe loader
+        except yaml.YAMLError:
+            pass
+    return yaml.safe_load(text)
 
 
 def _with_includes(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
