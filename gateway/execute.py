@@ -156,6 +156,7 @@ class Gateway:
     results: ResultCache = field(init=False)
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, DocumentNode | Response] = field(init=False)
+    _introspections: LRUCache[Any, bytes] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _views: dict[str | None, View] = field(default_factory=dict)
 
@@ -164,6 +165,7 @@ class Gateway:
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
         self._plans = LRUCache(maxsize=cache.plans)
         self._documents = LRUCache(maxsize=cache.plans)
+        self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
         if self.audit is not None:
             self.metrics.watch_backlog(self.audit.backlog)
 
@@ -210,6 +212,7 @@ class Gateway:
             self._views = {}
             self._plans.clear()
             self._documents.clear()
+            self._introspections.clear()
         log.info("policies reloaded: version %s", policies.version)
         return policies.version
 
@@ -409,6 +412,8 @@ class Gateway:
         plan = self.plan(query, variables, operation_name, identity)
         if plan.refused is not None:
             return plan.refused
+        if plan.introspection is not None and not plan.compiled and not plan.errors:
+            return self._introspection_only(plan, query, variables, operation_name, view, claims)
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
         errors_out: list[dict[str, Any]] = list(plan.errors)
         if plan.introspection is not None:
@@ -428,6 +433,37 @@ class Gateway:
                 response.statements += cached != "hit"
         response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
         return response
+
+    def _introspection_only(
+        self,
+        plan: Plan,
+        query: str,
+        variables: Mapping[str, Any] | None,
+        operation_name: str | None,
+        view: View,
+        claims: dict[str, Any],
+    ) -> Response:
+        """An introspection request, answered once per (document, variables, role, policy
+        version): over a large catalogue graphql-core takes seconds to compute it, and every
+        GraphiQL page load asks for it. Kept encoded (a tenth of its size as Python objects) in
+        a cache bounded by bytes."""
+        key = self._key(query, variables, operation_name, view, None)
+        with self._lock:
+            encoded = self._introspections.get(key) if key is not None else None
+        self.metrics.count_lookup("introspection", "hit" if encoded is not None else "miss")
+        if encoded is None:
+            assert plan.introspection is not None
+            document, operation, fields = plan.introspection
+            errors: list[dict[str, Any]] = []
+            data = {k: plan.static.get(k) for k in plan.keys}
+            data.update(self._introspect(document, operation, fields, variables, errors, view.model))
+            body: dict[str, Any] = {"errors": errors, "data": data} if errors else {"data": data}
+            encoded = encode(body)
+            if key is not None and not errors and len(encoded) <= self._introspections.maxsize:
+                with self._lock:
+                    self._introspections[key] = encoded
+            return Response(body, plan=plan, claims=claims, encoded=encoded)
+        return Response(orjson.loads(encoded), plan=plan, claims=claims, encoded=encoded)
 
     def execute_cached(
         self,

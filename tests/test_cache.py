@@ -219,3 +219,27 @@ def test_metrics_need_the_scrape_token_when_one_is_set(admin_client: tuple[TestC
     assert 'citygate_requests_total{outcome="ok"}' in text and 'citygate_requests_total{outcome="refused"}' in text
     assert 'citygate_statement_duration_seconds_count{department="transport",engine="embedded"}' in text
     assert "citygate_audit_backlog 0.0" in text
+
+
+def test_introspection_is_answered_once_per_role_and_policy_version(sqlite_config: Config) -> None:
+    config = with_policies(sqlite_config)
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        query = "{ __schema { queryType { fields { name } } } }"
+
+        def roots(role: str) -> tuple[set[str], Response]:
+            response = gateway.execute(query, identity=Identity(role))
+            fields = response.body["data"]["__schema"]["queryType"]["fields"]
+            return {f["name"] for f in fields}, response
+
+        anonymous, first = roots("anonymous")
+        again, second = roots("anonymous")
+        police, _ = roots("police")
+        assert anonymous == again and first.encoded is second.encoded  # the second from the cache
+        assert police != anonymous
+        assert set(gateway.view(Identity("police")).model.roots) == police
+        assert set(gateway.view(Identity("anonymous")).model.roots) == anonymous
+        gateway.reload_policies()
+        assert roots("anonymous")[1].encoded is not first.encoded  # recomputed after a reload
+    finally:
+        gateway.close()
