@@ -53,10 +53,6 @@ _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 
 
-def _media_type(request: Request) -> str:
-    return GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in request.headers.get("accept", "") else "application/json"
-
-
 def _json(body: Any, status: int, media_type: str, encoded: bytes | None = None) -> Response:
     return Response(encoded if encoded is not None else encode(body), status_code=status, media_type=media_type)
 
@@ -90,6 +86,7 @@ class Exchange:
 
     request_id: str
     started: float
+    headers: dict[str, str]
     media_type: str
     purpose: str | None
     query: str | None = None
@@ -162,7 +159,7 @@ class Edge:
             return None
         try:
             return self.authenticator.identify(
-                request.headers.get("authorization"), request.headers.get("x-citygate-role")
+                exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
             )
         except AuthError as error:
             exchange.outcome = "unauthenticated" if error.status == 401 else "forbidden"
@@ -206,9 +203,9 @@ class Edge:
         return _json(result.body, status, exchange.media_type, result.encoded)
 
     async def read_post(self, request: Request, exchange: Exchange) -> Response:
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        if int(exchange.headers.get("content-length") or 0) > MAX_BODY:
             return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
-        content_type = request.headers.get("content-type", "").split(";")[0].strip()
+        content_type = exchange.headers.get("content-type", "").split(";")[0].strip()
         if content_type != "application/json":
             return self.refuse(exchange, "send the request as application/json", 415)
         raw = await request.body()
@@ -227,14 +224,16 @@ class Edge:
             if "text/html" in request.headers.get("accept", ""):
                 return HTMLResponse(get_graphql_ide_html())
             return _bad_request("send a query: POST application/json, or GET ?query=...", "application/json")
-        offered = request.headers.get("x-request-id", "")
-        purpose = request.headers.get("x-citygate-purpose")
+        # The headers once, as a dict (the first of repeated ones): each lookup through
+        # starlette's Headers scans them all again.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(request.scope["headers"])}
+        offered = headers.get("x-request-id", "")
+        purpose = headers.get("x-citygate-purpose")
         exchange = Exchange(
             request_id=offered if _SANE_ID.match(offered) else f"{_ID_PREFIX}-{next(_ids):x}",
             started=time.perf_counter(),
-            media_type=GRAPHQL_RESPONSE
-            if GRAPHQL_RESPONSE in request.headers.get("accept", "")
-            else "application/json",
+            headers=headers,
+            media_type=GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in headers.get("accept", "") else "application/json",
             purpose="".join(c for c in purpose if c.isprintable())[:200] if purpose else None,
         )
         token = REQUEST_ID.set(exchange.request_id)
