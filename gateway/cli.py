@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import CitygateError
 
@@ -143,19 +145,164 @@ def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
+    import signal
+
     import uvicorn
 
+    from gateway import logs
     from gateway.http import create_app
 
+    logs.configure(args.log_format, args.log_level)
     gateway = _gateway(args)
     for department, why in gateway.unavailable.items():
         print(f"citygate: warning: {department} is left out of the schema: {why}", file=sys.stderr)
+
+    def reload(signum: int, frame: object) -> None:  # SIGHUP: read the policy files again
+        try:
+            gateway.reload_policies()
+        except CitygateError as error:
+            logging.getLogger("citygate").error("policy reload failed, the old policies stay: %s", error.message)
+
+    if gateway.policies is not None:
+        signal.signal(signal.SIGHUP, reload)
     address = f"http://{args.host}:{args.port}/graphql"
     print(banner.format(address=address, engine=gateway.engine.name) + epilogue, file=sys.stderr)
     try:
-        uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level="warning")
+        # The audit trail records every request; uvicorn's access log would only repeat it.
+        uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_config=None, access_log=False)
     finally:
-        gateway.close()
+        gateway.close()  # writes the audit records still queued
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Verify the audit trail's hash chain, or query its records."""
+    from gateway import audit
+
+    path = _audit_file(args)
+    if args.action == "verify":
+        verdict = audit.verify(path)
+        if verdict.ok:
+            print(f"{path}: {verdict.records} records, the chain holds")
+            return 0
+        print(
+            f"{path}: record {verdict.broken} (line {verdict.broken}) does not hold: {verdict.reason}; "
+            f"the {verdict.records} records before it hold",
+            file=sys.stderr,
+        )
+        return 1
+    since = _when(args.since, "--since")
+    until = _when(args.until, "--until")
+    found = [r for r in audit.records(path) if _matches(r, args, since, until)]
+    if args.json:
+        for record in found:
+            print(json.dumps(record, ensure_ascii=False))
+    else:
+        print(_audit_table(found))
+    return 0
+
+
+def _audit_file(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    if args.config:
+        config = _load(args)
+        if config.audit is None or config.audit.path is None:
+            raise CitygateError(f"{args.config}: audit: no audit file is configured (set audit.path)")
+        return Path(config.audit.path)
+    return Path(args.data_dir) / "audit.jsonl"
+
+
+def _when(text: str | None, option: str) -> str | None:
+    """An ISO 8601 time as the trail writes it (UTC), for comparing with records' `time`."""
+    if text is None:
+        return None
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CitygateError(f"{option} {text!r}: give an ISO 8601 time such as 2026-11-27T10:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _matches(record: dict[str, Any], args: argparse.Namespace, since: str | None, until: str | None) -> bool:
+    access = record.get("access") or []
+    if args.subject and record.get("subject") != args.subject:
+        return False
+    if args.role and record.get("role") != args.role:
+        return False
+    if args.department and not any(a.get("department") == args.department for a in access):
+        return False
+    if args.column:
+        table, _, column = args.column.rpartition(".")
+        if not any(
+            column in (a.get("columns") or {})
+            and (not table or table in (a["table"], f"{a['department']}.{a['table']}"))
+            for a in access
+        ):
+            return False
+    time_ = str(record.get("time", ""))
+    return (since is None or time_ >= since) and (until is None or time_ < until)
+
+
+def _audit_table(found: list[dict[str, Any]]) -> str:
+    header = ("time", "request", "subject", "role", "outcome", "read (column: treatment)", "rows", "cache", "ms")
+    rows = [header]
+    for record in found:
+        read = "; ".join(
+            f"{a['department']}.{a['table']}"
+            + (f"[{a['access']}]" if a.get("access") not in (None, "allow") else "")
+            + ("(" + ", ".join(f"{c}: {t}" for c, t in a.get("columns", {}).items()) + ")" if a.get("columns") else "")
+            for a in record.get("access") or []
+        )
+        rows.append(
+            (
+                str(record.get("time", "")),
+                str(record.get("request_id", ""))[:12],
+                str(record.get("subject") or "-"),
+                str(record.get("role") or "-"),
+                str(record.get("outcome", "")) + ("/" + ",".join(record["errors"]) if record.get("errors") else ""),
+                read or "-",
+                str(sum((record.get("rows") or {}).values())),
+                ",".join(sorted(set((record.get("cache") or {}).values()))) or "-",
+                str(record.get("duration_ms", "")),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append(f"({len(found)} records)")
+    return "\n".join(lines)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Clear a running gateway's result cache (all of it, or what one department's data filled)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    token = args.token or os.environ.get("CITYGATE_ADMIN_TOKEN")
+    if not token:
+        from gateway.demo import admin_token
+
+        token = admin_token(Path(args.data_dir).resolve())
+    if not args.url.startswith(("http://", "https://")):
+        raise CitygateError(f"--url {args.url!r}: give the gateway's http:// or https:// address")
+    url = args.url.rstrip("/") + "/admin/cache/clear"
+    if args.department:
+        url += "?" + urllib.parse.urlencode({"department": args.department})
+    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the operator's own URL
+            answer = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise CitygateError(f"{url}: {error.code}: {error.read().decode(errors='replace')[:200]}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise CitygateError(f"{url}: cannot reach the gateway ({getattr(error, 'reason', error)})") from None
+    print(f"cleared {answer['cleared']} cached answers ({answer['department'] or 'all departments'})")
     return 0
 
 
@@ -313,6 +460,8 @@ def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int
     def serving(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines (default json)")
+        p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
     def demo_or_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", help="a deployment config (default: the embedded demo city)")
@@ -355,6 +504,31 @@ def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the demo's data directory")
 
 
+def _supervision_commands(
+    command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser],
+) -> None:
+    """The commands a supervisor uses: the audit trail and the cache."""
+    p = command("audit", cmd_audit)
+    p.add_argument("action", choices=("verify", "query"))
+    p.add_argument("file", nargs="?", help="the audit file (default: the config's audit.path, or the demo's)")
+    p.add_argument("--config", help="read audit.path from this deployment config")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the demo's data directory")
+    p.add_argument("--subject", help="only requests by this subject (the token's sub)")
+    p.add_argument("--role", help="only requests acting as this role")
+    p.add_argument("--department", help="only requests that read this department")
+    p.add_argument("--column", help="only requests that read this column: COLUMN, TABLE.COLUMN or DEPT.TABLE.COLUMN")
+    p.add_argument("--since", help="from this time on (ISO 8601; UTC unless it says otherwise)")
+    p.add_argument("--until", help="before this time (ISO 8601)")
+    p.add_argument("--json", action="store_true", help="print the matching records as JSON lines")
+
+    p = command("cache", cmd_cache)
+    p.add_argument("action", choices=("clear",))
+    p.add_argument("--department", help="only answers that read this department")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the running gateway (default: the demo's)")
+    p.add_argument("--token", help="the admin token (default: $CITYGATE_ADMIN_TOKEN, else the demo's)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="the demo's data directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="citygate", description="A federated GraphQL gateway over a city's departments."
@@ -378,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the .properties files")
 
     _gateway_commands(command)
+    _supervision_commands(command)
     for name, handler in (("check", cmd_check), ("introspect", cmd_introspect)):
         p = command(name, handler)
         p.add_argument("--config", required=True)

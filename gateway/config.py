@@ -121,6 +121,9 @@ class DepartmentConfig(_Model):
     owner: str = ""
     store: Store
     trino_catalog: str | None = Field(None, pattern=NAME_PATTERN)
+    # How long the gateway may keep this department's rows in its result cache: unset takes
+    # `cache.ttl_seconds`; 0 forbids caching anything that reads this department.
+    cache_ttl_seconds: float | None = Field(None, ge=0)
     tables: dict[str, TableConfig] = Field(default_factory=dict)
 
     def column_types(self) -> dict[str, str]:
@@ -231,10 +234,54 @@ class AuthConfig(_Model):
         return self
 
 
+class CacheConfig(_Model):
+    """The result cache: rows keyed by the final, policy-rewritten SQL and the engine."""
+
+    enabled: bool = True
+    max_entries: int = Field(10_000, ge=1)
+    max_bytes: int = Field(64 << 20, ge=1024)
+    ttl_seconds: float = Field(30.0, ge=0)  # per-department `cache_ttl_seconds` overrides it
+    plans: int = Field(2048, ge=1)  # compiled plans kept per gateway
+
+
+class AuditConfig(_Model):
+    """Where the audit trail goes: JSON lines, each chained to the one before by its hash."""
+
+    sink: Literal["file", "log", "off"] = "file"
+    path: Path | None = None  # the file sink's file; required for `file`
+    fsync: bool = False  # fsync after each batch: survives a machine crash, not only a clean stop
+
+    @model_validator(mode="after")
+    def _path(self) -> AuditConfig:
+        if self.sink == "file" and self.path is None:
+            raise ValueError("the file sink needs a path")
+        return self
+
+
+class TokenGuard(_Model):
+    """A bearer token that guards an operator endpoint; unset means the endpoint is open
+    (`/metrics`) or off (`/admin/*`)."""
+
+    token: str | None = Field(None, min_length=16)
+
+
+class TelemetryConfig(_Model):
+    """OpenTelemetry spans around each stage of a request, sent where an exporter says."""
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = None  # OTLP/HTTP traces endpoint; the exporter's default when unset
+    service_name: str = "citygate"
+
+
 class Config(_Model):
     engine: EngineConfig = EngineConfig()
     policies: PoliciesConfig | None = None
     auth: AuthConfig | None = None
+    cache: CacheConfig = CacheConfig()
+    audit: AuditConfig | None = None
+    metrics: TokenGuard = TokenGuard()
+    admin: TokenGuard = TokenGuard()
+    telemetry: TelemetryConfig = TelemetryConfig()
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
@@ -365,6 +412,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update["policies"] = config.policies.model_copy(update={"files": files})
     if config.auth is not None and config.auth.jwks_file is not None and not config.auth.jwks_file.is_absolute():
         update["auth"] = config.auth.model_copy(update={"jwks_file": (base / config.auth.jwks_file).resolve()})
+    if config.audit is not None and config.audit.path is not None and not config.audit.path.is_absolute():
+        update["audit"] = config.audit.model_copy(update={"path": (base / config.audit.path).resolve()})
     return config.model_copy(update=update)
 
 
@@ -391,7 +440,7 @@ def _describe(path: Path, error: ValidationError) -> str:
             if (
                 "input" in item
                 and not isinstance(item["input"], (dict, list))
-                and not loc.endswith(("password", "key"))
+                and not loc.endswith(("password", "key", "token", "secret"))
             ):
                 message += f" (got {item['input']!r})"
         lines.append(f"{path}: {loc or '(top level)'}: {message}")

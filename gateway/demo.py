@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from catalogue.demo_city import DEPARTMENTS, TABLES
-from gateway.config import AuthConfig, Config, PoliciesConfig
+from gateway.config import AuditConfig, AuthConfig, Config, PoliciesConfig, TokenGuard
 
 EXAMPLE_QUERY = """\
 # Clinic visits with the patient's record from the household registry, one request, two departments.
@@ -107,12 +107,27 @@ def ensure_demo_issuer(data_dir: Path) -> dict[str, Any]:
     return issuer
 
 
+def admin_token(data_dir: Path) -> str:
+    """The demo's admin token (for `/admin/*` and `citygate cache clear`), made once, mode 0600."""
+    path = data_dir / "admin-token"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(secrets.token_urlsafe(32))
+        partial.chmod(0o600)
+        partial.replace(path)
+    return path.read_text().strip()
+
+
 def secure_demo(config: Config, data_dir: Path) -> Config:
-    """The demo with the demo city's policies and the demo issuer's tokens (no token: anonymous)."""
+    """The demo with the demo city's policies and the demo issuer's tokens (no token: anonymous),
+    its audit trail in ``data_dir/audit.jsonl``, open metrics and an admin token of its own."""
     issuer = ensure_demo_issuer(data_dir)
     demo_policies = Path(__file__).resolve().parent.parent / "policies" / "demo"
     return config.model_copy(
         update={
+            "audit": AuditConfig(sink="file", path=data_dir / "audit.jsonl"),
+            "admin": TokenGuard(token=admin_token(data_dir)),
             "policies": PoliciesConfig(
                 files=[demo_policies / "central.yaml", demo_policies / "health-floor.yaml"],
                 hash_key=issuer["hash_key"],

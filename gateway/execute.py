@@ -9,6 +9,7 @@ others still answer (GraphQL partial results).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -39,15 +40,20 @@ from sqlglot import exp
 from catalogue.model import Catalogue, Department, SharingClass
 from catalogue.types import LogicalType
 from connectors.base import Engine
+from gateway.audit import Sink, open_sink
+from gateway.cache import ResultCache
 from gateway.compile import Compiled, CompileError, Context, collect_fields, compile_root_field
 from gateway.config import Config
 from gateway.errors import CitygateError, StoreUnavailableError
+from gateway.metrics import Metrics
 from gateway.schema import Model, build_model
 from gateway.shape import shape
+from gateway.telemetry import Telemetry
 from policies.decide import TableDecision, decide
 from policies.model import Policies, load_policies
+from policies.rewrite import KEY, TIE, PolicyViolation, enforce
 from policies.rewrite import Context as PolicyContext
-from policies.rewrite import PolicyViolation, enforce
+from policies.rowfilter import claims_used, parse_filter
 
 log = logging.getLogger("citygate")
 
@@ -56,11 +62,16 @@ _UNKNOWN_FIELD = re.compile(r"Cannot query field '([^']+)' on type '([^']+)'\.(?
 
 @dataclass
 class Response:
-    """A GraphQL response and whether the request itself was refused (parse, validation)."""
+    """A GraphQL response, whether the request itself was refused (parse, validation), and
+    what the audit trail records of it."""
 
     body: dict[str, Any]
     request_error: bool = False
-    statements: int = 0
+    statements: int = 0  # statements the engine ran (cache hits excluded)
+    plan: Plan | None = None
+    rows: dict[str, int] = field(default_factory=dict)  # response key -> rows returned
+    cache: dict[str, str] = field(default_factory=dict)  # response key -> hit, miss or off
+    claims: dict[str, Any] = field(default_factory=dict)  # the claims the role's policies use
 
 
 @dataclass
@@ -74,14 +85,17 @@ class Plan:
     errors: list[dict[str, Any]] = field(default_factory=list)
     locations: dict[str, dict[str, int]] = field(default_factory=dict)
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
+    access: list[dict[str, Any]] = field(default_factory=list)  # the audit's account of what it reads
 
 
 @dataclass(frozen=True)
 class Identity:
-    """Who asks: the one role a request acts as, and the claims its policies may use."""
+    """Who asks: the one role a request acts as, the claims its policies may use, and the
+    token's subject for the audit trail."""
 
     role: str
     claims: Mapping[str, Any] = field(default_factory=dict)
+    subject: str | None = None
 
 
 @dataclass
@@ -92,6 +106,13 @@ class View:
     model: Model
     decisions: dict[tuple[str, str], TableDecision] | None = None
     types: dict[tuple[str, str], dict[str, LogicalType]] = field(default_factory=dict)
+    claim_names: tuple[str, ...] = ()  # the claims this role's row filters read
+
+    def used_claims(self, identity: Identity | None) -> dict[str, Any]:
+        """The caller's claims that this role's policies read: all that can change its SQL."""
+        if identity is None or not self.claim_names:
+            return {}
+        return {name: identity.claims.get(name) for name in self.claim_names}
 
     def rewrite(self, tree: exp.Expr, claims: Mapping[str, Any]) -> exp.Expr:
         if self.decisions is None:
@@ -109,13 +130,26 @@ class Gateway:
     catalogue: Catalogue = field(default_factory=Catalogue)
     policies: Policies | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # department -> why, at start-up
+    audit: Sink | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="citygate"))
-    _plans: LRUCache[Any, Plan] = field(default_factory=lambda: LRUCache(maxsize=2048))
-    _plans_lock: threading.Lock = field(default_factory=threading.Lock)
+    results: ResultCache = field(init=False)
+    _plans: LRUCache[Any, Plan] = field(init=False)
+    _documents: LRUCache[Any, DocumentNode | Response] = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _views: dict[str | None, View] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        cache = self.config.cache
+        self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
+        self._plans = LRUCache(maxsize=cache.plans)
+        self._documents = LRUCache(maxsize=cache.plans)
+        if self.audit is not None:
+            self.metrics.watch_backlog(self.audit.backlog)
+
     @classmethod
-    def start(cls, config: Config, engine: Engine) -> Gateway:
+    def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None) -> Gateway:
         """Introspect every department (a department that is down is left out and named)."""
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
@@ -128,36 +162,71 @@ class Gateway:
         catalogue = Catalogue(tuple(departments))
         model = build_model(catalogue, config)
         policies = load_policies(config.policies.files) if config.policies is not None else None
+        if config.audit is None:
+            log.warning("the audit trail is off: configure `audit` to record who reads what")
         return cls(
-            config=config, engine=engine, model=model, catalogue=catalogue, policies=policies, unavailable=unavailable
+            config=config,
+            engine=engine,
+            model=model,
+            catalogue=catalogue,
+            policies=policies,
+            unavailable=unavailable,
+            audit=open_sink(config.audit),
+            telemetry=telemetry or Telemetry.configure(config.telemetry),
         )
+
+    @property
+    def policy_version(self) -> str:
+        return self.policies.version if self.policies is not None else "-"
+
+    def reload_policies(self) -> str:
+        """Read the policy files again. Views and plans go (they hold the old decisions); cached
+        results stay, since their key is the final SQL, which changes with any decision that
+        changes what a caller sees. Returns the new policy version; a bad file changes nothing."""
+        if self.config.policies is None:
+            raise CitygateError("this gateway has no policies to reload")
+        policies = load_policies(self.config.policies.files)
+        with self._lock:
+            self.policies = policies
+            self._views = {}
+            self._plans.clear()
+            self._documents.clear()
+        log.info("policies reloaded: version %s", policies.version)
+        return policies.version
 
     def view(self, identity: Identity | None) -> View:
         """The role's view. With policies configured, a request without identity is anonymous:
         deny by default, and a role without a policy sees nothing."""
+        policies = self.policies
         role: str | None = None
-        if self.policies is not None:
+        if policies is not None:
             role = identity.role if identity is not None else "anonymous"
         found = self._views.get(role)
         if found is not None:
             return found
-        if self.policies is None or role is None:
+        if policies is None or role is None:
             view = View(None, self.model)
         else:
             decisions: dict[tuple[str, str], TableDecision] = {}
             types: dict[tuple[str, str], dict[str, LogicalType]] = {}
+            claims: set[str] = set()
             for table in self.catalogue.tables:
                 key = (table.department, table.name)
-                decisions[key] = decide(
-                    self.policies,
+                decision = decisions[key] = decide(
+                    policies,
                     role,
                     table.department,
                     table.name,
                     self._classes(table.department, table.name, [c.name for c in table.columns]),
                 )
+                if decision.row_filter is not None:
+                    claims |= claims_used(parse_filter(decision.row_filter))
                 types[key] = {c.name: c.type for c in table.columns}
-            view = View(role, build_model(self.catalogue, self.config, decisions), decisions, types)
-        self._views[role] = view
+            model = build_model(self.catalogue, self.config, decisions)
+            view = View(role, model, decisions, types, tuple(sorted(claims)))
+        with self._lock:
+            if self.policies is policies:  # not replaced by a reload meanwhile
+                self._views[role] = view
         return view
 
     def _classes(self, department: str, table: str, columns: list[str]) -> dict[str, SharingClass | None]:
@@ -169,19 +238,55 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _prepare(
-        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, model: Model
-    ) -> Response | tuple[DocumentNode, OperationDefinitionNode, Context]:
-        """Parse, validate, pick the operation and coerce its variables, or refuse the request."""
+    def _document(self, query: str, view: View) -> DocumentNode | Response:
+        """The parsed and validated document, once per (query, role, policy version)."""
+        key = (query, view.role, self.policy_version)
+        with self._lock:
+            found = self._documents.get(key)
+        if found is not None:
+            self.metrics.cache.labels(cache="document", result="hit").inc()
+            return found
+        self.metrics.cache.labels(cache="document", result="miss").inc()
+        with self.telemetry.stage("parse"):
+            made = self._validated(query, view)
+        with self._lock:
+            self._documents[key] = made
+        return made
+
+    def _validated(self, query: str, view: View) -> DocumentNode | Response:
         try:
             document = parse(query)
         except GraphQLError as error:
             return _refused([_error(error.message, "GRAPHQL_PARSE_FAILED", locations=error.locations)])
-        errors = validate(model.schema, document)
+        errors = validate(view.model.schema, document)
         if errors:
-            return _refused(
+            refused = _refused(
                 [_error(_friendly(e.message), "GRAPHQL_VALIDATION_FAILED", locations=e.locations) for e in errors]
             )
+            refused.plan = Plan(refused=refused, access=self._refused_fields(errors))
+            return refused
+        return document
+
+    def _refused_fields(self, errors: list[GraphQLError]) -> list[dict[str, Any]]:
+        """For the audit: the columns a refused request asked for that its role may not see."""
+        access: list[dict[str, Any]] = []
+        for error in errors:
+            match = _UNKNOWN_FIELD.match(error.message)
+            table = self.model.tables.get(match.group(2)) if match else None
+            if match and table is not None and match.group(1) in table.all_columns:
+                access.append(
+                    {"department": table.department, "table": table.name, "columns": {match.group(1): "denied"}}
+                )
+        return access
+
+    def _prepare(
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View
+    ) -> Response | tuple[DocumentNode, OperationDefinitionNode, Context]:
+        """Parse, validate, pick the operation and coerce its variables, or refuse the request."""
+        document = self._document(query, view)
+        if isinstance(document, Response):
+            return document
+        model = view.model
         operation = get_operation_ast(document, operation_name)
         if operation is None:
             message = (
@@ -199,6 +304,25 @@ class Gateway:
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
         return document, operation, Context(model, fragments, coerced)
 
+    def _key(
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, claims: Any
+    ) -> tuple[Any, ...] | None:
+        """The plan key. It holds the variables (compiled trees carry values as literals), the
+        role, the policy version, and the claims the role's policies read (the plan caches its
+        rewritten SQL), so two callers share a plan only when they would run the same statement.
+        None when the variables cannot be keyed."""
+        try:
+            return (
+                query,
+                operation_name,
+                json.dumps(variables, sort_keys=True, default=str) if variables else "",
+                view.role,
+                self.policy_version,
+                json.dumps(claims, sort_keys=True, default=str) if claims else "",
+            )
+        except (TypeError, ValueError):
+            return None
+
     def plan(
         self,
         query: str,
@@ -206,60 +330,52 @@ class Gateway:
         operation_name: str | None = None,
         identity: Identity | None = None,
     ) -> Plan:
-        """Parse, validate and compile a request once; a repeated request reuses its plan.
-
-        The key holds the variables (the compiled trees carry values as literals), and the role
-        and claims (the plan caches its policy-rewritten SQL), so two callers share a plan only
-        when they would run the same statement.
-        """
+        """Parse, validate and compile a request once; a repeated request reuses its plan."""
         view = self.view(identity)
-        try:
-            key = (
-                query,
-                operation_name,
-                json.dumps(variables, sort_keys=True, default=str) if variables else "",
-                view.role,
-                json.dumps(dict(identity.claims), sort_keys=True, default=str) if identity else "",
-            )
-        except (TypeError, ValueError):
+        key = self._key(query, variables, operation_name, view, view.used_claims(identity))
+        if key is None:
             return self._make_plan(query, variables, operation_name, view)
-        with self._plans_lock:
+        with self._lock:
             found = self._plans.get(key)
         if found is not None:
+            self.metrics.cache.labels(cache="plan", result="hit").inc()
             return found
+        self.metrics.cache.labels(cache="plan", result="miss").inc()
         made = self._make_plan(query, variables, operation_name, view)
-        with self._plans_lock:
+        with self._lock:
             self._plans[key] = made
         return made
 
     def _make_plan(
         self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View
     ) -> Plan:
-        prepared = self._prepare(query, variables, operation_name, view.model)
+        prepared = self._prepare(query, variables, operation_name, view)
         if isinstance(prepared, Response):
-            return Plan(refused=prepared)
+            return prepared.plan or Plan(refused=prepared)
         document, operation, ctx = prepared
         root_type = view.model.schema.query_type
         assert root_type is not None
         plan = Plan()
         introspection: dict[str, list[FieldNode]] = {}
-        for key, nodes in collect_fields(ctx, [operation.selection_set]).items():
-            name = nodes[0].name.value
-            plan.keys.append(key)
-            plan.locations[key] = _location(nodes[0])
-            if name == "__typename":
-                plan.static[key] = root_type.name
-            elif name.startswith("__"):
-                introspection[key] = nodes
-            else:
-                try:
-                    plan.compiled[key] = compile_root_field(ctx, key, nodes, root_type)
-                except CompileError as error:
-                    plan.errors.append(
-                        _error(error.message, error.code, path=error.path or [key], locations=[plan.locations[key]])
-                    )
+        with self.telemetry.stage("compile"):
+            for key, nodes in collect_fields(ctx, [operation.selection_set]).items():
+                name = nodes[0].name.value
+                plan.keys.append(key)
+                plan.locations[key] = _location(nodes[0])
+                if name == "__typename":
+                    plan.static[key] = root_type.name
+                elif name.startswith("__"):
+                    introspection[key] = nodes
+                else:
+                    try:
+                        plan.compiled[key] = compile_root_field(ctx, key, nodes, root_type)
+                    except CompileError as error:
+                        plan.errors.append(
+                            _error(error.message, error.code, path=error.path or [key], locations=[plan.locations[key]])
+                        )
         if introspection:
             plan.introspection = (document, operation, introspection)
+        plan.access = _access(plan.compiled.values(), view)
         return plan
 
     def execute(
@@ -270,7 +386,7 @@ class Gateway:
         identity: Identity | None = None,
     ) -> Response:
         view = self.view(identity)
-        claims = identity.claims if identity is not None else {}
+        claims = view.used_claims(identity)
         plan = self.plan(query, variables, operation_name, identity)
         if plan.refused is not None:
             return plan.refused
@@ -279,9 +395,9 @@ class Gateway:
         if plan.introspection is not None:
             document, operation, fields = plan.introspection
             data.update(self._introspect(document, operation, fields, variables, errors_out, view.model))
-
-        statements = 0
-        for key, outcome in self._run_all(plan.compiled, view, claims).items():
+        response = Response({}, plan=plan, claims=claims)
+        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims).items():
+            response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
                 errors_out.append(
@@ -289,39 +405,99 @@ class Gateway:
                 )
             else:
                 data[key] = outcome
-                statements += 1
-        body: dict[str, Any] = {"data": data}
-        if errors_out:
-            body = {"errors": errors_out, "data": data}
-        return Response(body, statements=statements)
+                response.rows[key] = _count(outcome)
+                response.statements += cached != "hit"
+        response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
+        return response
 
-    def _run_all(self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any]) -> dict[str, Any]:
+    def execute_cached(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        identity: Identity | None = None,
+    ) -> Response | None:
+        """The response, if it needs neither compiling nor the engine (its plan and every root
+        field's rows are cached); else None. Cheap enough to run on the event loop."""
+        view = self._views.get(identity.role if identity is not None and self.policies is not None else None)
+        if view is None:
+            return None
+        claims = view.used_claims(identity)
+        key = self._key(query, variables, operation_name, view, claims)
+        with self._lock:
+            plan = self._plans.get(key) if key is not None else None
+        if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
+            return None
+        answers: dict[str, Any] = {}
+        for name, compiled in plan.compiled.items():
+            text = compiled.sql.get(self.engine.name)
+            rows = self.results.get(self.engine.name, text) if text is not None else None
+            if rows is None:
+                return None
+            answers[name] = rows
+        self.metrics.cache.labels(cache="plan", result="hit").inc()
+        response = Response({}, plan=plan, claims=claims)
+        data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
+        for name, rows in answers.items():
+            self.metrics.cache.labels(cache="result", result="hit").inc()
+            compiled = plan.compiled[name]
+            with self.telemetry.stage("shape"):
+                data[name] = value = shape(compiled, rows)
+            response.rows[name] = _count(value)
+            response.cache[name] = "hit"
+        response.body = {"data": data}
+        return response
+
+    def _run_all(
+        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any]
+    ) -> dict[str, tuple[Any, str]]:
         if len(compiled) <= 1:
             return {key: self._run(c, view, claims) for key, c in compiled.items()}
-        futures = {key: self.pool.submit(self._run, c, view, claims) for key, c in compiled.items()}
+        # Each root field in its own thread, carrying the request's context (request id, span).
+        futures = {
+            key: self.pool.submit(contextvars.copy_context().run, self._run, c, view, claims)
+            for key, c in compiled.items()
+        }
         return {key: future.result() for key, future in futures.items()}
 
-    def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any]) -> Any:
+    def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any]) -> tuple[Any, str]:
+        """The root field's value (or its error), and whether the cache answered it."""
         started = time.perf_counter()
+        engine = self.engine.name
+        cached = "off"
         try:
-            text = compiled.sql.get(self.engine.name)
+            text = compiled.sql.get(engine)
             if text is None:
-                text = compiled.sql[self.engine.name] = self.engine.sql(view.rewrite(compiled.tree, claims))
-            result = self.engine.run(text, compiled.departments)
+                with self.telemetry.stage("policy", role=view.role or ""):
+                    tree = view.rewrite(compiled.tree, claims)
+                text = compiled.sql[engine] = self.engine.sql(tree)
+            rows = self.results.get(engine, text)
+            if rows is not None:
+                cached = "hit"
+            else:
+                with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
+                    rows = self.engine.run(text, compiled.departments).rows
+                if self.results.put(engine, text, compiled.departments, rows):
+                    cached = "miss"  # else "off": a department forbids caching, or the answer is too big
+            self.metrics.cache.labels(cache="result", result=cached).inc()
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
-            return CitygateError("the query was refused by the confidentiality policy")
+            return CitygateError("the query was refused by the confidentiality policy"), cached
         except CitygateError as error:
             log.warning("root field %s failed: %s (%s)", compiled.key, error.message, error.detail or "")
-            return error
+            self.metrics.engine_errors.labels(engine=engine, code=error.code).inc()
+            return error, cached
         except Exception:  # an engine bug must not take the server down or leak a trace
             log.exception("root field %s failed", compiled.key)
-            return CitygateError("internal error while running the query")
-        value = shape(compiled, result.rows)
-        log.debug(
-            "root field %s: %d rows in %.1f ms", compiled.key, len(result.rows), (time.perf_counter() - started) * 1000
-        )
-        return value
+            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL").inc()
+            return CitygateError("internal error while running the query"), cached
+        with self.telemetry.stage("shape"):
+            value = shape(compiled, rows)
+        elapsed = time.perf_counter() - started
+        for department in compiled.departments:
+            self.metrics.statement_seconds.labels(department=department, engine=engine).observe(elapsed)
+        log.debug("root field %s: %d rows in %.1f ms (cache %s)", compiled.key, len(rows), elapsed * 1000, cached)
+        return value, cached
 
     def _introspect(
         self,
@@ -367,8 +543,51 @@ class Gateway:
         return list(plan.compiled.values())
 
     def close(self) -> None:
+        """Stop: queued audit records are written first, then spans flushed, then the engine."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.audit is not None:
+            self.audit.close()
+        self.telemetry.close()
         self.engine.close()
+
+
+def _access(compiled: Any, view: View) -> list[dict[str, Any]]:
+    """What the root fields read, table by table, with the treatment each column gets; join
+    and tie-break keys, read raw inside the engine and never returned, listed apart."""
+    read: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    for field_plan in compiled:
+        aliases: dict[str, tuple[str, str]] = {}
+        for table in field_plan.tree.find_all(exp.Table):
+            if table.db:
+                aliases[table.alias_or_name] = (table.db, table.name)
+                read.setdefault((table.db, table.name), (set(), set()))
+        for column in field_plan.tree.find_all(exp.Column):
+            owner = aliases.get(column.table)
+            if owner is not None:
+                columns, keys = read[owner]
+                (keys if column.meta.get("citygate") in (KEY, TIE) else columns).add(column.name)
+    access = []
+    for (department, table), (columns, keys) in sorted(read.items()):
+        decision = view.decisions.get((department, table)) if view.decisions is not None else None
+        entry: dict[str, Any] = {
+            "department": department,
+            "table": table,
+            "access": decision.access if decision is not None else "allow",
+            "columns": {c: str(decision.columns[c]) if decision is not None else "raw" for c in sorted(columns)},
+        }
+        if keys:
+            entry["keys"] = sorted(keys)
+        if decision is not None and decision.row_filter is not None:
+            entry["row_filter"] = decision.row_filter
+        access.append(entry)
+    return access
+
+
+def _count(value: Any) -> int:
+    """Rows a root field returned: list items, or one object (``_by_pk``, ``_aggregate``)."""
+    if isinstance(value, list):
+        return len(value)
+    return 0 if value is None else 1
 
 
 def _friendly(message: str) -> str:

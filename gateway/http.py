@@ -1,15 +1,27 @@
-"""The HTTP edge: GraphQL over HTTP on ``/graphql``, GraphiQL for browsers, health and readiness.
+"""The HTTP edge: GraphQL over HTTP on ``/graphql``, GraphiQL for browsers, health, readiness,
+Prometheus ``/metrics`` and the operator's ``/admin`` endpoints.
 
 Statuses follow the GraphQL-over-HTTP specification: with ``application/graphql-response+json``
 a request that cannot be executed (parse, validation, variables) is 400 and anything executed
 is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
 request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
+
+Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
+every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
+one). A repeated request whose plan and rows are cached is answered on the event loop itself,
+without a hop to a worker thread.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,13 +31,23 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from strawberry.http.ides import get_graphql_ide_html
 
+from gateway import audit
+from gateway.config import TokenGuard
+from gateway.errors import CitygateError
 from gateway.execute import Gateway, Identity
+from gateway.execute import Response as Result
 from gateway.identity import Authenticator, AuthError
+from gateway.logs import REQUEST_ID
 
 log = logging.getLogger("citygate.http")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BODY = 1 << 20  # 1 MiB: far above any real query, far below what could hurt the server
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we may echo and log
+
+
+def _media_type(request: Request) -> str:
+    return GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in request.headers.get("accept", "") else "application/json"
 
 
 def _json(body: Any, status: int, media_type: str) -> Response:
@@ -56,72 +78,179 @@ def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str
     return query, variables or None, operation_name or None
 
 
-def create_app(gateway: Gateway) -> Starlette:
-    """The ASGI application over ``gateway``."""
-    authenticator = Authenticator(gateway.config.auth) if gateway.config.auth is not None else None
+@dataclass
+class Exchange:
+    """One GraphQL request on its way through the edge: what its audit record will say."""
 
-    def authenticate(request: Request, media_type: str) -> Identity | Response | None:
+    request_id: str
+    started: float
+    media_type: str
+    purpose: str | None
+    query: str | None = None
+    operation_name: str | None = None
+    identity: Identity | None = None
+    result: Result | None = None
+    outcome: str = "ok"
+    codes: list[str] = field(default_factory=list)
+
+
+def _outcome(result: Result) -> tuple[str, list[str]]:
+    """How an executed request went, and its error codes, for the trail and the metrics."""
+    errors = result.body.get("errors") or []
+    codes = sorted({str(e.get("extensions", {}).get("code", "INTERNAL")) for e in errors})
+    if result.request_error:
+        return "refused", codes
+    if not errors:
+        return "ok", codes
+    data = result.body.get("data") or {}
+    return ("partial" if any(v is not None for v in data.values()) else "error"), codes
+
+
+def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
+    """The audit record of a finished request. It names columns and treatments, never values."""
+    identity = exchange.identity
+    result = exchange.result
+    plan = result.plan if result is not None else None
+    record: dict[str, Any] = {
+        "time": audit.now(),
+        "request_id": exchange.request_id,
+        "subject": identity.subject if identity is not None else None,
+        "role": identity.role if identity is not None else None,
+        "claims": result.claims if result is not None else {},
+        "purpose": exchange.purpose,
+        "operation": {
+            "hash": hashlib.sha256(exchange.query.encode()).hexdigest()[:32] if exchange.query else None,
+            "name": exchange.operation_name,
+        },
+        "access": plan.access if plan is not None else [],
+        "rows": result.rows if result is not None else {},
+        "engine": engine,
+        "cache": result.cache if result is not None else {},
+        "duration_ms": round((time.perf_counter() - exchange.started) * 1000, 3),
+        "outcome": exchange.outcome,
+        "status": status,
+        "errors": exchange.codes,
+    }
+    return record
+
+
+def _guarded(guard: TokenGuard, request: Request) -> bool:
+    """Whether the request carries the guard's bearer token (compared in constant time)."""
+    if guard.token is None:
+        return False
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), guard.token.encode())
+
+
+class Edge:
+    """The request handlers over one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.authenticator = Authenticator(gateway.config.auth) if gateway.config.auth is not None else None
+
+    def authenticate(self, request: Request, exchange: Exchange) -> Identity | Response | None:
         """The caller's identity; a 401/403 response when the token is refused."""
-        if authenticator is None:
+        if self.authenticator is None:
             return None
         try:
-            return authenticator.identify(request.headers.get("authorization"), request.headers.get("x-citygate-role"))
+            return self.authenticator.identify(
+                request.headers.get("authorization"), request.headers.get("x-citygate-role")
+            )
         except AuthError as error:
+            exchange.outcome = "unauthenticated" if error.status == 401 else "forbidden"
+            exchange.codes = [error.code]
             response = _json(
-                {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}, error.status, media_type
+                {"errors": [{"message": error.message, "extensions": {"code": error.code}}]},
+                error.status,
+                exchange.media_type,
             )
             if error.status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
             return response
 
-    async def answer(request: Request, params: dict[str, Any]) -> Response:
-        media_type = GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in request.headers.get("accept", "") else "application/json"
+    def refuse(self, exchange: Exchange, message: str, status: int = 400) -> Response:
+        exchange.outcome = "bad_request"
+        exchange.codes = ["BAD_REQUEST"]
+        return _bad_request(message, exchange.media_type, status)
+
+    async def answer(self, request: Request, exchange: Exchange, params: dict[str, Any]) -> Response:
         parsed = _parameters(params)
         if isinstance(parsed, str):
-            return _bad_request(parsed, media_type)
+            return self.refuse(exchange, parsed)
         query, variables, operation_name = parsed
-        identity = authenticate(request, media_type)
+        exchange.query, exchange.operation_name = query, operation_name
+        identity = self.authenticate(request, exchange)
         if isinstance(identity, Response):
             return identity
+        exchange.identity = identity
         try:
-            result = await run_in_threadpool(gateway.execute, query, variables, operation_name, identity)
+            result = self.gateway.execute_cached(query, variables, operation_name, identity)
+            if result is None:
+                result = await run_in_threadpool(self.gateway.execute, query, variables, operation_name, identity)
         except Exception:  # the last guard: log it, never show it
             log.exception("request failed")
+            exchange.outcome, exchange.codes = "error", ["INTERNAL"]
             body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
-            return _json(body, 500, media_type)
-        status = 400 if result.request_error and media_type == GRAPHQL_RESPONSE else 200
-        return _json(result.body, status, media_type)
+            return _json(body, 500, exchange.media_type)
+        exchange.result = result
+        exchange.outcome, exchange.codes = _outcome(result)
+        status = 400 if result.request_error and exchange.media_type == GRAPHQL_RESPONSE else 200
+        return _json(result.body, status, exchange.media_type)
 
-    async def graphql_post(request: Request) -> Response:
-        media_type = GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in request.headers.get("accept", "") else "application/json"
+    async def read_post(self, request: Request, exchange: Exchange) -> Response:
         if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            return _bad_request("the request body is larger than 1 MiB", media_type, 413)
+            return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
         content_type = request.headers.get("content-type", "").split(";")[0].strip()
         if content_type != "application/json":
-            return _bad_request("send the request as application/json", media_type, 415)
+            return self.refuse(exchange, "send the request as application/json", 415)
         raw = await request.body()
         if len(raw) > MAX_BODY:
-            return _bad_request("the request body is larger than 1 MiB", media_type, 413)
+            return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
         try:
             params = json.loads(raw)
         except ValueError:
-            return _bad_request("the request body is not valid JSON", media_type)
+            return self.refuse(exchange, "the request body is not valid JSON")
         if not isinstance(params, dict):
-            return _bad_request("the request body must be a JSON object with a `query`", media_type)
-        return await answer(request, params)
+            return self.refuse(exchange, "the request body must be a JSON object with a `query`")
+        return await self.answer(request, exchange, params)
 
-    async def graphql_get(request: Request) -> Response:
-        if "query" in request.query_params:
-            return await answer(request, dict(request.query_params))
-        if "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(get_graphql_ide_html())
-        return _bad_request("send a query: POST application/json, or GET ?query=...", "application/json")
+    async def graphql(self, request: Request) -> Response:
+        if request.method == "GET" and "query" not in request.query_params:
+            if "text/html" in request.headers.get("accept", ""):
+                return HTMLResponse(get_graphql_ide_html())
+            return _bad_request("send a query: POST application/json, or GET ?query=...", "application/json")
+        offered = request.headers.get("x-request-id", "")
+        purpose = request.headers.get("x-citygate-purpose")
+        exchange = Exchange(
+            request_id=offered if _SANE_ID.match(offered) else uuid.uuid4().hex,
+            started=time.perf_counter(),
+            media_type=GRAPHQL_RESPONSE
+            if GRAPHQL_RESPONSE in request.headers.get("accept", "")
+            else "application/json",
+            purpose="".join(c for c in purpose if c.isprintable())[:200] if purpose else None,
+        )
+        token = REQUEST_ID.set(exchange.request_id)
+        try:
+            if request.method == "GET":
+                response = await self.answer(request, exchange, dict(request.query_params))
+            else:
+                response = await self.read_post(request, exchange)
+        finally:
+            REQUEST_ID.reset(token)
+        response.headers["X-Request-Id"] = exchange.request_id
+        if self.gateway.audit is not None:
+            self.gateway.audit.write(_record(exchange, response.status_code, self.gateway.engine.name))
+        self.metrics.requests.labels(outcome=exchange.outcome).inc()
+        self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
+        return response
 
-    async def healthz(request: Request) -> Response:
+    async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
-        health = await run_in_threadpool(gateway.engine.health)
+    async def readyz(self, request: Request) -> Response:
+        health = await run_in_threadpool(self.gateway.engine.health)
         body = {
             "status": "ready" if health.ok else "degraded",
             "engine": health.engine,
@@ -131,11 +260,41 @@ def create_app(gateway: Gateway) -> Starlette:
             body["status"] = "engine unreachable"
         return JSONResponse(body, status_code=200 if health.ok else 503)
 
-    return Starlette(
-        routes=[
-            Route("/graphql", graphql_post, methods=["POST"]),
-            Route("/graphql", graphql_get, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ]
-    )
+    async def prometheus(self, request: Request) -> Response:
+        guard = self.gateway.config.metrics
+        if guard.token is not None and not _guarded(guard, request):
+            return JSONResponse({"error": "a valid scrape token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def admin(self, request: Request) -> Response:
+        if not _guarded(self.gateway.config.admin, request):
+            return JSONResponse({"error": "a valid admin token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        action = request.path_params["action"]
+        if action == "cache/clear":
+            department = request.query_params.get("department") or None
+            if department is not None and department not in self.gateway.config.departments:
+                return JSONResponse({"error": f"no department {department!r}"}, 404)
+            dropped = self.gateway.results.clear(department)
+            log.info("admin: result cache cleared (%s): %d entries", department or "all departments", dropped)
+            return JSONResponse({"cleared": dropped, "department": department})
+        if action == "policies/reload":
+            try:
+                version = await run_in_threadpool(self.gateway.reload_policies)
+            except CitygateError as error:
+                log.error("admin: policy reload failed: %s", error.message)
+                return JSONResponse({"error": error.message}, 422)
+            return JSONResponse({"policy_version": version})
+        return JSONResponse({"error": f"no admin action {action!r}"}, 404)
+
+
+def create_app(gateway: Gateway) -> Starlette:
+    """The ASGI application over ``gateway``."""
+    edge = Edge(gateway)
+    routes = [
+        Route("/graphql", edge.graphql, methods=["GET", "POST"]),
+        Route("/healthz", edge.healthz, methods=["GET"]),
+        Route("/readyz", edge.readyz, methods=["GET"]),
+        Route("/metrics", edge.prometheus, methods=["GET"]),
+        Route("/admin/{action:path}", edge.admin, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)

@@ -104,7 +104,12 @@ class Authenticator:
         attributes = _path(claims, self.auth.claims_path) if self.auth.claims_path else claims
         if not isinstance(attributes, Mapping):
             attributes = {}
-        return Identity(role or roles[0], {k: v for k, v in attributes.items() if isinstance(v, str | int | float)})
+        subject = claims.get("sub")
+        return Identity(
+            role or roles[0],
+            {k: v for k, v in attributes.items() if isinstance(v, str | int | float)},
+            subject=str(subject) if subject is not None else None,
+        )
 
     def _verify(self, token: str) -> dict[str, Any]:
         algorithms = list(self.auth.algorithms)

@@ -7,7 +7,7 @@ per-field resolver call: one dict per object, one list append per child.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.compile import CHILD_LIST, CHILD_ONE, COMPOSITE, CONST, NESTED, VALUE, Compiled, Slot
@@ -65,7 +65,7 @@ def _display(template: list[Slot], offset: int, with_row: bool, env: dict[str, A
     return "{" + ", ".join(parts) + "}"
 
 
-def shape(compiled: Compiled, rows: list[tuple[Any, ...]]) -> Any:
+def shape(compiled: Compiled, rows: Sequence[Sequence[Any]]) -> Any:
     """The response value of ``compiled``'s root field from the statement's rows."""
     initial = compiled.initial
     # A fresh value each time: a compiled field is shaped again for every request that uses it.

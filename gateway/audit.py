@@ -1,0 +1,256 @@
+"""The audit trail: one JSON line per GraphQL request, each sealed with the hash of the one before.
+
+A record says who asked (subject, role, the claims the policies used, a declared purpose), what
+was touched (each department, table and column with the treatment it got, the row filters
+applied, rows returned per root field) and how it went (engine, cache, duration, outcome,
+error codes). It never holds a value read from a store.
+
+Each line is the record's canonical JSON (sorted keys, no spaces) with two more keys: ``prev``,
+the previous record's hash, inside the sealed part, and ``hash`` appended last, the SHA-256 of
+everything before it. Changing any byte of a line therefore breaks that line's own hash, and
+removing or reordering lines breaks the next line's ``prev``: :func:`verify` names the first
+record that does not hold.
+
+>>> first, digest = seal(GENESIS, {"seq": 1, "role": "health_analyst"})
+>>> second, _ = seal(digest, {"seq": 2, "role": "anonymous"})
+>>> check([first, second]).ok
+True
+>>> check([first.replace("health", "wealth"), second]).broken
+1
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.config import AuditConfig
+from gateway.errors import ConfigError
+
+log = logging.getLogger("citygate.audit")
+
+GENESIS = "0" * 64
+_SUFFIX = len(',"hash":""}') + 64  # what seal() appends to the canonical record
+
+
+def seal(prev: str, record: dict[str, Any]) -> tuple[str, str]:
+    """The record as one sealed line (without newline), and its hash."""
+    body = json.dumps({**record, "prev": prev}, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f'{body[:-1]},"hash":"{digest}"}}', digest
+
+
+def _unseal(line: str) -> tuple[dict[str, Any], str] | str:
+    """The record and its hash, or why the line does not hold."""
+    if len(line) <= _SUFFIX or not line.endswith('"}') or line[-_SUFFIX:-66] != ',"hash":"':
+        return "the line is not a sealed record"
+    body, digest = line[:-_SUFFIX] + "}", line[-66:-2]
+    if hashlib.sha256(body.encode()).hexdigest() != digest:
+        return "its hash does not match its content"
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return "the line is not valid JSON"
+    if not isinstance(record, dict) or not isinstance(record.get("prev"), str):
+        return "the record has no `prev` hash"
+    return record, digest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking a chain: how many records hold, and the first that does not."""
+
+    records: int
+    broken: int | None = None  # 1-based line number of the first record that does not hold
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+def check(lines: Iterable[str]) -> Verdict:
+    """Check a chain of sealed lines from its first record."""
+    prev = GENESIS
+    count = 0
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\n")
+        unsealed = _unseal(line)
+        if isinstance(unsealed, str):
+            return Verdict(count, number, unsealed)
+        record, digest = unsealed
+        if record["prev"] != prev:
+            return Verdict(count, number, "its `prev` is not the hash of the record before it")
+        prev = digest
+        count += 1
+    return Verdict(count)
+
+
+def verify(path: Path) -> Verdict:
+    """Check the audit file at ``path``; a missing file is a :class:`ConfigError`."""
+    try:
+        with path.open(encoding="utf-8", newline="\n") as lines:
+            return check(lines)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such audit file") from None
+    except UnicodeDecodeError as error:
+        return _undecodable(path, error)
+
+
+def _undecodable(path: Path, error: UnicodeDecodeError) -> Verdict:
+    """Name the line holding bytes that are not UTF-8 (a tampered or truncated file)."""
+    data = path.read_bytes()
+    line = data.count(b"\n", 0, error.start) + 1
+    prefix = b"".join(data.splitlines(keepends=True)[: line - 1]).decode("utf-8")
+    return Verdict(check(prefix.splitlines()).records, line, "the line is not valid UTF-8")
+
+
+def records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of an audit file, seals removed; lines that do not hold are skipped."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                unsealed = _unseal(line.rstrip("\n"))
+                if not isinstance(unsealed, str):
+                    yield unsealed[0]
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such audit file") from None
+
+
+def _tail(path: Path) -> tuple[str, int]:
+    """The hash and sequence number a new record continues from (the last sealed line's)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return GENESIS, 0
+    with path.open("rb") as file:
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+        file.seek(max(0, size - 65536))
+        last = file.read().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+    unsealed = _unseal(last)
+    if isinstance(unsealed, str):
+        # Go on from the broken line's own bytes: `audit verify` will name it, and what
+        # follows is still chained.
+        log.error("audit file %s ends with a record that does not hold (%s)", path, unsealed)
+        return hashlib.sha256(last.encode()).hexdigest(), 0
+    record, digest = unsealed
+    seq = record.get("seq")
+    return digest, seq if isinstance(seq, int) else 0
+
+
+class Sink(Protocol):
+    """Where audit records go. ``write`` must not block the request that calls it."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def backlog(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class FileSink:
+    """Appends sealed records to a file from one writer thread; ``close`` writes what is queued.
+
+    The request path only puts a dict on a queue. The writer seals records in queue order (so
+    the chain follows the order requests finished), writes them in batches and flushes each
+    batch; with ``fsync`` a batch also survives a machine crash.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = False) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._prev, self._seq = _tail(path)
+            self._file = path.open("a", encoding="utf-8", newline="\n")
+        except OSError as error:
+            raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
+        self.path = path
+        self._fsync = fsync
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._drain, name="citygate-audit", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._queue.put(record)
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def _drain(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines = []
+            for record in batch:
+                if record is not None:
+                    self._seq += 1
+                    line, self._prev = seal(self._prev, {**record, "seq": self._seq})
+                    lines.append(line + "\n")
+            try:
+                self._file.write("".join(lines))
+                self._file.flush()
+                if self._fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                log.exception("could not write %d audit records to %s", len(lines), self.path)
+            if None in batch:
+                return
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        self._file.close()
+        atexit.unregister(self.close)
+
+
+class LogSink:
+    """Sealed records as log lines on the ``citygate.audit`` logger, for a log pipeline to ship."""
+
+    def __init__(self) -> None:
+        self._prev = GENESIS
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._seq += 1
+            line, self._prev = seal(self._prev, {**record, "seq": self._seq})
+        log.info("%s", line)
+
+    def backlog(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def open_sink(config: AuditConfig | None) -> Sink | None:
+    """The sink a configuration names, or None when the trail is off."""
+    if config is None or config.sink == "off":
+        return None
+    if config.sink == "log":
+        return LogSink()
+    assert config.path is not None  # the model requires it for the file sink
+    return FileSink(config.path, fsync=config.fsync)
+
+
+def now() -> str:
+    """The current time as the trail writes it: UTC, milliseconds, ISO 8601."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

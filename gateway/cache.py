@@ -1,0 +1,116 @@
+"""The result cache: an engine's rows, keyed by the exact statement it ran.
+
+The key is the engine and the final SQL text *after* the policy rewrite. That text already
+holds everything that decides what a caller may see: the masks (with their keys), the row
+filters with the caller's claims bound as literals, the aggregate thresholds. Two callers
+therefore share an entry only when the engine would have given both the same rows; a masked
+role can never be served a raw role's answer, because their statements differ.
+
+Entries live at most as long as the shortest time-to-live of the departments they read
+(``departments.<d>.cache_ttl_seconds``, else ``cache.ttl_seconds``); a department with 0 is
+never cached. The cache is bounded both by entries and by an estimate of its bytes.
+
+>>> from gateway.config import CacheConfig
+>>> cache = ResultCache(CacheConfig(), {"health": 60.0, "public_security": 0.0})
+>>> cache.put("embedded", "SELECT 1", ["health"], [(1,)])
+True
+>>> cache.get("embedded", "SELECT 1")
+[(1,)]
+>>> cache.put("embedded", "SELECT 2", ["health", "public_security"], [(2,)])
+False
+>>> cache.clear("health"), cache.get("embedded", "SELECT 1")
+(1, None)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TLRUCache
+
+from gateway.config import CacheConfig
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    rows: Sequence[Any]
+    departments: frozenset[str]
+    size: int
+    ttl: float
+
+
+def _expires(key: object, entry: _Entry, now: float) -> float:
+    return now + entry.ttl
+
+
+def _size(rows: Sequence[Any]) -> int:
+    """A cheap estimate of an answer's bytes (its text form); paid only on a miss."""
+    return 64 + len(repr(rows))
+
+
+class ResultCache:
+    """Thread-safe; ``get`` and ``put`` hold one lock only for the dictionary work."""
+
+    def __init__(self, config: CacheConfig, ttls: Mapping[str, float | None]) -> None:
+        self.enabled = config.enabled
+        self.max_entries = config.max_entries
+        self.max_bytes = config.max_bytes
+        self._ttl = {d: (config.ttl_seconds if t is None else t) for d, t in ttls.items()}
+        self._default = config.ttl_seconds
+        self._lock = threading.Lock()
+        self._store: TLRUCache[tuple[str, str], _Entry] = TLRUCache(
+            maxsize=config.max_bytes, ttu=_expires, timer=time.monotonic, getsizeof=lambda e: e.size
+        )
+
+    def ttl(self, departments: Iterable[str]) -> float:
+        """How long an answer reading these departments may be kept (0: not at all)."""
+        if not self.enabled:
+            return 0.0
+        return min((self._ttl.get(d, self._default) for d in departments), default=self._default)
+
+    def get(self, engine: str, sql: str) -> Sequence[Any] | None:
+        with self._lock:
+            entry = self._store.get((engine, sql))
+        return entry.rows if entry is not None else None
+
+    def put(self, engine: str, sql: str, departments: Iterable[str], rows: Sequence[Any]) -> bool:
+        """Keep ``rows`` if every department allows it and the answer fits; True if kept."""
+        names = frozenset(departments)
+        ttl = self.ttl(names)
+        if ttl <= 0:
+            return False
+        size = _size(rows)
+        if size > self.max_bytes // 8:  # one answer may not push most of the others out
+            return False
+        entry = _Entry(rows, names, size, ttl)
+        with self._lock:
+            self._store.expire()
+            while len(self._store) >= self.max_entries:
+                self._store.popitem()
+            self._store[(engine, sql)] = entry
+        return True
+
+    def clear(self, department: str | None = None) -> int:
+        """Drop every entry (or every entry that read ``department``); how many were dropped."""
+        with self._lock:
+            if department is None:
+                count = len(self._store)
+                self._store.clear()
+                return count
+            stale = [key for key, entry in self._store.items() if department in entry.departments]
+            for key in stale:
+                del self._store[key]
+            return len(stale)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._store)
+
+    @property
+    def bytes(self) -> int:
+        with self._lock:
+            return int(self._store.currsize)

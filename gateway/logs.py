@@ -1,0 +1,54 @@
+"""Structured logs: one JSON object per line, carrying the id of the request being served.
+
+The HTTP edge sets :data:`REQUEST_ID` for each request; the context travels into the worker
+threads that run it, so every line a request causes can be joined with its audit record.
+
+>>> import logging
+>>> record = logging.LogRecord("citygate", logging.WARNING, __file__, 1, "department %s is down", ("health",), None)
+>>> token = REQUEST_ID.set("r-1")
+>>> line = json.loads(JsonFormatter().format(record))
+>>> REQUEST_ID.reset(token)
+>>> line["level"], line["logger"], line["message"], line["request_id"]
+('warning', 'citygate', 'department health is down', 'r-1')
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import sys
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("citygate_request_id", default=None)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            line["request_id"] = request_id
+        if record.exc_info:  # for the operator's log only; clients never see it
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure(fmt: str = "json", level: str = "info") -> None:
+    """Send citygate's and uvicorn's logs to standard error as JSON lines (or plain text)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("citygate").setLevel(level.upper())
+    # The audit trail's log sink writes at INFO and must not be filtered out by the level.
+    logging.getLogger("citygate.audit").setLevel(logging.INFO)

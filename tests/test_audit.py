@@ -1,0 +1,222 @@
+"""The audit trail: one record per request whatever happens to it, a hash chain that names the
+first record tampered with, and no value read from a store in it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from connectors.base import create_engine
+from gateway import audit
+from gateway.cli import main
+from gateway.config import Config
+from gateway.datagen import City
+from gateway.demo import issue_token, secure_demo
+from gateway.execute import Gateway
+from gateway.http import create_app
+from tests.conftest import free_port, with_store
+
+STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
+RESIDENTS = (
+    "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone birth_date } }"
+)
+
+
+@dataclasses.dataclass
+class Trail:
+    path: Path
+    sent: list[tuple[str, str]]  # (request id, the outcome the record must give)
+    gateway: Gateway
+
+
+@pytest.fixture(scope="module")
+def trail(services_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trail]:
+    """A mixed run against the demo policies on the services (embedded engine): allowed,
+    masked, denied, refused tokens, malformed requests, an engine error, a partial answer, an
+    aggregate below k, and a cache hit. The gateway is then closed, which writes the trail."""
+    data_dir = tmp_path_factory.mktemp("audit")
+    config = secure_demo(services_config.with_engine("embedded"), data_dir)
+    gateway = Gateway.start(config, create_engine(config))
+    broken = with_store(config, "health", port=free_port())
+    down = dataclasses.replace(gateway, config=broken, engine=create_engine(broken))  # same trail
+    analyst = {"authorization": "Bearer " + issue_token(data_dir, "health_analyst", {}, 60)}
+    officer = {"authorization": "Bearer " + issue_token(data_dir, "district_officer", {"district": "虎门"}, 60)}
+    sent: list[tuple[str, str]] = []
+
+    def post(client: TestClient, outcome: str, status: int, body: Any, **headers: str) -> dict[str, Any]:
+        if isinstance(body, str):
+            response = client.post("/graphql", content=body, headers={"content-type": "application/json", **headers})
+        else:
+            response = client.post("/graphql", json=body, headers=headers)
+        assert response.status_code == status, response.text
+        sent.append((response.headers["x-request-id"], outcome))
+        return dict(response.json())
+
+    with TestClient(create_app(gateway)) as client, TestClient(create_app(down)) as failing:
+        post(client, "ok", 200, {"query": STATIONS}, **{"x-citygate-purpose": "timetable check"})
+        post(client, "ok", 200, {"query": STATIONS})  # the same again: a cache hit
+        masked = post(client, "ok", 200, {"query": RESIDENTS}, **analyst)
+        assert all("*" in r["id_card"] for r in masked["data"]["public_security_residents"])
+        post(client, "refused", 200, {"query": "{ public_security_residents { address } }"}, **analyst)
+        post(client, "refused", 200, {"query": "{ public_security_residents { name } }"})  # anonymous
+        post(client, "unauthenticated", 401, {"query": STATIONS}, authorization="Bearer not-a-token")
+        post(client, "forbidden", 403, {"query": STATIONS}, **analyst, **{"x-citygate-role": "police"})
+        post(client, "bad_request", 400, "{not json")
+        post(client, "bad_request", 400, {"variables": {}})
+        post(client, "ok", 200, {"query": "{ health_clinic_visits_aggregate { aggregate { count } } }"}, **officer)
+        post(client, "ok", 200, {"query": "{ public_security_residents(limit: 3) { district } }"}, **officer)
+        post(failing, "error", 200, {"query": "{ health_clinic_visits(limit: 1) { visit_id } }"}, **analyst)
+        both = "{ health_clinic_visits(limit: 1) { visit_id } " + STATIONS[1:]
+        post(failing, "partial", 200, {"query": both}, **analyst)
+        post(client, "ok", 200, {"query": "{ __schema { queryType { name } } }"})
+    down.engine.close()
+    gateway.close()
+    assert config.audit is not None and config.audit.path is not None
+    yield Trail(config.audit.path, sent, gateway)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_every_request_has_exactly_one_record(trail: Trail) -> None:
+    records = read(trail.path)
+    assert [(r["request_id"], r["outcome"]) for r in records] == trail.sent
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert audit.verify(trail.path).ok
+
+
+def test_records_say_who_read_what_and_how(trail: Trail) -> None:
+    by_outcome = read(trail.path)
+    first, hit, masked, denied = by_outcome[0], by_outcome[1], by_outcome[2], by_outcome[3]
+    assert first["purpose"] == "timetable check" and first["role"] == "anonymous" and first["subject"] is None
+    assert first["access"] == [
+        {
+            "department": "transport",
+            "table": "stations",
+            "access": "allow",
+            "columns": {"district": "raw", "name": "raw", "station_id": "raw"},  # ordered by station_id
+            "keys": ["station_id"],
+        }
+    ]
+    assert (first["cache"], hit["cache"]) == ({"transport_stations": "miss"}, {"transport_stations": "hit"})
+    assert first["rows"] == hit["rows"] == {"transport_stations": 2}
+    assert first["operation"]["hash"] == hit["operation"]["hash"] and first["engine"] == "embedded"
+    assert masked["subject"] == "demo-health_analyst" and masked["role"] == "health_analyst"
+    [residents] = masked["access"]
+    assert residents["columns"] == {
+        "birth_date": "year",
+        "id_card": "partial(6,4)",
+        "name": "partial(1,0)",
+        "phone": "nullify",
+        "registered_at": "raw",  # ordered by
+    }
+    assert denied["access"] == [
+        {"department": "public_security", "table": "residents", "columns": {"address": "denied"}}
+    ]
+    assert denied["errors"] == ["GRAPHQL_VALIDATION_FAILED"]
+
+
+def test_row_filters_claims_and_aggregate_only_are_recorded(trail: Trail) -> None:
+    records = {r["request_id"]: r for r in read(trail.path)}
+    aggregate, filtered = (records[rid] for rid, _ in trail.sent[9:11])
+    assert aggregate["access"][0]["access"] == "aggregate_only" and aggregate["role"] == "district_officer"
+    assert filtered["claims"] == {"district": "虎门"}
+    assert filtered["access"][0]["row_filter"] == "district = :claims.district"
+    engine_error, partial = (records[rid] for rid, _ in trail.sent[11:13])
+    assert engine_error["errors"] == ["DEPARTMENT_UNAVAILABLE"] and engine_error["rows"] == {}
+    assert partial["rows"] == {"transport_stations": 2} and partial["errors"] == ["DEPARTMENT_UNAVAILABLE"]
+
+
+def test_no_raw_protected_value_reaches_the_trail(trail: Trail, city: City) -> None:
+    text = trail.path.read_text(encoding="utf-8")
+    residents = city.rows("public_security", "residents")
+    for id_card, name, _gender, birth_date, phone, address, *_ in residents:
+        assert id_card not in text and phone not in text and address not in text
+        assert len(name) < 3 or name not in text
+        assert birth_date.isoformat() not in text
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "prev", "hash"])
+def test_changing_one_byte_names_that_record(trail: Trail, tmp_path: Path, where: str) -> None:
+    lines = trail.path.read_bytes().splitlines(keepends=True)
+    target = 4  # the fifth record
+    line = bytearray(lines[target])
+    index = {
+        "start": 2,
+        "middle": len(line) // 2,
+        "prev": line.index(b'"prev":"') + 20,
+        "hash": len(line) - 10,
+    }[where]
+    line[index] = ord("0") if line[index] != ord("0") else ord("1")
+    lines[target] = bytes(line)
+    tampered = tmp_path / "audit.jsonl"
+    tampered.write_bytes(b"".join(lines))
+    verdict = audit.verify(tampered)
+    assert (verdict.broken, verdict.records) == (target + 1, target)
+
+
+def test_removed_or_invalid_utf8_records_are_named(trail: Trail, tmp_path: Path) -> None:
+    lines = trail.path.read_bytes().splitlines(keepends=True)
+    removed = tmp_path / "removed.jsonl"
+    removed.write_bytes(b"".join(lines[:3] + lines[4:]))
+    assert audit.verify(removed).broken == 4  # the record after the gap no longer chains
+    garbled = tmp_path / "garbled.jsonl"
+    garbled.write_bytes(b"".join([*lines[:6], lines[6][:40] + b"\xff" + lines[6][41:], *lines[7:]]))
+    assert (audit.verify(garbled).broken, audit.verify(garbled).reason) == (7, "the line is not valid UTF-8")
+
+
+def test_audit_cli_verifies_and_queries(trail: Trail, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit", "verify", str(trail.path)]) == 0
+    assert f"{len(trail.sent)} records, the chain holds" in capsys.readouterr().out
+    lines = trail.path.read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"health_analyst", b"health_analyzt", 1)
+    tampered = tmp_path / "tampered.jsonl"
+    tampered.write_bytes(b"".join(lines))
+    assert main(["audit", "verify", str(tampered)]) == 1
+    assert "record 3 (line 3) does not hold" in capsys.readouterr().err
+
+    assert main(["audit", "query", str(trail.path), "--role", "health_analyst", "--json"]) == 0
+    analyst = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert analyst and {r["role"] for r in analyst} == {"health_analyst"}
+    assert main(["audit", "query", str(trail.path), "--column", "public_security.residents.phone", "--json"]) == 0
+    phone = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["request_id"] for r in phone] == [trail.sent[2][0]]
+    assert main(["audit", "query", str(trail.path), "--department", "transport"]) == 0
+    table = capsys.readouterr().out
+    assert "transport.stations(district: raw, name: raw, station_id: raw)" in table and "(3 records)" in table
+    since = read(trail.path)[5]["time"]
+    assert main(["audit", "query", str(trail.path), "--since", since, "--json"]) == 0
+    assert all(json.loads(line)["time"] >= since for line in capsys.readouterr().out.splitlines())
+    assert main(["audit", "query", str(trail.path), "--since", "yesterday"]) == 2
+    assert "--since 'yesterday': give an ISO 8601 time" in capsys.readouterr().err
+    assert main(["audit", "verify", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_the_file_sink_loses_nothing_on_close_and_chains_across_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "trail" / "audit.jsonl"
+    sink = audit.FileSink(path)
+    for n in range(20_000):
+        sink.write({"n": n})
+    sink.close()
+    sink.close()  # closing twice is harmless
+    again = audit.FileSink(path)
+    again.write({"n": 20_000})
+    again.close()
+    records = read(path)
+    assert [r["n"] for r in records] == list(range(20_001))
+    assert records[-1]["seq"] == 20_001
+    assert audit.verify(path) == audit.Verdict(20_001)
+
+
+def test_an_unwritable_audit_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(Exception, match=r"audit.path: cannot write the audit file"):
+        audit.FileSink(blocker / "audit.jsonl")
