@@ -57,7 +57,9 @@ def run(
         rss_after = servers.rss_kib(server.pid)
     delta = rss_after - rss_before
     return {
-        "server": f"citygate serve, {ENGINE} engine, result cache {'default' if cache is None else cache}",
+        "server": f"citygate serve, {ENGINE} engine, result cache "
+        f"{'as configured by default' if cache is None else 'on' if cache else 'off'}, "
+        f"audit trail {'to a file' if servers.AUDIT and cache is not None else 'off'}",
         "load_generator": f"wrk, {threads} threads, {connections} connections, stop after {requests:,} responses",
         "requests": result.requests,
         "connections": connections,

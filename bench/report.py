@@ -227,7 +227,8 @@ def _peer(peer: Any, plots: dict[str, str]) -> list[str]:
         "## Peer side by side: PostGraphile and citygate, the same query on the same database",
         "",
         f"Load generator: {peer['load_generator']}. Rows compared before timing: {peer['rows_compared']} "
-        f"(the same rows from every server). citygate's result cache: {peer['cache_config']}.",
+        f"(the same rows from every server). citygate's result cache: {peer['cache_config']}; "
+        f"audit trail: {peer.get('audit', 'off')}.",
         "",
     ]
     for connections, by in peer["by_connections"].items():
