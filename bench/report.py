@@ -147,6 +147,7 @@ def _overhead(report: dict[str, Any]) -> Figure:
     ax.bar_label(bars, labels=[f"{v:.2f}×" for v in values], fontsize=8, padding=2)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.invert_yaxis()
+    ax.margins(x=0.1)  # room for the labels right of the longest bar
     ax.axvline(1.0, color="grey", linewidth=1)
     ax.set_title("p50 ratios, measured interleaved in the same run (1.0 = no overhead)")
     ax.grid(axis="x", alpha=0.3)
