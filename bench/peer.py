@@ -1,8 +1,10 @@
 """Peer side by side: PostGraphile 4 and citygate serving the same single-department query over
 the same PostgreSQL database, under the same load generator and connection counts.
 
-Four servers run at once on loopback, each a real process: PostGraphile; citygate without its
-result cache on the embedded engine and on Trino; citygate with its result cache (embedded).
+Five servers run at once on loopback, each a real process: PostGraphile; citygate without its
+result cache on the embedded engine and on Trino; citygate with its result cache (embedded);
+and a ceiling, starlette answering with fixed bytes (``bench/ceiling.py``), which shows what
+this machine can serve at all while the figures are taken.
 Before any timing, both sides must answer with the same rows. Then, for 8 and for 32
 connections, wrk runs against each server in turn for a few seconds, round after round, the
 order rotating every round, so drift on a busy 2-core machine falls on all four alike.
@@ -35,6 +37,7 @@ TARGETS = {
     "embedded_uncached": "citygate, embedded, uncached",
     "trino_uncached": "citygate, Trino, uncached",
     "cached": "citygate, cached",
+    "ceiling": "starlette, fixed answer (ceiling)",
 }
 CONNECTIONS = (8, 32)
 
@@ -46,7 +49,7 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
     # with the configuration's defaults (the plan cache only), and the report says so.
     cached, uncached = (None, None) if unsupported else (True, False)
     with contextlib.ExitStack() as stack:
-        progress("peer: starting PostGraphile and three citygate servers")
+        progress("peer: starting PostGraphile, three citygate servers and the ceiling")
         found = {
             "postgraphile": stack.enter_context(servers.postgraphile(workdir)),
             "embedded_uncached": stack.enter_context(
@@ -57,6 +60,8 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
             ),
             "cached": stack.enter_context(servers.citygate("embedded", cached, workdir, "citygate-embedded-cached")),
         }
+        answer = servers.post(found["cached"].url, json.dumps({"query": SELECTIVE}))
+        found["ceiling"] = stack.enter_context(servers.ceiling(workdir, answer))
         rows = same_rows(found)
         first = rows[0]["visit_id"]
         bodies = {
@@ -184,10 +189,20 @@ def checks(figures: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]
         cached = eight["cached"]
         out.append(_check("cached p50 at 8 connections (ms)", cached["p50_ms"], "<= 1", cached["p50_ms"] <= 1))
         out.append(_check("cached rps at 8 connections", cached["rps"], ">= 5000", cached["rps"] >= 5000))
+        ceiling = by.get("ceiling")
+        if ceiling and ceiling["requests"]:  # context, not a target: how near the machine's limit
+            out.append(
+                _check(
+                    f"cached rps / ceiling rps at {connections} connections",
+                    cached["rps"] / ceiling["rps"],
+                    "none: context",
+                    None,
+                )
+            )
     errors = sum(f["errors"] for by in figures.values() for f in by.values())
     out.append(_check("errors in all peer runs", errors, "0", errors == 0))
     return out
 
 
-def _check(name: str, value: float, target: str, met: bool) -> dict[str, Any]:
+def _check(name: str, value: float, target: str, met: bool | None) -> dict[str, Any]:
     return {"name": name, "value": value, "target": target, "met": met}

@@ -177,7 +177,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
 
 
 def _met(met: Any) -> str:
-    return "met" if met else "**missed**"
+    return "-" if met is None else "met" if met else "**missed**"
 
 
 def _checks(report: dict[str, Any]) -> list[str]:

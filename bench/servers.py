@@ -127,6 +127,20 @@ def citygate(
 
 
 @contextlib.contextmanager
+def ceiling(workdir: Path, answer: dict[str, Any]) -> Iterator[Server]:
+    """``bench/ceiling.py`` under uvicorn, answering every POST with ``answer`` encoded as
+    citygate encodes it."""
+    body = workdir / "ceiling-answer.json"
+    body.write_text(json.dumps(answer, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--log-level", "warning", "--no-access-log"]
+    env = {**os.environ, "CITYGATE_BENCH_BODY": str(body)}
+    with _process("ceiling", command, workdir, f"http://127.0.0.1:{port}/healthz", timeout=60, env=env) as pid:
+        yield Server("ceiling", pid, f"http://127.0.0.1:{port}/graphql", workdir / "ceiling.log")
+
+
+@contextlib.contextmanager
 def postgraphile(workdir: Path, department: str = "health") -> Iterator[Server]:
     """PostGraphile 4 on loopback over the department's PostgreSQL database, as configured in
     ``configs/services.yaml``: no query log, no GraphiQL, no mutations."""

@@ -83,6 +83,7 @@ def synthetic() -> dict[str, Any]:
         "embedded_uncached": _peer_figure(900, 5.0),
         "trino_uncached": _peer_figure(60, 90.0),
         "cached": _peer_figure(6000, 0.9),
+        "ceiling": _peer_figure(8000, 0.5),
     }
     figures = {"8": by, "32": by}
     return {
@@ -168,6 +169,7 @@ def test_report_writes_markdown_json_and_plots(tmp_path: Path) -> None:
         assert heading in text
     assert "- **seed**: ValueError: synthetic" in text
     assert "| PostGraphile 4.14.1 | 2,400 | 3.20 |" in text
+    assert "| peer | cached rps / ceiling rps at 8 connections | 0.750 | none: context | - |" in text
     _tables_are_rectangular(text)
 
 
