@@ -9,7 +9,10 @@ expected field counts as an error, and there must be none. The server's resident
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,15 +48,16 @@ def run(
         )
         rss_before = servers.rss_kib(server.pid)
         progress(f"load: {requests:,} requests from {connections} connections")
-        result, output = wrk.run(
-            server.url,
-            bodies,
-            connections=connections,
-            threads=threads,
-            seconds=600,
-            limit=requests,
-            expected=EXPECTED,
-        )
+        with _sampling(server.pid) as series:
+            result, output = wrk.run(
+                server.url,
+                bodies,
+                connections=connections,
+                threads=threads,
+                seconds=600,
+                limit=requests,
+                expected=EXPECTED,
+            )
         rss_after = servers.rss_kib(server.pid)
     delta = rss_after - rss_before
     return {
@@ -75,6 +79,9 @@ def run(
         },
         "warm_up": {"requests": warm.requests, "errors": warm.errors},
         "rss_kib": {"started": rss_started, "before": rss_before, "after": rss_after, "delta": delta},
+        # (seconds into the run, KiB) once a second: a plateau and a leak differ in their slope
+        "rss_series_kib": series,
+        "rss_second_half_delta_kib": _second_half(series),
         "checks": [
             {
                 "name": "errors (non-2xx, GraphQL errors, wrong rows, sockets)",
@@ -93,3 +100,34 @@ def run(
         ],
         "wrk_output": output,
     }
+
+
+@contextlib.contextmanager
+def _sampling(pid: int, every: float = 1.0) -> Iterator[list[tuple[float, int]]]:
+    """The process's RSS once per ``every`` seconds while the block runs."""
+    series: list[tuple[float, int]] = []
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def sample() -> None:
+        while not stop.wait(every):
+            series.append((round(time.monotonic() - started, 1), servers.rss_kib(pid)))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield series
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _second_half(series: list[tuple[float, int]]) -> int | None:
+    """RSS growth from the middle sample to the last: after warm-up effects, what keeps growing.
+
+    >>> _second_half([(1.0, 100), (2.0, 150), (3.0, 160), (4.0, 171)])
+    11
+    """
+    if len(series) < 2:
+        return None
+    return series[-1][1] - series[len(series) // 2][1]

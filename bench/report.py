@@ -122,8 +122,15 @@ def _load(load: dict[str, Any]) -> Figure:
         f"{load['rps']:,.0f} rps, {load['errors']['total']} errors"
     )
     rss = load["rss_kib"]
-    names = [k for k in ("started", "before", "after") if k in rss]
-    _bars(right, names, {"RSS (MiB)": [rss[k] / 1024 for k in names]})
+    series = load.get("rss_series_kib") or []
+    if series:
+        right.plot([t for t, _ in series], [kib / 1024 for _, kib in series], marker=".", markersize=3)
+        right.set_xlabel("seconds into the run")
+        right.set_ylabel("RSS (MiB)")
+        right.grid(alpha=0.3)
+    else:
+        names = [k for k in ("started", "before", "after") if k in rss]
+        _bars(right, names, {"RSS (MiB)": [rss[k] / 1024 for k in names]})
     right.set_title(f"gateway RSS: {rss['delta'] / 1024:+.1f} MiB over the run")
     return figure
 
@@ -280,7 +287,13 @@ def _load_section(load: Any, plots: dict[str, str]) -> list[str]:
         f"Errors by kind: non-2xx {errors['non2xx']}, GraphQL errors {errors['graphql_errors']}, "
         f"unexpected body {errors['mismatched']}, socket {errors['socket_errors']} (every response checked). "
         f"RSS at start-up {rss.get('started', 0) / 1024:.1f} MiB; 'before' is after a warm-up of "
-        f"{load.get('warm_up', {}).get('requests', 0):,} requests.",
+        f"{load.get('warm_up', {}).get('requests', 0):,} requests. "
+        + (
+            f"Over the run's second half RSS moved {load['rss_second_half_delta_kib'] / 1024:+.1f} MiB "
+            f"({len(load.get('rss_series_kib', []))} samples, one a second)."
+            if load.get("rss_second_half_delta_kib") is not None
+            else ""
+        ),
         "",
     ]
     if "load" in plots:

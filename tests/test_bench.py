@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench import peer, queries, report, stats, wrk
+from bench import load, peer, queries, report, stats, wrk
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
 
@@ -51,7 +51,7 @@ def test_parse_refuses_other_output() -> None:
         wrk.parse("Running 10s test @ http://127.0.0.1:1/\n  2 threads and 8 connections\n")
 
 
-@pytest.mark.parametrize("module", [stats, queries, peer, report])
+@pytest.mark.parametrize("module", [stats, queries, peer, report, load])
 def test_doctests(module: Any) -> None:
     failures, _ = doctest.testmod(module)
     assert failures == 0
@@ -146,6 +146,8 @@ def synthetic() -> dict[str, Any]:
             "errors": {"non2xx": 0, "graphql_errors": 0, "mismatched": 0, "socket_errors": 0, "total": 0},
             "warm_up": {"requests": 1000, "errors": 0},
             "rss_kib": {"started": 150_000, "before": 200_000, "after": 201_000, "delta": 1000},
+            "rss_series_kib": [[1.0, 200_100], [2.0, 200_600], [3.0, 201_000]],
+            "rss_second_half_delta_kib": 400,
             "checks": [{"name": "errors", "value": 0, "target": "0", "met": True}],
         },
         "seed": {"missing": "bench.seed cannot be imported (synthetic)"},
