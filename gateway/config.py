@@ -264,6 +264,11 @@ class TokenGuard(_Model):
 
     token: str | None = Field(None, min_length=16)
 
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `${TOKEN:-}` with TOKEN unset
+
 
 class TelemetryConfig(_Model):
     """OpenTelemetry spans around each stage of a request, sent where an exporter says."""

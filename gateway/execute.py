@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import operator
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from cachetools import LRUCache
 from graphql import (
     DocumentNode,
@@ -72,6 +74,22 @@ class Response:
     rows: dict[str, int] = field(default_factory=dict)  # response key -> rows returned
     cache: dict[str, str] = field(default_factory=dict)  # response key -> hit, miss or off
     claims: dict[str, Any] = field(default_factory=dict)  # the claims the role's policies use
+    encoded: bytes | None = None  # the body as JSON, when it was encoded already
+
+
+@dataclass(frozen=True)
+class Memo:
+    """A cached plan's last answer: the rows it came from, the body, and the body encoded."""
+
+    rows: tuple[Any, ...]
+    body: dict[str, Any]
+    counts: dict[str, int]
+    encoded: bytes
+
+
+def encode(body: Any) -> bytes:
+    """A response body as compact UTF-8 JSON."""
+    return orjson.dumps(body)
 
 
 @dataclass
@@ -86,6 +104,7 @@ class Plan:
     locations: dict[str, dict[str, int]] = field(default_factory=dict)
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
     access: list[dict[str, Any]] = field(default_factory=list)  # the audit's account of what it reads
+    memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
 
 
 @dataclass(frozen=True)
@@ -244,9 +263,9 @@ class Gateway:
         with self._lock:
             found = self._documents.get(key)
         if found is not None:
-            self.metrics.cache.labels(cache="document", result="hit").inc()
+            self.metrics.count_lookup("document", "hit")
             return found
-        self.metrics.cache.labels(cache="document", result="miss").inc()
+        self.metrics.count_lookup("document", "miss")
         with self.telemetry.stage("parse"):
             made = self._validated(query, view)
         with self._lock:
@@ -338,9 +357,9 @@ class Gateway:
         with self._lock:
             found = self._plans.get(key)
         if found is not None:
-            self.metrics.cache.labels(cache="plan", result="hit").inc()
+            self.metrics.count_lookup("plan", "hit")
             return found
-        self.metrics.cache.labels(cache="plan", result="miss").inc()
+        self.metrics.count_lookup("plan", "miss")
         made = self._make_plan(query, variables, operation_name, view)
         with self._lock:
             self._plans[key] = made
@@ -419,7 +438,10 @@ class Gateway:
     ) -> Response | None:
         """The response, if it needs neither compiling nor the engine (its plan and every root
         field's rows are cached); else None. Cheap enough to run on the event loop."""
-        view = self._views.get(identity.role if identity is not None and self.policies is not None else None)
+        role = None
+        if self.policies is not None:
+            role = identity.role if identity is not None else "anonymous"
+        view = self._views.get(role)
         if view is None:
             return None
         claims = view.used_claims(identity)
@@ -435,17 +457,25 @@ class Gateway:
             if rows is None:
                 return None
             answers[name] = rows
-        self.metrics.cache.labels(cache="plan", result="hit").inc()
-        response = Response({}, plan=plan, claims=claims)
+        self.metrics.count_lookup("plan", "hit")
+        for _ in answers:
+            self.metrics.count_lookup("result", "hit")
+        response = Response({}, plan=plan, claims=claims, cache=dict.fromkeys(answers, "hit"))
+        memo = plan.memo
+        rows = tuple(answers.values())
+        # The same cached rows as last time (the very objects; cache entries are never changed
+        # in place): the shaped and encoded answer is the same too.
+        if memo is not None and len(memo.rows) == len(rows) and all(map(operator.is_, memo.rows, rows)):
+            response.body, response.rows, response.encoded = memo.body, memo.counts, memo.encoded
+            return response
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
-        for name, rows in answers.items():
-            self.metrics.cache.labels(cache="result", result="hit").inc()
-            compiled = plan.compiled[name]
+        for name, found in answers.items():
             with self.telemetry.stage("shape"):
-                data[name] = value = shape(compiled, rows)
+                data[name] = value = shape(plan.compiled[name], found)
             response.rows[name] = _count(value)
-            response.cache[name] = "hit"
         response.body = {"data": data}
+        response.encoded = encode(response.body)
+        plan.memo = Memo(rows, response.body, response.rows, response.encoded)
         return response
 
     def _run_all(
@@ -479,7 +509,7 @@ class Gateway:
                     rows = self.engine.run(text, compiled.departments).rows
                 if self.results.put(engine, text, compiled.departments, rows):
                     cached = "miss"  # else "off": a department forbids caching, or the answer is too big
-            self.metrics.cache.labels(cache="result", result=cached).inc()
+            self.metrics.count_lookup("result", cached)
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
             return CitygateError("the query was refused by the confidentiality policy"), cached
@@ -542,12 +572,16 @@ class Gateway:
             raise CompileError("; ".join(e["message"] for e in refusals))
         return list(plan.compiled.values())
 
-    def close(self) -> None:
-        """Stop: queued audit records are written first, then spans flushed, then the engine."""
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def flush(self) -> None:
+        """Write every queued audit record and span, and stop recording (the server is stopping)."""
         if self.audit is not None:
             self.audit.close()
         self.telemetry.close()
+
+    def close(self) -> None:
+        """Stop: queued audit records are written first, then spans flushed, then the engine."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.flush()
         self.engine.close()
 
 

@@ -14,16 +14,20 @@ without a hop to a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import logging
+import os
 import re
 import time
-import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -34,7 +38,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from gateway import audit
 from gateway.config import TokenGuard
 from gateway.errors import CitygateError
-from gateway.execute import Gateway, Identity
+from gateway.execute import Gateway, Identity, encode
 from gateway.execute import Response as Result
 from gateway.identity import Authenticator, AuthError
 from gateway.logs import REQUEST_ID
@@ -44,15 +48,17 @@ log = logging.getLogger("citygate.http")
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BODY = 1 << 20  # 1 MiB: far above any real query, far below what could hurt the server
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we may echo and log
+# Our own request ids: random per process, then counted (uuid4 per request costs a syscall).
+_ID_PREFIX = os.urandom(6).hex()
+_ids = itertools.count(1)
 
 
 def _media_type(request: Request) -> str:
     return GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in request.headers.get("accept", "") else "application/json"
 
 
-def _json(body: Any, status: int, media_type: str) -> Response:
-    content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    return Response(content, status_code=status, media_type=media_type)
+def _json(body: Any, status: int, media_type: str, encoded: bytes | None = None) -> Response:
+    return Response(encoded if encoded is not None else encode(body), status_code=status, media_type=media_type)
 
 
 def _bad_request(message: str, media_type: str, status: int = 400) -> Response:
@@ -197,7 +203,7 @@ class Edge:
         exchange.result = result
         exchange.outcome, exchange.codes = _outcome(result)
         status = 400 if result.request_error and exchange.media_type == GRAPHQL_RESPONSE else 200
-        return _json(result.body, status, exchange.media_type)
+        return _json(result.body, status, exchange.media_type, result.encoded)
 
     async def read_post(self, request: Request, exchange: Exchange) -> Response:
         if int(request.headers.get("content-length") or 0) > MAX_BODY:
@@ -209,8 +215,8 @@ class Edge:
         if len(raw) > MAX_BODY:
             return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
         try:
-            params = json.loads(raw)
-        except ValueError:
+            params = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             return self.refuse(exchange, "the request body is not valid JSON")
         if not isinstance(params, dict):
             return self.refuse(exchange, "the request body must be a JSON object with a `query`")
@@ -224,7 +230,7 @@ class Edge:
         offered = request.headers.get("x-request-id", "")
         purpose = request.headers.get("x-citygate-purpose")
         exchange = Exchange(
-            request_id=offered if _SANE_ID.match(offered) else uuid.uuid4().hex,
+            request_id=offered if _SANE_ID.match(offered) else f"{_ID_PREFIX}-{next(_ids):x}",
             started=time.perf_counter(),
             media_type=GRAPHQL_RESPONSE
             if GRAPHQL_RESPONSE in request.headers.get("accept", "")
@@ -242,7 +248,7 @@ class Edge:
         response.headers["X-Request-Id"] = exchange.request_id
         if self.gateway.audit is not None:
             self.gateway.audit.write(_record(exchange, response.status_code, self.gateway.engine.name))
-        self.metrics.requests.labels(outcome=exchange.outcome).inc()
+        self.metrics.count_request(exchange.outcome)
         self.metrics.request_seconds.observe(time.perf_counter() - exchange.started)
         return response
 
@@ -297,4 +303,12 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", edge.prometheus, methods=["GET"]),
         Route("/admin/{action:path}", edge.admin, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # uvicorn ends a SIGTERM'd process by raising the signal again once it has shut down,
+        # so code after `uvicorn.run` may never run: the trail is written here, at shutdown.
+        await run_in_threadpool(gateway.flush)
+
+    return Starlette(routes=routes, lifespan=lifespan)

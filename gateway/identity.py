@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from cachetools import TTLCache
 from joserfc import jwt
 from joserfc.errors import (
     ExpiredTokenError,
@@ -57,6 +58,10 @@ class Authenticator:
             aud={"essential": True, "value": auth.audience},
             exp={"essential": True},
         )
+        # Verified tokens, by their exact text: a repeated request skips the signature check.
+        # An entry lives at most a minute (a key removed from the JWKS stops working within it)
+        # and never past the token's own expiry, which is checked again at every use.
+        self._verified: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=60)
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -112,6 +117,19 @@ class Authenticator:
         )
 
     def _verify(self, token: str) -> dict[str, Any]:
+        with self._lock:
+            known = self._verified.get(token)
+        if known is not None:
+            if time.time() > known["exp"] + self.auth.leeway_seconds:
+                raise AuthError("the token has expired")
+            return known
+        claims = self._check(token)
+        if isinstance(claims.get("exp"), int | float):
+            with self._lock:
+                self._verified[token] = claims
+        return claims
+
+    def _check(self, token: str) -> dict[str, Any]:
         algorithms = list(self.auth.algorithms)
         try:
             try:

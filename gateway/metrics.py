@@ -10,6 +10,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -46,6 +47,22 @@ class Metrics:
         self.audit_backlog = Gauge(
             "citygate_audit_backlog", "Audit records queued but not yet written", registry=self.registry
         )
+
+        # Labelled children looked up once: ``labels()`` costs microseconds per call.
+        self._requests: dict[str, Any] = {}
+        self._lookups: dict[tuple[str, str], Any] = {}
+
+    def count_request(self, outcome: str) -> None:
+        child = self._requests.get(outcome)
+        if child is None:
+            child = self._requests[outcome] = self.requests.labels(outcome=outcome)
+        child.inc()
+
+    def count_lookup(self, cache: str, result: str) -> None:
+        child = self._lookups.get((cache, result))
+        if child is None:
+            child = self._lookups[(cache, result)] = self.cache.labels(cache=cache, result=result)
+        child.inc()
 
     def watch_backlog(self, backlog: Callable[[], int]) -> None:
         self.audit_backlog.set_function(lambda: float(backlog()))

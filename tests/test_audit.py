@@ -220,3 +220,48 @@ def test_an_unwritable_audit_path_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(Exception, match=r"audit.path: cannot write the audit file"):
         audit.FileSink(blocker / "audit.jsonl")
+
+
+def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) -> None:
+    """A real `citygate demo` process: requests, then SIGTERM at once; the trail is complete."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(tmp_path), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the demo did not start"
+                time.sleep(0.2)
+
+        def ask(n: int) -> str:
+            body = json.dumps({"query": f"{{ transport_stations(limit: {n % 7 + 1}) {{ name }} }}"}).encode()
+            request = urllib.request.Request(url, body, {"content-type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+                return str(response.headers["x-request-id"])
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(ask, range(200)))
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after shutdown
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    trail = tmp_path / "audit.jsonl"
+    assert audit.verify(trail) == audit.Verdict(200)
+    assert sorted(r["request_id"] for r in read(trail)) == sorted(ids)

@@ -157,6 +157,22 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
             "password: '${CITYGATE_NO_SUCH_VAR}'}}}",
             "departments.health.store.password: environment variable CITYGATE_NO_SUCH_VAR is not set",
         ),
+        (
+            "audit: {sink: file}\ndepartments: {health: {store: {kind: sqlite, path: x.db}}}",
+            "audit: the file sink needs a path",
+        ),
+        (
+            "cache: {ttl_seconds: -1}\ndepartments: {health: {store: {kind: sqlite, path: x.db}}}",
+            "cache.ttl_seconds: input should be greater than or equal to 0",
+        ),
+        (
+            "admin: {token: short}\ndepartments: {health: {store: {kind: sqlite, path: x.db}}}",
+            "admin.token: string should have at least 16 characters",
+        ),
+        (
+            "telemetry: {exporter: jaeger}\ndepartments: {health: {store: {kind: sqlite, path: x.db}}}",
+            "telemetry.exporter: 'jaeger' is not allowed",
+        ),
         ("departments: {health: [unclosed", "not valid YAML at line 1"),
         ("departments: {}", "departments: at least one department is required"),
         (

@@ -220,3 +220,17 @@ def test_hs256_only_with_a_configured_secret_and_claim_paths(keys: dict[str, Any
         auth.identify("Bearer " + sign(keys["rsa"], "RS256", namespaced))
     with pytest.raises(ValueError, match="HS256 needs hs256_secret"):
         AuthConfig(issuer=ISSUER, audience=AUDIENCE, algorithms=["HS256"])
+
+
+def test_a_cached_verification_still_expires_with_its_token(keys: dict[str, Any]) -> None:
+    strict = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=keys["jwks"], leeway_seconds=0))
+    token = "Bearer " + sign(keys["rsa"], "RS256", claims(exp=int(time.time()) + 1))
+    assert strict.identify(token).role == strict.identify(token).role == "police"  # the second from the cache
+    assert len(strict._verified) == 1
+    time.sleep(2.1)
+    with pytest.raises(AuthError, match="the token has expired"):
+        strict.identify(token)
+    forged = "Bearer " + sign(keys["rsa"], "RS256", claims())[:-4] + "AAAA"
+    with pytest.raises(AuthError):
+        strict.identify(forged)
+    assert len(strict._verified) == 1  # refused tokens are never remembered

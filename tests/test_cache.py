@@ -1,0 +1,221 @@
+"""The result cache holds to the policies: callers share an entry only when the engine would
+give them the same rows; a repeated request skips parse, validation, compile and the engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from connectors.base import create_engine
+from gateway.config import CacheConfig, Config, TokenGuard
+from gateway.execute import Gateway, Identity, Response
+from gateway.http import create_app
+from tests.test_policies import POLICY_FILES, with_policies
+
+RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card phone } }"
+STATIONS = "{ transport_stations(limit: 3, order_by: [{station_id: asc}]) { name district } }"
+
+
+def start(config: Config, **cache: Any) -> Gateway:
+    config = config.model_copy(update={"cache": CacheConfig(**cache)})
+    return Gateway.start(config, create_engine(config))
+
+
+@pytest.fixture(scope="module", params=["embedded_sqlite", "trino"])
+def secured(request: pytest.FixtureRequest, sqlite_config: Config, services_config: Config) -> Iterator[Gateway]:
+    config = with_policies(sqlite_config if request.param == "embedded_sqlite" else services_config)
+    gateway = start(config)
+    yield gateway
+    gateway.close()
+
+
+def ask(gateway: Gateway, query: str, role: str, **claims: Any) -> Response:
+    response = gateway.execute(query, identity=Identity(role, claims))
+    assert "errors" not in response.body, response.body
+    return response
+
+
+def test_a_masked_role_never_gets_a_raw_roles_cached_rows(secured: Gateway) -> None:
+    secured.results.clear()
+    raw = ask(secured, RESIDENTS, "police")
+    again = ask(secured, RESIDENTS, "police")
+    assert (raw.cache, again.cache) == ({"public_security_residents": "miss"}, {"public_security_residents": "hit"})
+    assert again.statements == 0 and again.body == raw.body
+    masked = ask(secured, RESIDENTS, "health_analyst")
+    assert masked.cache == {"public_security_residents": "miss"} and masked.statements == 1
+    raw_rows = raw.body["data"]["public_security_residents"]
+    masked_rows = masked.body["data"]["public_security_residents"]
+    assert len(raw_rows) == len(masked_rows) == 5
+    for r, m in zip(raw_rows, masked_rows, strict=True):
+        assert "*" not in r["id_card"] and r["phone"]
+        assert m["id_card"] == r["id_card"][:6] + "*" * 8 + r["id_card"][-4:] and m["phone"] is None
+    assert len(secured.results) == 2
+
+
+def test_roles_with_the_same_effective_policy_share_an_entry(secured: Gateway) -> None:
+    secured.results.clear()
+    first = ask(secured, STATIONS, "anonymous")  # published: every role sees stations raw
+    second = ask(secured, STATIONS, "health_analyst")
+    assert (first.cache["transport_stations"], second.cache["transport_stations"]) == ("miss", "hit")
+    assert first.body == second.body and len(secured.results) == 1
+
+
+def test_claims_share_an_entry_only_when_the_row_filter_binds_the_same(secured: Gateway) -> None:
+    secured.results.clear()
+    query = "{ public_security_residents(limit: 3, order_by: [{registered_at: asc}]) { district } }"
+    humen = ask(secured, query, "district_officer", district="虎门", sub="a", exp=1)
+    nancheng = ask(secured, query, "district_officer", district="南城", sub="b", exp=2)
+    humen_again = ask(secured, query, "district_officer", district="虎门", sub="c", exp=3)
+    assert {r["district"] for r in humen.body["data"]["public_security_residents"]} == {"虎门"}
+    assert {r["district"] for r in nancheng.body["data"]["public_security_residents"]} == {"南城"}
+    assert [r.cache["public_security_residents"] for r in (humen, nancheng, humen_again)] == ["miss", "miss", "hit"]
+    assert humen_again.body == humen.body and humen_again.claims == {"district": "虎门"}
+
+
+def test_ttl_per_department_and_departments_that_forbid_caching(sqlite_config: Config) -> None:
+    departments = dict(sqlite_config.departments)
+    departments["public_security"] = departments["public_security"].model_copy(update={"cache_ttl_seconds": 0.0})
+    departments["transport"] = departments["transport"].model_copy(update={"cache_ttl_seconds": 0.4})
+    gateway = start(sqlite_config.model_copy(update={"departments": departments}), ttl_seconds=60)
+    try:
+        both = "{ transport_stations(limit: 1) { name } public_security_residents(limit: 1) { name } }"
+        first, second = gateway.execute(both), gateway.execute(both)
+        assert first.cache == {"transport_stations": "miss", "public_security_residents": "off"}
+        assert second.cache == {"transport_stations": "hit", "public_security_residents": "off"}
+        assert second.statements == 1 and second.body == first.body
+        time.sleep(0.5)
+        assert gateway.execute(both).cache["transport_stations"] == "miss"  # expired
+        health = "{ health_clinic_visits(limit: 1) { visit_id } }"
+        assert [gateway.execute(health).cache["health_clinic_visits"] for _ in range(2)] == ["miss", "hit"]
+    finally:
+        gateway.close()
+
+
+def test_the_cache_is_bounded_by_entries_and_bytes(sqlite_config: Config) -> None:
+    gateway = start(sqlite_config, max_entries=3, max_bytes=64 * 1024)
+    try:
+        for limit in range(1, 7):
+            gateway.execute(f"{{ transport_stations(limit: {limit}) {{ name }} }}")
+        assert len(gateway.results) == 3
+        big = gateway.execute("{ health_clinic_visits(limit: 2000) { visit_id hospital diagnosis } }")
+        assert big.cache == {"health_clinic_visits": "off"}  # far over an eighth of 64 KiB: not kept
+        assert gateway.results.bytes <= 64 * 1024
+    finally:
+        gateway.close()
+
+
+def test_disabled_cache_runs_every_request(sqlite_config: Config) -> None:
+    gateway = start(sqlite_config, enabled=False)
+    try:
+        assert [gateway.execute(STATIONS).statements for _ in range(2)] == [1, 1]
+        assert len(gateway.results) == 0
+    finally:
+        gateway.close()
+
+
+def lookups(client: TestClient) -> dict[tuple[str, str], float]:
+    counts: dict[tuple[str, str], float] = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("citygate_cache_lookups_total{"):
+            labels, value = line.removeprefix("citygate_cache_lookups_total").rsplit(" ", 1)
+            parts = dict(p.split("=") for p in labels.strip("{}").split(","))
+            counts[(parts["cache"].strip('"'), parts["result"].strip('"'))] = float(value)
+    return counts
+
+
+def test_a_repeated_request_skips_parse_validation_compile_and_engine(sqlite_config: Config) -> None:
+    gateway = start(sqlite_config)
+    try:
+        with TestClient(create_app(gateway)) as client:
+            query = {"query": "{ environment_monitored_sites(limit: 4, order_by: [{site_id: asc}]) { site_name } }"}
+            first = client.post("/graphql", json=query).json()
+            before = lookups(client)
+            assert before[("document", "miss")] == 1 and before[("result", "miss")] == 1
+            for _ in range(5):
+                assert client.post("/graphql", json=query).json() == first
+            after = lookups(client)
+        assert after[("document", "miss")] == 1 and ("document", "hit") not in after  # no parse, no validation
+        assert after[("plan", "miss")] == 1 and after[("plan", "hit")] == 5  # no compile
+        assert after[("result", "miss")] == 1 and after[("result", "hit")] == 5  # no engine
+        # Variables change the compiled statement but not the document: parsed and validated once.
+        document = "query($n: Int) { transport_stations(limit: $n) { name } }"
+        for n in (1, 2, 1):
+            gateway.execute(document, {"n": n})
+        key = (document, None, gateway.policy_version)
+        assert key in gateway._documents
+    finally:
+        gateway.close()
+
+
+@pytest.fixture
+def admin_client(sqlite_config: Config, tmp_path: Path) -> Iterator[tuple[TestClient, Gateway, Path]]:
+    files = [tmp_path / p.name for p in POLICY_FILES]
+    for source, copy in zip(POLICY_FILES, files, strict=True):
+        copy.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    config = with_policies(sqlite_config, files).model_copy(
+        update={
+            "admin": TokenGuard(token="admin-token-for-tests-0001"),
+            "metrics": TokenGuard(token="scrape-token-for-tests-01"),
+        }
+    )
+    gateway = Gateway.start(config, create_engine(config))
+    with TestClient(create_app(gateway)) as client:
+        yield client, gateway, files[0]
+    gateway.close()
+
+
+ADMIN = {"authorization": "Bearer admin-token-for-tests-0001"}
+
+
+def test_admin_clears_the_cache_by_department(admin_client: tuple[TestClient, Gateway, Path]) -> None:
+    client, gateway, _ = admin_client
+    gateway.execute(STATIONS)
+    gateway.execute("{ health_clinic_visits_aggregate { aggregate { count } } }", identity=Identity("health_analyst"))
+    assert len(gateway.results) == 2
+    assert client.post("/admin/cache/clear").status_code == 401
+    assert client.post("/admin/cache/clear", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert client.post("/admin/cache/clear?department=nowhere", headers=ADMIN).status_code == 404
+    cleared = client.post("/admin/cache/clear?department=health", headers=ADMIN)
+    assert cleared.json() == {"cleared": 1, "department": "health"}
+    assert gateway.execute(STATIONS).cache == {"transport_stations": "hit"}
+    assert client.post("/admin/cache/clear", headers=ADMIN).json()["cleared"] == 1
+    assert client.post("/admin/nothing", headers=ADMIN).status_code == 404
+
+
+def test_policy_reload_takes_effect_and_a_bad_file_changes_nothing(
+    admin_client: tuple[TestClient, Gateway, Path],
+) -> None:
+    client, gateway, central = admin_client
+    query = "{ health_health_records(limit: 1) { blood_type } }"
+    analyst = Identity("health_analyst")
+    assert "errors" not in gateway.execute(query, identity=analyst).body
+    version = gateway.policy_version
+    text = central.read_text(encoding="utf-8")
+    central.write_text(text.replace("{blood_type: allow, chronic_conditions: allow}", "{chronic_conditions: allow}"))
+    reloaded = client.post("/admin/policies/reload", headers=ADMIN)
+    assert reloaded.status_code == 200 and reloaded.json()["policy_version"] != version
+    refused = gateway.execute(query, identity=analyst).body
+    assert refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    central.write_text("roles: [not, a, mapping]")
+    broken = client.post("/admin/policies/reload", headers=ADMIN)
+    assert broken.status_code == 422 and str(central) in broken.json()["error"]
+    assert gateway.execute(query, identity=analyst).body == refused  # the reloaded policies stand
+
+
+def test_metrics_need_the_scrape_token_when_one_is_set(admin_client: tuple[TestClient, Gateway, Path]) -> None:
+    client, _, _ = admin_client
+    client.post("/graphql", json={"query": STATIONS})
+    client.post("/graphql", json={"query": "{ nope }"})
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"authorization": "Bearer nope"}).status_code == 401
+    scraped = client.get("/metrics", headers={"authorization": "Bearer scrape-token-for-tests-01"})
+    assert scraped.status_code == 200
+    text = scraped.text
+    assert 'citygate_requests_total{outcome="ok"}' in text and 'citygate_requests_total{outcome="refused"}' in text
+    assert 'citygate_statement_duration_seconds_count{department="transport",engine="embedded"}' in text
+    assert "citygate_audit_backlog 0.0" in text
