@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo services services-stop compose-check lint typecheck test bench clean
+.PHONY: install demo services services-stop compose-check lint typecheck test bench bench-tools clean
 
 install: $(STAMP)
 
@@ -42,8 +42,27 @@ typecheck: install
 test: install services compose-check lint typecheck
 	$(BIN)/python -m pytest
 
-# Benchmarks against the services (started if needed); not part of `make test`.
-bench: install services
+# Benchmarks against the services (started if needed); not part of `make test`. They also need
+# the plots' matplotlib (the `bench` extra), wrk (Debian) and the peer, PostGraphile, pinned in
+# bench/peer/package-lock.json and installed with `npm ci` (Node from Debian if there is none).
+BENCH_STAMP := $(VENV)/.bench-installed
+PEER_MODULES := bench/peer/node_modules/.package-lock.json
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+$(PEER_MODULES): bench/peer/package-lock.json
+	@command -v npm >/dev/null || { echo "[make] installing Node.js and npm for the benchmark's peer"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm >/dev/null; }
+	cd bench/peer && npm ci --no-audit --no-fund --loglevel=error
+
+bench-tools:
+	@command -v wrk >/dev/null || { echo "[make] installing wrk, the benchmark's load generator"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null; }; }
+
+bench: install services $(BENCH_STAMP) $(PEER_MODULES) bench-tools
 	$(BIN)/python -m bench.run
 
 clean:

@@ -1,0 +1,190 @@
+"""The in-process sections: each compares citygate with a baseline inside one Python process.
+
+- shaping: citygate's row shaping against strawberry's default resolvers over the same rows,
+  per response field;
+- overhead: the same query through the gateway (in process, without its plan cache, and over
+  HTTP) against its compiled SQL sent straight to the engine, on each engine;
+- policy: the same query without policies and as ``health_analyst``;
+- statements: engine statements per request for nesting depths 1 to 4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import strawberry
+from strawberry.schema.config import StrawberryConfig
+
+from bench.queries import NESTED, POLICY_QUERY, SELECTIVE
+from bench.stats import interleaved, percentile, summary, timed
+from connectors.base import Engine
+from gateway.execute import Gateway, Identity
+from gateway.shape import shape
+
+# -- shaping: citygate's templates against strawberry's default resolvers -------------------
+
+
+@strawberry.type
+class Resident:
+    name: str | None
+    district: str | None
+
+
+@strawberry.type
+class Visit:
+    visit_id: str
+    hospital: str | None
+    department_name: str | None
+    diagnosis: str | None
+    visit_date: str | None
+    cost: str | None
+    resident: Resident | None
+
+
+def bench_shaping(gateway: Gateway, runs: int) -> dict[str, Any]:
+    query = """{ health_clinic_visits(limit: 2000, order_by: [{visit_id: asc}]) {
+        visit_id hospital department_name diagnosis visit_date cost resident { name district } } }"""
+    [compiled] = gateway.compile(query)
+    result = gateway.engine.execute(compiled.tree)
+    response = shape(compiled, result.rows)
+    visits = [
+        Visit(**{k: v for k, v in row.items() if k != "resident"}, resident=Resident(**row["resident"]))
+        for row in response
+    ]
+
+    @strawberry.type
+    class Query:
+        @strawberry.field
+        def health_clinic_visits(self) -> list[Visit]:
+            return visits
+
+    schema = strawberry.Schema(query=Query, config=StrawberryConfig(auto_camel_case=False))
+    plain = query.replace("(limit: 2000, order_by: [{visit_id: asc}])", "")
+    fields = sum(6 + 1 + 2 for _ in response)  # six columns, the object, its two columns
+    ours = timed(lambda: shape(compiled, result.rows), runs)
+    theirs = timed(lambda: schema.execute_sync(plain), max(5, runs // 4))
+    assert schema.execute_sync(plain).data == {"health_clinic_visits": response}
+    ours_us = statistics.median(ours) * 1000 / fields
+    theirs_us = statistics.median(theirs) * 1000 / fields
+    return {
+        "fields_per_response": fields,
+        "citygate_us_per_field": ours_us,
+        "strawberry_us_per_field": theirs_us,
+        "ratio": theirs_us / ours_us,
+        "target": ">= 10x cheaper",
+        "met": theirs_us / ours_us >= 10,
+        "citygate": summary(ours),
+        "strawberry": summary(theirs),
+    }
+
+
+# -- overhead: the gateway against the same SQL straight to the engine ---------------------
+
+
+def bench_overhead(gateway: Gateway, runs: int, target: float) -> dict[str, Any]:
+    """Direct SQL, the gateway in process and over HTTP, interleaved run by run so drift
+    (JIT warm-up, caches, a busy neighbour) falls on all three alike."""
+    [compiled] = gateway.compile(SELECTIVE)
+    engine: Engine = gateway.engine
+    text, departments = engine.sql(compiled.tree), compiled.departments
+    cold = Gateway(config=gateway.config, engine=engine, model=gateway.model)
+
+    def uncached() -> None:  # parse, validate and compile every time
+        cold._plans.clear()
+        cold._documents.clear()
+        cold.execute(SELECTIVE)
+
+    actions: dict[str, Callable[[], Any]] = {
+        "direct": lambda: engine.run(text, departments),  # the SQL text, straight to the engine
+        "gateway": lambda: gateway.execute(SELECTIVE),
+        "uncached_plan": uncached,
+    }
+    with _http_client(gateway) as post:
+        actions["http"] = post
+        samples = interleaved(actions, runs)
+    direct = percentile(samples["direct"], 0.5)
+    ratio = percentile(samples["gateway"], 0.5) / direct
+    return {
+        "engine": engine.name,
+        "direct_sql": summary(samples["direct"]),
+        "gateway_in_process": summary(samples["gateway"]),
+        "gateway_uncached_plan": summary(samples["uncached_plan"]),
+        "gateway_over_http": summary(samples["http"]),
+        "p50_ratio_in_process": ratio,
+        "p50_ratio_uncached_plan": percentile(samples["uncached_plan"], 0.5) / direct,
+        "p50_ratio_over_http": percentile(samples["http"], 0.5) / direct,
+        "target": f"<= {target}",
+        "met": ratio <= target,
+    }
+
+
+@contextlib.contextmanager
+def _http_client(gateway: Gateway) -> Iterator[Callable[[], None]]:
+    """A real uvicorn on loopback serving ``gateway``, and a function that POSTs the query once."""
+    import http.client
+    import socket
+
+    import uvicorn
+
+    from gateway.http import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    body = json.dumps({"query": SELECTIVE}).encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+
+    def post() -> None:
+        connection.request("POST", "/graphql", body, {"content-type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200
+        response.read()
+
+    try:
+        yield post
+    finally:
+        connection.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def bench_policy(plain: Gateway, secured: Gateway, runs: int) -> dict[str, Any]:
+    """The same query without policies and as health_analyst (masked ids, names, birth dates),
+    interleaved run by run."""
+    identity = Identity("health_analyst", {})
+    assert "errors" not in secured.execute(POLICY_QUERY, identity=identity).body
+    actions: dict[str, Callable[[], Any]] = {
+        "without": lambda: plain.execute(POLICY_QUERY),
+        "with": lambda: secured.execute(POLICY_QUERY, identity=identity),
+    }
+    samples = interleaved(actions, runs)
+    ratio = percentile(samples["with"], 0.5) / percentile(samples["without"], 0.5)
+    return {
+        "engine": plain.engine.name,
+        "without_policy": summary(samples["without"]),
+        "with_policy": summary(samples["with"]),
+        "p50_ratio": ratio,
+        "target": "<= 1.05",
+        "met": ratio <= 1.05,
+    }
+
+
+def bench_statements(gateway: Gateway) -> dict[str, Any]:
+    counts = {}
+    for depth, query in enumerate(NESTED, start=1):
+        before = gateway.engine.statements  # type: ignore[attr-defined]
+        response = gateway.execute(query)
+        assert "errors" not in response.body
+        counts[f"depth_{depth}"] = gateway.engine.statements - before  # type: ignore[attr-defined]
+    return {"statements_per_request": counts, "target": "1 per root field", "met": set(counts.values()) == {1}}
