@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -48,8 +49,9 @@ _SUFFIX = len(',"hash":""}') + 64  # what seal() appends to the canonical record
 
 
 def seal(prev: str, record: dict[str, Any]) -> tuple[str, str]:
-    """The record as one sealed line (without newline), and its hash."""
-    body = orjson.dumps({**record, "prev": prev}, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    """The record as one sealed line (without newline), and its hash; ``record`` gains ``prev``."""
+    record["prev"] = prev
+    body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str).decode()
     digest = hashlib.sha256(body.encode()).hexdigest()
     return f'{body[:-1]},"hash":"{digest}"}}', digest
 
@@ -205,7 +207,7 @@ class FileSink:
             for record in batch:
                 if record is not None:
                     self._seq += 1
-                    line, self._prev = seal(self._prev, {**record, "seq": self._seq})
+                    line, self._prev = seal(self._prev, _stamped(record, self._seq))
                     lines.append(line + "\n")
             try:
                 self._file.write("".join(lines))
@@ -241,7 +243,7 @@ class LogSink:
     def write(self, record: dict[str, Any]) -> None:
         with self._lock:
             self._seq += 1
-            line, self._prev = seal(self._prev, {**record, "seq": self._seq})
+            line, self._prev = seal(self._prev, _stamped(record, self._seq))
         log.info("%s", line)
 
     def backlog(self) -> int:
@@ -261,6 +263,26 @@ def open_sink(config: AuditConfig | None) -> Sink | None:
     return FileSink(config.path, fsync=config.fsync)
 
 
-def now() -> str:
-    """The current time as the trail writes it: UTC, milliseconds, ISO 8601."""
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def timestamp(moment: float) -> str:
+    """A Unix time as the trail writes it: ISO 8601, UTC, milliseconds. Requests hand in the
+    float (cheap); the sink formats it, reusing the second's text for every record in it.
+
+    >>> timestamp(1795766400.25)
+    '2026-11-27T08:00:00.250Z'
+    """
+    whole = int(moment)
+    return f"{_second(whole)}.{int((moment - whole) * 1000):03d}Z"
+
+
+def _stamped(record: dict[str, Any], seq: int) -> dict[str, Any]:
+    """The record with its sequence number and its time as text (the record is the sink's now)."""
+    moment = record.get("time")
+    if isinstance(moment, float):
+        record["time"] = timestamp(moment)
+    record["seq"] = seq
+    return record

@@ -105,6 +105,7 @@ class Plan:
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
     access: list[dict[str, Any]] = field(default_factory=list)  # the audit's account of what it reads
     memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
+    operation_hash: str | None = None  # the audit's hash of the query, made once
 
 
 @dataclass(frozen=True)
