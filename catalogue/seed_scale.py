@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from catalogue.demo_city import ColumnSpec, TableSpec
+from catalogue.demo_city import C, ColumnSpec, E, P, R, S, TableSpec  # sharing classes, abbreviated
 from catalogue.model import SharingClass
 
 PREFIX = "seed_"
@@ -32,13 +32,6 @@ ENTERPRISES = 100_000
 TABLE_COUNT = 755
 MIN_COLUMNS, MAX_COLUMNS = 5, 20
 
-P, S, E, R, C = (
-    SharingClass.PUBLISHED,
-    SharingClass.SHARED,
-    SharingClass.EXCHANGE,
-    SharingClass.REPORTED,
-    SharingClass.CONFIDENTIAL,
-)
 
 # (name without the prefix, display name). The first holds the residents, the second the
 # enterprises; the others are the city's remaining bureaus, offices and service centres.

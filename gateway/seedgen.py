@@ -41,6 +41,7 @@ from catalogue.ids import CREDIT_CHARSET
 from catalogue.model import SharingClass
 from catalogue.seed_scale import SeedDepartment, SeedPlan, plan
 from gateway.config import Config, MariadbStore, PostgresStore
+from gateway.datagen import INDUSTRIES, NAME_WORDS  # the demo city's words, shared
 from gateway.errors import CitygateError
 
 # Bump when the files' format or the loaders change in a way the digest cannot see.
@@ -64,17 +65,6 @@ CHANNELS = ("窗口", "网上", "自助终端", "移动端", "电话")
 TITLE_HEADS = ("年度", "专项", "季度", "日常", "联合", "重点")
 TITLE_TAILS = ("检查", "申报", "审核", "备案", "登记", "核查", "评估", "服务")
 REMARKS = ("材料齐全", "需补充材料", "已电话回访", "现场核实", "转办处理", "按期办结")
-INDUSTRIES = (
-    "制造业",
-    "批发和零售业",
-    "交通运输业",
-    "建筑业",
-    "信息技术",
-    "住宿和餐饮业",
-    "租赁和商务服务",
-    "电子设备",
-)
-NAME_WORDS = ("华", "兴", "盛", "达", "信", "宏", "泰", "丰", "利", "源", "恒", "德", "新", "凯", "瑞", "龙")
 ENTERPRISE_STATUSES = ("active", "active", "active", "active", "active", "revoked", "cancelled")
 
 Progress = Callable[[str], None]
