@@ -153,6 +153,20 @@ def _tail(path: Path) -> tuple[str, int]:
     return digest, seq if isinstance(seq, int) else 0
 
 
+@dataclass
+class Chain:
+    """Where a trail stands: the last record's hash and sequence number."""
+
+    prev: str = GENESIS
+    seq: int = 0
+
+    def link(self, record: dict[str, Any]) -> str:
+        """``record`` numbered, stamped and sealed onto the chain, as one line (no newline)."""
+        self.seq += 1
+        line, self.prev = seal(self.prev, _stamped(record, self.seq))
+        return line
+
+
 class Sink(Protocol):
     """Where audit records go. ``write`` must not block the request that calls it."""
 
@@ -174,7 +188,7 @@ class FileSink:
     def __init__(self, path: Path, *, fsync: bool = False) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._prev, self._seq = _tail(path)
+            self._chain = Chain(*_tail(path))
             self._file = path.open("a", encoding="utf-8", newline="\n")
         except OSError as error:
             raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
@@ -206,9 +220,7 @@ class FileSink:
             lines = []
             for record in batch:
                 if record is not None:
-                    self._seq += 1
-                    line, self._prev = seal(self._prev, _stamped(record, self._seq))
-                    lines.append(line + "\n")
+                    lines.append(self._chain.link(record) + "\n")
             try:
                 self._file.write("".join(lines))
                 self._file.flush()
@@ -236,14 +248,12 @@ class LogSink:
     """Sealed records as log lines on the ``citygate.audit`` logger, for a log pipeline to ship."""
 
     def __init__(self) -> None:
-        self._prev = GENESIS
-        self._seq = 0
+        self._chain = Chain()
         self._lock = threading.Lock()
 
     def write(self, record: dict[str, Any]) -> None:
         with self._lock:
-            self._seq += 1
-            line, self._prev = seal(self._prev, _stamped(record, self._seq))
+            line = self._chain.link(record)
         log.info("%s", line)
 
     def backlog(self) -> int:

@@ -221,9 +221,7 @@ class Gateway:
         """The role's view. With policies configured, a request without identity is anonymous:
         deny by default, and a role without a policy sees nothing."""
         policies = self.policies
-        role: str | None = None
-        if policies is not None:
-            role = identity.role if identity is not None else "anonymous"
+        role = _role(policies, identity)
         found = self._views.get(role)
         if found is not None:
             return found
@@ -475,10 +473,7 @@ class Gateway:
     ) -> Response | None:
         """The response, if it needs neither compiling nor the engine (its plan and every root
         field's rows are cached); else None. Cheap enough to run on the event loop."""
-        role = None
-        if self.policies is not None:
-            role = identity.role if identity is not None else "anonymous"
-        view = self._views.get(role)
+        view = self._views.get(_role(self.policies, identity))
         if view is None:
             return None
         claims = view.used_claims(identity)
@@ -620,6 +615,13 @@ class Gateway:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.flush()
         self.engine.close()
+
+
+def _role(policies: Policies | None, identity: Identity | None) -> str | None:
+    """The role a request acts as: none without policies, else its own or `anonymous`."""
+    if policies is None:
+        return None
+    return identity.role if identity is not None else "anonymous"
 
 
 def _access(compiled: Any, view: View) -> list[dict[str, Any]]:
