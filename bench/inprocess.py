@@ -132,12 +132,14 @@ def _http_client(gateway: Gateway) -> Iterator[Callable[[], None]]:
 
     import uvicorn
 
-    from gateway.http import create_app
+    from gateway.http import SERVER_OPTIONS, create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

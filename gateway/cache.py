@@ -72,10 +72,15 @@ class ResultCache:
             return 0.0
         return min((self._ttl.get(d, self._default) for d in departments), default=self._default)
 
-    def get(self, engine: str, sql: str) -> Sequence[Any] | None:
-        with self._lock:
-            entry = self._store.get((engine, sql))
-        return entry.rows if entry is not None else None
+    def get(self, engine: str, sql: str | None) -> Sequence[Any] | None:
+        if sql is None:
+            return None
+        try:
+            with self._lock:
+                entry = self._store[engine, sql]  # one lookup (`get` is two), expiry checked
+        except KeyError:
+            return None
+        return entry.rows
 
     def put(self, engine: str, sql: str, departments: Iterable[str], rows: Sequence[Any]) -> bool:
         """Keep ``rows`` if every department allows it and the answer fits; True if kept."""

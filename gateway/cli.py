@@ -154,7 +154,7 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     import uvicorn
 
     from gateway import logs
-    from gateway.http import create_app
+    from gateway.http import SERVER_OPTIONS, create_app
 
     logs.configure(args.log_format, args.log_level)
     gateway = _gateway(args)
@@ -172,8 +172,7 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     address = f"http://{args.host}:{args.port}/graphql"
     print(banner.format(address=address, engine=gateway.engine.name) + epilogue, file=sys.stderr)
     try:
-        # The audit trail records every request; uvicorn's access log would only repeat it.
-        uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_config=None, access_log=False)
+        uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_config=None, **SERVER_OPTIONS)
     finally:
         gateway.close()  # writes the audit records still queued
     return 0

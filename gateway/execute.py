@@ -79,12 +79,11 @@ class Response:
 
 @dataclass(frozen=True)
 class Memo:
-    """A cached plan's last answer: the rows it came from, the body, and the body encoded."""
+    """A cached plan's last answer: the cached rows it came from (the very objects), and the
+    response made of them, shaped and encoded. Nothing changes either once made."""
 
     rows: tuple[Any, ...]
-    body: dict[str, Any]
-    counts: dict[str, int]
-    encoded: bytes
+    response: Response
 
 
 def encode(body: Any) -> bytes:
@@ -105,7 +104,7 @@ class Plan:
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
     access: list[dict[str, Any]] = field(default_factory=list)  # the audit's account of what it reads
     memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
-    operation_hash: str | None = None  # the audit's hash of the query, made once
+    audited: tuple[str, orjson.Fragment] | None = None  # the query's hash and `access` as JSON, made once
 
 
 @dataclass(frozen=True)
@@ -478,36 +477,38 @@ class Gateway:
             return None
         claims = view.used_claims(identity)
         key = self._key(query, variables, operation_name, view, claims)
+        if key is None:
+            return None
         with self._lock:
-            plan = self._plans.get(key) if key is not None else None
+            plan = self._plans.get(key)
         if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
             return None
-        answers: dict[str, Any] = {}
-        for name, compiled in plan.compiled.items():
-            text = compiled.sql.get(self.engine.name)
-            rows = self.results.get(self.engine.name, text) if text is not None else None
-            if rows is None:
+        engine = self.engine.name
+        rows = []
+        for compiled in plan.compiled.values():
+            found = self.results.get(engine, compiled.sql.get(engine))
+            if found is None:
                 return None
-            answers[name] = rows
+            rows.append(found)
         self.metrics.count_lookup("plan", "hit")
-        for _ in answers:
-            self.metrics.count_lookup("result", "hit")
-        response = Response({}, plan=plan, claims=claims, cache=dict.fromkeys(answers, "hit"))
-        memo = plan.memo
-        rows = tuple(answers.values())
+        self.metrics.count_lookup("result", "hit", len(rows))
         # The same cached rows as last time (the very objects; cache entries are never changed
-        # in place): the shaped and encoded answer is the same too.
-        if memo is not None and len(memo.rows) == len(rows) and all(map(operator.is_, memo.rows, rows)):
-            response.body, response.rows, response.encoded = memo.body, memo.counts, memo.encoded
-            return response
+        # in place): the same answer, shaped and encoded already. Within one plan the claims
+        # are the same too (the plan's key holds them).
+        memo = plan.memo
+        if memo is not None and all(map(operator.is_, memo.rows, rows)):
+            return memo.response
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
-        for name, found in answers.items():
+        counts: dict[str, int] = {}
+        for name, found in zip(plan.compiled, rows, strict=True):
             with self.telemetry.stage("shape"):
                 data[name] = value = shape(plan.compiled[name], found)
-            response.rows[name] = _count(value)
-        response.body = {"data": data}
-        response.encoded = encode(response.body)
-        plan.memo = Memo(rows, response.body, response.rows, response.encoded)
+            counts[name] = _count(value)
+        body = {"data": data}
+        response = Response(
+            body, plan=plan, rows=counts, cache=dict.fromkeys(plan.compiled, "hit"), claims=claims, encoded=encode(body)
+        )
+        plan.memo = Memo(tuple(rows), response)
         return response
 
     def _run_all(

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+from connectors.base import create_engine
+from gateway import audit
+from gateway.config import AuditConfig, Config
 from gateway.execute import Gateway
 from gateway.http import GRAPHQL_RESPONSE, create_app
 
@@ -154,3 +161,64 @@ def test_no_sql_or_trace_reaches_the_client(client: TestClient) -> None:
         },
     )
     assert response.json() == {"data": {"market_regulation_enterprises": []}}
+
+
+def asgi(app: Any, messages: list[dict[str, Any]], headers: dict[str, str]) -> list[dict[str, Any]]:
+    """POST /graphql straight to the ASGI application, the body in ``messages``; what it sends."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/graphql",
+        "raw_path": b"/graphql",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+JSON = {"content-type": "application/json"}
+
+
+def test_a_body_in_several_chunks_is_read_whole(gateway_sqlite: Gateway) -> None:
+    body = json.dumps({"query": "{ transport_stations(limit: 1) { name } }"}).encode()
+    chunks = [body[i : i + 7] for i in range(0, len(body), 7)]
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    start, answer = asgi(create_app(gateway_sqlite), messages, JSON)
+    assert start["status"] == 200 and (b"x-request-id" in dict(start["headers"]))
+    assert json.loads(answer["body"]) == {"data": {"transport_stations": [{"name": "莞城汽车客运站"}]}}
+
+
+def test_a_body_growing_past_the_limit_is_413_without_a_content_length(gateway_sqlite: Gateway) -> None:
+    chunk = b" " * (256 * 1024)
+    messages = [{"type": "http.request", "body": chunk, "more_body": True} for _ in range(5)]
+    start, answer = asgi(create_app(gateway_sqlite), messages, JSON)
+    assert start["status"] == 413 and b"larger than 1 MiB" in answer["body"]
+
+
+def test_a_client_that_hangs_up_is_audited_and_not_answered(sqlite_config: Config, tmp_path: Path) -> None:
+    config = sqlite_config.model_copy(update={"audit": AuditConfig(sink="file", path=tmp_path / "audit.jsonl")})
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        first = {"type": "http.request", "body": b'{"query": "{ transport_', "more_body": True}
+        assert asgi(create_app(gateway), [first, {"type": "http.disconnect"}], JSON) == []
+        gateway.flush()
+        [record] = audit.records(tmp_path / "audit.jsonl")
+        assert (record["outcome"], record["errors"]) == ("bad_request", ["CLIENT_DISCONNECTED"])
+    finally:
+        gateway.close()
