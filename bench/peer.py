@@ -75,8 +75,10 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
                 found[key].url, [bodies[key]], connections=connections, seconds=duration, expected=expected[key]
             )
             # Requests still running when wrk hangs up (Trino's take seconds) would load the
-            # machine during the next server's turn; one more request waits behind them.
+            # machine during the next server's turn: one more request waits behind them, then
+            # the machine must go quiet.
             servers.post(found[key].url, bodies[key], timeout=300)
+            servers.quiesce()
             return result
 
         runs: dict[int, dict[str, list[wrk.WrkResult]]] = {}
@@ -140,12 +142,14 @@ def _snake(name: str) -> str:
 
 
 def combine(results: list[wrk.WrkResult]) -> dict[str, Any]:
-    """One target's rounds: total requests over total time, and the median of each percentile."""
+    """One target's rounds: total requests over total time, and the median of each percentile
+    over the rounds that got any answer (a round with none has no latency to speak of)."""
     requests = sum(r.requests for r in results)
     seconds = sum(r.duration_s for r in results)
+    answered = [r for r in results if r.requests] or results
 
     def median(name: str) -> float:
-        return statistics.median(r.latency_ms[name] for r in results)
+        return statistics.median(r.latency_ms[name] for r in answered)
 
     return {
         "rps": requests / seconds,

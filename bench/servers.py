@@ -88,6 +88,27 @@ def free_port() -> int:
         return port
 
 
+def _cpu_times() -> tuple[int, int]:
+    """The machine's busy and total CPU time so far, in clock ticks (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def quiesce(limit: float = 0.1, window: float = 0.5, timeout: float = 60.0) -> float:
+    """Wait until the machine's CPUs are busy less than ``limit`` of the time over ``window``
+    seconds, for at most ``timeout``; the seconds waited. A server's leftover work (Trino still
+    running queries whose clients hung up) would otherwise fall on the next server's turn."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        busy, total = _cpu_times()
+        time.sleep(window)
+        busy_after, total_after = _cpu_times()
+        if total_after > total and (busy_after - busy) / (total_after - total) < limit:
+            break
+    return time.monotonic() - started
+
+
 def rss_kib(pid: int) -> int:
     """The process's resident set size (VmRSS in /proc/<pid>/status), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -194,3 +194,13 @@ def test_report_without_sections(tmp_path: Path) -> None:
     path = report.write({"date": "d", "failures": {"peer": "ServerError: no node"}}, tmp_path / "r")
     assert "- **peer**: ServerError: no node" in path.read_text(encoding="utf-8")
     assert list((tmp_path / "r").iterdir()) == []
+
+
+def test_rounds_without_an_answer_have_no_latency_to_count() -> None:
+    def round_of(requests: int, p50: float) -> wrk.WrkResult:
+        latency = dict.fromkeys(("p50", "p90", "p95", "p99", "p99.9", "mean", "max"), p50)
+        return wrk.WrkResult(8, 2, requests, 5.0, latency, 0, 0, 0, 0)
+
+    combined = peer.combine([round_of(0, 0.0), round_of(0, 0.0), round_of(31, 4719.0)])
+    assert combined["p50_ms"] == 4719.0 and combined["requests"] == 31 and combined["rounds"] == 3
+    assert peer.combine([round_of(0, 0.0)])["requests"] == 0
