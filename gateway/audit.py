@@ -62,21 +62,24 @@ _PER_REQUEST = ("duration_ms", "prev", "purpose", "request_id", "seq", "time")  
 class Template:
     """An audit record's other fields, encoded once, for requests answered alike (a repeated
     request served from the caches). Sealed, a :class:`Filled` template is the very line
-    :func:`seal` makes of the same record: only the per-request values are encoded each time.
+    :func:`seal` makes of the same record: only the per-request values are encoded each time,
+    into a bytes format of the rest (its own ``%`` doubled), without the closing brace.
     """
 
-    __slots__ = ("parts",)
+    __slots__ = ("format",)
 
     def __init__(self, fixed: dict[str, Any]) -> None:
         marks = {key: f"\x00{key}\x00" for key in _PER_REQUEST}
         body = orjson.dumps({**fixed, **marks}, option=orjson.OPT_SORT_KEYS, default=str)
-        self.parts: list[bytes] = []
+        parts: list[bytes] = []
         for key in _PER_REQUEST:  # in sorted order, as they appear in the body
             before, found, body = body.partition(orjson.dumps(marks[key]))
             if not found:
                 raise ValueError(f"the record template lost its {key!r} field")
-            self.parts.append(before)
-        self.parts.append(body)
+            parts.append(before.replace(b"%", b"%%"))
+        parts.append(body[:-1].replace(b"%", b"%%"))  # without the closing brace
+        # duration_ms, prev, purpose, request_id: JSON already; seq: a number; time: text
+        self.format = b"%s".join(parts[:4]) + b"%s" + parts[4] + b"%d" + parts[5] + b'"%s"' + parts[6]
 
 
 class Filled:
@@ -93,28 +96,25 @@ class Filled:
         self.duration_ms = duration_ms
 
 
+_SHA256 = hashlib.sha256()  # copied for each record: cheaper than a new one
+
+
 def _seal_filled(prev: str, seq: int, filled: Filled) -> tuple[bytes, str]:
     """What ``seal(prev, record)`` makes of the filled template's record numbered ``seq``."""
-    p = filled.template.parts
-    body = b"".join(
-        (
-            p[0],
-            orjson.dumps(filled.duration_ms),
-            p[1],
-            b'"%s"' % prev.encode(),
-            p[2],
-            b"null" if filled.purpose is None else orjson.dumps(filled.purpose),
-            p[3],
-            orjson.dumps(filled.request_id),
-            p[4],
-            b"%d" % seq,
-            p[5],
-            b'"%s"' % timestamp(filled.time).encode(),
-            p[6],
-        )
+    purpose = b"null" if filled.purpose is None else orjson.dumps(filled.purpose)
+    opened = filled.template.format % (
+        orjson.dumps(filled.duration_ms),
+        b'"%s"' % prev.encode(),
+        purpose,
+        orjson.dumps(filled.request_id),
+        seq,
+        _time_text(filled.time),
     )
-    digest = hashlib.sha256(body).hexdigest()
-    return b'%s,"hash":"%s"}' % (body[:-1], digest.encode()), digest
+    hashed = _SHA256.copy()
+    hashed.update(opened)
+    hashed.update(b"}")
+    digest = hashed.hexdigest()
+    return b'%s,"hash":"%s"}' % (opened, digest.encode()), digest
 
 
 def _unseal(line: str) -> tuple[dict[str, Any], str] | str:
@@ -350,8 +350,20 @@ def timestamp(moment: float) -> str:
     >>> timestamp(1795766400.25)
     '2026-11-27T08:00:00.250Z'
     """
-    whole = int(moment)
-    return f"{_second(whole)}.{int((moment - whole) * 1000):03d}Z"
+    millisecond = int(moment * 1000)
+    return f"{_second(millisecond // 1000)}.{millisecond % 1000:03d}Z"
+
+
+_last_time: list[Any] = [-1, b""]  # the last millisecond written, and its text
+
+
+def _time_text(moment: float) -> bytes:
+    """``timestamp(moment)`` as bytes, reused within a millisecond."""
+    millisecond = int(moment * 1000)
+    if millisecond != _last_time[0]:
+        _last_time[:] = [millisecond, timestamp(moment).encode()]
+    text: bytes = _last_time[1]
+    return text
 
 
 def _stamped(record: dict[str, Any], seq: int) -> dict[str, Any]:

@@ -490,8 +490,7 @@ class Gateway:
             if found is None:
                 return None
             rows.append(found)
-        self.metrics.count_lookup("plan", "hit")
-        self.metrics.count_lookup("result", "hit", len(rows))
+        self.metrics.count_cached(len(rows))
         # The same cached rows as last time (the very objects; cache entries are never changed
         # in place): the same answer, shaped and encoded already. Within one plan the claims
         # are the same too (the plan's key holds them).

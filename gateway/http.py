@@ -79,6 +79,16 @@ class Reply:
     body: bytes
     media_type: str
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # besides type and length
+    head: list[tuple[bytes, bytes]] | None = None  # all of them, made once (a hot reply is sent again)
+
+    def wire_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.head is None:
+            self.head = [
+                (b"content-type", _MEDIA[self.media_type]),
+                (b"content-length", b"%d" % len(self.body)),
+                *self.headers,
+            ]
+        return self.head
 
 
 def _json(body: Any, status: int, media_type: str, encoded: bytes | None = None) -> Reply:
@@ -258,18 +268,15 @@ class Edge:
         exchange = Exchange.begin(scope["headers"])
         token = REQUEST_ID.set(exchange.request_id)
         try:
-            reply = await self.guard(exchange, self.read_post(receive, exchange))
+            reply = await self.read_post(receive, exchange)
+        except Exception:
+            reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
         self.finish(exchange, reply.status)
         if exchange.codes == _GONE:  # the client hung up: there is no one to answer
             return
-        headers = [
-            (b"content-type", _MEDIA[reply.media_type]),
-            (b"content-length", b"%d" % len(reply.body)),
-            (b"x-request-id", exchange.request_id.encode("latin-1")),
-        ]
-        headers += reply.headers
+        headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -306,10 +313,14 @@ class Edge:
         try:
             return await work
         except Exception:
-            log.exception("request failed")
-            exchange.outcome, exchange.codes = "error", ["INTERNAL"]
-            body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
-            return _json(body, 500, exchange.media_type)
+            return self.failed(exchange)
+
+    def failed(self, exchange: Exchange) -> Reply:
+        """The reply to a request that failed unexpectedly (called in its ``except``)."""
+        log.exception("request failed")
+        exchange.outcome, exchange.codes = "error", ["INTERNAL"]
+        body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
+        return _json(body, 500, exchange.media_type)
 
     def finish(self, exchange: Exchange, status: int) -> None:
         """The request's one audit record and its metrics."""
@@ -320,8 +331,7 @@ class Edge:
             else:
                 took = round((time.perf_counter() - exchange.started) * 1000, 3)
                 audit.write(Filled(exchange.template, time.time(), exchange.request_id, exchange.purpose, took))
-        self.metrics.count_request(exchange.outcome)
-        self.metrics.observe_request(time.perf_counter() - exchange.started)
+        self.metrics.count_request(exchange.outcome, time.perf_counter() - exchange.started)
 
     def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
         """The caller's identity; a 401/403 reply when the token is refused."""
@@ -408,8 +418,7 @@ class Edge:
         for sql, rows in hot.rows:
             if results.get(engine, sql) is not rows:
                 return False
-        self.metrics.count_lookup("plan", "hit")
-        self.metrics.count_lookup("result", "hit", len(hot.rows))
+        self.metrics.count_cached(len(hot.rows))
         exchange.query, exchange.operation_name = hot.query, hot.operation_name
         exchange.identity, exchange.result = identity, hot.result
         exchange.outcome, exchange.codes = hot.outcome, hot.codes

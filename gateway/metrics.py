@@ -8,8 +8,7 @@ answer costs only tens of microseconds in all. The rarer figures (statements, en
 the audit backlog) are prometheus_client's own.
 
 >>> metrics = Metrics()
->>> metrics.count_request("ok")
->>> metrics.observe_request(0.0007)
+>>> metrics.count_request("ok", 0.0007)
 >>> text = metrics.exposition()
 >>> b'citygate_requests_total{outcome="ok"} 1.0' in text
 True
@@ -36,6 +35,7 @@ RESULTS = ("hit", "miss", "off")
 
 _OUTCOME = {outcome: index for index, outcome in enumerate(OUTCOMES)}
 _LOOKUP = {key: len(OUTCOMES) + index for index, key in enumerate(itertools.product(CACHES, RESULTS))}
+_PLAN_HIT, _RESULT_HIT = _LOOKUP["plan", "hit"], _LOOKUP["result", "hit"]
 _BUCKET0 = len(OUTCOMES) + len(_LOOKUP)  # then one slot per bucket and +Inf, then the sum
 _SUM = _BUCKET0 + len(BUCKETS) + 1
 _SLOTS = _SUM + 1
@@ -115,16 +115,21 @@ class Metrics:
             "citygate_audit_backlog", "Audit records queued but not yet written", registry=self.registry
         )
 
-    def count_request(self, outcome: str) -> None:
-        self._tally.mine()[_OUTCOME[outcome]] += 1
-
-    def observe_request(self, seconds: float) -> None:
+    def count_request(self, outcome: str, seconds: float) -> None:
+        """A finished request: its outcome and how long it took."""
         slots = self._tally.mine()
+        slots[_OUTCOME[outcome]] += 1
         slots[_BUCKET0 + bisect.bisect_left(BUCKETS, seconds)] += 1
         slots[_SUM] += seconds
 
     def count_lookup(self, cache: str, result: str, times: int = 1) -> None:
         self._tally.mine()[_LOOKUP[cache, result]] += times
+
+    def count_cached(self, fields: int) -> None:
+        """A request answered wholly from the caches: a plan hit and a result hit per root field."""
+        slots = self._tally.mine()
+        slots[_PLAN_HIT] += 1
+        slots[_RESULT_HIT] += fields
 
     def watch_backlog(self, backlog: Callable[[], int]) -> None:
         self.audit_backlog.set_function(lambda: float(backlog()))

@@ -165,18 +165,11 @@ def test_a_template_seals_the_very_line_a_record_does() -> None:
         "subject": "u-1",
     }
     template = audit.Template(record)
-    for purpose in (None, 'a "quoted"\npurpose', "统计"):
-        moment = time.time()
-        whole = audit.Chain(prev="f" * 64, seq=41)
-        made = whole.link(
-            {
-                **json.loads(json.dumps(record)),
-                "time": moment,
-                "request_id": "r-9",
-                "purpose": purpose,
-                "duration_ms": 0.123,
-            }
-        )
-        filled = audit.Chain(prev="f" * 64, seq=41).link(audit.Filled(template, moment, "r-9", purpose, 0.123))
-        assert filled == made
+    moments = [time.time() + n * 0.000_123_7 for n in range(300)] + [1795766400.2999999, 1795766400.9995, 1e9]
+    for purpose in (None, 'a "quoted"\npurpose with 100%', "统计"):
+        for moment in moments:
+            full = {**json.loads(json.dumps(record)), "time": moment, "request_id": "r-9"}
+            made = audit.Chain(prev="f" * 64, seq=41).link({**full, "purpose": purpose, "duration_ms": 0.123})
+            filled = audit.Filled(template, moment, "r-9", purpose, 0.123)
+            assert audit.Chain(prev="f" * 64, seq=41).link(filled) == made
     assert audit.check([made.decode()]).broken is not None  # it continues a chain, not a new one
