@@ -377,7 +377,10 @@ class Edge:
         return _json(result.body, status, exchange.media_type, result.encoded)
 
     async def read_post(self, receive: Receive, exchange: Exchange) -> Reply:
-        if int(exchange.headers.get("content-length") or 0) > MAX_BODY:
+        length = exchange.headers.get("content-length") or "0"
+        if not (length.isascii() and length.isdigit()):
+            return self.refuse(exchange, "the Content-Length header is not a number")
+        if int(length) > MAX_BODY:
             return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
         content_type = exchange.headers.get("content-type", "").split(";")[0].strip()
         if content_type != "application/json":

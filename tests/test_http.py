@@ -222,3 +222,12 @@ def test_a_client_that_hangs_up_is_audited_and_not_answered(sqlite_config: Confi
         assert (record["outcome"], record["errors"]) == ("bad_request", ["CLIENT_DISCONNECTED"])
     finally:
         gateway.close()
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "²"])
+def test_a_content_length_that_is_not_a_number_is_400(gateway_sqlite: Gateway, length: str) -> None:
+    body = b'{"query": "{ transport_stations(limit: 1) { name } }"}'
+    headers = {**JSON, "content-length": length}
+    start, answer = asgi(create_app(gateway_sqlite), [{"type": "http.request", "body": body}], headers)
+    assert start["status"] == 400
+    assert json.loads(answer["body"])["errors"][0]["message"] == "the Content-Length header is not a number"
