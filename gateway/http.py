@@ -56,7 +56,7 @@ _ids = itertools.count(1)
 # repeat it; citygate reads no client address, so X-Forwarded-* need no rewriting (and that
 # middleware costs a layer per request); and the server need not name itself.
 SERVER_OPTIONS: dict[str, Any] = {"access_log": False, "proxy_headers": False, "server_header": False}
-_GONE = ["CLIENT_DISCONNECTED"]
+_GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
 _READ = {  # the request headers the edge reads (ASGI servers give their names in lower case)
     name.encode(): name
     for name in (
@@ -68,7 +68,7 @@ _READ = {  # the request headers the edge reads (ASGI servers give their names i
         "x-citygate-role",
         "x-request-id",
     )
-}  # the error code of a request whose client hung up
+}
 
 
 @dataclass(slots=True)
