@@ -238,6 +238,8 @@ class Sink(Protocol):
 
     def backlog(self) -> int: ...
 
+    def flush(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -261,7 +263,8 @@ class FileSink:
             raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
         self.path = path
         self._fsync = fsync
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the chain and the buffer
+        self._writing = threading.Lock()  # one batch at a time, in order
         self._lines: list[bytes] = []
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="citygate-audit", daemon=True)
@@ -282,22 +285,24 @@ class FileSink:
     def _drain(self) -> None:
         # Let records gather: one write per batch, and the request path keeps the lock.
         while not self._closed.wait(_GATHER):
-            self._write()
-        self._write()
+            self.flush()
+        self.flush()
 
-    def _write(self) -> None:
-        with self._lock:
-            lines, self._lines = self._lines, []
-        if not lines:
-            return
-        lines.append(b"")
-        try:
-            self._file.write(b"\n".join(lines))
-            self._file.flush()
-            if self._fsync:
-                os.fsync(self._file.fileno())
-        except OSError:
-            log.exception("could not write %d audit records to %s", len(lines) - 1, self.path)
+    def flush(self) -> None:
+        """Write what is buffered now (the writer does so every few milliseconds)."""
+        with self._writing:
+            with self._lock:
+                lines, self._lines = self._lines, []
+            if not lines or self._file.closed:
+                return
+            lines.append(b"")
+            try:
+                self._file.write(b"\n".join(lines))
+                self._file.flush()
+                if self._fsync:
+                    os.fsync(self._file.fileno())
+            except OSError:
+                log.exception("could not write %d audit records to %s", len(lines) - 1, self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -305,7 +310,8 @@ class FileSink:
                 return
             self._closed.set()
         self._thread.join()
-        self._file.close()
+        with self._writing:
+            self._file.close()
         atexit.unregister(self.close)
 
 
@@ -323,6 +329,9 @@ class LogSink:
 
     def backlog(self) -> int:
         return 0
+
+    def flush(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

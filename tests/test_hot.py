@@ -45,7 +45,8 @@ class Served:
         return answer
 
     def trail(self) -> list[dict[str, Any]]:
-        self.gateway.flush()
+        assert self.gateway.audit is not None
+        self.gateway.audit.flush()  # the gateway goes on recording
         path = self.data_dir / "audit.jsonl"
         assert audit.verify(path).ok
         return list(audit.records(path))
