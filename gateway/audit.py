@@ -50,9 +50,20 @@ def seal(prev: str, record: dict[str, Any]) -> tuple[bytes, str]:
     """The record as one sealed line (UTF-8, without newline), and its hash; ``record`` gains
     ``prev``. A value may be an ``orjson.Fragment``: JSON encoded already (sorted keys too)."""
     record["prev"] = prev
-    body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str)
-    digest = hashlib.sha256(body).hexdigest()
-    return b'%s,"hash":"%s"}' % (body[:-1], digest.encode()), digest
+    return _closed(orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str)[:-1])
+
+
+_SHA256 = hashlib.sha256()  # copied for each record: cheaper than a new one
+
+
+def _closed(opened: bytes) -> tuple[bytes, str]:
+    """A record's canonical JSON, given without its closing brace, sealed: its hash (of the
+    whole body) appended as the last key, and the hash."""
+    hashed = _SHA256.copy()
+    hashed.update(opened)
+    hashed.update(b"}")
+    digest = hashed.hexdigest()
+    return b'%s,"hash":"%s"}' % (opened, digest.encode()), digest
 
 
 # The fields that differ between two requests answered alike; the rest of their records match.
@@ -96,9 +107,6 @@ class Filled:
         self.duration_ms = duration_ms
 
 
-_SHA256 = hashlib.sha256()  # copied for each record: cheaper than a new one
-
-
 def _seal_filled(prev: str, seq: int, filled: Filled) -> tuple[bytes, str]:
     """What ``seal(prev, record)`` makes of the filled template's record numbered ``seq``."""
     purpose = b"null" if filled.purpose is None else orjson.dumps(filled.purpose)
@@ -110,11 +118,7 @@ def _seal_filled(prev: str, seq: int, filled: Filled) -> tuple[bytes, str]:
         seq,
         _time_text(filled.time),
     )
-    hashed = _SHA256.copy()
-    hashed.update(opened)
-    hashed.update(b"}")
-    digest = hashed.hexdigest()
-    return b'%s,"hash":"%s"}' % (opened, digest.encode()), digest
+    return _closed(opened)
 
 
 def _unseal(line: str) -> tuple[dict[str, Any], str] | str:

@@ -95,6 +95,14 @@ def _json(body: Any, status: int, media_type: str, encoded: bytes | None = None)
     return Reply(status, encoded if encoded is not None else encode(body), media_type)
 
 
+def _response(reply: Reply) -> Response:
+    """A reply as starlette sends it (the routes other than POST /graphql)."""
+    response = Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+    for name, value in reply.headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+    return response
+
+
 def _bad_request(message: str, media_type: str, status: int = 400) -> Reply:
     return _json({"errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]}, status, media_type)
 
@@ -284,17 +292,7 @@ class Edge:
         if "query" not in request.query_params:
             if "text/html" in request.headers.get("accept", ""):
                 return HTMLResponse(get_graphql_ide_html())
-            return JSONResponse(
-                {
-                    "errors": [
-                        {
-                            "message": "send a query: POST application/json, or GET ?query=...",
-                            "extensions": {"code": "BAD_REQUEST"},
-                        }
-                    ]
-                },
-                400,
-            )
+            return _response(_bad_request("send a query: POST application/json, or GET ?query=...", "application/json"))
         exchange = Exchange.begin(request.scope["headers"])
         token = REQUEST_ID.set(exchange.request_id)
         try:
@@ -302,9 +300,7 @@ class Edge:
         finally:
             REQUEST_ID.reset(token)
         self.finish(exchange, reply.status)
-        response = Response(reply.body, status_code=reply.status, media_type=reply.media_type)
-        for name, value in reply.headers:
-            response.headers[name.decode("latin-1")] = value.decode("latin-1")
+        response = _response(reply)
         response.headers["X-Request-Id"] = exchange.request_id
         return response
 

@@ -122,8 +122,8 @@ class Metrics:
         slots[_BUCKET0 + bisect.bisect_left(BUCKETS, seconds)] += 1
         slots[_SUM] += seconds
 
-    def count_lookup(self, cache: str, result: str, times: int = 1) -> None:
-        self._tally.mine()[_LOOKUP[cache, result]] += times
+    def count_lookup(self, cache: str, result: str) -> None:
+        self._tally.mine()[_LOOKUP[cache, result]] += 1
 
     def count_cached(self, fields: int) -> None:
         """A request answered wholly from the caches: a plan hit and a result hit per root field."""
