@@ -20,7 +20,7 @@ from catalogue.model import Catalogue, Column, Department
 from catalogue.types import LogicalType, logical_type
 from gateway.config import Config
 from gateway.errors import CitygateError
-from policies.masks import HASH_FUNCTION
+from policies.masks import HASH_FUNCTION, PARTIAL_FUNCTION, partial_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,9 @@ class Engine(ABC):
         return tree.transform(relocate).transform(self._expand_functions, copy=False)
 
     def _expand_functions(self, node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Anonymous) and node.name.lower() == PARTIAL_FUNCTION:
+            value, first, last = node.expressions
+            return self.partial(value, int(first.name), int(last.name))
         if isinstance(node, exp.Anonymous) and node.name.lower() == HASH_FUNCTION:
             policies = self.config.policies
             if policies is None:
@@ -98,6 +101,10 @@ class Engine(ABC):
                 ),
             )
         return node
+
+    def partial(self, value: exp.Expr, first: int, last: int) -> exp.Expr:
+        """The partial mask (:func:`policies.masks.partial_sql`) in this engine's functions."""
+        return partial_sql(value, first, last)
 
     @abstractmethod
     def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:

@@ -27,6 +27,7 @@ from connectors.base import Engine, Result
 from connectors.stores import describe_store_failure, schema_of, sqlite_declared_types
 from gateway.config import Config, PostgresStore, SqliteStore, Store
 from gateway.errors import CitygateError, EngineQueryError, EngineUnavailableError, StoreUnavailableError
+from policies.masks import partial_re2
 
 # store kind -> (wheel package, file in the wheel, extension name DuckDB loads, ATTACH TYPE)
 _EXTENSIONS = {
@@ -232,6 +233,11 @@ class EmbeddedEngine(Engine):
         if isinstance(store, SqliteStore):
             return exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory"))
         return exp.Table(this=_ident(table), db=_ident(schema_of(store)), catalog=_ident(department))
+
+    def partial(self, value: exp.Expr, first: int, last: int) -> exp.Expr:
+        """RE2 replacements: half the function calls of the portable mask, and DuckDB plans a
+        statement in time that grows with its calls (about 0.2 ms less for each mask)."""
+        return partial_re2(value, first, last)
 
     def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
         """HMAC from SHA-256 by its definition (RFC 2104): DuckDB has SHA256 but no HMAC, and

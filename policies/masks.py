@@ -2,19 +2,16 @@
 
 Every mask is built from the raw column alone, side by side with the others, so no mask ever
 reads another mask's output (the hole of trinodb/trino#14420). They use only functions that
-DuckDB and Trino both have, with the same meaning, so one tree gives the same values on both;
-``hash`` is the one engine-specific function, ``citygate_hash(value)``, which each engine
-provides with the configured key (never from the query).
+DuckDB and Trino both have, with the same meaning, so one tree gives the same values on both,
+except two that each engine expands in its own functions (``connectors/base.py``):
+``citygate_hash(value)``, with the configured key (never from the query), and
+``citygate_partial(value, first, last)``, in the fewest calls the engine needs.
 
 >>> from catalogue.types import LogicalType
 >>> from sqlglot import exp
 >>> from policies.model import Treatment
->>> print(mask(Treatment("partial", (3, 4)), exp.column("phone"), LogicalType("string")).sql("trino", pretty=True))
-CASE
-  WHEN LENGTH(phone) > 7
-  THEN RPAD(SUBSTR(phone, 1, 3), CAST(LENGTH(phone) - 4 AS INTEGER), '*') || SUBSTR(phone, LENGTH(phone) - 3)
-  ELSE RPAD('', CAST(LENGTH(phone) AS INTEGER), '*')
-END
+>>> print(mask(Treatment("partial", (3, 4)), exp.column("phone"), LogicalType("string")).sql())
+CITYGATE_PARTIAL(phone, 3, 4)
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from catalogue.types import LogicalType
 from policies.model import Treatment
 
 HASH_FUNCTION = "citygate_hash"
+PARTIAL_FUNCTION = "citygate_partial"
 REDACTED = "[REDACTED]"
 
 # Functions a custom mask may call: pure, deterministic, present on both engines.
@@ -94,13 +92,30 @@ def _partial(column: exp.Expr, first: int, last: int, kind: LogicalType) -> exp.
     """Keep ``first`` and ``last`` characters, one ``*`` for each between; a value no longer
     than ``first + last`` is starred whole rather than shown.
 
-    Written with as few function calls as the format allows, because an engine pays for every
-    call when it plans the statement (DuckDB binds each one in tens of microseconds, which is
-    most of what a mask costs on a selective query): RPAD pads the kept head with stars up to
-    where the kept tail starts. A string column is not cast: on DuckDB CHAR is VARCHAR, and on
-    Trino LENGTH and SUBSTRING read a CHAR(n) as its cast to VARCHAR would (padding included).
+    In the tree this is ``citygate_partial(value, first, last)``, which each engine expands into
+    its own cheapest formulation (:func:`partial_sql` or :func:`partial_re2`): an engine pays
+    for every function call when it plans the statement, and DuckDB binds each one in tens of
+    microseconds, which is most of what a mask costs on a selective query. A string column is
+    not cast: on DuckDB CHAR is VARCHAR, and on Trino LENGTH and SUBSTRING read a CHAR(n) as
+    its cast to VARCHAR would (padding included).
     """
     value = column if kind.kind == "string" else _string(column)
+    return exp.Anonymous(
+        this=PARTIAL_FUNCTION, expressions=[value, exp.Literal.number(first), exp.Literal.number(last)]
+    )
+
+
+def partial_sql(value: exp.Expr, first: int, last: int) -> exp.Expr:
+    """The partial mask in functions every engine has: RPAD pads the kept head with stars up
+    to where the kept tail starts.
+
+    >>> print(partial_sql(exp.column("phone"), 3, 4).sql("trino", pretty=True))
+    CASE
+      WHEN LENGTH(phone) > 7
+      THEN RPAD(SUBSTR(phone, 1, 3), CAST(LENGTH(phone) - 4 AS INTEGER), '*') || SUBSTR(phone, LENGTH(phone) - 3)
+      ELSE RPAD('', CAST(LENGTH(phone) AS INTEGER), '*')
+    END
+    """
 
     def length() -> exp.Expr:
         return exp.Length(this=value.copy())
@@ -123,6 +138,42 @@ def _partial(column: exp.Expr, first: int, last: int, kind: LogicalType) -> exp.
     # RPAD('', n, '*'): Trino's REPEAT returns an array, not a string.
     starred = exp.func("RPAD", exp.Literal.string(""), count(length()), exp.Literal.string("*"))
     return exp.Case(ifs=[exp.If(this=longer, true=kept)], default=starred)
+
+
+def partial_re2(value: exp.Expr, first: int, last: int) -> exp.Expr:
+    """The partial mask as RE2 global replacements, in half the function calls of
+    :func:`partial_sql` (for DuckDB, whose REGEXP_REPLACE is RE2 and whose ``.`` is one code
+    point, as its LENGTH counts them).
+
+    ``(^.{6})?.(.{4}$)?`` replaced by ``\\1*\\2`` everywhere: the first match takes the kept head
+    with the first starred character, each later match one character, and the last one the
+    kept tail with it; that holds only for values longer than ``first + last``, so shorter
+    ones are starred whole by ``.`` alone. ``(?s)`` lets ``.`` match a line break too.
+
+    >>> print(partial_re2(exp.column("phone"), 3, 4).sql("duckdb", pretty=True))
+    CASE
+      WHEN LENGTH(phone) > 7
+      THEN REGEXP_REPLACE(phone, '(?s)(^.{3})?.(.{4}$)?', '\\1*\\2', 'g')
+      ELSE REGEXP_REPLACE(phone, '(?s).', '*', 'g')
+    END
+    """
+
+    def replace(pattern: str, replacement: str) -> exp.Expr:
+        return exp.RegexpReplace(
+            this=value.copy(),
+            expression=exp.Literal.string("(?s)" + pattern),
+            replacement=exp.Literal.string(replacement),
+            modifiers=exp.Literal.string("g"),
+        )
+
+    starred = replace(".", "*")
+    if not first and not last:
+        return starred
+    head, tail = f"(^.{{{first}}})?" if first else "", f"(.{{{last}}}$)?" if last else ""
+    groups = [rf"\{n}" for n in range(1, bool(first) + bool(last) + 1)]
+    replacement = (groups.pop(0) if first else "") + "*" + (groups.pop(0) if last else "")
+    longer = exp.GT(this=exp.Length(this=value.copy()), expression=exp.Literal.number(first + last))
+    return exp.Case(ifs=[exp.If(this=longer, true=replace(head + "." + tail, replacement))], default=starred)
 
 
 def _hash(column: exp.Expr) -> exp.Expr:

@@ -12,8 +12,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from graphql import GraphQLObjectType
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 
 from catalogue.types import LogicalType
@@ -22,7 +25,7 @@ from gateway.config import Config, PoliciesConfig
 from gateway.datagen import City
 from gateway.execute import Gateway, Identity
 from policies.decide import decide
-from policies.masks import mask
+from policies.masks import mask, partial_re2, partial_sql
 from policies.model import Treatment, load_policies
 from tests.conftest import REPO
 
@@ -95,6 +98,15 @@ def type_fields(gateway: Gateway, role: str, type_name: str) -> set[str] | None:
         ("张伟", Treatment("hash"), hashed("张伟")),
         ("secret", Treatment("redact"), "[REDACTED]"),
         ("abcdef", Treatment("sql", ("UPPER(SUBSTRING(value, 1, 3)) || '…'",)), "ABC…"),
+        # The edges of partial, which each engine writes in its own functions.
+        ("0123456789", Treatment("partial", (6, 4)), "**********"),
+        ("01234567890", Treatment("partial", (6, 4)), "012345*7890"),
+        ("abc", Treatment("partial", (6, 4)), "***"),
+        ("", Treatment("partial", (3, 4)), ""),
+        ("行1\n行2\n行3", Treatment("partial", (2, 2)), "行1****行3"),
+        ("abcdef", Treatment("partial", (0, 2)), "****ef"),
+        ("abcdef", Treatment("partial", (2, 0)), "ab****"),
+        ("ab😀cd", Treatment("partial", (0, 0)), "*****"),
     ],
 )
 def test_string_masks_have_the_contracts_formats_on_every_engine(
@@ -102,6 +114,17 @@ def test_string_masks_have_the_contracts_formats_on_every_engine(
 ) -> None:
     tree = exp.select(mask(treatment, exp.Literal.string(value), LogicalType("string")))
     assert secured.engine.execute(tree).rows == [(expected,)]
+
+
+@settings(max_examples=300)
+@given(value=st.text(max_size=24), first=st.integers(0, 8), last=st.integers(0, 8))
+def test_both_formulations_of_partial_give_the_contracts_format(value: str, first: int, last: int) -> None:
+    """Over any text (line breaks, combining marks, astral characters, NUL), the portable mask
+    and the RE2 one DuckDB runs both equal the contract's format."""
+    masks = [f(exp.column("v"), first, last).sql("duckdb") for f in (partial_sql, partial_re2)]
+    with duckdb.connect() as con:
+        row = con.execute(f"SELECT {', '.join(masks)} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchone()
+    assert row == (partial(value, first, last),) * 2
 
 
 def test_date_and_number_masks(secured: Gateway) -> None:
