@@ -2,9 +2,11 @@
 
 No parsing, no engine, no cache: what one Python process on this machine can serve at all,
 measured in the same rounds as the servers, so that citygate's cached figures can be read
-against it when a busy machine moves every absolute number.
+against it when a busy machine moves every absolute number. It runs under the same uvicorn
+options as ``citygate serve`` (``gateway.http.SERVER_OPTIONS``), one-write protocol included:
 
-    CITYGATE_BENCH_BODY=answer.json python -m uvicorn bench.ceiling:app --no-access-log
+    CITYGATE_BENCH_BODY=answer.json python -m uvicorn bench.ceiling:app --no-access-log \
+        --no-proxy-headers --no-server-header --http gateway.wire:OneWriteProtocol
 """
 
 from __future__ import annotations

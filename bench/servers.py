@@ -155,7 +155,8 @@ def ceiling(workdir: Path, answer: dict[str, Any]) -> Iterator[Server]:
     body.write_text(json.dumps(answer, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--log-level", "warning", "--no-access-log"]
+    command += ["--log-level", "warning", "--no-access-log", "--no-proxy-headers", "--no-server-header"]
+    command += ["--http", "gateway.wire:OneWriteProtocol"]  # citygate's own SERVER_OPTIONS
     env = {**os.environ, "CITYGATE_BENCH_BODY": str(body)}
     with _process("ceiling", command, workdir, f"http://127.0.0.1:{port}/healthz", timeout=60, env=env) as pid:
         yield Server("ceiling", pid, f"http://127.0.0.1:{port}/graphql", workdir / "ceiling.log")

@@ -43,6 +43,7 @@ from gateway.execute import Gateway, Identity, Plan, encode
 from gateway.execute import Response as Result
 from gateway.identity import Authenticator, AuthError
 from gateway.logs import REQUEST_ID
+from gateway.wire import OneWriteProtocol
 
 log = logging.getLogger("citygate.http")
 
@@ -55,7 +56,13 @@ _ids = itertools.count(1)
 # How uvicorn serves the edge. The trail records every request, so its access log would only
 # repeat it; citygate reads no client address, so X-Forwarded-* need no rewriting (and that
 # middleware costs a layer per request); and the server need not name itself.
-SERVER_OPTIONS: dict[str, Any] = {"access_log": False, "proxy_headers": False, "server_header": False}
+# Each response leaves in one write (gateway/wire.py).
+SERVER_OPTIONS: dict[str, Any] = {
+    "access_log": False,
+    "proxy_headers": False,
+    "server_header": False,
+    "http": OneWriteProtocol,
+}
 _GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
 _READ = {  # the request headers the edge reads (ASGI servers give their names in lower case)
     name.encode(): name
