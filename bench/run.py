@@ -157,28 +157,36 @@ def _gateways() -> Iterator[tuple[Any, Any]]:
 def _in_process(
     chosen: Sequence[str], settings: Settings, embedded: Any, trino: Any, progress: Callable[[str], None]
 ) -> Iterator[tuple[str, Callable[[], dict[str, Any]]]]:
-    from bench import inprocess
+    from bench import inprocess, servers
 
     runs, trino_runs = settings.runs, max(30, settings.runs // 2)
+
+    def quiet(what: str) -> None:
+        """Start a comparison on a quiet machine: Trino compiles and collects for minutes after
+        it starts or after a burst of queries, and that would fall on whatever runs then."""
+        progress(f"{what}: waiting for the CPUs to go quiet")
+        servers.quiesce()
+        progress(what)
+
     if "shaping" in chosen:
         yield "shaping", lambda: {"shaping": inprocess.bench_shaping(embedded, runs)}
     if "overhead" in chosen:
 
         def overhead() -> dict[str, Any]:
-            progress("embedded engine")
+            quiet("embedded engine")
             rows = [inprocess.bench_overhead(embedded, runs, 1.5)]
-            progress("Trino")
+            quiet("Trino")
             rows.append(inprocess.bench_overhead(trino, trino_runs, 1.10))
             return {"overhead": rows}
 
         yield "overhead", overhead
     if "policy" in chosen:
-        yield "policy", lambda: {"policy": _policy(embedded, trino, runs, trino_runs, progress)}
+        yield "policy", lambda: {"policy": _policy(embedded, trino, runs, trino_runs, quiet)}
     if "statements" in chosen:
         yield "statements", lambda: {"statements": inprocess.bench_statements(trino)}
 
 
-def _policy(embedded: Any, trino: Any, runs: int, trino_runs: int, progress: Callable[[str], None]) -> list[Any]:
+def _policy(embedded: Any, trino: Any, runs: int, trino_runs: int, quiet: Callable[[str], None]) -> list[Any]:
     from bench import inprocess
     from connectors.base import create_engine
     from gateway.config import PoliciesConfig
@@ -190,10 +198,10 @@ def _policy(embedded: Any, trino: Any, runs: int, trino_runs: int, progress: Cal
     )
     rows = []
     for kind, plain, count in (("embedded", embedded, runs), ("trino", trino, trino_runs)):
-        progress(f"{kind} engine")
         config = plain.config.model_copy(update={"policies": policies})
         secured = Gateway.start(config, create_engine(config))
         try:
+            quiet(f"{kind} engine")
             rows.append(inprocess.bench_policy(plain, secured, count))
         finally:
             secured.close()

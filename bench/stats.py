@@ -47,13 +47,16 @@ def timed(action: Callable[[], Any], runs: int, warmup: int = 3) -> list[float]:
 
 
 def interleaved(actions: dict[str, Callable[[], Any]], runs: int, warmup: int = 5) -> dict[str, list[float]]:
-    """Milliseconds per run of each action, taking turns run by run."""
+    """Milliseconds per run of each action, taking turns run by run, in the opposite order every
+    other run: whatever the first of a turn leaves behind (a warmer cache, a busier machine)
+    falls on each action alike."""
     samples: dict[str, list[float]] = {name: [] for name in actions}
     for _ in range(warmup):
         for action in actions.values():
             action()
-    for _ in range(runs):
-        for name, action in actions.items():
+    forward = list(actions.items())
+    for run in range(runs):
+        for name, action in forward if run % 2 == 0 else forward[::-1]:
             started = time.perf_counter()
             action()
             samples[name].append((time.perf_counter() - started) * 1000)

@@ -204,3 +204,11 @@ def test_rounds_without_an_answer_have_no_latency_to_count() -> None:
     combined = peer.combine([round_of(0, 0.0), round_of(0, 0.0), round_of(31, 4719.0)])
     assert combined["p50_ms"] == 4719.0 and combined["requests"] == 31 and combined["rounds"] == 3
     assert peer.combine([round_of(0, 0.0)])["requests"] == 0
+
+
+def test_interleaved_runs_take_turns_in_alternating_order() -> None:
+    calls: list[str] = []
+    samples = stats.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=3, warmup=1)
+    warmup, measured = calls[:2], calls[2:]
+    assert warmup == ["a", "b"] and measured == ["a", "b", "b", "a", "a", "b"]
+    assert [len(v) for v in samples.values()] == [3, 3]
