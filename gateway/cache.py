@@ -10,6 +10,10 @@ Entries live at most as long as the shortest time-to-live of the departments the
 (``departments.<d>.cache_ttl_seconds``, else ``cache.ttl_seconds``); a department with 0 is
 never cached. The cache is bounded both by entries and by an estimate of its bytes.
 
+When an entry is missing, the callers asking for it at the same moment (the moment it
+expires under load, say) share one run of the statement: the first runs it, the others wait
+for its rows, or its error, rather than all running it at once (:meth:`ResultCache.fetch`).
+
 >>> from gateway.config import CacheConfig
 >>> cache = ResultCache(CacheConfig(), {"health": 60.0, "public_security": 0.0})
 >>> cache.put("embedded", "SELECT 1", ["health"], [(1,)])
@@ -26,7 +30,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +70,7 @@ class ResultCache:
         self._store: TLRUCache[tuple[str, str], _Entry] = TLRUCache(
             maxsize=config.max_bytes, ttu=_expires, timer=time.monotonic, getsizeof=lambda e: e.size
         )
+        self._flights: dict[tuple[str, str], Future[Sequence[Any]]] = {}  # statements running now
 
     def ttl(self, departments: Iterable[str]) -> float:
         """How long an answer reading these departments may be kept (0: not at all)."""
@@ -81,6 +87,44 @@ class ResultCache:
         except KeyError:
             return None
         return entry.rows
+
+    def fetch(
+        self, engine: str, sql: str, departments: Sequence[str], run: Callable[[], Sequence[Any]]
+    ) -> tuple[Sequence[Any], str]:
+        """The rows of ``sql`` and where they came from: ``hit`` (the cache, or another caller's
+        run of the same statement, waited for), ``miss`` (``run`` here, and kept) or ``off``
+        (``run`` here, not kept). Only a statement the cache may keep is shared: a department
+        that forbids caching has each caller read its store."""
+        rows = self.get(engine, sql)
+        if rows is not None:
+            return rows, "hit"
+        if self.ttl(departments) <= 0:
+            return run(), "off"
+        key = (engine, sql)
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                entry = self._store.get(key)  # kept since the look above
+                if entry is not None:
+                    return entry.rows, "hit"
+                flight = self._flights[key] = Future()
+                leading = True
+            else:
+                leading = False
+        if not leading:
+            return flight.result(), "hit"
+        try:
+            rows = run()
+            kept = self.put(engine, sql, departments, rows)
+        except BaseException as error:
+            flight.set_exception(error)
+            raise
+        else:
+            flight.set_result(rows)
+        finally:
+            with self._lock:  # after the put: a caller arriving meanwhile waits or hits
+                del self._flights[key]
+        return rows, "miss" if kept else "off"
 
     def put(self, engine: str, sql: str, departments: Iterable[str], rows: Sequence[Any]) -> bool:
         """Keep ``rows`` if every department allows it and the answer fits; True if kept."""

@@ -16,7 +16,7 @@ import operator
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -533,14 +533,13 @@ class Gateway:
                 with self.telemetry.stage("policy", role=view.role or ""):
                     tree = view.rewrite(compiled.tree, claims)
                 text = compiled.sql[engine] = self.engine.sql(tree)
-            rows = self.results.get(engine, text)
-            if rows is not None:
-                cached = "hit"
-            else:
+
+            def run() -> Sequence[Any]:
                 with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                    rows = self.engine.run(text, compiled.departments).rows
-                if self.results.put(engine, text, compiled.departments, rows):
-                    cached = "miss"  # else "off": a department forbids caching, or the answer is too big
+                    return self.engine.run(text, compiled.departments).rows
+
+            # "off": a department forbids caching, or the answer is too big to keep
+            rows, cached = self.results.fetch(engine, text, compiled.departments, run)
             self.metrics.count_lookup("result", cached)
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)

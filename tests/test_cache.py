@@ -3,8 +3,10 @@ give them the same rows; a repeated request skips parse, validation, compile and
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from connectors.base import create_engine
+from gateway.cache import ResultCache
 from gateway.config import CacheConfig, Config, TokenGuard
+from gateway.errors import CitygateError
 from gateway.execute import Gateway, Identity, Response
 from gateway.http import create_app
 from tests.test_policies import POLICY_FILES, with_policies
@@ -105,6 +109,61 @@ def test_the_cache_is_bounded_by_entries_and_bytes(sqlite_config: Config) -> Non
         big = gateway.execute("{ health_clinic_visits(limit: 2000) { visit_id hospital diagnosis } }")
         assert big.cache == {"health_clinic_visits": "off"}  # far over an eighth of 64 KiB: not kept
         assert gateway.results.bytes <= 64 * 1024
+    finally:
+        gateway.close()
+
+
+def at_once(callers: int, ask: Callable[[], Any]) -> list[Any]:
+    """``ask`` from ``callers`` threads released together."""
+    barrier = threading.Barrier(callers)
+
+    def released() -> Any:
+        barrier.wait()
+        return ask()
+
+    with ThreadPoolExecutor(callers) as pool:
+        futures = [pool.submit(released) for _ in range(callers)]
+        return [f.exception() or f.result() for f in futures]
+
+
+def test_callers_missing_the_same_entry_at_once_share_one_run() -> None:
+    cache = ResultCache(CacheConfig(ttl_seconds=60), {"health": None, "transport": 0.0})
+    runs: list[str] = []
+
+    def slow(sql: str, fail: bool = False) -> Callable[[], Sequence[Any]]:
+        def run() -> Sequence[Any]:
+            runs.append(sql)
+            time.sleep(0.3)  # long enough for every other caller to arrive and wait
+            if fail:
+                raise CitygateError("the store is down")
+            return [(sql,)]
+
+        return run
+
+    answers = at_once(8, lambda: cache.fetch("embedded", "SELECT 1", ["health"], slow("SELECT 1")))
+    assert runs == ["SELECT 1"]
+    assert sorted(source for _, source in answers) == ["hit"] * 7 + ["miss"]
+    assert all(rows is answers[0][0] for rows, _ in answers)  # the one run's rows, shared
+    # A department that forbids caching: each caller reads its store.
+    runs.clear()
+    answers = at_once(4, lambda: cache.fetch("embedded", "SELECT 2", ["transport"], slow("SELECT 2")))
+    assert runs == ["SELECT 2"] * 4 and {source for _, source in answers} == {"off"}
+    # A failed run fails every caller that waited for it, and the next caller runs it again.
+    runs.clear()
+    errors = at_once(4, lambda: cache.fetch("embedded", "SELECT 3", ["health"], slow("SELECT 3", fail=True)))
+    assert runs == ["SELECT 3"] and all(isinstance(e, CitygateError) for e in errors)
+    assert cache.fetch("embedded", "SELECT 3", ["health"], slow("SELECT 3")) == ([("SELECT 3",)], "miss")
+
+
+def test_concurrent_requests_for_an_expired_answer_run_one_statement(sqlite_config: Config) -> None:
+    gateway = start(sqlite_config)
+    try:
+        query = "{ health_clinic_visits(order_by: [{cost: desc}], limit: 5) { visit_id cost } }"
+        before = gateway.engine.statements  # type: ignore[attr-defined]
+        responses = at_once(8, lambda: gateway.execute(query))
+        assert gateway.engine.statements - before == 1  # type: ignore[attr-defined]
+        assert sorted(r.cache["health_clinic_visits"] for r in responses) == ["hit"] * 7 + ["miss"]
+        assert len({str(r.body) for r in responses}) == 1
     finally:
         gateway.close()
 
