@@ -67,7 +67,8 @@ def test_fixture_rows_equal_the_oracle(gateway: Gateway, oracle: Oracle, name: s
     response = gateway.execute(query, variables)
     assert "errors" not in response.body, response.body
     same(response.body["data"], oracle.execute(query, variables))
-    assert response.statements == sum(1 for c in gateway.compile(query, variables))
+    # one statement per root field; root fields that compile to the same one share its run
+    assert response.statements == len({gateway.engine.sql(c.tree) for c in gateway.compile(query, variables)})
 
 
 def test_every_engine_serves_the_same_schema(
