@@ -6,8 +6,8 @@ result cache on the embedded engine and on Trino; citygate with its result cache
 and a ceiling, starlette answering with fixed bytes (``bench/ceiling.py``), which shows what
 this machine can serve at all while the figures are taken.
 Before any timing, both sides must answer with the same rows. Then, for 8 and for 32
-connections, wrk runs against each server in turn for a few seconds, round after round, the
-order rotating every round, so drift on a busy 2-core machine falls on all four alike.
+connections, wrk runs against each server in turn for a few seconds, round after round, in a
+different order every round (:func:`turns`), so drift on a busy 2-core machine falls on all alike.
 
 Each figure is the run's total requests over its total time (requests per second) and the
 median over rounds of wrk's per-round latency percentiles (p50, p95, p99).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import statistics
 from collections.abc import Callable
@@ -89,8 +90,7 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
                 measure(key, connections, 1)
             runs[connections] = {key: [] for key in order}
             for index in range(rounds):
-                turn = order[index % len(order) :] + order[: index % len(order)]
-                for key in turn:
+                for key in turns(order, index):
                     progress(f"peer: {connections} connections, round {index + 1}/{rounds}, {key}")
                     runs[connections][key].append(measure(key, connections, seconds))
         rss_after = {key: servers.rss_kib(server.pid) for key, server in found.items()}
@@ -112,6 +112,21 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
         "rss_kib": {"before": rss_before, "after": rss_after},
         "checks": checks(figures),
     }
+
+
+def turns(order: list[str], index: int) -> list[str]:
+    """The order of round ``index``: through the servers with a different stride each round, so
+    that no server follows the same one round after round (a plain rotation keeps every
+    server's neighbours), and what one leaves behind (Trino goes on compiling and collecting
+    after its turn) falls on each of the others in turn.
+
+    >>> [turns(["a", "b", "c", "d", "e"], i) for i in range(3)]
+    [['a', 'b', 'c', 'd', 'e'], ['b', 'd', 'a', 'c', 'e'], ['c', 'a', 'd', 'b', 'e']]
+    """
+    n = len(order)
+    strides = [m for m in range(1, n) if math.gcd(m, n) == 1] or [1]
+    stride = strides[index % len(strides)]
+    return [order[(index + k * stride) % n] for k in range(n)]
 
 
 def same_rows(found: dict[str, servers.Server]) -> list[dict[str, Any]]:
