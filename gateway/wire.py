@@ -9,7 +9,7 @@ one turn of the event loop writes and hands it over at the end of that turn, in 
 
 Nothing else changes: the same parser, the same ASGI cycle, the same flow control (a paused
 transport still pauses the protocol; held bytes count in the write buffer's size), and a
-close or an abort sends or drops what is held first.
+close or an end of file sends what is held first, an abort drops it.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ class _Held:
     def close(self) -> None:
         self._flush()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
 
     def abort(self) -> None:
         self._held = []
