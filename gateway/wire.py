@@ -3,9 +3,9 @@
 uvicorn writes a response's status line and headers as soon as the application starts it, and
 its body when the application sends that: two ``write`` calls, two system calls and two TCP
 segments for a small answer. On loopback the writer's system call also runs the receiving
-side of TCP, so each write costs about as much as the rest of serving a cached answer (they
-were a third of the server's samples under load). Here the connection's transport holds what
-one turn of the event loop writes and hands it over at the end of that turn, in one call.
+side of TCP, so the writes are a large share of serving a cached answer (the two were a third
+of the server's samples under load). Here the connection's transport holds what one turn of
+the event loop writes and hands it over at the end of that turn, in one call.
 
 Nothing else changes: the same parser, the same ASGI cycle, the same flow control (a paused
 transport still pauses the protocol; held bytes count in the write buffer's size), and a
