@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,7 +303,9 @@ class Edge:
         exchange = Exchange.begin(request.scope["headers"])
         token = REQUEST_ID.set(exchange.request_id)
         try:
-            reply = await self.guard(exchange, self.answer(exchange, dict(request.query_params)))
+            reply = await self.answer(exchange, dict(request.query_params))
+        except Exception:
+            reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
         self.finish(exchange, reply.status)
@@ -311,15 +313,9 @@ class Edge:
         response.headers["X-Request-Id"] = exchange.request_id
         return response
 
-    async def guard(self, exchange: Exchange, work: Coroutine[Any, Any, Reply]) -> Reply:
-        """``work``'s reply; an unexpected failure is logged and answered 500, never shown."""
-        try:
-            return await work
-        except Exception:
-            return self.failed(exchange)
-
     def failed(self, exchange: Exchange) -> Reply:
-        """The reply to a request that failed unexpectedly (called in its ``except``)."""
+        """The reply to a request that failed unexpectedly (called in its ``except``): logged,
+        answered 500, never shown."""
         log.exception("request failed")
         exchange.outcome, exchange.codes = "error", ["INTERNAL"]
         body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
