@@ -27,7 +27,7 @@ from connectors.base import Engine, Result
 from connectors.stores import describe_store_failure, schema_of, sqlite_declared_types
 from gateway.config import Config, PostgresStore, SqliteStore, Store
 from gateway.errors import CitygateError, EngineQueryError, EngineUnavailableError, StoreUnavailableError
-from policies.masks import partial_re2
+from policies.masks import partial_concat
 
 # store kind -> (wheel package, file in the wheel, extension name DuckDB loads, ATTACH TYPE)
 _EXTENSIONS = {
@@ -235,9 +235,10 @@ class EmbeddedEngine(Engine):
         return exp.Table(this=_ident(table), db=_ident(schema_of(store)), catalog=_ident(department))
 
     def partial(self, value: exp.Expr, first: int, last: int) -> exp.Expr:
-        """RE2 replacements: half the function calls of the portable mask, and DuckDB plans a
-        statement in time that grows with its calls (about 0.2 ms less for each mask)."""
-        return partial_re2(value, first, last)
+        """LEFT, REPEAT and RIGHT in one CONCAT: fewer calls than the portable mask, whose
+        SUBSTRING and RPAD need casts here, and DuckDB plans a statement in time that grows
+        with its calls."""
+        return partial_concat(value, first, last)
 
     def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
         """HMAC from SHA-256 by its definition (RFC 2104): DuckDB has SHA256 but no HMAC, and

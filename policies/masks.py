@@ -93,7 +93,7 @@ def _partial(column: exp.Expr, first: int, last: int, kind: LogicalType) -> exp.
     than ``first + last`` is starred whole rather than shown.
 
     In the tree this is ``citygate_partial(value, first, last)``, which each engine expands into
-    its own cheapest formulation (:func:`partial_sql` or :func:`partial_re2`): an engine pays
+    its own cheapest formulation (:func:`partial_sql` or :func:`partial_concat`): an engine pays
     for every function call when it plans the statement, and DuckDB binds each one in tens of
     microseconds, which is most of what a mask costs on a selective query. A string column is
     not cast: on DuckDB CHAR is VARCHAR, and on Trino LENGTH and SUBSTRING read a CHAR(n) as
@@ -140,40 +140,37 @@ def partial_sql(value: exp.Expr, first: int, last: int) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=longer, true=kept)], default=starred)
 
 
-def partial_re2(value: exp.Expr, first: int, last: int) -> exp.Expr:
-    """The partial mask as RE2 global replacements, in half the function calls of
-    :func:`partial_sql` (for DuckDB, whose REGEXP_REPLACE is RE2 and whose ``.`` is one code
-    point, as its LENGTH counts them).
+def partial_concat(value: exp.Expr, first: int, last: int) -> exp.Expr:
+    """The partial mask as one CONCAT of the kept head, the stars and the kept tail (for DuckDB,
+    whose LEFT, RIGHT and LENGTH all count code points).
 
-    ``(^.{6})?.(.{4}$)?`` replaced by ``\\1*\\2`` everywhere: the first match takes the kept head
-    with the first starred character, each later match one character, and the last one the
-    kept tail with it; that holds only for values longer than ``first + last``, so shorter
-    ones are starred whole by ``.`` alone. ``(?s)`` lets ``.`` match a line break too.
+    DuckDB plans this in about the time of a two-RE2 form and runs it some 20 times faster on
+    a large result (a global regular-expression replacement matches once a character).
 
-    >>> print(partial_re2(exp.column("phone"), 3, 4).sql("duckdb", pretty=True))
+    >>> print(partial_concat(exp.column("phone"), 3, 4).sql("duckdb", pretty=True))
     CASE
       WHEN LENGTH(phone) > 7
-      THEN REGEXP_REPLACE(phone, '(?s)(^.{3})?.(.{4}$)?', '\\1*\\2', 'g')
-      ELSE REGEXP_REPLACE(phone, '(?s).', '*', 'g')
+      THEN CONCAT(LEFT(phone, 3), REPEAT('*', LENGTH(phone) - 7), RIGHT(phone, 4))
+      ELSE REPEAT('*', LENGTH(phone))
     END
     """
 
-    def replace(pattern: str, replacement: str) -> exp.Expr:
-        return exp.RegexpReplace(
-            this=value.copy(),
-            expression=exp.Literal.string("(?s)" + pattern),
-            replacement=exp.Literal.string(replacement),
-            modifiers=exp.Literal.string("g"),
-        )
+    def stars(count: exp.Expr) -> exp.Expr:
+        return exp.Repeat(this=exp.Literal.string("*"), times=count)
 
-    starred = replace(".", "*")
+    length = exp.Length(this=value.copy())
     if not first and not last:
-        return starred
-    head, tail = f"(^.{{{first}}})?" if first else "", f"(.{{{last}}}$)?" if last else ""
-    groups = [rf"\{n}" for n in range(1, bool(first) + bool(last) + 1)]
-    replacement = (groups.pop(0) if first else "") + "*" + (groups.pop(0) if last else "")
-    longer = exp.GT(this=exp.Length(this=value.copy()), expression=exp.Literal.number(first + last))
-    return exp.Case(ifs=[exp.If(this=longer, true=replace(head + "." + tail, replacement))], default=starred)
+        return stars(length)
+    kept = exp.Sub(this=length.copy(), expression=exp.Literal.number(first + last))
+    parts: list[exp.Expr] = [exp.Left(this=value.copy(), expression=exp.Literal.number(first))] if first else []
+    parts.append(stars(kept))
+    if last:
+        parts.append(exp.Right(this=value.copy(), expression=exp.Literal.number(last)))
+    longer = exp.GT(this=length.copy(), expression=exp.Literal.number(first + last))
+    # One CONCAT (which reads NULL as ''; only a value longer than first + last reaches it)
+    # binds in less time than two ||.
+    joined = exp.Concat(expressions=parts, coalesce=True)
+    return exp.Case(ifs=[exp.If(this=longer, true=joined)], default=stars(length))
 
 
 def _hash(column: exp.Expr) -> exp.Expr:
