@@ -8,6 +8,8 @@ dialect. Engines hold no policy logic.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -20,7 +22,7 @@ from catalogue.model import Catalogue, Column, Department
 from catalogue.types import LogicalType, logical_type
 from gateway.config import Config
 from gateway.errors import CitygateError
-from policies.masks import HASH_FUNCTION, PARTIAL_FUNCTION, partial_sql
+from policies.masks import HASH_FUNCTION, PARTIAL_FUNCTION, TIE_FUNCTION, partial_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +90,19 @@ class Engine(ABC):
         if isinstance(node, exp.Anonymous) and node.name.lower() == PARTIAL_FUNCTION:
             value, first, last = node.expressions
             return self.partial(value, int(first.name), int(last.name))
-        if isinstance(node, exp.Anonymous) and node.name.lower() == HASH_FUNCTION:
+        if isinstance(node, exp.Anonymous) and node.name.lower() in (HASH_FUNCTION, TIE_FUNCTION):
             policies = self.config.policies
             if policies is None:
                 raise CitygateError("the hash mask needs policies.hash_key in the configuration")
+            key = policies.hash_key.encode()
+            if node.name.lower() == TIE_FUNCTION:
+                # A key of its own: the tie's statement never holds the hash mask's key.
+                tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()
+                return self.md5_hex(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
             return exp.DPipe(
                 this=exp.Literal.string("h:"),
                 expression=exp.Substring(
-                    this=self.hmac_hex(node.expressions[0], policies.hash_key.encode()),
+                    this=self.hmac_hex(node.expressions[0], key),
                     start=exp.Literal.number(1),
                     length=exp.Literal.number(16),
                 ),
@@ -109,6 +116,10 @@ class Engine(ABC):
     @abstractmethod
     def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
         """Lower-case hex HMAC-SHA256 of a string under ``key``, in this engine's functions."""
+
+    @abstractmethod
+    def md5_hex(self, value: exp.Expr) -> exp.Expr:
+        """Lower-case hex MD5 of a string's UTF-8, in this engine's functions."""
 
     def _source(self, department: str, table: str, alias: str | None) -> exp.Expr:
         """The physical table, or a subquery over it that casts to the configured column types."""

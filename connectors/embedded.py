@@ -255,6 +255,9 @@ class EmbeddedEngine(Engine):
             expressions=[exp.DPipe(this=opad, expression=exp.Anonymous(this="UNHEX", expressions=[inner]))],
         )
 
+    def md5_hex(self, value: exp.Expr) -> exp.Expr:
+        return exp.Anonymous(this="MD5", expressions=[value])
+
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:

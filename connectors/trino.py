@@ -108,6 +108,10 @@ class TrinoEngine(Engine):
         )
         return exp.Lower(this=exp.Anonymous(this="TO_HEX", expressions=[digest]))
 
+    def md5_hex(self, value: exp.Expr) -> exp.Expr:
+        digest = exp.Anonymous(this="MD5", expressions=[exp.Anonymous(this="TO_UTF8", expressions=[value])])
+        return exp.Lower(this=exp.Anonymous(this="TO_HEX", expressions=[digest]))
+
     @property
     def address(self) -> str:
         return f"{self.settings.http_scheme}://{self.settings.host}:{self.settings.port}"

@@ -26,7 +26,7 @@ from sqlglot import exp
 
 from catalogue.types import LogicalType
 from policies.decide import TableDecision
-from policies.masks import _hash, mask
+from policies.masks import mask, tie
 from policies.model import Treatment
 from policies.rowfilter import bind, parse_filter
 
@@ -183,9 +183,9 @@ def _policy_subquery(
         treatment = decision.columns.get(name)
         if treatment is None:
             raise PolicyViolation(f"{table.db}.{table.name} has no column {name!r}")
-        # Ties break on the raw key only where the role sees it raw; elsewhere on its keyed
-        # hash, which is as deterministic and says nothing about the raw order.
-        value = column(name) if mark == KEY or treatment.kind == "raw" else _hash(column(name))
+        # Ties break on the raw key only where the role sees it raw; elsewhere on a keyed
+        # digest of it, which is as deterministic and says nothing about the raw order.
+        value = column(name) if mark == KEY or treatment.kind == "raw" else tie(column(name))
         projections.append(exp.alias_(value, exp.to_identifier(hidden(mark, name), quoted=True)))
     if not decision.visible:
         raise PolicyViolation(f"{table.db}.{table.name} has no column the role may read")

@@ -25,7 +25,7 @@ from gateway.config import Config, PoliciesConfig
 from gateway.datagen import City
 from gateway.execute import Gateway, Identity
 from policies.decide import decide
-from policies.masks import mask, partial_concat, partial_sql
+from policies.masks import mask, partial_concat, partial_sql, tie
 from policies.model import Treatment, load_policies
 from tests.conftest import REPO
 
@@ -125,6 +125,26 @@ def test_both_formulations_of_partial_give_the_contracts_format(value: str, firs
     with duckdb.connect() as con:
         row = con.execute(f"SELECT {', '.join(masks)} FROM (SELECT ?::VARCHAR AS v)", [value]).fetchone()
     assert row == (partial(value, first, last),) * 2
+
+
+def tie_digest(value: str) -> str:
+    tie_key = hmac.new(KEY.encode(), b"citygate tie-break", hashlib.sha256).hexdigest()
+    return hashlib.md5((tie_key + value).encode(), usedforsecurity=False).hexdigest()
+
+
+def test_rows_tied_on_a_masked_key_come_in_its_keyed_digests_order(secured: Gateway, city: City) -> None:
+    """With no ordering of its own, a list orders by the table's key; a role that sees the key
+    masked gets the rows in the order of a keyed digest of it: the same on every engine, and
+    not the raw order, which would tell what the stars hide."""
+    for value in ("441900199001011234", "张伟", ""):
+        assert secured.engine.execute(exp.select(tie(exp.Literal.string(value)))).rows == [(tie_digest(value),)]
+    data = run(secured, "health_analyst", "{ public_security_residents(limit: 30) { id_card name } }")
+    residents = city.dicts("public_security", "residents")
+    want = sorted(residents, key=lambda r: tie_digest(r["id_card"]))[:30]
+    assert data["public_security_residents"] == [
+        {"id_card": partial(r["id_card"], 6, 4), "name": partial(r["name"], 1, 0)} for r in want
+    ]
+    assert want != sorted(residents, key=lambda r: r["id_card"])[:30]
 
 
 def test_date_and_number_masks(secured: Gateway) -> None:
