@@ -26,6 +26,14 @@ NESTED = [
 POLICY_QUERY = """{ health_clinic_visits(where: {hospital: {_eq: "东华医院"}, visit_date: {_eq: "2015-06-30"}},
   order_by: [{visit_id: asc}], limit: 10) { visit_id id_card diagnosis cost resident { name birth_date } } }"""
 
+# The policy bench's queries, run without policies and as health_analyst: a selective query
+# whose masks fall on ten rows and a relationship, and a list whose key is masked, so that its
+# rows order by the key's keyed digest, computed for every resident.
+POLICY_QUERIES = {
+    "visits and residents": POLICY_QUERY,
+    "residents list": "{ public_security_residents(limit: 10) { id_card name birth_date } }",
+}
+
 
 def days_of_2015() -> list[str]:
     """One request body per day of 2015 for :data:`BY_DAY`, each a line of JSON.

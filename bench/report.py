@@ -147,7 +147,7 @@ def _overhead(report: dict[str, Any]) -> Figure:
             names.append(f"{row['engine']}: gateway {label} / direct SQL")
             values.append(row[key])
     for row in report.get("policy", []):
-        names.append(f"{row['engine']}: with policy / without")
+        names.append(f"{row['engine']}, {row.get('query', 'query')}: with policy / without")
         values.append(row["p50_ratio"])
     figure, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
     bars = ax.barh(range(len(names)), values, color="tab:blue")
@@ -201,7 +201,8 @@ def _checks(report: dict[str, Any]) -> list[str]:
         )
     for row in report.get("policy", []):
         rows.append(
-            f"| policy | {row['engine']}: with policy p50 / without | {row['p50_ratio']:.3f} "
+            f"| policy | {row['engine']}, {row.get('query', 'query')}: with policy p50 / without "
+            f"| {row['p50_ratio']:.3f} "
             f"| {row['target']} | {_met(row['met'])} |"
         )
     shaping = report.get("shaping")
@@ -326,15 +327,16 @@ def _overhead_section(report: dict[str, Any], plots: dict[str, str]) -> list[str
     policy = report.get("policy") or []
     if policy:
         lines += [
-            "## Policy overhead: the same query without policies and as health_analyst",
+            "## Policy overhead: the same queries without policies and as health_analyst",
             "",
-            "| engine | without p50 / p95 ms | with p50 / p95 ms | p50 ratio | runs | target |",
-            "|---|---:|---:|---:|---:|---|",
+            "| engine | query | without p50 / p95 ms | with p50 / p95 ms | p50 ratio | runs | target |",
+            "|---|---|---:|---:|---:|---:|---|",
         ]
         for row in policy:
             w, p = row["without_policy"], row["with_policy"]
             lines.append(
-                f"| {row['engine']} | {w['p50_ms']:.2f} / {w['p95_ms']:.2f} | {p['p50_ms']:.2f} / {p['p95_ms']:.2f} "
+                f"| {row['engine']} | {row.get('query', '')} | {w['p50_ms']:.2f} / {w['p95_ms']:.2f} "
+                f"| {p['p50_ms']:.2f} / {p['p95_ms']:.2f} "
                 f"| {row['p50_ratio']:.3f} | {w['runs']} | {row['target']} {_met(row['met'])} |"
             )
         lines.append("")

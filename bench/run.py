@@ -202,7 +202,7 @@ def _policy(embedded: Any, trino: Any, runs: int, trino_runs: int, quiet: Callab
         secured = Gateway.start(config, create_engine(config))
         try:
             quiet(f"{kind} engine")
-            rows.append(inprocess.bench_policy(plain, secured, count))
+            rows += inprocess.bench_policy(plain, secured, count)
         finally:
             secured.close()
     return rows

@@ -119,6 +119,7 @@ def synthetic() -> dict[str, Any]:
         "policy": [
             {
                 "engine": "embedded",
+                "query": "residents list",
                 "without_policy": timing,
                 "with_policy": timing,
                 "p50_ratio": 1.02,
