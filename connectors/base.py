@@ -96,8 +96,10 @@ class Engine(ABC):
                 raise CitygateError("the hash mask needs policies.hash_key in the configuration")
             key = policies.hash_key.encode()
             if node.name.lower() == TIE_FUNCTION:
-                # A key of its own: the tie's statement never holds the hash mask's key.
-                tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()
+                # A key of its own, so the tie's statement never holds the hash mask's key; 128
+                # bits of it, so a key and an identity number fit MD5's one 64-byte block
+                # (a third less time than with 256 bits, which take two).
+                tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
                 return self.md5_hex(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
             return exp.DPipe(
                 this=exp.Literal.string("h:"),

@@ -128,7 +128,7 @@ def test_both_formulations_of_partial_give_the_contracts_format(value: str, firs
 
 
 def tie_digest(value: str) -> str:
-    tie_key = hmac.new(KEY.encode(), b"citygate tie-break", hashlib.sha256).hexdigest()
+    tie_key = hmac.new(KEY.encode(), b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
     return hashlib.md5((tie_key + value).encode(), usedforsecurity=False).hexdigest()
 
 
