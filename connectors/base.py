@@ -93,7 +93,7 @@ class Engine(ABC):
         if isinstance(node, exp.Anonymous) and node.name.lower() in (HASH_FUNCTION, TIE_FUNCTION):
             policies = self.config.policies
             if policies is None:
-                raise CitygateError("the hash mask needs policies.hash_key in the configuration")
+                raise CitygateError("the hash mask, and ordering by a masked key, need policies.hash_key")
             key = policies.hash_key.encode()
             if node.name.lower() == TIE_FUNCTION:
                 # A key of its own, so the tie's statement never holds the hash mask's key; 128
