@@ -87,29 +87,34 @@ class Engine(ABC):
         return tree.transform(relocate).transform(self._expand_functions, copy=False)
 
     def _expand_functions(self, node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.Anonymous) and node.name.lower() == PARTIAL_FUNCTION:
+        if not isinstance(node, exp.Anonymous):
+            return node
+        name = node.name.lower()
+        if name == PARTIAL_FUNCTION:
             value, first, last = node.expressions
             return self.partial(value, int(first.name), int(last.name))
-        if isinstance(node, exp.Anonymous) and node.name.lower() in (HASH_FUNCTION, TIE_FUNCTION):
-            policies = self.config.policies
-            if policies is None:
-                raise CitygateError("the hash mask, and ordering by a masked key, need policies.hash_key")
-            key = policies.hash_key.encode()
-            if node.name.lower() == TIE_FUNCTION:
-                # A key of its own, so the tie's statement never holds the hash mask's key; 128
-                # bits of it, so a key and an identity number fit MD5's one 64-byte block
-                # (a third less time than with 256 bits, which take two).
-                tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
-                return self.md5_hex(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
+        if name == TIE_FUNCTION:
+            # A key of its own, so the tie's statement never holds the hash mask's key; 128 bits
+            # of it, so a key and an identity number fit MD5's one 64-byte block (a third less
+            # time than with 256 bits, which take two).
+            tie_key = hmac.new(self._hash_key(), b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
+            return self.md5_hex(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
+        if name == HASH_FUNCTION:
             return exp.DPipe(
                 this=exp.Literal.string("h:"),
                 expression=exp.Substring(
-                    this=self.hmac_hex(node.expressions[0], key),
+                    this=self.hmac_hex(node.expressions[0], self._hash_key()),
                     start=exp.Literal.number(1),
                     length=exp.Literal.number(16),
                 ),
             )
         return node
+
+    def _hash_key(self) -> bytes:
+        policies = self.config.policies
+        if policies is None:
+            raise CitygateError("the hash mask, and ordering by a masked key, need policies.hash_key")
+        return policies.hash_key.encode()
 
     def partial(self, value: exp.Expr, first: int, last: int) -> exp.Expr:
         """The partial mask (:func:`policies.masks.partial_sql`) in this engine's functions."""

@@ -3,9 +3,10 @@
 Every mask is built from the raw column alone, side by side with the others, so no mask ever
 reads another mask's output (the hole of trinodb/trino#14420). They use only functions that
 DuckDB and Trino both have, with the same meaning, so one tree gives the same values on both,
-except two that each engine expands in its own functions (``connectors/base.py``):
-``citygate_hash(value)``, with the configured key (never from the query), and
-``citygate_partial(value, first, last)``, in the fewest calls the engine needs.
+except three that each engine expands in its own functions (``connectors/base.py``):
+``citygate_hash(value)``, with the configured key (never from the query),
+``citygate_partial(value, first, last)``, in the fewest calls the engine needs, and
+``citygate_tie(value)``, the digest rows break ties on when their key is masked (:func:`tie`).
 
 >>> from catalogue.types import LogicalType
 >>> from sqlglot import exp
@@ -183,7 +184,7 @@ def tie(column: exp.Expr) -> exp.Expr:
     orders them deterministically and says nothing about the raw order. Never shown.
 
     It is computed for every row a query orders (a list of ten residents orders all of them),
-    where the hash mask is computed only for the rows shown, so each engine expands it as the
+    where a mask that is only shown is computed for the rows shown, so each engine expands it as the
     MD5 of a key of its own followed by the value, not as an HMAC: on DuckDB an HMAC made the
     ten-row list three times as slow as without policies, one SHA-256 twice, MD5 1.3 times.
     The order needs only to be unpredictable without the key; MD5's weakness, collisions,
