@@ -118,6 +118,27 @@ def _ident(name: str) -> exp.Identifier:
     return exp.to_identifier(name, quoted=True)
 
 
+def _nulls_first_apart(node: exp.Expr) -> exp.Expr:
+    """In a top-N (ORDER BY ... LIMIT), order ``x NULLS FIRST`` as ``x IS NULL DESC, x NULLS LAST``.
+
+    The same order, but DuckDB's top-N pushes a filter ``x IS NULL OR <bound on x>`` into the
+    scan, and the PostgreSQL scanner sends only its first half, so such a page comes back with
+    the rows whose ``x`` is null and nothing else (duckdb/duckdb-postgres#564). A first key that
+    is an expression gets no such filter.
+    """
+    if not (isinstance(node, exp.Select) and node.args.get("limit") and node.args.get("order")):
+        return node
+    terms: list[exp.Expr] = []
+    for term in node.args["order"].expressions:
+        if isinstance(term, exp.Ordered) and term.args.get("nulls_first"):
+            terms.append(exp.Ordered(this=exp.Is(this=term.this.copy(), expression=exp.Null()), desc=True))
+            terms.append(exp.Ordered(this=term.this, desc=term.args.get("desc"), nulls_first=False))
+        else:
+            terms.append(term)
+    node.args["order"].set("expressions", terms)
+    return node
+
+
 class EmbeddedEngine(Engine):
     name = "embedded"
     dialect = "duckdb"
@@ -233,6 +254,9 @@ class EmbeddedEngine(Engine):
         if isinstance(store, SqliteStore):
             return exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory"))
         return exp.Table(this=_ident(table), db=_ident(schema_of(store)), catalog=_ident(department))
+
+    def locate(self, tree: exp.Expr) -> exp.Expr:
+        return super().locate(tree).transform(_nulls_first_apart, copy=False)
 
     def partial(self, value: exp.Expr, first: int, last: int) -> exp.Expr:
         """LEFT, REPEAT and RIGHT in one CONCAT: fewer calls than the portable mask, whose

@@ -643,16 +643,37 @@ def _qualify(expression: exp.Expr, alias: str) -> exp.Expr:
     return expression
 
 
+def _sorted_by(sort_aliases: list[tuple[str, exp.Ordered]]) -> list[exp.Ordered]:
+    """The order terms again, over the aliases the inner SELECT gave their values."""
+    return [
+        exp.Ordered(this=exp.column(a), desc=o.args.get("desc"), nulls_first=o.args.get("nulls_first"))
+        for a, o in sort_aliases
+    ]
+
+
+def _top(node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordered]]) -> exp.Select:
+    """A root field's page as ORDER BY ... LIMIT ... OFFSET: engines keep the top rows as they
+    read (and Trino can hand the top-N to the store) instead of sorting the whole table to
+    number every row, as a per-parent page must."""
+    paged = exp.select("*", copy=False).from_(inner.subquery("b", copy=False), copy=False)
+    order = _sorted_by(sort_aliases)
+    if order:
+        paged = paged.order_by(*order, copy=False)
+    offset, limit = node.args.get("offset") or 0, node.args.get("limit")
+    if limit is not None:
+        paged = paged.limit(limit, copy=False)
+    if offset:
+        paged = paged.offset(offset, copy=False)
+    return paged
+
+
 def _paged(
     node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordered]], partition: Sequence[exp.Expr]
 ) -> exp.Select:
     """Number rows in order (per parent) and keep the page ``offset < n <= offset + limit``."""
     distinct = node.args.get("distinct_on") or []
     source: exp.Expr = inner.subquery("b", copy=False)
-    order = [
-        exp.Ordered(this=exp.column(a), desc=o.args.get("desc"), nulls_first=o.args.get("nulls_first"))
-        for a, o in sort_aliases
-    ]
+    order = _sorted_by(sort_aliases)
     if distinct:
         first = exp.Window(
             this=exp.RowNumber(),
@@ -704,12 +725,14 @@ def _rows_sql(ctx: Context, node: Node) -> exp.Select:
         *outputs, *keys, *[exp.alias_(o.this, a, copy=False) for a, o in sorts], *distinct, copy=False
     )
     partition = [exp.column("__parent")] if node.parent is not None else []
-    paged = _paged(node, select, sorts, partition)
+    if partition or distinct:
+        paged = _paged(node, select, sorts, partition)
+        number = [*[exp.Ordered(this=p) for p in partition], exp.Ordered(this=exp.column("__rn"))]
+    else:
+        paged = _top(node, select, sorts)
+        number = _sorted_by(sorts)
     # A global row number: children find their parent by it.
-    ident = exp.Window(
-        this=exp.RowNumber(),
-        order=exp.Order(expressions=[*[exp.Ordered(this=p) for p in partition], exp.Ordered(this=exp.column("__rn"))]),
-    )
+    ident = exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=number) if number else None)
     return exp.select("*", exp.alias_(ident, "__id", copy=False), copy=False).from_(
         paged.subquery("g", copy=False), copy=False
     )

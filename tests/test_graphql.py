@@ -97,6 +97,26 @@ def test_three_levels_over_a_thousand_parents_is_one_statement(gateway: Gateway,
     same(response.body["data"], oracle.execute(query))
 
 
+@pytest.mark.parametrize("direction", ["asc_nulls_first", "desc"])  # `desc` puts nulls first
+def test_a_page_ordered_nulls_first_holds_the_rows_after_the_nulls(
+    gateway: Gateway, oracle: Oracle, direction: str
+) -> None:
+    """A root page is a top-N. Through PostgreSQL, DuckDB's top-N on a key ordered nulls first
+    returned the rows whose key is null and nothing else (duckdb/duckdb-postgres#564)."""
+    everything = "{ health_health_records(order_by: [{record_id: asc}]) { chronic_conditions } }"
+    nulls = sum(r["chronic_conditions"] is None for r in oracle.execute(everything)["health_health_records"])
+    assert nulls > 3
+    straddling = f"""{{ health_health_records(order_by: [{{chronic_conditions: {direction}}}, {{record_id: desc}}],
+      offset: {nulls - 3}, limit: 6) {{ record_id chronic_conditions }} }}"""
+    no_nulls = f"{{ health_health_records(order_by: [{{record_id: {direction}}}], limit: 4) {{ record_id }} }}"
+    for query in (straddling, no_nulls):
+        response = gateway.execute(query)
+        assert "errors" not in response.body, response.body
+        same(response.body["data"], oracle.execute(query))
+    page = gateway.execute(straddling).body["data"]["health_health_records"]
+    assert [r["chronic_conditions"] is None for r in page] == [True] * 3 + [False] * 3
+
+
 def test_shaping_the_same_compiled_field_twice_gives_the_same_answer(gateway_sqlite: Gateway) -> None:
     from gateway.shape import shape
 
