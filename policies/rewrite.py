@@ -12,17 +12,21 @@ it therefore see masked values. Relationship joins and tie-breaks read hidden ra
 (``__key_<column>``) that exist only inside the engine, so a masked or hashed key still links
 records without being shown. A masked column the query only projects is masked where it is
 projected, from the raw value the subquery passes on (``__raw_<column>``), so that the mask is
-computed for the rows the query keeps rather than for every row of the table. The last step
-fails closed if anything would leave unmasked, a passed-on raw value included.
+computed for the rows the query keeps rather than for every row of the table; a node's plain
+output is masked in the statement's last SELECT, after its page is cut. The last step fails
+closed if anything would leave unmasked: it follows every passed-on raw value through the
+statement's scopes and admits it only as a pass-through or as the input of its own mask.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
+from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from catalogue.types import LogicalType
 from policies.decide import TableDecision
@@ -36,6 +40,7 @@ AGGREGATED = "aggregates"  # meta mark on a SELECT whose output is aggregated
 RAW_TABLE = "policy_raw"  # meta mark on the raw table inside a policy subquery
 RAW = "raw"  # hidden column of a policy subquery: a raw value whose mask is computed outside it
 LATE = "policy_mask"  # meta mark on a mask computed outside its policy subquery
+OUTPUT = re.compile(r"o\d+_\d+")  # a node's output, as the compiler names it (gateway.compile)
 
 
 class PolicyViolation(Exception):
@@ -132,21 +137,49 @@ def _mask_late(
         treatment = decision.columns.get(name)
         if treatment is None or not treatment.masked or len(columns) != 1 or not _projected(columns[0]):
             continue
-        masked = late_mask(key, alias, name, treatment, types[name])
+        raw = exp.Column(this=exp.to_identifier(hidden(RAW, name), quoted=True), table=exp.to_identifier(alias))
+        masked = late_mask(key, name, treatment, types[name], raw)
         deferred[name] = masked.find(exp.Column) is not None
         columns[0].replace(masked)
     return deferred
 
 
-def late_mask(key: tuple[str, str], alias: str, name: str, treatment: Treatment, kind: LogicalType) -> exp.Expr:
-    """The mask of column ``name`` of ``alias``, computed outside the policy subquery from the
-    raw value it passes on as ``__raw_<name>``; marked so that :func:`verify` can check it."""
-    raw = exp.Column(this=exp.to_identifier(hidden(RAW, name), quoted=True), table=exp.to_identifier(alias))
+def late_mask(key: tuple[str, str], name: str, treatment: Treatment, kind: LogicalType, raw: exp.Column) -> exp.Expr:
+    """The mask of column ``name`` of table ``key``, computed outside the policy subquery from
+    ``raw``, the raw value it passes on; marked so that :func:`verify` can check it."""
     masked = mask(treatment, raw, kind)
     if masked is raw:  # never for a masked treatment; a raw value must not pass as masked
         raise PolicyViolation(f"{key[0]}.{key[1]}.{name} has no mask")
-    masked.meta[LATE] = (key, alias, name)
+    masked.meta[LATE] = (key, name)
     return masked
+
+
+def defer(tree: exp.Expr, ctx: Context) -> exp.Expr:
+    """Move each mask that is a node's plain output (``mask(t1.__raw_c) AS o0_1``) to the
+    statement's last SELECT, which returns the node's rows (``mask(__raw_o0_1) AS o0_1``).
+
+    Between the two, only layers that pass every column on (``SELECT *``) cut the node's page
+    and number its rows, so the mask is computed for the rows of the page rather than for every
+    row the page is cut from: a list ordered by a keyed digest reads the whole table, and would
+    otherwise mask all of it. :func:`verify` follows the raw value all the way.
+    """
+    readers: dict[str, list[exp.Column]] = {}
+    for column in tree.find_all(exp.Column):
+        if not column.table and OUTPUT.fullmatch(column.name):
+            readers.setdefault(column.name, []).append(column)
+    for masked in [node for node in tree.walk() if LATE in node.meta]:
+        output, raw = masked.parent, masked.find(exp.Column)
+        if raw is None or not (isinstance(output, exp.Alias) and OUTPUT.fullmatch(output.alias)):
+            continue  # a mask that reads nothing (nullify), or not a node's output
+        found = readers.get(output.alias, [])
+        if len(found) != 1 or not (isinstance(found[0].parent, exp.Select) and found[0].arg_key == "expressions"):
+            continue
+        key, name = masked.meta[LATE]
+        carried = hidden(RAW, output.alias)
+        later = late_mask(key, name, ctx.decisions[key].columns[name], ctx.types[key][name], exp.column(carried))
+        found[0].replace(exp.alias_(later, output.alias, copy=False))
+        output.replace(exp.alias_(raw, carried, copy=False))
+    return tree
 
 
 def _policy_subquery(
@@ -245,56 +278,111 @@ def verify(tree: exp.Expr, ctx: Context) -> exp.Expr:
 
 
 def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:
-    """A raw value passed out of a policy subquery is read only by its own column's mask, that
-    mask is exactly the one the policy gives, and the subquery passes the column it names."""
-    prefix = hidden(RAW, "")
-    sources: dict[str, list[tuple[str, str]]] = {}
-    for subquery in tree.find_all(exp.Subquery):
-        key = subquery.meta.get("policy")
-        if not key:
+    """A policy subquery passes on the raw values only of masked columns, each under its own
+    name; every raw value goes from there through the statement's scopes only as a pass-through
+    (``x.__raw_c AS __raw_...``, or ``*``) or into its own column's mask, exactly the policy's;
+    and none of them is among the statement's outputs."""
+    carried: dict[int, dict[str, Origin]] = {}  # scope's expression -> raw values it passes on
+    scopes = traverse_scope(tree)
+    for scope in scopes:
+        node = scope.expression
+        policy = node.parent.meta.get("policy") if isinstance(node.parent, exp.Subquery) else None
+        if policy:
+            out = {p.alias: (policy, _passed(p, policy, ctx)) for p in node.expressions if p.alias.startswith(RAWS)}
+        elif isinstance(node, exp.Select):
+            out = _raw_reads(scope, node, carried, ctx)
+        elif any(carried.get(id(s.expression)) for s in scope.set_operation_scopes):
+            raise PolicyViolation("a raw value would pass through a UNION")
+        else:
+            out = {}
+        carried[id(node)] = out
+    if scopes and carried[id(scopes[-1].expression)]:
+        raise PolicyViolation("a raw value would leave in the response")
+
+
+Origin = tuple[tuple[str, str], str]  # the table and the column a raw value is of
+RAWS = hidden(RAW, "")
+
+
+def _passed(projection: exp.Expr, key: tuple[str, str], ctx: Context) -> str:
+    """The column a policy subquery passes on raw as ``projection``: one the role sees masked."""
+    name = projection.alias[len(RAWS) :]
+    treatment = ctx.decisions[key].columns.get(name)
+    if not (
+        treatment is not None
+        and treatment.masked
+        and isinstance(projection.this, exp.Column)
+        and projection.this.name == name
+        and projection.this.table == "raw"
+    ):
+        raise PolicyViolation(f"{key[0]}.{key[1]} passes on {projection.alias}, which no mask of it reads")
+    return name
+
+
+def _raw_reads(
+    scope: Scope, node: exp.Select, carried: Mapping[int, Mapping[str, Origin]], ctx: Context
+) -> dict[str, Origin]:
+    """Check every read of a raw value in ``node`` itself (the scopes under it have been
+    checked); return the raw values it passes on."""
+    inputs = {
+        alias: carried.get(id(source.expression), {})
+        for alias, (_, source) in scope.selected_sources.items()
+        if isinstance(source, Scope)
+    }
+    out: dict[str, Origin] = {}
+
+    def carry(name: str, origin: Origin) -> None:
+        if out.setdefault(name, origin) != origin:
+            raise PolicyViolation(f"two raw values would pass on as {name}")
+
+    own = node.walk(prune=lambda n: n is not node and isinstance(n, (exp.Query, exp.Subquery, exp.With)))
+    for column in [n for n in own if isinstance(n, exp.Column)]:
+        if isinstance(column.this, exp.Star):  # `t.*` passes on what t carries
+            for name, origin in inputs.get(column.table, {}).items():
+                carry(name, origin)
             continue
-        sources.setdefault(subquery.alias, []).append(key)
-        passed = [p for p in subquery.this.expressions if p.alias.startswith(prefix)]
-        for projection in passed:
-            name = projection.alias[len(prefix) :]
-            treatment = ctx.decisions[key].columns.get(name)
-            if not (
-                treatment is not None
-                and treatment.masked
-                and isinstance(projection.this, exp.Column)
-                and projection.this.name == name
-                and projection.this.table == "raw"
-            ):
-                raise PolicyViolation(f"{key[0]}.{key[1]} passes on {projection.alias}, which no mask of it reads")
-        reader = subquery.parent_select
-        if passed and (reader is None or any(e.is_star for e in reader.expressions)):
-            # `SELECT *` would pass the raw value on, past the check of its readers below
-            raise PolicyViolation(f"{key[0]}.{key[1]} passes on raw values to a reader that is not checked")
-    for column in tree.find_all(exp.Column):
-        if not column.name.startswith(prefix):
+        if not column.name.startswith(RAWS):
             continue
-        holder: exp.Expr | None = column
-        while holder is not None and LATE not in holder.meta:
-            if isinstance(holder, exp.Query):
-                holder = None
-                break
-            holder = holder.parent
-        if holder is None:
-            raise PolicyViolation(f"raw {column.name[len(prefix) :]} is read outside its mask")
-        key, alias, name = holder.meta[LATE]
-        treatment = ctx.decisions[key].columns.get(name)
-        if (
-            sources.get(alias) != [key]
-            or column.table != alias
-            or column.name != hidden(RAW, name)
-            or treatment is None
-            or not treatment.masked
-            or holder != late_mask(key, alias, name, treatment, ctx.types[key][name])
-        ):
+        sources = [column.table] if column.table else [a for a, c in inputs.items() if column.name in c]
+        if len(sources) != 1 or column.name not in inputs.get(sources[0], {}):
+            raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read where its source is not known")
+        origin = inputs[sources[0]][column.name]
+        passed_as = _read(column, node, origin, ctx)
+        if passed_as is not None:
+            carry(passed_as, origin)
+    if any(isinstance(p, exp.Star) for p in node.expressions):  # `*` passes on what every source carries
+        for values in inputs.values():
+            for name, origin in values.items():
+                carry(name, origin)
+    return out
+
+
+def _read(column: exp.Column, node: exp.Select, origin: Origin, ctx: Context) -> str | None:
+    """Check one read of a raw value: the input of its own mask (None), or passed on as it is
+    under a raw value's name (that name); anything else is refused."""
+    holder = column.parent
+    while holder is not None and holder is not node and LATE not in holder.meta:
+        holder = holder.parent
+    if holder is not None and holder is not node:
+        key, name = origin
+        treatment = ctx.decisions[key].columns[name]
+        if holder.meta[LATE] != origin or holder != late_mask(key, name, treatment, ctx.types[key][name], column):
             raise PolicyViolation(f"the mask of {key[0]}.{key[1]}.{name} is not the policy's")
+        return None
+    if column.parent is node and column.arg_key == "expressions":
+        return column.name
+    output = column.parent
+    if (
+        isinstance(output, exp.Alias)
+        and output.parent is node
+        and output.arg_key == "expressions"
+        and output.alias.startswith(RAWS)
+    ):
+        return output.alias
+    raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read outside its mask")
 
 
-STEPS: tuple[Step, ...] = (qualify, protect, thresholds, verify)
+STEPS: tuple[Step, ...] = (qualify, protect, defer, thresholds, verify)
 
 
 def enforce(tree: exp.Expr, ctx: Context) -> exp.Expr:

@@ -517,6 +517,13 @@ def analyst(sqlite_config: Config) -> Iterator[tuple[Gateway, Any]]:
     gateway.close()
 
 
+def raw_of(masked: exp.Expr) -> exp.Column:
+    """The raw value a deferred mask reads."""
+    column = masked.find(exp.Column)
+    assert column is not None
+    return column
+
+
 def rewritten(analyst: tuple[Gateway, Any], query: str) -> exp.Expr:
     from policies.rewrite import enforce
 
@@ -542,6 +549,22 @@ def test_a_mask_moves_out_of_the_subquery_only_for_a_column_read_once_as_a_proje
     assert not any(a.startswith("__raw_") for a in passed)
 
 
+def test_a_nodes_masked_outputs_are_computed_in_the_last_select_after_the_page_is_cut(
+    analyst: tuple[Gateway, Any],
+) -> None:
+    from policies.rewrite import LATE
+
+    tree = rewritten(analyst, "{ public_security_residents(limit: 10) { id_card name birth_date phone } }")
+    masks = [node for node in tree.walk() if LATE in node.meta and node.find(exp.Column)]
+    assert {m.meta[LATE][1] for m in masks} == {"id_card", "name", "birth_date"}  # phone: a constant null
+    for masked in masks:  # in the UNION's arm, over what the node's CTE passes on
+        assert isinstance(masked.parent, exp.Alias) and masked.parent.alias.startswith("o0_")
+        assert masked.find_ancestor(exp.CTE) is None  # the statement's own SELECT, not a node's CTE
+        assert raw_of(masked).name == f"__raw_{masked.parent.alias}"
+    [page] = [s for s in tree.find_all(exp.Select) if s.args.get("limit")]
+    assert not any(LATE in n.meta and n.find(exp.Column) for n in page.walk())  # none where the page is cut
+
+
 def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: tuple[Gateway, Any]) -> None:
     from policies.model import Treatment as T
     from policies.rewrite import LATE, PolicyViolation, late_mask, verify
@@ -559,31 +582,69 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
     def residents(copy: exp.Expr) -> exp.Subquery:
         return next(s for s in copy.find_all(exp.Subquery) if s.meta.get("policy") == ("public_security", "residents"))
 
+    def late(copy: exp.Expr, name: str) -> exp.Expr:
+        return next(n for n in copy.walk() if LATE in n.meta and n.meta[LATE][1] == name)
+
     def unmask(copy: exp.Expr) -> None:  # the raw value itself as the output
-        node = next(n for n in copy.walk() if LATE in n.meta and n.find(exp.Column))
-        _, alias, name = node.meta[LATE]
-        node.replace(exp.Column(this=exp.to_identifier(f"__raw_{name}", quoted=True), table=exp.to_identifier(alias)))
+        node = late(copy, "name")
+        node.replace(raw_of(node))
 
     def weaken(copy: exp.Expr) -> None:  # a mask that shows more than the policy's
-        node = next(n for n in copy.walk() if LATE in n.meta and n.meta[LATE][2] == "name")
-        key, alias, name = node.meta[LATE]
-        node.replace(late_mask(key, alias, name, T("partial", (2, 0)), LogicalType("string")))
+        node = late(copy, "name")
+        key, name = node.meta[LATE]
+        node.replace(late_mask(key, name, T("partial", (2, 0)), LogicalType("string"), raw_of(node)))
+
+    def other(copy: exp.Expr) -> None:  # another column's mask (the year) over the raw name
+        node = late(copy, "name")
+        key, _ = node.meta[LATE]
+        node.replace(late_mask(key, "birth_date", T("year"), LogicalType("date"), raw_of(node)))
 
     def swap(copy: exp.Expr) -> None:  # the subquery passes another column under the name
         subquery = residents(copy)
         passed = next(p for p in subquery.this.expressions if p.alias == "__raw_name")
         passed.this.set("this", exp.to_identifier("address", quoted=True))
 
-    def star(copy: exp.Expr) -> None:  # a reader that would pass every raw value on
-        reader = residents(copy).parent_select
-        assert reader is not None
-        reader.select(exp.Star(), copy=False)
+    def carriers(copy: exp.Expr) -> list[exp.Select]:  # the layers a deferred raw value passes
+        name = raw_of(late(copy, "name")).name
+        return [s for s in copy.find_all(exp.Select) if any(p.alias_or_name == name for p in s.expressions)]
+
+    def reader(copy: exp.Expr) -> exp.Select:  # the layer above, which passes it on with `*`
+        select = carriers(copy)[0].parent_select
+        assert select is not None and select.is_star
+        return select
+
+    def order(copy: exp.Expr) -> None:  # a page ordered by the raw value, before its mask
+        reader(copy).order_by(raw_of(late(copy, "name")).copy(), copy=False)
+
+    def where(copy: exp.Expr) -> None:  # a prefix probe on the raw value
+        column = raw_of(late(copy, "name")).copy()
+        reader(copy).where(exp.Like(this=column, expression=exp.Literal.string("张%")), copy=False)
+
+    def rename(copy: exp.Expr) -> None:  # passed on under a name that is not a raw value's
+        passed = next(p for p in carriers(copy)[0].expressions if p.alias.startswith("__raw_"))
+        passed.set("alias", exp.to_identifier("o9_0"))
+
+    def star(copy: exp.Expr) -> None:  # the statement's last SELECT passing every raw value on
+        arm = late(copy, "name").find_ancestor(exp.Select)
+        assert arm is not None
+        arm.select(exp.Star(), copy=False)
+
+    def correlated(copy: exp.Expr) -> None:  # a subquery that reads the raw value of its outer row
+        carrier = carriers(copy)[0]
+        column = next(p for p in carrier.expressions if p.alias.startswith("__raw_"))
+        probe = exp.select("1").from_(exp.select("1 AS x").subquery("d")).where(exp.column(column.alias).eq("x"))
+        carrier.where(exp.Exists(this=probe), copy=False)
 
     for change, message in (
         (unmask, "outside its mask"),
         (weaken, "not the policy's"),
+        (other, "not the policy's"),
         (swap, "which no mask of it reads"),
-        (star, "reader that is not checked"),
+        (order, "outside its mask"),
+        (where, "outside its mask"),
+        (rename, "outside its mask"),
+        (star, "pass through a UNION"),
+        (correlated, "source is not known"),
     ):
         with pytest.raises(PolicyViolation, match=message):
             verify(tampered(change), ctx)
