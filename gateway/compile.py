@@ -758,7 +758,8 @@ def _agg_sql(ctx: Context, node: Node) -> exp.Select:
             ],
             copy=False,
         )
-        source = _paged(node, select, sorts, partition)
+        top = not partition and not node.args.get("distinct_on")
+        source = _top(node, select, sorts) if top else _paged(node, select, sorts, partition)
     else:
         source = select
     outputs = [exp.alias_(o.copy(), f"o{node.index}_{i}", copy=False) for i, o in enumerate(node.outputs)]

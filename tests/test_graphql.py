@@ -109,7 +109,9 @@ def test_a_page_ordered_nulls_first_holds_the_rows_after_the_nulls(
     straddling = f"""{{ health_health_records(order_by: [{{chronic_conditions: {direction}}}, {{record_id: desc}}],
       offset: {nulls - 3}, limit: 6) {{ record_id chronic_conditions }} }}"""
     no_nulls = f"{{ health_health_records(order_by: [{{record_id: {direction}}}], limit: 4) {{ record_id }} }}"
-    for query in (straddling, no_nulls):
+    on_mariadb = f"""{{ market_regulation_enterprises(order_by: [{{registered_capital: {direction}}},
+      {{credit_code: asc}}], offset: 2, limit: 4) {{ credit_code registered_capital }} }}"""
+    for query in (straddling, no_nulls, on_mariadb):
         response = gateway.execute(query)
         assert "errors" not in response.body, response.body
         same(response.body["data"], oracle.execute(query))
