@@ -725,7 +725,11 @@ def _rows_sql(ctx: Context, node: Node) -> exp.Select:
         *outputs, *keys, *[exp.alias_(o.this, a, copy=False) for a, o in sorts], *distinct, copy=False
     )
     partition = [exp.column("__parent")] if node.parent is not None else []
-    if partition or distinct:
+    relation = node.relation
+    if relation is not None and relation.kind == "object" and node.table.primary_key == (relation.target_column,):
+        # Joined on the target's primary key: at most one row per parent, nothing to cut.
+        paged, number = select, [exp.Ordered(this=exp.column("__parent"))]
+    elif partition or distinct:
         paged = _paged(node, select, sorts, partition)
         number = [*[exp.Ordered(this=p) for p in partition], exp.Ordered(this=exp.column("__rn"))]
     else:
