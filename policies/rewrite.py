@@ -365,8 +365,9 @@ def _read(column: exp.Column, node: exp.Select, origin: Origin, ctx: Context) ->
         holder = holder.parent
     if holder is not None and holder is not node:
         key, name = origin
-        treatment = ctx.decisions[key].columns[name]
-        if holder.meta[LATE] != origin or holder != late_mask(key, name, treatment, ctx.types[key][name], column):
+        # a copy: a mask takes the column it is given into itself, and this one is in the tree
+        policy = late_mask(key, name, ctx.decisions[key].columns[name], ctx.types[key][name], column.copy())
+        if holder.meta[LATE] != origin or holder != policy:
             raise PolicyViolation(f"the mask of {key[0]}.{key[1]}.{name} is not the policy's")
         return None
     if column.parent is node and column.arg_key == "expressions":
