@@ -74,17 +74,23 @@ class Engine(ABC):
         """Where this engine reads ``department.table``."""
 
     def locate(self, tree: exp.Expr) -> exp.Expr:
-        """Copy ``tree`` with every logical table reference replaced by its physical one."""
-        unknown = [d for d in departments_in(tree) if d not in self.config.departments]
-        if unknown:
-            raise CitygateError(f"unknown department {unknown[0]!r}")
+        """Copy ``tree`` with every logical table reference replaced by its physical one, and
+        everything else in this engine's own form (:meth:`_engine_form`): one walk of the tree,
+        which a request with new values pays again."""
 
         def relocate(node: exp.Expr) -> exp.Expr:
             if isinstance(node, exp.Table) and node.db and not node.catalog:
+                if node.db not in self.config.departments:
+                    raise CitygateError(f"unknown department {node.db!r}")
                 return self._source(node.db, node.name, node.alias or None)
-            return node
+            return self._engine_form(node)
 
-        return tree.transform(relocate).transform(self._expand_functions, copy=False)
+        return tree.transform(relocate)
+
+    def _engine_form(self, node: exp.Expr) -> exp.Expr:
+        """One node as this engine runs it: citygate's functions expanded. A node that comes
+        back replaced is not walked into, so what this returns must need nothing more."""
+        return self._expand_functions(node)
 
     def _expand_functions(self, node: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Anonymous):

@@ -255,8 +255,8 @@ class EmbeddedEngine(Engine):
             return exp.Table(this=_ident(table), db=_ident(department), catalog=_ident("memory"))
         return exp.Table(this=_ident(table), db=_ident(schema_of(store)), catalog=_ident(department))
 
-    def locate(self, tree: exp.Expr) -> exp.Expr:
-        return super().locate(tree).transform(_nulls_first_apart, copy=False)
+    def _engine_form(self, node: exp.Expr) -> exp.Expr:
+        return _nulls_first_apart(super()._engine_form(node))
 
     def partial(self, value: exp.Expr, first: int, last: int) -> exp.Expr:
         """LEFT, REPEAT and RIGHT in one CONCAT: fewer calls than the portable mask, whose
