@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
-from sqlglot.optimizer.scope import Scope, traverse_scope
+from sqlglot.errors import OptimizeError
+from sqlglot.optimizer.scope import Scope, ScopeType, traverse_scope
 
 from catalogue.types import LogicalType
 from policies.decide import TableDecision
@@ -281,16 +282,23 @@ def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:
     """A policy subquery passes on the raw values only of masked columns, each under its own
     name; every raw value goes from there through the statement's scopes only as a pass-through
     (``x.__raw_c AS __raw_...``, or ``*``) or into its own column's mask, exactly the policy's;
-    and none of them is among the statement's outputs."""
+    and none of them is among the statement's outputs. Names compare without case, as the
+    engines compare them."""
     carried: dict[int, dict[str, Origin]] = {}  # scope's expression -> raw values it passes on
-    scopes = traverse_scope(tree)
+    try:
+        scopes = traverse_scope(tree)
+    except OptimizeError as error:
+        raise PolicyViolation(f"the statement's scopes cannot be followed: {error}") from None
     for scope in scopes:
         node = scope.expression
         policy = node.parent.meta.get("policy") if isinstance(node.parent, exp.Subquery) else None
         if policy:
-            out = {p.alias: (policy, _passed(p, policy, ctx)) for p in node.expressions if p.alias.startswith(RAWS)}
+            out = {p.alias.lower(): (policy, _passed(p, policy, ctx)) for p in node.expressions if _raw(p.alias)}
         elif isinstance(node, exp.Select):
             out = _raw_reads(scope, node, carried, ctx)
+            tables = (ScopeType.DERIVED_TABLE, ScopeType.CTE, ScopeType.SET_OPERATION, ScopeType.ROOT)
+            if out and scope.scope_type not in tables:  # an arm's and the root's are refused below
+                raise PolicyViolation("a raw value would pass out of a subquery that is not a table")
         elif any(carried.get(id(s.expression)) for s in scope.set_operation_scopes):
             raise PolicyViolation("a raw value would pass through a UNION")
         else:
@@ -302,6 +310,10 @@ def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:
 
 Origin = tuple[tuple[str, str], str]  # the table and the column a raw value is of
 RAWS = hidden(RAW, "")
+
+
+def _raw(name: str) -> bool:
+    return name.lower().startswith(RAWS)
 
 
 def _passed(projection: exp.Expr, key: tuple[str, str], ctx: Context) -> str:
@@ -324,29 +336,31 @@ def _raw_reads(
 ) -> dict[str, Origin]:
     """Check every read of a raw value in ``node`` itself (the scopes under it have been
     checked); return the raw values it passes on."""
-    inputs = {
-        alias: carried.get(id(source.expression), {})
-        for alias, (_, source) in scope.selected_sources.items()
-        if isinstance(source, Scope)
-    }
+    inputs: dict[str, Mapping[str, Origin]] = {}
+    for alias, (_, source) in scope.selected_sources.items():
+        if not isinstance(source, Scope):  # outside a policy subquery, only subqueries and CTEs
+            raise PolicyViolation(f"{alias} is read but is neither a subquery nor a common table expression")
+        inputs[alias.lower()] = carried.get(id(source.expression), {})
+    if any(inputs.values()):
+        _plain(node, inputs)
     out: dict[str, Origin] = {}
 
     def carry(name: str, origin: Origin) -> None:
-        if out.setdefault(name, origin) != origin:
+        if out.setdefault(name.lower(), origin) != origin:
             raise PolicyViolation(f"two raw values would pass on as {name}")
 
-    own = node.walk(prune=lambda n: n is not node and isinstance(n, (exp.Query, exp.Subquery, exp.With)))
-    for column in [n for n in own if isinstance(n, exp.Column)]:
+    for column in [n for n in _own(node) if isinstance(n, exp.Column)]:
         if isinstance(column.this, exp.Star):  # `t.*` passes on what t carries
-            for name, origin in inputs.get(column.table, {}).items():
+            for name, origin in inputs.get(column.table.lower(), {}).items():
                 carry(name, origin)
             continue
-        if not column.name.startswith(RAWS):
+        if not _raw(column.name):
             continue
-        sources = [column.table] if column.table else [a for a, c in inputs.items() if column.name in c]
-        if len(sources) != 1 or column.name not in inputs.get(sources[0], {}):
+        name = column.name.lower()
+        sources = [column.table.lower()] if column.table else [a for a, c in inputs.items() if name in c]
+        if len(sources) != 1 or name not in inputs.get(sources[0], {}):
             raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read where its source is not known")
-        origin = inputs[sources[0]][column.name]
+        origin = inputs[sources[0]][name]
         passed_as = _read(column, node, origin, ctx)
         if passed_as is not None:
             carry(passed_as, origin)
@@ -355,6 +369,52 @@ def _raw_reads(
             for name, origin in values.items():
                 carry(name, origin)
     return out
+
+
+def _own(node: exp.Select) -> list[exp.Expr]:
+    """The nodes of ``node`` itself, not of the queries nested in it."""
+    return list(node.walk(prune=lambda n: n is not node and isinstance(n, (exp.Query, exp.Subquery, exp.With))))
+
+
+# What a SELECT over raw values may have: the compiler builds nothing else there.
+_PLAIN_ARGS = frozenset({"expressions", "from", "from_", "joins", "where", "order", "limit", "offset"})
+_PLAIN_JOIN = frozenset({"this", "on", "side", "kind"})
+
+
+def _plain(node: exp.Select, sources: Mapping[str, Any]) -> None:
+    """A SELECT over raw values reads a column only by naming it: not by position, ``ALL``,
+    NATURAL or USING, a row as a value, ``COLUMNS()`` or a star with modifiers or inside a
+    call; and it neither groups nor deduplicates rows. Each of those would read a raw value that
+    no check below sees by its name."""
+    extra = sorted(k for k, v in node.args.items() if v and k not in _PLAIN_ARGS)
+    if extra:
+        raise PolicyViolation(f"a SELECT over raw values has {', '.join(extra)}")
+    for join in node.args.get("joins") or []:
+        if not join.args.get("on") or any(v for k, v in join.args.items() if k not in _PLAIN_JOIN):
+            raise PolicyViolation("a SELECT over raw values joins other than ON a condition")
+    for n in _own(node):
+        if isinstance(n, exp.Order) and not all(_named(t) for t in n.expressions):
+            raise PolicyViolation("a SELECT over raw values orders by something that is not a column")
+        if isinstance(n, exp.Window) and not all(isinstance(p, exp.Column) for p in n.args.get("partition_by") or []):
+            raise PolicyViolation("a SELECT over raw values partitions by something that is not a column")
+        if isinstance(n, exp.Star) and (any(n.args.values()) or not _projection_star(n, node)):
+            raise PolicyViolation("a SELECT over raw values has a star other than `*` or `t.*` as an output")
+        if isinstance(n, exp.Columns):
+            raise PolicyViolation("a SELECT over raw values picks columns by pattern")
+        if isinstance(n, exp.Column) and not n.table and n.name.lower() in sources:
+            raise PolicyViolation("a SELECT over raw values reads a whole row as a value")
+
+
+def _named(term: exp.Expr) -> bool:
+    """An order term that is a column by its name: not a position, and not ``ALL``."""
+    if isinstance(term, exp.Ordered):
+        term = term.this
+    return isinstance(term, exp.Column) and term.name.lower() != "all"
+
+
+def _projection_star(star: exp.Star, node: exp.Select) -> bool:
+    holder = star.parent if isinstance(star.parent, exp.Column) else star
+    return holder.parent is node and holder.arg_key == "expressions"
 
 
 def _read(column: exp.Column, node: exp.Select, origin: Origin, ctx: Context) -> str | None:
@@ -377,7 +437,7 @@ def _read(column: exp.Column, node: exp.Select, origin: Origin, ctx: Context) ->
         isinstance(output, exp.Alias)
         and output.parent is node
         and output.arg_key == "expressions"
-        and output.alias.startswith(RAWS)
+        and _raw(output.alias)
     ):
         return output.alias
     raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read outside its mask")

@@ -14,6 +14,7 @@ from typing import Any
 
 import duckdb
 import pytest
+import sqlglot
 from graphql import GraphQLObjectType
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -635,6 +636,45 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         probe = exp.select("1").from_(exp.select("1 AS x").subquery("d")).where(exp.column(column.alias).eq("x"))
         carrier.where(exp.Exists(this=probe), copy=False)
 
+    # Reads of a raw value that do not name it: each engine would resolve them to the value.
+    def arm(copy: exp.Expr) -> exp.Select:  # the statement's SELECT that masks the name
+        select = late(copy, "name").find_ancestor(exp.Select)
+        assert select is not None
+        return select
+
+    def cte(copy: exp.Expr) -> str:
+        return str(arm(copy).args["from_"].this.name)
+
+    def scalar(copy: exp.Expr) -> None:  # the raw name again, through a scalar subquery
+        name = raw_of(late(copy, "name")).name
+        late(copy, "name").replace(sqlglot.parse_one(f"(SELECT s.{name} FROM {cte(copy)} AS s LIMIT 1)"))
+
+    def probe(copy: exp.Expr) -> None:  # rows kept by whether a raw identity number is in a list
+        reader(copy).where(sqlglot.parse_one("'441900' IN (SELECT q.__raw_o0_1 FROM n0 AS q)"), copy=False)
+
+    def shout(copy: exp.Expr) -> None:  # the same name in capitals: the engines do not tell them apart
+        name = raw_of(late(copy, "name")).name
+        late(copy, "name").replace(exp.column(exp.to_identifier(name.upper(), quoted=True)))
+
+    def capital_cte(copy: exp.Expr) -> None:  # `FROM N1` is the CTE n1 to an engine, not to sqlglot
+        arm(copy).args["from_"].this.set("this", exp.to_identifier(cte(copy).upper()))
+
+    def position(copy: exp.Expr) -> None:
+        reader(copy).order_by(exp.Literal.number(2), copy=False)
+
+    def using(copy: exp.Expr) -> None:
+        name = raw_of(late(copy, "name")).name
+        reader(copy).join(sqlglot.parse_one(f"(SELECT 'x' AS {name}) AS probe"), using=[name], copy=False)
+
+    def row(copy: exp.Expr) -> None:  # DuckDB reads a source's alias as its whole row
+        arm(copy).select(exp.alias_(exp.column(cte(copy)), "o9_9"), copy=False)
+
+    def pattern(copy: exp.Expr) -> None:
+        arm(copy).select(exp.Columns(this=exp.Literal.string("__raw_.*")), copy=False)
+
+    def distinct(copy: exp.Expr) -> None:
+        reader(copy).distinct(copy=False)
+
     for change, message in (
         (unmask, "outside its mask"),
         (weaken, "not the policy's"),
@@ -645,6 +685,15 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         (rename, "outside its mask"),
         (star, "pass through a UNION"),
         (correlated, "source is not known"),
+        (scalar, "subquery that is not a table"),
+        (probe, "subquery that is not a table"),
+        (shout, "outside its mask"),
+        (capital_cte, "neither a subquery nor a common table expression"),
+        (position, "orders by something that is not a column"),
+        (using, "joins other than ON"),
+        (row, "whole row"),
+        (pattern, "by pattern"),
+        (distinct, "has distinct"),
     ):
         with pytest.raises(PolicyViolation, match=message):
             verify(tampered(change), ctx)
