@@ -269,13 +269,48 @@ def verify(tree: exp.Expr, ctx: Context) -> exp.Expr:
                 holder = holder.find_ancestor(exp.Select)
             if holder is None or holder.find_ancestor(exp.Exists) is not None:
                 raise PolicyViolation(f"{key[0]}.{key[1]} is aggregate-only but is read row by row")
-    for alias in tree.find_all(exp.Alias):
-        if alias.alias.startswith("o") and any(
-            c.name.startswith(("__key_", "__tie_")) for c in alias.find_all(exp.Column)
-        ):
-            raise PolicyViolation("a hidden key would leave in the response")
+    _verify_hidden_keys(tree)
     _verify_late_masks(tree, ctx)
     return tree
+
+
+HIDDEN = re.compile(r"__(key|tie)_.*|__[ksd]\d+")  # keys, tie-breaks, sort and distinct values
+JOIN_ONLY = re.compile(r"__key_.*|__k\d+")  # raw keys: they link records, and do nothing else
+_ARM = frozenset({"__node", "__parent", "__id"})
+
+
+def _verify_hidden_keys(tree: exp.Expr) -> None:
+    """No output reads a hidden key, tie-break or sort value; each arm of the statement's UNION
+    returns only its node tag, parent, row number and outputs; no raw key orders rows.
+
+    By name, as the compiler names them: a hidden value passed on under another name is not
+    followed (raw values are; see :func:`_verify_late_masks`)."""
+    for alias in tree.find_all(exp.Alias):
+        if OUTPUT.fullmatch(alias.alias.lower()) and any(
+            HIDDEN.fullmatch(c.name.lower()) for c in alias.find_all(exp.Column)
+        ):
+            raise PolicyViolation("a hidden key would leave in the response")
+    for union in tree.find_all(exp.Union):
+        for arm in (union.left, union.right):
+            if isinstance(arm, exp.Select) and not all(_arm_output(p) for p in arm.expressions):
+                raise PolicyViolation("the statement would return something other than its nodes' outputs")
+    for order in tree.find_all(exp.Order):
+        for term in order.expressions:
+            column = term.this if isinstance(term, exp.Ordered) else term
+            if isinstance(column, exp.Column) and JOIN_ONLY.fullmatch(column.name.lower()):
+                raise PolicyViolation("rows would be ordered by a raw key")
+
+
+def _arm_output(projection: exp.Expr) -> bool:
+    """One output of a UNION arm: an output (``o0_1``), or the node's tag, parent or row number
+    as a literal, a null or the column of the same name."""
+    name = projection.alias_or_name.lower()
+    if OUTPUT.fullmatch(name):
+        return True
+    value = projection.this if isinstance(projection, exp.Alias) else projection
+    return name in _ARM and (
+        isinstance(value, exp.Literal | exp.Null) or (isinstance(value, exp.Column) and value.name.lower() == name)
+    )
 
 
 def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:

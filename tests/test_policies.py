@@ -667,13 +667,25 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         reader(copy).join(sqlglot.parse_one(f"(SELECT 'x' AS {name}) AS probe"), using=[name], copy=False)
 
     def row(copy: exp.Expr) -> None:  # DuckDB reads a source's alias as its whole row
-        arm(copy).select(exp.alias_(exp.column(cte(copy)), "o9_9"), copy=False)
+        layer = reader(copy)
+        layer.select(exp.alias_(exp.column(layer.args["from_"].this.alias), "whole"), copy=False)
 
     def pattern(copy: exp.Expr) -> None:
-        arm(copy).select(exp.Columns(this=exp.Literal.string("__raw_.*")), copy=False)
+        reader(copy).select(exp.Columns(this=exp.Literal.string("__raw_.*")), copy=False)
 
     def distinct(copy: exp.Expr) -> None:
         reader(copy).distinct(copy=False)
+
+    # Hidden keys: a relationship's raw key (`__k0` on the node) links records and does nothing else.
+    def key_out(copy: exp.Expr) -> None:
+        late(copy, "name").replace(exp.column("__k0"))
+
+    def key_as_id(copy: exp.Expr) -> None:
+        node = next(p for p in arm(copy).expressions if p.alias_or_name == "__id")
+        node.replace(exp.alias_(exp.column("__k0"), "__id"))
+
+    def key_order(copy: exp.Expr) -> None:
+        reader(copy).order_by(exp.column("__k0"), copy=False)
 
     for change, message in (
         (unmask, "outside its mask"),
@@ -683,7 +695,7 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         (order, "outside its mask"),
         (where, "outside its mask"),
         (rename, "outside its mask"),
-        (star, "pass through a UNION"),
+        (star, "other than its nodes' outputs"),
         (correlated, "source is not known"),
         (scalar, "subquery that is not a table"),
         (probe, "subquery that is not a table"),
@@ -694,6 +706,9 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         (row, "whole row"),
         (pattern, "by pattern"),
         (distinct, "has distinct"),
+        (key_out, "hidden key would leave"),
+        (key_as_id, "other than its nodes' outputs"),
+        (key_order, "ordered by a raw key"),
     ):
         with pytest.raises(PolicyViolation, match=message):
             verify(tampered(change), ctx)
