@@ -290,7 +290,7 @@ def _verify_hidden_keys(tree: exp.Expr) -> None:
             HIDDEN.fullmatch(c.name.lower()) for c in alias.find_all(exp.Column)
         ):
             raise PolicyViolation("a hidden key would leave in the response")
-    for union in tree.find_all(exp.Union):
+    for union in tree.find_all(exp.SetOperation):  # UNION, and INTERSECT or EXCEPT, which it never builds
         for arm in (union.left, union.right):
             if isinstance(arm, exp.Select) and not all(_arm_output(p) for p in arm.expressions):
                 raise PolicyViolation("the statement would return something other than its nodes' outputs")
