@@ -328,7 +328,9 @@ def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:
         node = scope.expression
         policy = node.parent.meta.get("policy") if isinstance(node.parent, exp.Subquery) else None
         if policy:
-            out = {p.alias.lower(): (policy, _passed(p, policy, ctx)) for p in node.expressions if _raw(p.alias)}
+            if not isinstance(node, exp.Select):
+                raise PolicyViolation(f"{policy[0]}.{policy[1]} is read through something else than its policy")
+            out = _policy_outputs(node, policy, ctx)
         elif isinstance(node, exp.Select):
             out = _raw_reads(scope, node, carried, ctx)
             tables = (ScopeType.DERIVED_TABLE, ScopeType.CTE, ScopeType.SET_OPERATION, ScopeType.ROOT)
@@ -349,6 +351,42 @@ RAWS = hidden(RAW, "")
 
 def _raw(name: str) -> bool:
     return name.lower().startswith(RAWS)
+
+
+def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> dict[str, Origin]:
+    """Check a policy subquery against the policy itself, as :func:`_policy_subquery` would
+    build it: each output a visible column's mask, a masked column's raw value passed on, a
+    relationship key, a tie-break or the row marker; the raw table alone, under the role's row
+    filter. Return the raw values it passes on."""
+    decision, types = ctx.decisions[key], ctx.types[key]
+    extra = sorted(k for k, v in select.args.items() if v and k not in ("expressions", "from", "from_", "where"))
+    where = select.args.get("where")
+    want = bind(parse_filter(decision.row_filter), ctx.claims) if decision.row_filter is not None else None
+    if extra or (where.this if where is not None else None) != want:
+        raise PolicyViolation(f"{key[0]}.{key[1]} is not read under its policy's row filter alone")
+
+    def column(name: str) -> exp.Column:
+        return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
+
+    out: dict[str, Origin] = {}
+    for projection in select.expressions:
+        name = projection.alias
+        expected: exp.Expr | None = None
+        if _raw(name):
+            out[name.lower()] = (key, _passed(projection, key, ctx))
+            continue
+        if name.startswith((hidden(KEY, ""), hidden(TIE, ""))):
+            mark, _, target = name[2:].partition("_")
+            treatment = decision.columns.get(target)
+            if treatment is not None:
+                expected = column(target) if mark == KEY or treatment.kind == "raw" else tie(column(target))
+        elif name == "__row":
+            expected = exp.Literal.number(1)
+        elif name in decision.visible_columns:
+            expected = mask(decision.visible_columns[name], column(name), types[name])
+        if expected is None or projection.this != expected:
+            raise PolicyViolation(f"{key[0]}.{key[1]} gives {name} otherwise than its policy does")
+    return out
 
 
 def _passed(projection: exp.Expr, key: tuple[str, str], ctx: Context) -> str:

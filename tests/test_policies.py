@@ -687,7 +687,17 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
     def key_order(copy: exp.Expr) -> None:
         reader(copy).order_by(exp.column("__k0"), copy=False)
 
+    # The policy subquery itself, against the policy.
+    def shown(copy: exp.Expr) -> None:  # the raw name given out as the name itself, unmasked
+        projection = next(p for p in residents(copy).this.expressions if p.alias == "__raw_name")
+        projection.set("alias", exp.to_identifier("name", quoted=True))
+
+    def unfiltered(copy: exp.Expr) -> None:  # a row filter the policy does not have
+        residents(copy).this.where(exp.column("district", "raw").eq("南城"), copy=False)
+
     for change, message in (
+        (shown, "otherwise than its policy does"),
+        (unfiltered, "row filter alone"),
         (unmask, "outside its mask"),
         (weaken, "not the policy's"),
         (other, "not the policy's"),
