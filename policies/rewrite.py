@@ -198,18 +198,15 @@ def _policy_subquery(
     raw.meta[RAW_TABLE] = True
     raw.set("alias", exp.TableAlias(this=exp.to_identifier("raw")))
 
-    def column(name: str) -> exp.Expr:
-        return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
-
     # Only the columns the query reads: a mask nobody reads is not computed for every row.
     projections: list[exp.Expr] = [
-        exp.alias_(mask(treatment, column(name), types[name]), exp.to_identifier(name, quoted=True))
+        exp.alias_(mask(treatment, _raw_column(name), types[name]), exp.to_identifier(name, quoted=True))
         for name, treatment in decision.visible_columns.items()
         if name in used
     ]
     # Raw values whose masks are computed outside (see protect): only for masked columns.
     projections += [
-        exp.alias_(column(name), exp.to_identifier(hidden(RAW, name), quoted=True))
+        exp.alias_(_raw_column(name), exp.to_identifier(hidden(RAW, name), quoted=True))
         for name, reads_raw in sorted(deferred.items())
         if reads_raw and decision.columns[name].masked
     ]
@@ -217,10 +214,9 @@ def _policy_subquery(
         treatment = decision.columns.get(name)
         if treatment is None:
             raise PolicyViolation(f"{table.db}.{table.name} has no column {name!r}")
-        # Ties break on the raw key only where the role sees it raw; elsewhere on a keyed
-        # digest of it, which is as deterministic and says nothing about the raw order.
-        value = column(name) if mark == KEY or treatment.kind == "raw" else tie(column(name))
-        projections.append(exp.alias_(value, exp.to_identifier(hidden(mark, name), quoted=True)))
+        projections.append(
+            exp.alias_(_hidden_value(mark, name, treatment), exp.to_identifier(hidden(mark, name), quoted=True))
+        )
     if not decision.visible:
         raise PolicyViolation(f"{table.db}.{table.name} has no column the role may read")
     if not projections:  # COUNT(*) reads rows, not columns; the row filter still applies
@@ -231,6 +227,19 @@ def _policy_subquery(
     subquery = select.subquery(exp.to_identifier(alias))
     subquery.meta["policy"] = key
     return subquery
+
+
+def _raw_column(name: str) -> exp.Column:
+    """Column ``name`` of the raw table, inside a policy subquery."""
+    return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
+
+
+def _hidden_value(mark: str, name: str, treatment: Treatment) -> exp.Expr:
+    """What a policy subquery passes on as a relationship key (the raw value) or a tie-break.
+
+    Ties break on the raw key only where the role sees it raw; elsewhere on a keyed digest of
+    it, which is as deterministic and says nothing about the raw order."""
+    return _raw_column(name) if mark == KEY or treatment.kind == "raw" else tie(_raw_column(name))
 
 
 def thresholds(tree: exp.Expr, ctx: Context) -> exp.Expr:
@@ -365,9 +374,6 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
     if extra or (where.this if where is not None else None) != want:
         raise PolicyViolation(f"{key[0]}.{key[1]} is not read under its policy's row filter alone")
 
-    def column(name: str) -> exp.Column:
-        return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
-
     out: dict[str, Origin] = {}
     for projection in select.expressions:
         name = projection.alias
@@ -379,11 +385,11 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
             mark, _, target = name[2:].partition("_")
             treatment = decision.columns.get(target)
             if treatment is not None:
-                expected = column(target) if mark == KEY or treatment.kind == "raw" else tie(column(target))
+                expected = _hidden_value(mark, target, treatment)
         elif name == "__row":
             expected = exp.Literal.number(1)
         elif name in decision.visible_columns:
-            expected = mask(decision.visible_columns[name], column(name), types[name])
+            expected = mask(decision.visible_columns[name], _raw_column(name), types[name])
         if expected is None or projection.this != expected:
             raise PolicyViolation(f"{key[0]}.{key[1]} gives {name} otherwise than its policy does")
     return out
