@@ -90,9 +90,6 @@ class Engine(ABC):
     def _engine_form(self, node: exp.Expr) -> exp.Expr:
         """One node as this engine runs it: citygate's functions expanded. A node that comes
         back replaced is not walked into, so what this returns must need nothing more."""
-        return self._expand_functions(node)
-
-    def _expand_functions(self, node: exp.Expr) -> exp.Expr:
         if not isinstance(node, exp.Anonymous):
             return node
         name = node.name.lower()
