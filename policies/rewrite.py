@@ -15,7 +15,9 @@ projected, from the raw value the subquery passes on (``__raw_<column>``), so th
 computed for the rows the query keeps rather than for every row of the table; a node's plain
 output is masked in the statement's last SELECT, after its page is cut. The last step fails
 closed if anything would leave unmasked: it follows every passed-on raw value through the
-statement's scopes and admits it only as a pass-through or as the input of its own mask.
+statement's scopes and admits it only as a pass-through or as the input of its own mask, and
+follows hidden keys and tie-breaks the same way, admitting them only where they link or order
+records.
 """
 
 from __future__ import annotations
@@ -259,7 +261,8 @@ def thresholds(tree: exp.Expr, ctx: Context) -> exp.Expr:
 
 def verify(tree: exp.Expr, ctx: Context) -> exp.Expr:
     """Fail closed: every table read through its policy, aggregate-only data only aggregated,
-    no hidden raw key in any output, and every passed-on raw value read only by its mask."""
+    no hidden raw key in any output, every passed-on raw value read only by its mask, and every
+    relationship key and tie-break only linking or ordering records."""
     for table in tree.find_all(exp.Table):
         if _logical(table):
             raise PolicyViolation(f"{table.db}.{table.name} is read without its policy")
@@ -278,8 +281,8 @@ def verify(tree: exp.Expr, ctx: Context) -> exp.Expr:
                 holder = holder.find_ancestor(exp.Select)
             if holder is None or holder.find_ancestor(exp.Exists) is not None:
                 raise PolicyViolation(f"{key[0]}.{key[1]} is aggregate-only but is read row by row")
-    _verify_hidden_keys(tree)
-    _verify_late_masks(tree, ctx)
+    _verify_names(tree)
+    _verify_flows(tree, ctx)
     return tree
 
 
@@ -288,12 +291,12 @@ JOIN_ONLY = re.compile(r"__key_.*|__k\d+")  # raw keys: they link records, and d
 _ARM = frozenset({"__node", "__parent", "__id"})
 
 
-def _verify_hidden_keys(tree: exp.Expr) -> None:
+def _verify_names(tree: exp.Expr) -> None:
     """No output reads a hidden key, tie-break or sort value; each arm of the statement's UNION
     returns only its node tag, parent, row number and outputs; no raw key orders rows.
 
-    By name, as the compiler names them: a hidden value passed on under another name is not
-    followed (raw values are; see :func:`_verify_late_masks`)."""
+    By name, as the compiler names them; :func:`_verify_flows` follows the values themselves,
+    whatever they are named."""
     for alias in tree.find_all(exp.Alias):
         if OUTPUT.fullmatch(alias.alias.lower()) and any(
             HIDDEN.fullmatch(c.name.lower()) for c in alias.find_all(exp.Column)
@@ -322,13 +325,15 @@ def _arm_output(projection: exp.Expr) -> bool:
     )
 
 
-def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:
+def _verify_flows(tree: exp.Expr, ctx: Context) -> None:
     """A policy subquery passes on the raw values only of masked columns, each under its own
     name; every raw value goes from there through the statement's scopes only as a pass-through
     (``x.__raw_c AS __raw_...``, or ``*``) or into its own column's mask, exactly the policy's;
-    and none of them is among the statement's outputs. Names compare without case, as the
-    engines compare them."""
-    carried: dict[int, dict[str, Origin]] = {}  # scope's expression -> raw values it passes on
+    and none of them is among the statement's outputs. Hidden keys and tie-breaks are followed
+    the same way: a key passes on under a key's name or links records (an equality with another
+    key, in a join or a filter, also from a correlated subquery); a tie-break passes on under a
+    sort value's name or orders rows. Names compare without case, as the engines compare them."""
+    carried: dict[int, dict[str, Value]] = {}  # scope's expression -> hidden values it passes on
     try:
         scopes = traverse_scope(tree)
     except OptimizeError as error:
@@ -341,32 +346,34 @@ def _verify_late_masks(tree: exp.Expr, ctx: Context) -> None:
                 raise PolicyViolation(f"{policy[0]}.{policy[1]} is read through something else than its policy")
             out = _policy_outputs(node, policy, ctx)
         elif isinstance(node, exp.Select):
-            out = _raw_reads(scope, node, carried, ctx)
+            out = _hidden_reads(scope, node, carried, ctx)
             tables = (ScopeType.DERIVED_TABLE, ScopeType.CTE, ScopeType.SET_OPERATION, ScopeType.ROOT)
             if out and scope.scope_type not in tables:  # an arm's and the root's are refused below
-                raise PolicyViolation("a raw value would pass out of a subquery that is not a table")
+                raise PolicyViolation("a raw value or hidden key would pass out of a subquery that is not a table")
         elif any(carried.get(id(s.expression)) for s in scope.set_operation_scopes):
-            raise PolicyViolation("a raw value would pass through a UNION")
+            raise PolicyViolation("a raw value or hidden key would pass through a UNION")
         else:
             out = {}
         carried[id(node)] = out
     if scopes and carried[id(scopes[-1].expression)]:
-        raise PolicyViolation("a raw value would leave in the response")
+        raise PolicyViolation("a raw value or hidden key would leave in the response")
 
 
 Origin = tuple[tuple[str, str], str]  # the table and the column a raw value is of
+Value = tuple[str, Origin]  # a hidden value passed on: RAW, KEY or TIE, and whose it is
 RAWS = hidden(RAW, "")
+PASSED_AS = {KEY: JOIN_ONLY, TIE: re.compile(r"__tie_.*|__s\d+")}  # the names a key or tie-break passes on under
 
 
 def _raw(name: str) -> bool:
     return name.lower().startswith(RAWS)
 
 
-def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> dict[str, Origin]:
+def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> dict[str, Value]:
     """Check a policy subquery against the policy itself, as :func:`_policy_subquery` would
     build it: each output a visible column's mask, a masked column's raw value passed on, a
     relationship key, a tie-break or the row marker; the raw table alone, under the role's row
-    filter. Return the raw values it passes on."""
+    filter. Return the hidden values it passes on."""
     decision, types = ctx.decisions[key], ctx.types[key]
     extra = sorted(k for k, v in select.args.items() if v and k not in ("expressions", "from", "from_", "where"))
     where = select.args.get("where")
@@ -374,18 +381,19 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
     if extra or (where.this if where is not None else None) != want:
         raise PolicyViolation(f"{key[0]}.{key[1]} is not read under its policy's row filter alone")
 
-    out: dict[str, Origin] = {}
+    out: dict[str, Value] = {}
     for projection in select.expressions:
         name = projection.alias
         expected: exp.Expr | None = None
         if _raw(name):
-            out[name.lower()] = (key, _passed(projection, key, ctx))
+            out[name.lower()] = (RAW, (key, _passed(projection, key, ctx)))
             continue
         if name.startswith((hidden(KEY, ""), hidden(TIE, ""))):
             mark, _, target = name[2:].partition("_")
             treatment = decision.columns.get(target)
             if treatment is not None:
                 expected = _hidden_value(mark, target, treatment)
+                out[name.lower()] = (mark, (key, target))
         elif name == "__row":
             expected = exp.Literal.number(1)
         elif name in decision.visible_columns:
@@ -410,43 +418,78 @@ def _passed(projection: exp.Expr, key: tuple[str, str], ctx: Context) -> str:
     return name
 
 
-def _raw_reads(
-    scope: Scope, node: exp.Select, carried: Mapping[int, Mapping[str, Origin]], ctx: Context
-) -> dict[str, Origin]:
-    """Check every read of a raw value in ``node`` itself (the scopes under it have been
-    checked); return the raw values it passes on."""
-    inputs: dict[str, Mapping[str, Origin]] = {}
+def _inputs(scope: Scope, carried: Mapping[int, Mapping[str, Value]]) -> dict[str, Mapping[str, Value]]:
+    """The hidden values each source of ``scope`` passes on, by the source's alias."""
+    return {
+        alias.lower(): carried.get(id(source.expression), {}) if isinstance(source, Scope) else {}
+        for alias, (_, source) in scope.selected_sources.items()
+    }
+
+
+def _value_of(
+    column: exp.Column, scope: Scope, inputs: Mapping[str, Mapping[str, Value]], carried: Mapping[int, Any]
+) -> Value | None:
+    """The hidden value ``column`` reads, if any: from a source of its own scope, or, where no
+    source of its own has it, from an enclosing scope's (a correlated reference), as an engine
+    resolves it. A raw value is known only from the scope's own sources."""
+    name, table = column.name.lower(), column.table.lower()
+
+    def holding(sources: Mapping[str, Mapping[str, Value]]) -> list[Value]:
+        return [v[name] for a, v in sources.items() if name in v and (not table or a == table)]
+
+    values, outer = holding(inputs), scope.parent
+    while not values and not (table and table in inputs) and outer is not None:
+        around = _inputs(outer, carried)
+        values = holding(around)
+        if table and table in around:
+            break
+        outer = outer.parent
+    if len(values) > 1:
+        raise PolicyViolation(f"{column.name} is read where its source is not known")
+    if (values and values[0][0] == RAW and not holding(inputs)) or (not values and _raw(name)):
+        raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read where its source is not known")
+    return values[0] if values else None
+
+
+def _hidden_reads(
+    scope: Scope, node: exp.Select, carried: Mapping[int, Mapping[str, Value]], ctx: Context
+) -> dict[str, Value]:
+    """Check every read of a hidden value in ``node`` itself (the scopes under it have been
+    checked); return the hidden values it passes on."""
     for alias, (_, source) in scope.selected_sources.items():
         if not isinstance(source, Scope):  # outside a policy subquery, only subqueries and CTEs
             raise PolicyViolation(f"{alias} is read but is neither a subquery nor a common table expression")
-        inputs[alias.lower()] = carried.get(id(source.expression), {})
+    inputs, own = _inputs(scope, carried), _own(node)
     if any(inputs.values()):
-        _plain(node, inputs)
-    out: dict[str, Origin] = {}
+        _plain(node, own, inputs)
+    known = {name for values in carried.values() for name in values}  # what any scope passes on
+    out: dict[str, Value] = {}
 
-    def carry(name: str, origin: Origin) -> None:
-        if out.setdefault(name.lower(), origin) != origin:
-            raise PolicyViolation(f"two raw values would pass on as {name}")
+    def carry(name: str, value: Value) -> None:
+        if out.setdefault(name.lower(), value) != value:
+            raise PolicyViolation(f"two hidden values would pass on as {name}")
 
-    for column in [n for n in _own(node) if isinstance(n, exp.Column)]:
+    for column in [n for n in own if isinstance(n, exp.Column)]:
         if isinstance(column.this, exp.Star):  # `t.*` passes on what t carries
-            for name, origin in inputs.get(column.table.lower(), {}).items():
-                carry(name, origin)
+            for name, value in inputs.get(column.table.lower(), {}).items():
+                carry(name, value)
             continue
-        if not _raw(column.name):
+        if column.name.lower() not in known and not _raw(column.name):
             continue
-        name = column.name.lower()
-        sources = [column.table.lower()] if column.table else [a for a, c in inputs.items() if name in c]
-        if len(sources) != 1 or name not in inputs.get(sources[0], {}):
-            raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read where its source is not known")
-        origin = inputs[sources[0]][name]
-        passed_as = _read(column, node, origin, ctx)
-        if passed_as is not None:
-            carry(passed_as, origin)
+        read = _value_of(column, scope, inputs, carried)
+        if read is not None:
+            kind, origin = read
+            passed_as = (
+                _read(column, node, origin, ctx)
+                if kind == RAW
+                else _hidden_read(column, node, kind, scope, inputs, carried)
+            )
+            if passed_as is not None:
+                carry(passed_as, read)
     if any(isinstance(p, exp.Star) for p in node.expressions):  # `*` passes on what every source carries
         for values in inputs.values():
-            for name, origin in values.items():
-                carry(name, origin)
+            for name, value in values.items():
+                carry(name, value)
     return out
 
 
@@ -455,33 +498,34 @@ def _own(node: exp.Select) -> list[exp.Expr]:
     return list(node.walk(prune=lambda n: n is not node and isinstance(n, (exp.Query, exp.Subquery, exp.With))))
 
 
-# What a SELECT over raw values may have: the compiler builds nothing else there.
+# What a SELECT over hidden values (raw values, keys, tie-breaks) may have: the compiler builds
+# nothing else there.
 _PLAIN_ARGS = frozenset({"expressions", "from", "from_", "joins", "where", "order", "limit", "offset"})
 _PLAIN_JOIN = frozenset({"this", "on", "side", "kind"})
 
 
-def _plain(node: exp.Select, sources: Mapping[str, Any]) -> None:
-    """A SELECT over raw values reads a column only by naming it: not by position, ``ALL``,
+def _plain(node: exp.Select, own: list[exp.Expr], sources: Mapping[str, Any]) -> None:
+    """A SELECT over hidden values reads a column only by naming it: not by position, ``ALL``,
     NATURAL or USING, a row as a value, ``COLUMNS()`` or a star with modifiers or inside a
-    call; and it neither groups nor deduplicates rows. Each of those would read a raw value that
-    no check below sees by its name."""
+    call; and it neither groups nor deduplicates rows. Each of those would read a hidden value
+    that no check below sees by its name."""
     extra = sorted(k for k, v in node.args.items() if v and k not in _PLAIN_ARGS)
     if extra:
-        raise PolicyViolation(f"a SELECT over raw values has {', '.join(extra)}")
+        raise PolicyViolation(f"a SELECT over hidden values has {', '.join(extra)}")
     for join in node.args.get("joins") or []:
         if not join.args.get("on") or any(v for k, v in join.args.items() if k not in _PLAIN_JOIN):
-            raise PolicyViolation("a SELECT over raw values joins other than ON a condition")
-    for n in _own(node):
+            raise PolicyViolation("a SELECT over hidden values joins other than ON a condition")
+    for n in own:
         if isinstance(n, exp.Order) and not all(_named(t) for t in n.expressions):
-            raise PolicyViolation("a SELECT over raw values orders by something that is not a column")
+            raise PolicyViolation("a SELECT over hidden values orders by something that is not a column")
         if isinstance(n, exp.Window) and not all(isinstance(p, exp.Column) for p in n.args.get("partition_by") or []):
-            raise PolicyViolation("a SELECT over raw values partitions by something that is not a column")
+            raise PolicyViolation("a SELECT over hidden values partitions by something that is not a column")
         if isinstance(n, exp.Star) and (any(n.args.values()) or not _projection_star(n, node)):
-            raise PolicyViolation("a SELECT over raw values has a star other than `*` or `t.*` as an output")
+            raise PolicyViolation("a SELECT over hidden values has a star other than `*` or `t.*` as an output")
         if isinstance(n, exp.Columns):
-            raise PolicyViolation("a SELECT over raw values picks columns by pattern")
+            raise PolicyViolation("a SELECT over hidden values picks columns by pattern")
         if isinstance(n, exp.Column) and not n.table and n.name.lower() in sources:
-            raise PolicyViolation("a SELECT over raw values reads a whole row as a value")
+            raise PolicyViolation("a SELECT over hidden values reads a whole row as a value")
 
 
 def _named(term: exp.Expr) -> bool:
@@ -509,17 +553,59 @@ def _read(column: exp.Column, node: exp.Select, origin: Origin, ctx: Context) ->
         if holder.meta[LATE] != origin or holder != policy:
             raise PolicyViolation(f"the mask of {key[0]}.{key[1]}.{name} is not the policy's")
         return None
+    passed = _passed_on(column, node)
+    if passed is not None and _raw(passed):
+        return passed
+    raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read outside its mask")
+
+
+def _hidden_read(
+    column: exp.Column,
+    node: exp.Select,
+    kind: str,
+    scope: Scope,
+    inputs: Mapping[str, Mapping[str, Value]],
+    carried: Mapping[int, Any],
+) -> str | None:
+    """Check one read of a relationship key or a tie-break: passed on as it is under a name of
+    its kind (that name), a key equal to another key in a join's or a filter's condition, or a
+    tie-break ordering rows (None); anything else is refused."""
+    passed = _passed_on(column, node)
+    if passed is not None:
+        if not PASSED_AS[kind].fullmatch(passed.lower()):
+            raise PolicyViolation(f"a hidden {kind} would pass on as {passed}")
+        return passed
+    holder = column.parent
+    if kind == KEY and isinstance(holder, exp.EQ) and _condition(holder, node):
+        other = holder.expression if column is holder.this else holder.this
+        if isinstance(other, exp.Column) and (_value_of(other, scope, inputs, carried) or ("", ""))[0] == KEY:
+            return None
+    if kind == TIE and isinstance(holder, exp.Ordered) and isinstance(holder.parent, exp.Order):
+        owner = holder.parent.parent
+        if owner is node or isinstance(owner, exp.Window):
+            return None
+    use = "link records" if kind == KEY else "order rows"
+    raise PolicyViolation(f"a hidden {kind} is read other than to {use}")
+
+
+def _passed_on(column: exp.Column, node: exp.Select) -> str | None:
+    """The name ``column`` passes on under, if it is one of ``node``'s outputs as it is."""
     if column.parent is node and column.arg_key == "expressions":
         return column.name
     output = column.parent
-    if (
-        isinstance(output, exp.Alias)
-        and output.parent is node
-        and output.arg_key == "expressions"
-        and _raw(output.alias)
-    ):
+    if isinstance(output, exp.Alias) and output.parent is node and output.arg_key == "expressions":
         return output.alias
-    raise PolicyViolation(f"raw {column.name[len(RAWS) :]} is read outside its mask")
+    return None
+
+
+def _condition(term: exp.Expr, node: exp.Select) -> bool:
+    """Whether ``term`` is one of the conjuncts of ``node``'s WHERE or of a join's ON."""
+    holder = term.parent
+    while isinstance(holder, exp.And | exp.Paren):
+        holder = holder.parent
+    if isinstance(holder, exp.Where):
+        return holder.parent is node
+    return isinstance(holder, exp.Join) and holder.parent is node and term.arg_key != "this"
 
 
 STEPS: tuple[Step, ...] = (qualify, protect, defer, thresholds, verify)

@@ -687,6 +687,41 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
     def key_order(copy: exp.Expr) -> None:
         reader(copy).order_by(exp.column("__k0"), copy=False)
 
+    # ... followed, not only by name: under another name, in a filter, from a correlated subquery.
+    def keyed(copy: exp.Expr) -> exp.Select:  # the visits' layer that passes their key on as __k0
+        return next(s for s in copy.find_all(exp.Select) if any(p.alias == "__k0" for p in s.expressions))
+
+    def above(copy: exp.Expr) -> exp.Select:  # the layer above it, which cuts the page
+        select = keyed(copy).parent_select
+        assert select is not None and select.is_star
+        return select
+
+    def key_renamed(copy: exp.Expr) -> None:  # passed on as `ref`, then shown as the visit's id_card
+        passed = next(p for p in keyed(copy).expressions if p.alias == "__k0")
+        passed.set("alias", exp.to_identifier("ref"))
+        shown = next(n for n in copy.walk() if n.meta.get(LATE) == (("health", "clinic_visits"), "id_card"))
+        shown.replace(exp.column("ref"))
+
+    def key_probe(copy: exp.Expr) -> None:  # rows kept by a prefix of the raw identity number
+        above(copy).where(exp.Like(this=exp.column("__k0"), expression=exp.Literal.string("441900%")), copy=False)
+
+    def key_literal(copy: exp.Expr) -> None:  # rows kept by whether the raw key is one value
+        above(copy).where(exp.column("__k0").eq(exp.Literal.string("441900198001010011")), copy=False)
+
+    def key_compared(copy: exp.Expr) -> None:  # two keys compared, but as a value passed on
+        above(copy).select(exp.alias_(exp.column("__k0").eq(exp.column("__k0")), "__k9"), copy=False)
+
+    def key_outer(copy: exp.Expr) -> None:  # a correlated subquery probing the outer row's raw key
+        probe = sqlglot.parse_one("SELECT 1 FROM (SELECT '4419' AS x) AS d WHERE STARTS_WITH(__k0, d.x)")
+        above(copy).where(exp.Exists(this=probe), copy=False)
+
+    def tie_filter(copy: exp.Expr) -> None:  # a tie-break read as a value
+        above(copy).where(exp.column("__s1").eq(exp.Literal.number(7)), copy=False)
+
+    def tie_renamed(copy: exp.Expr) -> None:
+        passed = next(p for p in keyed(copy).expressions if p.alias == "__s1")
+        passed.set("alias", exp.to_identifier("ref"))
+
     # The policy subquery itself, against the policy.
     def shown(copy: exp.Expr) -> None:  # the raw name given out as the name itself, unmasked
         projection = next(p for p in residents(copy).this.expressions if p.alias == "__raw_name")
@@ -719,6 +754,13 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         (key_out, "hidden key would leave"),
         (key_as_id, "other than its nodes' outputs"),
         (key_order, "ordered by a raw key"),
+        (key_renamed, "hidden key would pass on as ref"),
+        (key_probe, "hidden key is read other than to link records"),
+        (key_literal, "hidden key is read other than to link records"),
+        (key_compared, "hidden key is read other than to link records"),
+        (key_outer, "hidden key is read other than to link records"),
+        (tie_filter, "hidden tie is read other than to order rows"),
+        (tie_renamed, "hidden tie would pass on as ref"),
     ):
         with pytest.raises(PolicyViolation, match=message):
             verify(tampered(change), ctx)
