@@ -101,7 +101,7 @@ class Engine(ABC):
             # of it, so a key and an identity number fit MD5's one 64-byte block (a third less
             # time than with 256 bits, which take two).
             tie_key = hmac.new(self._hash_key(), b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
-            return self.md5_hex(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
+            return self.md5_digest(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
         if name == HASH_FUNCTION:
             return exp.DPipe(
                 this=exp.Literal.string("h:"),
@@ -128,8 +128,10 @@ class Engine(ABC):
         """Lower-case hex HMAC-SHA256 of a string under ``key``, in this engine's functions."""
 
     @abstractmethod
-    def md5_hex(self, value: exp.Expr) -> exp.Expr:
-        """Lower-case hex MD5 of a string's UTF-8, in this engine's functions."""
+    def md5_digest(self, value: exp.Expr) -> exp.Expr:
+        """MD5 of a string's UTF-8 in this engine's functions, as a value that orders as its
+        lower-case hex does (the hex itself, or the digest's bytes), so pages cut by it are the
+        same on every engine."""
 
     def _source(self, department: str, table: str, alias: str | None) -> exp.Expr:
         """The physical table, or a subquery over it that casts to the configured column types."""

@@ -279,7 +279,7 @@ class EmbeddedEngine(Engine):
             expressions=[exp.DPipe(this=opad, expression=exp.Anonymous(this="UNHEX", expressions=[inner]))],
         )
 
-    def md5_hex(self, value: exp.Expr) -> exp.Expr:
+    def md5_digest(self, value: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this="MD5", expressions=[value])
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:

@@ -138,7 +138,9 @@ def test_rows_tied_on_a_masked_key_come_in_its_keyed_digests_order(secured: Gate
     masked gets the rows in the order of a keyed digest of it: the same on every engine, and
     not the raw order, which would tell what the stars hide."""
     for value in ("441900199001011234", "张伟", ""):
-        assert secured.engine.execute(exp.select(tie(exp.Literal.string(value)))).rows == [(tie_digest(value),)]
+        [(digest,)] = secured.engine.execute(exp.select(tie(exp.Literal.string(value)))).rows
+        # the hex (DuckDB) or the bytes (Trino, which orders VARBINARY byte by byte, as the hex)
+        assert (digest.hex() if isinstance(digest, bytes) else digest) == tie_digest(value)
     data = run(secured, "health_analyst", "{ public_security_residents(limit: 30) { id_card name } }")
     residents = city.dicts("public_security", "residents")
     want = sorted(residents, key=lambda r: tie_digest(r["id_card"]))[:30]
