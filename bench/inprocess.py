@@ -23,7 +23,7 @@ import strawberry
 from strawberry.schema.config import StrawberryConfig
 
 from bench.queries import NESTED, POLICY_QUERIES, SELECTIVE
-from bench.stats import interleaved, percentile, summary, timed
+from bench.stats import interleaved, percentile, ratio_interval, summary, timed
 from connectors.base import Engine
 from gateway.execute import Gateway, Identity
 from gateway.shape import shape
@@ -175,6 +175,7 @@ def bench_policy(plain: Gateway, secured: Gateway, runs: int) -> list[dict[str, 
         }
         samples = interleaved(actions, runs)
         ratio = percentile(samples["with"], 0.5) / percentile(samples["without"], 0.5)
+        low, high = ratio_interval(samples["with"], samples["without"])
         rows.append(
             {
                 "engine": plain.engine.name,
@@ -182,8 +183,10 @@ def bench_policy(plain: Gateway, secured: Gateway, runs: int) -> list[dict[str, 
                 "without_policy": summary(samples["without"]),
                 "with_policy": summary(samples["with"]),
                 "p50_ratio": ratio,
+                "p50_ratio_ci95": [low, high],
                 "target": "<= 1.05",
-                "met": ratio <= 1.05,
+                # met only if the whole interval is; undecided (None) if it spans the target
+                "met": True if high <= 1.05 else False if low > 1.05 else None,
             }
         )
     return rows

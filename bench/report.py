@@ -183,8 +183,18 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def _met(met: Any) -> str:
+def _met(met: Any, row: dict[str, Any] | None = None) -> str:
+    if met is None and row is not None and "p50_ratio_ci95" in row:
+        return "within noise"
     return "-" if met is None else "met" if met else "**missed**"
+
+
+def _interval(row: dict[str, Any]) -> str:
+    """`` [low, high]``, the ratio's 95 % interval, where the section measured one."""
+    if "p50_ratio_ci95" not in row:
+        return ""
+    low, high = row["p50_ratio_ci95"]
+    return f" [{low:.3f}, {high:.3f}]"
 
 
 def _checks(report: dict[str, Any]) -> list[str]:
@@ -202,8 +212,8 @@ def _checks(report: dict[str, Any]) -> list[str]:
     for row in report.get("policy", []):
         rows.append(
             f"| policy | {row['engine']}, {row.get('query', 'query')}: with policy p50 / without "
-            f"| {row['p50_ratio']:.3f} "
-            f"| {row['target']} | {_met(row['met'])} |"
+            f"| {row['p50_ratio']:.3f}{_interval(row)} "
+            f"| {row['target']} | {_met(row['met'], row)} |"
         )
     shaping = report.get("shaping")
     if shaping:
@@ -329,7 +339,10 @@ def _overhead_section(report: dict[str, Any], plots: dict[str, str]) -> list[str
         lines += [
             "## Policy overhead: the same queries without policies and as health_analyst",
             "",
-            "| engine | query | without p50 / p95 ms | with p50 / p95 ms | p50 ratio | runs | target |",
+            "The ratio's 95 % interval is a paired bootstrap over the interleaved runs: *met* means "
+            "the whole interval is within the target, *within noise* that it spans the target.",
+            "",
+            "| engine | query | without p50 / p95 ms | with p50 / p95 ms | p50 ratio [95 % interval] | runs | target |",
             "|---|---|---:|---:|---:|---:|---|",
         ]
         for row in policy:
@@ -337,7 +350,7 @@ def _overhead_section(report: dict[str, Any], plots: dict[str, str]) -> list[str
             lines.append(
                 f"| {row['engine']} | {row.get('query', '')} | {w['p50_ms']:.2f} / {w['p95_ms']:.2f} "
                 f"| {p['p50_ms']:.2f} / {p['p95_ms']:.2f} "
-                f"| {row['p50_ratio']:.3f} | {w['runs']} | {row['target']} {_met(row['met'])} |"
+                f"| {row['p50_ratio']:.3f}{_interval(row)} | {w['runs']} | {row['target']} {_met(row['met'], row)} |"
             )
         lines.append("")
     if "overhead" in plots:

@@ -125,7 +125,17 @@ def synthetic() -> dict[str, Any]:
                 "p50_ratio": 1.02,
                 "target": "<= 1.05",
                 "met": True,
-            }
+            },
+            {
+                "engine": "trino",
+                "query": "visits and residents",
+                "without_policy": timing,
+                "with_policy": timing,
+                "p50_ratio": 1.04,
+                "p50_ratio_ci95": [1.01, 1.08],
+                "target": "<= 1.05",
+                "met": None,
+            },
         ],
         "statements": {"statements_per_request": {"depth_1": 1, "depth_2": 1}, "target": "1", "met": True},
         "peer": {
@@ -173,6 +183,9 @@ def test_report_writes_markdown_json_and_plots(tmp_path: Path) -> None:
     assert "- **seed**: ValueError: synthetic" in text
     assert "| PostGraphile 4.14.1 | 2,400 | 3.20 |" in text
     assert "| peer | cached rps / ceiling rps at 8 connections | 0.750 | none: context | - |" in text
+    # a ratio whose interval spans the target is neither met nor missed
+    assert "| policy | trino, visits and residents: with policy p50 / without | 1.040 [1.010, 1.080] " in text
+    assert "| 1.040 [1.010, 1.080] | 10 | <= 1.05 within noise |" in text
     _tables_are_rectangular(text)
 
 
