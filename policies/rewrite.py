@@ -504,12 +504,17 @@ _PLAIN_ARGS = frozenset({"expressions", "from", "from_", "joins", "where", "orde
 _PLAIN_JOIN = frozenset({"this", "on", "side", "kind"})
 
 
-def _plain(node: exp.Select, own: list[exp.Expr], sources: Mapping[str, Any]) -> None:
+def _plain(node: exp.Select, own: list[exp.Expr], sources: Mapping[str, Mapping[str, Value]]) -> None:
     """A SELECT over hidden values reads a column only by naming it: not by position, ``ALL``,
-    NATURAL or USING, a row as a value, ``COLUMNS()`` or a star with modifiers or inside a
-    call; and it neither groups nor deduplicates rows. Each of those would read a hidden value
-    that no check below sees by its name."""
-    extra = sorted(k for k, v in node.args.items() if v and k not in _PLAIN_ARGS)
+    NATURAL or USING, a row as a value, ``COLUMNS()`` or a star with modifiers or inside a call
+    other than ``COUNT(*)``; it does not deduplicate rows, and groups them only where the
+    hidden values are tie-breaks. Each of those would read a hidden value that no check below
+    sees by its name."""
+    # Grouping by a tie-break tells no more than ordering by it does: an aggregate over a page
+    # cut per parent groups rows that carry their tie-breaks along (a raw value or key does not).
+    ties_only = all(kind == TIE for values in sources.values() for kind, _ in values.values())
+    allowed = _PLAIN_ARGS | {"group", "having"} if ties_only else _PLAIN_ARGS
+    extra = sorted(k for k, v in node.args.items() if v and k not in allowed)
     if extra:
         raise PolicyViolation(f"a SELECT over hidden values has {', '.join(extra)}")
     for join in node.args.get("joins") or []:
@@ -520,7 +525,10 @@ def _plain(node: exp.Select, own: list[exp.Expr], sources: Mapping[str, Any]) ->
             raise PolicyViolation("a SELECT over hidden values orders by something that is not a column")
         if isinstance(n, exp.Window) and not all(isinstance(p, exp.Column) for p in n.args.get("partition_by") or []):
             raise PolicyViolation("a SELECT over hidden values partitions by something that is not a column")
-        if isinstance(n, exp.Star) and (any(n.args.values()) or not _projection_star(n, node)):
+        # COUNT(*) counts rows and reads no value
+        if isinstance(n, exp.Star) and (
+            any(n.args.values()) or not (isinstance(n.parent, exp.Count) or _projection_star(n, node))
+        ):
             raise PolicyViolation("a SELECT over hidden values has a star other than `*` or `t.*` as an output")
         if isinstance(n, exp.Columns):
             raise PolicyViolation("a SELECT over hidden values picks columns by pattern")

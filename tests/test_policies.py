@@ -150,6 +150,23 @@ def test_rows_tied_on_a_masked_key_come_in_its_keyed_digests_order(secured: Gate
     assert want != sorted(residents, key=lambda r: r["id_card"])[:30]
 
 
+def test_an_aggregate_over_each_parents_page_counts_under_a_masked_key(secured: Gateway, city: City) -> None:
+    """The page of visits cut per resident carries its tie-breaks into the aggregate that
+    counts it: the last step lets tie-breaks be grouped over (found by the random queries as a
+    masked role), and the counts are the oracle's."""
+    query = """{ public_security_residents(limit: 5) { id_card
+        clinic_visits_aggregate(limit: 2) { aggregate { count } } } }"""
+    data = run(secured, "health_analyst", query)
+    visits = Counter(v["id_card"] for v in city.dicts("health", "clinic_visits"))
+    residents = sorted(city.dicts("public_security", "residents"), key=lambda r: tie_digest(r["id_card"]))[:5]
+    counts = [min(2, visits[r["id_card"]]) for r in residents]
+    assert data["public_security_residents"] == [
+        {"id_card": partial(r["id_card"], 6, 4), "clinic_visits_aggregate": {"aggregate": {"count": n}}}
+        for r, n in zip(residents, counts, strict=True)
+    ]
+    assert any(visits[r["id_card"]] > 2 for r in residents)  # the page cuts some resident's visits
+
+
 def test_date_and_number_masks(secured: Gateway) -> None:
     engine: Engine = secured.engine
     date = exp.cast(exp.Literal.string("1990-07-15"), exp.DataType.build("DATE"))
