@@ -117,6 +117,17 @@ class Identity:
     subject: str | None = None
 
 
+def _join_columns(model: Model) -> dict[tuple[str, str], frozenset[str]]:
+    """The columns of each table that the role's relationships join on, at either end."""
+    keys: dict[tuple[str, str], set[str]] = {}
+    for table in model.tables.values():
+        for relation in table.relations.values():
+            target = model.tables[relation.target]
+            keys.setdefault((table.department, table.name), set()).add(relation.column)
+            keys.setdefault((target.department, target.name), set()).add(relation.target_column)
+    return {key: frozenset(columns) for key, columns in keys.items()}
+
+
 @dataclass
 class View:
     """The gateway as one role sees it: its schema, and the policy rewrite of its queries."""
@@ -126,6 +137,7 @@ class View:
     decisions: dict[tuple[str, str], TableDecision] | None = None
     types: dict[tuple[str, str], dict[str, LogicalType]] = field(default_factory=dict)
     claim_names: tuple[str, ...] = ()  # the claims this role's row filters read
+    keys: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # columns relationships join on
 
     def used_claims(self, identity: Identity | None) -> dict[str, Any]:
         """The caller's claims that this role's policies read: all that can change its SQL."""
@@ -136,7 +148,7 @@ class View:
     def rewrite(self, tree: exp.Expr, claims: Mapping[str, Any]) -> exp.Expr:
         if self.decisions is None:
             return tree
-        return enforce(tree, PolicyContext(self.decisions, self.types, claims))
+        return enforce(tree, PolicyContext(self.decisions, self.types, claims, self.keys))
 
 
 @dataclass
@@ -243,7 +255,7 @@ class Gateway:
                     claims |= claims_used(parse_filter(decision.row_filter))
                 types[key] = {c.name: c.type for c in table.columns}
             model = build_model(self.catalogue, self.config, decisions)
-            view = View(role, model, decisions, types, tuple(sorted(claims)))
+            view = View(role, model, decisions, types, tuple(sorted(claims)), _join_columns(model))
         with self._lock:
             if self.policies is policies:  # not replaced by a reload meanwhile
                 self._views[role] = view

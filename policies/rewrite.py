@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlglot import exp
@@ -57,6 +57,7 @@ class Context:
     decisions: Mapping[tuple[str, str], TableDecision]
     types: Mapping[tuple[str, str], Mapping[str, LogicalType]]
     claims: Mapping[str, Any]
+    keys: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # columns relationships join on
 
 
 Step = Callable[[exp.Expr, Context], exp.Expr]
@@ -391,6 +392,8 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
         if name.startswith((hidden(KEY, ""), hidden(TIE, ""))):
             mark, _, target = name[2:].partition("_")
             treatment = decision.columns.get(target)
+            if mark == KEY and target not in ctx.keys.get(key, frozenset()):
+                raise PolicyViolation(f"{key[0]}.{key[1]} passes on {target} raw, which no relationship joins on")
             if treatment is not None:
                 expected = _hidden_value(mark, target, treatment)
                 out[name.lower()] = (mark, (key, target))

@@ -533,7 +533,7 @@ def analyst(sqlite_config: Config) -> Iterator[tuple[Gateway, Any]]:
     gateway = Gateway.start(config, create_engine(config))
     view = gateway.view(Identity("health_analyst"))
     assert view.decisions is not None
-    yield gateway, Context(view.decisions, view.types, {})
+    yield gateway, Context(view.decisions, view.types, {}, view.keys)
     gateway.close()
 
 
@@ -746,12 +746,18 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
         projection = next(p for p in residents(copy).this.expressions if p.alias == "__raw_name")
         projection.set("alias", exp.to_identifier("name", quoted=True))
 
+    def name_key(copy: exp.Expr) -> None:  # the raw name passed on as a key, which links nothing
+        subquery = residents(copy)
+        raw = exp.Column(this=exp.to_identifier("name", quoted=True), table=exp.to_identifier("raw"))
+        subquery.this.select(exp.alias_(raw, "__key_name", quoted=True), copy=False)
+
     def unfiltered(copy: exp.Expr) -> None:  # a row filter the policy does not have
         residents(copy).this.where(exp.column("district", "raw").eq("南城"), copy=False)
 
     for change, message in (
         (shown, "otherwise than its policy does"),
         (unfiltered, "row filter alone"),
+        (name_key, "passes on name raw, which no relationship joins on"),
         (unmask, "outside its mask"),
         (weaken, "not the policy's"),
         (other, "not the policy's"),
