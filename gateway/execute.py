@@ -122,7 +122,9 @@ def _join_columns(model: Model) -> dict[tuple[str, str], frozenset[str]]:
     keys: dict[tuple[str, str], set[str]] = {}
     for table in model.tables.values():
         for relation in table.relations.values():
-            target = model.tables[relation.target]
+            target = model.tables.get(relation.target)
+            if target is None:  # a relationship into a table the role may not read links nothing
+                continue
             keys.setdefault((table.department, table.name), set()).add(relation.column)
             keys.setdefault((target.department, target.name), set()).add(relation.target_column)
     return {key: frozenset(columns) for key, columns in keys.items()}
