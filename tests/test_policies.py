@@ -38,16 +38,25 @@ def with_policies(config: Config, files: list[Path] = POLICY_FILES) -> Config:
     return config.model_copy(update={"policies": PoliciesConfig(files=files, hash_key=KEY)})
 
 
-@pytest.fixture(scope="module", params=["embedded_sqlite", "embedded_services", "trino"])
-def secured(request: pytest.FixtureRequest, sqlite_config: Config, services_config: Config) -> Iterator[Gateway]:
-    """A policy-enforcing gateway on each engine."""
+ENGINES = ("embedded_sqlite", "embedded_services", "trino")
+
+
+def secured_gateway(engine: str, sqlite_config: Config, services_config: Config) -> Gateway:
+    """A policy-enforcing gateway on one of :data:`ENGINES`: DuckDB over SQLite, DuckDB over
+    PostgreSQL and MariaDB, or Trino."""
     config = {
         "embedded_sqlite": sqlite_config,
         "embedded_services": services_config.with_engine("embedded"),
         "trino": services_config,
-    }[request.param]
+    }[engine]
     config = with_policies(config)
-    gateway = Gateway.start(config, create_engine(config))
+    return Gateway.start(config, create_engine(config))
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def secured(request: pytest.FixtureRequest, sqlite_config: Config, services_config: Config) -> Iterator[Gateway]:
+    """A policy-enforcing gateway on each engine."""
+    gateway = secured_gateway(request.param, sqlite_config, services_config)
     yield gateway
     gateway.close()
 

@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.base import create_engine
 from gateway.config import Config
 from gateway.datagen import City
 from gateway.execute import Gateway, Identity
@@ -157,10 +156,9 @@ def test_random_queries_agree_everywhere(
 @pytest.fixture(scope="module")
 def analysts(sqlite_config: Config, services_config: Config) -> Iterator[list[Gateway]]:
     """A policy-enforcing gateway on each engine."""
-    from tests.test_policies import with_policies
+    from tests.test_policies import ENGINES, secured_gateway
 
-    configs = [sqlite_config, services_config.with_engine("embedded"), services_config]
-    gateways = [Gateway.start(c, create_engine(c)) for c in map(with_policies, configs)]
+    gateways = [secured_gateway(engine, sqlite_config, services_config) for engine in ENGINES]
     yield gateways
     for gateway in gateways:
         gateway.close()
