@@ -319,12 +319,16 @@ def _rows_node(
     attach: tuple[str, ...],
     mode: str,
 ) -> Node:
-    for name in ("limit", "offset"):
-        if args.get(name) is not None and args[name] < 0:
-            raise CompileError(f"`{name}` must not be negative", path)
+    _check_page(args, path)
     node = Node(len(ctx.nodes), "rows", table, parent, relation, args, path, attach, mode)
     ctx.nodes.append(node)
     return node
+
+
+def _check_page(args: dict[str, Any], path: list[str | int]) -> None:
+    for name in ("limit", "offset"):
+        if args.get(name) is not None and args[name] < 0:
+            raise CompileError(f"`{name}` must not be negative", path)
 
 
 def _object_template(
@@ -376,6 +380,7 @@ def _aggregate_field(
     attach: tuple[str, ...],
 ) -> list[Slot]:
     """``{ aggregate { ... } nodes { ... } }``: an aggregate node and a rows node side by side."""
+    _check_page(args, path)
     template: list[Slot] = []
     for key, nodes in collect_fields(ctx, selections).items():
         name = nodes[0].name.value
@@ -794,9 +799,7 @@ def _group_sql(ctx: Context, node: Node) -> exp.Select:
     paged = exp.select("*", exp.alias_(exp.column("__rn"), "__id", copy=False), copy=False).from_(
         grouped.subquery("g", copy=False), copy=False
     )
-    for name in ("limit", "offset"):
-        if node.args.get(name) is not None and node.args[name] < 0:
-            raise CompileError(f"`{name}` must not be negative", node.path)
+    _check_page(node.args, node.path)
     return _page(paged, node)
 
 

@@ -83,6 +83,19 @@ class TableInfo:
     def column(self, name: str) -> ColumnInfo:
         return self.columns[name]
 
+    def groupable(self, name: str) -> bool:
+        """Whether groups, and the filters of an aggregate-only table, may use column ``name``."""
+        return self.group_by is None or name in self.group_by
+
+    @property
+    def measures(self) -> dict[str, ColumnInfo]:
+        """The columns sum, avg, min and max may read: of an aggregate-only table with a
+        grouping list, only those not in it ("the others only inside aggregates"), so that no
+        aggregate reads out one row's value of a column the groups are cut by."""
+        if not self.aggregate_only:
+            return self.columns
+        return {n: c for n, c in self.columns.items() if self.group_by is None or n not in self.group_by}
+
 
 @dataclass(slots=True)
 class Model:
@@ -299,6 +312,14 @@ class _Builder:
             "where": GraphQLArgument(self.bool_exps[root]),
         }
 
+    def _aggregate_args(self, root: str) -> dict[str, GraphQLArgument]:
+        """An aggregate's arguments. Of an aggregate-only table only `where`: a page, an order or
+        a distinct_on would choose single rows to aggregate, and two overlapping pages differ by
+        one row."""
+        if self.tables[root].aggregate_only:
+            return {"where": GraphQLArgument(self.bool_exps[root])}
+        return self._list_args(root)
+
     def _object_fields(self, table: TableInfo) -> dict[str, GraphQLField]:
         fields: dict[str, GraphQLField] = {}
         for name, column in table.columns.items():
@@ -308,11 +329,9 @@ class _Builder:
         for relation in table.relations.values():
             target = self.objects[relation.target]
             if self.tables[relation.target].aggregate_only:
-                # Rows of an aggregate-only table are never shown, only its aggregates.
-                if relation.kind == "array":
-                    fields[f"{relation.name}_aggregate"] = GraphQLField(
-                        GraphQLNonNull(self.aggregates[relation.target]), self._list_args(relation.target)
-                    )
+                # Neither rows of an aggregate-only table nor aggregates under each parent: those
+                # group by the record the relationship links (per resident, by `id_card`), and
+                # an aggregate-only table links no records. Its own `_group_by` is the way in.
                 continue
             if relation.kind == "object":
                 fields[relation.name] = GraphQLField(target, description=f"via {relation.column}")
@@ -340,8 +359,8 @@ class _Builder:
                     },
                 ),
             }
-            numeric = {n: c for n, c in table.columns.items() if c.type.kind in NUMERIC}
-            orderable = {n: c for n, c in table.columns.items() if c.type.kind in ORDERABLE}
+            numeric = {n: c for n, c in table.measures.items() if c.type.kind in NUMERIC}
+            orderable = {n: c for n, c in table.measures.items() if c.type.kind in ORDERABLE}
             if numeric:
                 fields["sum"] = GraphQLField(
                     GraphQLObjectType(
@@ -372,7 +391,13 @@ class _Builder:
             "_or": GraphQLInputField(GraphQLList(GraphQLNonNull(own))),
         }
         for name, column in table.columns.items():
-            fields[name] = GraphQLInputField(COMPARISONS[column.type.kind])
+            # An aggregate-only table filters only by what its groups may use: a filter by
+            # another column (a cost range, a patient's name through `resident`) would pick
+            # out single rows that two large aggregates then differ by.
+            if not table.aggregate_only or table.groupable(name):
+                fields[name] = GraphQLInputField(COMPARISONS[column.type.kind])
+        if table.aggregate_only:
+            return fields
         for relation in table.relations.values():
             # No filter reaches into an aggregate-only table: EXISTS would test single rows.
             if not self.tables[relation.target].aggregate_only:
@@ -394,10 +419,10 @@ class _Builder:
         root = table.root
 
         def build() -> dict[str, GraphQLInputField]:
-            fields = {name: GraphQLInputField(ORDER_BY) for name in table.columns}
+            fields = {name: GraphQLInputField(ORDER_BY) for name in table.columns if table.groupable(name)}
             aggregate: dict[str, GraphQLInputField] = {"count": GraphQLInputField(ORDER_BY)}
             for op, allowed in (("sum", NUMERIC), ("avg", NUMERIC), ("min", ORDERABLE), ("max", ORDERABLE)):
-                columns = [n for n, c in table.columns.items() if c.type.kind in allowed]
+                columns = [n for n, c in table.measures.items() if c.type.kind in allowed]
                 if columns:
                     aggregate[op] = GraphQLInputField(
                         GraphQLInputObjectType(
@@ -429,7 +454,7 @@ class _Builder:
                     description=f"one row of {root} by its primary key",
                 )
                 self.roots[f"{root}_by_pk"] = ("by_pk", table)
-            fields[f"{root}_aggregate"] = GraphQLField(self.aggregates[root], list_args)
+            fields[f"{root}_aggregate"] = GraphQLField(self.aggregates[root], self._aggregate_args(root))
             self.roots[f"{root}_aggregate"] = ("aggregate", table)
             group_args: dict[str, Any] = {
                 "by": GraphQLArgument(GraphQLNonNull(GraphQLList(GraphQLNonNull(self.group_columns[root])))),

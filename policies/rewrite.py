@@ -277,14 +277,81 @@ def verify(tree: exp.Expr, ctx: Context) -> exp.Expr:
     for subquery in tree.find_all(exp.Subquery):
         key = subquery.meta.get("policy")
         if key and ctx.decisions[key].access == "aggregate_only":
-            holder = subquery.find_ancestor(exp.Select)
-            while holder is not None and not holder.meta.get(AGGREGATED):
-                holder = holder.find_ancestor(exp.Select)
-            if holder is None or holder.find_ancestor(exp.Exists) is not None:
-                raise PolicyViolation(f"{key[0]}.{key[1]} is aggregate-only but is read row by row")
+            _verify_aggregated(subquery, key, ctx)
     _verify_names(tree)
     _verify_flows(tree, ctx)
     return tree
+
+
+def _verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Context) -> None:
+    """An aggregate-only table is read whole, filtered and grouped only by the columns its
+    groups may use, and aggregated: sum, avg, min and max only of the other columns.
+
+    So no page, order, distinct, join or window chooses single rows before they are
+    aggregated, and nothing links them to another table's records: the policy subquery passes
+    on no key or tie-break (see :func:`_policy_outputs`)."""
+    decision = ctx.decisions[key]
+    name = f"{key[0]}.{key[1]}"
+    dims = decision.group_by if decision.group_by is not None else frozenset(decision.visible_columns)
+    measures = frozenset(decision.visible_columns) - (decision.group_by or frozenset())
+    holder = subquery.find_ancestor(exp.Select)
+    passed: set[str] = set()
+    if holder is not None and not holder.meta.get(AGGREGATED):
+        passed = _aggregate_input(holder, subquery.alias_or_name, dims, name)
+        holder = holder.find_ancestor(exp.Select)
+    if holder is None or not holder.meta.get(AGGREGATED) or holder.find_ancestor(exp.Exists) is not None:
+        raise PolicyViolation(f"{name} is aggregate-only but is read row by row")
+    _unchosen(holder, name, windows=True)
+    group = holder.args.get("group")
+    for column in group.find_all(exp.Column) if group is not None else ():
+        if column.name not in dims:
+            raise PolicyViolation(f"{name} is aggregate-only but is grouped by {column.name}")
+    # All of the aggregating SELECT but its source, nested queries included.
+    above = [n for k, v in holder.args.items() if k not in ("from", "from_") for n in _walk(v)]
+    for function in (n for n in above if isinstance(n, (exp.Sum, exp.Avg, exp.Min, exp.Max))):
+        for column in function.find_all(exp.Column):
+            if column.name not in measures:
+                raise PolicyViolation(f"{name} is aggregate-only but aggregates {column.name} by value")
+    for column in (n for n in above if isinstance(n, exp.Column)):
+        outside = column.find_ancestor(exp.AggFunc, exp.Group, exp.Window) is None
+        if column.name in passed and outside and not (column.name in dims and _grouped(holder, column.name)):
+            raise PolicyViolation(f"{name} is aggregate-only but {column.name} leaves ungrouped")
+
+
+def _aggregate_input(select: exp.Select, alias: str, dims: frozenset[str], name: str) -> set[str]:
+    """Check the one SELECT between an aggregate-only table's policy subquery (``alias``) and its
+    aggregation: it passes columns on under their own names and filters by groups' columns
+    only. Return the columns it passes on."""
+    _unchosen(select, name, windows=False)
+    passed: set[str] = set()
+    for projection in select.expressions:
+        this = projection.this if isinstance(projection, exp.Alias) else projection
+        if isinstance(this, exp.Column) and this.table == alias and projection.alias_or_name == this.name:
+            passed.add(this.name)
+        elif not (isinstance(this, exp.Literal) and projection.alias_or_name == "__one"):
+            raise PolicyViolation(f"{name} is aggregate-only but gives {projection.alias_or_name}, not a column")
+    where = select.args.get("where")
+    for column in where.find_all(exp.Column) if where is not None else ():
+        if column.table != alias or column.name not in dims:
+            raise PolicyViolation(f"{name} is aggregate-only but is filtered by {column.name}")
+    return passed
+
+
+def _walk(value: Any) -> list[exp.Expr]:
+    values = value if isinstance(value, list) else [value]
+    return [n for v in values if isinstance(v, exp.Expr) for n in v.walk()]
+
+
+def _unchosen(select: exp.Select, name: str, windows: bool) -> None:
+    """No page, order, distinct or join on ``select``; windows only over groups, after them."""
+    chosen = [k for k in ("limit", "offset", "order", "distinct", "joins", "qualify") if select.args.get(k)]
+    if chosen or (not windows and select.find(exp.Window) is not None):
+        raise PolicyViolation(f"{name} is aggregate-only but single rows are chosen before it is aggregated")
+
+
+def _grouped(select: exp.Select, column: str) -> bool:
+    group = select.args.get("group")
+    return group is not None and any(isinstance(e, exp.Column) and e.name == column for e in group.expressions)
 
 
 HIDDEN = re.compile(r"__(key|tie)_.*|__[ksd]\d+")  # keys, tie-breaks, sort and distinct values
@@ -386,6 +453,8 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
     for projection in select.expressions:
         name = projection.alias
         expected: exp.Expr | None = None
+        if decision.access == "aggregate_only" and (_raw(name) or (name.startswith("__") and name != "__row")):
+            raise PolicyViolation(f"{key[0]}.{key[1]} is aggregate-only but passes on {name}")
         if _raw(name):
             out[name.lower()] = (RAW, (key, _passed(projection, key, ctx)))
             continue

@@ -9,6 +9,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,47 @@ def test_paths_into_denied_and_aggregate_only_data_do_not_validate(secured: Gate
     assert errors(secured, "health_analyst", fragment)[0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     introspected = run(secured, "health_analyst", '{ __type(name: "public_security_residents") { fields { name } } }')
     assert "address" not in {f["name"] for f in introspected["__type"]["fields"]}
+
+
+# Each of these once answered district_officer (found by a red-team review): two large
+# aggregates that differ by one patient's visits, picked by her name through `resident` or by
+# overlapping pages; an aggregate per resident; the earliest visit date of a group.
+SINGLING_OUT = {
+    "filter through a relationship": """{ health_clinic_visits_aggregate(
+        where: {_not: {resident: {name: {_eq: "叶轩怡"}}}}) { aggregate { count sum { cost } } } }""",
+    "filter by a measure": '{ health_clinic_visits_aggregate(where: {cost: {_gte: "19999"}}) { aggregate { count } } }',
+    "page": "{ health_clinic_visits_aggregate(limit: 5, offset: 1) { aggregate { sum { cost } } } }",
+    "order": "{ health_clinic_visits_aggregate(order_by: [{cost: desc}]) { aggregate { count } } }",
+    "distinct_on": "{ health_clinic_visits_aggregate(distinct_on: [hospital]) { aggregate { count } } }",
+    "per resident": "{ public_security_residents { clinic_visits_aggregate { aggregate { count } } } }",
+    "min of a group column": "{ health_clinic_visits_aggregate { aggregate { min { visit_date } } } }",
+    "order groups by a group column's max": """{ health_clinic_visits_group_by(by: [hospital],
+        order_by: [{aggregate: {max: {diagnosis_code: desc}}}]) { keys { hospital } } }""",
+}
+
+
+@pytest.mark.parametrize("name", SINGLING_OUT)
+def test_an_aggregate_only_table_singles_out_no_rows(secured: Gateway, name: str) -> None:
+    found = errors(secured, "district_officer", SINGLING_OUT[name], district="南城")
+    assert found and {e["extensions"]["code"] for e in found} == {"GRAPHQL_VALIDATION_FAILED"}
+
+
+def test_an_aggregate_only_table_filters_by_its_groups_columns_and_aggregates_the_others(
+    secured: Gateway, city: City
+) -> None:
+    query = """{ health_clinic_visits_aggregate(
+        where: {hospital: {_eq: "东华医院"}, visit_date: {_gte: "2015-01-01"}}) {
+        aggregate { count sum { cost } min { cost } max { cost } } } }"""
+    got = run(secured, "district_officer", query, district="南城")["health_clinic_visits_aggregate"]["aggregate"]
+    visits = [
+        v
+        for v in city.dicts("health", "clinic_visits")
+        if v["hospital"] == "东华医院" and v["visit_date"] >= date(2015, 1, 1)
+    ]
+    assert len(visits) >= 5
+    costs = [Decimal(str(v["cost"])) for v in visits]
+    assert (got["count"], Decimal(str(got["sum"]["cost"]))) == (len(visits), sum(costs))
+    assert (Decimal(str(got["min"]["cost"])), Decimal(str(got["max"]["cost"]))) == (min(costs), max(costs))
 
 
 def test_claims_are_literals_and_a_missing_claim_reveals_nothing(secured: Gateway) -> None:
@@ -798,3 +840,74 @@ def test_the_last_step_fails_closed_on_raw_values_outside_their_masks(analyst: t
     ):
         with pytest.raises(PolicyViolation, match=message):
             verify(tampered(change), ctx)
+
+
+def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: Config) -> None:
+    from policies.rewrite import AGGREGATED, Context, PolicyViolation, enforce, verify
+
+    config = with_policies(sqlite_config)
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        identity = Identity("district_officer", {"district": "南城"})
+        view = gateway.view(identity)
+        assert view.decisions is not None
+        ctx = Context(view.decisions, view.types, identity.claims, view.keys)
+        query = "{ health_clinic_visits_group_by(by: [hospital]) { keys { hospital } aggregate { sum { cost } } } }"
+        [compiled] = gateway.compile(query, identity=identity)
+    finally:
+        gateway.close()
+    tree = enforce(compiled.tree, ctx)
+    assert verify(tree.copy(), ctx)
+
+    def parts(copy: exp.Expr) -> tuple[exp.Select, exp.Select, exp.Select]:
+        policy = next(s for s in copy.find_all(exp.Subquery) if s.meta.get("policy") == ("health", "clinic_visits"))
+        inner, step = policy.this, policy.find_ancestor(exp.Select)
+        holder = next(s for s in copy.find_all(exp.Select) if s.meta.get(AGGREGATED))
+        assert isinstance(step, exp.Select) and step is not holder
+        return inner, step, holder
+
+    def page(copy: exp.Expr) -> None:  # a page of rows before they are aggregated
+        parts(copy)[1].limit(5, copy=False)
+
+    def measure_filter(copy: exp.Expr) -> None:  # visits above a cost, which a difference singles out
+        parts(copy)[1].where("t1.cost > 19999", copy=False)
+
+    def window(copy: exp.Expr) -> None:  # rows numbered before they are aggregated
+        parts(copy)[1].select(sqlglot.parse_one("ROW_NUMBER() OVER (ORDER BY t1.cost) AS __n"), copy=False)
+
+    def renamed(copy: exp.Expr) -> None:  # a column passed on under another's name
+        parts(copy)[1].select(exp.alias_(exp.column("cost", "t1"), "hospital2"), copy=False)
+
+    def min_of_group_column(copy: exp.Expr) -> None:  # one row's value of a column groups are cut by
+        holder = parts(copy)[2]
+        next(holder.find_all(exp.Sum)).replace(exp.Min(this=exp.column("hospital")))
+
+    def grouped_by_measure(copy: exp.Expr) -> None:
+        holder = parts(copy)[2]
+        holder.set("group", exp.Group(expressions=[exp.column("hospital"), exp.column("cost")]))
+
+    def ungrouped(copy: exp.Expr) -> None:  # a row's cost as an output
+        parts(copy)[2].select(exp.alias_(exp.column("cost"), "o0_9"), copy=False)
+
+    def keyed(copy: exp.Expr) -> None:  # the patient's key, which would link visits to people
+        parts(copy)[0].select(exp.alias_(exp.column("id_card", "raw"), "__key_id_card"), copy=False)
+
+    def two_steps(copy: exp.Expr) -> None:
+        step = parts(copy)[1]
+        step.replace(exp.select("*").from_(step.copy().subquery("b")))
+
+    for change, message in (
+        (page, "single rows are chosen"),
+        (measure_filter, "filtered by cost"),
+        (window, "single rows are chosen"),
+        (renamed, "gives hospital2"),
+        (min_of_group_column, "aggregates hospital by value"),
+        (grouped_by_measure, "grouped by cost"),
+        (ungrouped, "cost leaves ungrouped"),
+        (keyed, "aggregate-only but passes on __key_id_card"),
+        (two_steps, "read row by row"),
+    ):
+        copy = tree.copy()
+        change(copy)
+        with pytest.raises(PolicyViolation, match=message):
+            verify(copy, ctx)
