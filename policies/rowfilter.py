@@ -9,10 +9,13 @@ token does not carry makes the filter false: no rows, rather than all of them.
 "district = '南城'' OR 1=1 --'"
 >>> bind(parse_filter("district = :claims.district"), {}).sql()
 'FALSE'
+>>> bind(parse_filter("district = :claims.district"), {"district": float("nan")}).sql()  # not `nan`, a name
+'FALSE'
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,8 +48,11 @@ def columns_used(tree: exp.Expr) -> set[str]:
 
 
 def bind(tree: exp.Expr, claims: Mapping[str, Any]) -> exp.Expr:
-    """The filter with each claim as a literal; false when a claim it needs is missing."""
-    if any(claims.get(name) is None for name in claims_used(tree)):
+    """The filter with each claim as a literal; false when a claim it needs is missing, or is
+    no single value (a list, an object, a NaN or an infinity: none of them a literal every
+    engine reads as the same value)."""
+    used = [claims.get(name) for name in claims_used(tree)]
+    if not all(_scalar(value) for value in used):
         return exp.false()
 
     def substitute(node: exp.Expr) -> exp.Expr:
@@ -56,7 +62,11 @@ def bind(tree: exp.Expr, claims: Mapping[str, Any]) -> exp.Expr:
                 return exp.Boolean(this=value)
             if isinstance(value, int | float):
                 return exp.Literal.number(value)
-            return exp.Literal.string(str(value))
+            return exp.Literal.string(value)
         return node
 
     return tree.copy().transform(substitute)
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))

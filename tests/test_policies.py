@@ -402,6 +402,10 @@ def test_claims_are_literals_and_a_missing_claim_reveals_nothing(secured: Gatewa
     assert hostile["public_security_residents"] == []
     missing = run(secured, "district_officer", "{ public_security_residents { district } }")
     assert missing["public_security_residents"] == []
+    # A claim that is no single value: a NaN or an infinity would be written as a bare name.
+    for odd in (float("nan"), float("inf"), ["南城", "东城"], {"name": "南城"}):
+        rows = run(secured, "district_officer", "{ public_security_residents { district } }", district=odd)
+        assert rows["public_security_residents"] == []
 
 
 def test_anonymous_sees_only_published_columns(secured: Gateway) -> None:
