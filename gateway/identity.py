@@ -23,7 +23,6 @@ from joserfc.errors import (
     ExpiredTokenError,
     InvalidClaimError,
     InvalidKeyIdError,
-    InvalidTokenError,
     JoseError,
     MissingClaimError,
 )
@@ -141,15 +140,23 @@ class Authenticator:
             self._claims.validate(decoded.claims)
         except ExpiredTokenError:
             raise AuthError("the token has expired") from None
-        except InvalidTokenError:
-            raise AuthError("the token is not valid yet") from None
         except InvalidKeyIdError:
             raise AuthError("the token was signed by a key this gateway does not know") from None
-        except (InvalidClaimError, MissingClaimError):
-            raise AuthError("the token was not issued for this gateway") from None
+        except (InvalidClaimError, MissingClaimError) as error:
+            raise AuthError(_CLAIM_REASONS.get(error.claim, "the token is not valid")) from None
         except (JoseError, ValueError):
             raise AuthError("the token is not valid") from None
         return dict(decoded.claims)
+
+
+# Why a token whose claim fails is refused; any other claim (a malformed `exp`, `sub`, ...)
+# makes it "not valid". joserfc raises one error class for all of them, naming the claim.
+_CLAIM_REASONS = {
+    "nbf": "the token is not valid yet",
+    "iat": "the token is not valid yet",
+    "iss": "the token was not issued for this gateway",
+    "aud": "the token was not issued for this gateway",
+}
 
 
 def _path(claims: Any, path: str) -> Any:

@@ -107,6 +107,20 @@ def test_forged_and_invalid_tokens_are_401(authenticator: Authenticator, keys: d
         assert "rsa" not in caught.value.message.lower() and ISSUER not in caught.value.message, name
 
 
+def test_each_refused_token_says_why(authenticator: Authenticator, keys: dict[str, Any]) -> None:
+    now = int(time.time())
+    for body, reason in (
+        (claims(exp=now - 120), "the token has expired"),
+        (claims(nbf=now + 600), "the token is not valid yet"),
+        (claims(iss="https://evil.example"), "the token was not issued for this gateway"),
+        (claims(aud="someone-else"), "the token was not issued for this gateway"),
+        (claims(exp="tomorrow"), "the token is not valid"),
+    ):
+        with pytest.raises(AuthError) as caught:
+            authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", body))
+        assert caught.value.message == reason
+
+
 def test_a_role_the_token_does_not_carry_is_403(authenticator: Authenticator, keys: dict[str, Any]) -> None:
     with pytest.raises(AuthError) as caught:
         authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", claims()), "health_analyst")
