@@ -14,8 +14,11 @@ LogicalType(kind='string', precision=None, scale=None)
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 from sqlglot import exp
@@ -91,3 +94,30 @@ def logical_type(name: str, dialect: str | None = None) -> LogicalType:
         scale = params[1] if len(params) > 1 else 0
         return LogicalType("decimal", precision, scale)
     return LogicalType(kind)
+
+
+def _date(value: Any) -> exp.Expr:
+    day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+    return exp.cast(exp.Literal.string(day.isoformat()), exp.DataType(this=exp.DataType.Type.DATE), copy=False)
+
+
+def _timestamp(value: Any) -> exp.Expr:
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    return exp.cast(
+        exp.Literal.string(moment.isoformat(sep=" ")), exp.DataType(this=exp.DataType.Type.TIMESTAMP), copy=False
+    )
+
+
+# A value as a literal node of each kind: the only way values (a user's, a claim's) enter SQL.
+LITERALS: dict[str, Callable[[Any], exp.Expr]] = {
+    "string": lambda v: exp.Literal.string(str(v)),
+    "boolean": lambda v: exp.Boolean(this=bool(v)),
+    "integer": lambda v: exp.Literal.number(int(v)),
+    "bigint": lambda v: exp.Literal.number(int(v)),
+    "double": lambda v: exp.cast(
+        exp.Literal.number(repr(float(v))), exp.DataType(this=exp.DataType.Type.DOUBLE), copy=False
+    ),
+    "decimal": lambda v: exp.Literal.number(str(Decimal(v))),
+    "date": _date,
+    "timestamp": _timestamp,
+}

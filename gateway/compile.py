@@ -17,10 +17,8 @@ engine. User values enter the tree only as literal nodes; tables are referenced 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from graphql import (
@@ -37,7 +35,7 @@ from graphql import (
 from graphql.execution.values import VariableValues, get_argument_values, get_directive_values
 from sqlglot import exp
 
-from catalogue.types import LogicalType
+from catalogue.types import LITERALS, LogicalType
 from connectors.base import departments_in, logical_table
 from gateway.errors import CitygateError
 from gateway.scalars import ORDERABLE, OUTPUT
@@ -122,32 +120,6 @@ AGGREGATES: dict[str, Callable[[exp.Expr], exp.Expr]] = {
     "avg": lambda e: exp.Avg(this=exp.cast(e, exp.DataType(this=exp.DataType.Type.DOUBLE), copy=False)),
     "min": lambda e: exp.Min(this=e),
     "max": lambda e: exp.Max(this=e),
-}
-
-
-def _date(value: Any) -> exp.Expr:
-    day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
-    return exp.cast(exp.Literal.string(day.isoformat()), exp.DataType(this=exp.DataType.Type.DATE), copy=False)
-
-
-def _timestamp(value: Any) -> exp.Expr:
-    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-    return exp.cast(
-        exp.Literal.string(moment.isoformat(sep=" ")), exp.DataType(this=exp.DataType.Type.TIMESTAMP), copy=False
-    )
-
-
-LITERALS: dict[str, Callable[[Any], exp.Expr]] = {
-    "string": lambda v: exp.Literal.string(str(v)),
-    "boolean": lambda v: exp.Boolean(this=bool(v)),
-    "integer": lambda v: exp.Literal.number(int(v)),
-    "bigint": lambda v: exp.Literal.number(int(v)),
-    "double": lambda v: exp.cast(
-        exp.Literal.number(repr(float(v))), exp.DataType(this=exp.DataType.Type.DOUBLE), copy=False
-    ),
-    "decimal": lambda v: exp.Literal.number(str(Decimal(v))),
-    "date": _date,
-    "timestamp": _timestamp,
 }
 
 

@@ -226,7 +226,7 @@ def _policy_subquery(
         projections.append(exp.alias_(exp.Literal.number(1), "__row"))
     select = exp.select(*projections).from_(raw)
     if decision.row_filter is not None:
-        select = select.where(bind(parse_filter(decision.row_filter), ctx.claims))
+        select = select.where(bind(parse_filter(decision.row_filter), ctx.claims, types))
     subquery = select.subquery(exp.to_identifier(alias))
     subquery.meta["policy"] = key
     return subquery
@@ -445,7 +445,7 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
     decision, types = ctx.decisions[key], ctx.types[key]
     extra = sorted(k for k, v in select.args.items() if v and k not in ("expressions", "from", "from_", "where"))
     where = select.args.get("where")
-    want = bind(parse_filter(decision.row_filter), ctx.claims) if decision.row_filter is not None else None
+    want = bind(parse_filter(decision.row_filter), ctx.claims, types) if decision.row_filter is not None else None
     if extra or (where.this if where is not None else None) != want:
         raise PolicyViolation(f"{key[0]}.{key[1]} is not read under its policy's row filter alone")
 

@@ -11,18 +11,27 @@ token does not carry makes the filter false: no rows, rather than all of them.
 'FALSE'
 >>> bind(parse_filter("district = :claims.district"), {"district": float("nan")}).sql()  # not `nan`, a name
 'FALSE'
+>>> from catalogue.types import LogicalType
+>>> bind(parse_filter("district = :claims.district"), {"district": 7}, {"district": LogicalType("string")}).sql()
+"district = '7'"
+>>> bind(parse_filter("age > :claims.min"), {"min": "ten"}, {"age": LogicalType("integer")}).sql()
+'FALSE'
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
+
+from catalogue.types import LITERALS, LogicalType
 
 _CLAIM = re.compile(r":claims\.([A-Za-z_][A-Za-z0-9_]*)")
 _PREFIX = "__claim__"
@@ -47,25 +56,84 @@ def columns_used(tree: exp.Expr) -> set[str]:
     return {c.name for c in tree.find_all(exp.Column) if not c.name.startswith(_PREFIX)}
 
 
-def bind(tree: exp.Expr, claims: Mapping[str, Any]) -> exp.Expr:
+def bind(tree: exp.Expr, claims: Mapping[str, Any], types: Mapping[str, LogicalType] | None = None) -> exp.Expr:
     """The filter with each claim as a literal; false when a claim it needs is missing, or is
     no single value (a list, an object, a NaN or an infinity: none of them a literal every
-    engine reads as the same value)."""
+    engine reads as the same value).
+
+    A claim compared with one of the table's columns (``types``) becomes a literal of that
+    column's type, and the filter is false if the claim is no such value: an engine would
+    otherwise cast the column to the claim's type and fail on the first row, naming its value.
+    """
     used = [claims.get(name) for name in claims_used(tree)]
     if not all(_scalar(value) for value in used):
         return exp.false()
+    try:
+        return tree.copy().transform(lambda node: _bound(node, claims, types or {}))
+    except _NotOfType:
+        return exp.false()
 
-    def substitute(node: exp.Expr) -> exp.Expr:
-        if isinstance(node, exp.Column) and node.name.startswith(_PREFIX):
-            value = claims[node.name[len(_PREFIX) :]]
-            if isinstance(value, bool):
-                return exp.Boolean(this=value)
-            if isinstance(value, int | float):
-                return exp.Literal.number(value)
-            return exp.Literal.string(value)
+
+class _NotOfType(Exception):
+    pass
+
+
+def _bound(node: exp.Expr, claims: Mapping[str, Any], types: Mapping[str, LogicalType]) -> exp.Expr:
+    if not (isinstance(node, exp.Column) and node.name.startswith(_PREFIX)):
         return node
+    value = claims[node.name[len(_PREFIX) :]]
+    kind = _compared_with(node, types)
+    if kind is not None:
+        return LITERALS[kind.kind](_as(value, kind))
+    if isinstance(value, bool):
+        return exp.Boolean(this=value)
+    if isinstance(value, int | float):
+        return exp.Literal.number(value)
+    return exp.Literal.string(value)
 
-    return tree.copy().transform(substitute)
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeEQ, exp.NullSafeNEQ)
+
+
+def _compared_with(claim: exp.Column, types: Mapping[str, LogicalType]) -> LogicalType | None:
+    """The type of the column ``claim`` is compared with (``c = claim``, ``c IN (claim, ...)``)."""
+    parent = claim.parent
+    if isinstance(parent, _COMPARISONS):
+        other = parent.expression if parent.this is claim else parent.this
+    elif isinstance(parent, exp.In) and claim.arg_key == "expressions":
+        other = parent.this
+    else:
+        return None
+    if isinstance(other, exp.Column) and not other.name.startswith(_PREFIX):
+        return types.get(other.name)
+    return None
+
+
+def _as(value: Any, kind: LogicalType) -> Any:
+    """``value`` as a value of ``kind``, or :class:`_NotOfType`."""
+    try:
+        if kind.kind == "string" and isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+        if kind.kind == "boolean" and isinstance(value, bool):
+            return value
+        if kind.kind in ("integer", "bigint") and not isinstance(value, bool | float):
+            whole = int(value) if isinstance(value, int) or _INTEGER.fullmatch(value) else None
+            if whole is not None and -(2**63) <= whole < 2**63:
+                return whole
+        if kind.kind in ("double", "decimal") and not isinstance(value, bool):
+            number = Decimal(str(value))
+            if number.is_finite():
+                return number
+        if kind.kind == "date" and isinstance(value, str):
+            return dt.date.fromisoformat(value)
+        if kind.kind == "timestamp" and isinstance(value, str):
+            return dt.datetime.fromisoformat(value)
+    except (ValueError, ArithmeticError):
+        pass
+    raise _NotOfType
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 def _scalar(value: Any) -> bool:
