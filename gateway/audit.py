@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -80,13 +81,17 @@ class Template:
     __slots__ = ("format",)
 
     def __init__(self, fixed: dict[str, Any]) -> None:
-        marks = {key: f"\x00{key}\x00" for key in _PER_REQUEST}
+        # Marks no fixed value can hold: a token's `sub` of "\x00time\x00" must not take the
+        # place of the time (a fresh random part each time, and each mark found exactly once).
+        nonce = secrets.token_hex(16)
+        marks = {key: f"\x00{nonce}{key}\x00" for key in _PER_REQUEST}
         body = orjson.dumps({**fixed, **marks}, option=orjson.OPT_SORT_KEYS, default=str)
         parts: list[bytes] = []
         for key in _PER_REQUEST:  # in sorted order, as they appear in the body
-            before, found, body = body.partition(orjson.dumps(marks[key]))
-            if not found:
+            mark = orjson.dumps(marks[key])
+            if body.count(mark) != 1:
                 raise ValueError(f"the record template lost its {key!r} field")
+            before, _, body = body.partition(mark)
             parts.append(before.replace(b"%", b"%%"))
         parts.append(body[:-1].replace(b"%", b"%%"))  # without the closing brace
         # duration_ms, prev, purpose, request_id: JSON already; seq: a number; time: text
@@ -227,11 +232,12 @@ class Chain:
 
     def link(self, record: dict[str, Any] | Filled) -> bytes:
         """``record`` numbered, stamped and sealed onto the chain, as one line (no newline)."""
-        self.seq += 1
+        seq = self.seq + 1  # taken only once the record is sealed: a failure leaves no gap
         if isinstance(record, Filled):
-            line, self.prev = _seal_filled(self.prev, self.seq, record)
+            line, prev = _seal_filled(self.prev, seq, record)
         else:
-            line, self.prev = seal(self.prev, _stamped(record, self.seq))
+            line, prev = seal(self.prev, _stamped(record, seq))
+        self.seq, self.prev = seq, prev
         return line
 
 

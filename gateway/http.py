@@ -20,6 +20,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -157,7 +158,7 @@ class Exchange:
         for raw_name, raw_value in raw_headers:
             name = _READ.get(raw_name)
             if name is not None and name not in headers:
-                headers[name] = raw_value.decode("latin-1")
+                headers[name] = raw_value.decode("utf-8", "replace")  # a purpose may be 案件调查
         offered = headers.get("x-request-id")
         purpose = headers.get("x-citygate-purpose")
         return cls(
@@ -227,7 +228,7 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         "request_id": exchange.request_id,
         "subject": identity.subject if identity is not None else None,
         "role": identity.role if identity is not None else None,
-        "claims": result.claims if result is not None else {},
+        "claims": _auditable(result.claims) if result is not None else {},
         "purpose": exchange.purpose,
         "operation": {"hash": digest, "name": exchange.operation_name},
         "access": access,
@@ -240,6 +241,18 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         "errors": exchange.codes,
     }
     return record
+
+
+def _auditable(claims: dict[str, Any]) -> dict[str, Any]:
+    """Claims as the record keeps them: a value JSON cannot hold as it is (an integer beyond
+    64 bits, a NaN or an infinity, which would be written as null) is kept as its text."""
+    return {k: v if _plain_json(v) else repr(v) for k, v in claims.items()}
+
+
+def _plain_json(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return not isinstance(value, int) or isinstance(value, bool) or -(2**63) <= value < 2**64
 
 
 def _guarded(guard: TokenGuard, request: Request) -> bool:
@@ -288,7 +301,7 @@ class Edge:
             reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
-        self.finish(exchange, reply.status)
+        reply = self.finish(exchange, reply)
         if exchange.codes == _GONE:  # the client hung up: there is no one to answer
             return
         headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
@@ -296,19 +309,20 @@ class Edge:
         await send({"type": "http.response.body", "body": reply.body})
 
     async def get(self, request: Request) -> Response:
-        if "query" not in request.query_params:
-            if "text/html" in request.headers.get("accept", ""):
-                return HTMLResponse(get_graphql_ide_html())
-            return _response(_bad_request("send a query: POST application/json, or GET ?query=...", "application/json"))
+        if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
         exchange = Exchange.begin(request.scope["headers"])
         token = REQUEST_ID.set(exchange.request_id)
         try:
-            reply = await self.answer(exchange, dict(request.query_params))
+            if "query" not in request.query_params:
+                reply = self.refuse(exchange, "send a query: POST application/json, or GET ?query=...")
+            else:
+                reply = await self.answer(exchange, dict(request.query_params))
         except Exception:
             reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
-        self.finish(exchange, reply.status)
+        reply = self.finish(exchange, reply)
         response = _response(reply)
         response.headers["X-Request-Id"] = exchange.request_id
         return response
@@ -321,16 +335,22 @@ class Edge:
         body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
         return _json(body, 500, exchange.media_type)
 
-    def finish(self, exchange: Exchange, status: int) -> None:
-        """The request's one audit record and its metrics."""
+    def finish(self, exchange: Exchange, reply: Reply) -> Reply:
+        """The request's one audit record and its metrics; the reply to send. No answer leaves
+        unaudited: if the record cannot be written, the reply is a 500 instead."""
         audit = self.gateway.audit
         if audit is not None:
-            if exchange.template is None:
-                audit.write(_record(exchange, status, self.engine_name))
-            else:
-                took = round((time.perf_counter() - exchange.started) * 1000, 3)
-                audit.write(Filled(exchange.template, time.time(), exchange.request_id, exchange.purpose, took))
+            try:
+                if exchange.template is None:
+                    audit.write(_record(exchange, reply.status, self.engine_name))
+                else:
+                    took = round((time.perf_counter() - exchange.started) * 1000, 3)
+                    audit.write(Filled(exchange.template, time.time(), exchange.request_id, exchange.purpose, took))
+            except Exception:
+                log.exception("the audit record of request %s could not be written", exchange.request_id)
+                reply = self.failed(exchange)
         self.metrics.count_request(exchange.outcome, time.perf_counter() - exchange.started)
+        return reply
 
     def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
         """The caller's identity; a 401/403 reply when the token is refused."""
@@ -343,6 +363,8 @@ class Edge:
         except AuthError as error:
             exchange.outcome = "unauthenticated" if error.status == 401 else "forbidden"
             exchange.codes = [error.code]
+            if error.subject is not None:  # the record names who asked for which role
+                exchange.identity = Identity(exchange.headers.get("x-citygate-role", "")[:200], subject=error.subject)
             reply = _json(
                 {"errors": [{"message": error.message, "extensions": {"code": error.code}}]},
                 error.status,
@@ -381,7 +403,7 @@ class Edge:
             return self.refuse(exchange, "the Content-Length header is not a number")
         if int(length) > MAX_BODY:
             return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
-        content_type = exchange.headers.get("content-type", "").split(";")[0].strip()
+        content_type = exchange.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             return self.refuse(exchange, "send the request as application/json", 415)
         raw = await self.read_body(receive, exchange)

@@ -38,9 +38,10 @@ class AuthError(CitygateError):
 
     code = "UNAUTHENTICATED"
 
-    def __init__(self, message: str, status: int = 401) -> None:
+    def __init__(self, message: str, status: int = 401, subject: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.subject = subject  # whose valid token asked for a role it does not carry (403)
         if status == 403:
             self.code = "FORBIDDEN"
 
@@ -103,16 +104,17 @@ class Authenticator:
             roles = [roles]
         if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
             raise AuthError("the token carries no role")
+        subject = str(claims["sub"]) if claims.get("sub") is not None else None
         if role and role not in roles:
-            raise AuthError(f"the token does not carry the role {role!r} named by X-Citygate-Role", status=403)
+            message = f"the token does not carry the role {role!r} named by X-Citygate-Role"
+            raise AuthError(message, status=403, subject=subject)
         attributes = _path(claims, self.auth.claims_path) if self.auth.claims_path else claims
         if not isinstance(attributes, Mapping):
             attributes = {}
-        subject = claims.get("sub")
         return Identity(
             role or roles[0],
             {k: v for k, v in attributes.items() if isinstance(v, str | int | float)},
-            subject=str(subject) if subject is not None else None,
+            subject=subject,
         )
 
     def _verify(self, token: str) -> dict[str, Any]:

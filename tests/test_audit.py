@@ -265,3 +265,50 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
     trail = tmp_path / "audit.jsonl"
     assert audit.verify(trail) == audit.Verdict(200)
     assert sorted(r["request_id"] for r in read(trail)) == sorted(ids)
+
+
+def demo_token(data_dir: Path, role: str, **payload: Any) -> str:
+    """A token of the demo's issuer with ``payload`` over the usual claims (any JSON value)."""
+    import time
+
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    from gateway.demo import DEMO_AUDIENCE, DEMO_ISSUER, ensure_demo_issuer
+
+    key = RSAKey.import_key(ensure_demo_issuer(data_dir)["private_jwk"])
+    now = int(time.time())
+    claims = {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": f"demo-{role}", "roles": [role], "exp": now + 60}
+    return jwt.encode({"alg": "RS256", "kid": key.kid}, {**claims, **payload}, key)
+
+
+def test_odd_tokens_and_requests_keep_the_trail_whole(sqlite_config: Config, tmp_path: Path) -> None:
+    """Found by a red-team review: a claim too large for JSON's integers lost its record (and
+    answered a bare 500); a `sub` that spelt a template mark took the time's place in the
+    records of repeated requests; a refused role switch named nobody; a GET without a query
+    left no record; a purpose in Chinese was garbled."""
+    config = secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, create_engine(config))
+    huge = {"authorization": "Bearer " + demo_token(tmp_path, "district_officer", district=10**40)}
+    marked = {"authorization": "Bearer " + demo_token(tmp_path, "police", sub="\x00time\x00")}
+    switch = {"authorization": "Bearer " + demo_token(tmp_path, "police"), "x-citygate-role": "supervisor"}
+    districts = "{ public_security_residents(limit: 1) { district } }"
+    statuses = []
+    with TestClient(create_app(gateway)) as client:
+        for headers in (huge, *[marked] * 3, switch):
+            statuses.append(client.post("/graphql", json={"query": districts}, headers=headers).status_code)
+        statuses.append(client.get("/graphql").status_code)
+        purpose = {"x-citygate-purpose": "案件调查 2026".encode(), "content-type": b"Application/JSON"}
+        statuses.append(client.post("/graphql", content=json.dumps({"query": STATIONS}), headers=purpose).status_code)
+    gateway.close()
+    assert statuses == [200, 200, 200, 200, 403, 400, 200]
+    assert config.audit is not None and config.audit.path is not None
+    records = read(config.audit.path)
+    assert audit.verify(config.audit.path).ok and [r["seq"] for r in records] == list(range(1, 8))
+    assert records[0]["claims"] == {"district": str(10**40)} and records[0]["outcome"] == "ok"
+    assert [r["subject"] for r in records[1:4]] == ["\x00time\x00"] * 3  # the third is a repeated request
+    assert all(r["time"].startswith("20") for r in records)
+    switched = records[4]
+    assert (switched["subject"], switched["role"], switched["outcome"]) == ("demo-police", "supervisor", "forbidden")
+    assert records[5]["outcome"] == "bad_request"
+    assert records[6]["purpose"] == "案件调查 2026" and records[6]["outcome"] == "ok"
