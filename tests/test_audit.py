@@ -298,7 +298,7 @@ def test_odd_tokens_and_requests_keep_the_trail_whole(sqlite_config: Config, tmp
         for headers in (huge, *[marked] * 3, switch):
             statuses.append(client.post("/graphql", json={"query": districts}, headers=headers).status_code)
         statuses.append(client.get("/graphql").status_code)
-        purpose = {"x-citygate-purpose": "案件调查 2026".encode(), "content-type": b"Application/JSON"}
+        purpose = {b"x-citygate-purpose": "案件调查 2026".encode(), b"content-type": b"Application/JSON"}
         statuses.append(client.post("/graphql", content=json.dumps({"query": STATIONS}), headers=purpose).status_code)
     gateway.close()
     assert statuses == [200, 200, 200, 200, 403, 400, 200]
