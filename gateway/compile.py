@@ -91,7 +91,7 @@ def _is_null(column: exp.Expr, value: bool, t: LogicalType) -> exp.Expr:
 
 def _like(kind: type[exp.Expr], negate: bool) -> Comparison:
     def build(column: exp.Expr, value: str, t: LogicalType) -> exp.Expr:
-        node = kind(this=column, expression=exp.Literal.string(value))
+        node = kind(this=column, expression=literal(value, LogicalType("string")))
         return exp.not_(node, copy=False) if negate else node
 
     return build
@@ -131,6 +131,15 @@ def literal(value: Any, kind: LogicalType) -> exp.Expr:
     """
     if value is None:
         raise CompileError("null is not a value to compare with; use _is_null")
+    if isinstance(value, str):
+        # Engines end a statement's text at a NUL, and cannot encode a lone surrogate.
+        if "\x00" in value:
+            raise CompileError("a string value may not contain the NUL character")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise CompileError("a string value is not valid Unicode (a lone surrogate)") from None
     return LITERALS[kind.kind](value)
 
 

@@ -354,7 +354,7 @@ class Gateway:
                 self.policy_version,
                 json.dumps(claims, sort_keys=True, default=str) if claims else "",
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return None
 
     def plan(

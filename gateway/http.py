@@ -115,6 +115,25 @@ def _bad_request(message: str, media_type: str, status: int = 400) -> Reply:
     return _json({"errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]}, status, media_type)
 
 
+MAX_DEPTH = 32  # levels of lists and objects in `variables`: a GraphQL input type has few
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels deep (without
+    recursion: a value 3,000 levels deep must not exhaust the stack)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            item
+            for v in level
+            for item in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())
+            if isinstance(item, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
 def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None] | str:
     """The request's query, variables and operation name, or what is wrong with them."""
     query = params.get("query")
@@ -124,10 +143,12 @@ def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str
     if isinstance(variables, str) and variables:
         try:
             variables = json.loads(variables)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "`variables` is not valid JSON"
     if variables is not None and not isinstance(variables, dict):
         return "`variables` must be an object"
+    if variables and _deeper(variables, MAX_DEPTH):
+        return f"`variables` nest deeper than {MAX_DEPTH} levels"
     operation_name = params.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
         return "`operationName` must be a string"

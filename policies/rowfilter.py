@@ -137,4 +137,10 @@ _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 def _scalar(value: Any) -> bool:
-    return isinstance(value, str | bool | int) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, str):  # engines end a statement at a NUL, and cannot encode a lone surrogate
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return "\x00" not in value
+    return isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value))

@@ -84,12 +84,42 @@ def test_graphql_response_media_type_uses_400_for_refused_requests(client: TestC
             "`variables` must be an object",
         ),
         (b"query=x", "application/x-www-form-urlencoded", 415, "send the request as application/json"),
+        (  # once a RecursionError, answered 500
+            b'{"query": "{ transport_stations { name } }", "variables": {"a": ' + b"[" * 990 + b"]" * 990 + b"}}",
+            "application/json",
+            400,
+            "`variables` nest deeper than 32 levels",
+        ),
     ],
 )
 def test_malformed_requests(client: TestClient, body: bytes, content_type: str, status: int, message: str) -> None:
     response = client.post("/graphql", content=body, headers={"content-type": content_type})
     assert response.status_code == status
     assert response.json() == {"errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]}
+
+
+def test_deep_variables_over_get_and_media_types_in_capitals(client: TestClient) -> None:
+    query = "{ transport_stations(limit: 1) { name } }"
+    deep = client.get("/graphql", params={"query": query, "variables": '{"a": ' + "[" * 3000 + "]" * 3000 + "}"})
+    assert deep.status_code == 400 and deep.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    capitals = {"content-type": "Application/JSON"}  # media types are case-insensitive
+    shouted = client.post("/graphql", content=json.dumps({"query": query}), headers=capitals)
+    assert shouted.status_code == 200 and shouted.json()["data"]["transport_stations"]
+
+
+def test_strings_no_engine_can_take_are_the_callers_error(client: TestClient) -> None:
+    """A NUL ends the statement's text in DuckDB (once an engine error and a log line with
+    SQL); a lone surrogate cannot be encoded at all (once an internal error)."""
+    query = "query ($n: String!) { transport_stations(where: {name: {_eq: $n}}) { name } }"
+    for value, reason in (("a\x00b", "NUL"), ("\ud800", "lone surrogate")):
+        params = {"query": query, "variables": json.dumps({"n": value})}
+        for response in (client.get("/graphql", params=params), client.post("/graphql", json=params)):
+            [error] = response.json()["errors"]
+            assert error["extensions"]["code"] == "BAD_USER_INPUT" and reason in error["message"], error
+    pattern = '{ transport_stations(where: {name: {_like: "a\\u0000%"}}) { name } }'
+    assert client.post("/graphql", json={"query": pattern}).json()["errors"][0]["extensions"]["code"] == (
+        "BAD_USER_INPUT"
+    )
 
 
 def test_oversized_body(client: TestClient) -> None:
