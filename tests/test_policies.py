@@ -405,7 +405,7 @@ def test_claims_are_literals_and_a_missing_claim_reveals_nothing(secured: Gatewa
     # A claim that is no single value: a NaN or an infinity would be written as a bare name;
     # a number compared with a text column made the engine cast the column, and fail naming a
     # row's value.
-    for odd in (float("nan"), float("inf"), ["南城", "东城"], {"name": "南城"}, 7, 10**40, True):
+    for odd in (float("nan"), float("inf"), ["南城", "东城"], {"name": "南城"}, 7, 10**40, True, "南城\x00"):
         rows = run(secured, "district_officer", "{ public_security_residents { district } }", district=odd)
         assert rows["public_security_residents"] == []
 
