@@ -215,6 +215,9 @@ class AuthConfig(_Model):
     jwks_file: Path | None = None
     jwks_url: str | None = None
     jwks_cache_seconds: int = Field(300, ge=0)
+    # an unknown `kid` fetches the set again at most this often: random kids must not make the
+    # gateway hammer the identity provider
+    jwks_refresh_seconds: int = Field(10, ge=0)
     algorithms: list[Algorithm] = Field(default_factory=lambda: list(ASYMMETRIC))
     hs256_secret: str | None = Field(None, min_length=32)
     leeway_seconds: int = Field(30, ge=0, le=300)

@@ -42,7 +42,7 @@ from gateway.config import TokenGuard
 from gateway.errors import CitygateError
 from gateway.execute import Gateway, Identity, Plan, encode
 from gateway.execute import Response as Result
-from gateway.identity import Authenticator, AuthError
+from gateway.identity import Authenticator, AuthError, FetchNeeded
 from gateway.logs import REQUEST_ID
 from gateway.wire import OneWriteProtocol
 
@@ -373,16 +373,19 @@ class Edge:
         self.metrics.count_request(exchange.outcome, time.perf_counter() - exchange.started)
         return reply
 
-    def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
-        """The caller's identity; a 401/403 reply when the token is refused."""
+    async def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
+        """The caller's identity; a 401/403 reply when the token is refused. Fetching the
+        identity provider's keys is left to a worker thread, never done on the event loop."""
         if self.authenticator is None:
             return None
+        authorization, role = exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
         try:
-            return self.authenticator.identify(
-                exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
-            )
+            try:
+                return self.authenticator.identify(authorization, role, fetch=False)
+            except FetchNeeded:
+                return await run_in_threadpool(self.authenticator.identify, authorization, role)
         except AuthError as error:
-            exchange.outcome = "unauthenticated" if error.status == 401 else "forbidden"
+            exchange.outcome = {401: "unauthenticated", 403: "forbidden"}.get(error.status, "error")
             exchange.codes = [error.code]
             if error.subject is not None:  # the record names who asked for which role
                 exchange.identity = Identity(exchange.headers.get("x-citygate-role", "")[:200], subject=error.subject)
@@ -406,7 +409,7 @@ class Edge:
             return self.refuse(exchange, parsed)
         query, variables, operation_name = parsed
         exchange.query, exchange.operation_name = query, operation_name
-        identity = self.authenticate(exchange)
+        identity = await self.authenticate(exchange)
         if isinstance(identity, Reply):
             return identity
         exchange.identity = identity
@@ -453,10 +456,10 @@ class Edge:
         if self.authenticator is not None:
             try:
                 identity = self.authenticator.identify(
-                    exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
+                    exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), fetch=False
                 )
-            except AuthError:
-                return False  # the usual path refuses it, with the reason
+            except (AuthError, FetchNeeded):
+                return False  # the usual path refuses it with the reason, or fetches the keys
         if identity != hot.identity or self.gateway.policy_version != hot.version:
             return False
         results, engine = self.gateway.results, self.engine_name

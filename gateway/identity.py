@@ -11,6 +11,7 @@ or claims. JOSE work is done by joserfc, authlib's own successor to ``authlib.jo
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.request
@@ -32,6 +33,8 @@ from gateway.config import AuthConfig
 from gateway.errors import CitygateError
 from gateway.execute import Identity
 
+log = logging.getLogger("citygate.identity")
+
 
 class AuthError(CitygateError):
     """The request is not authenticated (401) or may not act as the role it asks for (403)."""
@@ -44,6 +47,13 @@ class AuthError(CitygateError):
         self.subject = subject  # whose valid token asked for a role it does not carry (403)
         if status == 403:
             self.code = "FORBIDDEN"
+        elif status == 503:
+            self.code = "UNAVAILABLE"
+
+
+class FetchNeeded(Exception):
+    """Verifying the token needs the key set fetched from its URL: network I/O, which the event
+    loop leaves to a worker thread (``identify(..., fetch=True)`` there)."""
 
 
 class Authenticator:
@@ -51,7 +61,7 @@ class Authenticator:
         self.auth = auth
         self._lock = threading.Lock()
         self._keys: KeySet | None = None
-        self._fetched = 0.0
+        self._fetched = -float("inf")
         self._claims = jwt.JWTClaimsRegistry(
             leeway=auth.leeway_seconds,
             iss={"essential": True, "value": auth.issuer},
@@ -65,12 +75,26 @@ class Authenticator:
 
     # -- keys ------------------------------------------------------------------------------
 
-    def _keyset(self, refresh: bool = False) -> KeySet:
+    def _keyset(self, refresh: bool = False, fetch: bool = True) -> KeySet:
+        """The keys; fetched again when stale, or (``refresh``, for an unknown ``kid``) when the
+        last fetch is older than ``jwks_refresh_seconds``. One fetch at a time: callers that
+        need one meanwhile wait for it and use its keys."""
         with self._lock:
-            stale = time.monotonic() - self._fetched > self.auth.jwks_cache_seconds
-            if self._keys is None or refresh or (self.auth.jwks_url and stale):
-                self._keys = self._load()
-                self._fetched = time.monotonic()
+            age = time.monotonic() - self._fetched
+            remote = self.auth.jwks_url is not None
+            due = remote and (age > self.auth.jwks_cache_seconds or (refresh and age >= self.auth.jwks_refresh_seconds))
+            if self._keys is None or due:
+                if remote and not fetch:
+                    raise FetchNeeded
+                try:
+                    self._keys = self._load()
+                    self._fetched = time.monotonic()
+                except (OSError, ValueError, KeyError, JoseError) as error:
+                    # Try again in jwks_refresh_seconds; meanwhile the last keys, if any, serve.
+                    log.warning("the identity provider's keys could not be fetched: %s", error)
+                    self._fetched = time.monotonic() - self.auth.jwks_cache_seconds + self.auth.jwks_refresh_seconds
+                    if self._keys is None:
+                        raise AuthError("the gateway cannot reach its identity provider's keys", status=503) from None
             return self._keys
 
     def _load(self) -> KeySet:
@@ -89,8 +113,9 @@ class Authenticator:
 
     # -- requests --------------------------------------------------------------------------
 
-    def identify(self, authorization: str | None, role: str | None = None) -> Identity:
-        """The identity a request acts as, or :class:`AuthError`."""
+    def identify(self, authorization: str | None, role: str | None = None, fetch: bool = True) -> Identity:
+        """The identity a request acts as, or :class:`AuthError`; :class:`FetchNeeded` if that
+        needs the keys fetched and ``fetch`` is false."""
         if not authorization:
             if self.auth.anonymous and not role:
                 return Identity("anonymous")
@@ -98,7 +123,7 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("send the token as Authorization: Bearer <token>")
-        claims = self._verify(token.strip())
+        claims = self._verify(token.strip(), fetch)
         roles = _path(claims, self.auth.roles_claim)
         if isinstance(roles, str):
             roles = [roles]
@@ -117,28 +142,28 @@ class Authenticator:
             subject=subject,
         )
 
-    def _verify(self, token: str) -> dict[str, Any]:
+    def _verify(self, token: str, fetch: bool) -> dict[str, Any]:
         with self._lock:
             known = self._verified.get(token)
         if known is not None:
             if time.time() > known["exp"] + self.auth.leeway_seconds:
                 raise AuthError("the token has expired")
             return known
-        claims = self._check(token)
+        claims = self._check(token, fetch)
         if isinstance(claims.get("exp"), int | float):
             with self._lock:
                 self._verified[token] = claims
         return claims
 
-    def _check(self, token: str) -> dict[str, Any]:
+    def _check(self, token: str, fetch: bool) -> dict[str, Any]:
         algorithms = list(self.auth.algorithms)
         try:
             try:
-                decoded = jwt.decode(token, self._keyset(), algorithms=algorithms)
+                decoded = jwt.decode(token, self._keyset(fetch=fetch), algorithms=algorithms)
             except InvalidKeyIdError:
                 if self.auth.jwks_url is None:
                     raise
-                decoded = jwt.decode(token, self._keyset(refresh=True), algorithms=algorithms)
+                decoded = jwt.decode(token, self._keyset(refresh=True, fetch=fetch), algorithms=algorithms)
             self._claims.validate(decoded.claims)
         except ExpiredTokenError:
             raise AuthError("the token has expired") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -21,7 +22,8 @@ from gateway.config import AuthConfig, Config
 from gateway.demo import issue_token, secure_demo
 from gateway.execute import Gateway
 from gateway.http import create_app
-from gateway.identity import Authenticator, AuthError
+from gateway.identity import Authenticator, AuthError, FetchNeeded
+from tests.conftest import free_port
 
 ISSUER, AUDIENCE = "https://id.city.example", "citygate"
 
@@ -174,14 +176,13 @@ def test_demo_issuer_tokens_over_http(demo_client: tuple[TestClient, Path]) -> N
     assert wrong_role.status_code == 403
 
 
-def test_jwks_url_is_cached_and_refetched_for_a_new_kid() -> None:
+@contextlib.contextmanager
+def jwks_server(served: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
+    """A key set served over HTTP on loopback: its URL, and the paths fetched so far."""
     import http.server
     import threading
 
-    first = RSAKey.generate_key(2048, parameters={"kid": "old"})
-    second = RSAKey.generate_key(2048, parameters={"kid": "new"})
-    served = {"keys": [first.as_dict(private=False)]}
-    fetches = []
+    fetches: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -198,17 +199,50 @@ def test_jwks_url_is_cached_and_refetched_for_a_new_kid() -> None:
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/jwks.json"
-        auth = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, jwks_cache_seconds=3600))
+        yield f"http://127.0.0.1:{server.server_port}/jwks.json", fetches
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_jwks_url_is_cached_and_refetched_for_a_new_kid() -> None:
+    first = RSAKey.generate_key(2048, parameters={"kid": "old"})
+    second = RSAKey.generate_key(2048, parameters={"kid": "new"})
+    served = {"keys": [first.as_dict(private=False)]}
+    with jwks_server(served) as (url, fetches):
+        config = AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, jwks_cache_seconds=3600)
+        auth = Authenticator(config.model_copy(update={"jwks_refresh_seconds": 0}))
         assert auth.identify("Bearer " + sign(first, "RS256", claims())).role == "police"
         assert auth.identify("Bearer " + sign(first, "RS256", claims())).role == "police"
         assert len(fetches) == 1  # cached
         served["keys"].append(second.as_dict(private=False))  # the provider rotates
         assert auth.identify("Bearer " + sign(second, "RS256", claims())).role == "police"
         assert len(fetches) == 2  # an unknown kid fetched the set again, once
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+def test_random_kids_do_not_hammer_the_provider_nor_the_event_loop() -> None:
+    """Found by a red-team review: each token with an unknown kid fetched the key set, on the
+    event loop, so ten of them against a slow provider stalled every other request."""
+    known = RSAKey.generate_key(2048, parameters={"kid": "known"})
+    with jwks_server({"keys": [known.as_dict(private=False)]}) as (url, fetches):
+        auth = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=url))
+        token = "Bearer " + sign(known, "RS256", claims())
+        with pytest.raises(FetchNeeded):  # the event loop's call: no I/O, the caller moves to a thread
+            auth.identify(token, fetch=False)
+        assert fetches == [] and auth.identify(token).role == "police" and len(fetches) == 1
+        for n in range(5):
+            stranger = RSAKey.generate_key(2048, parameters={"kid": f"random-{n}"})
+            with pytest.raises(AuthError, match="a key this gateway does not know"):
+                auth.identify("Bearer " + sign(stranger, "RS256", claims()), fetch=False)
+        assert len(fetches) == 1  # within jwks_refresh_seconds of the last fetch: none again
+
+
+def test_an_unreachable_identity_provider_is_503() -> None:
+    auth = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{free_port()}/"))
+    with pytest.raises(AuthError) as caught:
+        auth.identify("Bearer " + sign(RSAKey.generate_key(2048, parameters={"kid": "k"}), "RS256", claims()))
+    assert caught.value.status == 503 and caught.value.code == "UNAVAILABLE"
+    assert caught.value.message == "the gateway cannot reach its identity provider's keys"
 
 
 def test_hs256_only_with_a_configured_secret_and_claim_paths(keys: dict[str, Any]) -> None:
