@@ -174,8 +174,9 @@ class Engine(ABC):
         return self.run(self.sql(tree), departments_in(tree))
 
     @abstractmethod
-    def run(self, sql: str, departments: Sequence[str]) -> Result:
-        """Run SQL text that :meth:`sql` produced; ``departments`` are the ones it reads."""
+    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Result:
+        """Run SQL text that :meth:`sql` produced; ``departments`` are the ones it reads.
+        :class:`ResultTooLarge` if it returns more than ``max_rows`` rows (never more are read)."""
 
     @abstractmethod
     def read_department(self, department: str) -> Department:

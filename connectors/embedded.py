@@ -26,7 +26,13 @@ from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Engine, Result
 from connectors.stores import describe_store_failure, schema_of, sqlite_declared_types
 from gateway.config import Config, PostgresStore, SqliteStore, Store
-from gateway.errors import CitygateError, EngineQueryError, EngineUnavailableError, StoreUnavailableError
+from gateway.errors import (
+    CitygateError,
+    EngineQueryError,
+    EngineUnavailableError,
+    ResultTooLarge,
+    StoreUnavailableError,
+)
 from policies.masks import partial_concat
 
 # store kind -> (wheel package, file in the wheel, extension name DuckDB loads, ATTACH TYPE)
@@ -289,22 +295,24 @@ class EmbeddedEngine(Engine):
             self._local.cursor = cursor
         return cursor
 
-    def run(self, sql: str, departments: Sequence[str]) -> Result:
+    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Result:
         for department in departments:
             if department in self.config.departments and department not in self._attached:
                 self._attach(department)
-        return self._run(sql, list(departments))
+        return self._run(sql, list(departments), max_rows)
 
-    def _run(self, sql: str, touched: list[str]) -> Result:
+    def _run(self, sql: str, touched: list[str], max_rows: int | None = None) -> Result:
         cursor = self._cursor()
         self.statements += 1
         try:
             cursor.execute(sql)
-            rows = cursor.fetchall()
+            rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
         except (duckdb.IOException, duckdb.ConnectionException) as error:
             raise self._store_failure(touched, scrub(str(error))) from None
         except duckdb.Error as error:
             raise EngineQueryError("the embedded engine could not run the query", detail=scrub(str(error))) from None
+        if max_rows is not None and len(rows) > max_rows:
+            raise ResultTooLarge(max_rows)
         description = cursor.description or []
         return Result(
             columns=tuple(d[0] for d in description),

@@ -28,6 +28,7 @@ from gateway.errors import (
     ConfigError,
     EngineQueryError,
     EngineUnavailableError,
+    ResultTooLarge,
     StoreUnavailableError,
 )
 
@@ -135,17 +136,20 @@ class TrinoEngine(Engine):
             self._local.conn = conn
         return conn
 
-    def run(self, sql: str, departments: Sequence[str]) -> Result:
+    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Result:
         if self.settings.create_missing_catalogs and not self._catalogs_checked:
             self.ensure_catalogs()
-        return self._run(sql, list(departments))
+        return self._run(sql, list(departments), max_rows)
 
-    def _run(self, sql: str, touched: list[str]) -> Result:
+    def _run(self, sql: str, touched: list[str], max_rows: int | None = None) -> Result:
         with self._errors(touched):
             cursor = self._connection().cursor()
             self.statements += 1
             cursor.execute(sql)
-            rows = cursor.fetchall()
+            rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
+            if max_rows is not None and len(rows) > max_rows:
+                cursor.cancel()  # Trino would go on producing the rest
+                raise ResultTooLarge(max_rows)
             description = cursor.description or []
         return Result(
             columns=tuple(d[0] for d in description),

@@ -244,7 +244,9 @@ class CacheConfig(_Model):
     max_entries: int = Field(10_000, ge=1)
     max_bytes: int = Field(64 << 20, ge=1024)
     ttl_seconds: float = Field(30.0, ge=0)  # per-department `cache_ttl_seconds` overrides it
-    plans: int = Field(2048, ge=1)  # compiled plans kept per gateway
+    # compiled plans (and, as much again, parsed documents) kept per gateway, by their estimated
+    # size in memory: a few large requests must not take the gateway's memory
+    plan_bytes: int = Field(128 << 20, ge=1 << 20)
 
 
 class AuditConfig(_Model):
@@ -273,6 +275,13 @@ class TokenGuard(_Model):
         return None if value == "" else value  # `${TOKEN:-}` with TOKEN unset
 
 
+class LimitsConfig(_Model):
+    """What one request may ask of the gateway, so that no request can take all of it."""
+
+    max_tokens: int = Field(20_000, ge=100)  # lexical tokens of a GraphQL document
+    max_rows: int = Field(200_000, ge=1)  # rows the statements of one request may return, together
+
+
 class TelemetryConfig(_Model):
     """OpenTelemetry spans around each stage of a request, sent where an exporter says."""
 
@@ -286,6 +295,7 @@ class Config(_Model):
     policies: PoliciesConfig | None = None
     auth: AuthConfig | None = None
     cache: CacheConfig = CacheConfig()
+    limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig | None = None
     metrics: TokenGuard = TokenGuard()
     admin: TokenGuard = TokenGuard()

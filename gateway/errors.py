@@ -39,6 +39,15 @@ class EngineUnavailableError(CitygateError):
     code = "ENGINE_UNAVAILABLE"
 
 
+class ResultTooLarge(CitygateError):
+    """The answer would hold more rows than one request may have (``limits.max_rows``)."""
+
+    code = "RESULT_TOO_LARGE"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer has more than {limit} rows; ask for fewer with `limit` or `where`")
+
+
 class EngineQueryError(CitygateError):
     """The engine refused a statement for a reason other than a store being down."""
 

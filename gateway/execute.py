@@ -9,6 +9,7 @@ others still answer (GraphQL partial results).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -46,7 +47,7 @@ from gateway.audit import Sink, open_sink
 from gateway.cache import ResultCache
 from gateway.compile import Compiled, CompileError, Context, collect_fields, compile_root_field
 from gateway.config import Config
-from gateway.errors import CitygateError, StoreUnavailableError
+from gateway.errors import CitygateError, ResultTooLarge, StoreUnavailableError
 from gateway.metrics import Metrics
 from gateway.schema import Model, build_model
 from gateway.shape import shape
@@ -77,6 +78,26 @@ class Response:
     encoded: bytes | None = None  # the body as JSON, when it was encoded already
 
 
+class RowBudget:
+    """The rows one request may still return (``limits.max_rows``), shared by its root fields.
+
+    A statement reads at most the whole limit (the engines stop there), and its rows are then
+    taken from what is left; root fields run side by side, so each reads at most the limit and
+    the request's answer holds at most the limit in all."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.left = rows
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> None:
+        """Count ``count`` rows against the budget; :class:`ResultTooLarge` once it is spent."""
+        with self._lock:
+            if count > self.left:
+                raise ResultTooLarge(self.rows)
+            self.left -= count
+
+
 @dataclass(frozen=True)
 class Memo:
     """A cached plan's last answer: the cached rows it came from (the very objects), and the
@@ -105,6 +126,22 @@ class Plan:
     access: list[dict[str, Any]] = field(default_factory=list)  # the audit's account of what it reads
     memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
     audited: tuple[str, orjson.Fragment] | None = None  # the query's hash and `access` as JSON, made once
+    weight: int = 0  # its estimated size in memory, for the plan cache's budget
+
+
+# What a plan or a parsed document holds in memory, as measured with tracemalloc: about 100
+# bytes per character of the query (the document's nodes) and 450 per node of a compiled tree.
+_PER_CHARACTER, _PER_NODE, _BASE = 100, 450, 4096
+MEMO_BYTES = 16 << 10  # a larger answer is shaped again from the cached rows, not kept encoded
+
+
+def _plan_weight(plan: Plan) -> int:
+    return _BASE + MEMO_BYTES + plan.weight  # the memo comes later: counted at its largest
+
+
+def _document_weight(document: DocumentNode | Response) -> int:
+    body = document.loc.source.body if isinstance(document, DocumentNode) and document.loc else ""
+    return _BASE + _PER_CHARACTER * len(body)
 
 
 @dataclass(frozen=True)
@@ -177,8 +214,8 @@ class Gateway:
     def __post_init__(self) -> None:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
-        self._plans = LRUCache(maxsize=cache.plans)
-        self._documents = LRUCache(maxsize=cache.plans)
+        self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=_plan_weight)
+        self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=_document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
         if self.audit is not None:
             self.metrics.watch_backlog(self.audit.backlog)
@@ -283,13 +320,13 @@ class Gateway:
         self.metrics.count_lookup("document", "miss")
         with self.telemetry.stage("parse"):
             made = self._validated(query, view)
-        with self._lock:
+        with self._lock, contextlib.suppress(ValueError):
             self._documents[key] = made
         return made
 
     def _validated(self, query: str, view: View) -> DocumentNode | Response:
         try:
-            document = parse(query)
+            document = parse(query, max_tokens=self.config.limits.max_tokens)
         except GraphQLError as error:
             return _refused([_error(error.message, "GRAPHQL_PARSE_FAILED", locations=error.locations)])
         errors = validate(view.model.schema, document)
@@ -376,7 +413,10 @@ class Gateway:
             return found
         self.metrics.count_lookup("plan", "miss")
         made = self._make_plan(query, variables, operation_name, view)
-        with self._lock:
+        made.weight = _PER_CHARACTER * (len(query) + len(key[2])) + sum(
+            _PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
+        )
+        with self._lock, contextlib.suppress(ValueError):  # one plan larger than the whole cache is not kept
             self._plans[key] = made
         return made
 
@@ -432,7 +472,8 @@ class Gateway:
             document, operation, fields = plan.introspection
             data.update(self._introspect(document, operation, fields, variables, errors_out, view.model))
         response = Response({}, plan=plan, claims=claims)
-        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims).items():
+        budget = RowBudget(self.config.limits.max_rows)
+        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims, budget).items():
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
@@ -498,12 +539,13 @@ class Gateway:
         if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
             return None
         engine = self.engine.name
-        rows = []
+        rows, left = [], self.config.limits.max_rows
         for compiled in plan.compiled.values():
             found = self.results.get(engine, compiled.sql.get(engine))
-            if found is None:
+            if found is None or len(found) > left:  # over the row limit: the full path says so
                 return None
             rows.append(found)
+            left -= len(found)
         self.metrics.count_cached(len(rows))
         # The same cached rows as last time (the very objects; cache entries are never changed
         # in place): the same answer, shaped and encoded already. Within one plan the claims
@@ -521,23 +563,25 @@ class Gateway:
         response = Response(
             body, plan=plan, rows=counts, cache=dict.fromkeys(plan.compiled, "hit"), claims=claims, encoded=encode(body)
         )
-        plan.memo = Memo(tuple(rows), response)
+        if len(response.encoded or b"") <= MEMO_BYTES:
+            plan.memo = Memo(tuple(rows), response)
         return response
 
     def _run_all(
-        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any]
+        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget
     ) -> dict[str, tuple[Any, str]]:
         if len(compiled) <= 1:
-            return {key: self._run(c, view, claims) for key, c in compiled.items()}
+            return {key: self._run(c, view, claims, budget) for key, c in compiled.items()}
         # Each root field in its own thread, carrying the request's context (request id, span).
         futures = {
-            key: self.pool.submit(contextvars.copy_context().run, self._run, c, view, claims)
+            key: self.pool.submit(contextvars.copy_context().run, self._run, c, view, claims, budget)
             for key, c in compiled.items()
         }
         return {key: future.result() for key, future in futures.items()}
 
-    def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any]) -> tuple[Any, str]:
-        """The root field's value (or its error), and whether the cache answered it."""
+    def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget) -> tuple[Any, str]:
+        """The root field's value (or its error), and whether the cache answered it. Its rows
+        count against the request's ``budget``: no statement reads more than is left of it."""
         started = time.perf_counter()
         engine = self.engine.name
         cached = "off"
@@ -550,11 +594,12 @@ class Gateway:
 
             def run() -> Sequence[Any]:
                 with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                    return self.engine.run(text, compiled.departments).rows
+                    return self.engine.run(text, compiled.departments, budget.rows).rows
 
             # "off": a department forbids caching, or the answer is too big to keep
             rows, cached = self.results.fetch(engine, text, compiled.departments, run)
             self.metrics.count_lookup("result", cached)
+            budget.take(len(rows))
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
             return CitygateError("the query was refused by the confidentiality policy"), cached

@@ -40,7 +40,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from gateway.audit import Filled, Template
 from gateway.config import TokenGuard
 from gateway.errors import CitygateError
-from gateway.execute import Gateway, Identity, Plan, encode
+from gateway.execute import MEMO_BYTES, Gateway, Identity, Plan, encode
 from gateway.execute import Response as Result
 from gateway.identity import Authenticator, AuthError, FetchNeeded
 from gateway.logs import REQUEST_ID
@@ -477,7 +477,13 @@ class Edge:
         """Keep a reply made wholly of cached parts (a plan's memo) to send again."""
         result = exchange.result
         plan = result.plan if result is not None else None
-        if plan is None or plan.memo is None or plan.memo.response is not result or len(key[0]) > HOT_BODY:
+        if (
+            plan is None
+            or plan.memo is None
+            or plan.memo.response is not result
+            or len(key[0]) > HOT_BODY
+            or len(reply.body) > MEMO_BYTES
+        ):
             self.hot.pop(key, None)
             return
         assert result is not None and exchange.query is not None

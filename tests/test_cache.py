@@ -113,6 +113,25 @@ def test_the_cache_is_bounded_by_entries_and_bytes(sqlite_config: Config) -> Non
         gateway.close()
 
 
+def test_plans_and_documents_are_bounded_by_their_size_in_memory(sqlite_config: Config) -> None:
+    """Found by a red-team review: the plan and document caches counted entries, so distinct
+    requests of a megabyte each (55,000 aliases) kept some 80 MB apiece."""
+    budget = 2 << 20
+    gateway = start(sqlite_config, plan_bytes=budget)
+    try:
+        alias = "a" * 200
+        for n in range(30):  # each plan some 500 KB and each document some 150 KB, as estimated
+            fields = " ".join(f"{alias}{i}: transport_stations(limit: {n + 1}) {{ name }}" for i in range(5))
+            assert "errors" not in gateway.execute("{ " + fields + " }").body
+        assert 0 < len(gateway._plans) < 30 and gateway._plans.currsize <= budget
+        assert 0 < len(gateway._documents) < 30 and gateway._documents.currsize <= budget
+        flood = "{ " + " ".join(f"a{i}: __typename" for i in range(55_000)) + " }"
+        [error] = gateway.execute(flood).body["errors"]
+        assert error["extensions"]["code"] == "GRAPHQL_PARSE_FAILED" and "20000 tokens" in error["message"]
+    finally:
+        gateway.close()
+
+
 def at_once(callers: int, ask: Callable[[], Any]) -> list[Any]:
     """``ask`` from ``callers`` threads released together."""
     barrier = threading.Barrier(callers)

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from sqlglot import exp
 
-from connectors.base import logical_table
+from connectors.base import create_engine, logical_table
 from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
-from gateway.config import Config
+from gateway.config import Config, LimitsConfig
 from gateway.errors import EngineUnavailableError, StoreUnavailableError
+from gateway.execute import Gateway
 from tests.conftest import REPO, free_port, trino_with, with_store
 
 WRONG_PASSWORD = "not-the-password-7f3a"
@@ -227,3 +228,29 @@ def test_trino_catalog_files(tmp_path: Path, services_config: Config, sqlite_con
     result = run_cli("trino-catalogs", "--config", str(path), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "Trino has no connector for store kind 'sqlite'" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["embedded_sqlite", "trino"])
+def test_an_answer_over_the_row_limit_is_refused_by_name(
+    sqlite_config: Config, services_config: Config, kind: str
+) -> None:
+    """Found by a red-team review: 30 aliases of a 2 KB query made a 136 MB answer. One
+    request's answer now holds at most `limits.max_rows` rows, and no statement reads more."""
+    config = sqlite_config if kind == "embedded_sqlite" else services_config
+    config = config.model_copy(update={"limits": LimitsConfig(max_rows=100)})
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        whole = gateway.execute("{ public_security_residents { district } }").body
+        assert whole["data"] == {"public_security_residents": None}
+        [error] = whole["errors"]
+        assert error["extensions"]["code"] == "RESULT_TOO_LARGE" and "more than 100 rows" in error["message"]
+        assert gateway.execute("{ public_security_residents(limit: 100) { district } }").body.keys() == {"data"}
+        two = (
+            "{ a: public_security_residents(limit: 60) { district } b: public_security_residents(limit: 60) { name } }"
+        )
+        for _ in range(2):  # and again, when both answers are cached
+            body = gateway.execute(two).body
+            assert [e["extensions"]["code"] for e in body["errors"]] == ["RESULT_TOO_LARGE"]
+            assert sorted(len(v or []) for v in body["data"].values()) == [0, 60]
+    finally:
+        gateway.close()
