@@ -294,13 +294,20 @@ def _verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Contex
     name = f"{key[0]}.{key[1]}"
     dims = decision.group_by if decision.group_by is not None else frozenset(decision.visible_columns)
     measures = frozenset(decision.visible_columns) - (decision.group_by or frozenset())
-    holder = subquery.find_ancestor(exp.Select)
-    passed: set[str] = set()
-    if holder is not None and not holder.meta.get(AGGREGATED):
-        passed = _aggregate_input(holder, subquery.alias_or_name, dims, name)
-        holder = holder.find_ancestor(exp.Select)
-    if holder is None or not holder.meta.get(AGGREGATED) or holder.find_ancestor(exp.Exists) is not None:
+    # As the compiler builds it: the subquery is the FROM of one plain SELECT, which is the
+    # FROM of the aggregating one.
+    step, holder = _from_of(subquery), None
+    if isinstance(step, exp.Select) and isinstance(step.parent, exp.Subquery):
+        holder = _from_of(step.parent)
+    if not (
+        isinstance(step, exp.Select)
+        and not step.meta.get(AGGREGATED)
+        and isinstance(holder, exp.Select)
+        and holder.meta.get(AGGREGATED)
+        and holder.find_ancestor(exp.Exists) is None
+    ):
         raise PolicyViolation(f"{name} is aggregate-only but is read row by row")
+    passed = _aggregate_input(step, subquery.alias_or_name, dims, name)
     _unchosen(holder, name, windows=True)
     group = holder.args.get("group")
     for column in group.find_all(exp.Column) if group is not None else ():
@@ -335,6 +342,11 @@ def _aggregate_input(select: exp.Select, alias: str, dims: frozenset[str], name:
         if column.table != alias or column.name not in dims:
             raise PolicyViolation(f"{name} is aggregate-only but is filtered by {column.name}")
     return passed
+
+
+def _from_of(node: exp.Expr) -> exp.Expr | None:
+    """The query whose FROM ``node`` is, if it is one."""
+    return node.parent.parent if isinstance(node.parent, exp.From) else None
 
 
 def _walk(value: Any) -> list[exp.Expr]:

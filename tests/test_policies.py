@@ -902,6 +902,11 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
         step = parts(copy)[1]
         step.replace(exp.select("*").from_(step.copy().subquery("b")))
 
+    def no_step(copy: exp.Expr) -> None:  # the table aggregated straight from its policy subquery
+        step = parts(copy)[1]
+        assert step.parent is not None
+        step.parent.replace(step.args["from_"].this.copy())
+
     for change, message in (
         (page, "single rows are chosen"),
         (measure_filter, "filtered by cost"),
@@ -912,6 +917,7 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
         (ungrouped, "cost leaves ungrouped"),
         (keyed, "aggregate-only but passes on __key_id_card"),
         (two_steps, "read row by row"),
+        (no_step, "read row by row"),
     ):
         copy = tree.copy()
         change(copy)
