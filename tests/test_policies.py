@@ -410,6 +410,32 @@ def test_claims_are_literals_and_a_missing_claim_reveals_nothing(secured: Gatewa
         assert rows["public_security_residents"] == []
 
 
+# Found by a red-team review: DuckDB's MySQL scanner pushed `status = '\'' AND ...'` down with its
+# backslash as it was, and MariaDB read it as an escape: the rest of the value ran as SQL.
+BACKSLASH = (
+    "\\' AND 1=0 UNION ALL SELECT s.id_card, CAST(s.monthly_salary AS CHAR), 0x78, s.id_card "
+    "FROM human_resources.social_insurance s -- "
+)
+
+
+def test_a_backslash_in_a_value_or_claim_is_data_in_every_store(secured: Gateway, city: City) -> None:
+    enterprises = "query ($v: String!) { market_regulation_enterprises(where: {status: {%s: $v}}) { name industry } }"
+    for operator, value in (("_eq", BACKSLASH), ("_like", BACKSLASH + "%"), ("_neq", "\\")):
+        body = secured.execute(enterprises % operator, {"v": value}, identity=Identity("anonymous")).body
+        assert "errors" not in body, body
+        want = [e for e in city.dicts("market_regulation", "enterprises") if operator == "_neq"]
+        assert len(body["data"]["market_regulation_enterprises"]) == len(want)
+    count = "{ %s_aggregate { aggregate { count } } }"
+    in_district = sum(1 for e in city.dicts("market_regulation", "enterprises") if e["district"] == "南城")
+    assert run(secured, "district_officer", count % "market_regulation_enterprises", district="南城") == {
+        "market_regulation_enterprises_aggregate": {"aggregate": {"count": in_district}}
+    }
+    for claim in ("\\' OR 1=1 -- ", "南城 ", "\\"):  # MariaDB's collation takes 南城 with a space for 南城
+        for table in ("market_regulation_enterprises", "public_security_residents"):
+            data = run(secured, "district_officer", count % table, district=claim)
+            assert data[f"{table}_aggregate"]["aggregate"]["count"] == 0, (claim, table)
+
+
 def test_anonymous_sees_only_published_columns(secured: Gateway) -> None:
     data = run(secured, "anonymous", "{ public_security_residents_group_by(by: [district]) { keys { district } } }")
     assert len(data["public_security_residents_group_by"]) == 8
