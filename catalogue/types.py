@@ -42,6 +42,9 @@ for _kind, _members in {
             _KINDS[exp.DataType.Type[_member]] = _kind  # type: ignore[assignment]
 
 
+KNOWN_TYPES = frozenset(_KINDS)  # the sqlglot types citygate serves, and that policies may cast to
+
+
 class UnknownTypeError(ValueError):
     """A store or engine reported a type that citygate does not serve."""
 

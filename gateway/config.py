@@ -342,6 +342,8 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: no such configuration file") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     try:
         raw = _parse_yaml(text)
     except yaml.YAMLError as error:
@@ -389,6 +391,8 @@ def _with_includes(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> d
             text = included.read_text(encoding="utf-8")
         except OSError:
             raise ConfigError(f"{path}: include: cannot read {included}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{included}: not UTF-8 text (byte {error.start}; included from {path})") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError:

@@ -47,7 +47,7 @@ from gateway.audit import Sink, open_sink
 from gateway.cache import ResultCache
 from gateway.compile import Compiled, CompileError, Context, collect_fields, compile_root_field
 from gateway.config import Config
-from gateway.errors import CitygateError, ResultTooLarge, StoreUnavailableError
+from gateway.errors import CitygateError, ConfigError, ResultTooLarge, StoreUnavailableError
 from gateway.metrics import Metrics
 from gateway.schema import Model, build_model
 from gateway.shape import shape
@@ -236,7 +236,7 @@ class Gateway:
         policies = load_policies(config.policies.files) if config.policies is not None else None
         if config.audit is None:
             log.warning("the audit trail is off: configure `audit` to record who reads what")
-        return cls(
+        gateway = cls(
             config=config,
             engine=engine,
             model=model,
@@ -246,6 +246,30 @@ class Gateway:
             audit=open_sink(config.audit),
             telemetry=telemetry or Telemetry.configure(config.telemetry),
         )
+        if policies is not None:
+            try:
+                gateway._check_decisions(policies)
+            except ConfigError:
+                gateway.close()
+                raise
+        return gateway
+
+    def _check_decisions(self, policies: Policies) -> None:
+        """Every role's decision on every table can be made: a row filter over a column the
+        table lacks fails here, naming its key, rather than at each of the role's requests."""
+        for role in sorted(policies.roles):
+            for table in self.catalogue.tables:
+                columns = [c.name for c in table.columns]
+                try:
+                    decide(
+                        policies,
+                        role,
+                        table.department,
+                        table.name,
+                        self._classes(table.department, table.name, columns),
+                    )
+                except ValueError as error:
+                    raise ConfigError(f"policies: {error}") from None
 
     @property
     def policy_version(self) -> str:
@@ -258,6 +282,7 @@ class Gateway:
         if self.config.policies is None:
             raise CitygateError("this gateway has no policies to reload")
         policies = load_policies(self.config.policies.files)
+        self._check_decisions(policies)
         with self._lock:
             self.policies = policies
             self._views = {}

@@ -102,12 +102,15 @@ def _apply_floor(
     conflicts = []
     for column, treatment in columns.items():
         floor = policies.floors.get(department, {}).get(f"{table}.{column}")
-        if floor is None or role in floor.unmasked_for or treatment.kind != "raw":
+        # A custom expression counts as unmasked: whether `COALESCE(value, NULL)` shows the value
+        # is not for citygate to decide, so the floor's answer stands in for it.
+        if floor is None or role in floor.unmasked_for or treatment.kind not in ("raw", "sql"):
             continue
+        how = "raw" if treatment.kind == "raw" else "through a custom expression"
         columns[column] = parse_treatment(floor.otherwise)
         reasons[column] = f"{department}'s floor: unmasked only for {', '.join(floor.unmasked_for) or 'no role'}"
         conflicts.append(
-            f"roles.{role} reveals {department}.{table}.{column} raw; {department}'s floor "
+            f"roles.{role} reveals {department}.{table}.{column} {how}; {department}'s floor "
             f"allows that only for {', '.join(floor.unmasked_for) or 'no role'}, so it gets "
             f"{columns[column]}"
         )

@@ -8,7 +8,7 @@ except three that each engine expands in its own functions (``connectors/base.py
 ``citygate_partial(value, first, last)``, in the fewest calls the engine needs, and
 ``citygate_tie(value)``, the digest rows break ties on when their key is masked (:func:`tie`).
 
->>> from catalogue.types import LogicalType
+>>> from catalogue.types import KNOWN_TYPES, LogicalType
 >>> from sqlglot import exp
 >>> from policies.model import Treatment
 >>> print(mask(Treatment("partial", (3, 4)), exp.column("phone"), LogicalType("string")).sql())
@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import ParseError, SqlglotError
 
-from catalogue.types import LogicalType
+from catalogue.types import KNOWN_TYPES, LogicalType
 from policies.model import Treatment
 
 HASH_FUNCTION = "citygate_hash"
@@ -49,11 +49,11 @@ ALLOWED_FUNCTIONS = frozenset(
         "TRIM",
         "REPLACE",
         "NULLIF",
-        "GREATEST",
-        "LEAST",
     }
 )
-_ALLOWED_NODES = (
+# Not GREATEST and LEAST: DuckDB skips a NULL argument where Trino returns NULL, so a mask
+# `GREATEST(value, NULL)` showed the raw value on one engine only.
+ALLOWED_NODES = (
     exp.Column,
     exp.Literal,
     exp.Identifier,
@@ -82,7 +82,6 @@ _ALLOWED_NODES = (
     exp.Or,
     exp.Not,
     exp.Is,
-    exp.Var,
 )
 
 
@@ -237,6 +236,14 @@ MASKS: dict[str, Callable[[Treatment, exp.Expr, LogicalType], exp.Expr]] = {
 }
 
 
+def function_name(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return node.name.upper()
+    if isinstance(node, exp.Pad):  # sqlglot's one node for both
+        return "LPAD" if node.args.get("is_left") else "RPAD"
+    return node.sql_name().upper()
+
+
 def mask(treatment: Treatment, column: exp.Expr, kind: LogicalType) -> exp.Expr:
     """The expression a role sees in place of ``column``."""
     if treatment.kind == "deny":
@@ -251,22 +258,38 @@ def output_kind(treatment: Treatment, kind: LogicalType) -> LogicalType:
     return kind
 
 
+def parse_expression(text: str, what: str) -> exp.Expr:
+    """Parse a policy's SQL expression, or say why it is none, naming ``what`` it is."""
+    try:
+        return sqlglot.parse_one(text)
+    except ParseError as error:
+        raise ValueError(f"{what} {text!r} is not an SQL expression: {error.errors[0]['description']}") from None
+    except SqlglotError as error:  # the tokenizer's, e.g. a quote never closed
+        raise ValueError(f"{what} {text!r} is not an SQL expression: {str(error).splitlines()[0]}") from None
+
+
+def check_type(node: exp.Expr, what: str, text: str) -> None:
+    """A type in a policy's expression must be one citygate knows: sqlglot keeps a quoted type
+    name (``CAST(x AS "...")``) as text and writes it back verbatim, which would let any SQL
+    through past every other check."""
+    if isinstance(node, exp.DataType) and node.this not in KNOWN_TYPES:
+        raise ValueError(f"{what} {text!r} casts to {node.sql()!r}, which is not a type it may use")
+
+
 def check_custom(text: str) -> exp.Expr:
     """Parse a custom mask and refuse anything but allow-listed functions over ``value``."""
-    try:
-        tree = sqlglot.parse_one(text)
-    except ParseError as error:
-        raise ValueError(f"custom mask {text!r} is not an SQL expression: {error.errors[0]['description']}") from None
+    tree = parse_expression(text, "custom mask")
     for node in tree.walk():
+        check_type(node, "custom mask", text)
         if isinstance(node, exp.Column) and node.name.lower() != "value":
             raise ValueError(f"custom mask {text!r} may refer only to `value`, not {node.sql()!r}")
-        if isinstance(node, exp.Func) and not isinstance(node, exp.Cast | exp.Case | exp.If):
-            name = (node.name if isinstance(node, exp.Anonymous) else node.sql_name()).upper()
+        if isinstance(node, exp.Func) and not isinstance(node, ALLOWED_NODES):
+            name = function_name(node)
             if name not in ALLOWED_FUNCTIONS:
                 raise ValueError(
                     f"custom mask {text!r} calls {name}, which is not allowed; allowed: "
                     + ", ".join(sorted(ALLOWED_FUNCTIONS))
                 )
-        elif not isinstance(node, (*_ALLOWED_NODES, exp.Func)):
+        elif not isinstance(node, (*ALLOWED_NODES, exp.Func)):
             raise ValueError(f"custom mask {text!r} uses {type(node).__name__}, which is not allowed")
     return tree

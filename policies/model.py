@@ -158,6 +158,12 @@ class FloorRule(_Model):
     unmasked_for: list[str] = Field(default_factory=list)
     otherwise: TreatmentText = "deny"
 
+    @field_validator("otherwise")
+    @classmethod
+    def _treatment(cls, value: TreatmentText) -> TreatmentText:
+        parse_treatment(value)
+        return value
+
 
 class Floor(_Model):
     """A department's own limit on what any central rule may reveal of its columns."""
@@ -195,6 +201,8 @@ def load_policies(paths: list[Path]) -> Policies:
             text = path.read_text(encoding="utf-8")
         except OSError:
             raise ConfigError(f"{path}: cannot read the policy file") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
         digest.update(text.encode())
         try:
             raw = yaml.safe_load(text) or {}

@@ -27,25 +27,33 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
 
 from catalogue.types import LITERALS, LogicalType
+from policies.masks import ALLOWED_FUNCTIONS, ALLOWED_NODES, check_type, function_name, parse_expression
 
 _CLAIM = re.compile(r":claims\.([A-Za-z_][A-Za-z0-9_]*)")
 _PREFIX = "__claim__"
 
 
 def parse_filter(text: str) -> exp.Expr:
-    """Parse a filter; claim references become marker columns until :func:`bind`."""
-    try:
-        tree = sqlglot.parse_one(_CLAIM.sub(lambda m: _PREFIX + m.group(1), text))
-    except ParseError as error:
-        raise ValueError(f"row filter {text!r} is not an SQL predicate: {error.errors[0]['description']}") from None
-    if tree.find(exp.Select, exp.Subquery, exp.Table) is not None:
-        raise ValueError(f"row filter {text!r} may use only the table's own columns and claims")
+    """Parse a filter; claim references become marker columns until :func:`bind`. It may use
+    the table's columns, claims, literals, comparisons, ``IN`` lists, ``LIKE``, ``BETWEEN`` and
+    the functions custom masks may: nothing that reads another table, a file or the engine's
+    settings."""
+    tree = parse_expression(_CLAIM.sub(lambda m: _PREFIX + m.group(1), text), "row filter")
+    for node in tree.walk():
+        check_type(node, "row filter", text)
+        if isinstance(node, _FILTER_NODES):
+            continue
+        if not isinstance(node, exp.Func):
+            raise ValueError(f"row filter {text!r} may use only the table's own columns and claims")
+        if function_name(node) not in ALLOWED_FUNCTIONS:
+            raise ValueError(f"row filter {text!r} calls {function_name(node)}, which is not allowed")
     return tree
+
+
+_FILTER_NODES = (*ALLOWED_NODES, exp.In, exp.Like, exp.ILike, exp.Between, exp.Tuple)
 
 
 def claims_used(tree: exp.Expr) -> set[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 import sqlglot
+import yaml
 from graphql import GraphQLObjectType
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from catalogue.types import LogicalType
 from connectors.base import Engine, create_engine
 from gateway.config import Config, PoliciesConfig
 from gateway.datagen import City
+from gateway.errors import ConfigError
 from gateway.execute import Gateway, Identity
 from policies.decide import decide
 from policies.masks import mask, partial_concat, partial_sql, tie
@@ -315,6 +317,78 @@ def test_the_floor_wins_and_the_check_reports_it(tmp_path: Path) -> None:
     decision = decide(policies, "police", "health", "clinic_visits", {"diagnosis": None, "hospital": None})
     assert not decision.columns["diagnosis"].visible
     assert decision.floor_conflicts and "unmasked only for" in decision.reasons["diagnosis"]
+    # A custom expression may show the value whole (found by a red-team review): the floor wins.
+    write_policy(
+        central, {"police": {"health.clinic_visits": {"columns": {"diagnosis": {"sql": "COALESCE(value, NULL)"}}}}}
+    )
+    policies = load_policies([central, POLICY_FILES[1]])
+    decision = decide(policies, "police", "health", "clinic_visits", {"diagnosis": None})
+    assert not decision.columns["diagnosis"].visible
+    assert "through a custom expression" in decision.floor_conflicts[0]
+
+
+def write_policy(path: Path, tables_by_role: dict[str, Any], floors: list[Any] | None = None) -> Path:
+    body: dict[str, Any] = {"roles": {role: {"tables": tables} for role, tables in tables_by_role.items()}}
+    if floors is not None:
+        body["floors"] = floors
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+# Found by a red-team review: sqlglot keeps a quoted type name as text and writes it back as it
+# is, so a policy or a department's floor ran this as SQL: another table's identity numbers in
+# place of a name, on both engines.
+SMUGGLED = (
+    'CAST(value AS """VARCHAR"") || (SELECT max(id_card) FROM public_security.public.residents) '
+    "|| CAST('' AS VARCHAR\")"
+)
+
+
+@pytest.mark.parametrize(
+    ("treatment", "message"),
+    [
+        ({"sql": SMUGGLED}, "which is not a type it may use"),
+        ({"sql": "GREATEST(value, NULL)"}, "calls GREATEST, which is not allowed"),
+        ({"sql": "'unterminated"}, "is not an SQL expression"),
+    ],
+)
+def test_a_custom_mask_runs_nothing_but_allowed_functions_of_its_value(
+    tmp_path: Path, treatment: dict[str, str], message: str
+) -> None:
+    central = write_policy(
+        tmp_path / "c.yaml", {"analyst": {"public_security.residents": {"columns": {"name": treatment}}}}
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_policies([central])
+    floor = {"department": "public_security", "columns": {"residents.name": {"otherwise": treatment}}}
+    with pytest.raises(ConfigError, match=message):  # a department's floor is held to the same
+        load_policies([write_policy(tmp_path / "f.yaml", {}, [floor])])
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "message"),
+    [
+        ('district = CAST(1 AS """VARCHAR"") OR 1=1 OR CAST(1 AS VARCHAR")', "which is not a type it may use"),
+        ("district = getenv('HOME')", "calls GETENV, which is not allowed"),
+        ("district IN (SELECT district FROM residents)", "only the table's own columns and claims"),
+        ("district = 'x", "is not an SQL expression"),
+    ],
+)
+def test_a_row_filter_runs_nothing_but_the_tables_columns_and_claims(
+    tmp_path: Path, row_filter: str, message: str
+) -> None:
+    central = write_policy(tmp_path / "c.yaml", {"officer": {"public_security.residents": {"row_filter": row_filter}}})
+    with pytest.raises(ConfigError, match=message):
+        load_policies([central])
+
+
+def test_allowed_custom_masks_and_row_filters_still_load(tmp_path: Path) -> None:
+    rule = {
+        "row_filter": "district IN ('南城', :claims.district) AND NOT (UPPER(gender) LIKE 'X%')",
+        "columns": {"name": {"sql": "LPAD(SUBSTRING(value, 1, 1), 3, '*')"}},
+    }
+    policies = load_policies([write_policy(tmp_path / "c.yaml", {"officer": {"public_security.residents": rule}})])
+    assert policies.roles["officer"].tables["public_security.residents"].row_filter == rule["row_filter"]
 
 
 # -- attempts around the masks -----------------------------------------------------------------
@@ -949,3 +1023,17 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
         change(copy)
         with pytest.raises(PolicyViolation, match=message):
             verify(copy, ctx)
+
+
+def test_a_policy_the_tables_cannot_take_stops_the_gateway_naming_its_key(
+    sqlite_config: Config, tmp_path: Path
+) -> None:
+    """Found by a red-team review: a row filter over a column the table lacks passed loading and
+    failed every request of the role with a stack trace; a file not in UTF-8 crashed loading."""
+    central = write_policy(tmp_path / "c.yaml", {"officer": {"public_security.residents": {"row_filter": "nope = 1"}}})
+    with pytest.raises(ConfigError, match=r"roles\.officer\.tables\.public_security\.residents\.row_filter: no column"):
+        Gateway.start(with_policies(sqlite_config, [central]), create_engine(sqlite_config)).close()
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("roles: {}\n# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_policies([latin])
