@@ -22,7 +22,7 @@ from catalogue.model import Catalogue, Column, Department
 from catalogue.types import LogicalType, logical_type
 from gateway.config import Config
 from gateway.errors import CitygateError
-from policies.masks import HASH_FUNCTION, PARTIAL_FUNCTION, TIE_FUNCTION, partial_sql
+from policies.masks import HASH_FUNCTION, PARTIAL_FUNCTION, TIE_FUNCTION, TIMESTAMP_TEXT_FUNCTION, partial_sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +93,9 @@ class Engine(ABC):
         if not isinstance(node, exp.Anonymous):
             return node
         name = node.name.lower()
+        if name.startswith("citygate_"):  # its arguments first: a timestamp's text inside a mask
+            node = node.copy()
+            node.set("expressions", [e.transform(self._engine_form) for e in node.expressions])
         if name == PARTIAL_FUNCTION:
             value, first, last = node.expressions
             return self.partial(value, int(first.name), int(last.name))
@@ -102,6 +105,8 @@ class Engine(ABC):
             # time than with 256 bits, which take two).
             tie_key = hmac.new(self._hash_key(), b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
             return self.md5_digest(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
+        if name == TIMESTAMP_TEXT_FUNCTION:
+            return self.timestamp_text(node.expressions[0])
         if name == HASH_FUNCTION:
             return exp.DPipe(
                 this=exp.Literal.string("h:"),
@@ -126,6 +131,11 @@ class Engine(ABC):
     @abstractmethod
     def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
         """Lower-case hex HMAC-SHA256 of a string under ``key``, in this engine's functions."""
+
+    @abstractmethod
+    def timestamp_text(self, value: exp.Expr) -> exp.Expr:
+        """A timestamp as `YYYY-MM-DD HH:MM:SS.ffffff` (microseconds always), in this engine's
+        functions: the text the masks read of it on every engine."""
 
     @abstractmethod
     def md5_digest(self, value: exp.Expr) -> exp.Expr:

@@ -298,6 +298,9 @@ class EmbeddedEngine(Engine):
     def md5_digest(self, value: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this="MD5", expressions=[value])
 
+    def timestamp_text(self, value: exp.Expr) -> exp.Expr:
+        return exp.Anonymous(this="STRFTIME", expressions=[value, exp.Literal.string("%Y-%m-%d %H:%M:%S.%f")])
+
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = getattr(self._local, "cursor", None)
         if cursor is None:

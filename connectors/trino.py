@@ -109,6 +109,11 @@ class TrinoEngine(Engine):
         )
         return exp.Lower(this=exp.Anonymous(this="TO_HEX", expressions=[digest]))
 
+    def timestamp_text(self, value: exp.Expr) -> exp.Expr:
+        # exp.Cast itself: exp.cast() leaves a value already cast to TIMESTAMP(3) as it is
+        micro = exp.Cast(this=value, to=exp.DataType.build("TIMESTAMP(6)", dialect="trino"))
+        return exp.Cast(this=micro, to=exp.DataType.build("VARCHAR"))
+
     def md5_digest(self, value: exp.Expr) -> exp.Expr:
         """The digest's bytes: VARBINARY orders byte by byte, as lower-case hex does, and
         spares every row of a list ordered by a masked key a hex string (a fifth of the

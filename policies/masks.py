@@ -29,6 +29,7 @@ from policies.model import Treatment
 HASH_FUNCTION = "citygate_hash"
 PARTIAL_FUNCTION = "citygate_partial"
 TIE_FUNCTION = "citygate_tie"
+TIMESTAMP_TEXT_FUNCTION = "citygate_timestamp_text"
 REDACTED = "[REDACTED]"
 
 # Functions a custom mask may call: pure, deterministic, present on both engines.
@@ -85,7 +86,19 @@ ALLOWED_NODES = (
 )
 
 
-def _string(column: exp.Expr) -> exp.Expr:
+def _string(column: exp.Expr, kind: LogicalType | None = None) -> exp.Expr:
+    """A value as the text a mask reads, the same on every engine: engines write a double
+    (Trino `1.42026E2`, DuckDB `142.026`) and a timestamp (Trino with microseconds, DuckDB
+    without when they are zero) each their own way, so a hashed key would not join across
+    them. A double is read as DECIMAL(38, 9), a timestamp as `YYYY-MM-DD HH:MM:SS.ffffff`.
+
+    >>> _string(exp.column("v"), LogicalType("double")).sql()
+    'CAST(CAST(v AS DECIMAL(38, 9)) AS VARCHAR)'
+    """
+    if kind is not None and kind.kind == "timestamp":
+        return exp.Anonymous(this=TIMESTAMP_TEXT_FUNCTION, expressions=[column])
+    if kind is not None and kind.kind == "double":
+        column = exp.cast(column, exp.DataType.build("DECIMAL(38, 9)"))
     return exp.cast(column, exp.DataType(this=exp.DataType.Type.VARCHAR))
 
 
@@ -100,7 +113,7 @@ def _partial(column: exp.Expr, first: int, last: int, kind: LogicalType) -> exp.
     not cast: on DuckDB CHAR is VARCHAR, and on Trino LENGTH and SUBSTRING read a CHAR(n) as
     its cast to VARCHAR would (padding included).
     """
-    value = column if kind.kind == "string" else _string(column)
+    value = column if kind.kind == "string" else _string(column, kind)
     return exp.Anonymous(
         this=PARTIAL_FUNCTION, expressions=[value, exp.Literal.number(first), exp.Literal.number(last)]
     )
@@ -174,11 +187,11 @@ def partial_concat(value: exp.Expr, first: int, last: int) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=longer, true=joined)], default=stars(length))
 
 
-def _hash(column: exp.Expr) -> exp.Expr:
-    return exp.Anonymous(this=HASH_FUNCTION, expressions=[_string(column)])
+def _hash(column: exp.Expr, kind: LogicalType) -> exp.Expr:
+    return exp.Anonymous(this=HASH_FUNCTION, expressions=[_string(column, kind)])
 
 
-def tie(column: exp.Expr) -> exp.Expr:
+def tie(column: exp.Expr, kind: LogicalType) -> exp.Expr:
     """What rows break ties on when their key is masked: a keyed digest of the raw key, which
     orders them deterministically and says nothing about the raw order. Never shown.
 
@@ -188,7 +201,7 @@ def tie(column: exp.Expr) -> exp.Expr:
     ten-row list three times as slow as without policies, one SHA-256 twice, MD5 1.3 times.
     The order needs only to be unpredictable without the key; MD5's weakness, collisions,
     would at worst leave two rows' order to the engine."""
-    return exp.Anonymous(this=TIE_FUNCTION, expressions=[_string(column)])
+    return exp.Anonymous(this=TIE_FUNCTION, expressions=[_string(column, kind)])
 
 
 def _year(column: exp.Expr, kind: LogicalType) -> exp.Expr:
@@ -227,7 +240,7 @@ def _custom(column: exp.Expr, text: str) -> exp.Expr:
 MASKS: dict[str, Callable[[Treatment, exp.Expr, LogicalType], exp.Expr]] = {
     "raw": lambda t, c, k: c,
     "partial": lambda t, c, k: _partial(c, t.params[0], t.params[1], k),
-    "hash": lambda t, c, k: _hash(c),
+    "hash": lambda t, c, k: _hash(c, k),
     "nullify": lambda t, c, k: _null(k),
     "year": lambda t, c, k: _year(c, k),
     "bucket": lambda t, c, k: _bucket(c, t.params[0], k),

@@ -218,7 +218,9 @@ def _policy_subquery(
         if treatment is None:
             raise PolicyViolation(f"{table.db}.{table.name} has no column {name!r}")
         projections.append(
-            exp.alias_(_hidden_value(mark, name, treatment), exp.to_identifier(hidden(mark, name), quoted=True))
+            exp.alias_(
+                _hidden_value(mark, name, treatment, types[name]), exp.to_identifier(hidden(mark, name), quoted=True)
+            )
         )
     if not decision.visible:
         raise PolicyViolation(f"{table.db}.{table.name} has no column the role may read")
@@ -237,12 +239,12 @@ def _raw_column(name: str) -> exp.Column:
     return exp.Column(this=exp.to_identifier(name, quoted=True), table=exp.to_identifier("raw"))
 
 
-def _hidden_value(mark: str, name: str, treatment: Treatment) -> exp.Expr:
+def _hidden_value(mark: str, name: str, treatment: Treatment, kind: LogicalType) -> exp.Expr:
     """What a policy subquery passes on as a relationship key (the raw value) or a tie-break.
 
     Ties break on the raw key only where the role sees it raw; elsewhere on a keyed digest of
     it, which is as deterministic and says nothing about the raw order."""
-    return _raw_column(name) if mark == KEY or treatment.kind == "raw" else tie(_raw_column(name))
+    return _raw_column(name) if mark == KEY or treatment.kind == "raw" else tie(_raw_column(name), kind)
 
 
 def thresholds(tree: exp.Expr, ctx: Context) -> exp.Expr:
@@ -476,7 +478,7 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
             if mark == KEY and target not in ctx.keys.get(key, frozenset()):
                 raise PolicyViolation(f"{key[0]}.{key[1]} passes on {target} raw, which no relationship joins on")
             if treatment is not None:
-                expected = _hidden_value(mark, target, treatment)
+                expected = _hidden_value(mark, target, treatment, types[target])
                 out[name.lower()] = (mark, (key, target))
         elif name == "__row":
             expected = exp.Literal.number(1)
