@@ -129,6 +129,10 @@ class Plan:
     weight: int = 0  # its estimated size in memory, for the plan cache's budget
 
 
+# The masks that fit only some kinds of column (the others fit any).
+_FITS = {"year": ("date", "timestamp"), "bucket": ("integer", "bigint", "double", "decimal")}
+
+
 # What a plan or a parsed document holds in memory, as measured with tracemalloc: about 100
 # bytes per character of the query (the document's nodes) and 450 per node of a compiled tree.
 _PER_CHARACTER, _PER_NODE, _BASE = 100, 450, 4096
@@ -255,21 +259,24 @@ class Gateway:
         return gateway
 
     def _check_decisions(self, policies: Policies) -> None:
-        """Every role's decision on every table can be made: a row filter over a column the
-        table lacks fails here, naming its key, rather than at each of the role's requests."""
+        """Every role's decision on every table can be made and fits the table: a row filter
+        over a column the table lacks, or `year` of a text column, fails here, naming its key,
+        rather than at each of the role's requests."""
         for role in sorted(policies.roles):
             for table in self.catalogue.tables:
-                columns = [c.name for c in table.columns]
+                classes = self._classes(table.department, table.name, [c.name for c in table.columns])
                 try:
-                    decide(
-                        policies,
-                        role,
-                        table.department,
-                        table.name,
-                        self._classes(table.department, table.name, columns),
-                    )
+                    decision = decide(policies, role, table.department, table.name, classes)
                 except ValueError as error:
                     raise ConfigError(f"policies: {error}") from None
+                for column in table.columns:
+                    treatment = decision.columns.get(column.name)
+                    fits = _FITS.get(treatment.kind) if treatment is not None else None
+                    if treatment is not None and fits is not None and column.type.kind not in fits:
+                        raise ConfigError(
+                            f"policies: role {role}: {table.department}.{table.name}.{column.name} is "
+                            f"{column.type.kind}, which {treatment} cannot mask ({decision.reasons[column.name]})"
+                        )
 
     @property
     def policy_version(self) -> str:

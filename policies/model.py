@@ -85,7 +85,10 @@ def parse_treatment(value: Any) -> Treatment:
     if word == "allow":
         return RAW
     if word.startswith("partial"):
-        return Treatment("partial", (int(match.group(2)), int(match.group(3))))
+        first, last = int(match.group(2)), int(match.group(3))
+        if max(first, last) > 1000:
+            raise ValueError(f"partial({first},{last}) keeps more than 1000 characters at an end")
+        return Treatment("partial", (first, last))
     if word.startswith("bucket"):
         width = float(match.group(4))
         if width <= 0:
