@@ -42,7 +42,11 @@ def check(policies: Policies, tables: Columns) -> list[Finding]:
             except ValueError:  # a row filter over a column the table lacks: found above
                 continue
             findings.extend(Finding("floor", conflict) for conflict in decision.floor_conflicts)
+    departments = {department for department, _ in tables}
     for department, rules in sorted(policies.floors.items()):
+        if department not in departments:
+            findings.append(Finding("unmatched", f"floors.{department}: no such department"))
+            continue
         for key, floor in sorted(rules.items()):
             table, _, column = key.partition(".")
             if (department, table) not in tables or column not in tables[(department, table)]:

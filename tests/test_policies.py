@@ -402,6 +402,15 @@ def test_a_row_filter_runs_nothing_but_the_tables_columns_and_claims(
         load_policies([central])
 
 
+def test_the_checker_names_a_floor_for_a_department_that_does_not_exist(tmp_path: Path) -> None:
+    from policies.check import check
+
+    floor = {"department": "nope", "columns": {"x.y": {"otherwise": "deny"}}}
+    policies = load_policies([write_policy(tmp_path / "f.yaml", {}, [floor])])
+    findings = check(policies, {("health", "clinic_visits"): {"diagnosis": None}})
+    assert [f.message for f in findings] == ["floors.nope: no such department"]
+
+
 def test_allowed_custom_masks_and_row_filters_still_load(tmp_path: Path) -> None:
     rule = {
         "row_filter": "district IN ('南城', :claims.district) AND NOT (UPPER(gender) LIKE 'X%')",
