@@ -106,9 +106,9 @@ def _date(value: Any) -> exp.Expr:
 
 def _timestamp(value: Any) -> exp.Expr:
     moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
-    return exp.cast(
-        exp.Literal.string(moment.isoformat(sep=" ")), exp.DataType(this=exp.DataType.Type.TIMESTAMP), copy=False
-    )
+    # Microseconds, said: Trino's TIMESTAMP is TIMESTAMP(3), which rounded .9996 s up, into
+    # the year 10000 at the end of 9999.
+    return exp.Cast(this=exp.Literal.string(moment.isoformat(sep=" ")), to=exp.DataType.build("TIMESTAMP(6)"))
 
 
 # A value as a literal node of each kind: the only way values (a user's, a claim's) enter SQL.

@@ -89,9 +89,28 @@ def _is_null(column: exp.Expr, value: bool, t: LogicalType) -> exp.Expr:
     return check if value else exp.not_(check, copy=False)
 
 
+def _check_pattern(pattern: str) -> None:
+    """A backslash in a pattern escapes ``%``, ``_`` or itself, and nothing else: Trino refuses
+    any other escape, and PostgreSQL would take one that DuckDB and Trino do not."""
+    escaped = False
+    for c in pattern:
+        if escaped and c not in "%_\\":
+            raise CompileError(f"in a pattern, `\\` may only come before `%`, `_` or `\\`, not {c!r}")
+        escaped = not escaped and c == "\\"
+    if escaped:
+        raise CompileError("a pattern may not end with a lone `\\`; write `\\\\` for a backslash")
+
+
 def _like(kind: type[exp.Expr], negate: bool) -> Comparison:
+    """``_like`` and its kin as PostgreSQL (and Hasura) read them: ``%`` and ``_`` wildcards,
+    ``\\`` escaping a wildcard or itself. Said in the SQL (``ESCAPE '\\'``), since engines
+    differ when it is not: DuckDB has no escape, and Trino hands a PostgreSQL store its LIKE
+    with PostgreSQL's default one."""
+
     def build(column: exp.Expr, value: str, t: LogicalType) -> exp.Expr:
-        node = kind(this=column, expression=literal(value, LogicalType("string")))
+        _check_pattern(value)
+        matched = kind(this=column, expression=literal(value, LogicalType("string")))
+        node = exp.Escape(this=matched, expression=exp.Literal.string("\\"))
         return exp.not_(node, copy=False) if negate else node
 
     return build

@@ -41,9 +41,12 @@ def _parse_bigint(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise GraphQLError(f"BigInt expects an integer or a string of digits, got {value!r}")
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise GraphQLError(f"BigInt expects an integer or a string of digits, got {value!r}") from None
+    if not -(2**63) <= number < 2**63:
+        raise GraphQLError(f"BigInt expects a 64-bit integer, got {value!r}")
+    return number
 
 
 def _parse_decimal(value: Any) -> Decimal:

@@ -252,8 +252,17 @@ def not_(value: bool | None) -> bool | None:
 
 
 def _like(value: str, pattern: str, flags: int = 0) -> bool:
-    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, flags | re.DOTALL) is not None
+    """PostgreSQL's LIKE: ``%`` and ``_`` wildcards, ``\\`` taking the next character as it is."""
+    parts, escaped = [], False
+    for c in pattern:
+        if escaped:
+            parts.append(re.escape(c))
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        else:
+            parts.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
+    return re.fullmatch("".join(parts), value, flags | re.DOTALL) is not None
 
 
 def compare(op: str, value: Any, operand: Any) -> bool | None:

@@ -147,3 +147,45 @@ def test_a_repeated_request_reuses_its_plan_and_new_values_get_their_own(gateway
     assert gateway_sqlite.execute(query, {"d": "长安"}).body == {
         "data": {"transport_stations": [{"station_id": 7}, {"station_id": 15}, {"station_id": 23}]}
     }
+
+
+# Found by a red-team review: Trino handed PostgreSQL its LIKE without ESCAPE, so `\` escaped
+# there and nowhere else; Trino read a timestamp literal as TIMESTAMP(3), rounding .9999 s up.
+EDGES = {
+    "a backslash escapes a wildcard": (
+        "query ($p: String!) { transport_stations_aggregate(where: {name: {_like: $p}}) { aggregate { count } } }",
+        {"p": "%\\_站"},
+    ),
+    "an escaped percent sign is one": (
+        "query ($p: String!) { transport_stations(where: {name: {_nlike: $p}}, limit: 3) { name } }",
+        {"p": "%\\%%"},
+    ),
+    "sub-millisecond timestamps": (
+        "query ($t: Timestamp!) { environment_emission_readings_aggregate("
+        "where: {measured_at: {_gt: $t}}) { aggregate { count } } }",
+        {"t": "2015-01-01T00:09:13.9999"},
+    ),
+}
+
+
+@pytest.mark.parametrize("name", EDGES)
+def test_edges_of_patterns_and_times_answer_alike_on_every_engine(gateway: Gateway, oracle: Oracle, name: str) -> None:
+    query, variables = EDGES[name]
+    response = gateway.execute(query, variables)
+    assert "errors" not in response.body, response.body
+    same(response.body["data"], oracle.execute(query, variables))
+
+
+def test_a_backslash_escaping_nothing_and_a_bigint_past_64_bits_are_the_callers_error(
+    gateway: Gateway,
+) -> None:
+    for pattern in ("%\\", "%\\站"):  # a lone one, and one before a character it cannot escape
+        lone = gateway.execute(
+            "query ($p: String!) { transport_stations(where: {name: {_like: $p}}) { name } }", {"p": pattern}
+        )
+        assert lone.body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"  # not a department that is down
+    huge = gateway.execute(
+        "query ($v: BigInt!) { health_clinic_visits(where: {visit_id: {_eq: $v}}) { visit_id } }",
+        {"v": "9223372036854775808"},
+    ).body
+    assert "64-bit" in huge["errors"][0]["message"]
