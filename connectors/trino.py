@@ -7,6 +7,7 @@ only says how to address a table, how to run a tree and how to read a catalog's 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,26 @@ from gateway.errors import (
     ResultTooLarge,
     StoreUnavailableError,
 )
+
+# What says the store cannot be used at all (describe_store_failure names each), not a statement.
+_CONNECTION = re.compile(
+    r"connect|refused|timed? ?out|communications link|no route|unknown host|broken pipe"
+    r"|access denied|authentication failed|unknown database|database \S+ does not exist",
+    re.I,
+)
+_STATEMENT = re.compile(r"\bERROR: |SQL syntax|SQLSTATE|\(conn=\d+\) (?!.*connect)", re.I)
+
+
+def refused_by_store(text: str) -> bool:
+    """Whether a store's failure, as Trino reports it, is the store refusing a statement (its
+    own error) rather than not being reachable.
+
+    >>> refused_by_store("JDBC_ERROR: ERROR: LIKE pattern must not end with escape character")
+    True
+    >>> refused_by_store("JDBC_ERROR: Connection to 127.0.0.1:5432 refused. Check that the hostname and port ...")
+    False
+    """
+    return bool(_STATEMENT.search(text)) and not _CONNECTION.search(text)
 
 
 def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, str]]:
@@ -192,6 +213,10 @@ class TrinoEngine(Engine):
     def _store_failure(self, touched: list[str], error: TrinoQueryError) -> CitygateError:
         text = f"{error.error_name}: {error.message}"
         department = self._department_in(touched, text)
+        if department is not None and refused_by_store(text):
+            # The store answered, and refused the statement: it is not down, and must not be
+            # reported so (a caller could otherwise make a department look down at will).
+            return EngineQueryError(f"department {department}'s store refused the query", detail=text)
         if department is None:
             names = ", ".join(touched) or "unknown"
             return StoreUnavailableError(names, f"a department's store did not answer ({names})", detail=text)
