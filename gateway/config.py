@@ -280,6 +280,10 @@ class LimitsConfig(_Model):
 
     max_tokens: int = Field(20_000, ge=100)  # lexical tokens of a GraphQL document
     max_rows: int = Field(200_000, ge=1)  # rows the statements of one request may return, together
+    # a statement's answer is waited for this long; then its departments are left alone for as
+    # long again (each request naming them fails at once), so a store that hangs holds no more
+    # of the gateway's threads than one a period
+    statement_seconds: float = Field(60.0, gt=0)
 
 
 class TelemetryConfig(_Model):

@@ -208,6 +208,11 @@ class Gateway:
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="citygate"))
+    # Where statements run, so that a request waits for one no longer than the limit allows.
+    statements: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate-statement")
+    )
+    _unresponsive: dict[str, float] = field(default_factory=dict)  # department -> left alone until
     results: ResultCache = field(init=False)
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, DocumentNode | Response] = field(init=False)
@@ -626,7 +631,7 @@ class Gateway:
 
             def run() -> Sequence[Any]:
                 with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                    return self.engine.run(text, compiled.departments, budget.rows).rows
+                    return self._statement(text, compiled.departments, budget.rows)
 
             # "off": a department forbids caching, or the answer is too big to keep
             rows, cached = self.results.fetch(engine, text, compiled.departments, run)
@@ -650,6 +655,35 @@ class Gateway:
             self.metrics.statement_seconds.labels(department=department, engine=engine).observe(elapsed)
         log.debug("root field %s: %d rows in %.1f ms (cache %s)", compiled.key, len(rows), elapsed * 1000, cached)
         return value, cached
+
+    def _statement(self, text: str, departments: Sequence[str], max_rows: int) -> Sequence[Any]:
+        """Run one statement, waiting at most ``limits.statement_seconds`` for it.
+
+        A store that accepts connections and never answers would otherwise hold the request,
+        and a thread, for good (DuckDB's MySQL scanner has no timeout of its own). On the limit
+        the statement's departments are left alone for as long again: requests naming them
+        fail at once, and the thread still waiting on the store is the only one it holds."""
+        limit = self.config.limits.statement_seconds
+        now = time.monotonic()
+        silent = sorted(d for d in departments if self._unresponsive.get(d, 0.0) > now)
+        if silent:
+            raise StoreUnavailableError(
+                silent[0],
+                f"department {', '.join(silent)} did not answer within {limit:g} s; it is tried again shortly",
+            )
+        future = self.statements.submit(
+            contextvars.copy_context().run, lambda: self.engine.run(text, departments, max_rows).rows
+        )
+        try:
+            return future.result(timeout=limit)
+        except TimeoutError:  # concurrent.futures' own since Python 3.11
+            until = time.monotonic() + limit
+            for department in departments:
+                self._unresponsive[department] = until
+            names = ", ".join(departments) or "unknown"
+            raise StoreUnavailableError(
+                departments[0] if departments else "unknown", f"department {names} did not answer within {limit:g} s"
+            ) from None
 
     def _introspect(
         self,
@@ -703,6 +737,7 @@ class Gateway:
     def close(self) -> None:
         """Stop: queued audit records are written first, then spans flushed, then the engine."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.statements.shutdown(wait=False, cancel_futures=True)
         self.flush()
         self.engine.close()
 

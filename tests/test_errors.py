@@ -5,8 +5,12 @@ Messages name the department or file and what to check, and never carry a passwo
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,4 +257,74 @@ def test_an_answer_over_the_row_limit_is_refused_by_name(
             assert [e["extensions"]["code"] for e in body["errors"]] == ["RESULT_TOO_LARGE"]
             assert sorted(len(v or []) for v in body["data"].values()) == [0, 60]
     finally:
+        gateway.close()
+
+
+class StallingProxy:
+    """A TCP relay on loopback to a real store, which can be told to go silent: it keeps every
+    connection open and passes nothing on, as a store behind a broken network does."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.silent = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.silent.is_set():
+                    sink.sendall(data)
+
+    def close(self) -> None:
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def test_a_store_that_stops_answering_fails_its_requests_in_time_and_holds_no_others(
+    services_config: Config,
+) -> None:
+    """Found by a red-team review: with a MariaDB that accepted connections and never
+    answered, embedded requests hung for good and eight of them took the gateway's workers."""
+    mariadb = services_config.departments["environment"].store
+    proxy = StallingProxy(mariadb.port)  # type: ignore[union-attr]
+    config = with_store(services_config, "environment", port=proxy.port).with_engine("embedded")
+    config = config.model_copy(
+        update={
+            "limits": LimitsConfig(statement_seconds=1.5),
+            "cache": config.cache.model_copy(update={"enabled": False}),
+        }
+    )
+    gateway = Gateway.start(config, create_engine(config))
+    sites = "{ environment_monitored_sites(limit: 1) { site_id } }"
+    try:
+        assert "errors" not in gateway.execute(sites).body  # through the proxy while it relays
+        proxy.silent.set()
+        started = time.monotonic()
+        [error] = gateway.execute(sites).body["errors"]
+        assert 1.4 < time.monotonic() - started < 5
+        assert error["extensions"] == {"code": "DEPARTMENT_UNAVAILABLE", "department": "environment"}
+        assert error["message"] == "department environment did not answer within 1.5 s"
+        started = time.monotonic()
+        [again] = gateway.execute(sites).body["errors"]  # left alone for a while: at once
+        assert time.monotonic() - started < 0.5 and "did not answer" in again["message"]
+        both = gateway.execute(sites[:-1] + " transport_stations(limit: 1) { name } }").body
+        assert both["data"]["transport_stations"] and both["data"]["environment_monitored_sites"] is None
+    finally:
+        proxy.close()  # the thread still waiting on the store gets its end of file
         gateway.close()
