@@ -59,9 +59,11 @@ class FetchNeeded(Exception):
 class Authenticator:
     def __init__(self, auth: AuthConfig) -> None:
         self.auth = auth
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the verified tokens
+        self._fetching = threading.Lock()  # one fetch of the keys at a time
         self._keys: KeySet | None = None
         self._fetched = -float("inf")
+        self._retry_at = -float("inf")
         self._claims = jwt.JWTClaimsRegistry(
             leeway=auth.leeway_seconds,
             iss={"essential": True, "value": auth.issuer},
@@ -77,25 +79,39 @@ class Authenticator:
 
     def _keyset(self, refresh: bool = False, fetch: bool = True) -> KeySet:
         """The keys; fetched again when stale, or (``refresh``, for an unknown ``kid``) when the
-        last fetch is older than ``jwks_refresh_seconds``. One fetch at a time: callers that
-        need one meanwhile wait for it and use its keys."""
-        with self._lock:
-            age = time.monotonic() - self._fetched
-            remote = self.auth.jwks_url is not None
-            due = remote and (age > self.auth.jwks_cache_seconds or (refresh and age >= self.auth.jwks_refresh_seconds))
-            if self._keys is None or due:
-                if remote and not fetch:
-                    raise FetchNeeded
-                try:
-                    self._keys = self._load()
-                    self._fetched = time.monotonic()
-                except (OSError, ValueError, KeyError, JoseError) as error:
-                    # Try again in jwks_refresh_seconds; meanwhile the last keys, if any, serve.
-                    log.warning("the identity provider's keys could not be fetched: %s", error)
-                    self._fetched = time.monotonic() - self.auth.jwks_cache_seconds + self.auth.jwks_refresh_seconds
-                    if self._keys is None:
-                        raise AuthError("the gateway cannot reach its identity provider's keys", status=503) from None
+        last fetch is older than ``jwks_refresh_seconds``. One fetch at a time, under its own
+        lock: the event loop's calls (``fetch`` false) only read the keys there are, and never
+        wait for a fetch."""
+        keys = self._keys
+        if keys is not None and not self._due(refresh):
+            return keys
+        if keys is None and time.monotonic() < self._retry_at:
+            raise AuthError("the gateway cannot reach its identity provider's keys", status=503)
+        if self.auth.jwks_url is not None and not fetch:
+            raise FetchNeeded
+        with self._fetching:
+            if self._keys is not None and not self._due(refresh):  # fetched while this one waited
+                return self._keys
+            try:
+                self._keys, self._fetched = self._load(), time.monotonic()
+            except (OSError, ValueError, KeyError, JoseError) as error:
+                # Try again in jwks_refresh_seconds; meanwhile the last keys serve, but only up
+                # to twice their time: a key withdrawn from the set must stop working some time.
+                log.warning("the identity provider's keys could not be fetched: %s", error)
+                self._retry_at = time.monotonic() + self.auth.jwks_refresh_seconds
+                if self._keys is None or time.monotonic() - self._fetched > 2 * self.auth.jwks_cache_seconds:
+                    raise AuthError("the gateway cannot reach its identity provider's keys", status=503) from None
             return self._keys
+
+    def _due(self, refresh: bool) -> bool:
+        """Whether the keys must be fetched again (only those from a URL ever are)."""
+        if self.auth.jwks_url is None:
+            return False
+        now = time.monotonic()
+        if now < self._retry_at:  # the last fetch failed: not before its retry time
+            return False
+        age = now - self._fetched
+        return age > self.auth.jwks_cache_seconds or (refresh and age >= self.auth.jwks_refresh_seconds)
 
     def _load(self) -> KeySet:
         keys: list[dict[str, Any]] = []

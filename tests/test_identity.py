@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,8 +178,9 @@ def test_demo_issuer_tokens_over_http(demo_client: tuple[TestClient, Path]) -> N
 
 
 @contextlib.contextmanager
-def jwks_server(served: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
-    """A key set served over HTTP on loopback: its URL, and the paths fetched so far."""
+def jwks_server(served: dict[str, Any], delay: float = 0.0) -> Iterator[tuple[str, list[str]]]:
+    """A key set served over HTTP on loopback (each answer after ``delay`` seconds but the
+    first): its URL, and the paths fetched so far."""
     import http.server
     import threading
 
@@ -187,6 +189,8 @@ def jwks_server(served: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             fetches.append(self.path)
+            if len(fetches) > 1:
+                time.sleep(delay)
             body = json.dumps(served).encode()
             self.send_response(200)
             self.send_header("content-type", "application/json")
@@ -196,7 +200,7 @@ def jwks_server(served: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/jwks.json", fetches
@@ -235,6 +239,29 @@ def test_random_kids_do_not_hammer_the_provider_nor_the_event_loop() -> None:
             with pytest.raises(AuthError, match="a key this gateway does not know"):
                 auth.identify("Bearer " + sign(stranger, "RS256", claims()), fetch=False)
         assert len(fetches) == 1  # within jwks_refresh_seconds of the last fetch: none again
+
+
+def test_the_event_loop_never_waits_for_a_fetch_in_progress() -> None:
+    """Found by a code review: the fetch held the lock the event loop's lookups take too."""
+    known = RSAKey.generate_key(2048, parameters={"kid": "known"})
+    with jwks_server({"keys": [known.as_dict(private=False)]}, delay=2.0) as (url, fetches):
+        auth = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, jwks_refresh_seconds=0))
+        token = "Bearer " + sign(known, "RS256", claims())
+        assert auth.identify(token).role == "police"
+        stranger = "Bearer " + sign(RSAKey.generate_key(2048, parameters={"kid": "new"}), "RS256", claims())
+
+        def refetch() -> None:  # an unknown kid, on a worker thread: it fetches the set again
+            with contextlib.suppress(AuthError):
+                auth.identify(stranger)
+
+        worker = threading.Thread(target=refetch)
+        worker.start()
+        while len(fetches) < 2:  # the worker's fetch has begun, and takes two seconds
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert auth.identify(token, fetch=False).role == "police"
+        assert time.monotonic() - started < 0.5
+        worker.join()
 
 
 def test_an_unreachable_identity_provider_is_503() -> None:
