@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -148,6 +149,28 @@ def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return Identity(args.role, claims)
 
 
+def _reloader(gateway: Any) -> Callable[[int, object], None]:
+    """The SIGHUP handler: it only asks a thread of its own to read the policy files again.
+
+    A handler runs on the main thread between any two bytecodes, so one that reloaded itself
+    could find the gateway's lock held by the very code it interrupted, or by a reload that a
+    second signal interrupted: the event loop waited on it for good. Signals that come while a
+    reload runs make one more reload after it."""
+    wanted = threading.Event()
+
+    def reload_when_asked() -> None:
+        while True:
+            wanted.wait()
+            wanted.clear()
+            try:
+                gateway.reload_policies()
+            except CitygateError as error:
+                logging.getLogger("citygate").error("policy reload failed, the old policies stay: %s", error.message)
+
+    threading.Thread(target=reload_when_asked, name="citygate-reload", daemon=True).start()
+    return lambda signum, frame: wanted.set()
+
+
 def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     import signal
 
@@ -161,14 +184,8 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     for department, why in gateway.unavailable.items():
         print(f"citygate: warning: {department} is left out of the schema: {why}", file=sys.stderr)
 
-    def reload(signum: int, frame: object) -> None:  # SIGHUP: read the policy files again
-        try:
-            gateway.reload_policies()
-        except CitygateError as error:
-            logging.getLogger("citygate").error("policy reload failed, the old policies stay: %s", error.message)
-
     if gateway.policies is not None:
-        signal.signal(signal.SIGHUP, reload)
+        signal.signal(signal.SIGHUP, _reloader(gateway))
     address = f"http://{args.host}:{args.port}/graphql"
     print(banner.format(address=address, engine=gateway.engine.name) + epilogue, file=sys.stderr)
     try:

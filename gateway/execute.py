@@ -127,6 +127,7 @@ class Plan:
     memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
     audited: tuple[str, orjson.Fragment] | None = None  # the query's hash and `access` as JSON, made once
     weight: int = 0  # its estimated size in memory, for the plan cache's budget
+    version: str = "-"  # the policies' version it was made under
 
 
 # The masks that fit only some kinds of column (the others fit any).
@@ -181,6 +182,7 @@ class View:
     types: dict[tuple[str, str], dict[str, LogicalType]] = field(default_factory=dict)
     claim_names: tuple[str, ...] = ()  # the claims this role's row filters read
     keys: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # columns relationships join on
+    version: str = "-"  # the policies' version it was made of: every cache key holds this one
 
     def used_claims(self, identity: Identity | None) -> dict[str, Any]:
         """The caller's claims that this role's policies read: all that can change its SQL."""
@@ -313,7 +315,7 @@ class Gateway:
         if found is not None:
             return found
         if policies is None or role is None:
-            view = View(None, self.model)
+            view = View(None, self.model, version=policies.version if policies is not None else "-")
         else:
             decisions: dict[tuple[str, str], TableDecision] = {}
             types: dict[tuple[str, str], dict[str, LogicalType]] = {}
@@ -331,7 +333,9 @@ class Gateway:
                     claims |= claims_used(parse_filter(decision.row_filter))
                 types[key] = {c.name: c.type for c in table.columns}
             model = build_model(self.catalogue, self.config, decisions)
-            view = View(role, model, decisions, types, tuple(sorted(claims)), _join_columns(model))
+            view = View(
+                role, model, decisions, types, tuple(sorted(claims)), _join_columns(model), version=policies.version
+            )
         with self._lock:
             if self.policies is policies:  # not replaced by a reload meanwhile
                 self._views[role] = view
@@ -348,7 +352,7 @@ class Gateway:
 
     def _document(self, query: str, view: View) -> DocumentNode | Response:
         """The parsed and validated document, once per (query, role, policy version)."""
-        key = (query, view.role, self.policy_version)
+        key = (query, view.role, view.version)
         with self._lock:
             found = self._documents.get(key)
         if found is not None:
@@ -425,7 +429,7 @@ class Gateway:
                 operation_name,
                 json.dumps(variables, sort_keys=True, default=str) if variables else "",
                 view.role,
-                self.policy_version,
+                view.version,
                 json.dumps(claims, sort_keys=True, default=str) if claims else "",
             )
         except (TypeError, ValueError, RecursionError):
@@ -437,12 +441,17 @@ class Gateway:
         variables: Mapping[str, Any] | None = None,
         operation_name: str | None = None,
         identity: Identity | None = None,
+        view: View | None = None,
     ) -> Plan:
-        """Parse, validate and compile a request once; a repeated request reuses its plan."""
-        view = self.view(identity)
+        """Parse, validate and compile a request once; a repeated request reuses its plan.
+        ``view``: the role's view the request already took (a reload meanwhile must not give
+        the plan another's)."""
+        view = view or self.view(identity)
         key = self._key(query, variables, operation_name, view, view.used_claims(identity))
         if key is None:
-            return self._make_plan(query, variables, operation_name, view)
+            made = self._make_plan(query, variables, operation_name, view)
+            made.version = view.version
+            return made
         with self._lock:
             found = self._plans.get(key)
         if found is not None:
@@ -450,6 +459,7 @@ class Gateway:
             return found
         self.metrics.count_lookup("plan", "miss")
         made = self._make_plan(query, variables, operation_name, view)
+        made.version = view.version
         made.weight = _PER_CHARACTER * (len(query) + len(key[2])) + sum(
             _PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
         )
@@ -498,7 +508,7 @@ class Gateway:
     ) -> Response:
         view = self.view(identity)
         claims = view.used_claims(identity)
-        plan = self.plan(query, variables, operation_name, identity)
+        plan = self.plan(query, variables, operation_name, identity, view)
         if plan.refused is not None:
             return plan.refused
         if plan.introspection is not None and not plan.compiled and not plan.errors:

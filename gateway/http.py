@@ -496,7 +496,7 @@ class Edge:
             template = Template({k: v for k, v in record.items() if k not in _OWN})
         self.hot[key] = Hot(
             identity=exchange.identity,
-            version=self.gateway.policy_version,
+            version=plan.version,  # the policies it was answered under, whatever came since
             rows=[(sql, rows) for sql, rows in zip(statements, plan.memo.rows, strict=True) if sql is not None],
             result=result,
             reply=reply,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from starlette.testclient import TestClient
 
 from connectors.base import create_engine
@@ -18,7 +19,7 @@ from gateway.cache import ResultCache
 from gateway.config import CacheConfig, Config, TokenGuard
 from gateway.errors import CitygateError
 from gateway.execute import Gateway, Identity, Response
-from gateway.http import create_app
+from gateway.http import Edge, create_app
 from tests.test_policies import POLICY_FILES, with_policies
 
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card phone } }"
@@ -321,3 +322,56 @@ def test_introspection_is_answered_once_per_role_and_policy_version(sqlite_confi
         assert roots("anonymous")[1].encoded is not first.encoded  # recomputed after a reload
     finally:
         gateway.close()
+
+
+def hide_station_names(central: Path) -> None:
+    """Change the policy copy: anonymous no longer sees stations' names."""
+    policy = yaml.safe_load(central.read_text(encoding="utf-8"))
+    policy["roles"]["anonymous"]["tables"] = {"transport.stations": {"columns": {"name": "deny"}}}
+    central.write_text(yaml.safe_dump(policy, allow_unicode=True), encoding="utf-8")
+
+
+def test_a_reply_made_before_a_reload_is_not_sent_again_after_it(
+    admin_client: tuple[TestClient, Gateway, Path],
+) -> None:
+    """Found by a red-team review: a reload landing between a request's answer and the edge
+    keeping it as a ready reply stamped the old answer with the new policy version, and it was
+    sent again for as long as its rows stayed cached."""
+    client, gateway, central = admin_client
+    edge = client.app
+    assert isinstance(edge, Edge)
+    body = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
+    assert "errors" not in client.post("/graphql", json=body).json()  # its plan and rows are cached now
+    answer = edge.answer_json
+
+    async def then_reload(raw: bytes, exchange: Any) -> Any:
+        reply = await answer(raw, exchange)
+        hide_station_names(central)
+        gateway.reload_policies()
+        return reply
+
+    edge.answer_json = then_reload  # type: ignore[method-assign]
+    assert "errors" not in client.post("/graphql", json=body).json()  # answered under the old policy
+    edge.answer_json = answer  # type: ignore[method-assign]
+    after = client.post("/graphql", json=body).json()
+    assert after["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_sighup_asks_for_a_reload_and_never_waits_for_the_gateway(
+    admin_client: tuple[TestClient, Gateway, Path],
+) -> None:
+    """Found by a red-team review: the handler reloaded on the main thread, so a signal landing
+    while that thread held the gateway's lock (or during another reload) waited on it for good."""
+    from gateway.cli import _reloader
+
+    _, gateway, central = admin_client
+    handler = _reloader(gateway)
+    version = gateway.policy_version
+    hide_station_names(central)
+    with gateway._lock:  # the code the signal interrupts holds the lock
+        for _ in range(50):
+            handler(1, None)  # returns at once
+    deadline = time.monotonic() + 10
+    while gateway.policy_version == version and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.policy_version != version
