@@ -62,6 +62,15 @@ class ResultTooLarge(CitygateError):
         super().__init__(f"the answer has more than {limit} rows; ask for fewer with `limit` or `where`")
 
 
+class StatementTimeout(CitygateError):
+    """A statement ran past ``limits.statement_seconds`` while its stores still answered."""
+
+    code = "TIMEOUT"
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"the query ran longer than {limit:g} s; ask for less, or narrow it with `where`")
+
+
 class EngineQueryError(CitygateError):
     """The engine refused a statement for a reason other than a store being down."""
 

@@ -42,12 +42,19 @@ from sqlglot import exp
 
 from catalogue.model import Catalogue, Department, SharingClass
 from catalogue.types import LogicalType
-from connectors.base import Engine
+from connectors.base import Engine, logical_table
 from gateway.audit import Sink, open_sink
 from gateway.cache import ResultCache
 from gateway.compile import Compiled, CompileError, Context, collect_fields, compile_root_field
 from gateway.config import Config
-from gateway.errors import CitygateError, ConfigError, ResultTooLarge, StoreUnavailableError
+from gateway.errors import (
+    CitygateError,
+    ConfigError,
+    EngineUnavailableError,
+    ResultTooLarge,
+    StatementTimeout,
+    StoreUnavailableError,
+)
 from gateway.metrics import Metrics
 from gateway.schema import Model, build_model
 from gateway.shape import shape
@@ -667,33 +674,62 @@ class Gateway:
         return value, cached
 
     def _statement(self, text: str, departments: Sequence[str], max_rows: int) -> Sequence[Any]:
-        """Run one statement, waiting at most ``limits.statement_seconds`` for it.
+        """Run one statement, waiting at most ``limits.statement_seconds`` from its start.
 
         A store that accepts connections and never answers would otherwise hold the request,
-        and a thread, for good (DuckDB's MySQL scanner has no timeout of its own). On the limit
-        the statement's departments are left alone for as long again: requests naming them
-        fail at once, and the thread still waiting on the store is the only one it holds."""
+        and a thread, for good (DuckDB's MySQL scanner has no timeout of its own). When the
+        time runs out, each department the statement reads is probed with a one-row read: one
+        that does not answer that either is left alone for as long again (requests naming it
+        fail at once, holding no thread); if all answer, the statement was merely slow, and
+        only it fails. A statement still queued behind others when the time runs out is
+        dropped unrun, and says the gateway is busy."""
         limit = self.config.limits.statement_seconds
         now = time.monotonic()
         silent = sorted(d for d in departments if self._unresponsive.get(d, 0.0) > now)
         if silent:
+            names = ", ".join(silent)
             raise StoreUnavailableError(
-                silent[0],
-                f"department {', '.join(silent)} did not answer within {limit:g} s; it is tried again shortly",
+                silent[0], f"department {names} did not answer within {limit:g} s; tried again soon"
             )
-        future = self.statements.submit(
-            contextvars.copy_context().run, lambda: self.engine.run(text, departments, max_rows).rows
-        )
+        began: list[float] = []
+
+        def run() -> Sequence[Any]:
+            began.append(time.monotonic())
+            return self.engine.run(text, departments, max_rows).rows
+
+        future = self.statements.submit(contextvars.copy_context().run, run)
         try:
             return future.result(timeout=limit)
         except TimeoutError:  # concurrent.futures' own since Python 3.11
+            pass
+        if not began and future.cancel():
+            raise EngineUnavailableError("the gateway is too busy to run the query now; try again")
+        try:  # it ran late: it has the rest of its own time
+            return future.result(timeout=max(0.0, began[0] + limit - time.monotonic()) if began else limit)
+        except TimeoutError:
+            pass
+        silent = [d for d in departments if not self._answers(d)]
+        if silent:
             until = time.monotonic() + limit
-            for department in departments:
-                self._unresponsive[department] = until
-            names = ", ".join(departments) or "unknown"
-            raise StoreUnavailableError(
-                departments[0] if departments else "unknown", f"department {names} did not answer within {limit:g} s"
-            ) from None
+            with self._lock:
+                self._unresponsive.update(dict.fromkeys(silent, until))
+            raise StoreUnavailableError(silent[0], f"department {', '.join(silent)} did not answer within {limit:g} s")
+        raise StatementTimeout(limit)
+
+    def _answers(self, department: str, within: float = 2.0) -> bool:
+        """Whether ``department``'s store gives one row of a table within ``within`` seconds."""
+        table = next((t for t in self.catalogue.tables if t.department == department), None)
+        if table is None:
+            return True
+        probe = exp.select(exp.Literal.number(1)).from_(logical_table(department, table.name)).limit(1)
+        future = self.statements.submit(self.engine.execute, probe)
+        try:
+            future.result(timeout=within)
+        except TimeoutError:
+            return False
+        except Exception:  # the store answered, if only to refuse
+            return True
+        return True
 
     def _introspect(
         self,

@@ -328,3 +328,24 @@ def test_a_store_that_stops_answering_fails_its_requests_in_time_and_holds_no_ot
     finally:
         proxy.close()  # the thread still waiting on the store gets its end of file
         gateway.close()
+
+
+def test_a_slow_query_fails_alone_and_leaves_its_department_answering(services_config: Config) -> None:
+    """Found by a code review: a statement past the limit marked its departments down for
+    everyone, so any caller with a slow query could make a healthy department look down."""
+    config = services_config.with_engine("embedded")
+    config = config.model_copy(
+        update={
+            "limits": LimitsConfig(statement_seconds=0.02),
+            "cache": config.cache.model_copy(update={"enabled": False}),
+        }
+    )
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        slow = """{ health_clinic_visits_group_by(by: [id_card, visit_date, cost]) {
+            keys { id_card } aggregate { count(columns: [diagnosis], distinct: true) } } }"""
+        [error] = gateway.execute(slow).body["errors"]
+        assert error["extensions"]["code"] == "TIMEOUT" and "ran longer than 0.02 s" in error["message"]
+        assert not gateway._unresponsive  # the store answered the probe
+    finally:
+        gateway.close()
