@@ -151,9 +151,8 @@ def _plan_weight(plan: Plan) -> int:
     return _BASE + MEMO_BYTES + plan.weight  # the memo comes later: counted at its largest
 
 
-def _document_weight(document: DocumentNode | Response) -> int:
-    body = document.loc.source.body if isinstance(document, DocumentNode) and document.loc else ""
-    return _BASE + _PER_CHARACTER * len(body)
+def _document_weight(entry: tuple[int, DocumentNode | Response]) -> int:
+    return entry[0]
 
 
 @dataclass(frozen=True)
@@ -224,7 +223,7 @@ class Gateway:
     _unresponsive: dict[str, float] = field(default_factory=dict)  # department -> left alone until
     results: ResultCache = field(init=False)
     _plans: LRUCache[Any, Plan] = field(init=False)
-    _documents: LRUCache[Any, DocumentNode | Response] = field(init=False)
+    _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
     _introspections: LRUCache[Any, bytes] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _views: dict[str | None, View] = field(default_factory=dict)
@@ -364,12 +363,14 @@ class Gateway:
             found = self._documents.get(key)
         if found is not None:
             self.metrics.count_lookup("document", "hit")
-            return found
+            return found[1]
         self.metrics.count_lookup("document", "miss")
         with self.telemetry.stage("parse"):
             made = self._validated(query, view)
         with self._lock, contextlib.suppress(ValueError):
-            self._documents[key] = made
+            # Weighed by the query, which the key holds whether it parsed or was refused: a flood
+            # of distinct megabyte queries over the token limit is as heavy as one that parses.
+            self._documents[key] = (_BASE + _PER_CHARACTER * len(query), made)
         return made
 
     def _validated(self, query: str, view: View) -> DocumentNode | Response:
