@@ -317,7 +317,13 @@ def _verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Contex
             raise PolicyViolation(f"{name} is aggregate-only but is grouped by {column.name}")
     # All of the aggregating SELECT but its source, nested queries included.
     above = [n for k, v in holder.args.items() if k not in ("from", "from_") for n in _walk(v)]
-    for function in (n for n in above if isinstance(n, (exp.Sum, exp.Avg, exp.Min, exp.Max))):
+    for function in (n for n in above if isinstance(n, exp.AggFunc)):
+        # COUNT, SUM, AVG, MIN and MAX of bare columns only: ARRAY_AGG(cost) or ANY_VALUE(cost)
+        # is each row's value, and SUM(CASE WHEN cost = x ...) a filter (found by a code review).
+        if not isinstance(function, _AGGREGATES) or not _bare(function.this):
+            raise PolicyViolation(f"{name} is aggregate-only but is aggregated by {function.sql()}")
+        if isinstance(function, exp.Count):
+            continue
         for column in function.find_all(exp.Column):
             if column.name not in measures:
                 raise PolicyViolation(f"{name} is aggregate-only but aggregates {column.name} by value")
@@ -349,6 +355,18 @@ def _aggregate_input(select: exp.Select, alias: str, dims: frozenset[str], name:
 def _from_of(node: exp.Expr) -> exp.Expr | None:
     """The query whose FROM ``node`` is, if it is one."""
     return node.parent.parent if isinstance(node.parent, exp.From) else None
+
+
+_AGGREGATES = (exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max)
+
+
+def _bare(argument: exp.Expr | None) -> bool:
+    """A column (cast, as AVG's is, or several under COUNT's DISTINCT), or COUNT's star."""
+    if isinstance(argument, exp.Distinct):
+        return all(isinstance(e, exp.Column) for e in argument.expressions)
+    if isinstance(argument, exp.Cast):
+        argument = argument.this
+    return isinstance(argument, exp.Column | exp.Star)
 
 
 def _walk(value: Any) -> list[exp.Expr]:

@@ -1024,6 +1024,13 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
     def ungrouped(copy: exp.Expr) -> None:  # a row's cost as an output
         parts(copy)[2].select(exp.alias_(exp.column("cost"), "o0_9"), copy=False)
 
+    def listed(copy: exp.Expr) -> None:  # every row's cost, in one aggregate
+        next(parts(copy)[2].find_all(exp.Sum)).replace(exp.ArrayAgg(this=exp.column("cost")))
+
+    def counted_if(copy: exp.Expr) -> None:  # a filter by a measure, inside the aggregate
+        condition = exp.If(this=exp.column("cost").eq(exp.Literal.number(1)), true=exp.Literal.number(1))
+        next(parts(copy)[2].find_all(exp.Sum)).replace(exp.Sum(this=condition))
+
     def keyed(copy: exp.Expr) -> None:  # the patient's key, which would link visits to people
         parts(copy)[0].select(exp.alias_(exp.column("id_card", "raw"), "__key_id_card"), copy=False)
 
@@ -1045,6 +1052,8 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
         (grouped_by_measure, "grouped by cost"),
         (ungrouped, "cost leaves ungrouped"),
         (keyed, "aggregate-only but passes on __key_id_card"),
+        (listed, "is aggregated by ARRAY_AGG"),
+        (counted_if, "is aggregated by SUM"),
         (two_steps, "read row by row"),
         (no_step, "read row by row"),
     ):
