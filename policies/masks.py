@@ -93,13 +93,18 @@ def _string(column: exp.Expr, kind: LogicalType | None = None) -> exp.Expr:
     them. A double is read as DECIMAL(38, 9), a timestamp as `YYYY-MM-DD HH:MM:SS.ffffff`.
 
     >>> _string(exp.column("v"), LogicalType("double")).sql()
-    'CAST(CAST(v AS DECIMAL(38, 9)) AS VARCHAR)'
+    'CASE WHEN ABS(v) < 1e28 THEN CAST(CAST(v AS DECIMAL(38, 9)) AS VARCHAR) END'
     """
     if kind is not None and kind.kind == "timestamp":
         return exp.Anonymous(this=TIMESTAMP_TEXT_FUNCTION, expressions=[column])
+    text = exp.DataType(this=exp.DataType.Type.VARCHAR)
     if kind is not None and kind.kind == "double":
-        column = exp.cast(column, exp.DataType.build("DECIMAL(38, 9)"))
-    return exp.cast(column, exp.DataType(this=exp.DataType.Type.VARCHAR))
+        # NaN, the infinities and magnitudes of 1e28 and more have no DECIMAL(38, 9): they read
+        # as NULL (every comparison with NaN is false on both engines), rather than failing.
+        finite = exp.LT(this=exp.Abs(this=column), expression=exp.Literal.number("1e28"))
+        decimal = exp.Cast(this=column, to=exp.DataType.build("DECIMAL(38, 9)"))
+        return exp.Case(ifs=[exp.If(this=finite, true=exp.Cast(this=decimal, to=text))])
+    return exp.cast(column, text)
 
 
 def _partial(column: exp.Expr, first: int, last: int, kind: LogicalType) -> exp.Expr:
