@@ -104,14 +104,21 @@ _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.NullSafeE
 
 
 def _compared_with(claim: exp.Column, types: Mapping[str, LogicalType]) -> LogicalType | None:
-    """The type of the column ``claim`` is compared with (``c = claim``, ``c IN (claim, ...)``)."""
-    parent = claim.parent
+    """The type of the column ``claim`` is compared with (``c = claim``, ``c IN (claim, ...)``,
+    ``c BETWEEN claim AND ...``), parentheses aside."""
+    node: exp.Expr = claim
+    parent = node.parent
+    while isinstance(parent, exp.Paren):
+        node, parent = parent, parent.parent
+    listed = isinstance(parent, exp.In) and node.arg_key == "expressions"
     if isinstance(parent, _COMPARISONS):
-        other = parent.expression if parent.this is claim else parent.this
-    elif isinstance(parent, exp.In) and claim.arg_key == "expressions":
+        other = parent.expression if parent.this is node else parent.this
+    elif parent is not None and (listed or (isinstance(parent, exp.Between) and node.arg_key in ("low", "high"))):
         other = parent.this
     else:
         return None
+    while isinstance(other, exp.Paren):
+        other = other.this
     if isinstance(other, exp.Column) and not other.name.startswith(_PREFIX):
         return types.get(other.name)
     return None
@@ -130,12 +137,16 @@ def _as(value: Any, kind: LogicalType) -> Any:
                 return whole
         if kind.kind in ("double", "decimal") and not isinstance(value, bool):
             number = Decimal(str(value))
-            if number.is_finite():
+            # finite as a double too (1e999 is a finite Decimal and an infinite float), and within
+            # what a DECIMAL(38) literal can say
+            if number.is_finite() and math.isfinite(float(number)) and -38 <= number.adjusted() < 38:
                 return number
         if kind.kind == "date" and isinstance(value, str):
             return dt.date.fromisoformat(value)
         if kind.kind == "timestamp" and isinstance(value, str):
-            return dt.datetime.fromisoformat(value)
+            moment = dt.datetime.fromisoformat(value)
+            if moment.tzinfo is None:  # as the Timestamp scalar: an offset is refused, not dropped
+                return moment
     except (ValueError, ArithmeticError):
         pass
     raise _NotOfType

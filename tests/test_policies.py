@@ -509,9 +509,9 @@ def test_claims_are_literals_and_a_missing_claim_reveals_nothing(secured: Gatewa
     assert hostile["public_security_residents"] == []
     missing = run(secured, "district_officer", "{ public_security_residents { district } }")
     assert missing["public_security_residents"] == []
-    # A claim that is no single value: a NaN or an infinity would be written as a bare name;
-    # a number compared with a text column made the engine cast the column, and fail naming a
-    # row's value.
+    # A claim that is no single value (a NaN or an infinity would be written as a bare name)
+    # makes the filter false; a number compared with a text column binds as text ('7', which
+    # names no district) where the engine cast the column and failed naming a row's value.
     for odd in (float("nan"), float("inf"), ["南城", "东城"], {"name": "南城"}, 7, 10**40, True, "南城\x00"):
         rows = run(secured, "district_officer", "{ public_security_residents { district } }", district=odd)
         assert rows["public_security_residents"] == []
@@ -541,6 +541,33 @@ def test_a_backslash_in_a_value_or_claim_is_data_in_every_store(secured: Gateway
         for table in ("market_regulation_enterprises", "public_security_residents"):
             data = run(secured, "district_officer", count % table, district=claim)
             assert data[f"{table}_aggregate"]["aggregate"]["count"] == 0, (claim, table)
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "claims", "sql"),
+    [  # found by a code review: each of these once became a bare name or an engine's error
+        ("score > :claims.x", {"x": "1e999"}, "FALSE"),  # a finite Decimal, an infinite double
+        ("score > :claims.x", {"x": 10**400}, "FALSE"),
+        ("amount = :claims.x", {"x": "1e999999"}, "FALSE"),  # no DECIMAL(38) says it
+        ("at > :claims.t", {"t": "2015-01-01T00:00:00+08:00"}, "FALSE"),  # an offset, refused
+        ("n BETWEEN :claims.a AND :claims.b", {"a": "5", "b": 7}, "n BETWEEN 5 AND 7"),
+        ("(d) = (:claims.x)", {"x": 7}, "(d) = ('7')"),
+        ("score > :claims.x", {"x": "2.5"}, "score > CAST(2.5 AS DOUBLE)"),
+    ],
+)
+def test_a_claim_binds_as_its_columns_type_or_the_filter_is_false(
+    row_filter: str, claims: dict[str, Any], sql: str
+) -> None:
+    from policies.rowfilter import bind, parse_filter
+
+    types = {
+        "score": LogicalType("double"),
+        "amount": LogicalType("decimal", 10, 2),
+        "at": LogicalType("timestamp"),
+        "n": LogicalType("integer"),
+        "d": LogicalType("string"),
+    }
+    assert bind(parse_filter(row_filter), claims, types).sql() == sql
 
 
 def test_anonymous_sees_only_published_columns(secured: Gateway) -> None:
