@@ -118,6 +118,20 @@ class Engine(ABC):
             )
         return node
 
+    def redact(self, text: str) -> str:
+        """``text`` (an engine's message, for the log) with the key material this engine puts in
+        statements replaced: the hash key as each engine writes it, and the tie-break key."""
+        policies = self.config.policies
+        if policies is None or not text:
+            return text
+        for secret in self._secrets(policies.hash_key.encode()):
+            text = text.replace(secret, "<key>")
+        return text
+
+    def _secrets(self, key: bytes) -> list[str]:
+        tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
+        return [key.decode(), key.hex(), tie_key]
+
     def _hash_key(self) -> bytes:
         policies = self.config.policies
         if policies is None:

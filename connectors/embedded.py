@@ -298,6 +298,11 @@ class EmbeddedEngine(Engine):
     def md5_digest(self, value: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this="MD5", expressions=[value])
 
+    def _secrets(self, key: bytes) -> list[str]:
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        pads = [bytes(b ^ pad for b in block).hex() for pad in (0x36, 0x5C)]
+        return [*super()._secrets(key), *pads]
+
     def timestamp_text(self, value: exp.Expr) -> exp.Expr:
         return exp.Anonymous(this="STRFTIME", expressions=[value, exp.Literal.string("%Y-%m-%d %H:%M:%S.%f")])
 

@@ -213,10 +213,12 @@ class TrinoEngine(Engine):
     def _store_failure(self, touched: list[str], error: TrinoQueryError) -> CitygateError:
         text = f"{error.error_name}: {error.message}"
         department = self._department_in(touched, text)
-        if department is not None and refused_by_store(text):
+        if refused_by_store(text):
             # The store answered, and refused the statement: it is not down, and must not be
-            # reported so (a caller could otherwise make a department look down at will).
-            return EngineQueryError(f"department {department}'s store refused the query", detail=text)
+            # reported so (a caller could otherwise make a department look down at will). A
+            # store's own message rarely names the catalog: the department may be unknown.
+            whose = f"department {department}'s store" if department is not None else "a department's store"
+            return EngineQueryError(f"{whose} refused the query", detail=text)
         if department is None:
             names = ", ".join(touched) or "unknown"
             return StoreUnavailableError(names, f"a department's store did not answer ({names})", detail=text)

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.config import AuditConfig
-from gateway.errors import ConfigError
+from gateway.errors import CitygateError, ConfigError
 
 log = logging.getLogger("citygate.audit")
 
@@ -283,10 +283,9 @@ class FileSink:
 
     def write(self, record: dict[str, Any] | Filled) -> None:
         with self._lock:
-            if self._closed.is_set():
+            if self._closed.is_set():  # the answer must not leave unaudited: the caller refuses it
                 request = record.request_id if isinstance(record, Filled) else record.get("request_id")
-                log.error("audit record of request %s after the trail was closed", request)
-                return
+                raise CitygateError(f"audit record of request {request} after the trail was closed")
             self._lines.append(self._chain.link(record))
 
     def backlog(self) -> int:

@@ -88,9 +88,9 @@ class Response:
 class RowBudget:
     """The rows one request may still return (``limits.max_rows``), shared by its root fields.
 
-    A statement reads at most the whole limit (the engines stop there), and its rows are then
-    taken from what is left; root fields run side by side, so each reads at most the limit and
-    the request's answer holds at most the limit in all."""
+    A statement reads at most what is left when it starts (the engines stop there), and its rows
+    are then taken from what is left; root fields run side by side, so together they may read
+    up to the limit each, but the request's answer holds at most the limit in all."""
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
@@ -649,7 +649,7 @@ class Gateway:
 
             def run() -> Sequence[Any]:
                 with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                    return self._statement(text, compiled.departments, budget.rows)
+                    return self._statement(text, compiled.departments, max(budget.left, 0))
 
             # "off": a department forbids caching, or the answer is too big to keep
             rows, cached = self.results.fetch(engine, text, compiled.departments, run)
@@ -659,7 +659,8 @@ class Gateway:
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
             return CitygateError("the query was refused by the confidentiality policy"), cached
         except CitygateError as error:
-            log.warning("root field %s failed: %s (%s)", compiled.key, error.message, error.detail or "")
+            detail = self.engine.redact(error.detail or "")
+            log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
             self.metrics.engine_errors.labels(engine=engine, code=error.code).inc()
             return error, cached
         except Exception:  # an engine bug must not take the server down or leak a trace

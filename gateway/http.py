@@ -357,8 +357,9 @@ class Edge:
         return _json(body, 500, exchange.media_type)
 
     def finish(self, exchange: Exchange, reply: Reply) -> Reply:
-        """The request's one audit record and its metrics; the reply to send. No answer leaves
-        unaudited: if the record cannot be written, the reply is a 500 instead."""
+        """The request's one audit record and its metrics; the reply to send. If the record
+        cannot be taken (it cannot be sealed, or the trail is closed), the reply is a 500
+        instead. A file the writer thread then fails to write is logged, not undone."""
         audit = self.gateway.audit
         if audit is not None:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -1113,3 +1114,17 @@ def test_a_policy_the_tables_cannot_take_stops_the_gateway_naming_its_key(
     latin.write_bytes("roles: {}\n# café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_policies([latin])
+
+
+def test_no_key_material_an_engine_quotes_reaches_the_log(secured: Gateway) -> None:
+    """Found by a code review: Trino's statements hold the hash key as text, which the
+    hex-only redaction missed. Each engine redacts what it puts in its statements."""
+    engine = secured.engine
+    tree = exp.select(
+        mask(Treatment("hash"), exp.Literal.string("x"), LogicalType("string")),
+        tie(exp.Literal.string("x"), LogicalType("string")),
+    )
+    statement = engine.sql(tree)
+    redacted = engine.redact(f"LINE 1: {statement}")
+    assert redacted.count("<key>") >= 2 and KEY not in redacted
+    assert not re.search(r"[0-9a-f]{32}", redacted)
