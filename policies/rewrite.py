@@ -320,7 +320,8 @@ def _verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Contex
     for function in (n for n in above if isinstance(n, exp.AggFunc)):
         # COUNT, SUM, AVG, MIN and MAX of bare columns only: ARRAY_AGG(cost) or ANY_VALUE(cost)
         # is each row's value, and SUM(CASE WHEN cost = x ...) a filter (found by a code review).
-        if not isinstance(function, _AGGREGATES) or not _bare(function.this):
+        counted = isinstance(function, exp.Count) and _all_set(function.this)
+        if not isinstance(function, _AGGREGATES) or not (_bare(function.this) or counted):
             raise PolicyViolation(f"{name} is aggregate-only but is aggregated by {function.sql()}")
         if isinstance(function, exp.Count):
             continue
@@ -367,6 +368,24 @@ def _bare(argument: exp.Expr | None) -> bool:
     if isinstance(argument, exp.Cast):
         argument = argument.this
     return isinstance(argument, exp.Column | exp.Star)
+
+
+def _all_set(argument: exp.Expr | None) -> bool:
+    """COUNT's argument for several columns, as the compiler writes it: ``CASE WHEN NOT a IS
+    NULL AND NOT b IS NULL THEN 1 END``, which tests nothing but that each is set."""
+    if not isinstance(argument, exp.Case) or argument.args.get("default") or len(argument.args["ifs"]) != 1:
+        return False
+    [branch] = argument.args["ifs"]
+    if branch.args.get("true") != exp.Literal.number(1):
+        return False
+    tests = list(branch.this.flatten()) if isinstance(branch.this, exp.And) else [branch.this]
+    return all(
+        isinstance(t, exp.Not)
+        and isinstance(t.this, exp.Is)
+        and isinstance(t.this.this, exp.Column)
+        and isinstance(t.this.expression, exp.Null)
+        for t in tests
+    )
 
 
 def _walk(value: Any) -> list[exp.Expr]:

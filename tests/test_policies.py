@@ -492,7 +492,7 @@ def test_an_aggregate_only_table_filters_by_its_groups_columns_and_aggregates_th
 ) -> None:
     query = """{ health_clinic_visits_aggregate(
         where: {hospital: {_eq: "东华医院"}, visit_date: {_gte: "2015-01-01"}}) {
-        aggregate { count sum { cost } min { cost } max { cost } } } }"""
+        aggregate { count both: count(columns: [hospital, cost]) sum { cost } min { cost } max { cost } } } }"""
     got = run(secured, "district_officer", query, district="南城")["health_clinic_visits_aggregate"]["aggregate"]
     visits = [
         v
@@ -501,7 +501,7 @@ def test_an_aggregate_only_table_filters_by_its_groups_columns_and_aggregates_th
     ]
     assert len(visits) >= 5
     costs = [Decimal(str(v["cost"])) for v in visits]
-    assert (got["count"], Decimal(str(got["sum"]["cost"]))) == (len(visits), sum(costs))
+    assert (got["count"], got["both"], Decimal(str(got["sum"]["cost"]))) == (len(visits), len(visits), sum(costs))
     assert (Decimal(str(got["min"]["cost"])), Decimal(str(got["max"]["cost"]))) == (min(costs), max(costs))
 
 
@@ -1063,6 +1063,10 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
         condition = exp.If(this=exp.column("cost").eq(exp.Literal.number(1)), true=exp.Literal.number(1))
         next(parts(copy)[2].find_all(exp.Sum)).replace(exp.Sum(this=condition))
 
+    def counted_where(copy: exp.Expr) -> None:  # the same under COUNT, shaped like count(columns:)
+        case = exp.Case(ifs=[exp.If(this=exp.column("cost").eq(exp.Literal.number(1)), true=exp.Literal.number(1))])
+        next(parts(copy)[2].find_all(exp.Sum)).replace(exp.Count(this=case))
+
     def keyed(copy: exp.Expr) -> None:  # the patient's key, which would link visits to people
         parts(copy)[0].select(exp.alias_(exp.column("id_card", "raw"), "__key_id_card"), copy=False)
 
@@ -1086,6 +1090,7 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
         (keyed, "aggregate-only but passes on __key_id_card"),
         (listed, "is aggregated by ARRAY_AGG"),
         (counted_if, "is aggregated by SUM"),
+        (counted_where, "is aggregated by COUNT"),
         (two_steps, "read row by row"),
         (no_step, "read row by row"),
     ):
