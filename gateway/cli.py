@@ -166,6 +166,8 @@ def _reloader(gateway: Any) -> Callable[[int, object], None]:
                 gateway.reload_policies()
             except CitygateError as error:
                 logging.getLogger("citygate").error("policy reload failed, the old policies stay: %s", error.message)
+            except Exception:  # the thread must outlive any failure, or later signals do nothing
+                logging.getLogger("citygate").exception("policy reload failed, the old policies stay")
 
     threading.Thread(target=reload_when_asked, name="citygate-reload", daemon=True).start()
     return lambda signum, frame: wanted.set()

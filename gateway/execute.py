@@ -88,9 +88,10 @@ class Response:
 class RowBudget:
     """The rows one request may still return (``limits.max_rows``), shared by its root fields.
 
-    A statement reads at most what is left when it starts (the engines stop there), and its rows
-    are then taken from what is left; root fields run side by side, so together they may read
-    up to the limit each, but the request's answer holds at most the limit in all."""
+    A statement reads at most the limit (the engines stop there: a run may serve several
+    requests at once), and its rows are then taken from what this request has left; root
+    fields run side by side, so together they may read up to the limit each, but the request's
+    answer holds at most the limit in all."""
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
@@ -295,12 +296,19 @@ class Gateway:
     def policy_version(self) -> str:
         return self.policies.version if self.policies is not None else "-"
 
+    _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
+
     def reload_policies(self) -> str:
         """Read the policy files again. Views and plans go (they hold the old decisions); cached
         results stay, since their key is the final SQL, which changes with any decision that
         changes what a caller sees. Returns the new policy version; a bad file changes nothing."""
         if self.config.policies is None:
             raise CitygateError("this gateway has no policies to reload")
+        with self._reloading:  # SIGHUP's thread and the admin endpoint: the last to read wins
+            return self._reload()
+
+    def _reload(self) -> str:
+        assert self.config.policies is not None
         policies = load_policies(self.config.policies.files)
         self._check_decisions(policies)
         with self._lock:
@@ -649,7 +657,9 @@ class Gateway:
 
             def run() -> Sequence[Any]:
                 with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                    return self._statement(text, compiled.departments, max(budget.left, 0))
+                    # the whole limit, not what this request has left: a run may be shared with
+                    # another request's (the result cache runs one for all who wait on it)
+                    return self._statement(text, compiled.departments, budget.rows)
 
             # "off": a department forbids caching, or the answer is too big to keep
             rows, cached = self.results.fetch(engine, text, compiled.departments, run)

@@ -82,7 +82,7 @@ class Authenticator:
         last fetch is older than ``jwks_refresh_seconds``. One fetch at a time, under its own
         lock: the event loop's calls (``fetch`` false) only read the keys there are, and never
         wait for a fetch."""
-        keys = self._keys
+        keys = self._usable()
         if keys is not None and not self._due(refresh):
             return keys
         if keys is None and time.monotonic() < self._retry_at:
@@ -90,18 +90,30 @@ class Authenticator:
         if self.auth.jwks_url is not None and not fetch:
             raise FetchNeeded
         with self._fetching:
-            if self._keys is not None and not self._due(refresh):  # fetched while this one waited
-                return self._keys
+            current = self._usable()
+            if current is not None and not self._due(refresh):  # fetched while this one waited
+                return current
+            if current is None and time.monotonic() < self._retry_at:  # failed while it waited
+                raise AuthError("the gateway cannot reach its identity provider's keys", status=503)
             try:
-                self._keys, self._fetched = self._load(), time.monotonic()
+                loaded = self._load()
             except (OSError, ValueError, KeyError, JoseError) as error:
                 # Try again in jwks_refresh_seconds; meanwhile the last keys serve, but only up
                 # to twice their time: a key withdrawn from the set must stop working some time.
                 log.warning("the identity provider's keys could not be fetched: %s", error)
                 self._retry_at = time.monotonic() + self.auth.jwks_refresh_seconds
-                if self._keys is None or time.monotonic() - self._fetched > 2 * self.auth.jwks_cache_seconds:
+                current = self._usable()
+                if current is None:
                     raise AuthError("the gateway cannot reach its identity provider's keys", status=503) from None
-            return self._keys
+                return current
+            self._keys, self._fetched = loaded, time.monotonic()
+            return loaded
+
+    def _usable(self) -> KeySet | None:
+        """The keys, unless a failed provider has left them older than twice their time."""
+        if self.auth.jwks_url is not None and time.monotonic() - self._fetched > 2 * self.auth.jwks_cache_seconds:
+            return None
+        return self._keys
 
     def _due(self, refresh: bool) -> bool:
         """Whether the keys must be fetched again (only those from a URL ever are)."""

@@ -309,3 +309,44 @@ def test_a_cached_verification_still_expires_with_its_token(keys: dict[str, Any]
     with pytest.raises(AuthError):
         strict.identify(forged)
     assert len(strict._verified) == 1  # refused tokens are never remembered
+
+
+def test_keys_of_a_provider_that_went_away_stop_working_and_one_fetch_is_tried_at_a_time() -> None:
+    """Found by a code review: after a failed fetch the old keys kept serving every caller but
+    the one that fetched; and with no keys yet, every waiting caller fetched in turn."""
+    known = RSAKey.generate_key(2048, parameters={"kid": "known"})
+    with jwks_server({"keys": [known.as_dict(private=False)]}) as (url, _):
+        config = AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=url, jwks_cache_seconds=1)
+        auth = Authenticator(config.model_copy(update={"jwks_refresh_seconds": 1}))
+        assert auth.identify("Bearer " + sign(known, "RS256", claims())).role == "police"
+    # the provider is gone; a token not seen before needs the keys (a seen one is remembered)
+    time.sleep(2.1)
+    refused = 0
+    for n in range(5):
+        with contextlib.suppress(AuthError):
+            auth.identify("Bearer " + sign(known, "RS256", claims(jti=str(n))))
+            continue
+        refused += 1
+    assert refused == 5  # past twice jwks_cache_seconds the keys are not served to anyone
+
+    attempts: list[float] = []
+    down = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url=f"http://127.0.0.1:{free_port()}/"))
+    load = down._load
+
+    def counted() -> Any:
+        attempts.append(time.monotonic())
+        return load()
+
+    down._load = counted  # type: ignore[method-assign]
+    token = "Bearer " + sign(known, "RS256", claims())
+
+    def ask() -> None:
+        with contextlib.suppress(AuthError):
+            down.identify(token)
+
+    callers = [threading.Thread(target=ask) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(attempts) == 1  # the others waited for it, and took its answer
