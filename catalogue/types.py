@@ -42,6 +42,18 @@ for _kind, _members in {
             _KINDS[exp.DataType.Type[_member]] = _kind  # type: ignore[assignment]
 
 
+def decimal_digits(number: Decimal) -> int:
+    """The digits ``number`` takes written out in full (``12.50`` four, ``1E-5`` six): what a
+    DECIMAL literal holds, and every engine takes at most 38.
+
+    >>> decimal_digits(Decimal("12.50")), decimal_digits(Decimal("1E-5")), decimal_digits(Decimal("1E+40"))
+    (4, 6, 41)
+    """
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)  # a finite number's
+    return max(number.adjusted() + 1, 1) + max(-exponent, 0)
+
+
 KNOWN_TYPES = frozenset(_KINDS)  # the sqlglot types citygate serves, and that policies may cast to
 
 
@@ -120,7 +132,7 @@ LITERALS: dict[str, Callable[[Any], exp.Expr]] = {
     "double": lambda v: exp.cast(
         exp.Literal.number(repr(float(v))), exp.DataType(this=exp.DataType.Type.DOUBLE), copy=False
     ),
-    "decimal": lambda v: exp.Literal.number(str(Decimal(v))),
+    "decimal": lambda v: exp.Literal.number(format(Decimal(v), "f")),  # never 1E-5: a DOUBLE to Trino
     "date": _date,
     "timestamp": _timestamp,
 }

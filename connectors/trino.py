@@ -48,9 +48,13 @@ def refused_by_store(text: str) -> bool:
 
     >>> refused_by_store("JDBC_ERROR: ERROR: LIKE pattern must not end with escape character")
     True
+    >>> refused_by_store("JDBC_ERROR: ERROR: canceling statement due to statement timeout")
+    True
     >>> refused_by_store("JDBC_ERROR: Connection to 127.0.0.1:5432 refused. Check that the hostname and port ...")
     False
     """
+    if re.search(r"\bERROR: ", text):  # PostgreSQL's own error on a statement; a failed connection is FATAL
+        return True
     return bool(_STATEMENT.search(text)) and not _CONNECTION.search(text)
 
 

@@ -41,6 +41,7 @@ from gateway.errors import CitygateError
 from gateway.scalars import ORDERABLE, OUTPUT
 from gateway.schema import ColumnInfo, Model, Relation, TableInfo
 from policies.rewrite import AGGREGATED, KEY, TIE
+from policies.rowfilter import pattern_problem
 
 # Template slot kinds (see gateway.shape).
 VALUE, CONST, NESTED, CHILD_LIST, CHILD_ONE, COMPOSITE = range(6)
@@ -90,15 +91,9 @@ def _is_null(column: exp.Expr, value: bool, t: LogicalType) -> exp.Expr:
 
 
 def _check_pattern(pattern: str) -> None:
-    """A backslash in a pattern escapes ``%``, ``_`` or itself, and nothing else: Trino refuses
-    any other escape, and PostgreSQL would take one that DuckDB and Trino do not."""
-    escaped = False
-    for c in pattern:
-        if escaped and c not in "%_\\":
-            raise CompileError(f"in a pattern, `\\` may only come before `%`, `_` or `\\`, not {c!r}")
-        escaped = not escaped and c == "\\"
-    if escaped:
-        raise CompileError("a pattern may not end with a lone `\\`; write `\\\\` for a backslash")
+    problem = pattern_problem(pattern)
+    if problem is not None:
+        raise CompileError(f"in a pattern, {problem}" if problem.startswith("`") else problem)
 
 
 def _like(kind: type[exp.Expr], negate: bool) -> Comparison:

@@ -25,7 +25,7 @@ from graphql import (
 from graphql.language import IntValueNode
 from graphql.language.ast import FloatValueNode
 
-from catalogue.types import Kind
+from catalogue.types import Kind, decimal_digits
 
 
 def _literal(parse: Callable[[Any], Any]) -> Callable[[ValueNode, Any], Any]:
@@ -58,6 +58,8 @@ def _parse_decimal(value: Any) -> Decimal:
         raise GraphQLError(f"Decimal expects a number or a numeric string, got {value!r}") from None
     if not parsed.is_finite():
         raise GraphQLError(f"Decimal expects a finite number, got {value!r}")
+    if decimal_digits(parsed) > 38:  # as engines take a DECIMAL literal (Trino refuses more)
+        raise GraphQLError(f"Decimal expects at most 38 digits, got {value!r}")
     return parsed
 
 
