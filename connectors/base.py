@@ -130,7 +130,8 @@ class Engine(ABC):
 
     def _secrets(self, key: bytes) -> list[str]:
         tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
-        return [key.decode(), key.hex(), tie_key]
+        text = key.decode()
+        return [text, text.replace("'", "''"), key.hex(), tie_key]  # as is, and quoted in SQL
 
     def _hash_key(self) -> bytes:
         policies = self.config.policies

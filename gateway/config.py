@@ -280,9 +280,9 @@ class LimitsConfig(_Model):
 
     max_tokens: int = Field(20_000, ge=100)  # lexical tokens of a GraphQL document
     max_rows: int = Field(200_000, ge=1)  # rows the statements of one request may return, together
-    # a statement's answer is waited for this long; then its departments are left alone for as
-    # long again (each request naming them fails at once), so a store that hangs holds no more
-    # of the gateway's threads than one a period
+    # a statement's answer is waited for this long from its start; then a store that does not
+    # answer a one-row read either is left alone for as long again (requests naming it fail at
+    # once), and a query that was merely slow fails by itself
     statement_seconds: float = Field(60.0, gt=0)
 
 

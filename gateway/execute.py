@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,6 +222,7 @@ class Gateway:
         default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate-statement")
     )
     _unresponsive: dict[str, float] = field(default_factory=dict)  # department -> left alone until
+    _probes: dict[str, Future[bool]] = field(default_factory=dict)  # department -> its probe now out
     results: ResultCache = field(init=False)
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
@@ -729,19 +730,34 @@ class Gateway:
         raise StatementTimeout(limit)
 
     def _answers(self, department: str, within: float = 2.0) -> bool:
-        """Whether ``department``'s store gives one row of a table within ``within`` seconds."""
+        """Whether ``department``'s store gives one row of a table within ``within`` seconds.
+
+        Each probe runs on a thread of its own, never queued behind statements (a pool full of
+        slow statements would make a healthy store look silent), and one at a time per
+        department: a later probe waits on the one still out."""
         table = next((t for t in self.catalogue.tables if t.department == department), None)
         if table is None:
             return True
-        probe = exp.select(exp.Literal.number(1)).from_(logical_table(department, table.name)).limit(1)
-        future = self.statements.submit(self.engine.execute, probe)
+        with self._lock:
+            probe = self._probes.get(department)
+            if probe is None or probe.done():
+                probe = self._probes[department] = Future()
+                statement = exp.select(exp.Literal.number(1)).from_(logical_table(department, table.name)).limit(1)
+                threading.Thread(target=self._probe, args=(probe, statement), daemon=True).start()
         try:
-            future.result(timeout=within)
+            return probe.result(timeout=within)
         except TimeoutError:
             return False
-        except Exception:  # the store answered, if only to refuse
-            return True
-        return True
+
+    def _probe(self, probe: Future[bool], statement: exp.Select) -> None:
+        try:
+            self.engine.execute(statement)
+        except StoreUnavailableError:  # it answered that it cannot be reached
+            probe.set_result(False)
+            return
+        except Exception as error:  # the store answered, if only to refuse
+            log.debug("probe of %s: %s", statement.sql(), error)
+        probe.set_result(True)
 
     def _introspect(
         self,
