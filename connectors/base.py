@@ -25,6 +25,11 @@ from gateway.errors import CitygateError
 from policies.masks import HASH_FUNCTION, PARTIAL_FUNCTION, TIE_FUNCTION, TIMESTAMP_TEXT_FUNCTION, partial_sql
 
 
+def _tie_key(hash_key: bytes) -> str:
+    """The key tie-break digests are made with, derived from the hash mask's own."""
+    return hmac.new(hash_key, b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     columns: tuple[str, ...]
@@ -103,7 +108,7 @@ class Engine(ABC):
             # A key of its own, so the tie's statement never holds the hash mask's key; 128 bits
             # of it, so a key and an identity number fit MD5's one 64-byte block (a third less
             # time than with 256 bits, which take two).
-            tie_key = hmac.new(self._hash_key(), b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
+            tie_key = _tie_key(self._hash_key())
             return self.md5_digest(exp.DPipe(this=exp.Literal.string(tie_key), expression=node.expressions[0]))
         if name == TIMESTAMP_TEXT_FUNCTION:
             return self.timestamp_text(node.expressions[0])
@@ -129,9 +134,8 @@ class Engine(ABC):
         return text
 
     def _secrets(self, key: bytes) -> list[str]:
-        tie_key = hmac.new(key, b"citygate tie-break", hashlib.sha256).hexdigest()[:32]
         text = key.decode()
-        return [text, text.replace("'", "''"), key.hex(), tie_key]  # as is, and quoted in SQL
+        return [text, text.replace("'", "''"), key.hex(), _tie_key(key)]  # as is, and quoted in SQL
 
     def _hash_key(self) -> bytes:
         policies = self.config.policies
