@@ -54,6 +54,23 @@ def decimal_digits(number: Decimal) -> int:
     return max(number.adjusted() + 1, 1) + max(-exponent, 0)
 
 
+def text_problem(text: str) -> str | None:
+    """Why no engine can take ``text`` as a string literal, if it cannot: engines end a
+    statement's text at a NUL, and cannot encode a lone surrogate.
+
+    >>> text_problem("南城"), text_problem("a" + chr(0)), text_problem(chr(0xD800))
+    (None, 'the NUL character', 'a lone surrogate')
+    """
+    if "\x00" in text:
+        return "the NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone surrogate"
+    return None
+
+
 KNOWN_TYPES = frozenset(_KINDS)  # the sqlglot types citygate serves, and that policies may cast to
 
 

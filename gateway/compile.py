@@ -35,7 +35,7 @@ from graphql import (
 from graphql.execution.values import VariableValues, get_argument_values, get_directive_values
 from sqlglot import exp
 
-from catalogue.types import LITERALS, LogicalType
+from catalogue.types import LITERALS, LogicalType, text_problem
 from connectors.base import departments_in, logical_table
 from gateway.errors import CitygateError
 from gateway.scalars import ORDERABLE, OUTPUT
@@ -145,15 +145,9 @@ def literal(value: Any, kind: LogicalType) -> exp.Expr:
     """
     if value is None:
         raise CompileError("null is not a value to compare with; use _is_null")
-    if isinstance(value, str):
-        # Engines end a statement's text at a NUL, and cannot encode a lone surrogate.
-        if "\x00" in value:
-            raise CompileError("a string value may not contain the NUL character")
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise CompileError("a string value is not valid Unicode (a lone surrogate)") from None
+    problem = text_problem(value) if isinstance(value, str) else None
+    if problem is not None:
+        raise CompileError(f"a string value may not contain {problem}")
     return LITERALS[kind.kind](value)
 
 

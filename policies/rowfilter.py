@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from catalogue.types import LITERALS, LogicalType, decimal_digits
+from catalogue.types import LITERALS, LogicalType, decimal_digits, text_problem
 from policies.masks import ALLOWED_FUNCTIONS, ALLOWED_NODES, check_type, function_name, parse_expression
 
 _CLAIM = re.compile(r":claims\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -188,10 +188,6 @@ _INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 def _scalar(value: Any) -> bool:
-    if isinstance(value, str):  # engines end a statement at a NUL, and cannot encode a lone surrogate
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return "\x00" not in value
+    if isinstance(value, str):
+        return text_problem(value) is None
     return isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value))
