@@ -93,7 +93,7 @@ def _is_null(column: exp.Expr, value: bool, t: LogicalType) -> exp.Expr:
 def _check_pattern(pattern: str) -> None:
     problem = pattern_problem(pattern)
     if problem is not None:
-        raise CompileError(f"in a pattern, {problem}" if problem.startswith("`") else problem)
+        raise CompileError(problem)
 
 
 def _like(kind: type[exp.Expr], negate: bool) -> Comparison:

@@ -294,20 +294,27 @@ def check_type(node: exp.Expr, what: str, text: str) -> None:
         raise ValueError(f"{what} {text!r} casts to {node.sql()!r}, which is not a type it may use")
 
 
+def check_nodes(tree: exp.Expr, what: str, text: str, nodes: tuple[type[exp.Expr], ...], other: str) -> None:
+    """Every node of a policy's expression is one of ``nodes`` or an allow-listed function, and
+    every type one citygate knows; ``other`` says what is wrong with anything else (``{node}``
+    stands for its kind)."""
+    for node in tree.walk():
+        check_type(node, what, text)
+        if isinstance(node, nodes):
+            continue
+        if not isinstance(node, exp.Func):
+            raise ValueError(f"{what} {text!r} " + other.format(node=type(node).__name__))
+        name = function_name(node)
+        if name not in ALLOWED_FUNCTIONS:
+            allowed = ", ".join(sorted(ALLOWED_FUNCTIONS))
+            raise ValueError(f"{what} {text!r} calls {name}, which is not allowed; allowed: {allowed}")
+
+
 def check_custom(text: str) -> exp.Expr:
     """Parse a custom mask and refuse anything but allow-listed functions over ``value``."""
     tree = parse_expression(text, "custom mask")
-    for node in tree.walk():
-        check_type(node, "custom mask", text)
-        if isinstance(node, exp.Column) and node.name.lower() != "value":
-            raise ValueError(f"custom mask {text!r} may refer only to `value`, not {node.sql()!r}")
-        if isinstance(node, exp.Func) and not isinstance(node, ALLOWED_NODES):
-            name = function_name(node)
-            if name not in ALLOWED_FUNCTIONS:
-                raise ValueError(
-                    f"custom mask {text!r} calls {name}, which is not allowed; allowed: "
-                    + ", ".join(sorted(ALLOWED_FUNCTIONS))
-                )
-        elif not isinstance(node, (*ALLOWED_NODES, exp.Func)):
-            raise ValueError(f"custom mask {text!r} uses {type(node).__name__}, which is not allowed")
+    for column in tree.find_all(exp.Column):
+        if column.name.lower() != "value":
+            raise ValueError(f"custom mask {text!r} may refer only to `value`, not {column.sql()!r}")
+    check_nodes(tree, "custom mask", text, ALLOWED_NODES, "uses {node}, which is not allowed")
     return tree

@@ -30,7 +30,7 @@ from typing import Any
 from sqlglot import exp
 
 from catalogue.types import LITERALS, LogicalType, decimal_digits, text_problem
-from policies.masks import ALLOWED_FUNCTIONS, ALLOWED_NODES, check_type, function_name, parse_expression
+from policies.masks import ALLOWED_NODES, check_nodes, parse_expression
 
 _CLAIM = re.compile(r":claims\.([A-Za-z_][A-Za-z0-9_]*)")
 _PREFIX = "__claim__"
@@ -53,14 +53,7 @@ def parse_filter(text: str) -> exp.Expr:
         return node
 
     tree = tree.transform(escaped)
-    for node in tree.walk():
-        check_type(node, "row filter", text)
-        if isinstance(node, _FILTER_NODES):
-            continue
-        if not isinstance(node, exp.Func):
-            raise ValueError(f"row filter {text!r} may use only the table's own columns and claims")
-        if function_name(node) not in ALLOWED_FUNCTIONS:
-            raise ValueError(f"row filter {text!r} calls {function_name(node)}, which is not allowed")
+    check_nodes(tree, "row filter", text, _FILTER_NODES, "may use only the table's own columns and claims")
     return tree
 
 
@@ -79,9 +72,9 @@ def pattern_problem(pattern: str) -> str | None:
     escaped = False
     for c in pattern:
         if escaped and c not in "%_\\":
-            return f"`\\` may only come before `%`, `_` or `\\`, not {c!r}"
+            return f"in a pattern, `\\` may only come before `%`, `_` or `\\`, not {c!r}"
         escaped = not escaped and c == "\\"
-    return "a pattern may not end with a lone `\\`" if escaped else None
+    return "a pattern may not end with a lone `\\`; write `\\\\` for a backslash" if escaped else None
 
 
 def claims_used(tree: exp.Expr) -> set[str]:
