@@ -82,19 +82,15 @@ class Authenticator:
         last fetch is older than ``jwks_refresh_seconds``. One fetch at a time, under its own
         lock: the event loop's calls (``fetch`` false) only read the keys there are, and never
         wait for a fetch."""
-        keys = self._usable()
-        if keys is not None and not self._due(refresh):
+        keys = self._ready(refresh)
+        if keys is not None:
             return keys
-        if keys is None and time.monotonic() < self._retry_at:
-            raise AuthError("the gateway cannot reach its identity provider's keys", status=503)
         if self.auth.jwks_url is not None and not fetch:
             raise FetchNeeded
         with self._fetching:
-            current = self._usable()
-            if current is not None and not self._due(refresh):  # fetched while this one waited
-                return current
-            if current is None and time.monotonic() < self._retry_at:  # failed while it waited
-                raise AuthError("the gateway cannot reach its identity provider's keys", status=503)
+            keys = self._ready(refresh)  # fetched, or failed, while this one waited
+            if keys is not None:
+                return keys
             try:
                 loaded = self._load()
             except (OSError, ValueError, KeyError, JoseError) as error:
@@ -102,12 +98,20 @@ class Authenticator:
                 # to twice their time: a key withdrawn from the set must stop working some time.
                 log.warning("the identity provider's keys could not be fetched: %s", error)
                 self._retry_at = time.monotonic() + self.auth.jwks_refresh_seconds
-                current = self._usable()
-                if current is None:
-                    raise AuthError("the gateway cannot reach its identity provider's keys", status=503) from None
-                return current
+                keys = self._usable()
+                if keys is None:
+                    raise _unreachable() from None
+                return keys
             self._keys, self._fetched = loaded, time.monotonic()
             return loaded
+
+    def _ready(self, refresh: bool) -> KeySet | None:
+        """The keys if they need no fetch; None if they do; 503 if there are none to use and
+        the last fetch failed too recently to try again."""
+        keys = self._usable()
+        if keys is None and time.monotonic() < self._retry_at:
+            raise _unreachable()
+        return keys if keys is not None and not self._due(refresh) else None
 
     def _usable(self) -> KeySet | None:
         """The keys, unless a failed provider has left them older than twice their time."""
@@ -202,6 +206,10 @@ class Authenticator:
         except (JoseError, ValueError):
             raise AuthError("the token is not valid") from None
         return dict(decoded.claims)
+
+
+def _unreachable() -> AuthError:
+    return AuthError("the gateway cannot reach its identity provider's keys", status=503)
 
 
 # Why a token whose claim fails is refused; any other claim (a malformed `exp`, `sub`, ...)
