@@ -228,6 +228,7 @@ class Gateway:
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
     _introspections: LRUCache[Any, bytes] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
     _views: dict[str | None, View] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -277,9 +278,9 @@ class Gateway:
         """Every role's decision on every table can be made and fits the table: a row filter
         over a column the table lacks, or `year` of a text column, fails here, naming its key,
         rather than at each of the role's requests."""
+        tables = [(t, self._classes(t.department, t.name, [c.name for c in t.columns])) for t in self.catalogue.tables]
         for role in sorted(policies.roles):
-            for table in self.catalogue.tables:
-                classes = self._classes(table.department, table.name, [c.name for c in table.columns])
+            for table, classes in tables:
                 try:
                     decision = decide(policies, role, table.department, table.name, classes)
                 except ValueError as error:
@@ -296,8 +297,6 @@ class Gateway:
     @property
     def policy_version(self) -> str:
         return self.policies.version if self.policies is not None else "-"
-
-    _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
 
     def reload_policies(self) -> str:
         """Read the policy files again. Views and plans go (they hold the old decisions); cached
@@ -465,18 +464,17 @@ class Gateway:
         the plan another's)."""
         view = view or self.view(identity)
         key = self._key(query, variables, operation_name, view, view.used_claims(identity))
-        if key is None:
-            made = self._make_plan(query, variables, operation_name, view)
-            made.version = view.version
-            return made
-        with self._lock:
-            found = self._plans.get(key)
-        if found is not None:
-            self.metrics.count_lookup("plan", "hit")
-            return found
-        self.metrics.count_lookup("plan", "miss")
+        if key is not None:
+            with self._lock:
+                found = self._plans.get(key)
+            if found is not None:
+                self.metrics.count_lookup("plan", "hit")
+                return found
+            self.metrics.count_lookup("plan", "miss")
         made = self._make_plan(query, variables, operation_name, view)
         made.version = view.version
+        if key is None:  # variables that cannot be keyed: planned each time
+            return made
         made.weight = _PER_CHARACTER * (len(query) + len(key[2])) + sum(
             _PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
         )
@@ -645,7 +643,7 @@ class Gateway:
 
     def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget) -> tuple[Any, str]:
         """The root field's value (or its error), and whether the cache answered it. Its rows
-        count against the request's ``budget``: no statement reads more than is left of it."""
+        count against the request's ``budget`` (see :class:`RowBudget`)."""
         started = time.perf_counter()
         engine = self.engine.name
         cached = "off"
