@@ -6,7 +6,7 @@ against it when a busy machine moves every absolute number. It runs under the sa
 options as ``citygate serve`` (``gateway.http.SERVER_OPTIONS``), one-write protocol included:
 
     CITYGATE_BENCH_BODY=answer.json python -m uvicorn bench.ceiling:app --no-access-log \
-        --no-proxy-headers --no-server-header --http gateway.wire:OneWriteProtocol
+        --no-proxy-headers --no-server-header --http gateway.http.wire:OneWriteProtocol
 """
 
 from __future__ import annotations

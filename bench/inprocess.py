@@ -25,8 +25,9 @@ from strawberry.schema.config import StrawberryConfig
 from bench.queries import NESTED, POLICY_QUERIES, SELECTIVE
 from bench.stats import interleaved, percentile, ratio_interval, summary, timed
 from connectors.base import Engine
-from gateway.execute import Gateway, Identity
-from gateway.shape import shape
+from gateway.execution.gateway import Gateway
+from gateway.graphql.shape import shape
+from gateway.identity.caller import Identity
 
 # -- shaping: citygate's templates against strawberry's default resolvers -------------------
 
@@ -133,7 +134,7 @@ def _http_client(gateway: Gateway) -> Iterator[Callable[[], None]]:
 
     import uvicorn
 
-    from gateway.http import SERVER_OPTIONS, create_app
+    from gateway.http.app import SERVER_OPTIONS, create_app
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -136,9 +136,9 @@ def _plan(
 @contextlib.contextmanager
 def _gateways() -> Iterator[tuple[Any, Any]]:
     """A gateway on each engine over the services, in this process."""
-    from connectors.base import create_engine
     from gateway.config import load_config
-    from gateway.execute import Gateway
+    from gateway.execution.engines import create_engine
+    from gateway.execution.gateway import Gateway
 
     config = load_config(REPO / "configs" / "services.yaml")
     # These sections measure the work of answering; a result cache hit would skip it.
@@ -188,9 +188,9 @@ def _in_process(
 
 def _policy(embedded: Any, trino: Any, runs: int, trino_runs: int, quiet: Callable[[str], None]) -> list[Any]:
     from bench import inprocess
-    from connectors.base import create_engine
     from gateway.config import PoliciesConfig
-    from gateway.execute import Gateway
+    from gateway.execution.engines import create_engine
+    from gateway.execution.gateway import Gateway
 
     demo = REPO / "policies" / "demo"
     policies = PoliciesConfig(

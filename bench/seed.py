@@ -152,10 +152,10 @@ def child(engine: str, runs: int) -> dict[str, Any]:
 
 
 def _start(engine: str, say: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
-    from connectors.base import create_engine
     from gateway.config import load_config
-    from gateway.execute import Gateway
-    from gateway.schema import build_model
+    from gateway.execution.engines import create_engine
+    from gateway.execution.gateway import Gateway
+    from gateway.graphql.schema import build_model
 
     result: dict[str, Any] = {"rss_mb_before": round(rss_mb(), 1)}
     began = time.perf_counter()
@@ -206,8 +206,8 @@ def _introspection(gateway: Any, runs: int, say: Callable[[str], None]) -> dict[
 def _queries(gateway: Any, runs: int, say: Callable[[str], None]) -> dict[str, Any]:
     import duckdb
 
-    from catalogue.seed_scale import plan
-    from gateway.seedgen import reference_sql
+    from datasets.seed_scale import plan
+    from datasets.seedgen import reference_sql
 
     ids = duckdb.connect()
     for statement in reference_sql(2000, 1):  # the first 2,000 residents' ID numbers
@@ -272,9 +272,9 @@ def _in_process(engine: str, runs: int, progress: Callable[[str], None]) -> dict
 
 def run(runs: int, progress: Callable[[str], None]) -> dict[str, Any]:
     """Ensure the seed-scale city is loaded, then measure each engine in its own process."""
-    from catalogue.seed_scale import plan
+    from datasets.seed_scale import plan
+    from datasets.seedgen import ensure_loaded
     from gateway.config import load_config
-    from gateway.seedgen import ensure_loaded
 
     seed_plan = plan()
     progress("seed-scale: checking that 73 departments / 755 tables / 26.88M rows are loaded")

@@ -28,8 +28,9 @@ from typing import Any, Literal
 
 import yaml
 
-from gateway.config import PostgresStore, load_config
-from gateway.errors import ConfigError
+from catalogue.errors import ConfigError
+from catalogue.stores import PostgresStore
+from gateway.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = REPO / "configs" / "services.yaml"
@@ -156,7 +157,7 @@ def ceiling(workdir: Path, answer: dict[str, Any]) -> Iterator[Server]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1", "--port", str(port)]
     command += ["--log-level", "warning", "--no-access-log", "--no-proxy-headers", "--no-server-header"]
-    command += ["--http", "gateway.wire:OneWriteProtocol"]  # citygate's own SERVER_OPTIONS
+    command += ["--http", "gateway.http.wire:OneWriteProtocol"]  # citygate's own SERVER_OPTIONS
     env = {**os.environ, "CITYGATE_BENCH_BODY": str(body)}
     with _process("ceiling", command, workdir, f"http://127.0.0.1:{port}/healthz", timeout=60, env=env) as pid:
         yield Server("ceiling", pid, f"http://127.0.0.1:{port}/graphql", workdir / "ceiling.log")

@@ -46,16 +46,6 @@ class Table:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ()
 
-    @property
-    def qualified_name(self) -> str:
-        return f"{self.department}.{self.name}"
-
-    def column(self, name: str) -> Column:
-        for column in self.columns:
-            if column.name == name:
-                return column
-        raise KeyError(f"{self.qualified_name} has no column {name!r}")
-
 
 @dataclass(frozen=True, slots=True)
 class Department:
@@ -63,25 +53,10 @@ class Department:
     tables: tuple[Table, ...] = ()
     display_name: str = ""
 
-    def table(self, name: str) -> Table:
-        for table in self.tables:
-            if table.name == name:
-                return table
-        raise KeyError(f"department {self.name!r} has no table {name!r}")
-
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:
     departments: tuple[Department, ...] = field(default_factory=tuple)
-
-    def department(self, name: str) -> Department:
-        for department in self.departments:
-            if department.name == name:
-                return department
-        raise KeyError(f"no department {name!r}")
-
-    def table(self, department: str, name: str) -> Table:
-        return self.department(department).table(name)
 
     @property
     def tables(self) -> tuple[Table, ...]:

@@ -25,6 +25,11 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 Kind = Literal["string", "boolean", "integer", "bigint", "double", "decimal", "date", "timestamp"]
+WHOLE: frozenset[Kind] = frozenset({"integer", "bigint"})
+FRACTIONAL: frozenset[Kind] = frozenset({"double", "decimal"})
+NUMERIC: frozenset[Kind] = WHOLE | FRACTIONAL
+TEMPORAL: frozenset[Kind] = frozenset({"date", "timestamp"})
+ORDERABLE: frozenset[Kind] = NUMERIC | TEMPORAL | {"string"}  # every kind but boolean
 
 _KINDS: dict[Any, Kind] = {}  # sqlglot type enum member -> logical kind
 for _kind, _members in {

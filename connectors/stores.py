@@ -1,177 +1,21 @@
-"""Departments' own stores: creating the demo tables, bulk loading them, and checking they answer.
-
-The engines only ever read these stores; this module is what writes them (the demo city) and
-what turns a store's refusal into a message naming the department and what to check.
-Statements are built with sqlglot; values travel as driver parameters (COPY rows, executemany).
+"""Departments' own stores as the engines reach them: connection parameters, the schema that
+holds a department's tables, the declared types of a SQLite file, and a store's refusal turned
+into a message naming the department and what to check.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import psycopg
-import pymysql
-from sqlglot import exp
-from sqlglot.dialects.mysql import MySQL
+from catalogue.errors import StoreUnavailableError
+from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 
-from catalogue.demo_city import TableSpec
-from gateway.config import MariadbStore, PostgresStore, SqliteStore, Store
-from gateway.errors import StoreUnavailableError
-
-Row = tuple[Any, ...]
-Progress = Callable[[int], None]
-BATCH = 5_000
+# -- connection parameters --------------------------------------------------------------------
 
 
-class _PyformatMySQL(MySQL):
-    """MySQL as pymysql wants its parameters: ``%s`` placeholders."""
-
-    class Generator(MySQL.Generator):  # type: ignore[misc,valid-type]
-        TRANSFORMS: ClassVar = {**MySQL.Generator.TRANSFORMS, exp.Placeholder: lambda self, e: "%s"}
-
-
-def create_table_sql(spec: TableSpec, dialect: str) -> str:
-    """CREATE TABLE for ``spec`` in ``dialect``.
-
-    SQLite keeps a declared type name verbatim and the embedded engine reads it back to restore
-    the logical type, so its DDL is written with the neutral names (DECIMAL(10, 2), BOOLEAN,
-    TIMESTAMP); sqlglot's sqlite dialect would reduce them to affinities and lose them.
-
-    >>> from catalogue.demo_city import table_spec
-    >>> create_table_sql(table_spec("transport", "stations"), "mysql").startswith(
-    ...     "CREATE TABLE `stations` (`station_id` INT NOT NULL, `name` VARCHAR(32) NOT NULL")
-    True
-    """
-    columns: list[exp.Expression] = [
-        exp.ColumnDef(
-            this=exp.to_identifier(c.name, quoted=True),
-            kind=exp.DataType.build(c.declared),
-            constraints=[] if c.nullable else [exp.ColumnConstraint(kind=exp.NotNullColumnConstraint())],
-        )
-        for c in spec.columns
-    ]
-    columns.append(exp.PrimaryKey(expressions=[exp.to_identifier(k, quoted=True) for k in spec.primary_key]))
-    create = exp.Create(
-        kind="TABLE",
-        this=exp.Schema(this=exp.Table(this=exp.to_identifier(spec.name, quoted=True)), expressions=columns),
-    )
-    return create.sql("postgres" if dialect == "sqlite" else dialect)
-
-
-def _insert_sql(spec: TableSpec, dialect: str | type[MySQL]) -> str:
-    table = exp.Table(this=exp.to_identifier(spec.name, quoted=True))
-    values = exp.values([tuple(exp.Placeholder() for _ in spec.columns)])
-    return exp.insert(values, table, columns=[exp.to_identifier(c.name, quoted=True) for c in spec.columns]).sql(
-        dialect
-    )
-
-
-def _drop_sql(spec: TableSpec, dialect: str) -> str:
-    table = exp.Table(this=exp.to_identifier(spec.name, quoted=True))
-    return exp.Drop(kind="TABLE", exists=True, tables=[table]).sql(dialect)
-
-
-# -- loading --------------------------------------------------------------------------------
-
-
-def load(department: str, store: Store, tables: Sequence[tuple[TableSpec, list[Row]]], progress: Progress) -> None:
-    """Replace ``tables`` in ``department``'s store with ``rows``, reporting rows as they land."""
-    if isinstance(store, SqliteStore):
-        _load_sqlite(store, tables, progress)
-    elif isinstance(store, PostgresStore):
-        _guard(department, store, lambda: _load_postgres(store, tables, progress))
-    else:
-        _guard(department, store, lambda: _load_mariadb(store, tables, progress))
-
-
-def _load_sqlite(store: SqliteStore, tables: Sequence[tuple[TableSpec, list[Row]]], progress: Progress) -> None:
-    # Write a fresh file beside the old one and swap it in, so a reader never sees half a load.
-    store.path.parent.mkdir(parents=True, exist_ok=True)
-    partial = store.path.with_name(store.path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    conn = sqlite3.connect(partial)
-    try:
-        conn.execute("PRAGMA journal_mode = OFF")
-        conn.execute("PRAGMA synchronous = OFF")
-        for spec, rows in tables:
-            conn.execute(create_table_sql(spec, "sqlite"))
-            insert = _insert_sql(spec, "sqlite")
-            for start in range(0, len(rows), BATCH):
-                batch = rows[start : start + BATCH]
-                conn.executemany(insert, [_sqlite_row(r) for r in batch])
-                progress(len(batch))
-        conn.commit()
-    finally:
-        conn.close()
-    partial.replace(store.path)
-
-
-def _sqlite_row(row: Row) -> Row:
-    # Decimals as text keep every digit; SQLite's NUMERIC affinity stores them as exact
-    # integers or REALs that round-trip two decimal places.
-    return tuple(str(v) if type(v).__name__ == "Decimal" else v for v in row)
-
-
-def _load_postgres(store: PostgresStore, tables: Sequence[tuple[TableSpec, list[Row]]], progress: Progress) -> None:
-    _ensure_postgres_database(store)
-    with psycopg.connect(**_pg_params(store, store.database)) as conn, conn.cursor() as cur:
-        for spec, rows in tables:
-            cur.execute(_drop_sql(spec, "postgres"))
-            cur.execute(create_table_sql(spec, "postgres"))
-            copy = exp.Copy(
-                this=exp.Schema(
-                    this=exp.Table(this=exp.to_identifier(spec.name, quoted=True)),
-                    expressions=[exp.to_identifier(c.name, quoted=True) for c in spec.columns],
-                ),
-                kind=True,
-                files=[exp.Var(this="STDIN")],
-            ).sql("postgres")
-            with cur.copy(copy) as writer:
-                for start in range(0, len(rows), BATCH):
-                    batch = rows[start : start + BATCH]
-                    for row in batch:
-                        writer.write_row(row)
-                    progress(len(batch))
-            cur.execute(f"ANALYZE {exp.to_identifier(spec.name, quoted=True).sql('postgres')}")
-
-
-def _ensure_postgres_database(store: PostgresStore) -> None:
-    with psycopg.connect(**_pg_params(store, "postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (store.database,)).fetchone()
-        if not exists:
-            # Collation C: byte order, the order Trino and DuckDB use when they sort strings.
-            name = exp.to_identifier(store.database, quoted=True).sql("postgres")
-            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'")
-
-
-def _load_mariadb(store: MariadbStore, tables: Sequence[tuple[TableSpec, list[Row]]], progress: Progress) -> None:
-    conn = pymysql.connect(**_mariadb_params(store, None))
-    try:
-        with conn.cursor() as cur:
-            name = exp.to_identifier(store.database, quoted=True).sql("mysql")
-            # utf8mb4_bin: exact, case-sensitive comparison, as Trino and DuckDB compare.
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
-            cur.execute(f"USE {name}")
-            for spec, rows in tables:
-                cur.execute(_drop_sql(spec, "mysql"))
-                cur.execute(create_table_sql(spec, "mysql"))
-                insert = _insert_sql(spec, _PyformatMySQL)
-                for start in range(0, len(rows), BATCH):
-                    batch = rows[start : start + BATCH]
-                    cur.executemany(insert, batch)
-                    progress(len(batch))
-                conn.commit()
-    finally:
-        conn.close()
-
-
-# -- connection parameters and health --------------------------------------------------------
-
-
-def _pg_params(store: PostgresStore, database: str) -> dict[str, Any]:
+def pg_params(store: PostgresStore, database: str) -> dict[str, Any]:
     return {
         "host": store.host,
         "port": store.port,
@@ -182,7 +26,7 @@ def _pg_params(store: PostgresStore, database: str) -> dict[str, Any]:
     }
 
 
-def _mariadb_params(store: MariadbStore, database: str | None) -> dict[str, Any]:
+def mariadb_params(store: MariadbStore, database: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {
         "host": store.host,
         "port": store.port,
@@ -206,36 +50,13 @@ def schema_of(store: Store) -> str:
     return "main"
 
 
-def check(department: str, store: Store) -> None:
-    """Connect to ``department``'s store once; raise :class:`StoreUnavailableError` if it refuses."""
-    if isinstance(store, SqliteStore):
-        if not store.path.is_file():
-            raise StoreUnavailableError(
-                department,
-                f"department {department}: SQLite file {store.path} does not exist "
-                f"(check departments.{department}.store.path, or create it with `citygate datagen`)",
-            )
-        sqlite3.connect(f"file:{store.path}?mode=ro", uri=True).close()
-    elif isinstance(store, PostgresStore):
-        _guard(department, store, lambda: psycopg.connect(**_pg_params(store, store.database)).close())
-    else:
-        _guard(department, store, lambda: pymysql.connect(**_mariadb_params(store, store.database)).close())
-
-
-def _guard(department: str, store: PostgresStore | MariadbStore, action: Callable[[], None]) -> None:
-    try:
-        action()
-    except (psycopg.OperationalError, pymysql.err.OperationalError) as error:
-        raise describe_store_failure(department, store, str(error)) from None
-
-
 def describe_store_failure(
     department: str, store: PostgresStore | MariadbStore | SqliteStore, text: str
 ) -> StoreUnavailableError:
     """Turn a driver's or engine's failure text into one message naming the department.
 
-    >>> from gateway.config import PostgresStore
-    >>> s = PostgresStore(kind="postgresql", database="health", user="citygate")
+    >>> from catalogue.stores import PostgresStore
+    >>> s = PostgresStore.model_validate({"kind": "postgresql", "database": "health", "user": "citygate"})
     >>> print(describe_store_failure("health", s, 'password authentication failed for user "x"').message)
     department health: PostgreSQL at 127.0.0.1:5432 rejected user 'citygate' (check departments.health.store.user ...)
     """

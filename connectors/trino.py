@@ -6,25 +6,20 @@ only says how to address a table, how to run a tree and how to read a catalog's 
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 import trino
 from sqlglot import exp
+from sqlglot.dialects.trino import Trino
 from trino.exceptions import TrinoExternalError, TrinoQueryError, TrinoUserError
 
-from catalogue.model import Column, Department, Table
-from catalogue.types import logical_type
-from connectors.base import Engine, Result
-from connectors.stores import describe_store_failure, schema_of
-from gateway.config import Config, MariadbStore, PostgresStore, SqliteStore, Store
-from gateway.errors import (
+from catalogue.errors import (
     CitygateError,
     ConfigError,
     EngineQueryError,
@@ -32,6 +27,13 @@ from gateway.errors import (
     ResultTooLarge,
     StoreUnavailableError,
 )
+from catalogue.model import Column, Department, Table
+from catalogue.sql import partial_sql
+from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
+from catalogue.types import logical_type
+from connectors.base import Answer, Engine, KeyedDialect, Prefetch, vocabulary
+from connectors.settings import EngineSettings
+from connectors.stores import describe_store_failure, schema_of
 
 # What says the store cannot be used at all (describe_store_failure names each), not a statement.
 _CONNECTION = re.compile(
@@ -61,8 +63,9 @@ def refused_by_store(text: str) -> bool:
 def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, str]]:
     """The Trino connector and properties that serve ``department``'s store.
 
-    >>> from gateway.config import PostgresStore
-    >>> catalog_properties("health", PostgresStore(kind="postgresql", database="health", user="u"))[1]["connection-url"]
+    >>> from catalogue.stores import PostgresStore
+    >>> store = PostgresStore.model_validate({"kind": "postgresql", "database": "health", "user": "u"})
+    >>> catalog_properties("health", store)[1]["connection-url"]
     'jdbc:postgresql://127.0.0.1:5432/health'
     """
     if isinstance(store, PostgresStore):
@@ -82,13 +85,13 @@ def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, st
     )
 
 
-def write_catalog_files(config: Config, out: Path) -> list[Path]:
+def write_catalog_files(settings: EngineSettings, out: Path) -> list[Path]:
     """Write one ``<catalog>.properties`` per department; return the files written."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, department in config.departments.items():
+    for name, department in settings.departments.items():
         connector, properties = catalog_properties(name, department.store)
-        path = out / f"{config.catalog_of(name)}.properties"
+        path = out / f"{department.catalog}.properties"
         lines = [f"connector.name={connector}", *(f"{k}={_escape_property(v)}" for k, v in properties.items())]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         path.chmod(0o600)  # it holds the store's password
@@ -100,54 +103,67 @@ def _escape_property(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def _hmac_hex(value: exp.Expr, key: bytes) -> exp.Expr:
+    digest = exp.Anonymous(
+        this="HMAC_SHA256",
+        expressions=[
+            exp.Anonymous(this="TO_UTF8", expressions=[value]),
+            exp.Anonymous(this="TO_UTF8", expressions=[exp.Literal.string(key.decode())]),
+        ],
+    )
+    return exp.Lower(this=exp.Anonymous(this="TO_HEX", expressions=[digest]))
+
+
+def _timestamp_text(value: exp.Expr) -> exp.Expr:
+    # exp.Cast itself: exp.cast() leaves a value already cast to TIMESTAMP(3) as it is
+    micro = exp.Cast(this=value, to=exp.DataType.build("TIMESTAMP(6)", dialect="trino"))
+    return exp.Cast(this=micro, to=exp.DataType.build("VARCHAR"))
+
+
+def _md5_digest(value: exp.Expr) -> exp.Expr:
+    """The digest's bytes: VARBINARY orders byte by byte, as lower-case hex does, and spares
+    every row of a list ordered by a masked key a hex string (a fifth of the list's CPU time
+    on Trino)."""
+    return exp.Anonymous(this="MD5", expressions=[exp.Anonymous(this="TO_UTF8", expressions=[value])])
+
+
+class _Trino(Trino, KeyedDialect):
+    class Generator(Trino.Generator):  # type: ignore[misc,valid-type]
+        TRANSFORMS: ClassVar = {
+            **Trino.Generator.TRANSFORMS,
+            **vocabulary(
+                partial=partial_sql, hmac_hex=_hmac_hex, md5_digest=_md5_digest, timestamp_text=_timestamp_text
+            ),
+        }
+
+
 class TrinoEngine(Engine):
     name = "trino"
     dialect = "trino"
+    Dialect = _Trino
 
-    def __init__(self, config: Config) -> None:
-        super().__init__(config)
-        self.settings = config.engine.trino
+    def __init__(self, settings: EngineSettings) -> None:
+        super().__init__(settings)
+        self.trino = settings.trino
         self._local = threading.local()
         self.statements = 0  # statements sent; tests count round trips with it
         self._catalogs_checked = False
         self._catalog_lock = threading.Lock()
-        self._prefetched_once = False
-        self._prefetched: dict[str, list[tuple[Any, ...]]] = {}
+        self._columns = Prefetch(self._read_columns)
 
     # -- addressing ---------------------------------------------------------------------------
 
     def physical_table(self, department: str, table: str) -> exp.Table:
-        store = self.config.departments[department].store
+        store = self.departments[department].store
         return exp.Table(
             this=exp.to_identifier(table, quoted=True),
             db=exp.to_identifier(schema_of(store), quoted=True),
-            catalog=exp.to_identifier(self.config.catalog_of(department), quoted=True),
+            catalog=exp.to_identifier(self.departments[department].catalog, quoted=True),
         )
-
-    def hmac_hex(self, value: exp.Expr, key: bytes) -> exp.Expr:
-        digest = exp.Anonymous(
-            this="HMAC_SHA256",
-            expressions=[
-                exp.Anonymous(this="TO_UTF8", expressions=[value]),
-                exp.Anonymous(this="TO_UTF8", expressions=[exp.Literal.string(key.decode())]),
-            ],
-        )
-        return exp.Lower(this=exp.Anonymous(this="TO_HEX", expressions=[digest]))
-
-    def timestamp_text(self, value: exp.Expr) -> exp.Expr:
-        # exp.Cast itself: exp.cast() leaves a value already cast to TIMESTAMP(3) as it is
-        micro = exp.Cast(this=value, to=exp.DataType.build("TIMESTAMP(6)", dialect="trino"))
-        return exp.Cast(this=micro, to=exp.DataType.build("VARCHAR"))
-
-    def md5_digest(self, value: exp.Expr) -> exp.Expr:
-        """The digest's bytes: VARBINARY orders byte by byte, as lower-case hex does, and
-        spares every row of a list ordered by a masked key a hex string (a fifth of the
-        list's CPU time on Trino)."""
-        return exp.Anonymous(this="MD5", expressions=[exp.Anonymous(this="TO_UTF8", expressions=[value])])
 
     @property
     def address(self) -> str:
-        return f"{self.settings.http_scheme}://{self.settings.host}:{self.settings.port}"
+        return f"{self.trino.http_scheme}://{self.trino.host}:{self.trino.port}"
 
     # -- running ------------------------------------------------------------------------------
 
@@ -155,23 +171,23 @@ class TrinoEngine(Engine):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = trino.dbapi.connect(  # type: ignore[no-untyped-call]
-                host=self.settings.host,
-                port=self.settings.port,
-                user=self.settings.user,
-                http_scheme=self.settings.http_scheme,
-                request_timeout=self.settings.request_timeout,
+                host=self.trino.host,
+                port=self.trino.port,
+                user=self.trino.user,
+                http_scheme=self.trino.http_scheme,
+                request_timeout=self.trino.request_timeout,
                 max_attempts=1,
                 source="citygate",
             )
             self._local.conn = conn
         return conn
 
-    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Result:
-        if self.settings.create_missing_catalogs and not self._catalogs_checked:
+    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Answer:
+        if self.trino.create_missing_catalogs and not self._catalogs_checked:
             self.ensure_catalogs()
         return self._run(sql, list(departments), max_rows)
 
-    def _run(self, sql: str, touched: list[str], max_rows: int | None = None) -> Result:
+    def _run(self, sql: str, touched: list[str], max_rows: int | None = None) -> Answer:
         with self._errors(touched):
             cursor = self._connection().cursor()
             self.statements += 1
@@ -181,7 +197,7 @@ class TrinoEngine(Engine):
                 cursor.cancel()  # Trino would go on producing the rest
                 raise ResultTooLarge(max_rows)
             description = cursor.description or []
-        return Result(
+        return Answer(
             columns=tuple(d[0] for d in description),
             types=tuple(str(d[1]) for d in description),
             rows=[tuple(r) for r in rows],
@@ -208,8 +224,8 @@ class TrinoEngine(Engine):
 
     def _department_in(self, touched: list[str], text: str) -> str | None:
         """The department a Trino message is about: named catalog, else the only one touched."""
-        for department in touched or list(self.config.departments):
-            catalog = self.config.catalog_of(department)
+        for department in touched or list(self.departments):
+            catalog = self.departments[department].catalog
             if f"'{catalog}'" in text or f"catalog {catalog}" in text or f"{catalog}." in text:
                 return department
         return touched[0] if len(touched) == 1 else None
@@ -226,7 +242,7 @@ class TrinoEngine(Engine):
         if department is None:
             names = ", ".join(touched) or "unknown"
             return StoreUnavailableError(names, f"a department's store did not answer ({names})", detail=text)
-        return describe_store_failure(department, self.config.departments[department].store, text)
+        return describe_store_failure(department, self.departments[department].store, text)
 
     def _user_failure(self, touched: list[str], error: TrinoQueryError) -> CitygateError:
         text = f"{error.error_name}: {error.message}"
@@ -235,7 +251,7 @@ class TrinoEngine(Engine):
             return StoreUnavailableError(
                 department,
                 f"department {department}: Trino at {self.address} has no catalog "
-                f"{self.config.catalog_of(department) if department in self.config.departments else ''!r} "
+                f"{self.departments[department].catalog if department in self.departments else ''!r} "
                 f"(write it with `citygate trino-catalogs`, or set engine.trino.create_missing_catalogs)",
                 detail=text,
             )
@@ -244,7 +260,7 @@ class TrinoEngine(Engine):
             return StoreUnavailableError(
                 department,
                 f"department {department}: Trino could not start catalog "
-                f"{self.config.catalog_of(department) if department in self.config.departments else ''!r} "
+                f"{self.departments[department].catalog if department in self.departments else ''!r} "
                 f"(check its catalog properties and Trino's server log)",
                 detail=text,
             )
@@ -268,8 +284,8 @@ class TrinoEngine(Engine):
         with self._catalog_lock:
             present = self.catalogs()
             created = []
-            for name, department in self.config.departments.items():
-                catalog = self.config.catalog_of(name)
+            for name, department in self.departments.items():
+                catalog = self.departments[name].catalog
                 if catalog in present:
                     continue
                 connector, properties = catalog_properties(name, department.store)
@@ -292,24 +308,17 @@ class TrinoEngine(Engine):
     # -- catalogue ----------------------------------------------------------------------------
 
     def read_department(self, department: str) -> Department:
-        spec = self.config.departments[department]
+        spec = self.departments[department]
         store = spec.store
         if isinstance(store, SqliteStore):
             catalog_properties(department, store)  # raises the clear error
-        if self.settings.create_missing_catalogs and not self._catalogs_checked:
+        if self.trino.create_missing_catalogs and not self._catalogs_checked:
             # Introspection is a gateway's first statement: register the catalogs before it.
             self.ensure_catalogs()
-        if not self._prefetched_once:
-            # The first read (a gateway starting) asks for every department in one statement,
-            # which Trino runs in parallel: one round trip instead of one per department
-            # (about 0.2 s each, 13 s for 73 departments).
-            self._prefetched_once = True
-            readable = [d for d, s in self.config.departments.items() if not isinstance(s.store, SqliteStore)]
-            with contextlib.suppress(CitygateError):  # a store that fails is then read on its own
-                self._prefetched = self._read_columns(readable)
-        rows = self._prefetched.pop(department, None)
-        if rows is None:
-            rows = self._read_columns([department])[department]
+        # one statement for all, which Trino runs in parallel
+        rows = self._columns.take(
+            department, lambda: [d for d, s in self.departments.items() if not isinstance(s.store, SqliteStore)]
+        )
         tables: dict[str, list[Column]] = {}
         for table_name, column_name, data_type, nullable in rows:
             tables.setdefault(table_name, []).append(
@@ -328,7 +337,7 @@ class TrinoEngine(Engine):
             columns = exp.Table(
                 this=exp.to_identifier("columns"),
                 db=exp.to_identifier("information_schema"),
-                catalog=exp.to_identifier(self.config.catalog_of(department), quoted=True),
+                catalog=exp.to_identifier(self.departments[department].catalog, quoted=True),
             )
             selects.append(
                 exp.select(
@@ -340,11 +349,7 @@ class TrinoEngine(Engine):
                     "ordinal_position",
                 )
                 .from_(columns)
-                .where(
-                    exp.column("table_schema").eq(
-                        exp.Literal.string(schema_of(self.config.departments[department].store))
-                    )
-                )
+                .where(exp.column("table_schema").eq(exp.Literal.string(schema_of(self.departments[department].store))))
             )
         found: dict[str, list[tuple[Any, ...]]] = {d: [] for d in departments}
         if not selects:

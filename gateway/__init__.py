@@ -1,0 +1,1 @@
+"""The gateway: the HTTP edge, identity, GraphQL, execution, observation and the command line."""

@@ -13,13 +13,15 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from catalogue.errors import ConfigError
+from catalogue.files import read_yaml
 from catalogue.model import SharingClass
-from gateway.errors import ConfigError
+from catalogue.stores import STORE_KINDS, MariadbStore, PostgresStore, SqliteStore, Store
+from connectors.settings import EmbeddedSettings, EngineSettings, Source, TrinoSettings
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -27,34 +29,6 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SqliteStore(_Model):
-    kind: Literal["sqlite"]
-    path: Path
-
-
-class PostgresStore(_Model):
-    kind: Literal["postgresql"]
-    host: str = "127.0.0.1"
-    port: int = Field(5432, ge=1, le=65535)
-    database: str
-    schema_: str = Field("public", alias="schema")
-    user: str
-    password: str = ""
-
-
-class MariadbStore(_Model):
-    kind: Literal["mariadb"]
-    host: str = "127.0.0.1"
-    port: int = Field(3306, ge=1, le=65535)
-    database: str
-    user: str
-    password: str = ""
-
-
-Store = Annotated[SqliteStore | PostgresStore | MariadbStore, Field(discriminator="kind")]
-STORE_KINDS = ("sqlite", "postgresql", "mariadb")
 
 
 class ColumnConfig(_Model):
@@ -171,23 +145,6 @@ class RelationshipConfig(_Model):
     def target_ref(self) -> ColumnRef:
         department, table, column = self.target.split(".")
         return ColumnRef(department=department, table=table, column=column)
-
-
-class TrinoSettings(_Model):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
-    user: str = "citygate"
-    http_scheme: Literal["http", "https"] = "http"
-    # Register missing department catalogs with CREATE CATALOG (needs Trino's
-    # catalog.management=dynamic) instead of expecting catalog files.
-    create_missing_catalogs: bool = False
-    request_timeout: float = Field(30.0, gt=0)
-
-
-class EmbeddedSettings(_Model):
-    # Where the DuckDB scanner extensions are laid out; default: the user's cache directory.
-    extension_dir: Path | None = None
-    threads: int | None = Field(None, ge=1)
 
 
 class EngineConfig(_Model):
@@ -336,25 +293,29 @@ class Config(_Model):
     def with_engine(self, kind: Literal["trino", "embedded"]) -> Config:
         return self.model_copy(update={"engine": self.engine.model_copy(update={"kind": kind})})
 
+    def engine_settings(self) -> EngineSettings:
+        """What an engine reads of this configuration: the stores, the engines' own settings
+        and the hash mask's key."""
+        return EngineSettings(
+            departments={
+                name: Source(
+                    store=spec.store,
+                    catalog=self.catalog_of(name),
+                    display_name=spec.display_name,
+                    column_types=spec.column_types(),
+                )
+                for name, spec in self.departments.items()
+            },
+            hash_key=self.policies.hash_key.encode() if self.policies is not None else None,
+            trino=self.engine.trino,
+            embedded=self.engine.embedded,
+        )
+
 
 def load_config(path: str | Path) -> Config:
     """Read, expand and validate a configuration file, or raise :class:`ConfigError`."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    try:
-        raw = _parse_yaml(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    _, raw = read_yaml(path, "configuration file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with keys 'engine' and 'departments'")
     raw = _with_includes(raw, path, seen=(path.resolve(),))
@@ -364,19 +325,6 @@ def load_config(path: str | Path) -> Config:
     except ValidationError as error:
         raise ConfigError(_describe(path, error)) from None
     return _resolve_paths(config.model_copy(update={"source": path}), path.parent)
-
-
-def _parse_yaml(text: str) -> Any:
-    """libyaml's loader when present: a generated catalogue (configs/seed-scale.yaml, 755
-    tables) loads in 0.3 s instead of 2.4 s. A file it refuses is parsed again by the pure
-    Python loader, whose error names the position the way users are told it."""
-    fast = getattr(yaml, "CSafeLoader", None)
-    if fast is not None:
-        try:
-            return yaml.load(text, Loader=fast)  # noqa: S506 - libyaml's safe loader
-        except yaml.YAMLError:
-            pass
-    return yaml.safe_load(text)
 
 
 def _with_includes(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -391,16 +339,8 @@ def _with_includes(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> d
         included = (path.parent / name).resolve()
         if included in seen:
             raise ConfigError(f"{path}: include: {name} includes itself")
-        try:
-            text = included.read_text(encoding="utf-8")
-        except OSError:
-            raise ConfigError(f"{path}: include: cannot read {included}") from None
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"{included}: not UTF-8 text (byte {error.start}; included from {path})") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{included}: not valid YAML (included from {path})") from None
+        _, data = read_yaml(included, "configuration file", included_from=path)
+        data = data or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{included}: expected a mapping (included from {path})")
         merged = _merge(merged, _with_includes(data, included, (*seen, included)))

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from catalogue.model import SharingClass
-from policies.model import DENY, RAW, Policies, RolePolicy, TableRule, Treatment, parse_treatment
+from policies.model import Policies, RolePolicy, TableRule
 from policies.rowfilter import columns_used, parse_filter
+from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,14 @@
 Every mask is built from the raw column alone, side by side with the others, so no mask ever
 reads another mask's output (the hole of trinodb/trino#14420). They use only functions that
 DuckDB and Trino both have, with the same meaning, so one tree gives the same values on both,
-except three that each engine expands in its own functions (``connectors/base.py``):
-``citygate_hash(value)``, with the configured key (never from the query),
-``citygate_partial(value, first, last)``, in the fewest calls the engine needs, and
-``citygate_tie(value)``, the digest rows break ties on when their key is masked (:func:`tie`).
+and the vocabulary of :mod:`catalogue.sql` that each engine renders in its own functions:
+:class:`~catalogue.sql.Hash`, with the configured key (never from the query),
+:class:`~catalogue.sql.Partial`, in the fewest calls the engine needs, and
+:class:`~catalogue.sql.Tie`, the digest rows break ties on when their key is masked (:func:`tie`).
 
 >>> from catalogue.types import KNOWN_TYPES, LogicalType
 >>> from sqlglot import exp
->>> from policies.model import Treatment
+>>> from policies.treatments import Treatment
 >>> print(mask(Treatment("partial", (3, 4)), exp.column("phone"), LogicalType("string")).sql())
 CITYGATE_PARTIAL(phone, 3, 4)
 """
@@ -23,13 +23,10 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
+from catalogue.sql import Hash, Partial, Tie, TimestampText
 from catalogue.types import KNOWN_TYPES, LogicalType
-from policies.model import Treatment
+from policies.treatments import Treatment
 
-HASH_FUNCTION = "citygate_hash"
-PARTIAL_FUNCTION = "citygate_partial"
-TIE_FUNCTION = "citygate_tie"
-TIMESTAMP_TEXT_FUNCTION = "citygate_timestamp_text"
 REDACTED = "[REDACTED]"
 
 # Functions a custom mask may call: pure, deterministic, present on both engines.
@@ -96,7 +93,7 @@ def _string(column: exp.Expr, kind: LogicalType | None = None) -> exp.Expr:
     'CASE WHEN ABS(v) < 1e28 THEN CAST(CAST(v AS DECIMAL(38, 9)) AS VARCHAR) END'
     """
     if kind is not None and kind.kind == "timestamp":
-        return exp.Anonymous(this=TIMESTAMP_TEXT_FUNCTION, expressions=[column])
+        return TimestampText(this=column)
     text = exp.DataType(this=exp.DataType.Type.VARCHAR)
     if kind is not None and kind.kind == "double":
         # NaN, the infinities and magnitudes of 1e28 and more have no DECIMAL(38, 9): they read
@@ -111,89 +108,18 @@ def _partial(column: exp.Expr, first: int, last: int, kind: LogicalType) -> exp.
     """Keep ``first`` and ``last`` characters, one ``*`` for each between; a value no longer
     than ``first + last`` is starred whole rather than shown.
 
-    In the tree this is ``citygate_partial(value, first, last)``, which each engine expands into
-    its own cheapest formulation (:func:`partial_sql` or :func:`partial_concat`): an engine pays
-    for every function call when it plans the statement, and DuckDB binds each one in tens of
-    microseconds, which is most of what a mask costs on a selective query. A string column is
-    not cast: on DuckDB CHAR is VARCHAR, and on Trino LENGTH and SUBSTRING read a CHAR(n) as
-    its cast to VARCHAR would (padding included).
+    Each engine renders :class:`~catalogue.sql.Partial` in its own cheapest formulation: an
+    engine pays for every function call when it plans the statement, and DuckDB binds each one
+    in tens of microseconds, which is most of what a mask costs on a selective query. A string
+    column is not cast: on DuckDB CHAR is VARCHAR, and on Trino LENGTH and SUBSTRING read a
+    CHAR(n) as its cast to VARCHAR would (padding included).
     """
     value = column if kind.kind == "string" else _string(column, kind)
-    return exp.Anonymous(
-        this=PARTIAL_FUNCTION, expressions=[value, exp.Literal.number(first), exp.Literal.number(last)]
-    )
-
-
-def partial_sql(value: exp.Expr, first: int, last: int) -> exp.Expr:
-    """The partial mask in functions every engine has: RPAD pads the kept head with stars up
-    to where the kept tail starts.
-
-    >>> print(partial_sql(exp.column("phone"), 3, 4).sql("trino", pretty=True))
-    CASE
-      WHEN LENGTH(phone) > 7
-      THEN RPAD(SUBSTR(phone, 1, 3), CAST(LENGTH(phone) - 4 AS INTEGER), '*') || SUBSTR(phone, LENGTH(phone) - 3)
-      ELSE RPAD('', CAST(LENGTH(phone) AS INTEGER), '*')
-    END
-    """
-
-    def length() -> exp.Expr:
-        return exp.Length(this=value.copy())
-
-    def count(amount: exp.Expr) -> exp.Expr:
-        # DuckDB's RPAD takes an INTEGER count, and LENGTH is a BIGINT there.
-        return exp.cast(amount, exp.DataType(this=exp.DataType.Type.INT))
-
-    head: exp.Expr = (
-        exp.Substring(this=value.copy(), start=exp.Literal.number(1), length=exp.Literal.number(first))
-        if first
-        else exp.Literal.string("")
-    )
-    upto = exp.Sub(this=length(), expression=exp.Literal.number(last)) if last else length()
-    kept: exp.Expr = exp.func("RPAD", head, count(upto), exp.Literal.string("*"))
-    if last:
-        start = exp.Sub(this=length(), expression=exp.Literal.number(last - 1))
-        kept = exp.DPipe(this=kept, expression=exp.Substring(this=value.copy(), start=start))
-    longer = exp.GT(this=length(), expression=exp.Literal.number(first + last))
-    # RPAD('', n, '*'): Trino's REPEAT returns an array, not a string.
-    starred = exp.func("RPAD", exp.Literal.string(""), count(length()), exp.Literal.string("*"))
-    return exp.Case(ifs=[exp.If(this=longer, true=kept)], default=starred)
-
-
-def partial_concat(value: exp.Expr, first: int, last: int) -> exp.Expr:
-    """The partial mask as one CONCAT of the kept head, the stars and the kept tail (for DuckDB,
-    whose LEFT, RIGHT and LENGTH all count code points).
-
-    DuckDB plans this in about the time of a two-RE2 form and runs it some 20 times faster on
-    a large result (a global regular-expression replacement matches once a character).
-
-    >>> print(partial_concat(exp.column("phone"), 3, 4).sql("duckdb", pretty=True))
-    CASE
-      WHEN LENGTH(phone) > 7
-      THEN CONCAT(LEFT(phone, 3), REPEAT('*', LENGTH(phone) - 7), RIGHT(phone, 4))
-      ELSE REPEAT('*', LENGTH(phone))
-    END
-    """
-
-    def stars(count: exp.Expr) -> exp.Expr:
-        return exp.Repeat(this=exp.Literal.string("*"), times=count)
-
-    length = exp.Length(this=value.copy())
-    if not first and not last:
-        return stars(length)
-    kept = exp.Sub(this=length.copy(), expression=exp.Literal.number(first + last))
-    parts: list[exp.Expr] = [exp.Left(this=value.copy(), expression=exp.Literal.number(first))] if first else []
-    parts.append(stars(kept))
-    if last:
-        parts.append(exp.Right(this=value.copy(), expression=exp.Literal.number(last)))
-    longer = exp.GT(this=length.copy(), expression=exp.Literal.number(first + last))
-    # One CONCAT (which reads NULL as ''; only a value longer than first + last reaches it)
-    # binds in less time than two ||.
-    joined = exp.Concat(expressions=parts, coalesce=True)
-    return exp.Case(ifs=[exp.If(this=longer, true=joined)], default=stars(length))
+    return Partial(this=value, first=exp.Literal.number(first), last=exp.Literal.number(last))
 
 
 def _hash(column: exp.Expr, kind: LogicalType) -> exp.Expr:
-    return exp.Anonymous(this=HASH_FUNCTION, expressions=[_string(column, kind)])
+    return Hash(this=_string(column, kind))
 
 
 def tie(column: exp.Expr, kind: LogicalType) -> exp.Expr:
@@ -206,7 +132,7 @@ def tie(column: exp.Expr, kind: LogicalType) -> exp.Expr:
     ten-row list three times as slow as without policies, one SHA-256 twice, MD5 1.3 times.
     The order needs only to be unpredictable without the key; MD5's weakness, collisions,
     would at worst leave two rows' order to the engine."""
-    return exp.Anonymous(this=TIE_FUNCTION, expressions=[_string(column, kind)])
+    return Tie(this=_string(column, kind))
 
 
 def _year(column: exp.Expr, kind: LogicalType) -> exp.Expr:
@@ -232,7 +158,7 @@ def _redact(kind: LogicalType) -> exp.Expr:
 
 
 def _custom(column: exp.Expr, text: str) -> exp.Expr:
-    tree = check_custom(text)
+    tree = parse_custom(text)
 
     def substitute(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Column) and node.name.lower() == "value":
@@ -286,7 +212,7 @@ def parse_expression(text: str, what: str) -> exp.Expr:
         raise ValueError(f"{what} {text!r} is not an SQL expression: {str(error).splitlines()[0]}") from None
 
 
-def check_type(node: exp.Expr, what: str, text: str) -> None:
+def require_known_type(node: exp.Expr, what: str, text: str) -> None:
     """A type in a policy's expression must be one citygate knows: sqlglot keeps a quoted type
     name (``CAST(x AS "...")``) as text and writes it back verbatim, which would let any SQL
     through past every other check."""
@@ -294,12 +220,12 @@ def check_type(node: exp.Expr, what: str, text: str) -> None:
         raise ValueError(f"{what} {text!r} casts to {node.sql()!r}, which is not a type it may use")
 
 
-def check_nodes(tree: exp.Expr, what: str, text: str, nodes: tuple[type[exp.Expr], ...], other: str) -> None:
+def require_allowed(tree: exp.Expr, what: str, text: str, nodes: tuple[type[exp.Expr], ...], other: str) -> None:
     """Every node of a policy's expression is one of ``nodes`` or an allow-listed function, and
     every type one citygate knows; ``other`` says what is wrong with anything else (``{node}``
     stands for its kind)."""
     for node in tree.walk():
-        check_type(node, what, text)
+        require_known_type(node, what, text)
         if isinstance(node, nodes):
             continue
         if not isinstance(node, exp.Func):
@@ -310,11 +236,11 @@ def check_nodes(tree: exp.Expr, what: str, text: str, nodes: tuple[type[exp.Expr
             raise ValueError(f"{what} {text!r} calls {name}, which is not allowed; allowed: {allowed}")
 
 
-def check_custom(text: str) -> exp.Expr:
+def parse_custom(text: str) -> exp.Expr:
     """Parse a custom mask and refuse anything but allow-listed functions over ``value``."""
     tree = parse_expression(text, "custom mask")
     for column in tree.find_all(exp.Column):
         if column.name.lower() != "value":
             raise ValueError(f"custom mask {text!r} may refer only to `value`, not {column.sql()!r}")
-    check_nodes(tree, "custom mask", text, ALLOWED_NODES, "uses {node}, which is not allowed")
+    require_allowed(tree, "custom mask", text, ALLOWED_NODES, "uses {node}, which is not allowed")
     return tree

@@ -24,84 +24,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from catalogue.errors import ConfigError
+from catalogue.files import read_yaml
 from catalogue.model import SharingClass
-from gateway.errors import ConfigError
+from policies.masks import parse_custom
+from policies.rowfilter import parse_filter
+from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
-_TREATMENT = re.compile(r"^(allow|deny|hash|nullify|year|redact|partial\((\d+),\s*(\d+)\)|bucket\((\d+(?:\.\d+)?)\))$")
-
-
-@dataclass(frozen=True, slots=True)
-class Treatment:
-    """What a role gets of one column: ``raw``, ``deny``, or a mask with its parameters."""
-
-    kind: str  # raw, deny, partial, hash, nullify, year, bucket, redact, sql
-    params: tuple[Any, ...] = ()
-
-    @property
-    def visible(self) -> bool:
-        return self.kind != "deny"
-
-    @property
-    def masked(self) -> bool:
-        return self.kind not in ("raw", "deny")
-
-    def __str__(self) -> str:
-        if self.kind == "partial":
-            return f"partial({self.params[0]},{self.params[1]})"
-        if self.kind == "bucket":
-            return f"bucket({self.params[0]})"
-        if self.kind == "sql":
-            return f"sql({self.params[0]})"
-        return self.kind
-
-
-RAW = Treatment("raw")
-DENY = Treatment("deny")
-
-
-def parse_treatment(value: Any) -> Treatment:
-    """``"partial(6,4)"`` -> Treatment("partial", (6, 4)); ``{"sql": "..."}`` -> a custom mask.
-
-    >>> parse_treatment("partial(6,4)")
-    Treatment(kind='partial', params=(6, 4))
-    >>> parse_treatment("allow")
-    Treatment(kind='raw', params=())
-    """
-    if isinstance(value, dict) and set(value) == {"sql"} and isinstance(value["sql"], str):
-        from policies.masks import check_custom  # the expression must parse and use allowed functions
-
-        check_custom(value["sql"])
-        return Treatment("sql", (value["sql"],))
-    match = _TREATMENT.match(str(value).strip()) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(
-            f"{value!r} is not a treatment; use allow, deny, partial(first,last), hash, nullify, year, "
-            "bucket(width), redact, or {sql: <expression>}"
-        )
-    word = match.group(1)
-    if word == "allow":
-        return RAW
-    if word.startswith("partial"):
-        first, last = int(match.group(2)), int(match.group(3))
-        if max(first, last) > 1000:
-            raise ValueError(f"partial({first},{last}) keeps more than 1000 characters at an end")
-        return Treatment("partial", (first, last))
-    if word.startswith("bucket"):
-        width = float(match.group(4))
-        if width <= 0:
-            raise ValueError("bucket width must be positive")
-        return Treatment("bucket", (int(width) if width.is_integer() else width,))
-    return Treatment(word)
+__all__ = ["DENY", "RAW", "Floor", "FloorRule", "Policies", "RolePolicy", "TableRule", "Treatment", "load_policies"]
 
 
 def _check_treatments(value: dict[Any, TreatmentText]) -> dict[Any, TreatmentText]:
-    """Every treatment of a mapping must parse; the error says which and what is allowed."""
+    """Every treatment of a mapping must parse, and a custom mask's expression use only allowed
+    functions of the column; the error says which and what is allowed."""
     for text in value.values():
-        parse_treatment(text)
+        _check_treatment(text)
     return value
+
+
+def _check_treatment(text: TreatmentText) -> Treatment:
+    treatment = parse_treatment(text)
+    if treatment.kind == "sql":
+        parse_custom(treatment.params[0])
+    return treatment
 
 
 class _Model(BaseModel):
@@ -130,8 +77,6 @@ class TableRule(_Model):
     @classmethod
     def _filter(cls, value: str | None) -> str | None:
         if value is not None:
-            from policies.rowfilter import parse_filter
-
             parse_filter(value)
         return value
 
@@ -164,7 +109,7 @@ class FloorRule(_Model):
     @field_validator("otherwise")
     @classmethod
     def _treatment(cls, value: TreatmentText) -> TreatmentText:
-        parse_treatment(value)
+        _check_treatment(value)
         return value
 
 
@@ -200,19 +145,10 @@ def load_policies(paths: list[Path]) -> Policies:
     floors: dict[str, dict[str, FloorRule]] = {}
     digest = hashlib.sha256()
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
-            raise ConfigError(f"{path}: cannot read the policy file") from None
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        text, raw = read_yaml(path, "policy file")
         digest.update(text.encode())
         try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{path}: not valid YAML") from None
-        try:
-            parsed = PolicyFile.model_validate(raw)
+            parsed = PolicyFile.model_validate(raw or {})
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "(top level)"

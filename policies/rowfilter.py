@@ -29,8 +29,8 @@ from typing import Any
 
 from sqlglot import exp
 
-from catalogue.types import LITERALS, LogicalType, decimal_digits, text_problem
-from policies.masks import ALLOWED_NODES, check_nodes, parse_expression
+from catalogue.types import FRACTIONAL, LITERALS, WHOLE, LogicalType, decimal_digits, text_problem
+from policies.masks import ALLOWED_NODES, parse_expression, require_allowed
 
 _CLAIM = re.compile(r":claims\.([A-Za-z_][A-Za-z0-9_]*)")
 _PREFIX = "__claim__"
@@ -53,7 +53,7 @@ def parse_filter(text: str) -> exp.Expr:
         return node
 
     tree = tree.transform(escaped)
-    check_nodes(tree, "row filter", text, _FILTER_NODES, "may use only the table's own columns and claims")
+    require_allowed(tree, "row filter", text, _FILTER_NODES, "may use only the table's own columns and claims")
     return tree
 
 
@@ -156,11 +156,11 @@ def _as(value: Any, kind: LogicalType) -> Any:
             return str(value)
         if kind.kind == "boolean" and isinstance(value, bool):
             return value
-        if kind.kind in ("integer", "bigint") and not isinstance(value, bool | float):
+        if kind.kind in WHOLE and not isinstance(value, bool | float):
             whole = int(value) if isinstance(value, int) or _INTEGER.fullmatch(value) else None
             if whole is not None and -(2**63) <= whole < 2**63:
                 return whole
-        if kind.kind in ("double", "decimal") and not isinstance(value, bool):
+        if kind.kind in FRACTIONAL and not isinstance(value, bool):
             number = Decimal(str(value))
             # finite as a double too (1e999 is a finite Decimal and an infinite float), and within
             # what a DECIMAL(38) literal can say

@@ -15,16 +15,17 @@ import pytest
 from hypothesis import settings
 from sqlglot import exp
 
-from catalogue.demo_city import TABLES
-from connectors import stores
+from catalogue.errors import CitygateError
+from catalogue.stores import SqliteStore
 from connectors.base import Engine
 from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
-from gateway.config import Config, SqliteStore, load_config
-from gateway.datagen import City, generate
-from gateway.demo import demo_config
-from gateway.errors import CitygateError
-from gateway.execute import Gateway
+from datasets import load as stores
+from datasets.datagen import City, generate
+from datasets.demo import demo_config
+from datasets.demo_city import TABLES
+from gateway.config import Config, load_config
+from gateway.execution.gateway import Gateway
 from tests.oracle import Oracle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,14 +68,14 @@ def services_config() -> Config:
 
 @pytest.fixture(scope="session")
 def embedded_sqlite(sqlite_config: Config) -> Iterator[EmbeddedEngine]:
-    engine = EmbeddedEngine(sqlite_config)
+    engine = EmbeddedEngine(sqlite_config.engine_settings())
     yield engine
     engine.close()
 
 
 @pytest.fixture(scope="session")
 def embedded_services(services_config: Config) -> Iterator[EmbeddedEngine]:
-    engine = EmbeddedEngine(services_config.with_engine("embedded"))
+    engine = EmbeddedEngine(services_config.with_engine("embedded").engine_settings())
     for department in services_config.departments:
         try:
             engine.ping_department(department)
@@ -86,7 +87,7 @@ def embedded_services(services_config: Config) -> Iterator[EmbeddedEngine]:
 
 @pytest.fixture(scope="session")
 def trino_engine(services_config: Config) -> Iterator[TrinoEngine]:
-    engine = TrinoEngine(services_config)
+    engine = TrinoEngine(services_config.engine_settings())
     try:
         engine.ping()
     except CitygateError as error:
@@ -161,7 +162,9 @@ def trino_with(services_config: Config, department: str, catalog: str, **store: 
     engine_config = config.engine.model_copy(
         update={"trino": config.engine.trino.model_copy(update={"create_missing_catalogs": True})}
     )
-    return TrinoEngine(config.model_copy(update={"departments": departments, "engine": engine_config}))
+    return TrinoEngine(
+        config.model_copy(update={"departments": departments, "engine": engine_config}).engine_settings()
+    )
 
 
 @pytest.fixture

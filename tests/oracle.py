@@ -16,8 +16,8 @@ from typing import Any
 
 from graphql import GraphQLResolveInfo, execute_sync, parse
 
-from gateway.datagen import City
-from gateway.schema import Model, TableInfo
+from datasets.datagen import City
+from gateway.graphql.schema import Model, TableInfo
 
 Row = dict[str, Any]
 

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from connectors.base import create_engine
-from gateway import audit
-from gateway.cli import main
+from datasets.datagen import City
+from datasets.demo import issue_token, secure_demo
+from gateway.cli.main import main
 from gateway.config import Config
-from gateway.datagen import City
-from gateway.demo import issue_token, secure_demo
-from gateway.execute import Gateway
-from gateway.http import create_app
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
+from gateway.observe import audit
 from tests.conftest import free_port, with_store
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
@@ -274,7 +274,7 @@ def demo_token(data_dir: Path, role: str, **payload: Any) -> str:
     from joserfc import jwt
     from joserfc.jwk import RSAKey
 
-    from gateway.demo import DEMO_AUDIENCE, DEMO_ISSUER, ensure_demo_issuer
+    from datasets.demo import DEMO_AUDIENCE, DEMO_ISSUER, ensure_demo_issuer
 
     key = RSAKey.import_key(ensure_demo_issuer(data_dir)["private_jwk"])
     now = int(time.time())

@@ -14,12 +14,14 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from connectors.base import create_engine
-from gateway.cache import ResultCache
+from catalogue.errors import CitygateError
 from gateway.config import CacheConfig, Config, TokenGuard
-from gateway.errors import CitygateError
-from gateway.execute import Gateway, Identity, Response
-from gateway.http import Edge, create_app
+from gateway.execution.cache import ResultCache
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.execution.plans import Response
+from gateway.http.app import Edge, create_app
+from gateway.identity.caller import Identity
 from tests.test_policies import POLICY_FILES, with_policies
 
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card phone } }"
@@ -364,7 +366,7 @@ def test_sighup_asks_for_a_reload_and_never_waits_for_the_gateway(
 ) -> None:
     """Found by a red-team review: the handler reloaded on the main thread, so a signal landing
     while that thread held the gateway's lock (or during another reload) waited on it for good."""
-    from gateway.cli import _reloader
+    from gateway.cli.main import _reloader
 
     _, gateway, central = admin_client
     handler = _reloader(gateway)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from gateway.config import Config, MariadbStore, PostgresStore, load_config
+from catalogue.stores import MariadbStore, PostgresStore
+from gateway.config import Config, load_config
 from tests.conftest import REPO
 
 COMPOSE = REPO / "compose"

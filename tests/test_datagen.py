@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from catalogue.demo_city import DEPARTMENTS, DISTRICTS, RELATIONSHIPS, TABLES, RelationshipSpec
-from catalogue.ids import is_valid_credit_code, is_valid_resident_id, resident_birth_date, resident_gender
-from gateway.datagen import City, generate
+from datasets.datagen import City, generate
+from datasets.demo_city import DEPARTMENTS, DISTRICTS, RELATIONSHIPS, TABLES, RelationshipSpec
+from datasets.ids import is_valid_credit_code, is_valid_resident_id, resident_birth_date, resident_gender
 
 CONTRACT_ROWS = {
     ("public_security", "residents"): 10_000,
@@ -98,7 +98,7 @@ def test_the_packaged_catalogue_matches_the_contract() -> None:
     """gateway/demo-city.yaml (what the configs and `citygate demo` serve) agrees with catalogue/demo_city.py."""
     from pathlib import Path
 
-    from gateway.demo import demo_config
+    from datasets.demo import demo_config
 
     config = demo_config(Path("/nonexistent"))
     assert sorted(config.departments) == sorted(d.name for d in DEPARTMENTS)
@@ -115,7 +115,7 @@ def test_the_packaged_catalogue_matches_the_contract() -> None:
 def test_the_packaged_catalogue_carries_the_contracts_sharing_classes() -> None:
     from pathlib import Path
 
-    from gateway.demo import demo_config
+    from datasets.demo import demo_config
 
     config = demo_config(Path("/nonexistent"))
     for spec in TABLES:

@@ -12,10 +12,11 @@ from decimal import Decimal
 import pytest
 from sqlglot import exp
 
-from catalogue.demo_city import RELATIONSHIPS, TABLES, RelationshipSpec, TableSpec, catalogue
 from catalogue.model import Catalogue
-from connectors.base import Engine, logical_table
-from gateway.datagen import City
+from catalogue.sql import logical_table
+from connectors.base import Engine
+from datasets.datagen import City
+from datasets.demo_city import RELATIONSHIPS, TABLES, RelationshipSpec, TableSpec, catalogue
 from tests.test_datagen import CONTRACT_ROWS
 
 

@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from sqlglot import exp
 
-from connectors.base import create_engine, logical_table
+from catalogue.errors import EngineUnavailableError, StoreUnavailableError
+from catalogue.sql import logical_table
 from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
 from gateway.config import Config, LimitsConfig
-from gateway.errors import EngineUnavailableError, StoreUnavailableError
-from gateway.execute import Gateway
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
 from tests.conftest import REPO, free_port, trino_with, with_store
 
 WRONG_PASSWORD = "not-the-password-7f3a"
@@ -36,7 +37,9 @@ def count(department: str, table: str) -> exp.Select:
 def test_embedded_store_down_names_the_department_and_others_still_answer(
     services_config: Config, department: str
 ) -> None:
-    engine = EmbeddedEngine(with_store(services_config, department, port=free_port()).with_engine("embedded"))
+    engine = EmbeddedEngine(
+        with_store(services_config, department, port=free_port()).with_engine("embedded").engine_settings()
+    )
     try:
         table = {"health": "clinic_visits", "environment": "monitored_sites"}[department]
         with pytest.raises(StoreUnavailableError) as caught:
@@ -54,7 +57,9 @@ def test_embedded_store_down_names_the_department_and_others_still_answer(
 
 @pytest.mark.parametrize("department", ["public_security", "market_regulation"])
 def test_embedded_wrong_password_is_named_without_the_password(services_config: Config, department: str) -> None:
-    engine = EmbeddedEngine(with_store(services_config, department, password=WRONG_PASSWORD).with_engine("embedded"))
+    engine = EmbeddedEngine(
+        with_store(services_config, department, password=WRONG_PASSWORD).with_engine("embedded").engine_settings()
+    )
     try:
         table = {"public_security": "residents", "market_regulation": "enterprises"}[department]
         with pytest.raises(StoreUnavailableError) as caught:
@@ -68,7 +73,7 @@ def test_embedded_wrong_password_is_named_without_the_password(services_config: 
 
 def test_embedded_missing_sqlite_file(sqlite_config: Config, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.db"
-    engine = EmbeddedEngine(with_store(sqlite_config, "health", path=str(missing)))
+    engine = EmbeddedEngine(with_store(sqlite_config, "health", path=str(missing)).engine_settings())
     try:
         with pytest.raises(StoreUnavailableError) as caught:
             engine.execute(count("health", "clinic_visits"))
@@ -87,7 +92,7 @@ def test_unreachable_trino(services_config: Config) -> None:
             )
         }
     )
-    engine = TrinoEngine(config)
+    engine = TrinoEngine(config.engine_settings())
     with pytest.raises(EngineUnavailableError) as caught:
         engine.execute(count("health", "clinic_visits"))
     assert f"127.0.0.1:{port} is unreachable" in caught.value.message

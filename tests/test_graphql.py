@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from graphql import print_schema
 
-from gateway.execute import Gateway
+from gateway.execution.gateway import Gateway
 from tests.oracle import Oracle
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compile"
@@ -120,7 +120,7 @@ def test_a_page_ordered_nulls_first_holds_the_rows_after_the_nulls(
 
 
 def test_shaping_the_same_compiled_field_twice_gives_the_same_answer(gateway_sqlite: Gateway) -> None:
-    from gateway.shape import shape
+    from gateway.graphql.shape import shape
 
     [compiled] = gateway_sqlite.compile("{ transport_stations(limit: 3) { name } }")
     result = gateway_sqlite.engine.execute(compiled.tree)

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from connectors.base import create_engine
-from gateway import audit
+from datasets.demo import admin_token, issue_token, secure_demo
 from gateway.config import CacheConfig, Config, PoliciesConfig
-from gateway.demo import admin_token, issue_token, secure_demo
-from gateway.execute import Gateway
-from gateway.http import Edge, create_app
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import Edge, create_app
+from gateway.observe import audit
 
 RESIDENTS = {"query": "{ public_security_residents(limit: 3, order_by: [{registered_at: asc}]) { id_card name } }"}
 RECORDS = {"query": "{ health_health_records(limit: 2, order_by: [{record_id: asc}]) { record_id blood_type } }"}

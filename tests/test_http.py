@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from connectors.base import create_engine
-from gateway import audit
 from gateway.config import AuditConfig, Config
-from gateway.execute import Gateway
-from gateway.http import GRAPHQL_RESPONSE, create_app
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import GRAPHQL_RESPONSE, create_app
+from gateway.observe import audit
 
 
 @pytest.fixture(scope="module")

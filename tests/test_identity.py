@@ -18,12 +18,12 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from starlette.testclient import TestClient
 
-from connectors.base import create_engine
+from datasets.demo import issue_token, secure_demo
 from gateway.config import AuthConfig, Config
-from gateway.demo import issue_token, secure_demo
-from gateway.execute import Gateway
-from gateway.http import create_app
-from gateway.identity import Authenticator, AuthError, FetchNeeded
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
+from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
 from tests.conftest import free_port
 
 ISSUER, AUDIENCE = "https://id.city.example", "citygate"

@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from catalogue.ids import (
+from datasets.ids import (
     CREDIT_CHARSET,
     credit_check_char,
     is_valid_credit_code,

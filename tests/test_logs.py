@@ -7,11 +7,11 @@ import logging
 
 from starlette.testclient import TestClient
 
-from connectors.base import create_engine
 from gateway.config import Config
-from gateway.execute import Gateway
-from gateway.http import create_app
-from gateway.logs import JsonFormatter
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
+from gateway.observe.logs import JsonFormatter
 from tests.conftest import free_port, with_store
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.base import create_engine
 from connectors.trino import TrinoEngine
 from gateway.config import Config
-from gateway.execute import Gateway
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
 from tests.conftest import free_port, trino_with, with_store
 
 QUERY = "{ health_clinic_visits(limit: 1) { visit_id } transport_stations(limit: 2) { name } }"
@@ -38,7 +38,7 @@ def test_trino_store_down_after_start(
 ) -> None:
     engine: TrinoEngine = trino_with(services_config, "health", "health_partial_down", port=free_port())
     dynamic_catalogs.append("health_partial_down")
-    gateway = Gateway(config=engine.config, engine=engine, model=gateway_trino.model)
+    gateway = Gateway(config=services_config, engine=engine, model=gateway_trino.model)
     check_partial(gateway.execute(QUERY).body, "health")
 
 

@@ -23,14 +23,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlglot import exp
 
+from catalogue.errors import ConfigError
+from catalogue.sql import partial_sql
 from catalogue.types import LogicalType
-from connectors.base import Engine, create_engine
+from connectors.base import Engine
+from connectors.embedded import partial_concat
+from datasets.datagen import City
 from gateway.config import Config, PoliciesConfig
-from gateway.datagen import City
-from gateway.errors import ConfigError
-from gateway.execute import Gateway, Identity
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.identity.caller import Identity
 from policies.decide import decide
-from policies.masks import mask, partial_concat, partial_sql, tie
+from policies.masks import mask, tie
 from policies.model import Treatment, load_policies
 from tests.conftest import REPO
 
@@ -409,7 +413,7 @@ def test_a_row_filter_runs_nothing_but_the_tables_columns_and_claims(
 
 
 def test_the_checker_names_a_floor_for_a_department_that_does_not_exist(tmp_path: Path) -> None:
-    from policies.check import check
+    from policies.review import review as check
 
     floor = {"department": "nope", "columns": {"x.y": {"otherwise": "deny"}}}
     policies = load_policies([write_policy(tmp_path / "f.yaml", {}, [floor])])

@@ -19,10 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from datasets.datagen import City
 from gateway.config import Config
-from gateway.datagen import City
-from gateway.execute import Gateway, Identity
-from gateway.schema import Model, TableInfo
+from gateway.execution.gateway import Gateway
+from gateway.graphql.schema import Model, TableInfo
+from gateway.identity.caller import Identity
 from tests.oracle import Oracle
 from tests.test_graphql import same
 

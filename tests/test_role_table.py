@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from catalogue.demo_city import TABLES
+from datasets.demo_city import TABLES
 from policies.decide import decide
 from policies.model import load_policies
 from tests.conftest import REPO

@@ -15,17 +15,17 @@ from typing import Any
 
 import pytest
 
-from catalogue.demo_city import DEPARTMENTS as DEMO_DEPARTMENTS
-from catalogue.demo_city import TableSpec
-from catalogue.ids import is_valid_credit_code, is_valid_resident_id, resident_birth_date, resident_gender
 from catalogue.model import Catalogue, Department
-from catalogue.seed_scale import SeedPlan, plan
 from catalogue.types import logical_type
-from connectors.base import create_engine
+from datasets.demo_city import DEPARTMENTS as DEMO_DEPARTMENTS
+from datasets.demo_city import TableSpec
+from datasets.ids import is_valid_credit_code, is_valid_resident_id, resident_birth_date, resident_gender
+from datasets.seed_scale import SeedPlan, plan
+from datasets.seedgen import Generator, config_text, ensure_loaded, seed_config
 from gateway.config import Config, load_config
-from gateway.execute import Gateway
-from gateway.schema import build_model
-from gateway.seedgen import Generator, config_text, ensure_loaded, seed_config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.graphql.schema import build_model
 from tests.conftest import REPO
 
 SCALE = 0.002  # 2,000 residents, 200 enterprises, 53,760 rows in all
@@ -169,7 +169,7 @@ def test_generation_is_deterministic(seed: SeedPlan, generated: Generator) -> No
 def test_the_committed_config_is_the_generated_one(seed: SeedPlan) -> None:
     path = REPO / "configs" / "seed-scale.yaml"
     assert path.read_text(encoding="utf-8") == config_text(seed), (
-        "configs/seed-scale.yaml is stale: python -m gateway.seedgen config > configs/seed-scale.yaml"
+        "configs/seed-scale.yaml is stale: python -m datasets.seedgen config > configs/seed-scale.yaml"
     )
     config = load_config(path)
     assert len(config.departments) == 73

@@ -5,10 +5,11 @@ from __future__ import annotations
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from connectors.base import create_engine
 from gateway.config import Config, TelemetryConfig
-from gateway.execute import Gateway, Identity
-from gateway.telemetry import Telemetry
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.identity.caller import Identity
+from gateway.observe.telemetry import Telemetry
 from tests.test_policies import with_policies
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from gateway.execute import Gateway
-from gateway.http import SERVER_OPTIONS, create_app
-from gateway.wire import OneWriteProtocol
+from gateway.execution.gateway import Gateway
+from gateway.http.app import SERVER_OPTIONS, create_app
+from gateway.http.wire import OneWriteProtocol
 from tests.conftest import free_port
 
 QUERY = json.dumps({"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { station_id } }"})

@@ -583,15 +583,14 @@ def load_demo_city(settings: Settings, scale: str) -> None:
 
 
 def generator_fingerprint() -> str:
-    """Reload when the generator or the contract changes, not only when the scale does."""
+    """Reload when the generator, the contract or the loader changes, not only when the scale
+    does: all of them live in the ``datasets`` package, whose every module counts (a file moved
+    or added there changes the fingerprint too)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for path in (
-        REPO / "gateway" / "datagen.py",
-        REPO / "catalogue" / "demo_city.py",
-        REPO / "connectors" / "stores.py",
-    ):
+    for path in sorted((REPO / "datasets").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

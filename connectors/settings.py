@@ -1,0 +1,58 @@
+"""What an engine is given: each department's store and how to read it, the engine's own
+settings, and the key the hash mask is made with. The gateway builds these from its
+configuration (:meth:`gateway.config.Config.engine_settings`); an engine reads nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from catalogue.stores import Store
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrinoSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    user: str = "citygate"
+    http_scheme: Literal["http", "https"] = "http"
+    # Register missing department catalogs with CREATE CATALOG (needs Trino's
+    # catalog.management=dynamic) instead of expecting catalog files.
+    create_missing_catalogs: bool = False
+    request_timeout: float = Field(30.0, gt=0)
+
+
+class EmbeddedSettings(_Model):
+    # Where the DuckDB scanner extensions are laid out; default: the user's cache directory.
+    extension_dir: Path | None = None
+    threads: int | None = Field(None, ge=1)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One department as an engine reads it."""
+
+    store: Store
+    catalog: str  # its Trino catalog
+    display_name: str = ""
+    # "table.column" -> logical type, where the engine cannot tell it from the store (Trino
+    # reads MariaDB's BOOLEAN, a TINYINT(1), as a number): the engine casts to it
+    column_types: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Everything an engine reads."""
+
+    departments: Mapping[str, Source]
+    hash_key: bytes | None = None  # the hash mask's key; None: no policies, so no mask needs it
+    trino: TrinoSettings = field(default_factory=TrinoSettings)
+    embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)

@@ -1,0 +1,53 @@
+"""What the ``citygate`` command line asks of the demo city and the data generators.
+
+They use the gateway and live apart from it: the command line reaches this module, and only
+this one, by name when a command needs it (:func:`gateway.cli.main.datasets`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from catalogue.errors import CitygateError
+from catalogue.stores import SqliteStore, Store
+from datasets.datagen import DEFAULT_SEED, generate
+from datasets.demo import EXAMPLE_QUERY, admin_token, demo_config, ensure_demo_data, issue_token, secure_demo
+from datasets.demo_city import TABLES
+from datasets.load import load_city
+from datasets.seedgen import datagen as seed_scale
+from gateway.config import Config
+
+__all__ = ["DEFAULT_SEED", "EXAMPLE_QUERY", "admin_token", "datagen", "demo", "issue_token", "seed_scale"]
+
+
+def demo(data_dir: Path) -> Config:
+    """The secured demo city in ``data_dir``, built there on first use."""
+    ensure_demo_data(data_dir)
+    return secure_demo(demo_config(data_dir), data_dir)
+
+
+def datagen(config: Config | None, data_dir: Path, scale: float, seed: int, source: str = "") -> int:
+    """Generate the demo city and write each department into its store: those ``config`` names
+    (``source``: its file, for errors), else SQLite files in ``data_dir``."""
+    departments = sorted({t.department for t in TABLES})
+    targets: dict[str, Store]
+    if config is not None:
+        targets = {name: d.store for name, d in config.departments.items()}
+    else:
+        targets = {d: SqliteStore(kind="sqlite", path=data_dir / f"{d}.db") for d in departments}
+    unknown = [d for d in departments if d not in targets]
+    if unknown:
+        raise CitygateError(f"{source}: departments: the demo city needs departments {sorted(unknown)}")
+
+    started = time.monotonic()
+    print(f"generating the demo city at scale {scale} (seed {seed}) ...", file=sys.stderr)
+    city = generate(scale=scale, seed=seed)
+    print(f"generated {city.total_rows:,} rows in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    load_city(city, targets)
+    print(
+        f"loaded {city.total_rows:,} rows into {len(targets)} stores in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,156 @@
+"""The embedded demo city: SQLite files under a data directory and the config that serves them.
+
+`citygate demo` builds the files on first run and serves them on the embedded engine; it needs
+no server and no file outside the installed package.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from catalogue.stores import SqliteStore
+from datasets.demo_city import DEPARTMENTS
+from gateway.config import AuditConfig, AuthConfig, Config, PoliciesConfig, TokenGuard
+
+EXAMPLE_QUERY = """\
+# Clinic visits with the patient's record from the household registry, one request, two departments.
+query VisitsInNancheng {
+  health_clinic_visits(
+    where: {resident: {district: {_eq: "南城"}}, cost: {_gt: "15000"}}
+    order_by: [{visit_date: desc}]
+    limit: 5
+  ) {
+    visit_date
+    hospital
+    diagnosis
+    cost
+    resident { name district birth_date }
+  }
+  health_clinic_visits_group_by(by: [hospital], order_by: [{aggregate: {count: desc}}]) {
+    keys { hospital }
+    aggregate { count sum { cost } }
+  }
+}
+"""
+
+
+def demo_config(data_dir: Path) -> Config:
+    """The demo city on SQLite files in ``data_dir``: the packaged catalogue plus one store each."""
+    catalogue = yaml.safe_load((importlib.resources.files("datasets") / "demo-city.yaml").read_text(encoding="utf-8"))
+    for department in DEPARTMENTS:
+        catalogue["departments"][department.name]["store"] = {
+            "kind": "sqlite",
+            "path": str(data_dir / f"{department.name}.db"),
+        }
+    catalogue["engine"] = {"kind": "embedded"}
+    return Config.model_validate(catalogue)
+
+
+def ensure_demo_data(data_dir: Path, scale: float = 1.0) -> bool:
+    """Generate the SQLite files unless all are there; True when it generated them."""
+    wanted = [data_dir / f"{d.name}.db" for d in DEPARTMENTS]
+    if all(path.is_file() for path in wanted):
+        return False
+    from datasets.datagen import generate
+    from datasets.load import load_city
+
+    started = time.monotonic()
+    print(f"citygate: building the demo city in {data_dir} (first run) ...", file=sys.stderr)
+    city = generate(scale=scale)
+    load_city(city, {d.name: SqliteStore(kind="sqlite", path=data_dir / f"{d.name}.db") for d in DEPARTMENTS})
+    print(f"citygate: {city.total_rows:,} rows in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return True
+
+
+DEMO_ISSUER = "citygate-demo"
+DEMO_AUDIENCE = "citygate"
+
+
+def _issuer_file(data_dir: Path) -> Path:
+    return data_dir / "demo-issuer.json"
+
+
+def ensure_demo_issuer(data_dir: Path) -> dict[str, Any]:
+    """The demo's own signing key and hash key, made once per data directory (mode 0600).
+
+    Only `citygate demo` and `citygate token` use it; `citygate serve` never issues tokens.
+    """
+    from joserfc.jwk import RSAKey
+
+    path = _issuer_file(data_dir)
+    if path.exists():
+        loaded: dict[str, Any] = json.loads(path.read_text())
+        return loaded
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = RSAKey.generate_key(2048, parameters={"kid": f"demo-{secrets.token_hex(4)}", "use": "sig", "alg": "RS256"})
+    issuer = {"private_jwk": key.as_dict(private=True), "hash_key": secrets.token_hex(32)}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(issuer))
+    partial.chmod(0o600)
+    partial.replace(path)
+    (data_dir / "demo-jwks.json").write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    return issuer
+
+
+def admin_token(data_dir: Path) -> str:
+    """The demo's admin token (for `/admin/*` and `citygate cache clear`), made once, mode 0600."""
+    path = data_dir / "admin-token"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(secrets.token_urlsafe(32))
+        partial.chmod(0o600)
+        partial.replace(path)
+    return path.read_text().strip()
+
+
+def secure_demo(config: Config, data_dir: Path) -> Config:
+    """The demo with the demo city's policies and the demo issuer's tokens (no token: anonymous),
+    its audit trail in ``data_dir/audit.jsonl``, open metrics and an admin token of its own."""
+    issuer = ensure_demo_issuer(data_dir)
+    demo_policies = Path(__file__).resolve().parent.parent / "policies" / "demo"
+    return config.model_copy(
+        update={
+            "audit": AuditConfig(sink="file", path=data_dir / "audit.jsonl"),
+            "admin": TokenGuard(token=admin_token(data_dir)),
+            "policies": PoliciesConfig(
+                files=[demo_policies / "central.yaml", demo_policies / "health-floor.yaml"],
+                hash_key=issuer["hash_key"],
+            ),
+            "auth": AuthConfig(
+                issuer=DEMO_ISSUER,
+                audience=DEMO_AUDIENCE,
+                jwks_file=data_dir / "demo-jwks.json",
+                anonymous=True,
+            ),
+        }
+    )
+
+
+def issue_token(data_dir: Path, role: str, claims: dict[str, str], ttl: int) -> str:
+    """A token the demo in ``data_dir`` accepts, acting as ``role`` with ``claims``."""
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    issuer = ensure_demo_issuer(data_dir)
+    key = RSAKey.import_key(issuer["private_jwk"])
+    now = int(time.time())
+    payload = {
+        **claims,
+        "iss": DEMO_ISSUER,
+        "aud": DEMO_AUDIENCE,
+        "sub": f"demo-{role}",
+        "roles": [role],
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode({"alg": "RS256", "kid": key.kid}, payload, key)

@@ -1,0 +1,545 @@
+"""Run a GraphQL request: parse and validate with graphql-core, compile each root field to one
+statement, run it on the engine, and shape the rows into the response.
+
+Compiled fields are not resolved field by field through graphql-core; only introspection
+(``__schema``, ``__type``) runs through graphql-core's executor. Root fields of one request run
+concurrently, and a root field whose department is down answers null with an error while the
+others still answer (GraphQL partial results).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import operator
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from cachetools import LRUCache
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
+    validate,
+)
+from graphql.execution.values import get_variable_values
+from graphql.utilities import get_operation_ast
+
+from catalogue.errors import CitygateError, ConfigError, StoreUnavailableError
+from catalogue.model import Catalogue, Department
+from connectors.base import Engine
+from gateway.config import Config
+from gateway.execution.budget import RowBudget
+from gateway.execution.cache import ResultCache
+from gateway.execution.plans import (
+    BASE,
+    MEMO_BYTES,
+    PER_CHARACTER,
+    PER_NODE,
+    Memo,
+    Plan,
+    Response,
+    access,
+    count_rows,
+    document_weight,
+    encode,
+    plan_weight,
+    refused,
+)
+from gateway.execution.statements import Statements
+from gateway.execution.views import View, build_view, role_of, validate_decisions
+from gateway.graphql.compile import CompileContext, Compiled, CompileError, collect_fields, compile_root_field
+from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
+from gateway.graphql.introspection import introspect
+from gateway.graphql.schema import Model, build_model
+from gateway.graphql.shape import shape
+from gateway.identity.caller import Identity
+from gateway.observe.audit import Sink, open_sink
+from gateway.observe.metrics import Metrics
+from gateway.observe.telemetry import Telemetry
+from policies.model import Policies, load_policies
+from policies.rewrite import PolicyViolation
+
+log = logging.getLogger("citygate")
+
+
+@dataclass
+class Gateway:
+    """The schema over a configured engine, and the way to answer requests with it."""
+
+    config: Config
+    engine: Engine
+    model: Model  # every table and column: what a deployment without policies serves
+    catalogue: Catalogue = field(default_factory=Catalogue)
+    policies: Policies | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)  # department -> why, at start-up
+    audit: Sink | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="citygate"))
+    statements: Statements = field(init=False)  # where statements run, each within its time
+    results: ResultCache = field(init=False)
+    _plans: LRUCache[Any, Plan] = field(init=False)
+    _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
+    _introspections: LRUCache[Any, bytes] = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
+    _views: dict[str | None, View] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cache = self.config.cache
+        self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
+        self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
+        self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
+        self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
+        self.statements = Statements(self.engine, self.catalogue, self.config.limits.statement_seconds)
+        if self.audit is not None:
+            self.metrics.watch_backlog(self.audit.backlog)
+
+    @classmethod
+    def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None) -> Gateway:
+        """Introspect every department (a department that is down is left out and named)."""
+        departments: list[Department] = []
+        unavailable: dict[str, str] = {}
+        for name in config.departments:
+            try:
+                departments.append(engine.introspect_department(name))
+            except CitygateError as error:
+                unavailable[name] = error.message
+                log.warning("department left out of the schema: %s", error.message)
+        catalogue = Catalogue(tuple(departments))
+        model = build_model(catalogue, config)
+        policies = load_policies(config.policies.files) if config.policies is not None else None
+        if config.audit is None:
+            log.warning("the audit trail is off: configure `audit` to record who reads what")
+        gateway = cls(
+            config=config,
+            engine=engine,
+            model=model,
+            catalogue=catalogue,
+            policies=policies,
+            unavailable=unavailable,
+            audit=open_sink(config.audit),
+            telemetry=telemetry or Telemetry.configure(config.telemetry),
+        )
+        if policies is not None:
+            try:
+                validate_decisions(policies, catalogue, config)
+            except ConfigError:
+                gateway.close()
+                raise
+        return gateway
+
+    @property
+    def _unresponsive(self) -> dict[str, float]:
+        """The departments left alone for now, and until when (:class:`Statements`)."""
+        return self.statements.unresponsive
+
+    @property
+    def policy_version(self) -> str:
+        return self.policies.version if self.policies is not None else "-"
+
+    def reload_policies(self) -> str:
+        """Read the policy files again. Views and plans go (they hold the old decisions); cached
+        results stay, since their key is the final SQL, which changes with any decision that
+        changes what a caller sees. Returns the new policy version; a bad file changes nothing."""
+        if self.config.policies is None:
+            raise CitygateError("this gateway has no policies to reload")
+        with self._reloading:  # SIGHUP's thread and the admin endpoint: the last to read wins
+            return self._reload()
+
+    def _reload(self) -> str:
+        assert self.config.policies is not None
+        policies = load_policies(self.config.policies.files)
+        validate_decisions(policies, self.catalogue, self.config)
+        with self._lock:
+            self.policies = policies
+            self._views = {}
+            self._plans.clear()
+            self._documents.clear()
+            self._introspections.clear()
+        log.info("policies reloaded: version %s", policies.version)
+        return policies.version
+
+    def view(self, identity: Identity | None) -> View:
+        """The role's view. With policies configured, a request without identity is anonymous:
+        deny by default, and a role without a policy sees nothing."""
+        policies = self.policies
+        role = role_of(policies, identity)
+        found = self._views.get(role)
+        if found is not None:
+            return found
+        if policies is None or role is None:
+            view = View(None, self.model, version=policies.version if policies is not None else "-")
+        else:
+            view = build_view(role, policies, self.catalogue, self.config)
+        with self._lock:
+            if self.policies is policies:  # not replaced by a reload meanwhile
+                self._views[role] = view
+        return view
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _document(self, query: str, view: View) -> DocumentNode | Response:
+        """The parsed and validated document, once per (query, role, policy version)."""
+        key = (query, view.role, view.version)
+        with self._lock:
+            found = self._documents.get(key)
+        if found is not None:
+            self.metrics.count_lookup("document", "hit")
+            return found[1]
+        self.metrics.count_lookup("document", "miss")
+        with self.telemetry.stage("parse"):
+            made = self._validated(query, view)
+        with self._lock, contextlib.suppress(ValueError):
+            # Weighed by the query, which the key holds whether it parsed or was refused: a flood
+            # of distinct megabyte queries over the token limit is as heavy as one that parses.
+            self._documents[key] = (BASE + PER_CHARACTER * len(query), made)
+        return made
+
+    def _validated(self, query: str, view: View) -> DocumentNode | Response:
+        try:
+            document = parse(query, max_tokens=self.config.limits.max_tokens)
+        except GraphQLError as error:
+            return refused([graphql_error(error.message, "GRAPHQL_PARSE_FAILED", locations=error.locations)])
+        errors = validate(view.model.schema, document)
+        if errors:
+            invalid = refused(
+                [graphql_error(friendly(e.message), "GRAPHQL_VALIDATION_FAILED", locations=e.locations) for e in errors]
+            )
+            invalid.plan = Plan(refused=invalid, access=self._refused_fields(errors))
+            return invalid
+        return document
+
+    def _refused_fields(self, errors: list[GraphQLError]) -> list[dict[str, Any]]:
+        """For the audit: the columns a refused request asked for that its role may not see."""
+        denied: list[dict[str, Any]] = []
+        for error in errors:
+            match = UNKNOWN_FIELD.match(error.message)
+            table = self.model.tables.get(match.group(2)) if match else None
+            if match and table is not None and match.group(1) in table.all_columns:
+                denied.append(
+                    {"department": table.department, "table": table.name, "columns": {match.group(1): "denied"}}
+                )
+        return denied
+
+    def _prepare(
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View
+    ) -> Response | tuple[DocumentNode, OperationDefinitionNode, CompileContext]:
+        """Parse, validate, pick the operation and coerce its variables, or refuse the request."""
+        document = self._document(query, view)
+        if isinstance(document, Response):
+            return document
+        model = view.model
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            message = (
+                f"no operation named {operation_name!r}"
+                if operation_name
+                else "the document has several operations; send operationName"
+            )
+            return refused([graphql_error(message, "BAD_REQUEST")])
+        if operation.operation != OperationType.QUERY:
+            message = f"{operation.operation.value} operations are not supported; citygate is read-only"
+            return refused([graphql_error(message, "BAD_REQUEST")])
+        coerced = get_variable_values(model.schema, operation.variable_definitions or (), dict(variables or {}))
+        if isinstance(coerced, list):
+            return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
+        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        return document, operation, CompileContext(model, fragments, coerced)
+
+    def _key(
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, claims: Any
+    ) -> tuple[Any, ...] | None:
+        """The plan key. It holds the variables (compiled trees carry values as literals), the
+        role, the policy version, and the claims the role's policies read (the plan caches its
+        rewritten SQL), so two callers share a plan only when they would run the same statement.
+        None when the variables cannot be keyed."""
+        try:
+            return (
+                query,
+                operation_name,
+                json.dumps(variables, sort_keys=True, default=str) if variables else "",
+                view.role,
+                view.version,
+                json.dumps(claims, sort_keys=True, default=str) if claims else "",
+            )
+        except (TypeError, ValueError, RecursionError):
+            return None
+
+    def plan(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        identity: Identity | None = None,
+        view: View | None = None,
+    ) -> Plan:
+        """Parse, validate and compile a request once; a repeated request reuses its plan.
+        ``view``: the role's view the request already took (a reload meanwhile must not give
+        the plan another's)."""
+        view = view or self.view(identity)
+        key = self._key(query, variables, operation_name, view, view.used_claims(identity))
+        if key is not None:
+            with self._lock:
+                found = self._plans.get(key)
+            if found is not None:
+                self.metrics.count_lookup("plan", "hit")
+                return found
+            self.metrics.count_lookup("plan", "miss")
+        made = self._make_plan(query, variables, operation_name, view)
+        made.version = view.version
+        if key is None:  # variables that cannot be keyed: planned each time
+            return made
+        made.weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(
+            PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
+        )
+        with self._lock, contextlib.suppress(ValueError):  # one plan larger than the whole cache is not kept
+            self._plans[key] = made
+        return made
+
+    def _make_plan(
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View
+    ) -> Plan:
+        prepared = self._prepare(query, variables, operation_name, view)
+        if isinstance(prepared, Response):
+            return prepared.plan or Plan(refused=prepared)
+        document, operation, ctx = prepared
+        root_type = view.model.schema.query_type
+        assert root_type is not None
+        plan = Plan()
+        introspection: dict[str, list[FieldNode]] = {}
+        with self.telemetry.stage("compile"):
+            for key, nodes in collect_fields(ctx, [operation.selection_set]).items():
+                name = nodes[0].name.value
+                plan.keys.append(key)
+                plan.locations[key] = location(nodes[0])
+                if name == "__typename":
+                    plan.static[key] = root_type.name
+                elif name.startswith("__"):
+                    introspection[key] = nodes
+                else:
+                    try:
+                        plan.compiled[key] = compile_root_field(ctx, key, nodes, root_type)
+                    except CompileError as error:
+                        plan.errors.append(
+                            graphql_error(
+                                error.message, error.code, path=error.path or [key], locations=[plan.locations[key]]
+                            )
+                        )
+        if introspection:
+            plan.introspection = (document, operation, introspection)
+        plan.access = access(plan.compiled.values(), view)
+        return plan
+
+    def execute(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        identity: Identity | None = None,
+    ) -> Response:
+        view = self.view(identity)
+        claims = view.used_claims(identity)
+        plan = self.plan(query, variables, operation_name, identity, view)
+        if plan.refused is not None:
+            return plan.refused
+        if plan.introspection is not None and not plan.compiled and not plan.errors:
+            return self._introspection_only(plan, query, variables, operation_name, view, claims)
+        data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
+        errors_out: list[dict[str, Any]] = list(plan.errors)
+        if plan.introspection is not None:
+            document, operation, fields = plan.introspection
+            data.update(introspect(document, operation, fields, variables, errors_out, view.model))
+        response = Response({}, plan=plan, claims=claims)
+        budget = RowBudget(self.config.limits.max_rows)
+        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims, budget).items():
+            response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
+            if isinstance(outcome, CitygateError):
+                extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
+                errors_out.append(
+                    graphql_error(
+                        outcome.message, outcome.code, path=[key], locations=[plan.locations[key]], **extensions
+                    )
+                )
+            else:
+                data[key] = outcome
+                response.rows[key] = count_rows(outcome)
+                response.statements += cached != "hit"
+        response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
+        return response
+
+    def _introspection_only(
+        self,
+        plan: Plan,
+        query: str,
+        variables: Mapping[str, Any] | None,
+        operation_name: str | None,
+        view: View,
+        claims: dict[str, Any],
+    ) -> Response:
+        """An introspection request, answered once per (document, variables, role, policy
+        version): over a large catalogue graphql-core takes seconds to compute it, and every
+        GraphiQL page load asks for it. Kept encoded (a tenth of its size as Python objects) in
+        a cache bounded by bytes."""
+        key = self._key(query, variables, operation_name, view, None)
+        with self._lock:
+            encoded = self._introspections.get(key) if key is not None else None
+        self.metrics.count_lookup("introspection", "hit" if encoded is not None else "miss")
+        if encoded is None:
+            assert plan.introspection is not None
+            document, operation, fields = plan.introspection
+            errors: list[dict[str, Any]] = []
+            data = {k: plan.static.get(k) for k in plan.keys}
+            data.update(introspect(document, operation, fields, variables, errors, view.model))
+            body: dict[str, Any] = {"errors": errors, "data": data} if errors else {"data": data}
+            encoded = encode(body)
+            if key is not None and not errors and len(encoded) <= self._introspections.maxsize:
+                with self._lock:
+                    self._introspections[key] = encoded
+            return Response(body, plan=plan, claims=claims, encoded=encoded)
+        return Response(orjson.loads(encoded), plan=plan, claims=claims, encoded=encoded)
+
+    def execute_cached(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        identity: Identity | None = None,
+    ) -> Response | None:
+        """The response, if it needs neither compiling nor the engine (its plan and every root
+        field's rows are cached); else None. Cheap enough to run on the event loop."""
+        view = self._views.get(role_of(self.policies, identity))
+        if view is None:
+            return None
+        claims = view.used_claims(identity)
+        key = self._key(query, variables, operation_name, view, claims)
+        if key is None:
+            return None
+        with self._lock:
+            plan = self._plans.get(key)
+        if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
+            return None
+        engine = self.engine.name
+        rows, left = [], self.config.limits.max_rows
+        for compiled in plan.compiled.values():
+            found = self.results.get(engine, compiled.sql.get(engine))
+            if found is None or len(found) > left:  # over the row limit: the full path says so
+                return None
+            rows.append(found)
+            left -= len(found)
+        self.metrics.count_cached(len(rows))
+        # The same cached rows as last time (the very objects; cache entries are never changed
+        # in place): the same answer, shaped and encoded already. Within one plan the claims
+        # are the same too (the plan's key holds them).
+        memo = plan.memo
+        if memo is not None and all(map(operator.is_, memo.rows, rows)):
+            return memo.response
+        data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
+        counts: dict[str, int] = {}
+        for name, found in zip(plan.compiled, rows, strict=True):
+            with self.telemetry.stage("shape"):
+                data[name] = value = shape(plan.compiled[name], found)
+            counts[name] = count_rows(value)
+        body = {"data": data}
+        response = Response(
+            body, plan=plan, rows=counts, cache=dict.fromkeys(plan.compiled, "hit"), claims=claims, encoded=encode(body)
+        )
+        if len(response.encoded or b"") <= MEMO_BYTES:
+            plan.memo = Memo(tuple(rows), response)
+        return response
+
+    def _run_all(
+        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget
+    ) -> dict[str, tuple[Any, str]]:
+        if len(compiled) <= 1:
+            return {key: self._run(c, view, claims, budget) for key, c in compiled.items()}
+        # Each root field in its own thread, carrying the request's context (request id, span).
+        futures = {
+            key: self.pool.submit(contextvars.copy_context().run, self._run, c, view, claims, budget)
+            for key, c in compiled.items()
+        }
+        return {key: future.result() for key, future in futures.items()}
+
+    def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget) -> tuple[Any, str]:
+        """The root field's value (or its error), and whether the cache answered it. Its rows
+        count against the request's ``budget`` (see :class:`RowBudget`)."""
+        started = time.perf_counter()
+        engine = self.engine.name
+        cached = "off"
+        try:
+            text = compiled.sql.get(engine)
+            if text is None:
+                with self.telemetry.stage("policy", role=view.role or ""):
+                    tree = view.rewrite(compiled.tree, claims)
+                text = compiled.sql[engine] = self.engine.sql(tree)
+
+            def run() -> Sequence[Any]:
+                with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
+                    # the whole limit, not what this request has left: a run may be shared with
+                    # another request's (the result cache runs one for all who wait on it)
+                    return self.statements.run(text, compiled.departments, budget.rows)
+
+            # "off": a department forbids caching, or the answer is too big to keep
+            rows, cached = self.results.fetch(engine, text, compiled.departments, run)
+            self.metrics.count_lookup("result", cached)
+            budget.take(len(rows))
+        except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
+            log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
+            return CitygateError("the query was refused by the confidentiality policy"), cached
+        except CitygateError as error:
+            detail = self.engine.redact(error.detail or "")
+            log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
+            self.metrics.engine_errors.labels(engine=engine, code=error.code).inc()
+            return error, cached
+        except Exception:  # an engine bug must not take the server down or leak a trace
+            log.exception("root field %s failed", compiled.key)
+            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL").inc()
+            return CitygateError("internal error while running the query"), cached
+        with self.telemetry.stage("shape"):
+            value = shape(compiled, rows)
+        elapsed = time.perf_counter() - started
+        for department in compiled.departments:
+            self.metrics.statement_seconds.labels(department=department, engine=engine).observe(elapsed)
+        log.debug("root field %s: %d rows in %.1f ms (cache %s)", compiled.key, len(rows), elapsed * 1000, cached)
+        return value, cached
+
+    # -- tools -----------------------------------------------------------------------------
+
+    def compile(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        identity: Identity | None = None,
+    ) -> list[Compiled]:
+        """The compiled data root fields of ``query``, from its plan (for `citygate explain` and tests)."""
+        plan = self.plan(query, variables, operation_name, identity)
+        refusals = plan.refused.body["errors"] if plan.refused is not None else plan.errors
+        if refusals:
+            raise CompileError("; ".join(e["message"] for e in refusals))
+        return list(plan.compiled.values())
+
+    def flush(self) -> None:
+        """Write every queued audit record and span, and stop recording (the server is stopping)."""
+        if self.audit is not None:
+            self.audit.close()
+        self.telemetry.close()
+
+    def close(self) -> None:
+        """Stop: queued audit records are written first, then spans flushed, then the engine."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.statements.close()
+        self.flush()
+        self.engine.close()

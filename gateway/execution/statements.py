@@ -1,0 +1,115 @@
+"""Running one statement on the engine within its time: a store that stops answering is left
+alone for a while, and a statement that is merely slow fails by itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+
+from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnavailableError
+from catalogue.model import Catalogue
+from catalogue.sql import logical_table
+from connectors.base import Engine
+
+log = logging.getLogger("citygate")
+
+
+@dataclass
+class Statements:
+    """Where a gateway's statements run: a pool of threads, so that a request waits for one no
+    longer than ``limit`` seconds, and the departments found silent meanwhile."""
+
+    engine: Engine
+    catalogue: Catalogue
+    limit: float  # limits.statement_seconds
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate-statement")
+    )
+    unresponsive: dict[str, float] = field(default_factory=dict)  # department -> left alone until
+    _probes: dict[str, Future[bool]] = field(default_factory=dict)  # department -> its probe now out
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self, text: str, departments: Sequence[str], max_rows: int) -> Sequence[Any]:
+        """Run one statement, waiting at most ``limits.statement_seconds`` from its start.
+
+        A store that accepts connections and never answers would otherwise hold the request,
+        and a thread, for good (DuckDB's MySQL scanner has no timeout of its own). When the
+        time runs out, each department the statement reads is probed with a one-row read: one
+        that does not answer that either is left alone for as long again (requests naming it
+        fail at once, holding no thread); if all answer, the statement was merely slow, and
+        only it fails. A statement still queued behind others when the time runs out is
+        dropped unrun, and says the gateway is busy."""
+        limit = self.limit
+        now = time.monotonic()
+        silent = sorted(d for d in departments if self.unresponsive.get(d, 0.0) > now)
+        if silent:
+            names = ", ".join(silent)
+            raise StoreUnavailableError(
+                silent[0], f"department {names} did not answer within {limit:g} s; tried again soon"
+            )
+        began: list[float] = []
+
+        def run() -> Sequence[Any]:
+            began.append(time.monotonic())
+            return self.engine.run(text, departments, max_rows).rows
+
+        future = self.pool.submit(contextvars.copy_context().run, run)
+        try:
+            return future.result(timeout=limit)
+        except TimeoutError:  # concurrent.futures' own since Python 3.11
+            pass
+        if not began and future.cancel():
+            raise EngineUnavailableError("the gateway is too busy to run the query now; try again")
+        try:  # it ran late: it has the rest of its own time
+            return future.result(timeout=max(0.0, began[0] + limit - time.monotonic()) if began else limit)
+        except TimeoutError:
+            pass
+        silent = [d for d in departments if not self._answers(d)]
+        if silent:
+            until = time.monotonic() + limit
+            with self._lock:
+                self.unresponsive.update(dict.fromkeys(silent, until))
+            raise StoreUnavailableError(silent[0], f"department {', '.join(silent)} did not answer within {limit:g} s")
+        raise StatementTimeout(limit)
+
+    def _answers(self, department: str, within: float = 2.0) -> bool:
+        """Whether ``department``'s store gives one row of a table within ``within`` seconds.
+
+        Each probe runs on a thread of its own, never queued behind statements (a pool full of
+        slow statements would make a healthy store look silent), and one at a time per
+        department: a later probe waits on the one still out."""
+        table = next((t for t in self.catalogue.tables if t.department == department), None)
+        if table is None:
+            return True
+        with self._lock:
+            probe = self._probes.get(department)
+            if probe is None or probe.done():
+                probe = self._probes[department] = Future()
+                statement = exp.select(exp.Literal.number(1)).from_(logical_table(department, table.name)).limit(1)
+                threading.Thread(target=self._probe, args=(probe, statement), daemon=True).start()
+        try:
+            return probe.result(timeout=within)
+        except TimeoutError:
+            return False
+
+    def _probe(self, probe: Future[bool], statement: exp.Select) -> None:
+        try:
+            self.engine.execute(statement)
+        except StoreUnavailableError:  # it answered that it cannot be reached
+            probe.set_result(False)
+            return
+        except Exception as error:  # the store answered, if only to refuse
+            log.debug("probe of %s: %s", statement.sql(), error)
+        probe.set_result(True)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)

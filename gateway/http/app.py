@@ -1,0 +1,557 @@
+"""The HTTP edge: GraphQL over HTTP on ``/graphql``, GraphiQL for browsers, health, readiness,
+Prometheus ``/metrics`` and the operator's ``/admin`` endpoints.
+
+Statuses follow the GraphQL-over-HTTP specification: with ``application/graphql-response+json``
+a request that cannot be executed (parse, validation, variables) is 400 and anything executed
+is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
+request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
+
+Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
+every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
+one). A repeated request whose plan and rows are cached is answered on the event loop itself,
+without a hop to a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+from strawberry.http.ides import get_graphql_ide_html
+
+from catalogue.errors import CitygateError
+from gateway.config import TokenGuard
+from gateway.execution import plans
+from gateway.execution.gateway import Gateway
+from gateway.execution.plans import MEMO_BYTES, encode
+from gateway.http.wire import OneWriteProtocol
+from gateway.identity.caller import Identity
+from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
+from gateway.observe.audit import Filled, Template
+from gateway.observe.audit import record as audit_record
+from gateway.observe.logs import REQUEST_ID
+
+log = logging.getLogger("citygate.http")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+MAX_BODY = 1 << 20  # 1 MiB: far above any real query, far below what could hurt the server
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we may echo and log
+# Our own request ids: random per process, then counted (uuid4 per request costs a syscall).
+_ID_PREFIX = os.urandom(6).hex()
+_ids = itertools.count(1)
+# How uvicorn serves the edge. The trail records every request, so its access log would only
+# repeat it; citygate reads no client address, so X-Forwarded-* need no rewriting (and that
+# middleware costs a layer per request); and the server need not name itself.
+# Each response leaves in one write (gateway/wire.py).
+SERVER_OPTIONS: dict[str, Any] = {
+    "access_log": False,
+    "proxy_headers": False,
+    "server_header": False,
+    "http": OneWriteProtocol,
+}
+_GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
+_READ = {  # the request headers the edge reads (ASGI servers give their names in lower case)
+    name.encode(): name
+    for name in (
+        "accept",
+        "authorization",
+        "content-length",
+        "content-type",
+        "x-citygate-purpose",
+        "x-citygate-role",
+        "x-request-id",
+    )
+}
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the edge answers a GraphQL request with, before it is put on the wire."""
+
+    status: int
+    body: bytes
+    media_type: str
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # besides type and length
+    head: list[tuple[bytes, bytes]] | None = None  # all of them, made once (a hot reply is sent again)
+
+    def wire_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.head is None:
+            self.head = [
+                (b"content-type", _MEDIA[self.media_type]),
+                (b"content-length", b"%d" % len(self.body)),
+                *self.headers,
+            ]
+        return self.head
+
+
+def _json(body: Any, status: int, media_type: str, encoded: bytes | None = None) -> Reply:
+    return Reply(status, encoded if encoded is not None else encode(body), media_type)
+
+
+def _response(reply: Reply) -> Response:
+    """A reply as starlette sends it (the routes other than POST /graphql)."""
+    response = Response(reply.body, status_code=reply.status, media_type=reply.media_type)
+    for name, value in reply.headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+    return response
+
+
+def _bad_request(message: str, media_type: str, status: int = 400) -> Reply:
+    return _json({"errors": [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]}, status, media_type)
+
+
+MAX_DEPTH = 32  # levels of lists and objects in `variables`: a GraphQL input type has few
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels deep (without
+    recursion: a value 3,000 levels deep must not exhaust the stack)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            item
+            for v in level
+            for item in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())
+            if isinstance(item, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None] | str:
+    """The request's query, variables and operation name, or what is wrong with them."""
+    query = params.get("query")
+    if not isinstance(query, str) or not query.strip():
+        return "the request has no `query` string"
+    variables = params.get("variables")
+    if isinstance(variables, str) and variables:
+        try:
+            variables = json.loads(variables)
+        except (ValueError, RecursionError):
+            return "`variables` is not valid JSON"
+    if variables is not None and not isinstance(variables, dict):
+        return "`variables` must be an object"
+    if variables and _deeper(variables, MAX_DEPTH):
+        return f"`variables` nest deeper than {MAX_DEPTH} levels"
+    operation_name = params.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        return "`operationName` must be a string"
+    return query, variables or None, operation_name or None
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One GraphQL request on its way through the edge: what its audit record will say."""
+
+    request_id: str
+    started: float
+    headers: dict[str, str]
+    media_type: str
+    purpose: str | None
+    query: str | None = None
+    operation_name: str | None = None
+    identity: Identity | None = None
+    result: plans.Response | None = None
+    outcome: str = "ok"
+    codes: list[str] = field(default_factory=list)
+    template: Template | None = None  # a hot request's audit record, but for its own values
+
+    @classmethod
+    def begin(cls, raw_headers: list[tuple[bytes, bytes]]) -> Exchange:
+        # The headers the edge reads, decoded once (the first of repeated ones).
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in raw_headers:
+            name = _READ.get(raw_name)
+            if name is not None and name not in headers:
+                headers[name] = raw_value.decode("utf-8", "replace")  # a purpose may be 案件调查
+        offered = headers.get("x-request-id")
+        purpose = headers.get("x-citygate-purpose")
+        return cls(
+            request_id=offered if offered and _SANE_ID.match(offered) else f"{_ID_PREFIX}-{next(_ids):x}",
+            started=time.perf_counter(),
+            headers=headers,
+            media_type=GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in headers.get("accept", "") else "application/json",
+            purpose="".join(c for c in purpose if c.isprintable())[:200] if purpose else None,
+        )
+
+
+@dataclass(slots=True)
+class Hot:
+    """A repeated request's reply, sent again as long as everything it was made of stands:
+    the caller's identity, the policies, and the very result-cache entries of its rows."""
+
+    identity: Identity | None
+    version: str  # the policy version
+    rows: list[tuple[str, Any]]  # (statement, the cached rows' object) per root field
+    result: plans.Response
+    reply: Reply
+    outcome: str
+    codes: list[str]
+    query: str
+    operation_name: str | None
+    template: Template | None  # its audit record's fixed fields (None when the trail is off)
+
+
+HOT_ENTRIES = 1024  # requests remembered as hot
+HOT_BODY = 4096  # bytes: a larger request body is not remembered
+
+
+def _outcome(result: plans.Response) -> tuple[str, list[str]]:
+    """How an executed request went, and its error codes, for the trail and the metrics."""
+    errors = result.body.get("errors")
+    if not errors:
+        return ("refused" if result.request_error else "ok"), []
+    codes = sorted({str(e.get("extensions", {}).get("code", "INTERNAL")) for e in errors})
+    if result.request_error:
+        return "refused", codes
+    data = result.body.get("data") or {}
+    return ("partial" if any(v is not None for v in data.values()) else "error"), codes
+
+
+def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
+    """The audit record of a finished request (:func:`gateway.observe.audit.record`)."""
+    identity, result = exchange.identity, exchange.result
+    return audit_record(
+        request_id=exchange.request_id,
+        subject=identity.subject if identity is not None else None,
+        role=identity.role if identity is not None else None,
+        purpose=exchange.purpose,
+        query=exchange.query,
+        operation_name=exchange.operation_name,
+        plan=result.plan if result is not None else None,
+        claims=result.claims if result is not None else {},
+        rows=result.rows if result is not None else {},
+        cache=result.cache if result is not None else {},
+        engine=engine,
+        duration_ms=(time.perf_counter() - exchange.started) * 1000,
+        outcome=exchange.outcome,
+        status=status,
+        errors=exchange.codes,
+    )
+
+
+def _guarded(guard: TokenGuard, request: Request) -> bool:
+    """Whether the request carries the guard's bearer token (compared in constant time)."""
+    if guard.token is None:
+        return False
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), guard.token.encode())
+
+
+_MEDIA = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE.encode(), "application/json": b"application/json"}
+
+
+class Edge:
+    """The request handlers over one gateway, and the ASGI application in front of them.
+
+    ``POST /graphql``, nearly every request, is served here in plain ASGI: a cached answer
+    is a dictionary lookup and two ``send`` calls, and a framework's routing, middleware and
+    request and response objects would cost more than that. Everything else (GraphiQL and
+    ``GET /graphql``, health, metrics, admin, the lifespan) goes to a starlette application.
+    """
+
+    def __init__(self, gateway: Gateway, app: Starlette | None = None) -> None:
+        self.gateway = gateway
+        self.metrics = gateway.metrics
+        self.engine_name = gateway.engine.name
+        self.authenticator = Authenticator(gateway.config.auth) if gateway.config.auth is not None else None
+        self.app = app
+        # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
+        # own, in insertion order (the oldest goes first).
+        self.hot: dict[tuple[Any, ...], Hot] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
+            await self.post(scope, receive, send)
+        else:
+            assert self.app is not None
+            await self.app(scope, receive, send)
+
+    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = Exchange.begin(scope["headers"])
+        token = REQUEST_ID.set(exchange.request_id)
+        try:
+            reply = await self.read_post(receive, exchange)
+        except Exception:
+            reply = self.failed(exchange)
+        finally:
+            REQUEST_ID.reset(token)
+        reply = self.finish(exchange, reply)
+        if exchange.codes == _GONE:  # the client hung up: there is no one to answer
+            return
+        headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    async def get(self, request: Request) -> Response:
+        if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
+        exchange = Exchange.begin(request.scope["headers"])
+        token = REQUEST_ID.set(exchange.request_id)
+        try:
+            if "query" not in request.query_params:
+                reply = self.refuse(exchange, "send a query: POST application/json, or GET ?query=...")
+            else:
+                reply = await self.answer(exchange, dict(request.query_params))
+        except Exception:
+            reply = self.failed(exchange)
+        finally:
+            REQUEST_ID.reset(token)
+        reply = self.finish(exchange, reply)
+        response = _response(reply)
+        response.headers["X-Request-Id"] = exchange.request_id
+        return response
+
+    def failed(self, exchange: Exchange) -> Reply:
+        """The reply to a request that failed unexpectedly (called in its ``except``): logged,
+        answered 500, never shown."""
+        log.exception("request failed")
+        exchange.outcome, exchange.codes = "error", ["INTERNAL"]
+        body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
+        return _json(body, 500, exchange.media_type)
+
+    def finish(self, exchange: Exchange, reply: Reply) -> Reply:
+        """The request's one audit record and its metrics; the reply to send. If the record
+        cannot be taken (it cannot be sealed, or the trail is closed), the reply is a 500
+        instead. A file the writer thread then fails to write is logged, not undone."""
+        audit = self.gateway.audit
+        if audit is not None:
+            try:
+                if exchange.template is None:
+                    audit.write(_record(exchange, reply.status, self.engine_name))
+                else:
+                    took = round((time.perf_counter() - exchange.started) * 1000, 3)
+                    audit.write(Filled(exchange.template, time.time(), exchange.request_id, exchange.purpose, took))
+            except Exception:
+                log.exception("the audit record of request %s could not be written", exchange.request_id)
+                reply = self.failed(exchange)
+        self.metrics.count_request(exchange.outcome, time.perf_counter() - exchange.started)
+        return reply
+
+    async def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
+        """The caller's identity; a 401/403 reply when the token is refused. Fetching the
+        identity provider's keys is left to a worker thread, never done on the event loop."""
+        if self.authenticator is None:
+            return None
+        authorization, role = exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
+        try:
+            try:
+                return self.authenticator.identify(authorization, role, fetch=False)
+            except FetchNeeded:
+                return await run_in_threadpool(self.authenticator.identify, authorization, role)
+        except AuthError as error:
+            exchange.outcome = {401: "unauthenticated", 403: "forbidden"}.get(error.status, "error")
+            exchange.codes = [error.code]
+            if error.subject is not None:  # the record names who asked for which role
+                exchange.identity = Identity(exchange.headers.get("x-citygate-role", "")[:200], subject=error.subject)
+            reply = _json(
+                {"errors": [{"message": error.message, "extensions": {"code": error.code}}]},
+                error.status,
+                exchange.media_type,
+            )
+            if error.status == 401:
+                reply.headers.append((b"www-authenticate", b"Bearer"))
+            return reply
+
+    def refuse(self, exchange: Exchange, message: str, status: int = 400, code: str = "BAD_REQUEST") -> Reply:
+        exchange.outcome = "bad_request"
+        exchange.codes = [code]
+        return _bad_request(message, exchange.media_type, status)
+
+    async def answer(self, exchange: Exchange, params: dict[str, Any]) -> Reply:
+        parsed = _parameters(params)
+        if isinstance(parsed, str):
+            return self.refuse(exchange, parsed)
+        query, variables, operation_name = parsed
+        exchange.query, exchange.operation_name = query, operation_name
+        identity = await self.authenticate(exchange)
+        if isinstance(identity, Reply):
+            return identity
+        exchange.identity = identity
+        result = self.gateway.execute_cached(query, variables, operation_name, identity)
+        if result is None:
+            result = await run_in_threadpool(self.gateway.execute, query, variables, operation_name, identity)
+        exchange.result = result
+        exchange.outcome, exchange.codes = _outcome(result)
+        status = 400 if result.request_error and exchange.media_type == GRAPHQL_RESPONSE else 200
+        return _json(result.body, status, exchange.media_type, result.encoded)
+
+    async def read_post(self, receive: Receive, exchange: Exchange) -> Reply:
+        length = exchange.headers.get("content-length") or "0"
+        if not (length.isascii() and length.isdigit()):
+            return self.refuse(exchange, "the Content-Length header is not a number")
+        if int(length) > MAX_BODY:
+            return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
+        content_type = exchange.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return self.refuse(exchange, "send the request as application/json", 415)
+        raw = await self.read_body(receive, exchange)
+        if isinstance(raw, Reply):
+            return raw
+        key = (raw, exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), exchange.media_type)
+        hot = self.hot.get(key)
+        if hot is not None and self.still_hot(hot, exchange):
+            return hot.reply
+        reply = await self.answer_json(raw, exchange)
+        self.remember(key, exchange, reply)
+        return reply
+
+    async def answer_json(self, raw: bytes, exchange: Exchange) -> Reply:
+        try:
+            params = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return self.refuse(exchange, "the request body is not valid JSON")
+        if not isinstance(params, dict):
+            return self.refuse(exchange, "the request body must be a JSON object with a `query`")
+        return await self.answer(exchange, params)
+
+    def still_hot(self, hot: Hot, exchange: Exchange) -> bool:
+        """Whether ``hot`` is still this request's answer; if so, the exchange says so too."""
+        identity = None
+        if self.authenticator is not None:
+            try:
+                identity = self.authenticator.identify(
+                    exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), fetch=False
+                )
+            except (AuthError, FetchNeeded):
+                return False  # the usual path refuses it with the reason, or fetches the keys
+        if identity != hot.identity or self.gateway.policy_version != hot.version:
+            return False
+        results, engine = self.gateway.results, self.engine_name
+        for sql, rows in hot.rows:
+            if results.get(engine, sql) is not rows:
+                return False
+        self.metrics.count_cached(len(hot.rows))
+        exchange.query, exchange.operation_name = hot.query, hot.operation_name
+        exchange.identity, exchange.result = identity, hot.result
+        exchange.outcome, exchange.codes = hot.outcome, hot.codes
+        exchange.template = hot.template
+        return True
+
+    def remember(self, key: tuple[Any, ...], exchange: Exchange, reply: Reply) -> None:
+        """Keep a reply made wholly of cached parts (a plan's memo) to send again."""
+        result = exchange.result
+        plan = result.plan if result is not None else None
+        if (
+            plan is None
+            or plan.memo is None
+            or plan.memo.response is not result
+            or len(key[0]) > HOT_BODY
+            or len(reply.body) > MEMO_BYTES
+        ):
+            self.hot.pop(key, None)
+            return
+        assert result is not None and exchange.query is not None
+        if len(self.hot) >= HOT_ENTRIES:
+            del self.hot[next(iter(self.hot))]  # the oldest
+        statements = [compiled.sql.get(self.engine_name) for compiled in plan.compiled.values()]
+        template = None
+        if self.gateway.audit is not None:
+            template = Template.of(_record(exchange, reply.status, self.engine_name))
+        self.hot[key] = Hot(
+            identity=exchange.identity,
+            version=plan.version,  # the policies it was answered under, whatever came since
+            rows=[(sql, rows) for sql, rows in zip(statements, plan.memo.rows, strict=True) if sql is not None],
+            result=result,
+            reply=reply,
+            outcome=exchange.outcome,
+            codes=exchange.codes,
+            query=exchange.query,
+            operation_name=exchange.operation_name,
+            template=template,
+        )
+
+    async def read_body(self, receive: Receive, exchange: Exchange) -> bytes | Reply:
+        """The whole request body, or the refusal of one too large or never sent."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return self.refuse(exchange, "the client hung up before its request arrived", 400, _GONE[0])
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                return self.refuse(exchange, "the request body is larger than 1 MiB", 413)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        health = await run_in_threadpool(self.gateway.engine.health)
+        body = {
+            "status": "ready" if health.ok else "degraded",
+            "engine": health.engine,
+            "departments": health.departments,
+        }
+        if not health.departments and not health.ok:
+            body["status"] = "engine unreachable"
+        return JSONResponse(body, status_code=200 if health.ok else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        guard = self.gateway.config.metrics
+        if guard.token is not None and not _guarded(guard, request):
+            return JSONResponse({"error": "a valid scrape token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def admin(self, request: Request) -> Response:
+        if not _guarded(self.gateway.config.admin, request):
+            return JSONResponse({"error": "a valid admin token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        action = request.path_params["action"]
+        if action == "cache/clear":
+            department = request.query_params.get("department") or None
+            if department is not None and department not in self.gateway.config.departments:
+                return JSONResponse({"error": f"no department {department!r}"}, 404)
+            dropped = self.gateway.results.clear(department)
+            log.info("admin: result cache cleared (%s): %d entries", department or "all departments", dropped)
+            return JSONResponse({"cleared": dropped, "department": department})
+        if action == "policies/reload":
+            try:
+                version = await run_in_threadpool(self.gateway.reload_policies)
+            except CitygateError as error:
+                log.error("admin: policy reload failed: %s", error.message)
+                return JSONResponse({"error": error.message}, 422)
+            return JSONResponse({"policy_version": version})
+        return JSONResponse({"error": f"no admin action {action!r}"}, 404)
+
+
+def create_app(gateway: Gateway) -> Edge:
+    """The ASGI application over ``gateway``."""
+    edge = Edge(gateway)
+    routes = [
+        Route("/graphql", edge.get, methods=["GET"]),  # POST is the edge's own (Edge.post)
+        Route("/healthz", edge.healthz, methods=["GET"]),
+        Route("/readyz", edge.readyz, methods=["GET"]),
+        Route("/metrics", edge.prometheus, methods=["GET"]),
+        Route("/admin/{action:path}", edge.admin, methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # uvicorn ends a SIGTERM'd process by raising the signal again once it has shut down,
+        # so code after `uvicorn.run` may never run: the trail is written here, at shutdown.
+        await run_in_threadpool(gateway.flush)
+
+    edge.app = Starlette(routes=routes, lifespan=lifespan)
+    return edge

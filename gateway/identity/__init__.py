@@ -1,0 +1,1 @@
+"""Who asks: verified tokens and the identity a request acts as."""

@@ -1,0 +1,240 @@
+"""Who is asking: bearer JWTs verified against the identity provider's keys.
+
+A token must be signed with an allowed algorithm by a key of the configured JWKS (a file, or a
+URL fetched and cached; an unknown ``kid`` fetches it again once, for key rotation), come from
+the configured issuer for the configured audience, and be within ``exp``/``nbf`` give or take a
+small leeway. The request then acts as one of the token's roles: the one ``X-Citygate-Role``
+names, else the first. Every refusal says what is wrong in words that reveal nothing about keys
+or claims. JOSE work is done by joserfc, authlib's own successor to ``authlib.jose``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+from cachetools import TTLCache
+from joserfc import jwt
+from joserfc.errors import (
+    ExpiredTokenError,
+    InvalidClaimError,
+    InvalidKeyIdError,
+    JoseError,
+    MissingClaimError,
+)
+from joserfc.jwk import KeySet, OctKey
+
+from catalogue.errors import CitygateError
+from gateway.config import AuthConfig
+from gateway.identity.caller import Identity
+
+log = logging.getLogger("citygate.identity")
+
+
+class AuthError(CitygateError):
+    """The request is not authenticated (401) or may not act as the role it asks for (403)."""
+
+    code = "UNAUTHENTICATED"
+
+    def __init__(self, message: str, status: int = 401, subject: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.subject = subject  # whose valid token asked for a role it does not carry (403)
+        if status == 403:
+            self.code = "FORBIDDEN"
+        elif status == 503:
+            self.code = "UNAVAILABLE"
+
+
+class FetchNeeded(Exception):
+    """Verifying the token needs the key set fetched from its URL: network I/O, which the event
+    loop leaves to a worker thread (``identify(..., fetch=True)`` there)."""
+
+
+class Authenticator:
+    def __init__(self, auth: AuthConfig) -> None:
+        self.auth = auth
+        self._lock = threading.Lock()  # the verified tokens
+        self._fetching = threading.Lock()  # one fetch of the keys at a time
+        self._keys: KeySet | None = None
+        self._fetched = -float("inf")
+        self._retry_at = -float("inf")
+        self._claims = jwt.JWTClaimsRegistry(
+            leeway=auth.leeway_seconds,
+            iss={"essential": True, "value": auth.issuer},
+            aud={"essential": True, "value": auth.audience},
+            exp={"essential": True},
+        )
+        # Verified tokens, by their exact text: a repeated request skips the signature check.
+        # An entry lives at most a minute (a key removed from the JWKS stops working within it)
+        # and never past the token's own expiry, which is checked again at every use.
+        self._verified: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=60)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _keyset(self, refresh: bool = False, fetch: bool = True) -> KeySet:
+        """The keys; fetched again when stale, or (``refresh``, for an unknown ``kid``) when the
+        last fetch is older than ``jwks_refresh_seconds``. One fetch at a time, under its own
+        lock: the event loop's calls (``fetch`` false) only read the keys there are, and never
+        wait for a fetch."""
+        keys = self._ready(refresh)
+        if keys is not None:
+            return keys
+        if self.auth.jwks_url is not None and not fetch:
+            raise FetchNeeded
+        with self._fetching:
+            keys = self._ready(refresh)  # fetched, or failed, while this one waited
+            if keys is not None:
+                return keys
+            try:
+                loaded = self._load()
+            except (OSError, ValueError, KeyError, JoseError) as error:
+                # Try again in jwks_refresh_seconds; meanwhile the last keys serve, but only up
+                # to twice their time: a key withdrawn from the set must stop working some time.
+                log.warning("the identity provider's keys could not be fetched: %s", error)
+                self._retry_at = time.monotonic() + self.auth.jwks_refresh_seconds
+                keys = self._usable()
+                if keys is None:
+                    raise _unreachable() from None
+                return keys
+            self._keys, self._fetched = loaded, time.monotonic()
+            return loaded
+
+    def _ready(self, refresh: bool) -> KeySet | None:
+        """The keys if they need no fetch; None if they do; 503 if there are none to use and
+        the last fetch failed too recently to try again."""
+        keys = self._usable()
+        if keys is None and time.monotonic() < self._retry_at:
+            raise _unreachable()
+        return keys if keys is not None and not self._due(refresh) else None
+
+    def _usable(self) -> KeySet | None:
+        """The keys, unless a failed provider has left them older than twice their time."""
+        if self.auth.jwks_url is not None and time.monotonic() - self._fetched > 2 * self.auth.jwks_cache_seconds:
+            return None
+        return self._keys
+
+    def _due(self, refresh: bool) -> bool:
+        """Whether the keys must be fetched again (only those from a URL ever are)."""
+        if self.auth.jwks_url is None:
+            return False
+        now = time.monotonic()
+        if now < self._retry_at:  # the last fetch failed: not before its retry time
+            return False
+        age = now - self._fetched
+        return age > self.auth.jwks_cache_seconds or (refresh and age >= self.auth.jwks_refresh_seconds)
+
+    def _load(self) -> KeySet:
+        keys: list[dict[str, Any]] = []
+        if self.auth.jwks_file is not None:
+            keys = json.loads(self.auth.jwks_file.read_text(encoding="utf-8"))["keys"]
+        elif self.auth.jwks_url is not None:
+            with urllib.request.urlopen(self.auth.jwks_url, timeout=5) as response:  # noqa: S310 - configured https URL
+                keys = json.load(response)["keys"]
+        # Shared-secret keys come only from the configuration, never from a published set.
+        public = [k for k in keys if k.get("kty") != "oct"]
+        imported = list(KeySet.import_key_set({"keys": public}).keys) if public else []
+        if self.auth.hs256_secret:
+            imported.append(OctKey.import_key(self.auth.hs256_secret))
+        return KeySet(imported)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def identify(self, authorization: str | None, role: str | None = None, fetch: bool = True) -> Identity:
+        """The identity a request acts as, or :class:`AuthError`; :class:`FetchNeeded` if that
+        needs the keys fetched and ``fetch`` is false."""
+        if not authorization:
+            if self.auth.anonymous and not role:
+                return Identity("anonymous")
+            raise AuthError("a bearer token is required (Authorization: Bearer <token>)")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("send the token as Authorization: Bearer <token>")
+        claims = self._verify(token.strip(), fetch)
+        roles = _path(claims, self.auth.roles_claim)
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
+            raise AuthError("the token carries no role")
+        subject = str(claims["sub"]) if claims.get("sub") is not None else None
+        if role and role not in roles:
+            message = f"the token does not carry the role {role!r} named by X-Citygate-Role"
+            raise AuthError(message, status=403, subject=subject)
+        attributes = _path(claims, self.auth.claims_path) if self.auth.claims_path else claims
+        if not isinstance(attributes, Mapping):
+            attributes = {}
+        return Identity(
+            role or roles[0],
+            {k: v for k, v in attributes.items() if isinstance(v, str | int | float)},
+            subject=subject,
+        )
+
+    def _verify(self, token: str, fetch: bool) -> dict[str, Any]:
+        with self._lock:
+            known = self._verified.get(token)
+        if known is not None:
+            if time.time() > known["exp"] + self.auth.leeway_seconds:
+                raise AuthError("the token has expired")
+            return known
+        claims = self._check(token, fetch)
+        if isinstance(claims.get("exp"), int | float):
+            with self._lock:
+                self._verified[token] = claims
+        return claims
+
+    def _check(self, token: str, fetch: bool) -> dict[str, Any]:
+        algorithms = list(self.auth.algorithms)
+        try:
+            try:
+                decoded = jwt.decode(token, self._keyset(fetch=fetch), algorithms=algorithms)
+            except InvalidKeyIdError:
+                if self.auth.jwks_url is None:
+                    raise
+                decoded = jwt.decode(token, self._keyset(refresh=True, fetch=fetch), algorithms=algorithms)
+            self._claims.validate(decoded.claims)
+        except ExpiredTokenError:
+            raise AuthError("the token has expired") from None
+        except InvalidKeyIdError:
+            raise AuthError("the token was signed by a key this gateway does not know") from None
+        except (InvalidClaimError, MissingClaimError) as error:
+            raise AuthError(_CLAIM_REASONS.get(error.claim, "the token is not valid")) from None
+        except (JoseError, ValueError):
+            raise AuthError("the token is not valid") from None
+        return dict(decoded.claims)
+
+
+def _unreachable() -> AuthError:
+    return AuthError("the gateway cannot reach its identity provider's keys", status=503)
+
+
+# Why a token whose claim fails is refused; any other claim (a malformed `exp`, `sub`, ...)
+# makes it "not valid". joserfc raises one error class for all of them, naming the claim.
+_CLAIM_REASONS = {
+    "nbf": "the token is not valid yet",
+    "iat": "the token is not valid yet",
+    "iss": "the token was not issued for this gateway",
+    "aud": "the token was not issued for this gateway",
+}
+
+
+def _path(claims: Any, path: str) -> Any:
+    """Follow a dot path through nested claims; a key that itself holds dots (a namespace URL
+    such as ``https://city.example/claims``) is matched whole, longest first.
+
+    >>> _path({"https://city.example/claims": {"roles": ["a"]}}, "https://city.example/claims.roles")
+    ['a']
+    """
+    if not isinstance(claims, Mapping):
+        return None
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        key = ".".join(parts[:cut])
+        if key in claims:
+            rest = ".".join(parts[cut:])
+            return _path(claims[key], rest) if rest else claims[key]
+    return None

@@ -1,0 +1,1 @@
+"""Observation: the audit trail, metrics, logs and telemetry."""

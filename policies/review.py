@@ -1,0 +1,80 @@
+"""`citygate policy check`: what a security officer should know before a policy goes live.
+
+It reports rules that match nothing (a table, column or role that does not exist), row filters
+over unknown columns, and every place where a department's floor overrides a central rule.
+
+>>> from policies.model import Policies, RolePolicy, TableRule
+>>> p = Policies({"r": RolePolicy(tables={"health.nope": TableRule()})}, {}, "v")
+>>> print(review(p, {("health", "visits"): {"cost": None}})[0].message)
+roles.r.tables.health.nope: no such table (known: health.visits)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from catalogue.model import SharingClass
+from policies.decide import decide
+from policies.model import Policies, TableRule
+from policies.rowfilter import columns_used, parse_filter
+
+Columns = Mapping[tuple[str, str], Mapping[str, SharingClass | None]]
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # "unmatched" or "floor"
+    message: str
+
+
+def review(policies: Policies, tables: Columns) -> list[Finding]:
+    findings: list[Finding] = []
+    all_columns = {c for columns in tables.values() for c in columns}
+    for role_name, role in sorted(policies.roles.items()):
+        for name, rule in sorted(role.tables.items()):
+            findings += _table_rule(f"roles.{role_name}.tables.{name}", name, rule, tables)
+        for column in sorted(set(role.all_columns) - all_columns):
+            findings.append(Finding("unmatched", f"roles.{role_name}.all_columns.{column}: no table has this column"))
+        for (department, table), columns in sorted(tables.items()):
+            try:
+                decision = decide(policies, role_name, department, table, columns)
+            except ValueError:  # a row filter over a column the table lacks: found above
+                continue
+            findings.extend(Finding("floor", conflict) for conflict in decision.floor_conflicts)
+    departments = {department for department, _ in tables}
+    for department, rules in sorted(policies.floors.items()):
+        if department not in departments:
+            findings.append(Finding("unmatched", f"floors.{department}: no such department"))
+            continue
+        for key, floor in sorted(rules.items()):
+            table, _, column = key.partition(".")
+            if (department, table) not in tables or column not in tables[(department, table)]:
+                findings.append(Finding("unmatched", f"floors.{department}.{key}: no such column"))
+            findings.extend(
+                Finding("unmatched", f"floors.{department}.{key}: no role {role_name!r}")
+                for role_name in floor.unmasked_for
+                if role_name not in policies.roles
+            )
+    return findings
+
+
+def _table_rule(where: str, name: str, rule: TableRule, tables: Columns) -> list[Finding]:
+    department, _, table = name.partition(".")
+    if (department, table) not in tables:
+        known = ", ".join(sorted(f"{d}.{t}" for d, t in tables))
+        return [Finding("unmatched", f"{where}: no such table (known: {known})")]
+    columns = set(tables[(department, table)])
+    findings = [
+        Finding("unmatched", f"{where}.columns.{c}: no such column") for c in sorted(set(rule.columns) - columns)
+    ]
+    findings += [
+        Finding("unmatched", f"{where}.group_by: no such column {c!r}")
+        for c in sorted(set(rule.group_by or ()) - columns)
+    ]
+    if rule.row_filter is not None:
+        findings += [
+            Finding("unmatched", f"{where}.row_filter: no such column {c!r}")
+            for c in sorted(columns_used(parse_filter(rule.row_filter)) - columns)
+        ]
+    return findings
