@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,6 +233,37 @@ class TokenGuard(_Model):
         return None if value == "" else value  # `${TOKEN:-}` with TOKEN unset
 
 
+class RoleLimits(_Model):
+    """What one role's requests may ask; a key left out takes the deployment's own (``limits``)."""
+
+    max_depth: int | None = Field(None, ge=1)
+    max_root_fields: int | None = Field(None, ge=1)
+    max_fields: int | None = Field(None, ge=1)
+    max_cost: int | None = Field(None, ge=1)
+    statement_seconds: float | None = Field(None, gt=0)
+    requests_per_minute: int | None = Field(None, ge=0)
+
+
+# What a caller without a token may ask, unless `limits.roles.anonymous` says otherwise.
+_DEFAULTS = {
+    "anonymous": RoleLimits(
+        max_depth=6, max_root_fields=5, max_fields=200, max_cost=200_000, statement_seconds=10, requests_per_minute=600
+    )
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One role's limits, every one decided (:meth:`LimitsConfig.of`)."""
+
+    max_depth: int
+    max_root_fields: int
+    max_fields: int
+    max_cost: int
+    statement_seconds: float
+    requests_per_minute: int
+
+
 class LimitsConfig(_Model):
     """What one request may ask of the gateway, so that no request can take all of it."""
 
@@ -241,6 +273,24 @@ class LimitsConfig(_Model):
     # answer a one-row read either is left alone for as long again (requests naming it fail at
     # once), and a query that was merely slow fails by itself
     statement_seconds: float = Field(60.0, gt=0)
+    max_depth: int = Field(12, ge=1)  # nesting of fields, the root field's own level counted
+    max_root_fields: int = Field(20, ge=1)  # root fields of one request, aliases counted each
+    max_fields: int = Field(2_000, ge=1)  # fields of one request, fragments expanded, aliases each
+    # rows the statements of one request may read at worst, estimated before any runs from the
+    # query's shape and the catalogue's row counts
+    max_cost: int = Field(20_000_000, ge=1)
+    requests_per_minute: int = Field(0, ge=0)  # per subject (anonymous: per client address); 0: no limit
+    roles: dict[str, RoleLimits] = Field(default_factory=dict)  # per role; `anonymous` has safe defaults
+
+    def of(self, role: str | None) -> Limits:
+        """The limits of ``role``: its own where ``roles`` gives them, then (for ``anonymous``)
+        the safe defaults, then the deployment's. None: a deployment without policies."""
+        chain = [r for r in (self.roles.get(role) if role is not None else None, _DEFAULTS.get(role)) if r is not None]
+
+        def decided(name: str) -> Any:
+            return next((getattr(r, name) for r in chain if getattr(r, name) is not None), getattr(self, name))
+
+        return Limits(**{name: decided(name) for name in Limits.__dataclass_fields__})
 
 
 class TelemetryConfig(_Model):
