@@ -9,6 +9,7 @@ dialect. Engines hold no policy logic.
 from __future__ import annotations
 
 import contextlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -111,6 +112,31 @@ class Prefetch(Generic[T]):
         return found if found is not None else self._read([department])[department]
 
 
+class Cancel:
+    """Stops a running statement from another thread: the engine says how once the statement
+    runs (:meth:`on_cancel`), and :meth:`cancel` stops it then, or as soon as it starts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop: Callable[[], object] | None = None
+        self.cancelled = False
+
+    def on_cancel(self, stop: Callable[[], object] | None) -> None:
+        """How to stop the statement now running (None: it has finished)."""
+        with self._lock:
+            self._stop = stop
+            cancelled = self.cancelled
+        if cancelled and stop is not None:
+            stop()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            stop = self._stop
+        if stop is not None:
+            stop()
+
+
 class KeyedDialect(Dialect):
     """A dialect that holds the hash mask's key for its generator's ``TRANSFORMS``."""
 
@@ -210,9 +236,12 @@ class Engine(ABC):
         return self.run(self.sql(tree), departments_in(tree))
 
     @abstractmethod
-    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Answer:
+    def run(
+        self, sql: str, departments: Sequence[str], max_rows: int | None = None, cancel: Cancel | None = None
+    ) -> Answer:
         """Run SQL text that :meth:`sql` produced; ``departments`` are the ones it reads.
-        :class:`ResultTooLarge` if it returns more than ``max_rows`` rows (never more are read)."""
+        :class:`ResultTooLarge` if it returns more than ``max_rows`` rows (never more are read);
+        ``cancel`` stops it from another thread (:class:`EngineQueryError` then)."""
 
     @abstractmethod
     def read_department(self, department: str) -> Department:

@@ -32,7 +32,7 @@ from catalogue.errors import (
 from catalogue.model import Column, Department, Table
 from catalogue.stores import PostgresStore, SqliteStore, Store
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
-from connectors.base import Answer, Engine, KeyedDialect, Prefetch, vocabulary
+from connectors.base import Answer, Cancel, Engine, KeyedDialect, Prefetch, vocabulary
 from connectors.settings import EngineSettings
 from connectors.stores import describe_store_failure, schema_of, sqlite_declared_types
 
@@ -235,6 +235,13 @@ class EmbeddedEngine(Engine):
         }
         if embedded.threads:
             duck_config["threads"] = embedded.threads
+        duck_config["memory_limit"] = embedded.memory_limit
+        if embedded.spill_dir is None:
+            duck_config["temp_directory"] = ""  # no spilling at all
+        else:
+            embedded.spill_dir.mkdir(parents=True, exist_ok=True)
+            duck_config["temp_directory"] = str(embedded.spill_dir)
+            duck_config["max_temp_directory_size"] = embedded.max_spill
         self._db = duckdb.connect(":memory:", config=duck_config)
         # DuckDB 1.5.5 rewrites `ROW_NUMBER() OVER (...) ... WHERE rn <= 1` into an aggregate
         # that returns one row of NULLs when its input is empty (a `_by_pk` that finds
@@ -355,22 +362,37 @@ class EmbeddedEngine(Engine):
             self._local.cursor = cursor
         return cursor
 
-    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Answer:
+    def run(
+        self, sql: str, departments: Sequence[str], max_rows: int | None = None, cancel: Cancel | None = None
+    ) -> Answer:
         for department in departments:
             if department in self.departments and department not in self._attached:
                 self._attach(department)
-        return self._run(sql, list(departments), max_rows)
+        return self._run(sql, list(departments), max_rows, cancel)
 
-    def _run(self, sql: str, touched: list[str], max_rows: int | None = None) -> Answer:
+    def _run(self, sql: str, touched: list[str], max_rows: int | None = None, cancel: Cancel | None = None) -> Answer:
         cursor = self._cursor()
         self.statements += 1
+        if cancel is not None:
+            cancel.on_cancel(cursor.interrupt)
         try:
             cursor.execute(sql)
             rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
         except (duckdb.IOException, duckdb.ConnectionException) as error:
             raise self._store_failure(touched, scrub(str(error))) from None
+        except duckdb.InterruptException:
+            raise EngineQueryError("the query was cancelled: it ran past its time") from None
+        except duckdb.OutOfMemoryException as error:
+            raise EngineQueryError(
+                "the query needs more memory than the embedded engine may use (engine.embedded.memory_limit); "
+                "ask for less, or narrow it with `where` or `limit`",
+                detail=scrub(str(error)),
+            ) from None
         except duckdb.Error as error:
             raise EngineQueryError("the embedded engine could not run the query", detail=scrub(str(error))) from None
+        finally:
+            if cancel is not None:
+                cancel.on_cancel(None)
         if max_rows is not None and len(rows) > max_rows:
             raise ResultTooLarge(max_rows)
         description = cursor.description or []

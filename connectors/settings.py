@@ -33,7 +33,13 @@ class TrinoSettings(_Model):
 class EmbeddedSettings(_Model):
     # Where the DuckDB scanner extensions are laid out; default: the user's cache directory.
     extension_dir: Path | None = None
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)  # default: one per core
+    # DuckDB's own default is 80 % of the machine's memory: one request could take it all.
+    memory_limit: str = Field("2GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    # Where a query larger than memory_limit may spill, and how much: unset, nothing spills (a
+    # query that does not fit fails), rather than DuckDB's default of ./.tmp, up to 90 % of the disk.
+    spill_dir: Path | None = None
+    max_spill: str = Field("4GB", pattern=r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
 @dataclass(frozen=True)

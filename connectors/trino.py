@@ -6,9 +6,10 @@ only says how to address a table, how to run a tree and how to read a catalog's 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ from catalogue.model import Column, Department, Table
 from catalogue.sql import partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from catalogue.types import logical_type
-from connectors.base import Answer, Engine, KeyedDialect, Prefetch, vocabulary
+from connectors.base import Answer, Cancel, Engine, KeyedDialect, Prefetch, vocabulary
 from connectors.settings import EngineSettings
 from connectors.stores import describe_store_failure, schema_of
 
@@ -58,6 +59,12 @@ def refused_by_store(text: str) -> bool:
     if re.search(r"\bERROR: ", text):  # PostgreSQL's own error on a statement; a failed connection is FATAL
         return True
     return bool(_STATEMENT.search(text)) and not _CONNECTION.search(text)
+
+
+def _quietly(stop: Callable[[], object]) -> None:
+    """Cancel a Trino query, whatever state it is in (not yet sent, or already over)."""
+    with contextlib.suppress(Exception):
+        stop()
 
 
 def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, str]]:
@@ -182,21 +189,33 @@ class TrinoEngine(Engine):
             self._local.conn = conn
         return conn
 
-    def run(self, sql: str, departments: Sequence[str], max_rows: int | None = None) -> Answer:
+    def run(
+        self, sql: str, departments: Sequence[str], max_rows: int | None = None, cancel: Cancel | None = None
+    ) -> Answer:
         if self.trino.create_missing_catalogs and not self._catalogs_checked:
             self.ensure_catalogs()
-        return self._run(sql, list(departments), max_rows)
+        return self._run(sql, list(departments), max_rows, cancel)
 
-    def _run(self, sql: str, touched: list[str], max_rows: int | None = None) -> Answer:
-        with self._errors(touched):
-            cursor = self._connection().cursor()
-            self.statements += 1
-            cursor.execute(sql)
-            rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
-            if max_rows is not None and len(rows) > max_rows:
-                cursor.cancel()  # Trino would go on producing the rest
-                raise ResultTooLarge(max_rows)
-            description = cursor.description or []
+    def _run(self, sql: str, touched: list[str], max_rows: int | None = None, cancel: Cancel | None = None) -> Answer:
+        cursor = self._connection().cursor()
+        if cancel is not None:
+            cancel.on_cancel(lambda: _quietly(cursor.cancel))
+        try:
+            with self._errors(touched):
+                self.statements += 1
+                cursor.execute(sql)
+                rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
+                if max_rows is not None and len(rows) > max_rows:
+                    cursor.cancel()  # Trino would go on producing the rest
+                    raise ResultTooLarge(max_rows)
+                description = cursor.description or []
+        except CitygateError:
+            if cancel is not None and cancel.cancelled:
+                raise EngineQueryError("the query was cancelled: it ran past its time") from None
+            raise
+        finally:
+            if cancel is not None:
+                cancel.on_cancel(None)
         return Answer(
             columns=tuple(d[0] for d in description),
             types=tuple(str(d[1]) for d in description),

@@ -17,7 +17,7 @@ import operator
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,13 +35,16 @@ from graphql import (
 )
 from graphql.execution.values import get_variable_values
 from graphql.utilities import get_operation_ast
+from sqlglot import exp
 
-from catalogue.errors import CitygateError, ConfigError, StoreUnavailableError
+from catalogue.errors import CitygateError, ConfigError, EngineUnavailableError, StoreUnavailableError
 from catalogue.model import Catalogue, Department
+from catalogue.sql import departments_in
 from connectors.base import Engine
-from gateway.config import Config
+from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
+from gateway.execution.fairness import CALLER, CALLER_ROOT_FIELDS, ROOT_FIELDS_AT_ONCE, Shares
 from gateway.execution.plans import (
     BASE,
     MEMO_BYTES,
@@ -59,7 +62,8 @@ from gateway.execution.plans import (
 )
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
-from gateway.graphql.compile import CompileContext, Compiled, CompileError, collect_fields, compile_root_field
+from gateway.graphql.compile import CompileContext, Compiled, CompileError, Node, collect_fields, compile_root_field
+from gateway.graphql.cost import Statistics, measure, rows
 from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
@@ -87,8 +91,10 @@ class Gateway:
     audit: Sink | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
-    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(8, thread_name_prefix="citygate"))
+    # Root fields of requests that have several, side by side (see _run_all).
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate"))
     statements: Statements = field(init=False)  # where statements run, each within its time
+    root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
     results: ResultCache = field(init=False)
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
@@ -104,6 +110,7 @@ class Gateway:
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
         self.statements = Statements(self.engine, self.catalogue, self.config.limits.statement_seconds)
+        self.statistics = Statistics(self._statistic)
         if self.audit is not None:
             self.metrics.watch_backlog(self.audit.backlog)
 
@@ -140,6 +147,11 @@ class Gateway:
                 gateway.close()
                 raise
         return gateway
+
+    def _statistic(self, statement: exp.Expr) -> Sequence[Any]:
+        """Run one of the statistics' statements as the gateway itself (no policy: its answer
+        only bounds what a query may cost), within the statement limit."""
+        return self.statements.run(self.engine.sql(statement), departments_in(statement), 1)
 
     @property
     def _unresponsive(self) -> dict[str, float]:
@@ -318,6 +330,10 @@ class Gateway:
         document, operation, ctx = prepared
         root_type = view.model.schema.query_type
         assert root_type is not None
+        limits = self.config.limits.of(view.role)
+        too_much = measure(ctx, operation.selection_set, limits.max_fields).over(limits)
+        if too_much is not None:  # refused before anything is compiled
+            return Plan(refused=refused([graphql_error(too_much, "COST_LIMIT")]))
         plan = Plan()
         introspection: dict[str, list[FieldNode]] = {}
         with self.telemetry.stage("compile"):
@@ -341,7 +357,37 @@ class Gateway:
         if introspection:
             plan.introspection = (document, operation, introspection)
         plan.access = access(plan.compiled.values(), view)
-        return plan
+        return self._weigh(plan, limits)
+
+    def _weigh(self, plan: Plan, limits: Limits) -> Plan:
+        """``plan`` with the rows its statements may materialise at worst, or refused if that
+        is more than its role may (:mod:`gateway.graphql.cost`). A root field whose stores do
+        not answer the statistics is left to fail by itself, with its own error."""
+        worst: tuple[int, str, Node | None] = (-1, "", None)
+        for key, compiled in plan.compiled.items():
+            try:
+                total, node = rows(compiled, self.statistics)
+            except CitygateError as error:
+                log.info("no estimate for root field %s: %s", key, error.message)
+                continue
+            plan.cost += total
+            if total > worst[0]:
+                worst = (total, key, node)
+        if plan.cost <= limits.max_cost:
+            return plan
+        _, key, node = worst
+        where = ".".join(str(p) for p in node.path) if node is not None else key
+        message = (
+            f"the query may read about {_rounded(plan.cost):,} rows at worst, more than the {limits.max_cost:,} "
+            f"its role may; give `{where}` a smaller `limit`, filter it with `where`, or ask for fewer levels"
+        )
+        return Plan(
+            refused=refused(
+                [graphql_error(message, "COST_LIMIT", estimate=_rounded(plan.cost), limit=limits.max_cost)]
+            ),
+            cost=plan.cost,
+            access=plan.access,
+        )
 
     def execute(
         self,
@@ -465,12 +511,31 @@ class Gateway:
     ) -> dict[str, tuple[Any, str]]:
         if len(compiled) <= 1:
             return {key: self._run(c, view, claims, budget) for key, c in compiled.items()}
-        # Each root field in its own thread, carrying the request's context (request id, span).
-        futures = {
-            key: self.pool.submit(contextvars.copy_context().run, self._run, c, view, claims, budget)
-            for key, c in compiled.items()
-        }
-        return {key: future.result() for key, future in futures.items()}
+        # Root fields side by side, each in a thread carrying the request's context (request id,
+        # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
+        # many aliases waits behind itself, not others behind it.
+        caller = CALLER.get()
+        deadline = time.monotonic() + self.config.limits.of(view.role).statement_seconds
+        waiting = list(compiled.items())
+        running: dict[Future[tuple[Any, str]], str] = {}
+        done: dict[str, tuple[Any, str]] = {}
+        while waiting or running:
+            while waiting and len(running) < ROOT_FIELDS_AT_ONCE:
+                if not self.root_fields.acquire(caller, 0 if running else max(0.0, deadline - time.monotonic())):
+                    if running:  # one of its own ends first
+                        break
+                    key, _ = waiting.pop(0)
+                    done[key] = (EngineUnavailableError("too many of your queries are running now; try again"), "off")
+                    continue
+                key, field_plan = waiting.pop(0)
+                future = self.pool.submit(contextvars.copy_context().run, self._run, field_plan, view, claims, budget)
+                future.add_done_callback(lambda _, c=caller: self.root_fields.release(c))  # type: ignore[misc]
+                running[future] = key
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done[running.pop(future)] = future.result()
+        return {key: done[key] for key in compiled}
 
     def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget) -> tuple[Any, str]:
         """The root field's value (or its error), and whether the cache answered it. Its rows
@@ -478,6 +543,7 @@ class Gateway:
         started = time.perf_counter()
         engine = self.engine.name
         cached = "off"
+        statement_seconds = self.config.limits.of(view.role).statement_seconds
         try:
             text = compiled.sql.get(engine)
             if text is None:
@@ -489,7 +555,7 @@ class Gateway:
                 with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
                     # the whole limit, not what this request has left: a run may be shared with
                     # another request's (the result cache runs one for all who wait on it)
-                    return self.statements.run(text, compiled.departments, budget.rows)
+                    return self.statements.run(text, compiled.departments, budget.rows, statement_seconds)
 
             # "off": a department forbids caching, or the answer is too big to keep
             rows, cached = self.results.fetch(engine, text, compiled.departments, run)
@@ -543,3 +609,10 @@ class Gateway:
         self.statements.close()
         self.flush()
         self.engine.close()
+
+
+def _rounded(number: int) -> int:
+    """``number`` to two significant digits: an estimate says no more than it knows, and tells
+    no caller a table's exact size."""
+    digits = max(len(str(number)) - 2, 0)
+    return round(number, -digits)

@@ -61,6 +61,7 @@ class Plan:
     memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
     audited: tuple[str, orjson.Fragment] | None = None  # the query's hash and `access` as JSON, made once
     weight: int = 0  # its estimated size in memory, for the plan cache's budget
+    cost: int = 0  # the rows its statements may materialise at worst (gateway.graphql.cost)
     version: str = "-"  # the policies' version it was made under
 
 

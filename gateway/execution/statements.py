@@ -18,7 +18,8 @@ from sqlglot import exp
 from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnavailableError
 from catalogue.model import Catalogue
 from catalogue.sql import logical_table
-from connectors.base import Engine
+from connectors.base import Cancel, Engine
+from gateway.execution.fairness import CALLER, STATEMENTS_AT_ONCE, Shares
 
 log = logging.getLogger("citygate")
 
@@ -37,8 +38,9 @@ class Statements:
     unresponsive: dict[str, float] = field(default_factory=dict)  # department -> left alone until
     _probes: dict[str, Future[bool]] = field(default_factory=dict)  # department -> its probe now out
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    shares: Shares = field(default_factory=lambda: Shares(STATEMENTS_AT_ONCE))  # per caller (fairness)
 
-    def run(self, text: str, departments: Sequence[str], max_rows: int) -> Sequence[Any]:
+    def run(self, text: str, departments: Sequence[str], max_rows: int, limit: float | None = None) -> Sequence[Any]:
         """Run one statement, waiting at most ``limits.statement_seconds`` from its start.
 
         A store that accepts connections and never answers would otherwise hold the request,
@@ -46,9 +48,11 @@ class Statements:
         time runs out, each department the statement reads is probed with a one-row read: one
         that does not answer that either is left alone for as long again (requests naming it
         fail at once, holding no thread); if all answer, the statement was merely slow, and
-        only it fails. A statement still queued behind others when the time runs out is
-        dropped unrun, and says the gateway is busy."""
-        limit = self.limit
+        only it fails; either way it is cancelled, so that its thread and the engine's work
+        are free again. A statement still queued behind others when the time runs out is
+        dropped unrun, and says the gateway is busy. ``limit``: the caller's role's own
+        (``limits.roles``), at most the deployment's."""
+        limit = min(limit, self.limit) if limit is not None else self.limit
         now = time.monotonic()
         silent = sorted(d for d in departments if self.unresponsive.get(d, 0.0) > now)
         if silent:
@@ -56,11 +60,18 @@ class Statements:
             raise StoreUnavailableError(
                 silent[0], f"department {names} did not answer within {limit:g} s; tried again soon"
             )
+        with self.shares.hold(CALLER.get(), limit) as held:
+            if not held:  # the caller's own statements took all its share for all that time
+                raise EngineUnavailableError("too many of your queries are running now; try again when they end")
+            return self._run(text, departments, max_rows, limit)
+
+    def _run(self, text: str, departments: Sequence[str], max_rows: int, limit: float) -> Sequence[Any]:
         began: list[float] = []
+        cancel = Cancel()
 
         def run() -> Sequence[Any]:
             began.append(time.monotonic())
-            return self.engine.run(text, departments, max_rows).rows
+            return self.engine.run(text, departments, max_rows, cancel).rows
 
         future = self.pool.submit(contextvars.copy_context().run, run)
         try:
@@ -73,6 +84,7 @@ class Statements:
             return future.result(timeout=max(0.0, began[0] + limit - time.monotonic()) if began else limit)
         except TimeoutError:
             pass
+        cancel.cancel()
         silent = [d for d in departments if not self._answers(d)]
         if silent:
             until = time.monotonic() + limit

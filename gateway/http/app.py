@@ -38,6 +38,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from catalogue.errors import CitygateError
 from gateway.config import TokenGuard
 from gateway.execution import plans
+from gateway.execution.fairness import CALLER, REQUESTS_AT_ONCE, Admission
 from gateway.execution.gateway import Gateway
 from gateway.execution.plans import MEMO_BYTES, encode
 from gateway.http.wire import OneWriteProtocol
@@ -56,9 +57,10 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we ma
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 # How uvicorn serves the edge. The trail records every request, so its access log would only
-# repeat it; citygate reads no client address, so X-Forwarded-* need no rewriting (and that
+# repeat it; citygate reads the client address only to share work fairly among callers without
+# a token, for which a proxy's address will do, so X-Forwarded-* need no rewriting (and that
 # middleware costs a layer per request); and the server need not name itself.
-# Each response leaves in one write (gateway/wire.py).
+# Each response leaves in one write (gateway/http/wire.py).
 SERVER_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "proxy_headers": False,
@@ -172,6 +174,7 @@ class Exchange:
     outcome: str = "ok"
     codes: list[str] = field(default_factory=list)
     template: Template | None = None  # a hot request's audit record, but for its own values
+    client: str = ""  # the client's address, which tells callers without a token apart (fairness)
 
     @classmethod
     def begin(cls, raw_headers: list[tuple[bytes, bytes]]) -> Exchange:
@@ -247,6 +250,18 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
     )
 
 
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def _caller(identity: Identity | None, client: str) -> str:
+    """Who a request is, for fair shares: its token's subject, else its role at its address."""
+    if identity is not None and identity.subject:
+        return f"subject:{identity.subject}"
+    return f"{identity.role if identity is not None else 'anonymous'}@{client}"
+
+
 def _guarded(guard: TokenGuard, request: Request) -> bool:
     """Whether the request carries the guard's bearer token (compared in constant time)."""
     if guard.token is None:
@@ -276,6 +291,7 @@ class Edge:
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
+        self.admission = Admission(REQUESTS_AT_ONCE)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -286,6 +302,7 @@ class Edge:
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange.begin(scope["headers"])
+        exchange.client = _client(scope)
         token = REQUEST_ID.set(exchange.request_id)
         try:
             reply = await self.read_post(receive, exchange)
@@ -304,6 +321,7 @@ class Edge:
         if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
         exchange = Exchange.begin(request.scope["headers"])
+        exchange.client = _client(request.scope)
         token = REQUEST_ID.set(exchange.request_id)
         try:
             if "query" not in request.query_params:
@@ -387,7 +405,13 @@ class Edge:
         exchange.identity = identity
         result = self.gateway.execute_cached(query, variables, operation_name, identity)
         if result is None:
-            result = await run_in_threadpool(self.gateway.execute, query, variables, operation_name, identity)
+            caller = _caller(identity, exchange.client)
+            async with self.admission.hold(caller):  # a caller's requests wait behind its own
+                token = CALLER.set(caller)
+                try:
+                    result = await run_in_threadpool(self.gateway.execute, query, variables, operation_name, identity)
+                finally:
+                    CALLER.reset(token)
         exchange.result = result
         exchange.outcome, exchange.codes = _outcome(result)
         status = 400 if result.request_error and exchange.media_type == GRAPHQL_RESPONSE else 200

@@ -78,6 +78,7 @@ class Audited(Protocol):
 
     access: list[dict[str, Any]]
     audited: tuple[str, Any] | None
+    cost: int  # the rows its statements may materialise at worst
 
 
 def record(
@@ -109,6 +110,7 @@ def record(
         "purpose": purpose,
         "operation": {"hash": digest, "name": operation_name},
         "access": access,
+        "cost": plan.cost if plan is not None else None,
         "rows": rows,
         "engine": engine,
         "cache": cache,
