@@ -39,6 +39,7 @@ class Statements:
     _probes: dict[str, Future[bool]] = field(default_factory=dict)  # department -> its probe now out
     _lock: threading.Lock = field(default_factory=threading.Lock)
     shares: Shares = field(default_factory=lambda: Shares(STATEMENTS_AT_ONCE))  # per caller (fairness)
+    running: int = 0  # statements in the engine now
 
     def run(self, text: str, departments: Sequence[str], max_rows: int, limit: float | None = None) -> Sequence[Any]:
         """Run one statement, waiting at most ``limits.statement_seconds`` from its start.
@@ -71,7 +72,13 @@ class Statements:
 
         def run() -> Sequence[Any]:
             began.append(time.monotonic())
-            return self.engine.run(text, departments, max_rows, cancel).rows
+            with self._lock:
+                self.running += 1
+            try:
+                return self.engine.run(text, departments, max_rows, cancel).rows
+            finally:
+                with self._lock:
+                    self.running -= 1
 
         future = self.pool.submit(contextvars.copy_context().run, run)
         try:

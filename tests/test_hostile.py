@@ -1,0 +1,272 @@
+"""Hostile requests: each small request that once could take the gateway, and the bound it meets now.
+
+Every attack here is a real request against the real engines; each test asserts the bound the
+request now meets (refused before work, answered or cancelled within its time, memory held,
+nothing written outside the gateway's own directories, other callers served in time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from catalogue.errors import CitygateError
+from gateway.config import Config, LimitsConfig
+from gateway.execution.engines import create_engine
+from gateway.execution.fairness import CALLER
+from gateway.execution.gateway import Gateway
+from gateway.identity.caller import Identity
+from tests.conftest import with_store
+
+# The nesting that drove the gateway to 14.5 GB and 6.5 GB of spill files (159 bytes).
+NESTED = (
+    "{ environment_monitored_sites { site_id readings { reading_id site { site_id readings { reading_id "
+    "site { site_id readings(limit: 1) { reading_id } } } } } } }"
+)
+# Two levels of it, without a limit: ten million rows at worst, thirty seconds of DuckDB.
+HEAVY = "{ environment_monitored_sites { site_id readings { reading_id site { site_id readings { reading_id } } } } }"
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def start(config: Config, **limits: Any) -> Gateway:
+    """A gateway over ``config`` without its result cache (every request does its work), with
+    ``limits`` over the configuration's own."""
+    config = config.model_copy(
+        update={
+            "limits": config.limits.model_copy(update=limits),
+            "cache": config.cache.model_copy(update={"enabled": False}),
+        }
+    )
+    return Gateway.start(config, create_engine(config))
+
+
+def codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors", [])]
+
+
+@pytest.fixture
+def secured(sqlite_config: Config, tmp_path: Path) -> Iterator[Gateway]:
+    """The demo city with its policies: callers without a token are anonymous."""
+    from datasets.demo import secure_demo
+
+    gateway = start(secure_demo(sqlite_config, tmp_path))
+    yield gateway
+    gateway.close()
+
+
+def test_deep_nesting_is_refused_before_any_row_is_read(secured: Gateway, tmp_path: Path) -> None:
+    before, started = rss_mb(), time.monotonic()
+    anonymous = secured.execute(NESTED).body
+    assert codes(anonymous) == ["COST_LIMIT"] and "data" not in anonymous
+    assert "nests 7 levels deep, more than the 6 its role may" in anonymous["errors"][0]["message"]
+    # A role that may nest deeper meets the estimate instead, which names the level to limit.
+    [error] = secured.execute(NESTED, identity=Identity("supervisor")).body["errors"]
+    assert error["extensions"]["code"] == "COST_LIMIT"
+    assert error["extensions"]["estimate"] > error["extensions"]["limit"] == 20_000_000
+    assert "environment_monitored_sites.readings.site.readings" in error["message"]
+    assert time.monotonic() - started < 5
+    assert rss_mb() - before < 100  # it was 14.5 GB
+    assert not (Path.cwd() / ".tmp").exists()  # DuckDB's default spill directory
+
+
+def test_many_aliases_and_fields_are_refused_by_shape(secured: Gateway) -> None:
+    aliases = "{ " + " ".join(f"a{i}: transport_stations(limit: 1) {{ name }}" for i in range(1000)) + " }"
+    started = time.monotonic()
+    body = secured.execute(aliases).body
+    assert codes(body) == ["COST_LIMIT"] and "1000 root fields, more than the 5" in body["errors"][0]["message"]
+    fields = "{ transport_stations(limit: 1) { " + " ".join(f"n{i}: name" for i in range(500)) + " } }"
+    body = secured.execute(fields).body
+    assert codes(body) == ["COST_LIMIT"] and "more than 200 fields" in body["errors"][0]["message"]
+    assert (
+        time.monotonic() - started < 10
+    )  # 3,000 aliases cost 32 s of server time before (3,000 are over max_tokens now)
+    # Fragments that spread each other twice at each of 24 levels: one field, counted once.
+    spread = "fragment f0 on transport_stations { name }\n" + "".join(
+        f"fragment f{i} on transport_stations {{ ...f{i - 1} ...f{i - 1} }}\n" for i in range(1, 25)
+    )
+    started = time.monotonic()
+    body = secured.execute(spread + "{ transport_stations(limit: 1) { ...f24 } }").body
+    assert "errors" not in body and time.monotonic() - started < 5
+
+
+def test_the_estimate_lets_bounded_queries_through(secured: Gateway) -> None:
+    limited = "{ environment_monitored_sites { site_id readings(limit: 5) { reading_id } } }"
+    response = secured.execute(limited)
+    assert "errors" not in response.body and response.plan is not None
+    assert 0 < response.plan.cost <= 200_000  # anonymous's budget
+
+
+@pytest.mark.parametrize("engine", ["embedded", "trino"])
+def test_a_statement_past_its_time_is_cancelled(services_config: Config, engine: str) -> None:
+    config = services_config.with_engine(engine)  # type: ignore[arg-type]
+    gateway = start(config, statement_seconds=1.0, max_cost=10**12)
+    try:
+        started = time.monotonic()
+        body = gateway.execute(HEAVY).body
+        assert codes(body) == ["TIMEOUT"] and time.monotonic() - started < 3
+        # Cancelled, not left to run on: the engine's thread is free again within moments
+        # (the statement alone runs for half a minute).
+        deadline = time.monotonic() + 5
+        while gateway.statements.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gateway.statements.running == 0
+        assert "errors" not in gateway.execute("{ transport_stations(limit: 2) { name } }").body
+    finally:
+        gateway.close()
+
+
+def test_the_embedded_engine_stays_within_its_memory(sqlite_config: Config) -> None:
+    engine = sqlite_config.engine.model_copy(
+        update={"embedded": sqlite_config.engine.embedded.model_copy(update={"memory_limit": "128MB"})}
+    )
+    gateway = start(sqlite_config.model_copy(update={"engine": engine}), max_cost=10**12)
+    try:
+        before = rss_mb()
+        [error] = gateway.execute(HEAVY).body["errors"]
+        assert error["extensions"]["code"] == "ENGINE_ERROR"
+        assert "more memory than the embedded engine may use" in error["message"]
+        assert rss_mb() - before < 300
+        assert "errors" not in gateway.execute("{ transport_stations(limit: 2) { name } }").body
+    finally:
+        gateway.close()
+
+
+def test_spilling_goes_only_where_configured(sqlite_config: Config, tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    engine = sqlite_config.engine.model_copy(
+        update={
+            "embedded": sqlite_config.engine.embedded.model_copy(
+                update={"memory_limit": "64MB", "spill_dir": spill, "max_spill": "50MB"}
+            )
+        }
+    )
+    gateway = start(sqlite_config.model_copy(update={"engine": engine}), max_cost=10**12, statement_seconds=20)
+    try:
+        body = gateway.execute(HEAVY).body  # larger than memory and than the spill it may write
+        assert codes(body) in (["ENGINE_ERROR"], ["RESULT_TOO_LARGE"])
+        assert spill.is_dir() and not (Path.cwd() / ".tmp").exists()
+        assert sum(f.stat().st_size for f in spill.rglob("*") if f.is_file()) <= 50 << 20
+    finally:
+        gateway.close()
+
+
+class DelayingProxy:
+    """A loopback relay to a store that holds each answer back ``delay`` seconds: a store that
+    is slow but answers, so its queries hold threads without using the CPU."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target, self.delay = port, delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = [self.server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._relay, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._relay, args=(upstream, client, self.delay), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, delay: float) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                time.sleep(delay)
+                sink.sendall(data)
+
+    def close(self) -> None:
+        for s in self.sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def timed(call: Callable[[], Any], times: int) -> list[float]:
+    took = []
+    for _ in range(times):
+        started = time.monotonic()
+        call()
+        took.append(time.monotonic() - started)
+    return took
+
+
+def test_one_caller_cannot_starve_another(services_config: Config) -> None:
+    """An attacker floods the gateway with requests of eight root fields over a slow store; a
+    victim asks two root fields of other stores. The victim's p50 stays within twice its idle
+    p50 (before, root fields of all requests shared one pool of eight threads, and the victim
+    waited behind all of the attacker's)."""
+    postgres = services_config.departments["health"].store
+    proxy = DelayingProxy(postgres.port, 0.2)  # type: ignore[union-attr]
+    config = with_store(services_config, "health", port=proxy.port).with_engine("embedded")
+    gateway = start(config, statement_seconds=10.0)
+    attack = "{ " + " ".join(f"a{i}: health_clinic_visits(limit: 1) {{ visit_id }}" for i in range(8)) + " }"
+    victim = "{ transport_stations(limit: 2) { name } market_regulation_enterprises(limit: 2) { name } }"
+    stop = threading.Event()
+
+    def as_caller(caller: str, query: str) -> dict[str, Any]:
+        token = CALLER.set(caller)
+        try:
+            return gateway.execute(query).body
+        finally:
+            CALLER.reset(token)
+
+    def attacker() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(CitygateError):
+                as_caller("attacker", attack)
+
+    threads = [threading.Thread(target=attacker, daemon=True) for _ in range(6)]
+    try:
+        assert "errors" not in as_caller("victim", victim)
+        idle = statistics.median(timed(lambda: as_caller("victim", victim), 10))
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # the attack under way: every slot the attacker may have is taken
+        answers = []
+        under = statistics.median(timed(lambda: answers.append(as_caller("victim", victim)), 10))
+        assert all("errors" not in a for a in answers)
+        assert under <= 2 * idle + 0.01, f"victim p50 {under * 1000:.1f} ms under attack, {idle * 1000:.1f} ms idle"
+    finally:
+        stop.set()
+        for thread in threads:
+            if thread.is_alive():
+                thread.join(timeout=60)  # its request ends with the slow store's answers
+        proxy.close()
+        gateway.close()
+
+
+def test_limits_per_role_fall_back_to_the_deployments() -> None:
+    limits = LimitsConfig(max_cost=5, roles={"anonymous": {"max_depth": 3}, "police": {"statement_seconds": 2}})
+    anonymous = limits.of("anonymous")
+    assert (anonymous.max_depth, anonymous.max_fields, anonymous.max_cost) == (3, 200, 200_000)  # its safe defaults
+    police = limits.of("police")
+    assert (police.statement_seconds, police.max_cost, police.max_depth) == (2, 5, 12)
+    assert limits.of(None).max_cost == 5
+
+
+def test_the_process_keeps_its_memory_after_a_refused_flood(secured: Gateway) -> None:
+    """The 96-byte version once left the process at 827 MB for good."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for _ in range(20):
+        assert codes(secured.execute(NESTED, identity=Identity("supervisor")).body) == ["COST_LIMIT"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 200
