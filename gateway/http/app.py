@@ -6,6 +6,10 @@ a request that cannot be executed (parse, validation, variables) is 400 and anyt
 is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
 request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
 
+Where trusted documents are configured, a document not registered is refused before it is
+parsed (403, ``UNTRUSTED_DOCUMENT``, its hash in the message) for the roles they cover; any
+caller may send a registered document by its hash alone.
+
 Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
 every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
 one). A repeated request whose plan and rows are cached is answered on the event loop itself,
@@ -40,6 +44,8 @@ from gateway.config import TokenGuard
 from gateway.execution import plans
 from gateway.execution.gateway import Gateway
 from gateway.execution.plans import MEMO_BYTES, encode
+from gateway.execution.views import role_of
+from gateway.graphql.documents import TrustedDocuments, document_hash, document_id
 from gateway.http.wire import OneWriteProtocol
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
@@ -66,6 +72,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "http": OneWriteProtocol,
 }
 _GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
+_SENT = {"query", "documentId", "extensions"}  # what names a GET request's document
+_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"  # Apollo's code: its clients then send the document
 _READ = {  # the request headers the edge reads (ASGI servers give their names in lower case)
     name.encode(): name
     for name in (
@@ -135,25 +143,59 @@ def _deeper(value: Any, limit: int) -> bool:
     return True
 
 
-def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None] | str:
-    """The request's query, variables and operation name, or what is wrong with them."""
-    query = params.get("query")
-    if not isinstance(query, str) or not query.strip():
-        return "the request has no `query` string"
+def _document_id(params: dict[str, Any]) -> str | None:
+    """The hash a request names its document by: ``documentId``, or Apollo's
+    ``extensions.persistedQuery.sha256Hash``; None if it names none. ValueError: not a hash."""
+    extensions = params.get("extensions")
+    if isinstance(extensions, str) and extensions:  # GET ?extensions=... is JSON text
+        try:
+            extensions = json.loads(extensions)
+        except (ValueError, RecursionError):
+            raise ValueError("`extensions` is not valid JSON") from None
+    persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
+    if "documentId" in params:
+        sent = params["documentId"]
+    elif isinstance(persisted, dict) and "sha256Hash" in persisted:
+        sent = persisted["sha256Hash"]
+    else:
+        return None
+    digest = document_id(sent)
+    if digest is None:
+        raise ValueError("the document id is not a SHA-256 (send sha256:<64 hex digits>)")
+    return digest
+
+
+def _variables(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's variables; ValueError: what is wrong with them."""
     variables = params.get("variables")
     if isinstance(variables, str) and variables:
         try:
             variables = json.loads(variables)
         except (ValueError, RecursionError):
-            return "`variables` is not valid JSON"
+            raise ValueError("`variables` is not valid JSON") from None
     if variables is not None and not isinstance(variables, dict):
-        return "`variables` must be an object"
+        raise ValueError("`variables` must be an object")
     if variables and _deeper(variables, MAX_DEPTH):
-        return f"`variables` nest deeper than {MAX_DEPTH} levels"
+        raise ValueError(f"`variables` nest deeper than {MAX_DEPTH} levels")
+    return variables or None
+
+
+def _parameters(params: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any] | None, str | None] | str:
+    """The request's query, the hash it names its document by, its variables and operation
+    name, or what is wrong with them. A request that names its document by hash may leave
+    the query out."""
+    query = params.get("query")
+    try:
+        document = _document_id(params)
+        if not (isinstance(query, str) and query.strip()) and not (query is None and document is not None):
+            return "the request has no `query` string"
+        variables = _variables(params)
+    except ValueError as error:
+        return str(error)
     operation_name = params.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
         return "`operationName` must be a string"
-    return query, variables or None, operation_name or None
+    return query, document, variables, operation_name or None
 
 
 @dataclass(slots=True)
@@ -166,6 +208,7 @@ class Exchange:
     media_type: str
     purpose: str | None
     query: str | None = None
+    document: str | None = None  # the hash the request named its document by, if it did
     operation_name: str | None = None
     identity: Identity | None = None
     result: plans.Response | None = None
@@ -236,6 +279,7 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         query=exchange.query,
         operation_name=exchange.operation_name,
         plan=result.plan if result is not None else None,
+        document=exchange.document,
         claims=result.claims if result is not None else {},
         rows=result.rows if result is not None else {},
         cache=result.cache if result is not None else {},
@@ -276,6 +320,8 @@ class Edge:
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
+        trusted = gateway.config.trusted_documents
+        self.documents = TrustedDocuments(trusted) if trusted is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -306,7 +352,7 @@ class Edge:
         exchange = Exchange.begin(request.scope["headers"])
         token = REQUEST_ID.set(exchange.request_id)
         try:
-            if "query" not in request.query_params:
+            if not _SENT.intersection(request.query_params):
                 reply = self.refuse(exchange, "send a query: POST application/json, or GET ?query=...")
             else:
                 reply = await self.answer(exchange, dict(request.query_params))
@@ -375,16 +421,67 @@ class Edge:
         exchange.codes = [code]
         return _bad_request(message, exchange.media_type, status)
 
+    def deny(self, exchange: Exchange, status: int, message: str, code: str, **extensions: Any) -> Reply:
+        """A well-formed request the gateway will not run (outcome ``refused``)."""
+        exchange.outcome, exchange.codes = "refused", [code]
+        exchange.result = exchange.template = None  # a hot request's answer is not what it got
+        body = {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
+        return _json(body, status, exchange.media_type)
+
+    def refresh_documents(self) -> None:
+        """Read the trusted documents again if their manifest changed. Hot replies go with the
+        old ones: one of them may answer a document no longer registered."""
+        if self.documents is None:
+            return
+        try:
+            changed = self.documents.refresh()
+        except CitygateError as error:
+            log.error("the trusted documents were not read again, the old ones stay: %s", error.message)
+            return
+        if changed:
+            self.hot.clear()
+
+    def trust(self, exchange: Exchange) -> str | Reply:
+        """The document to run: the query sent, or the registered one its hash names; or the
+        refusal of a document that is not registered, where the caller's role runs only those."""
+        self.refresh_documents()  # a GET comes here without passing read_post
+        query, digest, documents = exchange.query, exchange.document, self.documents
+        role = role_of(self.gateway.policies, exchange.identity)
+        covered = documents is not None and documents.covers(role)
+        if query is None:
+            assert digest is not None
+            found = documents.documents.get(digest) if documents is not None else None
+            if found is not None:
+                exchange.query = found
+                return found
+            if not covered:  # Apollo's clients send the document itself on this code
+                status = 400 if exchange.media_type == GRAPHQL_RESPONSE else 200
+                return self.deny(exchange, status, "no document is registered by this hash; send the query", _NOT_FOUND)
+        elif digest is not None and document_hash(query) != digest:
+            return self.refuse(exchange, "the query's SHA-256 is not the hash the request sends")
+        if covered:
+            assert documents is not None
+            digest = digest or document_hash(query or "")
+            if digest not in documents.documents:
+                who = f"role {role}" if role else "this gateway"
+                message = f"document sha256:{digest} is not registered, and {who} runs only registered documents"
+                return self.deny(exchange, 403, message, "UNTRUSTED_DOCUMENT", documentId=f"sha256:{digest}")
+        assert query is not None
+        return query
+
     async def answer(self, exchange: Exchange, params: dict[str, Any]) -> Reply:
         parsed = _parameters(params)
         if isinstance(parsed, str):
             return self.refuse(exchange, parsed)
-        query, variables, operation_name = parsed
-        exchange.query, exchange.operation_name = query, operation_name
+        exchange.query, exchange.document, variables, operation_name = parsed
+        exchange.operation_name = operation_name
         identity = await self.authenticate(exchange)
         if isinstance(identity, Reply):
             return identity
         exchange.identity = identity
+        query = self.trust(exchange)
+        if isinstance(query, Reply):
+            return query
         result = self.gateway.execute_cached(query, variables, operation_name, identity)
         if result is None:
             result = await run_in_threadpool(self.gateway.execute, query, variables, operation_name, identity)
@@ -406,6 +503,7 @@ class Edge:
         if isinstance(raw, Reply):
             return raw
         key = (raw, exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), exchange.media_type)
+        self.refresh_documents()
         hot = self.hot.get(key)
         if hot is not None and self.still_hot(hot, exchange):
             return hot.reply
