@@ -6,9 +6,10 @@ a request that cannot be executed (parse, validation, variables) is 400 and anyt
 is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
 request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
 
-Where trusted documents are configured, a document not registered is refused before it is
-parsed (403, ``UNTRUSTED_DOCUMENT``, its hash in the message) for the roles they cover; any
-caller may send a registered document by its hash alone.
+Two refusals come before a document is parsed. A caller over its requests per minute
+(``limits``) is answered 429 with ``Retry-After``. Where trusted documents are configured, a
+document not registered is refused (403, ``UNTRUSTED_DOCUMENT``, its hash in the message) for the
+roles they cover; any caller may send a registered document by its hash alone.
 
 Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
 every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
@@ -23,6 +24,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -46,6 +48,7 @@ from gateway.execution.gateway import Gateway
 from gateway.execution.plans import MEMO_BYTES, encode
 from gateway.execution.views import role_of
 from gateway.graphql.documents import TrustedDocuments, document_hash, document_id
+from gateway.http.ratelimit import Limiter
 from gateway.http.wire import OneWriteProtocol
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
@@ -62,8 +65,9 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we ma
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 # How uvicorn serves the edge. The trail records every request, so its access log would only
-# repeat it; citygate reads no client address, so X-Forwarded-* need no rewriting (and that
-# middleware costs a layer per request); and the server need not name itself.
+# repeat it; X-Forwarded-* are not rewritten (that middleware costs a layer per request), so
+# anonymous callers are limited by the address that connects, which behind a proxy is the
+# proxy's; and the server need not name itself.
 # Each response leaves in one write (gateway/wire.py).
 SERVER_OPTIONS: dict[str, Any] = {
     "access_log": False,
@@ -207,6 +211,7 @@ class Exchange:
     headers: dict[str, str]
     media_type: str
     purpose: str | None
+    client: str | None = None  # the address that connects: who an anonymous caller is, for the limits
     query: str | None = None
     document: str | None = None  # the hash the request named its document by, if it did
     operation_name: str | None = None
@@ -217,7 +222,7 @@ class Exchange:
     template: Template | None = None  # a hot request's audit record, but for its own values
 
     @classmethod
-    def begin(cls, raw_headers: list[tuple[bytes, bytes]]) -> Exchange:
+    def begin(cls, raw_headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None = None) -> Exchange:
         # The headers the edge reads, decoded once (the first of repeated ones).
         headers: dict[str, str] = {}
         for raw_name, raw_value in raw_headers:
@@ -232,6 +237,7 @@ class Exchange:
             headers=headers,
             media_type=GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in headers.get("accept", "") else "application/json",
             purpose="".join(c for c in purpose if c.isprintable())[:200] if purpose else None,
+            client=client[0] if client else None,
         )
 
 
@@ -322,6 +328,8 @@ class Edge:
         self.hot: dict[tuple[Any, ...], Hot] = {}
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
+        self.limiter = Limiter()
+        self._per_minute: dict[str | None, int] = {}  # requests per minute, by role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -331,7 +339,7 @@ class Edge:
             await self.app(scope, receive, send)
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange.begin(scope["headers"])
+        exchange = Exchange.begin(scope["headers"], scope.get("client"))
         token = REQUEST_ID.set(exchange.request_id)
         try:
             reply = await self.read_post(receive, exchange)
@@ -349,7 +357,7 @@ class Edge:
     async def get(self, request: Request) -> Response:
         if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
-        exchange = Exchange.begin(request.scope["headers"])
+        exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
         token = REQUEST_ID.set(exchange.request_id)
         try:
             if not _SENT.intersection(request.query_params):
@@ -428,6 +436,27 @@ class Edge:
         body = {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
         return _json(body, status, exchange.media_type)
 
+    def throttle(self, exchange: Exchange) -> Reply | None:
+        """The 429 of a caller over its requests per minute (its role's ``limits``), else None.
+        A caller is its token's subject, an anonymous one the address it connects from."""
+        identity = exchange.identity
+        role = role_of(self.gateway.policies, identity)
+        per_minute = self._per_minute.get(role)
+        if per_minute is None:
+            per_minute = self._per_minute[role] = self.gateway.config.limits.of(role).requests_per_minute
+        if not per_minute:
+            return None
+        subject = identity.subject if identity is not None else None
+        wait = self.limiter.take(("subject", subject) if subject else ("address", exchange.client), per_minute)
+        if wait is None:
+            return None
+        seconds = max(1, math.ceil(wait))
+        who = f"role {role}" if role else "this gateway"
+        message = f"too many requests: {who} allows {per_minute} a minute; try again in {seconds} s"
+        reply = self.deny(exchange, 429, message, "RATE_LIMITED", retryAfter=seconds)
+        reply.headers.append((b"retry-after", b"%d" % seconds))
+        return reply
+
     def refresh_documents(self) -> None:
         """Read the trusted documents again if their manifest changed. Hot replies go with the
         old ones: one of them may answer a document no longer registered."""
@@ -479,6 +508,9 @@ class Edge:
         if isinstance(identity, Reply):
             return identity
         exchange.identity = identity
+        limited = self.throttle(exchange)
+        if limited is not None:
+            return limited
         query = self.trust(exchange)
         if isinstance(query, Reply):
             return query
@@ -506,7 +538,7 @@ class Edge:
         self.refresh_documents()
         hot = self.hot.get(key)
         if hot is not None and self.still_hot(hot, exchange):
-            return hot.reply
+            return self.throttle(exchange) or hot.reply
         reply = await self.answer_json(raw, exchange)
         self.remember(key, exchange, reply)
         return reply
