@@ -2,8 +2,8 @@
 their text.
 
 The manifest is one JSON object from each document's hash (64 hex digits) to its text, the file
-GraphQL Code Generator's client preset writes as ``persisted-documents.json`` and PostGraphile's
-trusted documents read; ``citygate documents register`` adds to it. A client may then send a
+GraphQL Code Generator's client preset writes as ``persisted-documents.json`` (with
+``hashAlgorithm: "sha256"``); ``citygate documents register`` adds to it. A client may then send a
 registered document by its hash alone, as Apollo's persisted queries do
 (``{"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "..."}}}``) or as
 ``{"documentId": "sha256:..."}``, and the roles the configuration names run nothing else.
