@@ -136,13 +136,19 @@ def _plan(
 @contextlib.contextmanager
 def _gateways() -> Iterator[tuple[Any, Any]]:
     """A gateway on each engine over the services, in this process."""
-    from gateway.config import load_config
+    from gateway.config import RoleLimits, load_config
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
     config = load_config(REPO / "configs" / "services.yaml")
-    # These sections measure the work of answering; a result cache hit would skip it.
-    config = config.model_copy(update={"cache": config.cache.model_copy(update={"enabled": False})})
+    # These sections measure the work of answering, sent from one address without a token: a
+    # result cache hit would skip the work, and the anonymous rate limit would refuse the load.
+    config = config.model_copy(
+        update={
+            "cache": config.cache.model_copy(update={"enabled": False}),
+            "limits": config.limits.model_copy(update={"roles": {"anonymous": RoleLimits(requests_per_minute=0)}}),
+        }
+    )
     embedded = Gateway.start(config.with_engine("embedded"), create_engine(config.with_engine("embedded")))
     try:
         trino = Gateway.start(config, create_engine(config))

@@ -40,6 +40,8 @@ CACHE_KEY = "cache"  # the result cache's section in a citygate configuration
 # citygate as a city runs it: every request leaves an audit record (a file in the run's
 # temporary directory). PostGraphile keeps no such trail; the report says so.
 AUDIT = True
+# The limits section that lets anonymous callers send any number of requests a minute.
+UNLIMITED: dict[str, Any] = {"roles": {"anonymous": {"requests_per_minute": 0}}}
 
 
 class ServerError(RuntimeError):
@@ -77,6 +79,8 @@ def _write_config(directory: Path, engine: Literal["trino", "embedded"], cache: 
         raw.update(cache_section(cache))
         if AUDIT:
             raw["audit"] = {"sink": "file", "path": str(directory / f"{name}-audit.jsonl")}
+        # The load comes from one address without a token: a city's many callers, not one.
+        raw["limits"] = UNLIMITED
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     return path

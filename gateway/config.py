@@ -245,7 +245,7 @@ class RoleLimits(_Model):
 
 
 # What a caller without a token may ask, unless `limits.roles.anonymous` says otherwise.
-_DEFAULTS = {
+_DEFAULTS: dict[str | None, RoleLimits] = {
     "anonymous": RoleLimits(
         max_depth=6, max_root_fields=5, max_fields=200, max_cost=200_000, statement_seconds=10, requests_per_minute=600
     )
@@ -294,6 +294,23 @@ class LimitsConfig(_Model):
         return Limits(**{name: decided(name) for name in Limits.__dataclass_fields__})
 
 
+class TrustedDocumentsConfig(_Model):
+    """Registered GraphQL documents, and the roles that may run only those.
+
+    ``store`` is a manifest (JSON: the SHA-256 of each document's text -> the text), written by
+    ``citygate documents register``. Any caller may send a registered document by its hash
+    alone; a caller whose role ``roles`` names (or every caller, with ``all``) may run nothing
+    else. Roles are as the policies name them; ``anonymous`` is a caller without a token.
+    """
+
+    store: Path
+    roles: list[str] | Literal["all"] = "all"
+
+    def covers(self, role: str | None) -> bool:
+        """Whether ``role`` (None: a deployment without policies) runs registered documents only."""
+        return self.roles == "all" or (role is not None and role in self.roles)
+
+
 class TelemetryConfig(_Model):
     """OpenTelemetry spans around each stage of a request, sent where an exporter says."""
 
@@ -312,6 +329,7 @@ class Config(_Model):
     metrics: TokenGuard = TokenGuard()
     admin: TokenGuard = TokenGuard()
     telemetry: TelemetryConfig = TelemetryConfig()
+    trusted_documents: TrustedDocumentsConfig | None = None
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
@@ -444,6 +462,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update["auth"] = config.auth.model_copy(update={"jwks_file": (base / config.auth.jwks_file).resolve()})
     if config.audit is not None and config.audit.path is not None and not config.audit.path.is_absolute():
         update["audit"] = config.audit.model_copy(update={"path": (base / config.audit.path).resolve()})
+    documents = config.trusted_documents
+    if documents is not None and not documents.store.is_absolute():
+        update["trusted_documents"] = documents.model_copy(update={"store": (base / documents.store).resolve()})
     return config.model_copy(update=update)
 
 

@@ -345,6 +345,32 @@ def _policy_test(gateway: Gateway, path: Path) -> int:
     return 1 if failed else 0
 
 
+def cmd_documents(args: argparse.Namespace) -> int:
+    """Register GraphQL documents from files as trusted, or list the registered ones."""
+    from gateway.graphql import documents
+
+    config = _load(args)
+    if config.trusted_documents is None:
+        raise CitygateError(f"{args.config}: trusted_documents: configure `store` (the manifest) to register documents")
+    store = config.trusted_documents.store
+    if args.action == "register":
+        if not args.files:
+            raise CitygateError("documents register: name the .graphql files to register")
+        texts = []
+        for name in args.files:
+            try:
+                texts.append((name, Path(name).read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as error:
+                raise CitygateError(f"{name}: cannot be read: {error}") from None
+        for digest, source, new in documents.register(store, texts, config.limits.max_tokens):
+            print(f"sha256:{digest}  {source}  {'registered' if new else 'already registered'}")
+        return 0
+    for digest, text in sorted(documents.read_manifest(store, missing_ok=True).items()):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        print(f"sha256:{digest}  {first[:80]}")
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     """Print a token that `citygate demo` with the same --data-dir accepts (demo only)."""
     identity = _identity(args)
@@ -485,7 +511,7 @@ def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int
 def _supervision_commands(
     command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser],
 ) -> None:
-    """The commands a supervisor uses: the audit trail and the cache."""
+    """The commands a supervisor uses: the audit trail, trusted documents and the cache."""
     p = command("audit", cmd_audit)
     p.add_argument("action", choices=("verify", "query"))
     p.add_argument("file", nargs="?", help="the audit file (default: the config's audit.path, or the demo's)")
@@ -498,6 +524,11 @@ def _supervision_commands(
     p.add_argument("--since", help="from this time on (ISO 8601; UTC unless it says otherwise)")
     p.add_argument("--until", help="before this time (ISO 8601)")
     p.add_argument("--json", action="store_true", help="print the matching records as JSON lines")
+
+    p = command("documents", cmd_documents)
+    p.add_argument("action", choices=("register", "list"))
+    p.add_argument("files", nargs="*", metavar="FILE", help="GraphQL documents to register (.graphql files)")
+    p.add_argument("--config", required=True, help="the deployment config naming trusted_documents.store")
 
     p = command("cache", cmd_cache)
     p.add_argument("action", choices=("clear",))

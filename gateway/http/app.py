@@ -6,6 +6,11 @@ a request that cannot be executed (parse, validation, variables) is 400 and anyt
 is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
 request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
 
+Two refusals come before a document is parsed. A caller over its requests per minute
+(``limits``) is answered 429 with ``Retry-After``. Where trusted documents are configured, a
+document not registered is refused (403, ``UNTRUSTED_DOCUMENT``, its hash in the message) for the
+roles they cover; any caller may send a registered document by its hash alone.
+
 Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
 every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
 one). A repeated request whose plan and rows are cached is answered on the event loop itself,
@@ -19,6 +24,7 @@ import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -41,6 +47,9 @@ from gateway.execution import plans
 from gateway.execution.fairness import CALLER, REQUESTS_AT_ONCE, Admission
 from gateway.execution.gateway import Gateway
 from gateway.execution.plans import MEMO_BYTES, encode
+from gateway.execution.views import role_of
+from gateway.graphql.documents import TrustedDocuments, document_hash, document_id
+from gateway.http.ratelimit import Limiter
 from gateway.http.wire import OneWriteProtocol
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
@@ -57,9 +66,9 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we ma
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
 # How uvicorn serves the edge. The trail records every request, so its access log would only
-# repeat it; citygate reads the client address only to share work fairly among callers without
-# a token, for which a proxy's address will do, so X-Forwarded-* need no rewriting (and that
-# middleware costs a layer per request); and the server need not name itself.
+# repeat it; X-Forwarded-* are not rewritten (that middleware costs a layer per request), so
+# anonymous callers are limited and shared fairly by the address that connects, which behind a
+# proxy is the proxy's; and the server need not name itself.
 # Each response leaves in one write (gateway/http/wire.py).
 SERVER_OPTIONS: dict[str, Any] = {
     "access_log": False,
@@ -68,6 +77,8 @@ SERVER_OPTIONS: dict[str, Any] = {
     "http": OneWriteProtocol,
 }
 _GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
+_SENT = {"query", "documentId", "extensions"}  # what names a GET request's document
+_NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"  # Apollo's code: its clients then send the document
 _READ = {  # the request headers the edge reads (ASGI servers give their names in lower case)
     name.encode(): name
     for name in (
@@ -137,25 +148,59 @@ def _deeper(value: Any, limit: int) -> bool:
     return True
 
 
-def _parameters(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None] | str:
-    """The request's query, variables and operation name, or what is wrong with them."""
-    query = params.get("query")
-    if not isinstance(query, str) or not query.strip():
-        return "the request has no `query` string"
+def _document_id(params: dict[str, Any]) -> str | None:
+    """The hash a request names its document by: ``documentId``, or Apollo's
+    ``extensions.persistedQuery.sha256Hash``; None if it names none. ValueError: not a hash."""
+    extensions = params.get("extensions")
+    if isinstance(extensions, str) and extensions:  # GET ?extensions=... is JSON text
+        try:
+            extensions = json.loads(extensions)
+        except (ValueError, RecursionError):
+            raise ValueError("`extensions` is not valid JSON") from None
+    persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
+    if "documentId" in params:
+        sent = params["documentId"]
+    elif isinstance(persisted, dict) and "sha256Hash" in persisted:
+        sent = persisted["sha256Hash"]
+    else:
+        return None
+    digest = document_id(sent)
+    if digest is None:
+        raise ValueError("the document id is not a SHA-256 (send sha256:<64 hex digits>)")
+    return digest
+
+
+def _variables(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The request's variables; ValueError: what is wrong with them."""
     variables = params.get("variables")
     if isinstance(variables, str) and variables:
         try:
             variables = json.loads(variables)
         except (ValueError, RecursionError):
-            return "`variables` is not valid JSON"
+            raise ValueError("`variables` is not valid JSON") from None
     if variables is not None and not isinstance(variables, dict):
-        return "`variables` must be an object"
+        raise ValueError("`variables` must be an object")
     if variables and _deeper(variables, MAX_DEPTH):
-        return f"`variables` nest deeper than {MAX_DEPTH} levels"
+        raise ValueError(f"`variables` nest deeper than {MAX_DEPTH} levels")
+    return variables or None
+
+
+def _parameters(params: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any] | None, str | None] | str:
+    """The request's query, the hash it names its document by, its variables and operation
+    name, or what is wrong with them. A request that names its document by hash may leave
+    the query out."""
+    query = params.get("query")
+    try:
+        document = _document_id(params)
+        if not (isinstance(query, str) and query.strip()) and not (query is None and document is not None):
+            return "the request has no `query` string"
+        variables = _variables(params)
+    except ValueError as error:
+        return str(error)
     operation_name = params.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
         return "`operationName` must be a string"
-    return query, variables or None, operation_name or None
+    return query, document, variables, operation_name or None
 
 
 @dataclass(slots=True)
@@ -167,17 +212,18 @@ class Exchange:
     headers: dict[str, str]
     media_type: str
     purpose: str | None
+    client: str | None = None  # the address that connects: who an anonymous caller is, for the limits
     query: str | None = None
+    document: str | None = None  # the hash the request named its document by, if it did
     operation_name: str | None = None
     identity: Identity | None = None
     result: plans.Response | None = None
     outcome: str = "ok"
     codes: list[str] = field(default_factory=list)
     template: Template | None = None  # a hot request's audit record, but for its own values
-    client: str = ""  # the client's address, which tells callers without a token apart (fairness)
 
     @classmethod
-    def begin(cls, raw_headers: list[tuple[bytes, bytes]]) -> Exchange:
+    def begin(cls, raw_headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None = None) -> Exchange:
         # The headers the edge reads, decoded once (the first of repeated ones).
         headers: dict[str, str] = {}
         for raw_name, raw_value in raw_headers:
@@ -192,6 +238,7 @@ class Exchange:
             headers=headers,
             media_type=GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in headers.get("accept", "") else "application/json",
             purpose="".join(c for c in purpose if c.isprintable())[:200] if purpose else None,
+            client=client[0] if client else None,
         )
 
 
@@ -239,6 +286,7 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         query=exchange.query,
         operation_name=exchange.operation_name,
         plan=result.plan if result is not None else None,
+        document=exchange.document,
         claims=result.claims if result is not None else {},
         rows=result.rows if result is not None else {},
         cache=result.cache if result is not None else {},
@@ -250,12 +298,7 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
     )
 
 
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else ""
-
-
-def _caller(identity: Identity | None, client: str) -> str:
+def _caller(identity: Identity | None, client: str | None) -> str:
     """Who a request is, for fair shares: its token's subject, else its role at its address."""
     if identity is not None and identity.subject:
         return f"subject:{identity.subject}"
@@ -292,6 +335,10 @@ class Edge:
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
         self.admission = Admission(REQUESTS_AT_ONCE)
+        trusted = gateway.config.trusted_documents
+        self.documents = TrustedDocuments(trusted) if trusted is not None else None
+        self.limiter = Limiter()
+        self._per_minute: dict[str | None, int] = {}  # requests per minute, by role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -301,8 +348,7 @@ class Edge:
             await self.app(scope, receive, send)
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = Exchange.begin(scope["headers"])
-        exchange.client = _client(scope)
+        exchange = Exchange.begin(scope["headers"], scope.get("client"))
         token = REQUEST_ID.set(exchange.request_id)
         try:
             reply = await self.read_post(receive, exchange)
@@ -320,11 +366,10 @@ class Edge:
     async def get(self, request: Request) -> Response:
         if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
-        exchange = Exchange.begin(request.scope["headers"])
-        exchange.client = _client(request.scope)
+        exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
         token = REQUEST_ID.set(exchange.request_id)
         try:
-            if "query" not in request.query_params:
+            if not _SENT.intersection(request.query_params):
                 reply = self.refuse(exchange, "send a query: POST application/json, or GET ?query=...")
             else:
                 reply = await self.answer(exchange, dict(request.query_params))
@@ -393,16 +438,91 @@ class Edge:
         exchange.codes = [code]
         return _bad_request(message, exchange.media_type, status)
 
+    def deny(self, exchange: Exchange, status: int, message: str, code: str, **extensions: Any) -> Reply:
+        """A well-formed request the gateway will not run (outcome ``refused``)."""
+        exchange.outcome, exchange.codes = "refused", [code]
+        exchange.result = exchange.template = None  # a hot request's answer is not what it got
+        body = {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
+        return _json(body, status, exchange.media_type)
+
+    def throttle(self, exchange: Exchange) -> Reply | None:
+        """The 429 of a caller over its requests per minute (its role's ``limits``), else None.
+        A caller is its token's subject, an anonymous one the address it connects from."""
+        identity = exchange.identity
+        role = role_of(self.gateway.policies, identity)
+        per_minute = self._per_minute.get(role)
+        if per_minute is None:
+            per_minute = self._per_minute[role] = self.gateway.config.limits.of(role).requests_per_minute
+        if not per_minute:
+            return None
+        subject = identity.subject if identity is not None else None
+        wait = self.limiter.take(("subject", subject) if subject else ("address", exchange.client), per_minute)
+        if wait is None:
+            return None
+        seconds = max(1, math.ceil(wait))
+        who = f"role {role}" if role else "this gateway"
+        message = f"too many requests: {who} allows {per_minute} a minute; try again in {seconds} s"
+        reply = self.deny(exchange, 429, message, "RATE_LIMITED", retryAfter=seconds)
+        reply.headers.append((b"retry-after", b"%d" % seconds))
+        return reply
+
+    def refresh_documents(self) -> None:
+        """Read the trusted documents again if their manifest changed. Hot replies go with the
+        old ones: one of them may answer a document no longer registered."""
+        if self.documents is None:
+            return
+        try:
+            changed = self.documents.refresh()
+        except CitygateError as error:
+            log.error("the trusted documents were not read again, the old ones stay: %s", error.message)
+            return
+        if changed:
+            self.hot.clear()
+
+    def trust(self, exchange: Exchange) -> str | Reply:
+        """The document to run: the query sent, or the registered one its hash names; or the
+        refusal of a document that is not registered, where the caller's role runs only those."""
+        self.refresh_documents()  # a GET comes here without passing read_post
+        query, digest, documents = exchange.query, exchange.document, self.documents
+        role = role_of(self.gateway.policies, exchange.identity)
+        covered = documents is not None and documents.covers(role)
+        if query is None:
+            assert digest is not None
+            found = documents.documents.get(digest) if documents is not None else None
+            if found is not None:
+                exchange.query = found
+                return found
+            if not covered:  # Apollo's clients send the document itself on this code
+                status = 400 if exchange.media_type == GRAPHQL_RESPONSE else 200
+                return self.deny(exchange, status, "no document is registered by this hash; send the query", _NOT_FOUND)
+        elif digest is not None and document_hash(query) != digest:
+            return self.refuse(exchange, "the query's SHA-256 is not the hash the request sends")
+        if covered:
+            assert documents is not None
+            digest = digest or document_hash(query or "")
+            if digest not in documents.documents:
+                who = f"role {role}" if role else "this gateway"
+                message = f"document sha256:{digest} is not registered, and {who} runs only registered documents"
+                return self.deny(exchange, 403, message, "UNTRUSTED_DOCUMENT", documentId=f"sha256:{digest}")
+        assert query is not None
+        return query
+
     async def answer(self, exchange: Exchange, params: dict[str, Any]) -> Reply:
         parsed = _parameters(params)
         if isinstance(parsed, str):
             return self.refuse(exchange, parsed)
-        query, variables, operation_name = parsed
-        exchange.query, exchange.operation_name = query, operation_name
+        exchange.query, exchange.document, variables, operation_name = parsed
+        exchange.operation_name = operation_name
         identity = await self.authenticate(exchange)
         if isinstance(identity, Reply):
             return identity
         exchange.identity = identity
+        limited = self.throttle(exchange)
+        if limited is not None:
+            return limited
+        query = self.trust(exchange)
+        if isinstance(query, Reply):
+            return query
         result = self.gateway.execute_cached(query, variables, operation_name, identity)
         if result is None:
             caller = _caller(identity, exchange.client)
@@ -430,9 +550,10 @@ class Edge:
         if isinstance(raw, Reply):
             return raw
         key = (raw, exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), exchange.media_type)
+        self.refresh_documents()
         hot = self.hot.get(key)
         if hot is not None and self.still_hot(hot, exchange):
-            return hot.reply
+            return self.throttle(exchange) or hot.reply
         reply = await self.answer_json(raw, exchange)
         self.remember(key, exchange, reply)
         return reply

@@ -41,6 +41,7 @@ import orjson
 
 from catalogue.errors import CitygateError, ConfigError
 from gateway.config import AuditConfig
+from gateway.graphql.documents import document_hash
 
 log = logging.getLogger("citygate.audit")
 
@@ -90,6 +91,7 @@ def record(
     query: str | None,
     operation_name: str | None,
     plan: Audited | None,
+    document: str | None = None,
     claims: dict[str, Any],
     rows: dict[str, int],
     cache: dict[str, str],
@@ -99,8 +101,9 @@ def record(
     status: int,
     errors: list[str],
 ) -> dict[str, Any]:
-    """The audit record of a finished request. It names columns and treatments, never values."""
-    digest, access = _operation(query, plan) if query else (None, [])
+    """The audit record of a finished request. It names columns and treatments, never values.
+    ``document``: the hash a request sent in place of a document it did not send."""
+    digest, access = _operation(query, plan) if query else (document, [])
     return {
         "time": time.time(),  # the sink writes it as ISO 8601
         "request_id": request_id,
@@ -122,11 +125,12 @@ def record(
 
 
 def _operation(query: str, plan: Audited | None) -> tuple[str, Any]:
-    """The query's SHA-256 (128 bits of it) and what the plan reads (the record's ``access``,
-    encoded as the sink encodes it), once per plan."""
+    """The query's SHA-256 (the name trusted documents know it by, and an error refusing it
+    gives) and what the plan reads (the record's ``access``, encoded as the sink encodes it),
+    once per plan."""
     if plan is not None and plan.audited is not None:
         return plan.audited
-    digest = hashlib.sha256(query.encode()).hexdigest()[:32]
+    digest = document_hash(query)
     if plan is None:
         return digest, []
     plan.audited = digest, orjson.Fragment(orjson.dumps(plan.access, option=orjson.OPT_SORT_KEYS))

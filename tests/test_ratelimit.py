@@ -1,0 +1,124 @@
+"""Requests per minute, per subject: the request past a caller's limit is refused (429,
+`RATE_LIMITED`, `Retry-After`) and audited; other callers go on; after the wait it runs again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from datasets.demo import issue_token, secure_demo
+from gateway.config import Config, LimitsConfig, RoleLimits
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import Edge, create_app
+from gateway.observe import audit
+
+STATIONS = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
+
+
+@dataclass
+class Served:
+    app: Edge
+    gateway: Gateway
+    data_dir: Path
+    now: list[float]  # the limiter's clock, which a test moves on
+
+    def client(self, address: str = "198.51.100.7") -> TestClient:
+        return TestClient(self.app, client=(address, 40000))
+
+    def token(self, role: str) -> dict[str, str]:
+        return {"authorization": "Bearer " + issue_token(self.data_dir, role, {}, 600)}
+
+    def record(self, request_id: str) -> dict[str, Any]:
+        assert self.gateway.audit is not None
+        self.gateway.audit.flush()
+        path = self.data_dir / "audit.jsonl"
+        [found] = [r for r in audit.records(path) if r["request_id"] == request_id]
+        return found
+
+
+def serve(config: Config, data_dir: Path) -> Iterator[Served]:
+    gateway = Gateway.start(config, create_engine(config))
+    app = create_app(gateway)
+    now = [1000.0]
+    app.limiter.clock = lambda: now[0]
+    try:
+        yield Served(app, gateway, data_dir, now)
+    finally:
+        gateway.close()
+
+
+@pytest.fixture
+def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
+    """The demo city with its policies; anonymous callers may send 3 requests a minute, health
+    analysts 2."""
+    config = secure_demo(sqlite_config, tmp_path)
+    limits = LimitsConfig(
+        roles={"anonymous": RoleLimits(requests_per_minute=3), "health_analyst": RoleLimits(requests_per_minute=2)}
+    )
+    yield from serve(config.model_copy(update={"limits": limits}), tmp_path)
+
+
+def test_the_request_past_the_limit_is_refused_with_retry_after_and_audited(served: Served) -> None:
+    with served.client() as client:
+        # the same request each time: from the second on it is answered from the hot replies
+        for _ in range(3):
+            assert client.post("/graphql", json=STATIONS).status_code == 200
+        refused = client.post("/graphql", json=STATIONS)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "20"  # 3 a minute: one more every 20 seconds
+    [error] = refused.json()["errors"]
+    assert error["extensions"] == {"code": "RATE_LIMITED", "retryAfter": 20}
+    assert "role anonymous allows 3 a minute" in error["message"]
+    record = served.record(refused.headers["x-request-id"])
+    assert (record["outcome"], record["status"], record["errors"]) == ("refused", 429, ["RATE_LIMITED"])
+    assert record["role"] == "anonymous" and record["operation"]["hash"] is not None
+    assert record["rows"] == {} and record["cache"] == {}  # nothing was read for it
+
+
+def test_another_subject_is_not_affected(served: Served) -> None:
+    analyst, other_analyst = served.token("health_analyst"), served.token("police")
+    with served.client() as client, served.client("203.0.113.9") as elsewhere:
+        for _ in range(2):
+            assert client.post("/graphql", json=STATIONS, headers=analyst).status_code == 200
+        assert client.post("/graphql", json=STATIONS, headers=analyst).status_code == 429
+        # the same address without a token, another address, and another subject all still run
+        assert client.post("/graphql", json=STATIONS).status_code == 200
+        assert elsewhere.post("/graphql", json=STATIONS).status_code == 200
+        assert client.post("/graphql", json=STATIONS, headers=other_analyst).status_code == 200
+        # a token's subject is the caller wherever it connects from
+        assert elsewhere.post("/graphql", json=STATIONS, headers=analyst).status_code == 429
+
+
+def test_after_the_wait_the_caller_runs_again(served: Served) -> None:
+    with served.client() as client:
+        for _ in range(3):
+            assert client.get("/graphql", params=STATIONS).status_code == 200
+        refused = client.get("/graphql", params=STATIONS)
+        assert refused.status_code == 429
+        served.now[0] += int(refused.headers["retry-after"]) - 1
+        assert client.get("/graphql", params=STATIONS).status_code == 429  # not yet
+        served.now[0] += 1
+        assert client.get("/graphql", params=STATIONS).status_code == 200
+        served.now[0] += 60  # a minute idle: the whole allowance again
+        assert [client.get("/graphql", params=STATIONS).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_anonymous_callers_are_held_to_600_a_minute_by_default(sqlite_config: Config, tmp_path: Path) -> None:
+    for served in serve(secure_demo(sqlite_config, tmp_path), tmp_path):
+        with served.client() as client:
+            statuses = [client.post("/graphql", json=STATIONS).status_code for _ in range(601)]
+        assert statuses[:600] == [200] * 600 and statuses[600] == 429
+
+
+def test_a_limit_of_zero_is_no_limit(sqlite_config: Config, tmp_path: Path) -> None:
+    limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=0)})
+    config = secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
+    for served in serve(config, tmp_path):
+        with served.client() as client:
+            assert all(client.post("/graphql", json=STATIONS).status_code == 200 for _ in range(700))
