@@ -174,6 +174,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines += _overhead_section(report, plots)
     lines += _shaping(report.get("shaping"))
     lines += _statements(report.get("statements"))
+    lines += _hostile(report.get("hostile"))
     lines += _seed(report.get("seed"))
     failures = report.get("failures") or {}
     if failures:
@@ -227,6 +228,11 @@ def _checks(report: dict[str, Any]) -> list[str]:
         rows.append(
             f"| statements | per request, depth 1 to 4 | {counts} | {statements['target']} "
             f"| {_met(statements['met'])} |"
+        )
+    for row in (report.get("hostile") or {}).get("rows", []):
+        rows.append(
+            f"| hostile | victim p50 under attack / idle: {row['attack']} | {row['ratio']:.2f} "
+            f"| {row['target']} | {_met(row['met'])} |"
         )
     if not rows:
         return []
@@ -390,6 +396,25 @@ def _statements(statements: Any) -> list[str]:
         "| " + " | ".join(str(v) for v in counts.values()) + " |",
         "",
     ]
+
+
+def _hostile(hostile: Any) -> list[str]:
+    if not isinstance(hostile, dict) or not hostile.get("rows"):
+        return []
+    lines = [
+        "## One caller cannot starve another",
+        "",
+        "A victim asks two root fields of two stores while one attacker sends its request from several threads.",
+        "",
+        "| attack | attacker threads | victim p50 idle ms | victim p50 under attack ms | ratio | runs | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in hostile["rows"]:
+        lines.append(
+            f"| {row['attack']} | {row['threads']} | {row['idle_p50_ms']:.2f} | {row['attack_p50_ms']:.2f} "
+            f"| {row['ratio']:.2f} | {row['runs']} | {row['target']} {_met(row['met'])} |"
+        )
+    return [*lines, ""]
 
 
 def _seed(seed: Any) -> list[str]:

@@ -7,6 +7,7 @@ p50, p95 (and p99 where a load generator measures it) and its number of runs:
 
 - shaping, overhead, policy, statements: in one process (``bench/inprocess.py``);
 - peer: PostGraphile and citygate serving the same query under wrk (``bench/peer.py``);
+- hostile: a victim's p50 idle and under each attack (``bench/hostile.py``);
 - load: a bounded run of 10,000 requests from 32 connections (``bench/load.py``);
 - seed: the seed-scale profile (``bench/seed.py``), when that module is there.
 
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("shaping", "overhead", "policy", "statements", "peer", "load", "seed")
+SECTIONS = ("shaping", "overhead", "policy", "statements", "hostile", "peer", "load", "seed")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,10 @@ def _plan(
                     yield name, lambda: _raise(failed)
             else:
                 yield from _in_process(in_process, settings, embedded, trino, progress)
+    if "hostile" in chosen:
+        from bench import hostile
+
+        yield "hostile", lambda: {"hostile": hostile.run(max(20, settings.runs // 4), progress)}
     if "peer" in chosen:
         from bench import peer
 

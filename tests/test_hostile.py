@@ -270,3 +270,19 @@ def test_the_process_keeps_its_memory_after_a_refused_flood(secured: Gateway) ->
     for _ in range(20):
         assert codes(secured.execute(NESTED, identity=Identity("supervisor")).body) == ["COST_LIMIT"]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 200
+
+
+def test_huge_filters_in_variables_are_refused_fast(secured: Gateway) -> None:
+    """Variables are not bounded by max_tokens: an `_and` of 30,000 `_neq` (930 KB) took 72 s."""
+    query = "query ($w: transport_stations_bool_exp) { transport_stations(where: $w, limit: 1) { name } }"
+    for where in (
+        {"_and": [{"name": {"_neq": f"x{i}"}} for i in range(30_000)]},
+        {"_or": [{"name": {"_eq": f"x{i}"}} for i in range(30_000)]},
+        {"name": {"_in": [f"x{i}" for i in range(30_000)]}},
+    ):
+        started = time.monotonic()
+        body = secured.execute(query, {"w": where}, identity=Identity("supervisor")).body
+        assert codes(body) == ["COST_LIMIT"] and "more than 2000 conditions" in body["errors"][0]["message"]
+        assert time.monotonic() - started < 5
+    allowed = {"name": {"_in": [f"x{i}" for i in range(1_000)]}}
+    assert "errors" not in secured.execute(query, {"w": allowed}, identity=Identity("supervisor")).body

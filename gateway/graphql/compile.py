@@ -59,6 +59,18 @@ class CompileError(CitygateError):
         self.path = list(path)
 
 
+class TooManyTerms(CompileError):
+    """A request's filters hold more conditions than any request may (:data:`MAX_TERMS`)."""
+
+    code = "COST_LIMIT"
+
+
+# Conditions (each comparison, and each value of `_in` and `_nin`) in all of one request's
+# filters. Variables are not bounded by `limits.max_tokens`: an `_and` of 30,000 `_neq` in them
+# took 72 s to compile and rewrite, growing worse than linearly.
+MAX_TERMS = 2_000
+
+
 # -- operator tables -----------------------------------------------------------------------
 
 Comparison = Callable[[exp.Expr, Any, LogicalType], exp.Expr]
@@ -221,6 +233,16 @@ class CompileContext:
     variables: VariableValues | None
     nodes: list[Node] = field(default_factory=list)
     aliases: int = 0
+    terms: int = 0  # conditions in the request's filters so far
+
+    def count(self, terms: int, path: list[str | int]) -> None:
+        self.terms += terms
+        if self.terms > MAX_TERMS:
+            raise TooManyTerms(
+                f"the query's filters hold more than {MAX_TERMS} conditions (`_in` values counted each); "
+                "ask for less in one request",
+                path,
+            )
 
     def alias(self) -> str:
         self.aliases += 1
@@ -503,9 +525,11 @@ def where_sql(
         if value is None:
             raise CompileError(f"`{name}: null` is not a condition; leave it out", here)
         if name == "_and":
+            ctx.count(len(value), here)
             parts = [where_sql(ctx, table, alias, v, here) or exp.true() for v in value]
             terms.append(exp.and_(*parts, copy=False) if parts else exp.true())
         elif name == "_or":
+            ctx.count(len(value), here)
             parts = [where_sql(ctx, table, alias, v, here) or exp.true() for v in value]
             terms.append(exp.paren(exp.or_(*parts, copy=False), copy=False) if parts else exp.false())
         elif name == "_not":
@@ -516,6 +540,7 @@ def where_sql(
             for op, operand in value.items():
                 if operand is None:
                     raise CompileError(f"`{op}: null` compares with nothing; use _is_null", [*here, op])
+                ctx.count(len(operand) if isinstance(operand, list) else 1, [*here, op])
                 terms.append(OPERATORS[op](_col(alias, name), operand, column.type))
         elif name in table.relations:
             relation = table.relations[name]
