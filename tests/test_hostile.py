@@ -286,3 +286,40 @@ def test_huge_filters_in_variables_are_refused_fast(secured: Gateway) -> None:
         assert time.monotonic() - started < 5
     allowed = {"name": {"_in": [f"x{i}" for i in range(1_000)]}}
     assert "errors" not in secured.execute(query, {"w": allowed}, identity=Identity("supervisor")).body
+
+
+def test_the_estimate_is_in_the_audit_record_and_in_explain(sqlite_config: Config, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from gateway.config import AuditConfig
+    from gateway.http.app import create_app
+    from gateway.observe import audit
+
+    trail = tmp_path / "audit.jsonl"
+    gateway = start(sqlite_config.model_copy(update={"audit": AuditConfig(sink="file", path=trail)}))
+    limited = "{ environment_monitored_sites { site_id readings(limit: 5) { reading_id } } }"
+    try:
+        with TestClient(create_app(gateway)) as client:
+            assert client.post("/graphql", json={"query": limited}).status_code == 200
+        expected = gateway.plan(limited).cost
+    finally:
+        gateway.close()
+    [record] = list(audit.records(trail))
+    assert record["cost"] == expected > 0
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "explain", "--data-dir", str(tmp_path / "demo"), limited],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        f"-- rows its statements may read at worst: {expected:,} (its role may: 200,000)" in shown.stdout
+    )  # anonymous

@@ -16,6 +16,7 @@ fan-outs are the catalogue's statistics, read from the stores once (:class:`Stat
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,23 +79,26 @@ def measure(ctx: CompileContext, selection_set: SelectionSetNode, most: int) -> 
 
 class Statistics:
     """Each table's row count and each relationship's largest fan-out (rows of the target per
-    value of its column), read from the stores when first needed and kept: they bound what a
-    query can materialise, so they need to be right in size, not to the row."""
+    value of its column), read from the stores when first needed and kept for ``keep`` seconds:
+    they bound what a query can materialise, so they need to be right in size, not to the row."""
 
-    def __init__(self, run: Callable[[exp.Expr], Sequence[Any]]) -> None:
+    def __init__(self, run: Callable[[exp.Expr], Sequence[Any]], keep: float = 3600.0) -> None:
         self._run = run  # runs a logical statement as the gateway itself, within the time limit
-        self._known: dict[tuple[str, ...], int] = {}
+        self._keep = keep
+        self._known: dict[tuple[str, ...], tuple[int, float]] = {}
         self._lock = threading.Lock()
 
     def _read(self, key: tuple[str, ...], statement: exp.Expr) -> int:
+        now = time.monotonic()
         with self._lock:
             found = self._known.get(key)
-        if found is None:
-            rows = self._run(statement)
-            found = int(rows[0][0] or 0) if rows else 0
-            with self._lock:
-                self._known[key] = found
-        return found
+        if found is not None and now - found[1] < self._keep:
+            return found[0]
+        rows = self._run(statement)
+        value = int(rows[0][0] or 0) if rows else 0
+        with self._lock:
+            self._known[key] = (value, now)
+        return value
 
     def rows(self, table: TableInfo) -> int:
         statement = exp.select(exp.Count(this=exp.Star())).from_(logical_table(table.department, table.name))
