@@ -9,13 +9,14 @@ attack, the victim's p50 within twice its idle p50.
 from __future__ import annotations
 
 import contextlib
-import socket
 import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from tools.relay import Relay
 
 REPO = Path(__file__).resolve().parent.parent
 VICTIM = "{ transport_stations(limit: 2) { name } market_regulation_enterprises(limit: 2) { name } }"
@@ -41,40 +42,6 @@ ATTACKS: dict[str, tuple[str, int]] = {  # name -> (the attacker's request, thre
 }
 
 
-class _SlowStore:
-    """A loopback relay that holds each of the store's answers back: slow, but answering."""
-
-    def __init__(self, port: int, delay: float) -> None:
-        self.target, self.delay = port, delay
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.server]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                return
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._relay, args=(client, upstream, 0.0), daemon=True).start()
-            threading.Thread(target=self._relay, args=(upstream, client, self.delay), daemon=True).start()
-
-    def _relay(self, source: socket.socket, sink: socket.socket, delay: float) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                time.sleep(delay)
-                sink.sendall(data)
-
-    def close(self) -> None:
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
 @contextlib.contextmanager
 def _gateway() -> Iterator[Any]:
     from gateway.config import LimitsConfig, load_config
@@ -83,7 +50,7 @@ def _gateway() -> Iterator[Any]:
 
     config = load_config(REPO / "configs" / "services.yaml").with_engine("embedded")
     health = config.departments["health"].store
-    slow = _SlowStore(health.port, 0.2)  # type: ignore[union-attr]
+    slow = Relay(health.port, delay=0.2)  # type: ignore[union-attr]
     departments = dict(config.departments)
     departments["health"] = departments["health"].model_copy(
         update={"store": health.model_copy(update={"port": slow.port})}

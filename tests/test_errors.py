@@ -5,11 +5,8 @@ Messages name the department or file and what to check, and never carry a passwo
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from gateway.config import Config, LimitsConfig
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from tests.conftest import REPO, free_port, trino_with, with_store
+from tools.relay import Relay as StallingProxy
 
 WRONG_PASSWORD = "not-the-password-7f3a"
 
@@ -263,42 +261,6 @@ def test_an_answer_over_the_row_limit_is_refused_by_name(
             assert sorted(len(v or []) for v in body["data"].values()) == [0, 60]
     finally:
         gateway.close()
-
-
-class StallingProxy:
-    """A TCP relay on loopback to a real store, which can be told to go silent: it keeps every
-    connection open and passes nothing on, as a store behind a broken network does."""
-
-    def __init__(self, port: int) -> None:
-        self.target = port
-        self.silent = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.server]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                return
-            self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._relay, args=(a, b), daemon=True).start()
-
-    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if not self.silent.is_set():
-                    sink.sendall(data)
-
-    def close(self) -> None:
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
 
 
 def test_a_store_that_stops_answering_fails_its_requests_in_time_and_holds_no_others(

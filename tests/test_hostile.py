@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import socket
 import statistics
 import threading
 import time
@@ -26,6 +25,7 @@ from gateway.execution.fairness import CALLER
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
 from tests.conftest import with_store
+from tools.relay import Relay
 
 # The nesting that drove the gateway to 14.5 GB and 6.5 GB of spill files (159 bytes).
 NESTED = (
@@ -166,41 +166,6 @@ def test_spilling_goes_only_where_configured(sqlite_config: Config, tmp_path: Pa
         gateway.close()
 
 
-class DelayingProxy:
-    """A loopback relay to a store that holds each answer back ``delay`` seconds: a store that
-    is slow but answers, so its queries hold threads without using the CPU."""
-
-    def __init__(self, port: int, delay: float) -> None:
-        self.target, self.delay = port, delay
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.sockets: list[socket.socket] = [self.server]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                return
-            self.sockets += [client, upstream]
-            threading.Thread(target=self._relay, args=(client, upstream, 0.0), daemon=True).start()
-            threading.Thread(target=self._relay, args=(upstream, client, self.delay), daemon=True).start()
-
-    def _relay(self, source: socket.socket, sink: socket.socket, delay: float) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                time.sleep(delay)
-                sink.sendall(data)
-
-    def close(self) -> None:
-        for s in self.sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-
 def timed(call: Callable[[], Any], times: int) -> list[float]:
     took = []
     for _ in range(times):
@@ -216,7 +181,7 @@ def test_one_caller_cannot_starve_another(services_config: Config) -> None:
     p50 (before, root fields of all requests shared one pool of eight threads, and the victim
     waited behind all of the attacker's)."""
     postgres = services_config.departments["health"].store
-    proxy = DelayingProxy(postgres.port, 0.2)  # type: ignore[union-attr]
+    proxy = Relay(postgres.port, delay=0.2)  # type: ignore[union-attr]
     config = with_store(services_config, "health", port=proxy.port).with_engine("embedded")
     gateway = start(config, statement_seconds=10.0)
     attack = "{ " + " ".join(f"a{i}: health_clinic_visits(limit: 1) {{ visit_id }}" for i in range(8)) + " }"
