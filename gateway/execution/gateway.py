@@ -269,7 +269,7 @@ class Gateway:
         if isinstance(coerced, list):
             return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-        return document, operation, CompileContext(model, fragments, coerced)
+        return document, operation, CompileContext(model, fragments, coerced, cap=self.config.limits.max_rows + 1)
 
     def _key(
         self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, claims: Any

@@ -234,6 +234,10 @@ class CompileContext:
     nodes: list[Node] = field(default_factory=list)
     aliases: int = 0
     terms: int = 0  # conditions in the request's filters so far
+    # rows a root list may read without a `limit` of its own: one more than a request may
+    # return (limits.max_rows), so that the engine stops reading there, and the fetch that
+    # finds one row too many says so
+    cap: int | None = None
 
     def count(self, terms: int, path: list[str | int]) -> None:
         self.terms += terms
@@ -672,7 +676,9 @@ def _sorted_by(sort_aliases: list[tuple[str, exp.Ordered]]) -> list[exp.Ordered]
     ]
 
 
-def _top(node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordered]]) -> exp.Select:
+def _top(
+    node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordered]], cap: int | None
+) -> exp.Select:
     """A root field's page as ORDER BY ... LIMIT ... OFFSET: engines keep the top rows as they
     read (and Trino can hand the top-N to the store) instead of sorting the whole table to
     number every row, as a per-parent page must."""
@@ -681,6 +687,8 @@ def _top(node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordere
     if order:
         paged = paged.order_by(*order, copy=False)
     offset, limit = node.args.get("offset") or 0, node.args.get("limit")
+    if limit is None:
+        limit = cap
     if limit is not None:
         paged = paged.limit(limit, copy=False)
     if offset:
@@ -757,7 +765,7 @@ def _rows_sql(ctx: CompileContext, node: Node) -> exp.Select:
         paged = _paged(node, select, sorts, partition)
         number = [*[exp.Ordered(this=p) for p in partition], exp.Ordered(this=exp.column(names.ROW_NUMBER))]
     else:
-        paged = _top(node, select, sorts)
+        paged = _top(node, select, sorts, ctx.cap)
         number = _sorted_by(sorts)
     # A global row number: children find their parent by it.
     ident = exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=number) if number else None)
@@ -787,7 +795,7 @@ def _agg_sql(ctx: CompileContext, node: Node) -> exp.Select:
             copy=False,
         )
         top = not partition and not node.args.get("distinct_on")
-        source = _top(node, select, sorts) if top else _paged(node, select, sorts, partition)
+        source = _top(node, select, sorts, None) if top else _paged(node, select, sorts, partition)
     else:
         source = select
     outputs = [exp.alias_(o.copy(), names.output(node.index, i), copy=False) for i, o in enumerate(node.outputs)]
