@@ -285,7 +285,8 @@ class LimitsConfig(_Model):
     def of(self, role: str | None) -> Limits:
         """The limits of ``role``: its own where ``roles`` gives them, then (for ``anonymous``)
         the safe defaults, then the deployment's. None: a deployment without policies."""
-        chain = [r for r in (self.roles.get(role) if role is not None else None, _DEFAULTS.get(role)) if r is not None]
+        own = (self.roles.get(role), _DEFAULTS.get(role)) if role is not None else ()
+        chain = [r for r in own if r is not None]
 
         def decided(name: str) -> Any:
             return next((getattr(r, name) for r in chain if getattr(r, name) is not None), getattr(self, name))

@@ -189,3 +189,18 @@ def test_a_backslash_escaping_nothing_and_a_bigint_past_64_bits_are_the_callers_
         {"v": "9223372036854775808"},
     ).body
     assert "64-bit" in huge["errors"][0]["message"]
+
+
+def test_a_null_in_a_group_ordering_orders_by_nothing(gateway_sqlite: Gateway) -> None:
+    """Found by tests/test_fuzz.py: each of these once failed inside the compiler (INTERNAL)."""
+    group = "market_regulation_enterprises_group_by(by: [district], order_by: [{district: asc}])"
+    plain = "{ g: " + group + " { keys { district } aggregate { count } } }"
+    want = gateway_sqlite.execute(plain).body
+    for ordering in (
+        "{aggregate: {count: null}}",
+        "{aggregate: {sum: null}}",
+        "{aggregate: {sum: {registered_capital: null}}}",
+        "{aggregate: null, district: null}",
+    ):
+        query = plain.replace("[{district: asc}]", f"[{ordering}, {{district: asc}}]")
+        assert gateway_sqlite.execute(query).body == want, ordering

@@ -816,11 +816,16 @@ def _group_order(node: Node) -> list[exp.Ordered]:
                     )
                 order.append(_ordered(exp.column(_ident(name)), value))
                 continue
+            # A null at any level orders by nothing, as it does in a list's `order_by`.
             for op, inner in value.items():
+                if inner is None:
+                    continue
                 if op == "count":
                     order.append(_ordered(exp.Count(this=exp.Star()), inner))
                 else:
-                    order.extend(_ordered(AGGREGATES[op](exp.column(_ident(c))), v) for c, v in inner.items())
+                    order.extend(
+                        _ordered(AGGREGATES[op](exp.column(_ident(c))), v) for c, v in inner.items() if v is not None
+                    )
     return order
 
 
