@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,32 @@ def test_a_null_in_a_group_ordering_orders_by_nothing(gateway_sqlite: Gateway) -
     ):
         query = plain.replace("[{district: asc}]", f"[{ordering}, {{district: asc}}]")
         assert gateway_sqlite.execute(query).body == want, ordering
+
+
+PATTERNS = (
+    "query ($p: String!) { public_security_residents_aggregate(where: {id_card: {_like: $p}}) { aggregate { count } } }"
+)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "%_%_%_%_%_%_%_X",  # once 22 s on DuckDB at k=6: a run of wildcards is now matched as `_______%`
+        "%_%_%_%_%_%_%_%_1",  # the same, matching
+        "%0%0%0X",  # the most `%` a pattern may hold, each before the column's most common digit
+        "%0_%9%_%1_4",
+    ],
+)
+def test_a_hostile_pattern_the_api_accepts_runs_in_bounded_time(gateway: Gateway, oracle: Oracle, pattern: str) -> None:
+    started = time.perf_counter()
+    response = gateway.execute(PATTERNS, {"p": pattern})
+    took = time.perf_counter() - started
+    assert "errors" not in response.body, response.body
+    same(response.body["data"], oracle.execute(PATTERNS, {"p": pattern}))
+    assert took < 2, f"{pattern!r} took {took:.2f} s"
+
+
+def test_a_pattern_past_the_bounds_is_the_callers_error(gateway_sqlite: Gateway) -> None:
+    for pattern, says in (("%0%0%0%0X", "at most 3 `%` wildcards"), ("4" * 257 + "%", "at most 256 characters")):
+        [error] = gateway_sqlite.execute(PATTERNS, {"p": pattern}).body["errors"]
+        assert error["extensions"]["code"] == "BAD_USER_INPUT" and says in error["message"], error

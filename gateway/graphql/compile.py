@@ -42,7 +42,7 @@ from catalogue.sql import departments_in, logical_table
 from catalogue.types import LITERALS, ORDERABLE, LogicalType, text_problem
 from gateway.graphql.scalars import OUTPUT
 from gateway.graphql.schema import ColumnInfo, Model, Relation, TableInfo
-from policies.rowfilter import pattern_problem
+from policies.rowfilter import canonical_pattern, pattern_problem
 
 # Template slot kinds (see gateway.graphql.shape).
 VALUE, CONST, NESTED, CHILD_LIST, CHILD_ONE, COMPOSITE = range(6)
@@ -105,7 +105,7 @@ def _like(kind: type[exp.Expr], negate: bool) -> Comparison:
 
     def build(column: exp.Expr, value: str, t: LogicalType) -> exp.Expr:
         _check_pattern(value)
-        matched = kind(this=column, expression=literal(value, LogicalType("string")))
+        matched = kind(this=column, expression=literal(canonical_pattern(value), LogicalType("string")))
         node = exp.Escape(this=matched, expression=exp.Literal.string("\\"))
         return exp.not_(node, copy=False) if negate else node
 
