@@ -234,3 +234,11 @@ def test_a_pattern_past_the_bounds_is_the_callers_error(gateway_sqlite: Gateway)
     for pattern, says in (("%0%0%0%0X", "at most 3 `%` wildcards"), ("4" * 257 + "%", "at most 256 characters")):
         [error] = gateway_sqlite.execute(PATTERNS, {"p": pattern}).body["errors"]
         assert error["extensions"]["code"] == "BAD_USER_INPUT" and says in error["message"], error
+
+
+def test_a_value_past_its_columns_type_is_the_callers_error_before_any_engine(gateway: Gateway) -> None:
+    query = "query ($v: Decimal!) { health_clinic_visits_aggregate(where: {cost: {_gt: $v}}) { aggregate { count } } }"
+    [error] = gateway.execute(query, {"v": "9" * 38}).body["errors"]  # once ENGINE_ERROR, a cast overflow
+    assert error["extensions"]["code"] == "BAD_USER_INPUT" and "decimal(10,2)" in error["message"], error
+    for fits in ("99999999.99", "-99999999.999", "0", "0.001"):
+        assert "errors" not in gateway.execute(query, {"v": fits}).body, fits

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from graphql import (
@@ -149,6 +150,13 @@ def literal(value: Any, kind: LogicalType) -> exp.Expr:
     problem = text_problem(value) if isinstance(value, str) else None
     if problem is not None:
         raise CompileError(f"a string value may not contain {problem}")
+    if kind.kind == "decimal" and kind.precision is not None:
+        # An engine casts the literal to the column's type to compare them, and fails on one
+        # that does not fit (a cast overflow), naming neither the field nor the fix.
+        whole = kind.precision - (kind.scale or 0)
+        number = Decimal(value)
+        if number and number.adjusted() + 1 > whole:
+            raise CompileError(f"{value} does not fit a {kind} column: at most {whole} digits before the point")
     return LITERALS[kind.kind](value)
 
 
