@@ -7,15 +7,15 @@ check, and never carries SQL, stack traces or credentials. ``detail`` is for the
 
 from __future__ import annotations
 
-import re
-
 
 class CitygateError(Exception):
-    """An error with a message for the client and a ``detail`` for the operator's log, which
-    never holds key material an engine quoted from the statement.
+    """An error with a message for the client and a ``detail`` for the operator's log. The
+    detail is kept as the engine said it: whoever logs it redacts it with the engine's own
+    ``Engine.redact``, which knows the exact key material it put in the statement, so that a
+    caller's long literal is logged as it was and not taken for a key.
 
-    >>> CitygateError("x", detail="LINE 1: ...5c5c5c5c5c5c6a6b6c6d6e6f5c5c5c5c5c5c5c5c5c5c') || x").detail
-    "LINE 1: ...<key>') || x"
+    >>> CitygateError("x", detail="cost > 99999999999999999999999999999999999999: out of range").detail
+    'cost > 99999999999999999999999999999999999999: out of range'
     """
 
     code = "INTERNAL"
@@ -23,12 +23,7 @@ class CitygateError(Exception):
     def __init__(self, message: str, *, detail: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.detail = _KEYS.sub("<key>", detail) if detail else detail
-
-
-# Key material in an engine's message (the hash mask's HMAC blocks, the tie-break key) when it
-# quotes the statement, whole or cut: never written to a log.
-_KEYS = re.compile(r"[0-9A-Fa-f]{32,}")
+        self.detail = detail
 
 
 class ConfigError(CitygateError):

@@ -9,6 +9,7 @@ dialect. Engines hold no policy logic.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +27,9 @@ from connectors.settings import EngineSettings
 
 T = TypeVar("T")
 Render = Callable[[Any, Any], str]  # a generator's TRANSFORMS entry: (generator, node) -> SQL text
+
+_RUNS = re.compile(r"[0-9A-Za-z_-]{16,}")  # what could be cut from a key as an engine writes it
+_WINDOW = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,9 +191,20 @@ class Engine(ABC):
         key = self.settings.hash_key
         if key is None or not text:
             return text
-        for secret in self._secrets(key):
+        secrets = self._secrets(key)
+        for secret in secrets:
             text = text.replace(secret, "<key>")
-        return text
+        # An engine that quotes the statement may cut it inside a key block ("LINE 1: ...5c5c"):
+        # a run that shares 16 characters with the key material is key material too. Any other
+        # run of digits, a caller's long literal, stays as it was.
+        lowered = [secret.lower() for secret in secrets]
+
+        def cut(match: re.Match[str]) -> str:
+            run = match.group().lower()
+            windows = (run[i : i + _WINDOW] for i in range(len(run) - _WINDOW + 1))
+            return "<key>" if any(w in secret for w in windows for secret in lowered) else match.group()
+
+        return _RUNS.sub(cut, text)
 
     def _secrets(self, key: bytes) -> list[str]:
         text = key.decode()

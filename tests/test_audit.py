@@ -312,3 +312,67 @@ def test_odd_tokens_and_requests_keep_the_trail_whole(sqlite_config: Config, tmp
     assert (switched["subject"], switched["role"], switched["outcome"]) == ("demo-police", "supervisor", "forbidden")
     assert records[5]["outcome"] == "bad_request"
     assert records[6]["purpose"] == "案件调查 2026" and records[6]["outcome"] == "ok"
+
+
+def test_every_recorded_text_is_checked_bounded_and_the_request_id_is_the_gateways_own(
+    sqlite_config: Config, tmp_path: Path
+) -> None:
+    """Found by a review: a validly signed claim holding a lone surrogate answered a 500 and
+    left no record (JSON cannot hold one); a 900 KB operationName went into the trail whole; a
+    role header was recorded with U+202E and U+2028 in it; and any caller could take another's
+    request id in the trail by sending it as X-Request-Id."""
+    config = secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, create_engine(config))
+
+    def bearer(role: str, **payload: Any) -> dict[str, str]:
+        """A validly signed token whose JSON escapes what UTF-8 cannot encode (a lone surrogate)."""
+        import time
+
+        from joserfc import jws
+        from joserfc.jwk import RSAKey
+
+        from datasets.demo import DEMO_AUDIENCE, DEMO_ISSUER, ensure_demo_issuer
+
+        key = RSAKey.import_key(ensure_demo_issuer(tmp_path)["private_jwk"])
+        claims = {"iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": f"demo-{role}", "roles": [role]}
+        body = json.dumps({**claims, "exp": int(time.time()) + 60, **payload}).encode()
+        return {"authorization": "Bearer " + jws.serialize_compact({"alg": "RS256", "kid": key.kid}, body, key)}
+
+    refused = [
+        bearer("police", sub="\ud800"),
+        bearer("police", roles=["police\ud800"]),
+        bearer("district_officer", district="南城\ud800"),
+        bearer("district_officer", district="南" * 300),
+    ]
+    statuses = []
+    with TestClient(create_app(gateway)) as client:
+        for headers in refused:
+            response = client.post("/graphql", json={"query": STATIONS}, headers=headers)
+            statuses.append(response.status_code)
+            assert "claim" in response.json()["errors"][0]["message"]
+        named = {"query": "query Q " + STATIONS, "operationName": "Q" * 900_000}
+        statuses.append(client.post("/graphql", json=named).status_code)
+        odd_role = {**bearer("police"), "x-citygate-role": "super\u202evisor\u2028x".encode()}
+        statuses.append(client.post("/graphql", json={"query": STATIONS}, headers=odd_role).status_code)  # type: ignore[arg-type]
+        shown = []
+        for _ in range(3):  # the same id from "two callers", the last a repeated (hot) request
+            response = client.post("/graphql", json={"query": STATIONS}, headers={"x-request-id": "dup-1"})
+            statuses.append(response.status_code)
+            shown.append(response.headers["x-request-id"])
+        odd_id = {b"x-request-id": "r\u202e1 2".encode(), b"content-type": b"application/json"}
+        response = client.post("/graphql", content=json.dumps({"query": STATIONS}), headers=odd_id)
+        statuses.append(response.status_code)
+    gateway.close()
+    assert statuses == [401, 401, 401, 401, 200, 403, 200, 200, 200, 200]
+    assert config.audit is not None and config.audit.path is not None
+    records = read(config.audit.path)
+    assert audit.verify(config.audit.path).ok and len(records) == len(statuses)
+    assert [r["outcome"] for r in records[:4]] == ["unauthenticated"] * 4
+    assert records[4]["operation"]["name"] == "Q" * 200
+    assert records[5]["role"] == "supervisorx" and records[5]["outcome"] == "forbidden"
+    duplicates = records[6:9]
+    assert shown == ["dup-1"] * 3 and [r["client_request_id"] for r in duplicates] == ["dup-1"] * 3
+    ids = [r["request_id"] for r in records]
+    assert len(set(ids)) == len(ids) and "dup-1" not in ids
+    assert records[9]["client_request_id"] == "r1 2" and response.headers["x-request-id"] == records[9]["request_id"]
+    assert all(r["client_request_id"] is None for r in records[:6])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,55 @@ def test_a_backslash_escaping_nothing_and_a_bigint_past_64_bits_are_the_callers_
         {"v": "9223372036854775808"},
     ).body
     assert "64-bit" in huge["errors"][0]["message"]
+
+
+def test_a_null_in_a_group_ordering_orders_by_nothing(gateway_sqlite: Gateway) -> None:
+    """Found by tests/test_fuzz.py: each of these once failed inside the compiler (INTERNAL)."""
+    group = "market_regulation_enterprises_group_by(by: [district], order_by: [{district: asc}])"
+    plain = "{ g: " + group + " { keys { district } aggregate { count } } }"
+    want = gateway_sqlite.execute(plain).body
+    for ordering in (
+        "{aggregate: {count: null}}",
+        "{aggregate: {sum: null}}",
+        "{aggregate: {sum: {registered_capital: null}}}",
+        "{aggregate: null, district: null}",
+    ):
+        query = plain.replace("[{district: asc}]", f"[{ordering}, {{district: asc}}]")
+        assert gateway_sqlite.execute(query).body == want, ordering
+
+
+PATTERNS = (
+    "query ($p: String!) { public_security_residents_aggregate(where: {id_card: {_like: $p}}) { aggregate { count } } }"
+)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "%_%_%_%_%_%_%_X",  # once 22 s on DuckDB at k=6: a run of wildcards is now matched as `_______%`
+        "%_%_%_%_%_%_%_%_1",  # the same, matching
+        "%0%0%0X",  # the most `%` a pattern may hold, each before the column's most common digit
+        "%0_%9%_%1_4",
+    ],
+)
+def test_a_hostile_pattern_the_api_accepts_runs_in_bounded_time(gateway: Gateway, oracle: Oracle, pattern: str) -> None:
+    started = time.perf_counter()
+    response = gateway.execute(PATTERNS, {"p": pattern})
+    took = time.perf_counter() - started
+    assert "errors" not in response.body, response.body
+    same(response.body["data"], oracle.execute(PATTERNS, {"p": pattern}))
+    assert took < 2, f"{pattern!r} took {took:.2f} s"
+
+
+def test_a_pattern_past_the_bounds_is_the_callers_error(gateway_sqlite: Gateway) -> None:
+    for pattern, says in (("%0%0%0%0X", "at most 3 `%` wildcards"), ("4" * 257 + "%", "at most 256 characters")):
+        [error] = gateway_sqlite.execute(PATTERNS, {"p": pattern}).body["errors"]
+        assert error["extensions"]["code"] == "BAD_USER_INPUT" and says in error["message"], error
+
+
+def test_a_value_past_its_columns_type_is_the_callers_error_before_any_engine(gateway: Gateway) -> None:
+    query = "query ($v: Decimal!) { health_clinic_visits_aggregate(where: {cost: {_gt: $v}}) { aggregate { count } } }"
+    [error] = gateway.execute(query, {"v": "9" * 38}).body["errors"]  # once ENGINE_ERROR, a cast overflow
+    assert error["extensions"]["code"] == "BAD_USER_INPUT" and "decimal(10,2)" in error["message"], error
+    for fits in ("99999999.99", "-99999999.999", "0", "0.001"):
+        assert "errors" not in gateway.execute(query, {"v": fits}).body, fits

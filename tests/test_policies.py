@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlglot import exp
 
-from catalogue.errors import ConfigError
+from catalogue.errors import CitygateError, ConfigError
 from catalogue.sql import partial_sql
 from catalogue.types import LogicalType
 from connectors.base import Engine
@@ -1141,3 +1141,18 @@ def test_no_key_material_an_engine_quotes_reaches_the_log(secured: Gateway) -> N
     redacted = engine.redact(f"LINE 1: {statement}")
     assert redacted.count("<key>") >= 2 and KEY not in redacted
     assert not re.search(r"[0-9a-f]{32}", redacted)
+
+
+def test_redaction_removes_key_material_cut_anywhere_and_keeps_a_callers_long_literal(secured: Gateway) -> None:
+    """An engine quoting a statement may cut it inside a key block; a caller's literal of 38
+    nines is not a key, and was once logged as ``<key>``."""
+    engine = secured.engine
+    tree = exp.select(mask(Treatment("hash"), exp.Literal.string("x"), LogicalType("string")))
+    blocks = re.findall(r"[0-9a-f]{32,}", engine.sql(tree)) or [KEY]
+    for block in blocks:
+        cut = block[3:-3]
+        redacted = engine.redact(f"LINE 1: ...{cut}') || x")
+        assert redacted == "LINE 1: ...<key>') || x", redacted
+    literal = "cost > 99999999999999999999999999999999999999 is out of range"
+    assert engine.redact(literal) == literal
+    assert CitygateError("x", detail=literal).detail == literal

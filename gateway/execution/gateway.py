@@ -16,6 +16,7 @@ import logging
 import operator
 import threading
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -570,7 +571,8 @@ class Gateway:
             self.metrics.engine_errors.labels(engine=engine, code=error.code).inc()
             return error, cached
         except Exception:  # an engine bug must not take the server down or leak a trace
-            log.exception("root field %s failed", compiled.key)
+            # the trace may quote an engine's message, and so its key material
+            log.error("root field %s failed: %s", compiled.key, self.engine.redact(traceback.format_exc()))
             self.metrics.engine_errors.labels(engine=engine, code="INTERNAL").inc()
             return CitygateError("internal error while running the query"), cached
         with self.telemetry.stage("shape"):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from graphql import (
@@ -42,7 +43,7 @@ from catalogue.sql import departments_in, logical_table
 from catalogue.types import LITERALS, ORDERABLE, LogicalType, text_problem
 from gateway.graphql.scalars import OUTPUT
 from gateway.graphql.schema import ColumnInfo, Model, Relation, TableInfo
-from policies.rowfilter import pattern_problem
+from policies.rowfilter import canonical_pattern, pattern_problem
 
 # Template slot kinds (see gateway.graphql.shape).
 VALUE, CONST, NESTED, CHILD_LIST, CHILD_ONE, COMPOSITE = range(6)
@@ -117,7 +118,7 @@ def _like(kind: type[exp.Expr], negate: bool) -> Comparison:
 
     def build(column: exp.Expr, value: str, t: LogicalType) -> exp.Expr:
         _check_pattern(value)
-        matched = kind(this=column, expression=literal(value, LogicalType("string")))
+        matched = kind(this=column, expression=literal(canonical_pattern(value), LogicalType("string")))
         node = exp.Escape(this=matched, expression=exp.Literal.string("\\"))
         return exp.not_(node, copy=False) if negate else node
 
@@ -161,6 +162,13 @@ def literal(value: Any, kind: LogicalType) -> exp.Expr:
     problem = text_problem(value) if isinstance(value, str) else None
     if problem is not None:
         raise CompileError(f"a string value may not contain {problem}")
+    if kind.kind == "decimal" and kind.precision is not None:
+        # An engine casts the literal to the column's type to compare them, and fails on one
+        # that does not fit (a cast overflow), naming neither the field nor the fix.
+        whole = kind.precision - (kind.scale or 0)
+        number = Decimal(value)
+        if number and number.adjusted() + 1 > whole:
+            raise CompileError(f"{value} does not fit a {kind} column: at most {whole} digits before the point")
     return LITERALS[kind.kind](value)
 
 
@@ -676,9 +684,7 @@ def _sorted_by(sort_aliases: list[tuple[str, exp.Ordered]]) -> list[exp.Ordered]
     ]
 
 
-def _top(
-    node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordered]], cap: int | None
-) -> exp.Select:
+def _top(node: Node, inner: exp.Select, sort_aliases: list[tuple[str, exp.Ordered]], cap: int | None) -> exp.Select:
     """A root field's page as ORDER BY ... LIMIT ... OFFSET: engines keep the top rows as they
     read (and Trino can hand the top-N to the store) instead of sorting the whole table to
     number every row, as a per-parent page must."""
@@ -849,11 +855,16 @@ def _group_order(node: Node) -> list[exp.Ordered]:
                     )
                 order.append(_ordered(exp.column(_ident(name)), value))
                 continue
+            # A null at any level orders by nothing, as it does in a list's `order_by`.
             for op, inner in value.items():
+                if inner is None:
+                    continue
                 if op == "count":
                     order.append(_ordered(exp.Count(this=exp.Star()), inner))
                 else:
-                    order.extend(_ordered(AGGREGATES[op](exp.column(_ident(c))), v) for c, v in inner.items())
+                    order.extend(
+                        _ordered(AGGREGATES[op](exp.column(_ident(c))), v) for c, v in inner.items() if v is not None
+                    )
     return order
 
 

@@ -13,8 +13,9 @@ roles they cover; any caller may send a registered document by its hash alone.
 
 Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
 every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
-one). A repeated request whose plan and rows are cached is answered on the event loop itself,
-without a hop to a worker thread.
+one). The record's ``request_id`` is always the gateway's own, unique; a caller's id, which any
+caller may reuse, is recorded beside it (``client_request_id``). A repeated request whose plan
+and rows are cached is answered on the event loop itself, without a hop to a worker thread.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from gateway.http.ratelimit import Limiter
 from gateway.http.wire import OneWriteProtocol
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
-from gateway.observe.audit import Filled, Template
+from gateway.observe.audit import Filled, Template, recorded
 from gateway.observe.audit import record as audit_record
 from gateway.observe.logs import REQUEST_ID
 
@@ -207,7 +208,9 @@ def _parameters(params: dict[str, Any]) -> tuple[str | None, str | None, dict[st
 class Exchange:
     """One GraphQL request on its way through the edge: what its audit record will say."""
 
-    request_id: str
+    request_id: str  # the gateway's own
+    shown_id: str  # the id the response and the log lines carry: the caller's, if sane
+    client_request_id: str | None  # the caller's X-Request-Id, as the record keeps it
     started: float
     headers: dict[str, str]
     media_type: str
@@ -231,13 +234,15 @@ class Exchange:
             if name is not None and name not in headers:
                 headers[name] = raw_value.decode("utf-8", "replace")  # a purpose may be 案件调查
         offered = headers.get("x-request-id")
-        purpose = headers.get("x-citygate-purpose")
+        own = f"{_ID_PREFIX}-{next(_ids):x}"
         return cls(
-            request_id=offered if offered and _SANE_ID.match(offered) else f"{_ID_PREFIX}-{next(_ids):x}",
+            request_id=own,
+            shown_id=offered if offered and _SANE_ID.match(offered) else own,
+            client_request_id=recorded(offered),
             started=time.perf_counter(),
             headers=headers,
             media_type=GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in headers.get("accept", "") else "application/json",
-            purpose="".join(c for c in purpose if c.isprintable())[:200] if purpose else None,
+            purpose=recorded(headers.get("x-citygate-purpose")),
             client=client[0] if client else None,
         )
 
@@ -280,11 +285,12 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
     identity, result = exchange.identity, exchange.result
     return audit_record(
         request_id=exchange.request_id,
+        client_request_id=exchange.client_request_id,
         subject=identity.subject if identity is not None else None,
         role=identity.role if identity is not None else None,
         purpose=exchange.purpose,
         query=exchange.query,
-        operation_name=exchange.operation_name,
+        operation_name=recorded(exchange.operation_name),
         plan=result.plan if result is not None else None,
         document=exchange.document,
         claims=result.claims if result is not None else {},
@@ -349,7 +355,7 @@ class Edge:
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange.begin(scope["headers"], scope.get("client"))
-        token = REQUEST_ID.set(exchange.request_id)
+        token = REQUEST_ID.set(exchange.shown_id)
         try:
             reply = await self.read_post(receive, exchange)
         except Exception:
@@ -359,7 +365,7 @@ class Edge:
         reply = self.finish(exchange, reply)
         if exchange.codes == _GONE:  # the client hung up: there is no one to answer
             return
-        headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
+        headers = [*reply.wire_headers(), (b"x-request-id", exchange.shown_id.encode("latin-1"))]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -367,7 +373,7 @@ class Edge:
         if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
         exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
-        token = REQUEST_ID.set(exchange.request_id)
+        token = REQUEST_ID.set(exchange.shown_id)
         try:
             if not _SENT.intersection(request.query_params):
                 reply = self.refuse(exchange, "send a query: POST application/json, or GET ?query=...")
@@ -379,7 +385,7 @@ class Edge:
             REQUEST_ID.reset(token)
         reply = self.finish(exchange, reply)
         response = _response(reply)
-        response.headers["X-Request-Id"] = exchange.request_id
+        response.headers["X-Request-Id"] = exchange.shown_id
         return response
 
     def failed(self, exchange: Exchange) -> Reply:
@@ -397,7 +403,8 @@ class Edge:
         audit = self.gateway.audit
         if audit is not None:
             try:
-                if exchange.template is None:
+                # a template holds no caller's id: a request that sends one is recorded whole
+                if exchange.template is None or exchange.client_request_id is not None:
                     audit.write(_record(exchange, reply.status, self.engine_name))
                 else:
                     took = round((time.perf_counter() - exchange.started) * 1000, 3)
@@ -423,7 +430,9 @@ class Edge:
             exchange.outcome = {401: "unauthenticated", 403: "forbidden"}.get(error.status, "error")
             exchange.codes = [error.code]
             if error.subject is not None:  # the record names who asked for which role
-                exchange.identity = Identity(exchange.headers.get("x-citygate-role", "")[:200], subject=error.subject)
+                exchange.identity = Identity(
+                    recorded(exchange.headers.get("x-citygate-role")) or "", subject=error.subject
+                )
             reply = _json(
                 {"errors": [{"message": error.message, "extensions": {"code": error.code}}]},
                 error.status,
@@ -609,7 +618,7 @@ class Edge:
         statements = [compiled.sql.get(self.engine_name) for compiled in plan.compiled.values()]
         template = None
         if self.gateway.audit is not None:
-            template = Template.of(_record(exchange, reply.status, self.engine_name))
+            template = Template.of({**_record(exchange, reply.status, self.engine_name), "client_request_id": None})
         self.hot[key] = Hot(
             identity=exchange.identity,
             version=plan.version,  # the policies it was answered under, whatever came since

@@ -30,6 +30,7 @@ from joserfc.errors import (
 from joserfc.jwk import KeySet, OctKey
 
 from catalogue.errors import CitygateError
+from catalogue.types import text_problem
 from gateway.config import AuthConfig
 from gateway.identity.caller import Identity
 
@@ -161,13 +162,21 @@ class Authenticator:
             roles = [roles]
         if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
             raise AuthError("the token carries no role")
+        attributes = _path(claims, self.auth.claims_path) if self.auth.claims_path else claims
+        if not isinstance(attributes, Mapping):
+            attributes = {}
+        used = [*((self.auth.roles_claim, r) for r in roles), *attributes.items()]
+        for name, value in [("sub", claims.get("sub")), *used]:
+            # A subject never reaches an engine, and the trail's JSON holds a NUL escaped: only
+            # what JSON cannot hold, and the size, keep it out.
+            problem = _claim_problem(value.replace("\x00", "") if name == "sub" and isinstance(value, str) else value)
+            if problem is not None:
+                named = f"`{name}` " if isinstance(name, str) and name.isprintable() and len(name) <= 64 else ""
+                raise AuthError(f"the token's {named}claim {problem}")
         subject = str(claims["sub"]) if claims.get("sub") is not None else None
         if role and role not in roles:
             message = f"the token does not carry the role {role!r} named by X-Citygate-Role"
             raise AuthError(message, status=403, subject=subject)
-        attributes = _path(claims, self.auth.claims_path) if self.auth.claims_path else claims
-        if not isinstance(attributes, Mapping):
-            attributes = {}
         return Identity(
             role or roles[0],
             {k: v for k, v in attributes.items() if isinstance(v, str | int | float)},
@@ -206,6 +215,25 @@ class Authenticator:
         except (JoseError, ValueError):
             raise AuthError("the token is not valid") from None
         return dict(decoded.claims)
+
+
+MAX_CLAIM = 256  # characters in a claim the gateway uses: a subject, a role, a row filter's value
+
+
+def _claim_problem(value: Any) -> str | None:
+    """What keeps a claim from being used and recorded, if anything: it is checked as a query's
+    string values are (an engine cannot take a NUL or a lone surrogate, nor can the audit trail's
+    JSON), and bounded, since every record repeats it.
+
+    >>> _claim_problem("南城"), _claim_problem(chr(0xD800)), _claim_problem("x" * 300)
+    (None, 'holds a lone surrogate', 'is longer than 256 characters')
+    """
+    if not isinstance(value, str):
+        return None
+    problem = text_problem(value)
+    if problem is not None:
+        return f"holds {problem}"
+    return f"is longer than {MAX_CLAIM} characters" if len(value) > MAX_CLAIM else None
 
 
 def _unreachable() -> AuthError:

@@ -82,9 +82,27 @@ class Audited(Protocol):
     cost: int  # the rows its statements may materialise at worst
 
 
+RECORDED = 200  # characters a record keeps of a caller's header or operation name
+
+
+def recorded(text: str | None, limit: int = RECORDED) -> str | None:
+    """A caller's text as a record keeps it: printable characters only (no control, format or
+    line-separating character that could forge or hide a line, no lone surrogate JSON cannot
+    hold), at most ``limit`` of them. None for nothing left.
+
+    >>> recorded("案件调查" + chr(0x202E) + chr(0x2028) + chr(0) + " ok"), recorded("x" * 500, 3), recorded(chr(0xD800))
+    ('案件调查 ok', 'xxx', None)
+    """
+    if text is None:
+        return None
+    cleaned = "".join(c for c in text[: limit * 4] if c.isprintable())[:limit]
+    return cleaned or None
+
+
 def record(
     *,
     request_id: str,
+    client_request_id: str | None,
     subject: str | None,
     role: str | None,
     purpose: str | None,
@@ -106,7 +124,8 @@ def record(
     digest, access = _operation(query, plan) if query else (document, [])
     return {
         "time": time.time(),  # the sink writes it as ISO 8601
-        "request_id": request_id,
+        "request_id": request_id,  # the gateway's own, unique
+        "client_request_id": client_request_id,  # the caller's X-Request-Id, which any caller may reuse
         "subject": subject,
         "role": role,
         "claims": {k: v if _plain_json(v) else repr(v) for k, v in claims.items()},
