@@ -204,10 +204,54 @@ def _hmac_hex(value: exp.Expr, key: bytes) -> exp.Expr:
     )
 
 
+_REGEX_SPECIAL = frozenset("\\.^$|?*+()[]{}")
+
+
+def like_regex(pattern: str) -> str:
+    """A LIKE pattern (``%``, ``_``, a backslash escaping) as the RE2 expression that matches
+    the same whole strings.
+
+    >>> print(like_regex("%a_b" + chr(92) + "%.%"))
+    (?s).*a.b%\\..*
+    """
+    out, escaped = ["(?s)"], False
+    for c in pattern:
+        if escaped or c not in "%_\\":
+            out.append("\\" + c if c in _REGEX_SPECIAL else c)
+            escaped = False
+        elif c == "\\":
+            escaped = True
+        else:
+            out.append(".*" if c == "%" else ".")
+    return "".join(out)
+
+
+def _linear_like(generator: Any, node: exp.Escape) -> str:
+    """LIKE with three or more ``%`` as an RE2 full match. DuckDB's LIKE backtracks: on 3.6
+    million 18-character codes, ``%0%0%0X`` took 12 s where ``%0%0X`` took 0.05 s, while RE2
+    matches in time linear in the text whatever the pattern (0.35 s). Fewer ``%`` stay LIKE,
+    which is faster then. ILIKE compares lower case, as Trino's LOWER(x) LIKE LOWER(p) does."""
+    like, pattern = node.this, node.this.expression
+    if (
+        isinstance(like, exp.Like | exp.ILike)
+        and isinstance(pattern, exp.Literal)
+        and pattern.is_string
+        and node.expression.name == "\\"
+        and pattern.name.replace("\\\\", "").replace("\\%", "").count("%") >= 3
+    ):
+        value, text = like.this, pattern.name
+        if isinstance(like, exp.ILike):
+            value, text = exp.Lower(this=value), text.lower()
+        matched = exp.Anonymous(this="REGEXP_FULL_MATCH", expressions=[value, exp.Literal.string(like_regex(text))])
+        return str(generator.sql(matched))
+    return str(generator.escape_sql(node))
+
+
 class _DuckDB(DuckDB, KeyedDialect):
     class Generator(DuckDB.Generator):  # type: ignore[misc,valid-type]
         TRANSFORMS: ClassVar = {
             **DuckDB.Generator.TRANSFORMS,
+            exp.Escape: _linear_like,
             **vocabulary(
                 partial=partial_concat,
                 hmac_hex=_hmac_hex,

@@ -288,3 +288,29 @@ def test_the_estimate_is_in_the_audit_record_and_in_explain(sqlite_config: Confi
     assert (
         f"-- rows its statements may read at worst: {expected:,} (its role may: 200,000)" in shown.stdout
     )  # anonymous
+
+
+def test_no_accepted_pattern_backtracks_on_a_seed_scale_column() -> None:
+    """The worst patterns the API accepts (three `%`, after runs of wildcards collapse), on as
+    many 18-character codes full of zeros as the seed-scale city's largest table has rows, as
+    the embedded engine writes them: DuckDB's own LIKE took 12 s on `%0%0%0X` here."""
+    import duckdb
+    from sqlglot import exp
+
+    from connectors.embedded import EmbeddedEngine
+    from policies.rowfilter import canonical_pattern, pattern_problem
+
+    db = duckdb.connect(config={"threads": 2})
+    db.execute("CREATE TABLE t AS SELECT lpad((i * 7919 % 1000000)::VARCHAR, 18, '0') AS s FROM range(3600000) r(i)")
+    dialect = EmbeddedEngine.Dialect()
+    for pattern in ("%0%0%0X", "%0_0%0_0%0_0X", "%_0_%_0_%_0_X", "%00%00%00X"):
+        assert pattern_problem(pattern) is None
+        for kind in (exp.Like, exp.ILike):
+            like = kind(this=exp.column("s"), expression=exp.Literal.string(canonical_pattern(pattern)))
+            where = exp.Escape(this=like, expression=exp.Literal.string("\\"))
+            started = time.monotonic()
+            [(count,)] = db.execute(
+                exp.select(exp.Count(this=exp.Star())).from_("t").where(where).sql(dialect)
+            ).fetchall()
+            assert count == 0 and time.monotonic() - started < 2.0, (pattern, kind.__name__)
+    assert pattern_problem("%0%0%0%0X") is not None  # four are refused
