@@ -430,7 +430,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         compiled = gateway.compile(query, variables, identity=identity)
         view = gateway.view(identity)
         cost = gateway.plan(query, variables, identity=identity).cost
-        most = gateway.config.limits.of(view.role).max_cost
+        most = gateway.limits(view.role).max_cost
         print(f"-- rows its statements may read at worst: {cost:,} (its role may: {most:,})")
         claims = identity.claims if identity is not None else {}
         engines = [gateway.engine]

@@ -103,6 +103,7 @@ class Gateway:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
     _views: dict[str | None, View] = field(default_factory=dict)
+    _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
 
     def __post_init__(self) -> None:
         cache = self.config.cache
@@ -153,6 +154,13 @@ class Gateway:
         """Run one of the statistics' statements as the gateway itself (no policy: its answer
         only bounds what a query may cost), within the statement limit."""
         return self.statements.run(self.engine.sql(statement), departments_in(statement), 1)
+
+    def limits(self, role: str | None) -> Limits:
+        """``role``'s limits (``limits.roles``), decided once: every request and root field asks."""
+        found = self._limits.get(role)
+        if found is None:
+            found = self._limits[role] = self.config.limits.of(role)
+        return found
 
     @property
     def _unresponsive(self) -> dict[str, float]:
@@ -331,7 +339,7 @@ class Gateway:
         document, operation, ctx = prepared
         root_type = view.model.schema.query_type
         assert root_type is not None
-        limits = self.config.limits.of(view.role)
+        limits = self.limits(view.role)
         too_much = measure(ctx, operation.selection_set, limits.max_fields).over(limits)
         if too_much is not None:  # refused before anything is compiled
             return Plan(refused=refused([graphql_error(too_much, "COST_LIMIT")]))
@@ -516,7 +524,7 @@ class Gateway:
         # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
         # many aliases waits behind itself, not others behind it.
         caller = CALLER.get()
-        deadline = time.monotonic() + self.config.limits.of(view.role).statement_seconds
+        deadline = time.monotonic() + self.limits(view.role).statement_seconds
         waiting = list(compiled.items())
         running: dict[Future[tuple[Any, str]], str] = {}
         done: dict[str, tuple[Any, str]] = {}
@@ -544,7 +552,7 @@ class Gateway:
         started = time.perf_counter()
         engine = self.engine.name
         cached = "off"
-        statement_seconds = self.config.limits.of(view.role).statement_seconds
+        statement_seconds = self.limits(view.role).statement_seconds
         try:
             text = compiled.sql.get(engine)
             if text is None:

@@ -305,10 +305,11 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
 
 
 def _caller(identity: Identity | None, client: str | None) -> str:
-    """Who a request is, for fair shares: its token's subject, else its role at its address."""
+    """Who a request is, for its requests per minute and its fair shares: its token's subject,
+    else the address it connects from."""
     if identity is not None and identity.subject:
         return f"subject:{identity.subject}"
-    return f"{identity.role if identity is not None else 'anonymous'}@{client}"
+    return f"address:{client}"
 
 
 def _guarded(guard: TokenGuard, request: Request) -> bool:
@@ -344,7 +345,6 @@ class Edge:
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.limiter = Limiter()
-        self._per_minute: dict[str | None, int] = {}  # requests per minute, by role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -459,13 +459,10 @@ class Edge:
         A caller is its token's subject, an anonymous one the address it connects from."""
         identity = exchange.identity
         role = role_of(self.gateway.policies, identity)
-        per_minute = self._per_minute.get(role)
-        if per_minute is None:
-            per_minute = self._per_minute[role] = self.gateway.config.limits.of(role).requests_per_minute
+        per_minute = self.gateway.limits(role).requests_per_minute
         if not per_minute:
             return None
-        subject = identity.subject if identity is not None else None
-        wait = self.limiter.take(("subject", subject) if subject else ("address", exchange.client), per_minute)
+        wait = self.limiter.take(_caller(identity, exchange.client), per_minute)
         if wait is None:
             return None
         seconds = max(1, math.ceil(wait))
