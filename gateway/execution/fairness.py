@@ -17,12 +17,19 @@ import contextvars
 import threading
 from collections.abc import AsyncIterator, Iterator
 
+from catalogue.errors import EngineUnavailableError
+
 REQUESTS_AT_ONCE = 4
 ROOT_FIELDS_AT_ONCE = 4  # of one request
 CALLER_ROOT_FIELDS = 8  # of all of one caller's requests, of the gateway's 32 threads for them
 STATEMENTS_AT_ONCE = 8
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("citygate_caller", default="")
+
+
+def busy() -> EngineUnavailableError:
+    """What a caller hears when its own work took all its share for all the time it had."""
+    return EngineUnavailableError("too many of your queries are running now; try again when they end")
 
 
 class Shares:

@@ -38,14 +38,14 @@ from graphql.execution.values import get_variable_values
 from graphql.utilities import get_operation_ast
 from sqlglot import exp
 
-from catalogue.errors import CitygateError, ConfigError, EngineUnavailableError, StoreUnavailableError
+from catalogue.errors import CitygateError, ConfigError, StoreUnavailableError
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
 from connectors.base import Engine
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
-from gateway.execution.fairness import CALLER, CALLER_ROOT_FIELDS, ROOT_FIELDS_AT_ONCE, Shares
+from gateway.execution.fairness import CALLER, CALLER_ROOT_FIELDS, ROOT_FIELDS_AT_ONCE, Shares, busy
 from gateway.execution.plans import (
     BASE,
     MEMO_BYTES,
@@ -534,7 +534,7 @@ class Gateway:
                     if running:  # one of its own ends first
                         break
                     key, _ = waiting.pop(0)
-                    done[key] = (EngineUnavailableError("too many of your queries are running now; try again"), "off")
+                    done[key] = (busy(), "off")
                     continue
                 key, field_plan = waiting.pop(0)
                 future = self.pool.submit(contextvars.copy_context().run, self._run, field_plan, view, claims, budget)

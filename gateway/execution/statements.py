@@ -19,7 +19,7 @@ from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnav
 from catalogue.model import Catalogue
 from catalogue.sql import logical_table
 from connectors.base import Cancel, Engine
-from gateway.execution.fairness import CALLER, STATEMENTS_AT_ONCE, Shares
+from gateway.execution.fairness import CALLER, STATEMENTS_AT_ONCE, Shares, busy
 
 log = logging.getLogger("citygate")
 
@@ -63,7 +63,7 @@ class Statements:
             )
         with self.shares.hold(CALLER.get(), limit) as held:
             if not held:  # the caller's own statements took all its share for all that time
-                raise EngineUnavailableError("too many of your queries are running now; try again when they end")
+                raise busy()
             return self._run(text, departments, max_rows, limit)
 
     def _run(self, text: str, departments: Sequence[str], max_rows: int, limit: float) -> Sequence[Any]:
