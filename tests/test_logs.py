@@ -39,7 +39,8 @@ def test_a_request_s_log_lines_carry_its_request_id(gateway_services: Gateway, s
     finally:
         logger.removeHandler(handler)
         gateway.close()
-    assert response.headers["x-request-id"] == "req-42"
     failures = [line for line in handler.lines if "root field health_clinic_visits failed" in str(line["message"])]
-    assert len(failures) == 2 and failures[0]["request_id"] == "req-42" and failures[0]["level"] == "warning"
-    assert chosen.headers["x-request-id"] != "bad id\n" and failures[1]["request_id"] == chosen.headers["x-request-id"]
+    assert len(failures) == 2 and failures[0]["level"] == "warning"
+    # the gateway's own id, which its audit record carries too; a caller's may be anyone's
+    assert [f["request_id"] for f in failures] == [r.headers["x-request-id"] for r in (response, chosen)]
+    assert not {"req-42", "bad id\n"} & {str(f["request_id"]) for f in failures}

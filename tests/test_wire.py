@@ -108,7 +108,7 @@ def post(request_id: str, *, close: bool = False) -> bytes:
 def test_a_response_leaves_in_one_write(server: int) -> None:
     WRITES.clear()
     [(status, headers, body)] = exchange(server, post("one-write"), 1)
-    assert status == b"HTTP/1.1 200 OK" and headers["x-request-id"] == "one-write"
+    assert status == b"HTTP/1.1 200 OK" and headers["x-request-id"] not in ("", "one-write")
     assert json.loads(body)["data"]["transport_stations"]
     # uvicorn alone writes the head and the body separately: two writes
     assert [len(status) + 2 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2 + len(body)] == WRITES
@@ -118,7 +118,8 @@ def test_pipelined_requests_are_answered_whole_and_in_order(server: int) -> None
     raw = post("first") + b"GET /healthz HTTP/1.1\r\nHost: citygate\r\n\r\n" + post("third")
     answers = exchange(server, raw, 3)
     assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 3
-    assert answers[0][1]["x-request-id"] == "first" and answers[2][1]["x-request-id"] == "third"
+    ids = [a[1].get("x-request-id") for a in answers]  # the gateway's own: /healthz has none
+    assert ids[0] and ids[2] and ids[0] != ids[2] and ids[1] is None
     assert json.loads(answers[0][2]) == json.loads(answers[2][2])
     assert json.loads(answers[1][2])["status"] == "ok"
 

@@ -12,9 +12,9 @@ document not registered is refused (403, ``UNTRUSTED_DOCUMENT``, its hash in the
 roles they cover; any caller may send a registered document by its hash alone.
 
 Every GraphQL request, answered or refused at any step, leaves exactly one audit record, and
-every response names its request id (``X-Request-Id``, the caller's own when it sends a sane
-one). The record's ``request_id`` is always the gateway's own, unique; a caller's id, which any
-caller may reuse, is recorded beside it (``client_request_id``). A repeated request whose plan
+every response and log line names the gateway's own request id (``X-Request-Id``), unique, as
+the record's ``request_id`` is. A caller's own ``X-Request-Id``, which any caller may reuse, is
+recorded beside it (``client_request_id``), never instead of it. A repeated request whose plan
 and rows are cached is answered on the event loop itself, without a hop to a worker thread.
 """
 
@@ -62,7 +62,6 @@ log = logging.getLogger("citygate.http")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BODY = 1 << 20  # 1 MiB: far above any real query, far below what could hurt the server
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")  # a caller's request id we may echo and log
 # Our own request ids: random per process, then counted (uuid4 per request costs a syscall).
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
@@ -208,8 +207,7 @@ def _parameters(params: dict[str, Any]) -> tuple[str | None, str | None, dict[st
 class Exchange:
     """One GraphQL request on its way through the edge: what its audit record will say."""
 
-    request_id: str  # the gateway's own
-    shown_id: str  # the id the response and the log lines carry: the caller's, if sane
+    request_id: str  # the gateway's own: the response's, the log lines' and the record's
     client_request_id: str | None  # the caller's X-Request-Id, as the record keeps it
     started: float
     headers: dict[str, str]
@@ -233,12 +231,9 @@ class Exchange:
             name = _READ.get(raw_name)
             if name is not None and name not in headers:
                 headers[name] = raw_value.decode("utf-8", "replace")  # a purpose may be 案件调查
-        offered = headers.get("x-request-id")
-        own = f"{_ID_PREFIX}-{next(_ids):x}"
         return cls(
-            request_id=own,
-            shown_id=offered if offered and _SANE_ID.match(offered) else own,
-            client_request_id=recorded(offered),
+            request_id=f"{_ID_PREFIX}-{next(_ids):x}",
+            client_request_id=recorded(headers.get("x-request-id")),
             started=time.perf_counter(),
             headers=headers,
             media_type=GRAPHQL_RESPONSE if GRAPHQL_RESPONSE in headers.get("accept", "") else "application/json",
@@ -355,7 +350,7 @@ class Edge:
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange.begin(scope["headers"], scope.get("client"))
-        token = REQUEST_ID.set(exchange.shown_id)
+        token = REQUEST_ID.set(exchange.request_id)
         try:
             reply = await self.read_post(receive, exchange)
         except Exception:
@@ -365,7 +360,7 @@ class Edge:
         reply = self.finish(exchange, reply)
         if exchange.codes == _GONE:  # the client hung up: there is no one to answer
             return
-        headers = [*reply.wire_headers(), (b"x-request-id", exchange.shown_id.encode("latin-1"))]
+        headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -373,7 +368,7 @@ class Edge:
         if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
         exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
-        token = REQUEST_ID.set(exchange.shown_id)
+        token = REQUEST_ID.set(exchange.request_id)
         try:
             if not _SENT.intersection(request.query_params):
                 reply = self.refuse(exchange, "send a query: POST application/json, or GET ?query=...")
@@ -385,7 +380,7 @@ class Edge:
             REQUEST_ID.reset(token)
         reply = self.finish(exchange, reply)
         response = _response(reply)
-        response.headers["X-Request-Id"] = exchange.shown_id
+        response.headers["X-Request-Id"] = exchange.request_id
         return response
 
     def failed(self, exchange: Exchange) -> Reply:

@@ -167,9 +167,7 @@ class Authenticator:
             attributes = {}
         used = [*((self.auth.roles_claim, r) for r in roles), *attributes.items()]
         for name, value in [("sub", claims.get("sub")), *used]:
-            # A subject never reaches an engine, and the trail's JSON holds a NUL escaped: only
-            # what JSON cannot hold, and the size, keep it out.
-            problem = _claim_problem(value.replace("\x00", "") if name == "sub" and isinstance(value, str) else value)
+            problem = _claim_problem(value)
             if problem is not None:
                 named = f"`{name}` " if isinstance(name, str) and name.isprintable() and len(name) <= 64 else ""
                 raise AuthError(f"the token's {named}claim {problem}")
