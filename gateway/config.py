@@ -241,13 +241,20 @@ class RoleLimits(_Model):
     max_fields: int | None = Field(None, ge=1)
     max_cost: int | None = Field(None, ge=1)
     statement_seconds: float | None = Field(None, gt=0)
+    plan_seconds: float | None = Field(None, gt=0)
     requests_per_minute: int | None = Field(None, ge=0)
 
 
 # What a caller without a token may ask, unless `limits.roles.anonymous` says otherwise.
 _DEFAULTS: dict[str | None, RoleLimits] = {
     "anonymous": RoleLimits(
-        max_depth=6, max_root_fields=5, max_fields=200, max_cost=200_000, statement_seconds=10, requests_per_minute=600
+        max_depth=6,
+        max_root_fields=5,
+        max_fields=200,
+        max_cost=200_000,
+        statement_seconds=10,
+        plan_seconds=1,
+        requests_per_minute=600,
     )
 }
 
@@ -261,6 +268,7 @@ class Limits:
     max_fields: int
     max_cost: int
     statement_seconds: float
+    plan_seconds: float
     requests_per_minute: int
 
 
@@ -273,6 +281,9 @@ class LimitsConfig(_Model):
     # answer a one-row read either is left alone for as long again (requests naming it fail at
     # once), and a query that was merely slow fails by itself
     statement_seconds: float = Field(60.0, gt=0)
+    # the work before the engine (parse, validate, compile, the policies' rewrite) past this
+    # long refuses the request: each step is bounded by size, and this bounds them by the clock
+    plan_seconds: float = Field(2.0, gt=0)
     max_depth: int = Field(12, ge=1)  # nesting of fields, the root field's own level counted
     max_root_fields: int = Field(20, ge=1)  # root fields of one request, aliases counted each
     max_fields: int = Field(2_000, ge=1)  # fields of one request, fragments expanded, aliases each

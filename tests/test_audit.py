@@ -284,9 +284,10 @@ def demo_token(data_dir: Path, role: str, **payload: Any) -> str:
 
 def test_odd_tokens_and_requests_keep_the_trail_whole(sqlite_config: Config, tmp_path: Path) -> None:
     """Found by a red-team review: a claim too large for JSON's integers lost its record (and
-    answered a bare 500); a `sub` that spelt a template mark (NULs in it) took the time's place
-    in the records of repeated requests, and is now refused like any claim holding a NUL; a refused role switch named nobody; a GET without a query
-    left no record; a purpose in Chinese was garbled."""
+    answered a bare 500); a `sub` that spelt a template mark (NULs in it) took the time's
+    place in the records of repeated requests, and is now refused like any claim with a NUL; a
+    refused role switch named nobody; a GET without a query left no record; a purpose in
+    Chinese was garbled."""
     config = secure_demo(sqlite_config, tmp_path)
     gateway = Gateway.start(config, create_engine(config))
     huge = {"authorization": "Bearer " + demo_token(tmp_path, "district_officer", district=10**40)}

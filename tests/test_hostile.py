@@ -112,6 +112,35 @@ def test_the_estimate_lets_bounded_queries_through(secured: Gateway) -> None:
     assert 0 < response.plan.cost <= 200_000  # anonymous's budget
 
 
+@pytest.mark.parametrize("config_name", ["sqlite_config", "services_config"])
+def test_a_nested_list_keeps_no_more_rows_than_a_request_may_return(
+    config_name: str, request: pytest.FixtureRequest
+) -> None:
+    """The estimate bounds a query before it runs; inside the statement, every nested list is
+    cut where a root list is, at ``max_rows + 1`` rows of all its parents together, so no level
+    materialises more than the answer may hold, and the answer that would is refused whole."""
+    config: Config = request.getfixturevalue(config_name)
+    for engine in ("embedded", "trino") if config_name == "services_config" else ("embedded",):
+        gateway = start(config.with_engine(engine), max_rows=40)
+        try:
+            query = "{ environment_monitored_sites(limit: 3) { site_id readings { reading_id } } }"
+            [compiled] = gateway.compile(query)
+            assert "LIMIT 41" in gateway.engine.sql(compiled.tree)  # the nested level's own cut
+            body = gateway.execute(query).body
+            assert codes(body) == ["RESULT_TOO_LARGE"], (engine, body)
+            # Under the cut, the same rows as without it: two sites' first readings.
+            fitting = (
+                "{ environment_monitored_sites(limit: 2, order_by: {site_id: asc}) "
+                "{ site_id readings(limit: 3, order_by: {reading_id: asc}) { reading_id } } }"
+            )
+            body = gateway.execute(fitting).body
+            assert "errors" not in body and [
+                len(s["readings"]) for s in body["data"]["environment_monitored_sites"]
+            ] == [3, 3]
+        finally:
+            gateway.close()
+
+
 @pytest.mark.parametrize("engine", ["embedded", "trino"])
 def test_a_statement_past_its_time_is_cancelled(services_config: Config, engine: str) -> None:
     config = services_config.with_engine(engine)  # type: ignore[arg-type]
@@ -235,6 +264,39 @@ def test_the_process_keeps_its_memory_after_a_refused_flood(secured: Gateway) ->
     for _ in range(20):
         assert codes(secured.execute(NESTED, identity=Identity("supervisor")).body) == ["COST_LIMIT"]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 200
+
+
+def test_a_document_of_too_many_fields_is_refused_before_validation(secured: Gateway) -> None:
+    """graphql-core's validation compares fields pairwise: 1,500 identical root fields (57 KB,
+    under max_tokens) took 1.5 s to validate, only to merge into one."""
+    identical = "{ " + " ".join("transport_stations(limit: 1) { name }" for _ in range(1500)) + " }"
+    started = time.monotonic()
+    body = secured.execute(identical, identity=Identity("supervisor")).body  # max_fields: the deployment's 2,000
+    assert codes(body) == ["COST_LIMIT"] and "more than 2000 fields" in body["errors"][0]["message"]
+    assert time.monotonic() - started < 0.5
+    # The same count, written once: one field and its name, answered.
+    assert "errors" not in secured.execute("{ transport_stations(limit: 1) { name } }").body
+
+
+def test_the_work_before_the_engine_is_bounded_by_the_clock(sqlite_config: Config) -> None:
+    """Parsing, validating, compiling and the policies' rewrite are each bounded by size; past
+    ``limits.plan_seconds`` the request is refused as a whole, and not for good: the refusal is
+    not kept as the query's plan."""
+    gateway = start(sqlite_config, plan_seconds=1e-6)
+    try:
+        query = '{ transport_stations(limit: 1, where: {name: {_neq: "x"}}) { name } }'
+        for _ in range(2):
+            body = gateway.execute(query).body
+            assert codes(body) == ["COST_LIMIT"] and "data" not in body
+            assert "took more than 1e-06 s to prepare" in body["errors"][0]["message"]
+        assert len(gateway._plans) == 0
+    finally:
+        gateway.close()
+    gateway = start(sqlite_config)  # the deployment's 2 s
+    try:
+        assert "errors" not in gateway.execute(query).body and len(gateway._plans) == 1
+    finally:
+        gateway.close()
 
 
 def test_huge_filters_in_variables_are_refused_fast(secured: Gateway) -> None:

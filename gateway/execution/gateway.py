@@ -63,8 +63,17 @@ from gateway.execution.plans import (
 )
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
-from gateway.graphql.compile import CompileContext, Compiled, CompileError, Node, collect_fields, compile_root_field
-from gateway.graphql.cost import Statistics, measure, rows
+from gateway.graphql.compile import (
+    CompileContext,
+    Compiled,
+    CompileError,
+    Node,
+    TooSlow,
+    collect_fields,
+    compile_root_field,
+    too_slow,
+)
+from gateway.graphql.cost import Statistics, measure, rows, written
 from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
@@ -234,6 +243,9 @@ class Gateway:
             document = parse(query, max_tokens=self.config.limits.max_tokens)
         except GraphQLError as error:
             return refused([graphql_error(error.message, "GRAPHQL_PARSE_FAILED", locations=error.locations)])
+        too_many = written(document).over(self.limits(view.role))
+        if too_many is not None:  # refused before validation, which takes time in its square
+            return refused([graphql_error(too_many, "COST_LIMIT")])
         errors = validate(view.model.schema, document)
         if errors:
             invalid = refused(
@@ -306,10 +318,13 @@ class Gateway:
         operation_name: str | None = None,
         identity: Identity | None = None,
         view: View | None = None,
+        started: float | None = None,
     ) -> Plan:
         """Parse, validate and compile a request once; a repeated request reuses its plan.
         ``view``: the role's view the request already took (a reload meanwhile must not give
-        the plan another's)."""
+        the plan another's); ``started``: when the request's preparation began (its
+        ``limits.plan_seconds`` count from then)."""
+        started = time.monotonic() if started is None else started
         view = view or self.view(identity)
         key = self._key(query, variables, operation_name, view, view.used_claims(identity))
         if key is not None:
@@ -319,9 +334,9 @@ class Gateway:
                 self.metrics.count_lookup("plan", "hit")
                 return found
             self.metrics.count_lookup("plan", "miss")
-        made = self._make_plan(query, variables, operation_name, view)
+        made = self._make_plan(query, variables, operation_name, view, started)
         made.version = view.version
-        if key is None:  # variables that cannot be keyed: planned each time
+        if key is None or made.transient:  # planned each time, or refused for time (not for good)
             return made
         made.weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(
             PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
@@ -331,15 +346,16 @@ class Gateway:
         return made
 
     def _make_plan(
-        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View
+        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, started: float
     ) -> Plan:
+        limits = self.limits(view.role)
         prepared = self._prepare(query, variables, operation_name, view)
         if isinstance(prepared, Response):
             return prepared.plan or Plan(refused=prepared)
         document, operation, ctx = prepared
+        ctx.deadline, ctx.seconds = started + limits.plan_seconds, limits.plan_seconds
         root_type = view.model.schema.query_type
         assert root_type is not None
-        limits = self.limits(view.role)
         too_much = measure(ctx, operation.selection_set, limits.max_fields).over(limits)
         if too_much is not None:  # refused before anything is compiled
             return Plan(refused=refused([graphql_error(too_much, "COST_LIMIT")]))
@@ -357,6 +373,8 @@ class Gateway:
                 else:
                     try:
                         plan.compiled[key] = compile_root_field(ctx, key, nodes, root_type)
+                    except TooSlow as error:  # the whole request: it may pass when the gateway is less busy
+                        return Plan(refused=refused([graphql_error(error.message, error.code)]), transient=True)
                     except CompileError as error:
                         plan.errors.append(
                             graphql_error(
@@ -405,9 +423,10 @@ class Gateway:
         operation_name: str | None = None,
         identity: Identity | None = None,
     ) -> Response:
+        started = time.monotonic()
         view = self.view(identity)
         claims = view.used_claims(identity)
-        plan = self.plan(query, variables, operation_name, identity, view)
+        plan = self.plan(query, variables, operation_name, identity, view, started)
         if plan.refused is not None:
             return plan.refused
         if plan.introspection is not None and not plan.compiled and not plan.errors:
@@ -419,7 +438,8 @@ class Gateway:
             data.update(introspect(document, operation, fields, variables, errors_out, view.model))
         response = Response({}, plan=plan, claims=claims)
         budget = RowBudget(self.config.limits.max_rows)
-        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims, budget).items():
+        deadline = started + self.limits(view.role).plan_seconds
+        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims, budget, deadline).items():
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
@@ -516,10 +536,10 @@ class Gateway:
         return response
 
     def _run_all(
-        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget
+        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
     ) -> dict[str, tuple[Any, str]]:
         if len(compiled) <= 1:
-            return {key: self._run(c, view, claims, budget) for key, c in compiled.items()}
+            return {key: self._run(c, view, claims, budget, deadline) for key, c in compiled.items()}
         # Root fields side by side, each in a thread carrying the request's context (request id,
         # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
         # many aliases waits behind itself, not others behind it.
@@ -537,7 +557,9 @@ class Gateway:
                     done[key] = (busy(), "off")
                     continue
                 key, field_plan = waiting.pop(0)
-                future = self.pool.submit(contextvars.copy_context().run, self._run, field_plan, view, claims, budget)
+                future = self.pool.submit(
+                    contextvars.copy_context().run, self._run, field_plan, view, claims, budget, deadline
+                )
                 future.add_done_callback(lambda _, c=caller: self.root_fields.release(c))  # type: ignore[misc]
                 running[future] = key
             if running:
@@ -546,9 +568,12 @@ class Gateway:
                     done[running.pop(future)] = future.result()
         return {key: done[key] for key in compiled}
 
-    def _run(self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget) -> tuple[Any, str]:
+    def _run(
+        self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
+    ) -> tuple[Any, str]:
         """The root field's value (or its error), and whether the cache answered it. Its rows
-        count against the request's ``budget`` (see :class:`RowBudget`)."""
+        count against the request's ``budget`` (see :class:`RowBudget`); its policies' rewrite,
+        the last of the work before the engine, starts only before ``deadline``."""
         started = time.perf_counter()
         engine = self.engine.name
         cached = "off"
@@ -556,6 +581,8 @@ class Gateway:
         try:
             text = compiled.sql.get(engine)
             if text is None:
+                if time.monotonic() > deadline:
+                    return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached
                 with self.telemetry.stage("policy", role=view.role or ""):
                     tree = view.rewrite(compiled.tree, claims)
                 text = compiled.sql[engine] = self.engine.sql(tree)

@@ -63,6 +63,7 @@ class Plan:
     weight: int = 0  # its estimated size in memory, for the plan cache's budget
     cost: int = 0  # the rows its statements may materialise at worst (gateway.graphql.cost)
     version: str = "-"  # the policies' version it was made under
+    transient: bool = False  # refused for the time it took, which another moment may not: never kept
 
 
 # What a plan or a parsed document holds in memory, as measured with tracemalloc: about 100

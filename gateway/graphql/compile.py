@@ -17,6 +17,8 @@ engine. User values enter the tree only as literal nodes; tables are referenced 
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -64,6 +66,19 @@ class TooManyTerms(CompileError):
     """A request's filters hold more conditions than any request may (:data:`MAX_TERMS`)."""
 
     code = "COST_LIMIT"
+
+
+class TooSlow(CompileError):
+    """The work before the engine took longer than the caller's role may (``limits.plan_seconds``)."""
+
+    code = "COST_LIMIT"
+
+
+def too_slow(seconds: float) -> str:
+    return (
+        f"the query took more than {seconds:g} s to prepare (parse, check, compile and apply the policies), "
+        "more than its role may; ask for fewer fields or simpler filters"
+    )
 
 
 # Conditions (each comparison, and each value of `_in` and `_nin`) in all of one request's
@@ -242,13 +257,20 @@ class CompileContext:
     nodes: list[Node] = field(default_factory=list)
     aliases: int = 0
     terms: int = 0  # conditions in the request's filters so far
-    # rows a root list may read without a `limit` of its own: one more than a request may
-    # return (limits.max_rows), so that the engine stops reading there, and the fetch that
-    # finds one row too many says so
+    # rows a root list may read without a `limit` of its own, and a nested list's rows of all
+    # its parents together: one more than a request may return (limits.max_rows), so that the
+    # engine stops reading there, and the fetch that finds one row too many says so
     cap: int | None = None
+    deadline: float = math.inf  # time.monotonic() past which preparing the request stops (TooSlow)
+    seconds: float = math.inf  # the role's limits.plan_seconds, for the message
+
+    def in_time(self, path: list[str | int]) -> None:
+        if time.monotonic() > self.deadline:
+            raise TooSlow(too_slow(self.seconds), path)
 
     def count(self, terms: int, path: list[str | int]) -> None:
         self.terms += terms
+        self.in_time(path)
         if self.terms > MAX_TERMS:
             raise TooManyTerms(
                 f"the query's filters hold more than {MAX_TERMS} conditions (`_in` values counted each); "
@@ -303,6 +325,7 @@ def _subselections(nodes: list[FieldNode]) -> list[SelectionSetNode | None]:
 
 def compile_root_field(ctx: CompileContext, key: str, nodes: list[FieldNode], root_type: GraphQLObjectType) -> Compiled:
     """Compile the root field answered under ``key``."""
+    ctx.in_time([key])
     name = nodes[0].name.value
     kind, table = ctx.model.roots[name]
     field_def = root_type.fields[name]
@@ -764,7 +787,10 @@ def _rows_sql(ctx: CompileContext, node: Node) -> exp.Select:
     )
     partition = [exp.column(names.PARENT)] if node.parent is not None else []
     relation = node.relation
-    if relation is not None and relation.kind == "object" and node.table.primary_key == (relation.target_column,):
+    one_each = (
+        relation is not None and relation.kind == "object" and node.table.primary_key == (relation.target_column,)
+    )
+    if one_each:
         # Joined on the target's primary key: at most one row per parent, nothing to cut.
         paged, number = select, [exp.Ordered(this=exp.column(names.PARENT))]
     elif partition or distinct:
@@ -775,9 +801,15 @@ def _rows_sql(ctx: CompileContext, node: Node) -> exp.Select:
         number = _sorted_by(sorts)
     # A global row number: children find their parent by it.
     ident = exp.Window(this=exp.RowNumber(), order=exp.Order(expressions=number) if number else None)
-    return exp.select("*", exp.alias_(ident, names.ID, copy=False), copy=False).from_(
+    level = exp.select("*", exp.alias_(ident, names.ID, copy=False), copy=False).from_(
         paged.subquery("g", copy=False), copy=False
     )
+    if partition and not one_each and ctx.cap is not None:
+        # A nested list's rows, of every parent together, are cut where a root list's are: one
+        # more than a request may return, so the engine keeps no more (a top-N, not the whole
+        # level) and the fetch still sees that the answer is too large.
+        level = level.order_by(*number, copy=False).limit(ctx.cap, copy=False)
+    return level
 
 
 def _agg_sql(ctx: CompileContext, node: Node) -> exp.Select:

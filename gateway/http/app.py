@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
