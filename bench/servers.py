@@ -143,7 +143,13 @@ def citygate(
     """``citygate serve`` in its own process over the services, with the result cache on, off,
     or (None) as the configuration's default."""
     label = name or f"citygate-{engine}-{'default' if cache is None else 'cached' if cache else 'uncached'}"
-    config = _write_config(workdir, engine, cache, label)
+    with serve(_write_config(workdir, engine, cache, label), workdir, label) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve(config: Path, workdir: Path, label: str) -> Iterator[Server]:
+    """``citygate serve --config config`` in its own process, on a free loopback port."""
     port = free_port()
     installed = Path(sys.executable).with_name("citygate")  # the console script `make install` made
     program = [str(installed)] if installed.exists() else [sys.executable, "-m", "gateway.cli"]

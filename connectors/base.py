@@ -155,6 +155,9 @@ class Engine(ABC):
     name: str
     dialect: str  # sqlglot's name of the engine's SQL
     Dialect: ClassVar[type[KeyedDialect]]  # that SQL with citygate's vocabulary (catalogue.sql)
+    # CPUs its statements compute on in this process (the embedded engine's threads); None: it
+    # computes elsewhere (Trino, a store), and callers' shares of it are counted in statements
+    parallelism: int | None = None
 
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings

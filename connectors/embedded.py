@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.resources
+import os
 import re
 import shutil
 import threading
@@ -279,6 +280,7 @@ class EmbeddedEngine(Engine):
         }
         if embedded.threads:
             duck_config["threads"] = embedded.threads
+        self.parallelism = embedded.threads or os.cpu_count() or 1
         duck_config["memory_limit"] = embedded.memory_limit
         if embedded.spill_dir is None:
             duck_config["temp_directory"] = ""  # no spilling at all

@@ -33,19 +33,28 @@ def busy() -> EngineUnavailableError:
 
 
 class Shares:
-    """At most ``each`` slots per caller at once, from threads. A caller's semaphore lives while
-    any of its slots is held or awaited, so the table holds only callers now at work.
+    """At most ``each`` slots per caller at once, from threads. With ``parallelism`` (the CPUs an
+    engine computes on), a caller has ``each`` only while it is alone; while ``n`` callers have
+    slots held or awaited, each may hold at most ``max(1, parallelism // n)``: slots a caller
+    already holds are not taken back, but it starts no more until it is under that share. So a
+    caller flooding an engine with short statements leaves the others their part of its CPUs,
+    rather than the part its number of statements would take. A caller's entry lives while any
+    of its slots is held or awaited, so the table holds only callers now at work.
 
     >>> shares = Shares(1)
     >>> with shares.hold("a", 0.1) as first, shares.hold("b", 0.1) as other, shares.hold("a", 0.1) as second:
     ...     first, other, second
     (True, True, False)
+    >>> shared = Shares(8, parallelism=2)
+    >>> [shared.acquire("a", 0) for _ in range(3)], shared.acquire("b", 0), shared.acquire("a", 0)
+    ([True, True, True], True, False)
     """
 
-    def __init__(self, each: int) -> None:
+    def __init__(self, each: int, parallelism: int | None = None) -> None:
         self.each = each
-        self._lock = threading.Lock()
-        self._callers: dict[str, tuple[int, threading.Semaphore]] = {}
+        self.parallelism = parallelism
+        self._changed = threading.Condition()
+        self._callers: dict[str, list[int]] = {}  # caller -> [slots held, slots awaited]
 
     @contextlib.contextmanager
     def hold(self, caller: str, timeout: float) -> Iterator[bool]:
@@ -57,29 +66,33 @@ class Shares:
             if held:
                 self.release(caller)
 
+    def _share(self) -> int:
+        if self.parallelism is None or len(self._callers) <= 1:
+            return self.each
+        return max(1, min(self.each, self.parallelism // len(self._callers)))
+
     def acquire(self, caller: str, timeout: float) -> bool:
         """Take a slot of ``caller``'s, waiting at most ``timeout`` seconds; each True needs a
         :meth:`release`."""
-        with self._lock:
-            users, semaphore = self._callers.get(caller, (0, threading.Semaphore(self.each)))
-            self._callers[caller] = (users + 1, semaphore)
-        if semaphore.acquire(timeout=timeout):
-            return True
-        self._leave(caller)
-        return False
+        with self._changed:
+            state = self._callers.setdefault(caller, [0, 0])
+            state[1] += 1
+            held = self._changed.wait_for(lambda: state[0] < self._share(), timeout)
+            state[1] -= 1
+            if held:
+                state[0] += 1
+            elif state == [0, 0]:
+                del self._callers[caller]
+                self._changed.notify_all()  # one caller fewer: the others' shares grow
+            return held
 
     def release(self, caller: str) -> None:
-        with self._lock:
-            self._callers[caller][1].release()
-        self._leave(caller)
-
-    def _leave(self, caller: str) -> None:
-        with self._lock:
-            users, semaphore = self._callers[caller]
-            if users == 1:
+        with self._changed:
+            state = self._callers[caller]
+            state[0] -= 1
+            if state == [0, 0]:
                 del self._callers[caller]
-            else:
-                self._callers[caller] = (users - 1, semaphore)
+            self._changed.notify_all()
 
 
 class Admission:

@@ -45,7 +45,14 @@ from connectors.base import Engine
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
-from gateway.execution.fairness import CALLER, CALLER_ROOT_FIELDS, ROOT_FIELDS_AT_ONCE, Shares, busy
+from gateway.execution.fairness import (
+    CALLER,
+    CALLER_ROOT_FIELDS,
+    ROOT_FIELDS_AT_ONCE,
+    STATEMENTS_AT_ONCE,
+    Shares,
+    busy,
+)
 from gateway.execution.plans import (
     BASE,
     MEMO_BYTES,
@@ -120,7 +127,12 @@ class Gateway:
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
-        self.statements = Statements(self.engine, self.catalogue, self.config.limits.statement_seconds)
+        self.statements = Statements(
+            self.engine,
+            self.catalogue,
+            self.config.limits.statement_seconds,
+            shares=Shares(STATEMENTS_AT_ONCE, parallelism=self.engine.parallelism),
+        )
         self.statistics = Statistics(self._statistic)
         if self.audit is not None:
             self.metrics.watch_backlog(self.audit.backlog)
