@@ -48,6 +48,15 @@ class EngineUnavailableError(CitygateError):
     code = "ENGINE_UNAVAILABLE"
 
 
+class PolicyRefused(CitygateError):
+    """The policies' final check refused a statement: the caller learns no more than that."""
+
+    code = "POLICY_REFUSED"
+
+    def __init__(self) -> None:
+        super().__init__("the query was refused by the confidentiality policy")
+
+
 class ResultTooLarge(CitygateError):
     """The answer would hold more rows than one request may have (``limits.max_rows``)."""
 

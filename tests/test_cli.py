@@ -72,6 +72,10 @@ def test_policy_check_and_policy_test_on_the_demo(tmp_path: Path) -> None:
     tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(tmp_path))
     assert tested.returncode == 0, tested.stdout
     assert tested.stdout.strip().endswith("8 passed, 0 failed")
+    # Without its file: a line that says what to give, not a traceback (it was a TypeError's).
+    missing = run("policy", "test", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("citygate: error: `citygate policy test` needs a file of test cases")
 
 
 def test_policy_check_reports_floors_and_rules_that_match_nothing(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -633,6 +634,22 @@ def test_the_last_step_fails_closed() -> None:
     with pytest.raises(PolicyViolation, match="hidden key"):
         verify(leaking, ctx)
     assert "raw" in enforce(bare, ctx).sql()  # and the rewrite itself passes its own check
+
+
+def test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash(secured: Gateway) -> None:
+    """A request the policies' final check refuses answered INTERNAL, a crash's code: now a code
+    of its own, which a client can tell apart, and still nothing of why."""
+    from gateway.execution.budget import RowBudget
+    from gateway.identity.caller import Identity
+
+    police = Identity("police")
+    [compiled] = secured.compile("{ public_security_residents(limit: 1) { name } }", identity=police)
+    tree = compiled.tree.copy()
+    for table in tree.find_all(exp.Table):  # a table no policy decided on: the rewrite refuses it
+        if table.name == "residents":
+            table.set("this", exp.to_identifier("residents_archive"))
+    error, _ = secured._run(replace(compiled, tree=tree, sql={}), secured.view(police), {}, RowBudget(10), 1e18)
+    assert error.code == "POLICY_REFUSED" and error.message == "the query was refused by the confidentiality policy"
 
 
 def test_ordering_and_counting_on_masked_columns(secured: Gateway, city: City) -> None:

@@ -286,6 +286,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_policy(args: argparse.Namespace) -> int:
     """Check the configured policies, or run policy test cases against the engine."""
+    if args.action == "test" and not args.file:
+        raise CitygateError("`citygate policy test` needs a file of test cases, e.g. policies/demo/tests.yaml")
     gateway = _gateway(args)
     try:
         if gateway.policies is None:
@@ -600,3 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("citygate: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: a line saying so, not a traceback (CITYGATE_DEBUG=1 shows it)
+        if os.environ.get("CITYGATE_DEBUG"):
+            raise
+        print(
+            f"citygate: unexpected error ({type(error).__name__}: {error}); run again with CITYGATE_DEBUG=1 "
+            "to see where, and report it",
+            file=sys.stderr,
+        )
+        return 70  # EX_SOFTWARE

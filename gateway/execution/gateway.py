@@ -38,7 +38,7 @@ from graphql.execution.values import get_variable_values
 from graphql.utilities import get_operation_ast
 from sqlglot import exp
 
-from catalogue.errors import CitygateError, ConfigError, StoreUnavailableError
+from catalogue.errors import CitygateError, ConfigError, PolicyRefused, StoreUnavailableError
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
 from connectors.base import Engine
@@ -611,7 +611,7 @@ class Gateway:
             budget.take(len(rows))
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
-            return CitygateError("the query was refused by the confidentiality policy"), cached
+            return PolicyRefused(), cached
         except CitygateError as error:
             detail = self.engine.redact(error.detail or "")
             log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
