@@ -7,6 +7,8 @@ check, and never carries SQL, stack traces or credentials. ``detail`` is for the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class CitygateError(Exception):
     """An error with a message for the client and a ``detail`` for the operator's log. The
@@ -79,3 +81,182 @@ class EngineQueryError(CitygateError):
     """The engine refused a statement for a reason other than a store being down."""
 
     code = "ENGINE_ERROR"
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One error code a client can meet: where, with which HTTP status, why, and whether the
+    same request sent again can succeed."""
+
+    code: str
+    scope: str  # "request": the whole request is refused; "field": one root field is null with it
+    status: str  # the HTTP status; "200/400": 200 with application/json, 400 with graphql-response+json
+    cause: str
+    retry: str
+
+
+# Every code the gateway answers with (``extensions.code``), in the order a request meets them;
+# docs/errors.md is made from this table (`citygate reference errors`), and a test checks that
+# every code the source raises is in it.
+ERROR_CODES: tuple[ErrorCode, ...] = (
+    ErrorCode(
+        "BAD_REQUEST",
+        "request",
+        "400",
+        "the HTTP request is malformed: bad JSON, no query, an unknown "
+        "operation name, a mutation, a body over 1 MiB (413)",
+        "no: fix the request",
+    ),
+    ErrorCode(
+        "UNAUTHENTICATED",
+        "request",
+        "401",
+        "no token where one is required, or a token that is expired, "
+        "for another audience or issuer, badly signed, or with a claim that cannot be used",
+        "no: get a new token",
+    ),
+    ErrorCode(
+        "FORBIDDEN",
+        "request",
+        "403",
+        "`X-Citygate-Role` names a role the token does not carry",
+        "no: ask as one of the token's roles",
+    ),
+    ErrorCode(
+        "UNAVAILABLE",
+        "request",
+        "503",
+        "the identity provider's keys cannot be fetched",
+        "yes, once the identity provider answers",
+    ),
+    ErrorCode(
+        "RATE_LIMITED",
+        "request",
+        "429",
+        "the caller sent more than its requests per minute (`extensions.retryAfter`, and a `Retry-After` header)",
+        "yes, after `Retry-After` seconds",
+    ),
+    ErrorCode(
+        "UNTRUSTED_DOCUMENT",
+        "request",
+        "403",
+        "trusted documents are on for the caller's role and the "
+        "document is not registered (`extensions.documentId` names its hash)",
+        "no: register the document",
+    ),
+    ErrorCode(
+        "PERSISTED_QUERY_NOT_FOUND",
+        "request",
+        "200/400",
+        "a request named a document by its hash only, and the gateway does not know it",
+        "yes, with the document's text",
+    ),
+    ErrorCode(
+        "GRAPHQL_PARSE_FAILED",
+        "request",
+        "200/400",
+        "the document is not GraphQL, or has more tokens than `limits.max_tokens`",
+        "no: fix the document",
+    ),
+    ErrorCode(
+        "GRAPHQL_VALIDATION_FAILED",
+        "request",
+        "200/400",
+        "the document asks for a field, argument or type "
+        "the caller's role does not have (a denied column is absent from the role's schema)",
+        "no: ask only for what the role's schema has",
+    ),
+    ErrorCode(
+        "BAD_USER_INPUT",
+        "request or field",
+        "200/400",
+        "a value the query gives is outside its column's type or range, or a pattern breaks the pattern rule",
+        "no: fix the value",
+    ),
+    ErrorCode(
+        "COST_LIMIT",
+        "request or field",
+        "200/400",
+        "the query is over its role's limits before it runs: "
+        "depth, root fields, fields, filter conditions, estimated rows (`extensions.estimate`, `limit`), "
+        "or the time to prepare it (`limits.plan_seconds`)",
+        "no: ask for less as the message says (a preparation past its time: yes, later)",
+    ),
+    ErrorCode(
+        "POLICY_REFUSED",
+        "field",
+        "200",
+        "the policies' final check refused the statement; nothing ran",
+        "no: the role may not read this",
+    ),
+    ErrorCode(
+        "RESULT_TOO_LARGE",
+        "field",
+        "200",
+        "the answer would hold more than `limits.max_rows` rows",
+        "no: ask for fewer with `limit` or `where`",
+    ),
+    ErrorCode(
+        "TIMEOUT",
+        "field",
+        "200",
+        "the statement ran past `limits.statement_seconds` and was cancelled; its stores still answered",
+        "perhaps: narrow the query, or try when the gateway is less busy",
+    ),
+    ErrorCode(
+        "DEPARTMENT_UNAVAILABLE",
+        "field",
+        "200",
+        "a department's store did not answer or refused the "
+        "gateway (`extensions.department` names it); the other root fields still answer",
+        "yes, once the department's store is back",
+    ),
+    ErrorCode(
+        "ENGINE_UNAVAILABLE",
+        "field",
+        "200",
+        "the query engine cannot be reached, or the caller's own "
+        "queries took all its share of the gateway for all their time",
+        "yes, later",
+    ),
+    ErrorCode(
+        "ENGINE_ERROR",
+        "field",
+        "200",
+        "the engine refused the statement for another reason (a value it cannot cast, memory beyond its limit)",
+        "rarely: the log has the engine's words",
+    ),
+    ErrorCode(
+        "BAD_CONFIG",
+        "operator",
+        "CLI exit 2; `/admin/policies/reload` 422",
+        "a configuration or policy file is missing or invalid; the message names the file and the key",
+        "no: fix the file",
+    ),
+    ErrorCode(
+        "INTERNAL",
+        "request or field",
+        "500 or 200",
+        "a bug in citygate; the log has the trace, the client only this code",
+        "no: report it",
+    ),
+)
+
+
+def error_table() -> str:
+    """docs/errors.md: every error code, as :data:`ERROR_CODES` states it."""
+    lines = [
+        "# Error codes",
+        "",
+        "<!-- Made by `citygate reference errors` from catalogue/errors.py; do not edit by hand. -->",
+        "",
+        "Every error carries `extensions.code`. A request-level error refuses the whole request",
+        "(no `data`); a field-level error makes one root field null while the others answer",
+        '(GraphQL\'s partial results). "200/400": 200 with `Accept: application/json`, 400 with',
+        "`Accept: application/graphql-response+json`.",
+        "",
+        "| code | scope | HTTP status | cause | does a retry help? |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| `{e.code}` | {e.scope} | {e.status} | {e.cause} | {e.retry} |" for e in ERROR_CODES]
+    return "\n".join(lines) + "\n"

@@ -284,6 +284,19 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    """Print a reference page made from the code (or write both into a directory)."""
+    from catalogue.errors import error_table
+    from gateway.reference import config_reference, write
+
+    if args.write:
+        for path in write(Path(args.write)):
+            print(f"wrote {path}")
+        return 0
+    print(config_reference() if args.page == "config" else error_table(), end="")
+    return 0
+
+
 def cmd_policy(args: argparse.Namespace) -> int:
     """Check the configured policies, or run policy test cases against the engine."""
     if args.action == "test" and not args.file:
@@ -502,6 +515,10 @@ def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int
     p.add_argument("action", choices=("check", "test"))
     p.add_argument("file", nargs="?", help="policy test cases (YAML), for `test`")
     demo_or_config(p)
+
+    p = command("reference", cmd_reference)
+    p.add_argument("page", choices=("config", "errors"), help="the configuration reference, or the error codes")
+    p.add_argument("--write", metavar="DIR", help="write both pages into DIR (docs/) instead of printing one")
 
     p = command("token", cmd_token)
     p.add_argument("--role", required=True)
