@@ -30,7 +30,7 @@ compose-check:
 	@command -v docker-compose >/dev/null || { echo "[make] installing docker-compose to validate compose/"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null \
 	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null; }; }
-	docker-compose -f compose/docker-compose.yml config -q
+	docker-compose --env-file compose/example.env -f compose/docker-compose.yml config -q
 
 lint: install
 	$(BIN)/ruff check .

@@ -60,6 +60,7 @@ def _gateway(workdir: Path) -> Iterator[servers.Server]:
     slow = Relay(relay_to.port, delay=0.2)  # type: ignore[union-attr]
     raw = {
         "include": str(servers.SERVICES),
+        **servers.OPEN,
         "engine": {"kind": "embedded"},
         "departments": {"health": {"store": {"port": slow.port}}},
         **servers.cache_section(False),

@@ -40,6 +40,8 @@ CACHE_KEY = "cache"  # the result cache's section in a citygate configuration
 # citygate as a city runs it: every request leaves an audit record (a file in the run's
 # temporary directory). PostGraphile keeps no such trail; the report says so.
 AUDIT = True
+# What a deployment without policies and tokens must say for `citygate serve` to start it.
+OPEN: dict[str, Any] = {"policies": "open", "auth": "none"}
 # The limits section that lets anonymous callers send any number of requests a minute.
 UNLIMITED: dict[str, Any] = {"roles": {"anonymous": {"requests_per_minute": 0}}}
 
@@ -74,7 +76,9 @@ def cache_supported() -> str | None:
 def _write_config(directory: Path, engine: Literal["trino", "embedded"], cache: bool | None, name: str) -> Path:
     """A deployment file that includes the services' configuration; ``cache`` None leaves the
     cache section out (for a gateway that does not know it yet)."""
-    raw: dict[str, Any] = {"include": str(SERVICES), "engine": {"kind": engine}}
+    # The sections measure the engines' work, not the policies' (the policy section does that in
+    # process): open on purpose, as `citygate serve` asks a deployment to say.
+    raw: dict[str, Any] = {"include": str(SERVICES), "engine": {"kind": engine}, **OPEN}
     if cache is not None:  # a gateway that knows the cache section knows the audit section too
         raw.update(cache_section(cache))
         if AUDIT:

@@ -9,6 +9,7 @@ file, the key and what is allowed:
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import typing
@@ -58,7 +59,8 @@ class SharingConfig(_Model):
     """A table's columns by sharing class, as the city's catalogue lists them: the named
     columns take their class, every other column the default."""
 
-    default: SharingClass = SharingClass.SHARED
+    # a column the lists do not name: the most restrictive class unless the table says otherwise
+    default: SharingClass = SharingClass.CONFIDENTIAL
     published: list[str] = Field(default_factory=list)
     shared: list[str] = Field(default_factory=list)
     exchange: list[str] = Field(default_factory=list)
@@ -100,6 +102,15 @@ class DepartmentConfig(_Model):
     # `cache.ttl_seconds`; 0 forbids caching anything that reads this department.
     cache_ttl_seconds: float | None = Field(None, ge=0)
     tables: dict[str, TableConfig] = Field(default_factory=dict)
+    # the store's tables the gateway serves, as names or patterns (`*`, `report_?`); unset: only
+    # the tables named under `tables`, so a table added to the store later is not served unasked
+    expose: list[str] | None = None
+
+    def exposes(self, table: str) -> bool:
+        """Whether this department's table ``table`` is served."""
+        if self.expose is None:
+            return table in self.tables
+        return any(fnmatch.fnmatchcase(table, pattern) for pattern in self.expose)
 
     def column_types(self) -> dict[str, str]:
         """ "table.column" -> configured logical type."""
@@ -332,8 +343,17 @@ class TelemetryConfig(_Model):
 
 class Config(_Model):
     engine: EngineConfig = EngineConfig()
+    # the confidentiality policies; `open` for none at all, on purpose (development only:
+    # every column raw to every caller)
     policies: PoliciesConfig | None = None
+    # how callers prove who they are; `none` for no tokens, on purpose (development only: every
+    # caller is anonymous)
     auth: AuthConfig | None = None
+    open_policies: bool = Field(False, exclude=True)  # `policies: open`
+    open_auth: bool = Field(False, exclude=True)  # `auth: none`
+    # the gateway's own files (its audit trail, unless `audit` says otherwise); relative to the
+    # configuration file
+    data_dir: Path = Path(".citygate")
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig | None = None
@@ -344,6 +364,46 @@ class Config(_Model):
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)
     source: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _development(cls, raw: Any) -> Any:
+        """``policies: open`` and ``auth: none``: their absence, written on purpose."""
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if raw.get("policies") == "open":
+                raw["policies"], raw["open_policies"] = None, True
+            if raw.get("auth") == "none":
+                raw["auth"], raw["open_auth"] = None, True
+        return raw
+
+    def served(self) -> tuple[Config, list[str]]:
+        """This configuration as `citygate serve` runs it, and the warnings to print at every
+        start; :class:`ConfigError` when it would be open by omission. It fails closed: without
+        `policies` every column would go raw to everyone, without `auth` every caller would be
+        anonymous, so each must be configured or opened in words (`policies: open`, `auth:
+        none`). The audit trail is on unless `audit` turns it off: by default a file under
+        `data_dir`."""
+        where = f"{self.source}: " if self.source is not None else ""
+        if self.policies is None and not self.open_policies:
+            raise ConfigError(
+                f"{where}policies: missing; without policies every column is served raw to every caller. "
+                "Configure policies (files, hash_key), or write `policies: open` for development"
+            )
+        if self.auth is None and not self.open_auth:
+            raise ConfigError(
+                f"{where}auth: missing; without it every caller is anonymous. Configure auth (issuer, audience, "
+                "jwks_url or jwks_file), or write `auth: none` for development"
+            )
+        warnings = []
+        if self.open_policies:
+            warnings.append("policies: open: every column is served raw to every caller (development only)")
+        if self.open_auth:
+            warnings.append("auth: none: no caller is authenticated; all act as anonymous (development only)")
+        if self.audit is not None:
+            return self, warnings
+        trail = AuditConfig(sink="file", path=self.data_dir / "audit.jsonl")
+        return self.model_copy(update={"audit": trail}), warnings
 
     @model_validator(mode="after")
     def _relationships_name_departments(self) -> Config:
@@ -471,6 +531,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update["policies"] = config.policies.model_copy(update={"files": files})
     if config.auth is not None and config.auth.jwks_file is not None and not config.auth.jwks_file.is_absolute():
         update["auth"] = config.auth.model_copy(update={"jwks_file": (base / config.auth.jwks_file).resolve()})
+    if not config.data_dir.is_absolute():
+        update["data_dir"] = (base / config.data_dir).resolve()
     if config.audit is not None and config.audit.path is not None and not config.audit.path.is_absolute():
         update["audit"] = config.audit.model_copy(update={"path": (base / config.audit.path).resolve()})
     documents = config.trusted_documents

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import pytest
+
 from catalogue.stores import MariadbStore, PostgresStore
 from gateway.config import Config, load_config
 from tests.conftest import REPO
@@ -16,7 +18,7 @@ def test_compose_file_is_valid() -> None:
     tool = shutil.which("docker-compose")
     assert tool, "docker-compose is missing: `make compose-check` installs it (Debian package docker-compose)"
     result = subprocess.run(
-        [tool, "-f", str(COMPOSE / "docker-compose.yml"), "config", "-q"],
+        [tool, "--env-file", str(COMPOSE / "example.env"), "-f", str(COMPOSE / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
         text=True,
         check=False,
@@ -25,8 +27,15 @@ def test_compose_file_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_config_serves_the_same_city_through_trino(services_config: Config) -> None:
-    compose = load_config(COMPOSE / "citygate.yaml")
+def test_compose_config_serves_the_same_city_through_trino(
+    services_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for line in (COMPOSE / "example.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            monkeypatch.setenv(*line.split("=", 1))
+    compose, warnings = load_config(COMPOSE / "citygate.yaml").served()  # with policies, tokens, a trail
+    assert warnings == [] and compose.policies is not None and compose.auth is not None
+    assert compose.audit is not None and str(compose.audit.path) == "/var/lib/citygate/audit.jsonl"
     assert compose.engine.kind == "trino" and compose.engine.trino.host == "trino"
     assert compose.engine.trino.create_missing_catalogs
     assert compose.relationships == services_config.relationships

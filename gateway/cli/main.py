@@ -136,11 +136,19 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
 
     import uvicorn
 
+    from gateway.execution.engines import create_engine
+    from gateway.execution.gateway import Gateway
     from gateway.http.app import SERVER_OPTIONS, create_app
     from gateway.observe import logs
 
     logs.configure(args.log_format, args.log_level)
-    gateway = _gateway(args)
+    if getattr(args, "config", None):  # a deployment: it fails closed (Config.served)
+        config, warnings = _load(args).served()
+        for warning in warnings:
+            print(f"citygate: warning: {warning}", file=sys.stderr)
+        gateway = Gateway.start(config, create_engine(config))
+    else:
+        gateway = _gateway(args)
     for department, why in gateway.unavailable.items():
         print(f"citygate: warning: {department} is left out of the schema: {why}", file=sys.stderr)
 

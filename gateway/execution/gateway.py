@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -142,9 +142,12 @@ class Gateway:
         """Introspect every department (a department that is down is left out and named)."""
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
-        for name in config.departments:
+        for name, spec in config.departments.items():
             try:
-                departments.append(engine.introspect_department(name))
+                found = engine.introspect_department(name)
+                # only the tables the configuration names or matches: a table the store gains
+                # later is not served unasked
+                departments.append(replace(found, tables=tuple(t for t in found.tables if spec.exposes(t.name))))
             except CitygateError as error:
                 unavailable[name] = error.message
                 log.warning("department left out of the schema: %s", error.message)

@@ -1,0 +1,110 @@
+"""Safe by default: a deployment is served only with policies and authentication (or with
+their absence written on purpose), with its audit trail on, and only the tables it names."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from catalogue.errors import ConfigError
+from catalogue.model import SharingClass
+from gateway.config import Config, load_config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.observe import audit
+from tests.conftest import REPO, free_port
+
+
+def deployment(tmp_path: Path, sqlite_config: Config, **sections: object) -> Path:
+    """A configuration file over the demo city's SQLite files, with ``sections`` added."""
+    departments = {
+        name: {"store": {"kind": "sqlite", "path": str(spec.store.path)}}  # type: ignore[union-attr]
+        for name, spec in sqlite_config.departments.items()
+    }
+    raw = {"include": str(REPO / "datasets" / "demo-city.yaml"), "departments": departments, **sections}
+    path = tmp_path / "citygate.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def test_a_deployment_without_policies_or_auth_is_refused_unless_it_says_so(
+    tmp_path: Path, sqlite_config: Config
+) -> None:
+    with pytest.raises(ConfigError, match=r"policies: missing; without policies every column is served raw"):
+        load_config(deployment(tmp_path, sqlite_config)).served()
+    with pytest.raises(ConfigError, match=r"auth: missing; without it every caller is anonymous"):
+        load_config(deployment(tmp_path, sqlite_config, policies="open")).served()
+    config, warnings = load_config(deployment(tmp_path, sqlite_config, policies="open", auth="none")).served()
+    assert config.policies is None and config.auth is None and len(warnings) == 2
+    assert config.audit is not None and config.audit.path == tmp_path / ".citygate" / "audit.jsonl"
+    off, _ = load_config(
+        deployment(tmp_path, sqlite_config, policies="open", auth="none", audit={"sink": "off"})
+    ).served()
+    assert off.audit is not None and off.audit.sink == "off"  # turned off in words only
+
+
+def test_serve_fails_closed_and_records_by_default(tmp_path: Path, sqlite_config: Config) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--config"]
+    refused = subprocess.run(
+        [*command, str(deployment(tmp_path, sqlite_config))], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("citygate: error: ") and "write `policies: open` for development" in refused.stderr
+    port = free_port()
+    opened = deployment(tmp_path, sqlite_config, policies="open", auth="none")
+    server = subprocess.Popen(
+        [*command, str(opened), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "citygate serve did not start"
+                time.sleep(0.2)
+        body = json.dumps({"query": "{ transport_stations(limit: 1) { name } }"}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body, {"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            assert json.load(response)["data"]["transport_stations"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+    assert "warning: policies: open: every column is served raw" in stderr
+    assert "warning: auth: none: no caller is authenticated" in stderr
+    assert audit.verify(tmp_path / ".citygate" / "audit.jsonl") == audit.Verdict(1)
+
+
+def test_only_the_tables_a_deployment_names_are_served(sqlite_config: Config) -> None:
+    departments = dict(sqlite_config.departments)
+    transport = departments["transport"]
+    unnamed = {name: spec for name, spec in transport.tables.items() if name != "vehicles"}
+    departments["transport"] = transport.model_copy(update={"tables": unnamed})
+    quiet = sqlite_config.model_copy(update={"departments": departments})
+    gateway = Gateway.start(quiet, create_engine(quiet))
+    try:
+        assert "transport_vehicles" not in gateway.model.tables and "transport_stations" in gateway.model.tables
+    finally:
+        gateway.close()
+    departments["transport"] = departments["transport"].model_copy(update={"expose": ["*"]})
+    everything = sqlite_config.model_copy(update={"departments": departments})
+    gateway = Gateway.start(everything, create_engine(everything))
+    try:
+        assert "transport_vehicles" in gateway.model.tables  # a pattern serves it again
+    finally:
+        gateway.close()
+
+
+def test_a_column_no_sharing_list_names_is_confidential() -> None:
+    from gateway.config import SharingConfig
+
+    assert SharingConfig().default is SharingClass.CONFIDENTIAL
