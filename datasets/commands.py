@@ -28,7 +28,9 @@ def demo(data_dir: Path) -> Config:
     return secure_demo(demo_config(data_dir), data_dir)
 
 
-def datagen(config: Config | None, data_dir: Path, scale: float, seed: int, source: str = "") -> int:
+def datagen(
+    config: Config | None, data_dir: Path, scale: float, seed: int, source: str = "", force: bool = False
+) -> int:
     """Generate the demo city and write each department into its store: those ``config`` names
     (``source``: its file, for errors), else SQLite files in ``data_dir``."""
     departments = sorted({t.department for t in TABLES})
@@ -45,7 +47,7 @@ def datagen(config: Config | None, data_dir: Path, scale: float, seed: int, sour
     print(f"generating the demo city at scale {scale} (seed {seed}) ...", file=sys.stderr)
     city = generate(scale=scale, seed=seed)
     print(f"generated {city.total_rows:,} rows in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    load_city(city, targets)
+    load_city(city, targets, force)
     print(
         f"loaded {city.total_rows:,} rows into {len(targets)} stores in {time.monotonic() - started:.1f} s",
         file=sys.stderr,

@@ -21,6 +21,13 @@ from connectors.stores import describe_store_failure, mariadb_params, pg_params
 from datasets.datagen import City
 from datasets.demo_city import TABLES, TableSpec
 
+# What marks a store as citygate's own: a SQLite file's application id ("CGTY"), a database's
+# comment on PostgreSQL and MariaDB. The loader replaces tables only where it finds the mark, or
+# nothing at all, unless told to (`citygate datagen --force`): a configuration naming a real
+# department's database must not have its tables dropped without a word.
+APPLICATION_ID = 0x43475459
+MARK = '{"citygate": "demo-city"}'
+
 Row = tuple[Any, ...]
 Progress = Callable[[int], None]
 BATCH = 5_000
@@ -77,14 +84,77 @@ def _drop_sql(spec: TableSpec, dialect: str) -> str:
 # -- loading --------------------------------------------------------------------------------
 
 
+def foreign(department: str, store: Store) -> str | None:
+    """Why the loader must not write ``department``'s store without ``--force``: it holds tables
+    and not citygate's mark. None when it is empty, missing, or citygate's own."""
+    if isinstance(store, SqliteStore):
+        if not store.path.exists():
+            return None
+        conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+        try:
+            tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            owned = conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        finally:
+            conn.close()
+        where = f"SQLite file {store.path}"
+    elif isinstance(store, PostgresStore):
+        tables, owned = [], False
+        with psycopg.connect(**pg_params(store, "postgres")) as server:
+            comment = server.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (store.database,)
+            ).fetchone()
+        if comment is not None:
+            owned = comment[0] == MARK
+            with psycopg.connect(**pg_params(store, store.database)) as database:
+                tables = [
+                    r[0]
+                    for r in database.execute(
+                        "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (store.schema_,)
+                    )
+                ]
+        where = f"PostgreSQL database {store.database!r} at {store.host}:{store.port}"
+    else:
+        conn = pymysql.connect(**mariadb_params(store, None))
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT schema_comment FROM information_schema.schemata WHERE schema_name = %s", (store.database,)
+                )
+                comment = cur.fetchone()
+                cur.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (store.database,)
+                )
+                tables = [r[0] for r in cur.fetchall()]
+        finally:
+            conn.close()
+        owned = comment is not None and comment[0] == MARK
+        where = f"MariaDB database {store.database!r} at {store.host}:{store.port}"
+    if owned or not tables:
+        return None
+    return (
+        f"department {department}: {where} holds tables citygate did not write ({', '.join(sorted(tables)[:3])}); "
+        "datagen replaces tables there, so it leaves a store it did not create alone: pass --force to write it anyway"
+    )
+
+
 def load(department: str, store: Store, tables: Sequence[tuple[TableSpec, list[Row]]], progress: Progress) -> None:
-    """Replace ``tables`` in ``department``'s store with ``rows``, reporting rows as they land."""
+    """Replace ``tables`` in ``department``'s store with ``rows``, reporting rows as they land,
+    and mark the store as citygate's own."""
     if isinstance(store, SqliteStore):
         _load_sqlite(store, tables, progress)
     elif isinstance(store, PostgresStore):
         _guard(department, store, lambda: _load_postgres(store, tables, progress))
     else:
         _guard(department, store, lambda: _load_mariadb(store, tables, progress))
+
+
+def _guarded(department: str, store: Store, check: Callable[[str, Store], str | None]) -> str | None:
+    """``check(department, store)``, a store that does not answer named as such."""
+    try:
+        return check(department, store)
+    except (psycopg.OperationalError, pymysql.err.OperationalError) as error:
+        assert not isinstance(store, SqliteStore)
+        raise describe_store_failure(department, store, str(error)) from None
 
 
 def _guard(department: str, store: PostgresStore | MariadbStore, action: Callable[[], None]) -> None:
@@ -103,6 +173,7 @@ def _load_sqlite(store: SqliteStore, tables: Sequence[tuple[TableSpec, list[Row]
     try:
         conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         for spec, rows in tables:
             conn.execute(create_table_sql(spec, "sqlite"))
             insert = _insert_sql(spec, "sqlite")
@@ -143,6 +214,8 @@ def _load_postgres(store: PostgresStore, tables: Sequence[tuple[TableSpec, list[
                         writer.write_row(row)
                     progress(len(batch))
             cur.execute(f"ANALYZE {exp.to_identifier(spec.name, quoted=True).sql('postgres')}")
+        database = exp.to_identifier(store.database, quoted=True).sql("postgres")
+        cur.execute(f"COMMENT ON DATABASE {database} IS {exp.Literal.string(MARK).sql('postgres')}")
 
 
 def _ensure_postgres_database(store: PostgresStore) -> None:
@@ -171,14 +244,25 @@ def _load_mariadb(store: MariadbStore, tables: Sequence[tuple[TableSpec, list[Ro
                     cur.executemany(insert, batch)
                     progress(len(batch))
                 conn.commit()
+            cur.execute(f"ALTER DATABASE {name} COMMENT = %s", (MARK,))
     finally:
         conn.close()
 
 
-def load_city(city: City, targets: Mapping[str, Store]) -> None:
+def load_city(city: City, targets: Mapping[str, Store], force: bool = False) -> None:
     """Write every table of the generated ``city`` into its department's store in ``targets``,
-    showing rows as they land; departments the city does not have are left alone."""
+    showing rows as they land; departments the city does not have are left alone, and so is
+    every store (all of them) while one holds tables citygate did not write, unless ``force``."""
     from tqdm import tqdm
+
+    from catalogue.errors import CitygateError
+
+    if not force:
+        departments = {spec.department for spec in TABLES}
+        for department, store in targets.items():
+            why = _guarded(department, store, foreign) if department in departments else None
+            if why is not None:
+                raise CitygateError(why)
 
     with tqdm(
         total=city.total_rows, unit="row", unit_scale=True, desc="loading", file=sys.stderr, mininterval=0.5

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from datasets.datagen import City, generate
 from datasets.demo_city import DEPARTMENTS, DISTRICTS, RELATIONSHIPS, TABLES, RelationshipSpec
 from datasets.ids import is_valid_credit_code, is_valid_resident_id, resident_birth_date, resident_gender
+from gateway.config import Config
 
 CONTRACT_ROWS = {
     ("public_security", "residents"): 10_000,
@@ -121,3 +123,46 @@ def test_the_packaged_catalogue_carries_the_contracts_sharing_classes() -> None:
     for spec in TABLES:
         sharing = config.departments[spec.department].tables[spec.name].sharing
         assert {c.name: sharing.of(c.name) for c in spec.columns} == {c.name: c.sharing for c in spec.columns}
+
+
+def test_datagen_leaves_a_store_it_did_not_write_alone(tmp_path: Path, services_config: Config) -> None:
+    """It replaces tables: a configuration naming a real department's store must not have its
+    tables dropped without a word. A store holding tables without citygate's mark is refused
+    unless --force; one it wrote (or an empty one) is written again."""
+    import sqlite3
+
+    import psycopg
+
+    from catalogue.errors import CitygateError
+    from catalogue.stores import PostgresStore, SqliteStore
+    from connectors.stores import pg_params
+    from datasets.load import foreign
+
+    theirs = tmp_path / "health.db"
+    with sqlite3.connect(theirs) as conn:
+        conn.execute("CREATE TABLE patients (id INTEGER)")
+    store = SqliteStore(kind="sqlite", path=theirs)
+    assert "holds tables citygate did not write (patients)" in (foreign("health", store) or "")
+    assert foreign("health", SqliteStore(kind="sqlite", path=tmp_path / "new.db")) is None
+    from datasets.commands import datagen
+
+    with pytest.raises(CitygateError, match="pass --force to write it anyway"):
+        datagen(None, tmp_path, 0.01, 1)
+    assert datagen(None, tmp_path, 0.01, 1, force=True) == 0  # written, and marked
+    assert foreign("health", store) is None and datagen(None, tmp_path, 0.01, 1) == 0
+
+    health = services_config.departments["health"].store
+    assert isinstance(health, PostgresStore)
+    scratch = health.model_copy(update={"database": "citygate_not_ours"})
+    with psycopg.connect(**pg_params(health, "postgres"), autocommit=True) as admin:
+        admin.execute("DROP DATABASE IF EXISTS citygate_not_ours")
+        admin.execute("CREATE DATABASE citygate_not_ours")
+    try:
+        assert foreign("health", scratch) is None  # empty: nothing to lose
+        with psycopg.connect(**pg_params(scratch, "citygate_not_ours"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE ledger (id int)")
+        assert "PostgreSQL database 'citygate_not_ours'" in (foreign("health", scratch) or "")
+        assert foreign("health", health) is None  # the services' own, marked by their load
+    finally:
+        with psycopg.connect(**pg_params(health, "postgres"), autocommit=True) as admin:
+            admin.execute("DROP DATABASE IF EXISTS citygate_not_ours WITH (FORCE)")

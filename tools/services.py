@@ -574,7 +574,18 @@ def load_demo_city(settings: Settings, scale: str) -> None:
             "CITYGATE_MARIADB_PORT": str(settings.mariadb_port),
         }
         run(
-            [sys.executable, "-m", "gateway.cli", "datagen", "--config", str(SERVICES_CONFIG), "--scale", scale],
+            # --force: these servers are the services' own, made in their own directory
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "datagen",
+                "--config",
+                str(SERVICES_CONFIG),
+                "--scale",
+                scale,
+                "--force",
+            ],
             env=env,
             quiet=False,
         )

@@ -44,7 +44,9 @@ def cmd_datagen(args: argparse.Namespace) -> int:
     if args.profile == "seed-scale":
         return int(datasets().seed_scale(args.config, args.scale))
     config = _load(args) if args.config else None
-    return int(datasets().datagen(config, Path(args.data_dir).resolve(), args.scale, args.seed, str(args.config)))
+    return int(
+        datasets().datagen(config, Path(args.data_dir).resolve(), args.scale, args.seed, str(args.config), args.force)
+    )
 
 
 def cmd_trino_catalogs(args: argparse.Namespace) -> int:
@@ -582,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where SQLite files go without --config")
     p.add_argument("--scale", type=_positive_float, default=1.0, help="multiply the scalable row counts (default 1)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the contract's)")
+    p.add_argument("--force", action="store_true", help="write stores that hold tables citygate did not write")
     p.add_argument(
         "--profile",
         choices=("demo", "seed-scale"),
