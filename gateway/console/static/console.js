@@ -90,7 +90,7 @@
         )
       )
     );
-    const open = el("a", { href: "/graphql?query=" + encodeURIComponent(resource.sample_query), id: "open-in-graphiql" }, "Open the sample query in GraphiQL →");
+    const open = el("a", { href: "/graphql#query=" + encodeURIComponent(resource.sample_query), id: "open-in-graphiql" }, "Open the sample query in GraphiQL →");
     $("resource").replaceChildren(
       el("h2", {}, resource.name + " — " + (resource.description || "")),
       facts,
@@ -119,7 +119,9 @@
       return;
     }
     $("view-as-state").textContent = "";
+    const kept = $("role").value; // asked again when the token changes: the choice stays
     $("role").replaceChildren(...body.roles.map((r) => el("option", { value: r.name }, r.name + (r.claims.length ? " (claims: " + r.claims.join(", ") + ")" : ""))));
+    if (kept && body.roles.some((r) => r.name === kept)) $("role").value = kept;
   }
   $("admin-token").addEventListener("change", loadRoles);
 
@@ -166,14 +168,16 @@
         )
       )
     );
-    const parts = [el("h2", {}, "Decisions 每列的处理 (" + body.role + ")"), ...tables];
+    // The answer and its SQL first, then every table's decisions, then the role's whole schema.
+    const parts = [];
+    if (body.answer) parts.push(el("h2", {}, "Answer 查询结果"), el("pre", { id: "answer" }, JSON.stringify(body.answer, null, 2)));
     if (body.explain) {
       parts.push(el("h2", {}, "SQL (explain)"));
       if (Array.isArray(body.explain)) {
         body.explain.forEach((s) => parts.push(el("p", { class: "muted" }, s.field + " on " + s.engine + " (" + s.dialect + ")"), el("pre", { class: "sql" }, s.sql)));
       } else parts.push(el("pre", { class: "sql error" }, body.explain.error));
     }
-    if (body.answer) parts.push(el("h2", {}, "Answer 查询结果"), el("pre", { id: "answer" }, JSON.stringify(body.answer, null, 2)));
+    parts.push(el("h2", {}, "Decisions 每列的处理 (" + body.role + ")"), ...tables);
     parts.push(el("details", {}, el("summary", {}, "Schema (SDL) of " + body.role), el("pre", { class: "schema" }, body.schema)));
     $("view-as-result").replaceChildren(...parts);
   });

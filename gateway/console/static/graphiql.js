@@ -1,4 +1,4 @@
-// GraphiQL from the gateway's own origin. The query comes from ?query= (the catalogue's
+// GraphiQL from the gateway's own origin. The query comes from #query= (the catalogue's
 // "open in GraphiQL") or the demo's example; a token pasted once in the bar (kept in this
 // browser's localStorage) is sent as the Authorization header, and shown in the Headers tab.
 (function () {
@@ -26,7 +26,8 @@
     }
     return base(params, Object.assign({}, options, { headers }));
   };
-  const wanted = new URLSearchParams(window.location.search).get("query");
+  // In the fragment, not the query string: GET /graphql?query= is a GraphQL request, not this page.
+  const wanted = new URLSearchParams(window.location.hash.slice(1)).get("query");
   const props = {
     fetcher,
     defaultQuery: config.example || undefined,
