@@ -34,7 +34,8 @@
     defaultHeaders: token ? JSON.stringify({ Authorization: "Bearer " + token }, null, 2) : undefined,
     defaultEditorToolsVisibility: true,
   };
+  // A query the catalogue sent opens as it is; otherwise GraphiQL keeps this browser's own
+  // tabs, and the example is what a first visit sees.
   if (wanted) props.query = wanted;
-  else if (config.example) props.query = config.example;
   ReactDOM.createRoot(host).render(React.createElement(GraphiQL, props));
 })();
