@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from policies.treatments import DENY, RAW, Treatment
 
 PROBE_SECONDS = 30.0  # a department's status is probed again when the last probe is older
 ESTIMATE_SECONDS = 3600.0  # a row count estimate is read again when older
+ESTIMATES_AT_ONCE = 8  # counts read side by side: a catalogue of 755 tables is not read one by one
 
 
 def treatment_text(treatment: Treatment, access: str, k: int) -> str:
@@ -96,6 +98,14 @@ class Estimates:
                 rows = None  # its store does not answer: the entry says so, the others still come
             found = self.known[key] = (rows, time.time())
         return found
+
+    def read(self, tables: Iterable[TableInfo]) -> None:
+        """Read the estimates of ``tables`` that are missing or old, several at once."""
+        now = time.time()
+        stale = [t for t in tables if now - self.known.get((t.department, t.name), (None, 0.0))[1] > self.seconds]
+        if len(stale) > 1:
+            with ThreadPoolExecutor(ESTIMATES_AT_ONCE, thread_name_prefix="citygate-estimates") as pool:
+                list(pool.map(self.of, stale))
 
 
 def _matches(needle: str, *texts: str) -> bool:
@@ -175,12 +185,11 @@ def entries(
     nothing that matches, is left out."""
     needle = search.strip().casefold()
     infos = {(t.department, t.name): t for t in view.model.tables.values()}
-    out = []
+    chosen: dict[str, list[tuple[Table, TableInfo]]] = {}
     for name, spec in config.departments.items():
         if department and name != department:
             continue
         whole = not needle or _matches(needle, name, spec.display_name, spec.owner)
-        resources = []
         for table in tables:
             info = infos.get((table.department, table.name))
             if table.department != name or info is None:  # absent for this role: not even named
@@ -188,9 +197,12 @@ def entries(
             table_config = spec.tables.get(table.name)
             described = table_config.description if table_config is not None else ""
             if whole or _matches(needle, table.name, info.root, described, *(c.name for c in table.columns)):
-                resources.append(_resource(table, info, view, config, estimates))
-        if not resources:
-            continue
+                chosen.setdefault(name, []).append((table, info))
+    estimates.read(info for found in chosen.values() for _, info in found)
+    out = []
+    for name, found in chosen.items():
+        spec = config.departments[name]
+        resources = [_resource(table, info, view, config, estimates) for table, info in found]
         status = "down" if name in unavailable else states.get(name, "unknown")
         out.append(
             {
