@@ -389,9 +389,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "  POST:      curl -s {address} -H 'content-type: application/json' "
         '-d \'{{"query": "{{ transport_stations(limit: 3) {{ name district }} }}"}}\'\n'
         "Tokens: citygate token --role health_analyst   (roles: anonymous without a token, health_analyst,\n"
-        "        district_officer --claim district=南城, env_inspector, police, supervisor); in GraphiQL\n"
-        "        add the header Authorization: Bearer <token>\n"
-        "Try this query in GraphiQL (as health_analyst):\n\n"
+        "        district_officer --claim district=南城, env_inspector, police, supervisor); paste it\n"
+        "        once in the Token box at the top of GraphiQL or the console\n"
+        "GraphiQL opens with this query (try it as health_analyst):\n\n"
     )
     return _serve(args, banner, datasets().EXAMPLE_QUERY, example=datasets().EXAMPLE_QUERY)
 
