@@ -5,9 +5,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo services services-stop compose-check lint typecheck test bench bench-tools clean
+.PHONY: install demo services services-stop compose-check browser lint typecheck test bench bench-tools clean
 
-install: $(STAMP)
+# The console's GraphiQL and React, pinned in gateway/console/package-lock.json: `npm ci` takes
+# exactly those tarballs from the npm registry and refuses any whose SHA-512 differs, so the
+# gateway serves them from its own origin and no browser asks a CDN (Node from Debian if none).
+CONSOLE_MODULES := gateway/console/node_modules/.package-lock.json
+
+install: $(STAMP) $(CONSOLE_MODULES)
+
+$(CONSOLE_MODULES): gateway/console/package-lock.json
+	@command -v npm >/dev/null || { echo "[make] installing Node.js and npm for the console's assets"; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm >/dev/null; }
+	cd gateway/console && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts
 
 $(STAMP): pyproject.toml
 	@echo "[make] creating $(VENV) and installing citygate with its dev dependencies"
@@ -25,6 +35,14 @@ services: install
 services-stop:
 	$(BIN)/python -m tools.services stop
 
+# The browser tests (tests/test_console_browser.py) drive Debian's chromium with Playwright for
+# Python (a dev dependency); Playwright's own browser download is never used. The CJK font lets
+# the screenshots show Chinese text.
+browser:
+	@command -v chromium >/dev/null && fc-list :lang=zh | grep -q . || { echo "[make] installing chromium and a CJK font for the browser tests"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-wqy-microhei >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-wqy-microhei >/dev/null; }; }
+
 # Docker cannot run here; Debian's docker-compose validates the deployment without an engine.
 compose-check:
 	@command -v docker-compose >/dev/null || { echo "[make] installing docker-compose to validate compose/"; \
@@ -40,7 +58,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install services compose-check lint typecheck
+test: install services browser compose-check lint typecheck
 	$(BIN)/python -m pytest
 
 # Benchmarks against the services (started if needed); not part of `make test`. They also need
@@ -67,4 +85,4 @@ bench: install services $(BENCH_STAMP) $(PEER_MODULES) bench-tools
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache gateway/console/node_modules

@@ -133,7 +133,7 @@ def _reloader(gateway: Any) -> Callable[[int, object], None]:
     return lambda signum, frame: wanted.set()
 
 
-def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
+def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: str = "") -> int:
     import signal
 
     import uvicorn
@@ -157,9 +157,11 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "") -> int:
     if gateway.policies is not None:
         signal.signal(signal.SIGHUP, _reloader(gateway))
     address = f"http://{args.host}:{args.port}/graphql"
-    print(banner.format(address=address, engine=gateway.engine.name) + epilogue, file=sys.stderr)
+    console = f"http://{args.host}:{args.port}/console"
+    print(banner.format(address=address, console=console, engine=gateway.engine.name) + epilogue, file=sys.stderr)
     try:
-        uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_config=None, **SERVER_OPTIONS)
+        app = create_app(gateway, example=example)
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, **SERVER_OPTIONS)
     finally:
         gateway.close()  # writes the audit records still queued
     return 0
@@ -408,15 +410,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Serve the demo city on the embedded engine (built under --data-dir on first run)."""
     banner = (
         "citygate demo: the demo city on the {engine} engine\n"
-        "  GraphiQL:  {address}  (open it in a browser)\n"
+        "  GraphiQL:  {address}  (open it in a browser; the console, with the catalogue: {console})\n"
         "  POST:      curl -s {address} -H 'content-type: application/json' "
         '-d \'{{"query": "{{ transport_stations(limit: 3) {{ name district }} }}"}}\'\n'
         "Tokens: citygate token --role health_analyst   (roles: anonymous without a token, health_analyst,\n"
-        "        district_officer --claim district=南城, env_inspector, police, supervisor); in GraphiQL\n"
-        "        add the header Authorization: Bearer <token>\n"
-        "Try this query in GraphiQL (as health_analyst):\n\n"
+        "        district_officer --claim district=南城, env_inspector, police, supervisor); paste it\n"
+        "        once in the Token box at the top of GraphiQL or the console\n"
+        "GraphiQL opens with this query (try it as health_analyst):\n\n"
     )
-    return _serve(args, banner, datasets().EXAMPLE_QUERY)
+    return _serve(args, banner, datasets().EXAMPLE_QUERY, example=datasets().EXAMPLE_QUERY)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -465,7 +467,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for field in compiled:
             for engine in engines:
                 print(f"-- {field.key} on {engine.name} ({engine.dialect})")
-                print(engine.sql(view.rewrite(field.tree, claims)) + ";\n")
+                # The hash key and the tie-break key travel inside the statement; not on a screen.
+                print(engine.redact(engine.sql(view.rewrite(field.tree, claims))) + ";\n")
         if view.decisions is not None:
             print(f"-- policy decisions for role {view.role}:")
             for (department, table), decision in sorted(view.decisions.items()):

@@ -1,5 +1,6 @@
 """The HTTP edge: GraphQL over HTTP on ``/graphql``, GraphiQL for browsers, health, readiness,
-Prometheus ``/metrics`` and the operator's ``/admin`` endpoints.
+Prometheus ``/metrics``, the operator's ``/admin`` endpoints, and the console (``/console``: the
+catalogue as the caller's role sees it, and "view as role" for an administrator).
 
 Statuses follow the GraphQL-over-HTTP specification: with ``application/graphql-response+json``
 a request that cannot be executed (parse, validation, variables) is 400 and anything executed
@@ -36,13 +37,16 @@ import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
-from strawberry.http.ides import get_graphql_ide_html
 
 from catalogue.errors import CitygateError
 from gateway.config import TokenGuard
+from gateway.console import catalogue as console_catalogue
+from gateway.console.assets import Assets
+from gateway.console.inspect import view_as
+from gateway.console.pages import Pages
 from gateway.execution import plans
 from gateway.execution.fairness import CALLER, REQUESTS_AT_ONCE, Admission
 from gateway.execution.gateway import Gateway
@@ -221,6 +225,7 @@ class Exchange:
     outcome: str = "ok"
     codes: list[str] = field(default_factory=list)
     template: Template | None = None  # a hot request's audit record, but for its own values
+    console: dict[str, Any] | None = None  # a console request's own parts of its record (what it read)
 
     @classmethod
     def begin(cls, raw_headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None = None) -> Exchange:
@@ -277,7 +282,7 @@ def _outcome(result: plans.Response) -> tuple[str, list[str]]:
 def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
     """The audit record of a finished request (:func:`gateway.observe.audit.record`)."""
     identity, result = exchange.identity, exchange.result
-    return audit_record(
+    made = audit_record(
         request_id=exchange.request_id,
         client_request_id=exchange.client_request_id,
         subject=identity.subject if identity is not None else None,
@@ -296,6 +301,9 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         status=status,
         errors=exchange.codes,
     )
+    if exchange.console is not None:
+        made.update(exchange.console)
+    return made
 
 
 def _caller(identity: Identity | None, client: str | None) -> str:
@@ -326,7 +334,7 @@ class Edge:
     ``GET /graphql``, health, metrics, admin, the lifespan) goes to a starlette application.
     """
 
-    def __init__(self, gateway: Gateway, app: Starlette | None = None) -> None:
+    def __init__(self, gateway: Gateway, app: Starlette | None = None, example: str = "") -> None:
         self.gateway = gateway
         self.metrics = gateway.metrics
         self.engine_name = gateway.engine.name
@@ -339,6 +347,14 @@ class Edge:
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.limiter = Limiter()
+        # The console: pinned assets checked once, pages made once; department states and row
+        # estimates read when the catalogue is first asked for, and again when they are old.
+        self.assets = Assets.load()
+        if self.assets.missing is not None:
+            log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
+        self.pages = Pages.make(self.assets, example)
+        self.probe = console_catalogue.Probe(lambda: gateway.engine.health().departments)
+        self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -365,7 +381,7 @@ class Edge:
 
     async def get(self, request: Request) -> Response:
         if "query" not in request.query_params and "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(get_graphql_ide_html())  # GraphiQL: a page, not a request for data
+            return HTMLResponse(self.pages.graphiql)  # GraphiQL: a page, not a request for data
         exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
         token = REQUEST_ID.set(exchange.request_id)
         try:
@@ -679,11 +695,162 @@ class Edge:
             return JSONResponse({"policy_version": version})
         return JSONResponse({"error": f"no admin action {action!r}"}, 404)
 
+    # -- the console ---------------------------------------------------------------------------
 
-def create_app(gateway: Gateway) -> Edge:
-    """The ASGI application over ``gateway``."""
-    edge = Edge(gateway)
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse("/console")
+
+    async def console_page(self, request: Request) -> Response:
+        return HTMLResponse(self.pages.console)
+
+    async def console_file(self, request: Request) -> Response:
+        """A pinned asset (its path names its version: kept for good) or one of the console's
+        own files (revalidated, since they change with the gateway)."""
+        path = request.url.path
+        asset = self.assets.files.get(path)
+        if asset is not None:
+            cache = "public, max-age=31536000, immutable"
+            return Response(asset.body, media_type=asset.media_type, headers={"cache-control": cache})
+        found = self.pages.static.get(path)
+        if found is None:
+            return JSONResponse({"error": f"no console file {path}"}, 404)
+        return Response(found[0], media_type=found[1], headers={"cache-control": "no-cache"})
+
+    async def catalogue(self, request: Request) -> Response:
+        """``GET /console/api/catalogue?search=&department=``: the catalogue as the caller's role
+        sees it. Identified, limited and audited as a GraphQL request is."""
+        exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
+        exchange.media_type = "application/json"
+        search = request.query_params.get("search", "")[:200]
+        department = request.query_params.get("department", "")[:200]
+        exchange.console = {"operation": {"hash": None, "name": "console: catalogue"}, "search": recorded(search)}
+        token = REQUEST_ID.set(exchange.shown_id)
+        try:
+            identity = await self.authenticate(exchange)
+            if isinstance(identity, Reply):
+                reply = identity
+            else:
+                exchange.identity = identity
+                limited = self.throttle(exchange)
+                if limited is not None:
+                    reply = limited
+                else:
+                    reply = await run_in_threadpool(self.catalogue_reply, exchange, search, department)
+        except Exception:
+            reply = self.failed(exchange)
+        finally:
+            REQUEST_ID.reset(token)
+        response = _response(self.finish(exchange, reply))
+        response.headers["X-Request-Id"] = exchange.shown_id
+        return response
+
+    def catalogue_reply(self, exchange: Exchange, search: str, department: str) -> Reply:
+        gateway = self.gateway
+        view = gateway.view(exchange.identity)
+        states, probed = self.probe.read()
+        found = console_catalogue.entries(
+            view,
+            gateway.catalogue.tables,
+            gateway.config,
+            self.estimates,
+            states,
+            gateway.unavailable,
+            search,
+            department,
+        )
+        shown = [(d["name"], r["name"]) for d in found for r in d["resources"]]
+        assert exchange.console is not None
+        exchange.console["access"] = [{"department": d, "table": t, "access": "catalogue"} for d, t in shown]
+        exchange.console["rows"] = {"catalogue": len(shown)}
+        body = {"role": view.role, "probed": probed, "resources": len(shown), "departments": found}
+        return _json(body, 200, "application/json")
+
+    def admin_refusal(self, request: Request) -> Response | None:
+        if _guarded(self.gateway.config.admin, request):
+            return None
+        return JSONResponse({"error": "a valid admin token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+
+    async def roles(self, request: Request) -> Response:
+        """``GET /console/api/roles`` (admin): the roles, and the claims each one's policies read."""
+        refusal = self.admin_refusal(request)
+        if refusal is not None:
+            return refusal
+        policies = self.gateway.policies
+        names = ["anonymous", *sorted(set(policies.roles) - {"anonymous"})] if policies is not None else []
+
+        def claims(role: str) -> list[str]:
+            return list(self.gateway.view(Identity(role)).claim_names)
+
+        found = await run_in_threadpool(lambda: [{"name": n, "claims": claims(n)} for n in names])
+        return JSONResponse({"roles": found, "policy_version": self.gateway.policy_version})
+
+    async def view_as(self, request: Request) -> Response:
+        """``POST /console/api/view-as`` (admin) with ``{role, claims, query, variables}``: the
+        role's schema, decisions, SQL and answer. Audited: the record names the role and says
+        the console's administrator asked (``subject: console-admin``)."""
+        exchange = Exchange.begin(request.scope["headers"], request.scope.get("client"))
+        exchange.media_type = "application/json"
+        exchange.console = {"operation": {"hash": None, "name": "console: view as role"}}
+        refusal = self.admin_refusal(request)
+        if refusal is not None:
+            exchange.outcome, exchange.codes = "unauthenticated", ["UNAUTHENTICATED"]
+            self.finish(exchange, Reply(401, b"", "application/json"))
+            return refusal
+        try:
+            params = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            params = None
+        asked = self.view_as_request(params)
+        if isinstance(asked, str):
+            reply = self.refuse(exchange, asked)
+        else:
+            role, claims, query, variables = asked
+            exchange.identity = Identity(role, claims, subject="console-admin")
+            exchange.query = query
+            try:
+                page, result = await run_in_threadpool(view_as, self.gateway, role, claims, query, variables)
+            except Exception:
+                reply = self.failed(exchange)
+            else:
+                if result is not None:
+                    exchange.result = result
+                    exchange.outcome, exchange.codes = _outcome(result)
+                    exchange.console = None  # the record is the query's own, as for /graphql
+                reply = _json(page, 200, "application/json")
+        return _response(self.finish(exchange, reply))
+
+    def view_as_request(self, params: Any) -> tuple[str, dict[str, str], str | None, dict[str, Any] | None] | str:
+        """The role, claims, query and variables a view-as request asks for; or what is wrong."""
+        if not isinstance(params, dict):
+            return "send a JSON object with `role`, and optionally `claims`, `query` and `variables`"
+        policies = self.gateway.policies
+        role = params.get("role")
+        known = {"anonymous", *policies.roles} if policies is not None else set()
+        if not isinstance(role, str) or role not in known:
+            return f"`role` must be one of {', '.join(sorted(known)) or '(no policies are configured)'}"
+        claims = params.get("claims") or {}
+        if not isinstance(claims, dict) or not all(isinstance(v, str) for v in claims.values()):
+            return "`claims` must be an object of strings"
+        query = params.get("query") or None
+        if query is not None and not isinstance(query, str):
+            return "`query` must be a string"
+        variables = params.get("variables") or None
+        if variables is not None and not isinstance(variables, dict):
+            return "`variables` must be an object"
+        return role, {str(k): v for k, v in claims.items()}, query, variables
+
+
+def create_app(gateway: Gateway, example: str = "") -> Edge:
+    """The ASGI application over ``gateway``; ``example``: the query GraphiQL opens with."""
+    edge = Edge(gateway, example=example)
     routes = [
+        Route("/", edge.home, methods=["GET"]),
+        Route("/console", edge.console_page, methods=["GET"]),
+        Route("/console/assets/{path:path}", edge.console_file, methods=["GET"]),
+        Route("/console/static/{path:path}", edge.console_file, methods=["GET"]),
+        Route("/console/api/catalogue", edge.catalogue, methods=["GET"]),
+        Route("/console/api/roles", edge.roles, methods=["GET"]),
+        Route("/console/api/view-as", edge.view_as, methods=["POST"]),
         Route("/graphql", edge.get, methods=["GET"]),  # POST is the edge's own (Edge.post)
         Route("/healthz", edge.healthz, methods=["GET"]),
         Route("/readyz", edge.readyz, methods=["GET"]),

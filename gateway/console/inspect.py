@@ -1,0 +1,97 @@
+"""What a security officer sees "as" a role: the role's schema, the decided treatment of every
+column of every table with the rule that decided it, the SQL each root field of a query becomes,
+and the query's answer as that role.
+
+The SQL is the statement the engine would run, with its key material replaced by ``<key>``
+(:meth:`connectors.base.Engine.redact`): the hash mask's key and the tie-break key derived from
+it are inside the text wherever a statement hashes or orders by a masked key, and the page that
+shows it is no place for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphql import print_schema
+
+from catalogue.errors import CitygateError
+from gateway.execution.gateway import Gateway
+from gateway.execution.views import View, sharing_classes
+from gateway.identity.caller import Identity
+from policies.rewrite import PolicyViolation
+
+
+def decisions(gateway: Gateway, view: View) -> list[dict[str, Any]]:
+    """Every table's decision for the view's role, each column with its treatment and why."""
+    out = []
+    for table in gateway.catalogue.tables:
+        decision = view.decisions.get((table.department, table.name)) if view.decisions is not None else None
+        classes = sharing_classes(gateway.config, table.department, table.name, [c.name for c in table.columns])
+        columns = []
+        for column in table.columns:
+            sharing = classes.get(column.name)
+            columns.append(
+                {
+                    "name": column.name,
+                    "type": str(column.type),
+                    "sharing": sharing.value if sharing is not None else None,
+                    "treatment": str(decision.columns[column.name]) if decision is not None else "raw",
+                    "rule": decision.reasons.get(column.name, "") if decision is not None else "no policies configured",
+                }
+            )
+        out.append(
+            {
+                "department": table.department,
+                "table": table.name,
+                "visible": decision.visible if decision is not None else True,
+                "access": decision.access if decision is not None else "allow",
+                "k": decision.k if decision is not None and decision.access == "aggregate_only" else None,
+                "group_by": sorted(decision.group_by) if decision is not None and decision.group_by else None,
+                "row_filter": decision.row_filter if decision is not None else None,
+                "columns": columns,
+            }
+        )
+    return out
+
+
+def explain(gateway: Gateway, view: View, query: str, variables: dict[str, Any] | None, identity: Identity) -> Any:
+    """Each root field's statement on the gateway's engine, key material redacted; or the
+    reasons the query does not compile."""
+    try:
+        compiled = gateway.compile(query, variables, identity=identity)
+    except CitygateError as error:
+        return {"error": error.message}
+    engine = gateway.engine
+    claims = view.used_claims(identity)
+    statements = []
+    for field in compiled:
+        try:
+            sql = engine.redact(engine.sql(view.rewrite(field.tree, claims)))
+        except PolicyViolation:  # the server log says why, as it does for the query itself
+            sql = "-- refused by the confidentiality policy: nothing would run"
+        except CitygateError as error:
+            sql = f"-- not run: {engine.redact(error.message)}"
+        statements.append({"field": field.key, "engine": engine.name, "dialect": engine.dialect, "sql": sql})
+    return statements
+
+
+def view_as(
+    gateway: Gateway, role: str, claims: dict[str, Any], query: str | None, variables: dict[str, Any] | None
+) -> tuple[dict[str, Any], Any]:
+    """The page's content for ``role`` with ``claims``, and the query's response (for the trail)."""
+    identity = Identity(role, claims, subject=None)
+    view = gateway.view(identity)
+    page: dict[str, Any] = {
+        "role": role,
+        "claims": claims,
+        "claims_read": list(view.claim_names),
+        "policy_version": gateway.policy_version,
+        "schema": print_schema(view.model.schema),
+        "tables": decisions(gateway, view),
+    }
+    response = None
+    if query:
+        page["explain"] = explain(gateway, view, query, variables, identity)
+        response = gateway.execute(query, variables, None, identity)
+        page["answer"] = response.body
+    return page, response
