@@ -724,7 +724,7 @@ class Edge:
         search = request.query_params.get("search", "")[:200]
         department = request.query_params.get("department", "")[:200]
         exchange.console = {"operation": {"hash": None, "name": "console: catalogue"}, "search": recorded(search)}
-        token = REQUEST_ID.set(exchange.shown_id)
+        token = REQUEST_ID.set(exchange.request_id)
         try:
             identity = await self.authenticate(exchange)
             if isinstance(identity, Reply):
@@ -741,7 +741,7 @@ class Edge:
         finally:
             REQUEST_ID.reset(token)
         response = _response(self.finish(exchange, reply))
-        response.headers["X-Request-Id"] = exchange.shown_id
+        response.headers["X-Request-Id"] = exchange.request_id
         return response
 
     def catalogue_reply(self, exchange: Exchange, search: str, department: str) -> Reply:
