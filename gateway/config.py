@@ -333,6 +333,15 @@ class TrustedDocumentsConfig(_Model):
         return self.roles == "all" or (role is not None and role in self.roles)
 
 
+class CorsConfig(_Model):
+    """Browser applications on other origins that may call the API (CORS); none by default."""
+
+    # origins as a browser sends them (`https://app.city.internal`); `*` allows any origin and
+    # then no credentials (a bearer token in `Authorization` still works: it is not a cookie)
+    origins: list[str] = Field(default_factory=list)
+    max_age: int = Field(600, ge=0)  # seconds a browser may keep a preflight's answer
+
+
 class TelemetryConfig(_Model):
     """OpenTelemetry spans around each stage of a request, sent where an exporter says."""
 
@@ -360,6 +369,7 @@ class Config(_Model):
     metrics: TokenGuard = TokenGuard()
     admin: TokenGuard = TokenGuard()
     telemetry: TelemetryConfig = TelemetryConfig()
+    cors: CorsConfig = CorsConfig()
     trusted_documents: TrustedDocumentsConfig | None = None
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)

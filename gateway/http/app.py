@@ -36,10 +36,11 @@ from typing import Any
 import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from catalogue.errors import CitygateError
 from gateway.config import TokenGuard
@@ -82,6 +83,7 @@ SERVER_OPTIONS: dict[str, Any] = {
 _GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
 _SENT = {"query", "documentId", "extensions"}  # what names a GET request's document
 _NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"  # Apollo's code: its clients then send the document
+_CALLER_HEADERS = ("x-citygate-purpose", "x-citygate-role", "x-request-id")  # a client's own, beside HTTP's
 _READ = {  # the request headers the edge reads (ASGI servers give their names in lower case)
     name.encode(): name
     for name in (
@@ -347,6 +349,18 @@ class Edge:
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.limiter = Limiter()
+        # CORS only where configured: otherwise no header says another origin may call
+        cors = gateway.config.cors
+        self.front: ASGIApp = self.dispatch
+        if cors.origins:
+            self.front = CORSMiddleware(
+                self.dispatch,
+                allow_origins=cors.origins,
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "accept", *_CALLER_HEADERS],
+                expose_headers=["x-request-id", "retry-after"],
+                max_age=cors.max_age,
+            )
         # The console: pinned assets checked once, pages made once; department states and row
         # estimates read when the catalogue is first asked for, and again when they are old.
         self.assets = Assets.load()
@@ -357,6 +371,9 @@ class Edge:
         self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.front(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
             await self.post(scope, receive, send)
         else:
