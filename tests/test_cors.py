@@ -31,7 +31,10 @@ def cors(config: Config, *origins: str) -> Config:
 
 def test_cors_is_off_by_default_and_answers_only_the_origins_configured(sqlite_config: Config) -> None:
     allowed, other = "https://app.city.example", "https://evil.example"
-    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "authorization,content-type"}
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+    }
     for config, expected in ((sqlite_config, None), (cors(sqlite_config, allowed), allowed)):
         gateway = Gateway.start(config, create_engine(config))
         try:
@@ -65,7 +68,7 @@ def sites() -> Iterator[list[Site]]:
     """Two pages' origins on loopback (each serves an empty page)."""
 
     class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        def do_GET(self) -> None:
             body = b"<!doctype html><title>an application</title>"
             self.send_response(200)
             self.send_header("content-type", "text/html")
@@ -103,13 +106,13 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
     while not server.started:
         assert time.monotonic() < deadline, "the gateway did not start"
         time.sleep(0.05)
-    call = """async (url) => {
+    call = """async ([url, query]) => {
         try {
             const response = await fetch(url, {method: "POST", headers: {"content-type": "application/json",
-                "authorization": "Bearer not-checked-here"}, body: JSON.stringify({query: "%s"})});
+                "authorization": "Bearer not-checked-here"}, body: JSON.stringify({query})});
             return {status: response.status, id: response.headers.get("x-request-id"), body: await response.json()};
         } catch (error) { return {blocked: String(error)}; }
-    }""" % QUERY.replace('"', '\\"')
+    }"""
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -118,7 +121,7 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
                 for site in (allowed, other):
                     page = browser.new_page()
                     page.goto(site.origin)
-                    answers.append(page.evaluate(call, f"http://127.0.0.1:{port}/graphql"))
+                    answers.append(page.evaluate(call, [f"http://127.0.0.1:{port}/graphql", QUERY]))
                     page.close()
             finally:
                 browser.close()
