@@ -8,7 +8,6 @@ answers must equal its answers.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from functools import cmp_to_key
@@ -251,18 +250,37 @@ def not_(value: bool | None) -> bool | None:
     return None if value is None else not value
 
 
-def _like(value: str, pattern: str, flags: int = 0) -> bool:
-    """PostgreSQL's LIKE: ``%`` and ``_`` wildcards, ``\\`` taking the next character as it is."""
-    parts, escaped = [], False
+def _like(value: str, pattern: str) -> bool:
+    """PostgreSQL's LIKE: ``%`` and ``_`` wildcards, ``\\`` taking the next character as it is.
+
+    Matched the way glob matchers do, going back only to the last ``%``: time in the product of
+    the lengths at worst, where a backtracking regular expression takes time exponential in the
+    number of ``%_`` pairs (the hostile patterns the tests send)."""
+    tokens: list[str | None] = []  # None: `%`; "": `_`; else the character itself
+    escaped = False
     for c in pattern:
         if escaped:
-            parts.append(re.escape(c))
+            tokens.append(c)
             escaped = False
         elif c == "\\":
             escaped = True
         else:
-            parts.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
-    return re.fullmatch("".join(parts), value, flags | re.DOTALL) is not None
+            tokens.append(None if c == "%" else "" if c == "_" else c)
+    v = t = 0
+    star, mark = -1, 0
+    while v < len(value):
+        if t < len(tokens) and tokens[t] is not None and (tokens[t] == "" or tokens[t] == value[v]):
+            v, t = v + 1, t + 1
+        elif t < len(tokens) and tokens[t] is None:
+            star, mark, t = t, v, t + 1
+        elif star >= 0:
+            mark += 1
+            v, t = mark, star + 1
+        else:
+            return False
+    while t < len(tokens) and tokens[t] is None:
+        t += 1
+    return t == len(tokens)
 
 
 def compare(op: str, value: Any, operand: Any) -> bool | None:

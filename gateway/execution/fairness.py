@@ -35,7 +35,8 @@ def busy() -> EngineUnavailableError:
 class Shares:
     """At most ``each`` slots per caller at once, from threads. With ``parallelism`` (the CPUs an
     engine computes on), a caller has ``each`` only while it is alone; while ``n`` callers have
-    slots held or awaited, each may hold at most ``max(1, parallelism // n)``: slots a caller
+    slots held or awaited, each may hold at most ``max(2, parallelism // n)`` (two: a request's
+    root fields still run side by side, as its idle p50 assumes): slots a caller
     already holds are not taken back, but it starts no more until it is under that share. So a
     caller flooding an engine with short statements leaves the others their part of its CPUs,
     rather than the part its number of statements would take. A caller's entry lives while any
@@ -48,6 +49,8 @@ class Shares:
     >>> shared = Shares(8, parallelism=2)
     >>> [shared.acquire("a", 0) for _ in range(3)], shared.acquire("b", 0), shared.acquire("a", 0)
     ([True, True, True], True, False)
+    >>> shared.acquire("b", 0), shared.acquire("b", 0)
+    (True, False)
     """
 
     def __init__(self, each: int, parallelism: int | None = None) -> None:
@@ -69,7 +72,7 @@ class Shares:
     def _share(self) -> int:
         if self.parallelism is None or len(self._callers) <= 1:
             return self.each
-        return max(1, min(self.each, self.parallelism // len(self._callers)))
+        return max(2, min(self.each, self.parallelism // len(self._callers)))
 
     def acquire(self, caller: str, timeout: float) -> bool:
         """Take a slot of ``caller``'s, waiting at most ``timeout`` seconds; each True needs a

@@ -9,7 +9,7 @@ at most its table's rows (or ``limit``); an aggregate reads all it aggregates. R
 fan-outs are the catalogue's statistics, read from the stores once (:class:`Statistics`).
 
 >>> shape = Shape(depth=3, root_fields=1, fields=12)
->>> shape.over(Limits(2, 20, 2000, 1000, 60.0, 0))
+>>> shape.over(Limits(2, 20, 2000, 1000, 60.0, 2.0, 0))
 'the query nests 3 levels deep, more than the 2 its role may; ask for fewer levels'
 """
 
