@@ -304,8 +304,17 @@ def _policy_check(gateway: Gateway) -> int:
         for t in gateway.catalogue.tables
     }
     policies = gateway.policies
-    assert policies is not None
-    findings = review(policies, tables)
+    settings = gateway.config.policies
+    assert policies is not None and settings is not None
+    types = {(t.department, t.name): {c.name: c.type for c in t.columns} for t in gateway.catalogue.tables}
+    findings = review(
+        policies,
+        tables,
+        types,
+        lambda tree: gateway.engine.execute(tree).rows[0],
+        settings.check_min_distinct,
+        settings.check_min_candidates,
+    )
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
     for finding in findings:
         print(f"  {finding.kind}: {finding.message}")
