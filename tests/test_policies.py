@@ -230,7 +230,7 @@ def test_each_role_sees_the_tables_and_columns_the_contract_gives(secured: Gatew
     assert fields_of(secured, "anonymous", "transport_vehicles") == {"owner_credit_code", "vehicle_type", "seats"}
 
     analyst = fields_of(secured, "health_analyst", "public_security_residents")
-    assert analyst is not None and "address" not in analyst and {"id_card", "phone", "birth_date"} <= analyst
+    assert analyst is not None and not {"address", "birth_date"} & analyst and {"id_card", "phone"} <= analyst
     assert {"diagnosis", "diagnosis_code", "cost", "id_card"} <= (
         fields_of(secured, "health_analyst", "health_clinic_visits") or set()
     )
@@ -254,7 +254,7 @@ def test_health_analyst_sees_masked_residents(secured: Gateway, city: City) -> N
     data = run(
         secured,
         "health_analyst",
-        "{ public_security_residents { id_card name birth_date phone district registered_at } }",
+        "{ public_security_residents { id_card name phone district registered_at } }",
     )
     got = Counter(json.dumps(r, ensure_ascii=False, sort_keys=True) for r in data["public_security_residents"])
     want = Counter(
@@ -262,7 +262,6 @@ def test_health_analyst_sees_masked_residents(secured: Gateway, city: City) -> N
             {
                 "id_card": partial(r["id_card"], 6, 4),
                 "name": partial(r["name"], 1, 0),
-                "birth_date": f"{r['birth_date'].year}-01-01",
                 "phone": None,
                 "district": r["district"],
                 "registered_at": r["registered_at"].isoformat(),
@@ -699,15 +698,15 @@ class MaskedCity:
 LATE_QUERIES = {
     # masked columns only projected: masked where projected, after the filters and the join
     "projected": """{ health_clinic_visits(where: {hospital: {_eq: "东华医院"}}, order_by: [{visit_id: asc}],
-        limit: 40) { visit_id id_card resident { id_card name birth_date phone } } }""",
+        limit: 40) { visit_id id_card resident { id_card name phone } } }""",
     # the same rows, with the masked columns also filtered and ordered by: masked in the subquery
     "filtered": """{ health_clinic_visits(where: {hospital: {_eq: "东华医院"}, id_card: {_like: "441900%"},
         resident: {name: {_like: "%*%"}}}, order_by: [{visit_id: asc}], limit: 40)
-        { visit_id id_card resident { id_card name birth_date phone } } }""",
-    "ordered": """{ public_security_residents(where: {name: {_like: "张%"}}, order_by: [{birth_date: desc},
-        {id_card: asc}]) { id_card name birth_date same: name } }""",
+        { visit_id id_card resident { id_card name phone } } }""",
+    "ordered": """{ public_security_residents(where: {name: {_like: "张%"}}, order_by: [{name: desc},
+        {id_card: asc}]) { id_card name same: name } }""",
     "aggregated": """{ public_security_residents_aggregate(where: {district: {_eq: "南城"}}) {
-        aggregate { count max { birth_date } } nodes { name birth_date } } }""",
+        aggregate { count max { name } } nodes { name id_card } } }""",
 }
 
 
@@ -732,7 +731,7 @@ def test_masked_columns_filtered_or_not_answer_as_the_masked_oracle(secured: Gat
                 "id_card": partial(v["id_card"], 6, 4),
                 "resident": {
                     c: masked.masked(treatments[c], residents[v["id_card"]][c])
-                    for c in ("id_card", "name", "birth_date", "phone")
+                    for c in ("id_card", "name", "phone")
                 },
             }
             for v in visits
@@ -746,8 +745,9 @@ def test_masked_columns_filtered_or_not_answer_as_the_masked_oracle(secured: Gat
     assert unordered(got) == unordered(oracle.execute(query))
     if name == "ordered":
         rows = got["public_security_residents"]
-        keys = [(r["birth_date"], r["id_card"]) for r in rows]
-        assert keys == sorted(keys, key=lambda k: (-date.fromisoformat(k[0]).toordinal(), k[1])) and len(rows) > 100
+        keys = [(r["name"], r["id_card"]) for r in rows]  # many ties on the masked name
+        by_card = sorted(keys, key=lambda k: k[1])
+        assert keys == sorted(by_card, key=lambda k: k[0], reverse=True) and len(rows) > 100
 
 
 @pytest.fixture(scope="module")
@@ -785,13 +785,13 @@ def test_a_mask_moves_out_of_the_subquery_only_for_a_column_read_once_as_a_proje
     policy = {s.alias: s for s in tree.find_all(exp.Subquery) if s.meta.get("policy")}
     resident = next(a for a, s in policy.items() if s.meta["policy"] == ("public_security", "residents"))
     passed = {p.alias for p in policy[resident].this.expressions}
-    assert {"__raw_name", "__raw_birth_date", "__raw_id_card"} <= passed
+    assert {"__raw_name", "__raw_id_card"} <= passed
     assert "__raw_phone" not in passed  # nullify reads nothing
     assert not {"name", "birth_date", "phone"} & passed
     tree = rewritten(analyst, LATE_QUERIES["ordered"])
     [subquery] = [s for s in tree.find_all(exp.Subquery) if s.meta.get("policy")]
     passed = {p.alias for p in subquery.this.expressions}
-    assert {"name", "birth_date", "id_card"} <= passed  # filtered, ordered or read twice: masked inside
+    assert {"name", "id_card"} <= passed  # filtered, ordered or read twice: masked inside
     assert not any(a.startswith("__raw_") for a in passed)
 
 
@@ -800,9 +800,9 @@ def test_a_nodes_masked_outputs_are_computed_in_the_last_select_after_the_page_i
 ) -> None:
     from policies.rewrite import LATE
 
-    tree = rewritten(analyst, "{ public_security_residents(limit: 10) { id_card name birth_date phone } }")
+    tree = rewritten(analyst, "{ public_security_residents(limit: 10) { id_card name phone } }")
     masks = [node for node in tree.walk() if LATE in node.meta and node.find(exp.Column)]
-    assert {m.meta[LATE][1] for m in masks} == {"id_card", "name", "birth_date"}  # phone: a constant null
+    assert {m.meta[LATE][1] for m in masks} == {"id_card", "name"}  # phone: a constant null
     for masked in masks:  # in the UNION's arm, over what the node's CTE passes on
         assert isinstance(masked.parent, exp.Alias) and masked.parent.alias.startswith("o0_")
         assert masked.find_ancestor(exp.CTE) is None  # the statement's own SELECT, not a node's CTE

@@ -29,7 +29,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         **ENV_AND_TRANSPORT,
     },
     "health_analyst": {
-        "public_security.residents": "id_card=partial(6,4) name=partial(1,0) gender birth_date=year phone=nullify "
+        "public_security.residents": "id_card=partial(6,4) name=partial(1,0) gender phone=nullify "
         "district registered_at",
         "health.clinic_visits": "visit_id id_card=partial(6,4) hospital department_name diagnosis_code diagnosis "
         "visit_date cost",
