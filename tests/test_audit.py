@@ -23,9 +23,7 @@ from gateway.observe import audit
 from tests.conftest import free_port, with_store
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
-RESIDENTS = (
-    "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone } }"
-)
+RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone } }"
 
 
 @dataclasses.dataclass

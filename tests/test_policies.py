@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from catalogue.errors import CitygateError, ConfigError
+from catalogue.model import SharingClass
 from catalogue.sql import partial_sql
 from catalogue.types import LogicalType
 from connectors.base import Engine
@@ -730,8 +731,7 @@ def test_masked_columns_filtered_or_not_answer_as_the_masked_oracle(secured: Gat
                 "visit_id": str(v["visit_id"]),
                 "id_card": partial(v["id_card"], 6, 4),
                 "resident": {
-                    c: masked.masked(treatments[c], residents[v["id_card"]][c])
-                    for c in ("id_card", "name", "phone")
+                    c: masked.masked(treatments[c], residents[v["id_card"]][c]) for c in ("id_card", "name", "phone")
                 },
             }
             for v in visits
@@ -1156,3 +1156,91 @@ def test_redaction_removes_key_material_cut_anywhere_and_keeps_a_callers_long_li
     literal = "cost > 99999999999999999999999999999999999999 is out of range"
     assert engine.redact(literal) == literal
     assert CitygateError("x", detail=literal).detail == literal
+
+
+# -- issue 19: rules that combine -------------------------------------------------------------
+
+
+def test_a_floor_denies_every_form_but_the_one_it_names(tmp_path: Path) -> None:
+    hashes = write_policy(tmp_path / "c.yaml", {"auditor": {"health.health_records": {"columns": {}}}})
+    body = yaml.safe_load(hashes.read_text(encoding="utf-8"))
+    body["roles"]["auditor"]["classes"] = {"confidential": "hash"}
+    body["roles"]["viewer"] = {"tables": {"health.health_records": {"columns": {"chronic_conditions": "partial(1,0)"}}}}
+    body["roles"]["blank"] = {"tables": {"health.health_records": {"columns": {"chronic_conditions": "nullify"}}}}
+    hashes.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    classes: dict[str, Any] = {"chronic_conditions": None, "record_id": None}
+    denied = load_policies([hashes, POLICY_FILES[1]])
+    for role in ("auditor", "viewer"):  # a pseudonym, a partial: forms of the value all the same
+        decision = decide(
+            denied, role, "health", "health_records", {**classes, "chronic_conditions": SharingClass.CONFIDENTIAL}
+        )
+        assert decision.columns["chronic_conditions"].kind == "deny" and decision.floor_conflicts, role
+    assert decide(denied, "blank", "health", "health_records", classes).columns["chronic_conditions"].kind == "nullify"
+    floor = write_policy(
+        tmp_path / "f.yaml",
+        {},
+        [{"department": "health", "columns": {"health_records.chronic_conditions": {"otherwise": "hash"}}}],
+    )
+    named = load_policies([hashes, floor])
+    auditor = decide(
+        named, "auditor", "health", "health_records", {**classes, "chronic_conditions": SharingClass.CONFIDENTIAL}
+    )
+    assert str(auditor.columns["chronic_conditions"]) == "hash" and not auditor.floor_conflicts
+    viewer = decide(named, "viewer", "health", "health_records", classes)
+    assert str(viewer.columns["chronic_conditions"]) == "hash" and viewer.floor_conflicts
+
+
+def relations_of(gateway: Gateway, files: list[Path], role: str, root: str) -> set[str]:
+    from gateway.execution.views import build_view
+
+    view = build_view(role, load_policies(files), gateway.catalogue, gateway.config)
+    return set(view.model.tables[root].relations)
+
+
+def test_a_relationship_follows_only_a_join_column_the_role_sees_or_a_grant(
+    gateway_sqlite: Gateway, tmp_path: Path
+) -> None:
+    enterprises, visits = "market_regulation_enterprises", "health_clinic_visits"
+    assert "legal_representative" not in relations_of(gateway_sqlite, POLICY_FILES, "health_analyst", enterprises)
+    assert "resident" in relations_of(gateway_sqlite, POLICY_FILES, "health_analyst", visits)  # a masked key links
+    assert "legal_representative" in relations_of(gateway_sqlite, POLICY_FILES, "district_officer", enterprises)
+    social = "human_resources_social_insurance"
+    assert relations_of(gateway_sqlite, POLICY_FILES, "district_officer", social) == {"employer"}
+    central = yaml.safe_load(POLICY_FILES[0].read_text(encoding="utf-8"))
+    analyst = central["roles"]["health_analyst"]["tables"]
+    analyst["market_regulation.enterprises"]["relationships"] = {"legal_representative": "allow"}
+    analyst["health.clinic_visits"]["relationships"] = {"resident": "deny"}
+    granted = tmp_path / "central.yaml"
+    granted.write_text(yaml.safe_dump(central, allow_unicode=True), encoding="utf-8")
+    files = [granted, POLICY_FILES[1]]
+    assert "legal_representative" in relations_of(gateway_sqlite, files, "health_analyst", enterprises)
+    assert "resident" not in relations_of(gateway_sqlite, files, "health_analyst", visits)
+
+
+def test_k_counts_distinct_patients_not_visits(sqlite_config: Config, city: City, tmp_path: Path) -> None:
+    """k = 3 over (hospital, department, day): one group has three visits of two patients."""
+    dims = ["hospital", "department_name", "visit_date"]
+    rule = {"access": "aggregate_only", "k": 3, "only_listed": True, "group_by": dims}
+    rule["columns"] = dict.fromkeys([*dims, "cost"], "allow")
+    files = [write_policy(tmp_path / "k.yaml", {"by_rows": {"health.clinic_visits": rule}})]
+    body = yaml.safe_load(files[0].read_text(encoding="utf-8"))
+    body["roles"]["by_people"] = {"tables": {"health.clinic_visits": {**rule, "k_distinct": "id_card"}}}
+    files[0].write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    config = with_policies(sqlite_config, files)
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        query = "{ health_clinic_visits_group_by(by: [hospital, department_name, visit_date]) { keys { %s } } }"
+        patients: dict[tuple[str, ...], set[str]] = {}
+        for v in city.dicts("health", "clinic_visits"):
+            patients.setdefault((v["hospital"], v["department_name"], str(v["visit_date"])), set()).add(v["id_card"])
+        visits = Counter(
+            (v["hospital"], v["department_name"], str(v["visit_date"])) for v in city.dicts("health", "clinic_visits")
+        )
+        by_people = {k for k, ids in patients.items() if len(ids) >= 3}
+        by_rows = {k for k, n in visits.items() if n >= 3}
+        assert by_rows - by_people  # the data has the case: rows enough, people not
+        for role, want in (("by_people", by_people), ("by_rows", by_rows)):
+            rows = run(gateway, role, query % " ".join(dims))["health_clinic_visits_group_by"]
+            assert {tuple(r["keys"][d] for d in dims) for r in rows} == want, role
+    finally:
+        gateway.close()
