@@ -95,6 +95,8 @@ def decide(
             columns[column] = builtin_default(sharing, policy, department)
             reasons[column] = f"the catalogue's default for {sharing.value if sharing else 'unclassified'} columns"
     conflicts = _apply_floor(policies, role, department, table, columns, reasons)
+    if rule.k_distinct is not None and rule.k_distinct not in classes:
+        raise ValueError(f"roles.{role}.tables.{department}.{table}.k_distinct: no column {rule.k_distinct!r}")
     if rule.row_filter is not None:
         unknown = columns_used(parse_filter(rule.row_filter)) - set(classes)
         if unknown:

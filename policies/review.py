@@ -107,6 +107,10 @@ def _table_rule(where: str, name: str, rule: TableRule, tables: Columns) -> list
         Finding("unmatched", f"{where}.group_by: no such column {c!r}")
         for c in sorted(set(rule.group_by or ()) - columns)
     ]
+    if rule.k_distinct is not None and rule.k_distinct not in columns:
+        findings.append(Finding("unmatched", f"{where}.k_distinct: no such column {rule.k_distinct!r}"))
+    elif rule.k_distinct is not None and rule.access != "aggregate_only":
+        findings.append(Finding("unmatched", f"{where}.k_distinct: counts entities only of an aggregate_only table"))
     if rule.row_filter is not None:
         findings += [
             Finding("unmatched", f"{where}.row_filter: no such column {c!r}")
