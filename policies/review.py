@@ -43,10 +43,21 @@ def review(
     measure: Measure | None = None,
     min_distinct: int = 50,
     min_candidates: int = 1000,
+    relations: Mapping[tuple[str, str], frozenset[str]] | None = None,
 ) -> list[Finding]:
     """Findings of the policy files alone and, given column ``types`` and a way to ``measure``
-    through the engine, of what the roles' masks reveal together (:mod:`policies.exposure`)."""
+    through the engine, of what the roles' masks reveal together (:mod:`policies.exposure`).
+    Given each table's ``relations`` (the relationship fields on it), a table rule's
+    ``relationships`` that name none of them are reported too."""
     findings = _review_files(policies, tables)
+    for role_name, role in sorted(policies.roles.items()) if relations is not None else ():
+        for name, rule in sorted(role.tables.items()):
+            department, _, table = name.partition(".")
+            known = relations.get((department, table), frozenset()) if relations is not None else frozenset()
+            findings += [
+                Finding("unmatched", f"roles.{role_name}.tables.{name}.relationships.{r}: no such relationship")
+                for r in sorted(set(rule.relationships) - known)
+            ]
     if types is None or measure is None:
         return findings
     decisions: dict[str, dict[tuple[str, str], TableDecision]] = {}

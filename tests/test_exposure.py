@@ -88,3 +88,15 @@ def test_the_measurements_agree_across_engines(request: pytest.FixtureRequest, e
     assert measured["codebook"] == (6,)
     rows, hits, shortest, width = measured["inference"]
     assert rows == hits == 10_000 and (shortest, width) == (18, 8)
+
+
+def test_the_check_names_a_relationship_grant_that_matches_nothing() -> None:
+    from policies.model import Policies, RolePolicy, TableRule
+
+    rule = TableRule(relationships={"legal_representative": "allow", "legal_rep": "allow"})
+    policies = Policies({"r": RolePolicy(tables={"market_regulation.enterprises": rule})}, {}, "v")
+    tables = {("market_regulation", "enterprises"): {"legal_rep_id_card": None}}
+    relations = {("market_regulation", "enterprises"): frozenset({"legal_representative", "vehicles"})}
+    assert [f.message for f in review(policies, tables, relations=relations)] == [
+        "roles.r.tables.market_regulation.enterprises.relationships.legal_rep: no such relationship"
+    ]

@@ -314,12 +314,23 @@ def _policy_check(gateway: Gateway) -> int:
         lambda tree: gateway.engine.execute(tree).rows[0],
         settings.check_min_distinct,
         settings.check_min_candidates,
+        _relations(gateway),
     )
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
     for finding in findings:
         print(f"  {finding.kind}: {finding.message}")
     print("no findings" if not findings else f"{len(findings)} finding(s)")
     return 1 if findings else 0
+
+
+def _relations(gateway: Gateway) -> dict[tuple[str, str], frozenset[str]]:
+    """The relationship fields on each table, as the configuration declares them."""
+    names: dict[tuple[str, str], set[str]] = {}
+    for link in gateway.config.relationships:
+        names.setdefault((link.source_ref.department, link.source_ref.table), set()).add(link.name)
+        if link.reverse is not None:
+            names.setdefault((link.target_ref.department, link.target_ref.table), set()).add(link.reverse.name)
+    return {key: frozenset(value) for key, value in names.items()}
 
 
 def _policy_test(gateway: Gateway, path: Path) -> int:
