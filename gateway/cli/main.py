@@ -468,6 +468,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     shown = ", ".join(f"{c}: {t}" for c, t in decision.columns.items())
                     extra = f"; row filter: {decision.row_filter}" if decision.row_filter else ""
                     extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
+                    if decision.access == "aggregate_only" and decision.k_distinct is not None:
+                        extra += f" distinct {decision.k_distinct}"
                     print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(
