@@ -1244,3 +1244,29 @@ def test_k_counts_distinct_patients_not_visits(sqlite_config: Config, city: City
             assert {tuple(r["keys"][d] for d in dims) for r in rows} == want, role
     finally:
         gateway.close()
+
+
+def test_the_last_step_refuses_a_complement_in_an_aggregate_only_filter(
+    analyst: tuple[Gateway, Any],
+) -> None:
+    """The schema offers no `_neq` there; a tree that has one anyway (a compiler bug) is refused."""
+    from policies.rewrite import Context, PolicyViolation, enforce, verify
+
+    gateway, _ = analyst
+    officer = Identity("district_officer", {"district": "石龙"})
+    view = gateway.view(officer)
+    assert view.decisions is not None
+    ctx = Context(view.decisions, view.types, {"district": "石龙"}, view.keys)
+    query = '{ health_clinic_visits_aggregate(where: {diagnosis_code: {_eq: "J06"}}) { aggregate { count } } }'
+    [compiled] = gateway.compile(query, identity=officer)
+    tree = enforce(compiled.tree, ctx)
+    changes: list[Callable[[exp.Expr], exp.Expr]] = [
+        lambda eq: exp.NEQ(this=eq.this, expression=eq.expression),
+        lambda eq: exp.Not(this=eq),
+    ]
+    for change in changes:
+        copy = tree.copy()
+        equal = next(e for e in copy.find_all(exp.EQ) if e.expression == exp.Literal.string("J06"))
+        equal.replace(change(equal.copy()))
+        with pytest.raises(PolicyViolation, match="aggregate-only but is filtered by"):
+            verify(copy, ctx)
