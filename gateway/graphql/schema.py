@@ -120,7 +120,8 @@ ORDER_BY = GraphQLEnumType(
 # What an aggregate-only table's filters may not use: each selects, in one query, the
 # complement of a group (`_neq`, `_nin`, `_nlike`, `_nilike`, `_is_null: false`, `_not`) or a
 # union of groups (`_in`, `_or`), so that a total minus it is one group that k left out.
-# Without them a complement takes at least two queries (`_lt` and `_gt`), each of k rows or more.
+# Without them the complement of a middle value takes two ranges (`_lt` and `_gt`); that of the
+# lowest or highest value is still one range, as the README says: k alone does not stop it.
 AGGREGATE_ONLY_EXCLUDES = frozenset({"_neq", "_nin", "_in", "_nlike", "_nilike", "_is_null", "_not", "_or"})
 
 
