@@ -32,7 +32,7 @@ query VisitsInNancheng {
     hospital
     diagnosis
     cost
-    resident { name district birth_date }
+    resident { name district gender }
   }
   health_clinic_visits_group_by(by: [hospital], order_by: [{aggregate: {count: desc}}]) {
     keys { hospital }

@@ -170,6 +170,12 @@ class PoliciesConfig(_Model):
 
     files: list[Path] = Field(min_length=1)
     hash_key: str = Field(min_length=16, description="HMAC key of the hash mask; from the environment")
+    check_min_distinct: int = Field(
+        50, ge=2, description="`policy check`: a hash or partial mask over fewer distinct values is a code book"
+    )
+    check_min_candidates: int = Field(
+        1000, ge=2, description="`policy check`: a partial mask other visible columns narrow to fewer is found"
+    )
 
 
 Algorithm = Literal["RS256", "ES256", "EdDSA", "HS256"]

@@ -3,7 +3,8 @@
 Resolution, most specific first: the role's rule for the column in that table, then its
 rule for the column name across tables (``all_columns``), then its default for the column's
 sharing class, then the built-in class defaults. A department's floor then limits the result:
-a raw column its floor reserves for other roles gets the floor's ``otherwise``. Deny by default:
+a column its floor reserves for other roles gets the floor's ``otherwise`` wherever the role
+would see anything of it in another form (raw, custom, hashed, partial, year, bucket). Deny by default:
 a role with no policy sees nothing.
 """
 
@@ -29,6 +30,20 @@ class TableDecision:
     k: int = 1
     group_by: frozenset[str] | None = None
     floor_conflicts: list[str] = field(default_factory=list)
+    k_distinct: str | None = None  # aggregate_only: k counts distinct values of this column
+    relationships: Mapping[str, str] = field(default_factory=dict)  # name -> "allow" or "deny"
+
+    def follows(self, relation: str, column: str) -> bool:
+        """Whether the role may follow ``relation`` from this table, joining on ``column``: only
+        if it sees the column in some form, unless its policy names the relationship.
+
+        A denied join column would otherwise be read through its relationship: who the legal
+        representative is, and then their diagnoses."""
+        granted = self.relationships.get(relation)
+        if granted is not None:
+            return granted == "allow"
+        treatment = self.columns.get(column)
+        return treatment is not None and treatment.visible
 
     @property
     def visible(self) -> bool:
@@ -80,6 +95,8 @@ def decide(
             columns[column] = builtin_default(sharing, policy, department)
             reasons[column] = f"the catalogue's default for {sharing.value if sharing else 'unclassified'} columns"
     conflicts = _apply_floor(policies, role, department, table, columns, reasons)
+    if rule.k_distinct is not None and rule.k_distinct not in classes:
+        raise ValueError(f"roles.{role}.tables.{department}.{table}.k_distinct: no column {rule.k_distinct!r}")
     if rule.row_filter is not None:
         unknown = columns_used(parse_filter(rule.row_filter)) - set(classes)
         if unknown:
@@ -94,7 +111,24 @@ def decide(
         rule.k,
         frozenset(rule.group_by) if rule.group_by is not None else None,
         conflicts,
+        rule.k_distinct,
+        dict(rule.relationships),
     )
+
+
+# Masks that show nothing of the value: a floor has nothing to hold back from them.
+BLANK = frozenset({"deny", "nullify", "redact"})
+
+
+def reveals(treatment: Treatment) -> bool:
+    """Whether ``treatment`` shows anything of the value: raw, a custom expression, and every
+    mask but ``nullify`` and ``redact``. A hash is a pseudonym: over a handful of values it is a
+    code book, and equal hashes link records as the raw value would.
+
+    >>> reveals(parse_treatment("hash")), reveals(parse_treatment("nullify"))
+    (True, False)
+    """
+    return treatment.kind not in BLANK
 
 
 def _apply_floor(
@@ -104,11 +138,15 @@ def _apply_floor(
     for column, treatment in columns.items():
         floor = policies.floors.get(department, {}).get(f"{table}.{column}")
         # A custom expression counts as unmasked: whether `COALESCE(value, NULL)` shows the value
-        # is not for citygate to decide, so the floor's answer stands in for it.
-        if floor is None or role in floor.unmasked_for or treatment.kind not in ("raw", "sql"):
+        # is not for citygate to decide, so the floor's answer stands in for it. Any other form
+        # than the one the floor names gets that one: a floor's deny means no form at all.
+        if floor is None or role in floor.unmasked_for or not reveals(treatment):
             continue
-        how = "raw" if treatment.kind == "raw" else "through a custom expression"
-        columns[column] = parse_treatment(floor.otherwise)
+        allowed = parse_treatment(floor.otherwise)
+        if treatment == allowed:
+            continue
+        how = {"raw": "raw", "sql": "through a custom expression"}.get(treatment.kind, f"as {treatment}")
+        columns[column] = allowed
         reasons[column] = f"{department}'s floor: unmasked only for {', '.join(floor.unmasked_for) or 'no role'}"
         conflicts.append(
             f"roles.{role} reveals {department}.{table}.{column} {how}; {department}'s floor "

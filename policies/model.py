@@ -12,8 +12,11 @@ A treatment is ``allow``, ``deny`` or a mask: ``partial(first,last)``, ``hash``,
 ``year``, ``bucket(width)``, ``redact``, or ``sql: <expression over the column>``.
 
 Departments add floors in their own files: the most any central rule may reveal of a column
-(``unmasked_for: [health_analyst]``, otherwise ``deny`` or a mask); where a rule reveals more,
-the floor wins and ``citygate policy check`` reports it. Deny by default: a column no rule grants
+(``unmasked_for: [health_analyst]``, otherwise ``deny`` or the one mask it allows); where a rule
+reveals the value in any other form (raw, hashed, partial...), the floor wins and ``citygate
+policy check`` reports it. A table rule's ``relationships`` grants (or withholds) a relationship
+whose join column the role may not see, and ``k_distinct`` makes an aggregate-only table's k
+count entities rather than rows. Deny by default: a column no rule grants
 is absent, and a table with no visible column is absent.
 """
 
@@ -67,6 +70,12 @@ class TableRule(_Model):
     group_by: list[str] | None = None
     # deny every column the rule does not list, whatever the class defaults say
     only_listed: bool = False
+    # aggregate_only: k counts distinct values of this column (the entity: a patient), not rows
+    k_distinct: str | None = None
+    # relationships from this table the role may follow although it may not see their join
+    # column (``allow``), or may not follow although it may (``deny``); the others follow the
+    # join column: a role follows a relationship only if it sees its key, in some form
+    relationships: dict[str, Literal["allow", "deny"]] = Field(default_factory=dict)
 
     @field_validator("columns")
     @classmethod
@@ -103,6 +112,11 @@ class RolePolicy(_Model):
 
 
 class FloorRule(_Model):
+    """The most any role but ``unmasked_for`` may get of a column: the form ``otherwise`` names.
+
+    ``otherwise: deny`` means no form at all, not raw, hashed, partial or any mask that shows
+    something of the value: a pseudonym of a column with a handful of values is a code book."""
+
     unmasked_for: list[str] = Field(default_factory=list)
     otherwise: TreatmentText = "deny"
 

@@ -1,7 +1,9 @@
 """`citygate policy check`: what a security officer should know before a policy goes live.
 
 It reports rules that match nothing (a table, column or role that does not exist), row filters
-over unknown columns, and every place where a department's floor overrides a central rule.
+over unknown columns, every place where a department's floor overrides a central rule, and,
+measured through the engine, pseudonyms that are code books and partial masks that other
+visible columns narrow to few candidates (:mod:`policies.exposure`).
 
 >>> from policies.model import Policies, RolePolicy, TableRule
 >>> p = Policies({"r": RolePolicy(tables={"health.nope": TableRule()})}, {}, "v")
@@ -11,24 +13,68 @@ roles.r.tables.health.nope: no such table (known: health.visits)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
 
 from catalogue.model import SharingClass
-from policies.decide import decide
+from catalogue.types import LogicalType
+from policies.decide import TableDecision, decide
+from policies.exposure import probes
 from policies.model import Policies, TableRule
 from policies.rowfilter import columns_used, parse_filter
 
 Columns = Mapping[tuple[str, str], Mapping[str, SharingClass | None]]
+Measure = Callable[[exp.Select], Sequence[Any]]  # runs a one-row query over raw tables
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "unmatched" or "floor"
+    kind: str  # "unmatched", "floor", "codebook" or "inference"
     message: str
 
 
-def review(policies: Policies, tables: Columns) -> list[Finding]:
+def review(
+    policies: Policies,
+    tables: Columns,
+    types: Mapping[tuple[str, str], Mapping[str, LogicalType]] | None = None,
+    measure: Measure | None = None,
+    min_distinct: int = 50,
+    min_candidates: int = 1000,
+    relations: Mapping[tuple[str, str], frozenset[str]] | None = None,
+) -> list[Finding]:
+    """Findings of the policy files alone and, given column ``types`` and a way to ``measure``
+    through the engine, of what the roles' masks reveal together (:mod:`policies.exposure`).
+    Given each table's ``relations`` (the relationship fields on it), a table rule's
+    ``relationships`` that name none of them are reported too."""
+    findings = _review_files(policies, tables)
+    for role_name, role in sorted(policies.roles.items()) if relations is not None else ():
+        for name, rule in sorted(role.tables.items()):
+            department, _, table = name.partition(".")
+            known = relations.get((department, table), frozenset()) if relations is not None else frozenset()
+            findings += [
+                Finding("unmatched", f"roles.{role_name}.tables.{name}.relationships.{r}: no such relationship")
+                for r in sorted(set(rule.relationships) - known)
+            ]
+    if types is None or measure is None:
+        return findings
+    decisions: dict[str, dict[tuple[str, str], TableDecision]] = {}
+    for role_name in sorted(policies.roles):
+        for (department, table), columns in sorted(tables.items()):
+            try:
+                decisions.setdefault(role_name, {})[(department, table)] = decide(
+                    policies, role_name, department, table, columns
+                )
+            except ValueError:  # a row filter over a column the table lacks: found above
+                continue
+    for probe in probes(decisions, types, min_distinct, min_candidates):
+        findings.extend(Finding(probe.kind, message) for message in probe.judge(measure(probe.tree)))
+    return findings
+
+
+def _review_files(policies: Policies, tables: Columns) -> list[Finding]:
     findings: list[Finding] = []
     all_columns = {c for columns in tables.values() for c in columns}
     for role_name, role in sorted(policies.roles.items()):
@@ -72,6 +118,10 @@ def _table_rule(where: str, name: str, rule: TableRule, tables: Columns) -> list
         Finding("unmatched", f"{where}.group_by: no such column {c!r}")
         for c in sorted(set(rule.group_by or ()) - columns)
     ]
+    if rule.k_distinct is not None and rule.k_distinct not in columns:
+        findings.append(Finding("unmatched", f"{where}.k_distinct: no such column {rule.k_distinct!r}"))
+    elif rule.k_distinct is not None and rule.access != "aggregate_only":
+        findings.append(Finding("unmatched", f"{where}.k_distinct: counts entities only of an aggregate_only table"))
     if rule.row_filter is not None:
         findings += [
             Finding("unmatched", f"{where}.row_filter: no such column {c!r}")

@@ -23,9 +23,7 @@ from gateway.observe import audit
 from tests.conftest import free_port, with_store
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
-RESIDENTS = (
-    "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone birth_date } }"
-)
+RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone } }"
 
 
 @dataclasses.dataclass
@@ -111,7 +109,6 @@ def test_records_say_who_read_what_and_how(trail: Trail) -> None:
     assert masked["subject"] == "demo-health_analyst" and masked["role"] == "health_analyst"
     [residents] = masked["access"]
     assert residents["columns"] == {
-        "birth_date": "year",
         "id_card": "partial(6,4)",
         "name": "partial(1,0)",
         "phone": "nullify",

@@ -71,7 +71,7 @@ def test_policy_check_and_policy_test_on_the_demo(tmp_path: Path) -> None:
     assert check.stdout.strip().endswith("no findings")
     tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(tmp_path))
     assert tested.returncode == 0, tested.stdout
-    assert tested.stdout.strip().endswith("8 passed, 0 failed")
+    assert tested.stdout.strip().endswith("16 passed, 0 failed")
     # Without its file: a line that says what to give, not a traceback (it was a TypeError's).
     missing = run("policy", "test", "--data-dir", str(tmp_path))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr

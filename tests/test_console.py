@@ -91,7 +91,7 @@ def test_each_role_sees_its_own_treatment_of_every_column(demo: Demo) -> None:
         "id_card": "partial(6,4)",
         "name": "partial(1,0)",
         "gender": "raw",
-        "birth_date": "year",
+        "birth_date": "denied",
         "phone": "nullify",
         "address": "denied",
         "district": "raw",

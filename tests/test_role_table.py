@@ -29,7 +29,7 @@ EXPECTED: dict[str, dict[str, str]] = {
         **ENV_AND_TRANSPORT,
     },
     "health_analyst": {
-        "public_security.residents": "id_card=partial(6,4) name=partial(1,0) gender birth_date=year phone=nullify "
+        "public_security.residents": "id_card=partial(6,4) name=partial(1,0) gender phone=nullify "
         "district registered_at",
         "health.clinic_visits": "visit_id id_card=partial(6,4) hospital department_name diagnosis_code diagnosis "
         "visit_date cost",
@@ -66,9 +66,9 @@ EXPECTED: dict[str, dict[str, str]] = {
     },
     "supervisor": {
         "public_security.residents": "id_card=hash name gender birth_date phone=hash address district registered_at",
-        "health.clinic_visits": "visit_id id_card=hash hospital department_name diagnosis_code diagnosis=hash "
-        "visit_date cost",
-        "health.health_records": "record_id id_card=hash blood_type chronic_conditions=hash updated_at",
+        # the health floor: diagnosis and chronic_conditions in no form, not even hashed
+        "health.clinic_visits": "visit_id id_card=hash hospital department_name diagnosis_code visit_date cost",
+        "health.health_records": "record_id id_card=hash blood_type updated_at",
         "market_regulation.enterprises": PUBLISHED_ENTERPRISE + " legal_rep_id_card=hash registered_capital",
         "transport.vehicles": "plate owner_credit_code vehicle_type seats registered_date",
         "human_resources.social_insurance": "id_card=hash employer_credit_code monthly_salary=hash months_paid "

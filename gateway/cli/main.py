@@ -331,13 +331,33 @@ def _policy_check(gateway: Gateway) -> int:
         for t in gateway.catalogue.tables
     }
     policies = gateway.policies
-    assert policies is not None
-    findings = review(policies, tables)
+    settings = gateway.config.policies
+    assert policies is not None and settings is not None
+    types = {(t.department, t.name): {c.name: c.type for c in t.columns} for t in gateway.catalogue.tables}
+    findings = review(
+        policies,
+        tables,
+        types,
+        lambda tree: gateway.engine.execute(tree).rows[0],
+        settings.check_min_distinct,
+        settings.check_min_candidates,
+        _relations(gateway),
+    )
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
     for finding in findings:
         print(f"  {finding.kind}: {finding.message}")
     print("no findings" if not findings else f"{len(findings)} finding(s)")
     return 1 if findings else 0
+
+
+def _relations(gateway: Gateway) -> dict[tuple[str, str], frozenset[str]]:
+    """The relationship fields on each table, as the configuration declares them."""
+    names: dict[tuple[str, str], set[str]] = {}
+    for link in gateway.config.relationships:
+        names.setdefault((link.source_ref.department, link.source_ref.table), set()).add(link.name)
+        if link.reverse is not None:
+            names.setdefault((link.target_ref.department, link.target_ref.table), set()).add(link.reverse.name)
+    return {key: frozenset(value) for key, value in names.items()}
 
 
 def _policy_test(gateway: Gateway, path: Path) -> int:
@@ -476,6 +496,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     shown = ", ".join(f"{c}: {t}" for c, t in decision.columns.items())
                     extra = f"; row filter: {decision.row_filter}" if decision.row_filter else ""
                     extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
+                    if decision.access == "aggregate_only" and decision.k_distinct is not None:
+                        extra += f" distinct {decision.k_distinct}"
                     print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(

@@ -117,7 +117,15 @@ ORDER_BY = GraphQLEnumType(
 )
 
 
-def _comparison_type(scalar: GraphQLScalarType) -> GraphQLInputObjectType:
+# What an aggregate-only table's filters may not use: each selects, in one query, the
+# complement of a group (`_neq`, `_nin`, `_nlike`, `_nilike`, `_is_null: false`, `_not`) or a
+# union of groups (`_in`, `_or`), so that a total minus it is one group that k left out.
+# Without them the complement of a middle value takes two ranges (`_lt` and `_gt`); that of the
+# lowest or highest value is still one range, as the README says: k alone does not stop it.
+AGGREGATE_ONLY_EXCLUDES = frozenset({"_neq", "_nin", "_in", "_nlike", "_nilike", "_is_null", "_not", "_or"})
+
+
+def _comparison_type(scalar: GraphQLScalarType, aggregate_only: bool = False) -> GraphQLInputObjectType:
     fields: dict[str, GraphQLInputField] = {
         op: GraphQLInputField(scalar) for op in ("_eq", "_neq", "_gt", "_gte", "_lt", "_lte")
     }
@@ -127,12 +135,20 @@ def _comparison_type(scalar: GraphQLScalarType) -> GraphQLInputObjectType:
     if scalar is GraphQLString:
         for op in ("_like", "_nlike", "_ilike", "_nilike"):
             fields[op] = GraphQLInputField(GraphQLString)
+    if aggregate_only:
+        fields = {op: f for op, f in fields.items() if op not in AGGREGATE_ONLY_EXCLUDES}
+        return GraphQLInputObjectType(
+            f"{scalar.name}_group_comparison_exp",
+            fields,
+            description=f"Conditions on a {scalar.name} column of an aggregate-only table: no negations.",
+        )
     return GraphQLInputObjectType(
         f"{scalar.name}_comparison_exp", fields, description=f"Conditions on a {scalar.name} column."
     )
 
 
 COMPARISONS = {kind: _comparison_type(scalar) for kind, scalar in SCALARS.items()}
+GROUP_COMPARISONS = {kind: _comparison_type(scalar, aggregate_only=True) for kind, scalar in SCALARS.items()}
 
 
 def sum_type(column: LogicalType) -> GraphQLScalarType:
@@ -204,14 +220,28 @@ def _tables(
                 raise ConfigError(
                     f"relationships.{index}: {tables[root].department}.{tables[root].name} has no column {column!r}"
                 )
-        tables[source_root].relations[link.name] = Relation(
-            link.name, "object", source.column, target_root, target.column
-        )
-        if link.reverse:
+        if _follows(decisions, source.department, source.table, link.name, source.column):
+            tables[source_root].relations[link.name] = Relation(
+                link.name, "object", source.column, target_root, target.column
+            )
+        if link.reverse and _follows(decisions, target.department, target.table, link.reverse.name, target.column):
             tables[target_root].relations[link.reverse.name] = Relation(
                 link.reverse.name, link.reverse.kind, target.column, source_root, source.column
             )
     return tables
+
+
+def _follows(
+    decisions: Mapping[tuple[str, str], TableDecision] | None, department: str, table: str, name: str, column: str
+) -> bool:
+    """Whether the role may follow relationship ``name`` from ``department.table``: only if it
+    sees the join ``column`` there in some form (a masked key still links), or its policy
+    grants the relationship by name. Absent from the schema, the relationship is also absent
+    from filters and orderings, which are built from the same relations."""
+    if decisions is None:
+        return True
+    decision = decisions.get((department, table))
+    return decision is not None and decision.follows(name, column)
 
 
 def _column(column: Column, table_config: TableConfig | None, treatment: Treatment) -> ColumnInfo:
@@ -387,12 +417,17 @@ class _Builder:
             "_not": GraphQLInputField(own),
             "_or": GraphQLInputField(GraphQLList(GraphQLNonNull(own))),
         }
+        if table.aggregate_only:
+            # No negation and no union (see AGGREGATE_ONLY_EXCLUDES): a total minus one of
+            # them would be a group the threshold left out.
+            fields = {op: f for op, f in fields.items() if op not in AGGREGATE_ONLY_EXCLUDES}
+        comparisons = GROUP_COMPARISONS if table.aggregate_only else COMPARISONS
         for name, column in table.columns.items():
             # An aggregate-only table filters only by what its groups may use: a filter by
             # another column (a cost range, a patient's name through `resident`) would pick
             # out single rows that two large aggregates then differ by.
             if not table.aggregate_only or table.groupable(name):
-                fields[name] = GraphQLInputField(COMPARISONS[column.type.kind])
+                fields[name] = GraphQLInputField(comparisons[column.type.kind])
         if table.aggregate_only:
             return fields
         for relation in table.relations.values():

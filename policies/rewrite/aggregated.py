@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from catalogue.names import AGGREGATED, ONE
+from catalogue.names import AGGREGATED, ENTITY, ONE, hidden
 from policies.rewrite.context import Context, PolicyViolation
 
 
@@ -54,7 +54,10 @@ def verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Context
         for column in function.find_all(exp.Column):
             if column.name not in measures:
                 raise PolicyViolation(f"{name} is aggregate-only but aggregates {column.name} by value")
+    entity = hidden(ENTITY, decision.k_distinct) if decision.k_distinct is not None else None
     for column in (n for n in above if isinstance(n, exp.Column)):
+        if column.name == entity and not _counts_entities(column):
+            raise PolicyViolation(f"{name} is aggregate-only but reads {entity} otherwise than to count it")
         outside = column.find_ancestor(exp.AggFunc, exp.Group, exp.Window) is None
         if column.name in passed and outside and not (column.name in dims and _grouped(holder, column.name)):
             raise PolicyViolation(f"{name} is aggregate-only but {column.name} leaves ungrouped")
@@ -76,7 +79,26 @@ def _aggregate_input(select: exp.Select, alias: str, dims: frozenset[str], name:
     for column in where.find_all(exp.Column) if where is not None else ():
         if column.table != alias or column.name not in dims:
             raise PolicyViolation(f"{name} is aggregate-only but is filtered by {column.name}")
+    # No negation and no union: a total minus the complement of a group is that group, which
+    # the threshold left out (the schema offers neither; this holds for any tree).
+    for node in where.walk() if where is not None else ():
+        if isinstance(node, _COMPLEMENTS):
+            raise PolicyViolation(f"{name} is aggregate-only but is filtered by {node.key.upper()}")
     return passed
+
+
+_COMPLEMENTS = (exp.Not, exp.NEQ, exp.Or, exp.In, exp.Is, exp.NullSafeNEQ)
+
+
+def _counts_entities(column: exp.Column) -> bool:
+    """Whether ``column`` is read only as ``COUNT(DISTINCT column)`` in a HAVING."""
+    distinct, count = column.parent, column.parent.parent if column.parent is not None else None
+    return (
+        isinstance(distinct, exp.Distinct)
+        and isinstance(count, exp.Count)
+        and len(distinct.expressions) == 1
+        and count.find_ancestor(exp.Having) is not None
+    )
 
 
 def _from_of(node: exp.Expr) -> exp.Expr | None:

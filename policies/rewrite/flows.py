@@ -11,8 +11,8 @@ from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.scope import Scope, ScopeType, traverse_scope
 
-from catalogue.names import KEY, RAW_VALUE, ROW, TIE, hidden, is_join_key, is_raw, is_tie
-from policies.masks import mask
+from catalogue.names import ENTITY, KEY, RAW_VALUE, ROW, TIE, hidden, is_join_key, is_raw, is_tie
+from policies.masks import mask, tie
 from policies.rewrite.context import (
     LATE,
     POLICY,
@@ -90,6 +90,12 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
     for projection in select.expressions:
         name = projection.alias
         expected: exp.Expr | None = None
+        entity = decision.k_distinct is not None and name == hidden(ENTITY, decision.k_distinct)
+        if entity and decision.access == "aggregate_only" and decision.k_distinct is not None:
+            # The digest k counts distinct entities by (see policies.rewrite.thresholds).
+            if projection.this != tie(raw_column(decision.k_distinct), types[decision.k_distinct]):
+                raise PolicyViolation(f"{key[0]}.{key[1]} gives {name} otherwise than its policy does")
+            continue
         if decision.access == "aggregate_only" and (is_raw(name) or (name.startswith("__") and name != ROW)):
             raise PolicyViolation(f"{key[0]}.{key[1]} is aggregate-only but passes on {name}")
         if is_raw(name):
