@@ -46,7 +46,7 @@ ATTACKS: dict[str, tuple[str, int]] = {  # name -> (the attacker's request, conn
         "{ " + " ".join(f"a{i}: transport_stations(limit: 1) {{ name }}" for i in range(1000)) + " }",
         4,
     ),
-    "exponential LIKE pattern (refused by the pattern rule)": (
+    "a LIKE pattern of many wildcards (matched in linear time), flooded": (
         '{ environment_monitored_sites_aggregate(where: {site_name: {_like: "%_%_%_%_%_%_%_X"}}) '
         "{ aggregate { count } } }",
         6,
