@@ -189,6 +189,11 @@ class AuthConfig(_Model):
     audience: str
     jwks_file: Path | None = None
     jwks_url: str | None = None
+    # the keys' URL from the provider's OIDC discovery document (its `jwks_uri`), read again with
+    # every fetch of the keys: `true` reads `<issuer>/.well-known/openid-configuration` and checks
+    # that it names this issuer; a URL reads that document (a provider this gateway reaches by
+    # another address than the one its tokens name)
+    discovery: bool | str = False
     jwks_cache_seconds: int = Field(300, ge=0)
     # an unknown `kid` fetches the set again at most this often: random kids must not make the
     # gateway hammer the identity provider
@@ -196,7 +201,9 @@ class AuthConfig(_Model):
     algorithms: list[Algorithm] = Field(default_factory=lambda: list(ASYMMETRIC))
     hs256_secret: str | None = Field(None, min_length=32)
     leeway_seconds: int = Field(30, ge=0, le=300)
-    roles_claim: str = "roles"  # a dot path into the token's claims
+    # a dot path into the token's claims: Keycloak's realm roles are `realm_access.roles`, its
+    # roles of the audience's client `resource_access.<client>.roles`
+    roles_claim: str = "roles"
     claims_path: str | None = None  # where the attributes policies use live (default: the top level)
     anonymous: bool = False  # requests without a token act as `anonymous` (else 401)
 
@@ -207,9 +214,25 @@ class AuthConfig(_Model):
         if self.hs256_secret and "HS256" not in self.algorithms:
             raise ValueError("hs256_secret is set but HS256 is not among the algorithms")
         asymmetric = [a for a in self.algorithms if a != "HS256"]
-        if asymmetric and (self.jwks_file is None) == (self.jwks_url is None):
-            raise ValueError("give exactly one of jwks_file and jwks_url")
+        given = [self.jwks_file is not None, self.jwks_url is not None, bool(self.discovery)]
+        if asymmetric and sum(given) != 1:
+            raise ValueError("give exactly one of jwks_file, jwks_url and discovery")
         return self
+
+    @property
+    def fetches_keys(self) -> bool:
+        """Whether the keys come over the network (and are cached, and fetched again)."""
+        return self.jwks_url is not None or bool(self.discovery)
+
+    def discovery_url(self) -> str | None:
+        """Where the OIDC discovery document is, if the keys are found through one.
+
+        >>> AuthConfig(issuer="https://idp/realms/city", audience="citygate", discovery=True).discovery_url()
+        'https://idp/realms/city/.well-known/openid-configuration'
+        """
+        if isinstance(self.discovery, str):
+            return self.discovery
+        return f"{self.issuer.rstrip('/')}/.well-known/openid-configuration" if self.discovery else None
 
 
 class CacheConfig(_Model):

@@ -1,6 +1,8 @@
-"""Start and stop the local services citygate's tests run against: PostgreSQL, MariaDB, Trino.
+"""Start and stop the local services citygate's tests run against: PostgreSQL, MariaDB, Trino,
+and for the deployment tests Keycloak and a Trino cluster (a coordinator and a worker).
 
     python -m tools.services start     # install what is missing, start, load the demo city
+    python -m tools.services start --only keycloak trino-cluster   # just those
     python -m tools.services stop      # stop what `start` started, by pid
     python -m tools.services status
 
@@ -8,8 +10,11 @@ Everything it writes lives under one git-ignored directory (``.citygate/services
 ``$CITYGATE_STATE_DIR``): data, logs, pid files, Trino's configuration. Downloads are cached
 outside the repository (Maven's ``~/.m2`` and ``~/.cache/citygate``), so a second start
 downloads nothing. Ports default to 5432, 3306 and 8080 on 127.0.0.1 and are overridden with
-CITYGATE_PG_PORT, CITYGATE_MARIADB_PORT and CITYGATE_TRINO_PORT. Starting twice is harmless:
-a service that already answers is left alone.
+CITYGATE_PG_PORT, CITYGATE_MARIADB_PORT and CITYGATE_TRINO_PORT. Keycloak listens on 8180
+(CITYGATE_KEYCLOAK_PORT), the Trino cluster's coordinator on 8090 and its worker on 8091
+(CITYGATE_TRINO_CLUSTER_PORT, CITYGATE_TRINO_WORKER_PORT). Starting twice is harmless: a
+service that already answers is left alone. Keycloak and the Trino cluster start in the
+background while the databases start and load, so they add little to the whole.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +49,11 @@ TRINO_ARTIFACT = f"io.trino:trino-server:{TRINO_VERSION}:tar.gz"
 TRINO_PLUGINS = ("postgresql", "mariadb", "memory", "geospatial")
 DEV_PASSWORD = "citygate-dev"  # noqa: S105 - loopback-only development services
 SERVICES_CONFIG = REPO / "configs" / "services.yaml"
+KEYCLOAK_VERSION = "26.7.3"
+KEYCLOAK_ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
+KEYCLOAK_REALM = REPO / "configs" / "keycloak" / "citygate-realm.json"
+KEYCLOAK_ADMIN = "admin"
+SERVICES = ("postgresql", "mariadb", "trino", "keycloak", "trino-cluster")
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,9 @@ class Settings:
     mariadb_port: int
     trino_port: int
     password: str
+    keycloak_port: int = 8180
+    cluster_port: int = 8090
+    worker_port: int = 8091
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,6 +79,9 @@ class Settings:
             mariadb_port=int(os.environ.get("CITYGATE_MARIADB_PORT", "3306")),
             trino_port=int(os.environ.get("CITYGATE_TRINO_PORT", "8080")),
             password=os.environ.get("CITYGATE_DB_PASSWORD", DEV_PASSWORD),
+            keycloak_port=int(os.environ.get("CITYGATE_KEYCLOAK_PORT", "8180")),
+            cluster_port=int(os.environ.get("CITYGATE_TRINO_CLUSTER_PORT", "8090")),
+            worker_port=int(os.environ.get("CITYGATE_TRINO_WORKER_PORT", "8091")),
         )
 
 
@@ -437,9 +456,23 @@ def mariadb_ready(settings: Settings) -> bool:
 # -- Trino ----------------------------------------------------------------------------------
 
 
-def write_trino_etc(settings: Settings, etc: Path, data: Path) -> None:
+@dataclass(frozen=True)
+class TrinoNode:
+    """One Trino server: the single node the tests use, or a cluster's coordinator or worker."""
+
+    name: str  # its directory under the state dir and its node id
+    port: int
+    discovery_port: int  # the coordinator's port (its own, for a coordinator)
+    coordinator: bool = True
+    # a coordinator that also runs splits; a cluster's coordinator leaves them to the workers
+    include_coordinator: bool = True
+
+
+def write_trino_etc(settings: Settings, node: TrinoNode, etc: Path, data: Path) -> None:
     etc.mkdir(parents=True, exist_ok=True)
-    (etc / "node.properties").write_text(f"node.environment=citygate\nnode.id=citygate-local\nnode.data-dir={data}\n")
+    (etc / "node.properties").write_text(
+        f"node.environment=citygate\nnode.id=citygate-{node.name}\nnode.data-dir={data}\n"
+    )
     (etc / "jvm.config").write_text(
         "\n".join(
             [
@@ -462,34 +495,39 @@ def write_trino_etc(settings: Settings, etc: Path, data: Path) -> None:
             ]
         )
     )
+    role = [f"coordinator={str(node.coordinator).lower()}"]
+    if node.coordinator:
+        role.append(f"node-scheduler.include-coordinator={str(node.include_coordinator).lower()}")
     (etc / "config.properties").write_text(
         "\n".join(
             [
-                "coordinator=true",
-                "node-scheduler.include-coordinator=true",
-                f"http-server.http.port={settings.trino_port}",
-                f"discovery.uri=http://127.0.0.1:{settings.trino_port}",
+                *role,
+                f"http-server.http.port={node.port}",
+                f"discovery.uri=http://127.0.0.1:{node.discovery_port}",
                 "query.max-memory=1GB",
                 "query.max-memory-per-node=1GB",
                 # Catalogs come from files written by `citygate trino-catalogs`, and the gateway may
-                # add missing ones at run time with CREATE CATALOG.
+                # add missing ones at run time with CREATE CATALOG. A worker keeps no store: the
+                # coordinator sends each catalog's properties with the tasks that need it.
                 "catalog.management=dynamic",
-                "catalog.store=file",
+                *(["catalog.store=file"] if node.coordinator else []),
                 "",
             ]
         )
     )
-    # Trino reads the file store's own settings from etc/catalog-store.properties.
-    (etc / "catalog-store.properties").write_text(f"catalog.config-dir={etc / 'catalog'}\n")
     (etc / "log.properties").write_text("io.trino=INFO\n")
     catalog = etc / "catalog"
     shutil.rmtree(catalog, ignore_errors=True)
+    if not node.coordinator:
+        return
+    # Trino reads the file store's own settings from etc/catalog-store.properties.
+    (etc / "catalog-store.properties").write_text(f"catalog.config-dir={catalog}\n")
     env = {
         **os.environ,
         "CITYGATE_DB_PASSWORD": settings.password,
         "CITYGATE_PG_PORT": str(settings.pg_port),
         "CITYGATE_MARIADB_PORT": str(settings.mariadb_port),
-        "CITYGATE_TRINO_PORT": str(settings.trino_port),
+        "CITYGATE_TRINO_PORT": str(node.discovery_port),
     }
     run(
         [
@@ -506,17 +544,17 @@ def write_trino_etc(settings: Settings, etc: Path, data: Path) -> None:
     )
 
 
-def trino_info(settings: Settings) -> dict[str, object] | None:
+def trino_info(port: int) -> dict[str, object] | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.trino_port}/v1/info", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/info", timeout=2) as response:
             info: dict[str, object] = json.load(response)
             return info
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
-def trino_started(settings: Settings, log: Path) -> bool:
-    info = trino_info(settings)
+def trino_started(port: int, log: Path) -> bool:
+    info = trino_info(port)
     if info is None or info.get("starting", True):
         return False
     try:
@@ -525,35 +563,165 @@ def trino_started(settings: Settings, log: Path) -> bool:
         return False
 
 
-def start_trino(settings: Settings, home: Path, java: Path) -> None:
-    root = settings.state / "trino"
+def launch_trino(settings: Settings, home: Path, java: Path, node: TrinoNode) -> tuple[Path, Path] | None:
+    """Start one Trino server unless it already runs; its log and pid file, or None if it ran."""
+    root = settings.state / node.name
     etc, data = root / "etc", root / "data"
     log, pid = root / "server.log", root / "launcher.pid"
+    if pid_alive(pid) and trino_started(node.port, log):
+        return None
+    if port_open(node.port):
+        raise ServiceError(f"port {node.port} (Trino {node.name}) is taken by another process; choose another port")
+    data.mkdir(parents=True, exist_ok=True)
+    write_trino_etc(settings, node, etc, data)
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "JAVA_HOME": str(java), "PATH": f"{java / 'bin'}:{os.environ['PATH']}"}
+    run(
+        [
+            str(home / "bin" / "launcher"),
+            f"--etc-dir={etc}",
+            f"--data-dir={data}",
+            f"--pid-file={pid}",
+            f"--server-log-file={log}",
+            f"--launcher-log-file={root / 'launcher.log'}",
+            "start",
+        ],
+        env=env,
+    )
+    return log, pid
+
+
+def start_trino(settings: Settings, home: Path, java: Path) -> None:
+    node = TrinoNode("trino", settings.trino_port, settings.trino_port)
     with step(f"Trino {TRINO_VERSION} on 127.0.0.1:{settings.trino_port} (Java {java})") as outcome:
-        if pid_alive(pid) and trino_started(settings, log):
+        launched = launch_trino(settings, home, java, node)
+        if launched is None:
             outcome.append("already running")
             return
-        if port_open(settings.trino_port):
+        log, pid = launched
+        wait_for("Trino (SERVER STARTED)", lambda: trino_started(node.port, log), 300, log, pid)
+        outcome.append(f"started (log {log})")
+
+
+def cluster_nodes(settings: Settings) -> tuple[TrinoNode, TrinoNode]:
+    coordinator = TrinoNode(
+        "trino-coordinator", settings.cluster_port, settings.cluster_port, include_coordinator=False
+    )
+    return coordinator, TrinoNode("trino-worker", settings.worker_port, settings.cluster_port, coordinator=False)
+
+
+def active_workers(settings: Settings) -> int:
+    """Workers the cluster's coordinator counts as active (0 while it cannot tell)."""
+    import trino
+
+    try:
+        with trino.dbapi.connect(host="127.0.0.1", port=settings.cluster_port, user="citygate") as conn:  # type: ignore[no-untyped-call]
+            cursor = conn.cursor()
+            cursor.execute("SELECT count(*) FROM system.runtime.nodes WHERE NOT coordinator AND state = 'active'")
+            return int(cursor.fetchone()[0])
+    except Exception:  # any failure means "not yet"
+        return 0
+
+
+def start_trino_cluster(settings: Settings, home: Path, java: Path) -> None:
+    """A coordinator that schedules no splits on itself and one worker that runs them: the
+    smallest cluster in which work crosses the network between Trino nodes."""
+    coordinator, worker = cluster_nodes(settings)
+    title = f"Trino cluster: coordinator 127.0.0.1:{coordinator.port}, worker 127.0.0.1:{worker.port}"
+    with step(title) as outcome:
+        launched = [(node, launch_trino(settings, home, java, node)) for node in (coordinator, worker)]
+        for node, started in launched:
+            if started is not None:
+                log, pid = started
+                wait_for(f"Trino {node.name}", partial(trino_started, node.port, log), 300, log, pid)
+        wait_for("the worker to join the coordinator", lambda: active_workers(settings) >= 1, 120)
+        ran = all(started is None for _, started in launched)
+        outcome.append("already running" if ran else f"started (logs under {settings.state})")
+
+
+# -- Keycloak -------------------------------------------------------------------------------
+
+
+def ensure_keycloak(settings: Settings) -> Path:
+    """Keycloak's distribution unpacked under the state dir: it writes into its own home (the
+    build Quarkus augments, its data), so each state dir has its own copy of the cached zip."""
+    home = settings.state / "keycloak" / f"keycloak-{KEYCLOAK_VERSION}"
+    with step(f"Keycloak {KEYCLOAK_VERSION} distribution") as outcome:
+        if (home / "bin" / "kc.sh").exists():
+            outcome.append(f"unpacked at {home}")
+            return home
+        m2 = Path.home() / ".m2" / "repository" / "org" / "keycloak" / "keycloak-quarkus-dist" / KEYCLOAK_VERSION
+        archive = m2 / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.zip"
+        if not archive.exists():
+            if shutil.which("mvn") is None:
+                raise ServiceError("Maven (mvn) is needed to fetch Keycloak; apt-get install maven")
+            say(f"  fetching {KEYCLOAK_ARTIFACT} from Maven Central (about 180 MB, once)")
+            run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={KEYCLOAK_ARTIFACT}", "-Dtransitive=false"])
+        staging = home.with_name(home.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(staging)  # noqa: S202 - Maven Central's checked artifact
+        for script in (staging / f"keycloak-{KEYCLOAK_VERSION}" / "bin").glob("*.sh"):
+            script.chmod(0o755)  # zipfile keeps no modes
+        (staging / f"keycloak-{KEYCLOAK_VERSION}").rename(home)
+        shutil.rmtree(staging)
+        outcome.append(f"unpacked to {home}")
+    return home
+
+
+def keycloak_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.keycloak_port}"
+
+
+def keycloak_ready(settings: Settings) -> bool:
+    discovery = f"{keycloak_url(settings)}/realms/citygate/.well-known/openid-configuration"
+    try:
+        with urllib.request.urlopen(discovery, timeout=2) as response:  # noqa: S310 - loopback
+            return bool(json.load(response).get("jwks_uri"))
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def start_keycloak(settings: Settings, home: Path, java: Path) -> None:
+    """Keycloak in development mode with the realm of configs/keycloak imported at every start.
+    Its database is in memory: a restart is a fresh realm (keys rotated by a test included)."""
+    root = settings.state / "keycloak"
+    log, pid = root / "keycloak.log", root / "keycloak.pid"
+    with step(f"Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{settings.keycloak_port}") as outcome:
+        if pid_alive(pid) and keycloak_ready(settings):
+            outcome.append("already running")
+            return
+        if port_open(settings.keycloak_port):
             raise ServiceError(
-                f"port {settings.trino_port} is taken by another process; set CITYGATE_TRINO_PORT to a free port"
+                f"port {settings.keycloak_port} is taken by another process; set CITYGATE_KEYCLOAK_PORT to a free port"
             )
-        data.mkdir(parents=True, exist_ok=True)
-        write_trino_etc(settings, etc, data)
-        log.unlink(missing_ok=True)
-        env = {**os.environ, "JAVA_HOME": str(java), "PATH": f"{java / 'bin'}:{os.environ['PATH']}"}
-        run(
-            [
-                str(home / "bin" / "launcher"),
-                f"--etc-dir={etc}",
-                f"--data-dir={data}",
-                f"--pid-file={pid}",
-                f"--server-log-file={log}",
-                f"--launcher-log-file={root / 'launcher.log'}",
-                "start",
-            ],
-            env=env,
-        )
-        wait_for("Trino (SERVER STARTED)", lambda: trino_started(settings, log), 300, log, pid)
+        imports = home / "data" / "import"
+        imports.mkdir(parents=True, exist_ok=True)
+        shutil.copy(KEYCLOAK_REALM, imports / KEYCLOAK_REALM.name)
+        env = {
+            **os.environ,
+            "JAVA_HOME": str(java),
+            "KC_BOOTSTRAP_ADMIN_USERNAME": KEYCLOAK_ADMIN,
+            "KC_BOOTSTRAP_ADMIN_PASSWORD": settings.password,
+        }
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [
+                    str(home / "bin" / "kc.sh"),
+                    "start-dev",
+                    f"--http-port={settings.keycloak_port}",
+                    "--http-host=127.0.0.1",
+                    "--db=dev-mem",
+                    "--import-realm",
+                ],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        pid.write_text(f"{process.pid}\n")  # kc.sh execs Java: this is the server's pid
+        wait_for("Keycloak (realm citygate)", lambda: keycloak_ready(settings), 300, log, pid)
         outcome.append(f"started (log {log})")
 
 
@@ -609,61 +777,117 @@ def generator_fingerprint() -> str:
 # -- commands -------------------------------------------------------------------------------
 
 
-def start(settings: Settings, scale: str) -> None:
+class Background:
+    """A step run on a thread beside the others; :meth:`join` re-raises its failure."""
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self.thread.start()
+
+    def _run(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to join()
+            self.error = error
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def start(settings: Settings, scale: str, only: tuple[str, ...] = SERVICES) -> None:
     total = time.monotonic()
     settings.state.mkdir(parents=True, exist_ok=True)
-    ensure_packages()
-    with step("Java 24+ for Trino") as outcome:
+    if {"postgresql", "mariadb"} & set(only):
+        ensure_packages()
+    with step("Java 24+ for Trino and Keycloak") as outcome:
         java = find_java()
         outcome.append(str(java))
-    home = ensure_trino(settings)
-    start_postgres(settings)
-    start_mariadb(settings)
-    load_demo_city(settings, scale)
-    start_trino(settings, home, java)
+    home = ensure_trino(settings) if {"trino", "trino-cluster"} & set(only) else None
+    # Keycloak and the cluster wait for nothing the databases do (the cluster's catalogs reach
+    # the stores only when queried), so they start beside them.
+    background = []
+    if "keycloak" in only:
+        keycloak = ensure_keycloak(settings)
+        background.append(Background(lambda: start_keycloak(settings, keycloak, java)))
+    if "trino-cluster" in only:
+        assert home is not None
+        background.append(Background(lambda: start_trino_cluster(settings, home, java)))
+    if "postgresql" in only:
+        start_postgres(settings)
+    if "mariadb" in only:
+        start_mariadb(settings)
+    if {"postgresql", "mariadb"} <= set(only):
+        load_demo_city(settings, scale)
+    if "trino" in only:
+        assert home is not None
+        start_trino(settings, home, java)
+    for task in background:
+        task.join()
     say("")
-    say(f"{'step':<62} {'seconds':>8}  outcome")
+    say(f"{'step':<72} {'seconds':>8}  outcome")
     for name, elapsed, note in _timings:
-        say(f"{name:<62} {elapsed:>8.1f}  {note}")
-    say(f"all services ready in {time.monotonic() - total:.1f} s; state under {settings.state}")
-    say(f"  PostgreSQL  127.0.0.1:{settings.pg_port}  user citygate  databases public_security, health, transport")
-    say(
-        f"  MariaDB     127.0.0.1:{settings.mariadb_port}  user citygate  databases market_regulation, environment, ..."
-    )
-    say(f"  Trino       http://127.0.0.1:{settings.trino_port}  one catalog per department")
-
-
-def stop(settings: Settings) -> None:
-    root = settings.state
-    say(f"Trino: {stop_pid('Trino', root / 'trino' / 'launcher.pid')}")
-    say(f"MariaDB: {stop_pid('MariaDB', root / 'mariadb' / 'mariadb.pid')}")
-    say(f"PostgreSQL: {stop_postgres(settings)}")
-
-
-def status(settings: Settings) -> int:
-    checks = {
-        "PostgreSQL": pg_ready(settings),
-        "MariaDB": mariadb_ready(settings),
-        "Trino": trino_started(settings, settings.state / "trino" / "server.log"),
+        say(f"{name:<72} {elapsed:>8.1f}  {note}")
+    say(f"services ready in {time.monotonic() - total:.1f} s; state under {settings.state}")
+    lines = {
+        "postgresql": f"PostgreSQL     127.0.0.1:{settings.pg_port}  user citygate  databases public_security, ...",
+        "mariadb": f"MariaDB        127.0.0.1:{settings.mariadb_port}  user citygate  databases market_regulation, ...",
+        "trino": f"Trino          http://127.0.0.1:{settings.trino_port}  one catalog per department",
+        "keycloak": f"Keycloak       {keycloak_url(settings)}/realms/citygate  admin {KEYCLOAK_ADMIN}",
+        "trino-cluster": f"Trino cluster  http://127.0.0.1:{settings.cluster_port}  worker on {settings.worker_port}",
     }
-    for name, up in checks.items():
-        say(f"{name}: {'up' if up else 'down'}")
-    return 0 if all(checks.values()) else 1
+    for name in only:
+        say(f"  {lines[name]}")
+
+
+def stop(settings: Settings, only: tuple[str, ...] = SERVICES) -> None:
+    root = settings.state
+    if "keycloak" in only:
+        say(f"Keycloak: {stop_pid('Keycloak', root / 'keycloak' / 'keycloak.pid')}")
+    if "trino-cluster" in only:
+        for node in cluster_nodes(settings):
+            say(f"Trino {node.name}: {stop_pid(node.name, root / node.name / 'launcher.pid')}")
+    if "trino" in only:
+        say(f"Trino: {stop_pid('Trino', root / 'trino' / 'launcher.pid')}")
+    if "mariadb" in only:
+        say(f"MariaDB: {stop_pid('MariaDB', root / 'mariadb' / 'mariadb.pid')}")
+    if "postgresql" in only:
+        say(f"PostgreSQL: {stop_postgres(settings)}")
+
+
+def status(settings: Settings, only: tuple[str, ...] = SERVICES) -> int:
+    checks = {
+        "postgresql": lambda: pg_ready(settings),
+        "mariadb": lambda: mariadb_ready(settings),
+        "trino": lambda: trino_started(settings.trino_port, settings.state / "trino" / "server.log"),
+        "keycloak": lambda: keycloak_ready(settings),
+        "trino-cluster": lambda: active_workers(settings) >= 1,
+    }
+    up = {name: checks[name]() for name in only}
+    for name, ready in up.items():
+        say(f"{name}: {'up' if ready else 'down'}")
+    return 0 if all(up.values()) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.services", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("start", "stop", "status"))
     parser.add_argument("--scale", default=os.environ.get("CITYGATE_SCALE", "1"), help="demo city scale (default 1)")
+    parser.add_argument(
+        "--only", nargs="+", choices=SERVICES, default=list(SERVICES), help="these services only (default: all)"
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    only = tuple(name for name in SERVICES if name in args.only)
     try:
         if args.command == "start":
-            start(settings, args.scale)
+            start(settings, args.scale, only)
         elif args.command == "stop":
-            stop(settings)
+            stop(settings, only)
         else:
-            return status(settings)
+            return status(settings, only)
     except ServiceError as error:
         say(f"error: {error}")
         return 1

@@ -1,7 +1,8 @@
 """Who is asking: bearer JWTs verified against the identity provider's keys.
 
-A token must be signed with an allowed algorithm by a key of the configured JWKS (a file, or a
-URL fetched and cached; an unknown ``kid`` fetches it again once, for key rotation), come from
+A token must be signed with an allowed algorithm by a key of the configured JWKS (a file, a URL,
+or the URL the provider's OIDC discovery document names; fetched keys are cached, and an unknown
+``kid`` fetches them again, at most every ``jwks_refresh_seconds``, for key rotation), come from
 the configured issuer for the configured audience, and be within ``exp``/``nbf`` give or take a
 small leeway. The request then acts as one of the token's roles: the one ``X-Citygate-Role``
 names, else the first. Every refusal says what is wrong in words that reveal nothing about keys
@@ -86,7 +87,7 @@ class Authenticator:
         keys = self._ready(refresh)
         if keys is not None:
             return keys
-        if self.auth.jwks_url is not None and not fetch:
+        if self.auth.fetches_keys and not fetch:
             raise FetchNeeded
         with self._fetching:
             keys = self._ready(refresh)  # fetched, or failed, while this one waited
@@ -116,13 +117,13 @@ class Authenticator:
 
     def _usable(self) -> KeySet | None:
         """The keys, unless a failed provider has left them older than twice their time."""
-        if self.auth.jwks_url is not None and time.monotonic() - self._fetched > 2 * self.auth.jwks_cache_seconds:
+        if self.auth.fetches_keys and time.monotonic() - self._fetched > 2 * self.auth.jwks_cache_seconds:
             return None
         return self._keys
 
     def _due(self, refresh: bool) -> bool:
         """Whether the keys must be fetched again (only those from a URL ever are)."""
-        if self.auth.jwks_url is None:
+        if not self.auth.fetches_keys:
             return False
         now = time.monotonic()
         if now < self._retry_at:  # the last fetch failed: not before its retry time
@@ -134,15 +135,31 @@ class Authenticator:
         keys: list[dict[str, Any]] = []
         if self.auth.jwks_file is not None:
             keys = json.loads(self.auth.jwks_file.read_text(encoding="utf-8"))["keys"]
-        elif self.auth.jwks_url is not None:
-            with urllib.request.urlopen(self.auth.jwks_url, timeout=5) as response:  # noqa: S310 - configured https URL
-                keys = json.load(response)["keys"]
+        elif self.auth.fetches_keys:
+            keys = _fetch_json(self._jwks_url())["keys"]
         # Shared-secret keys come only from the configuration, never from a published set.
         public = [k for k in keys if k.get("kty") != "oct"]
         imported = list(KeySet.import_key_set({"keys": public}).keys) if public else []
         if self.auth.hs256_secret:
             imported.append(OctKey.import_key(self.auth.hs256_secret))
         return KeySet(imported)
+
+    def _jwks_url(self) -> str:
+        """The configured key set's URL, or the one the discovery document names now: read
+        again at every fetch, so a provider that moves its keys is followed too."""
+        discovery = self.auth.discovery_url()
+        if discovery is None:
+            assert self.auth.jwks_url is not None
+            return self.auth.jwks_url
+        document = _fetch_json(discovery)
+        # OpenID Connect Discovery 1.0, section 4.3: the document's issuer must be the one it
+        # was found from; a configured URL is another address of the same provider.
+        if self.auth.discovery is True and document.get("issuer") != self.auth.issuer:
+            raise ValueError(f"the discovery document names issuer {document.get('issuer')!r}, not the configured one")
+        jwks_uri = document.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+            raise ValueError("the discovery document names no jwks_uri")
+        return jwks_uri
 
     # -- requests --------------------------------------------------------------------------
 
@@ -200,7 +217,7 @@ class Authenticator:
             try:
                 decoded = jwt.decode(token, self._keyset(fetch=fetch), algorithms=algorithms)
             except InvalidKeyIdError:
-                if self.auth.jwks_url is None:
+                if not self.auth.fetches_keys:
                     raise
                 decoded = jwt.decode(token, self._keyset(refresh=True, fetch=fetch), algorithms=algorithms)
             self._claims.validate(decoded.claims)
@@ -213,6 +230,14 @@ class Authenticator:
         except (JoseError, ValueError):
             raise AuthError("the token is not valid") from None
         return dict(decoded.claims)
+
+
+def _fetch_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - the configured provider's URL
+        document = json.load(response)
+    if not isinstance(document, dict):
+        raise ValueError(f"{url} did not answer a JSON object")
+    return document
 
 
 MAX_CLAIM = 256  # characters in a claim the gateway uses: a subject, a role, a row filter's value
