@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo services services-stop compose-check browser lint typecheck test bench bench-tools clean
+.PHONY: install demo services services-stop keycloak trino-cluster nginx compose-check browser lint typecheck test bench bench-tools clean
 
 # The console's GraphiQL and React, pinned in gateway/console/package-lock.json: `npm ci` takes
 # exactly those tarballs from the npm registry and refuses any whose SHA-512 differs, so the
@@ -35,6 +35,20 @@ services: install
 services-stop:
 	$(BIN)/python -m tools.services stop
 
+# Keycloak (port 8180) and a Trino coordinator with one worker (8090, 8091) on their own; `make
+# services` starts them too, beside the databases.
+keycloak: install
+	$(BIN)/python -m tools.services start --only keycloak
+
+trino-cluster: install
+	$(BIN)/python -m tools.services start --only trino-cluster
+
+# The load balancer of the scale-out test (tests/test_scale_out.py), nginx from Debian.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "[make] installing nginx for the scale-out test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light >/dev/null \
+	  || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light >/dev/null; }; }
+
 # The browser tests (tests/test_console_browser.py) drive Debian's chromium with Playwright for
 # Python (a dev dependency); Playwright's own browser download is never used. The CJK font lets
 # the screenshots show Chinese text.
@@ -58,7 +72,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install services browser compose-check lint typecheck
+test: install services browser nginx compose-check lint typecheck
 	$(BIN)/python -m pytest
 
 # Benchmarks against the services (started if needed); not part of `make test`. They also need

@@ -86,14 +86,19 @@ class Admin:
         return json.loads(text) if text else None
 
 
-@pytest.fixture(scope="module")
-def keycloak() -> str:
+def require_keycloak() -> str:
+    """The realm's issuer, once Keycloak answers its discovery document; else the test fails."""
     try:
         with urllib.request.urlopen(f"{REALM}/.well-known/openid-configuration", timeout=5) as response:  # noqa: S310
             assert json.load(response)["issuer"] == REALM
     except (urllib.error.URLError, OSError) as error:
         pytest.fail(f"Keycloak is not reachable at {KEYCLOAK} ({error}); start it with `make services`", pytrace=False)
     return REALM
+
+
+@pytest.fixture(scope="module")
+def keycloak() -> str:
+    return require_keycloak()
 
 
 def keycloak_auth(**changes: Any) -> AuthConfig:
