@@ -207,6 +207,15 @@ class AuthConfig(_Model):
     claims_path: str | None = None  # where the attributes policies use live (default: the top level)
     anonymous: bool = False  # requests without a token act as `anonymous` (else 401)
 
+    @field_validator("discovery", mode="before")
+    @classmethod
+    def _discovery_flag(cls, value: object) -> object:
+        # `${CITYGATE_OIDC_DISCOVERY:-true}` arrives as text
+        value = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+        if isinstance(value, str) and not value.startswith(("https://", "http://")):
+            raise ValueError("discovery: give true, false or the discovery document's http(s) URL")
+        return value
+
     @model_validator(mode="after")
     def _keys(self) -> AuthConfig:
         if "HS256" in self.algorithms and not self.hs256_secret:

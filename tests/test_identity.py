@@ -224,6 +224,36 @@ def test_jwks_url_is_cached_and_refetched_for_a_new_kid() -> None:
         assert len(fetches) == 2  # an unknown kid fetched the set again, once
 
 
+def test_keys_are_found_through_the_discovery_document() -> None:
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+    with jwks_server({"keys": [key.as_dict(private=False)]}) as (jwks, key_fetches):
+        document: dict[str, Any] = {"jwks_uri": jwks}
+        with jwks_server(document) as (discovery, documents):
+            issuer = discovery.removesuffix("/jwks.json")
+            document["issuer"] = issuer
+            auth = Authenticator(AuthConfig(issuer=issuer, audience=AUDIENCE, discovery=True))
+            token = "Bearer " + sign(key, "RS256", claims(iss=issuer))
+            assert auth.identify(token).role == "police"
+            assert documents == ["/.well-known/openid-configuration"] and len(key_fetches) == 1
+            # a document naming another issuer is not this provider's (OIDC Discovery 4.3)
+            document["issuer"] = "https://elsewhere.example"
+            wary = Authenticator(AuthConfig(issuer=issuer, audience=AUDIENCE, discovery=True))
+            with pytest.raises(AuthError) as caught:
+                wary.identify(token)
+            assert caught.value.status == 503
+            # a configured URL is another address of the provider: its issuer is not compared
+            direct = Authenticator(AuthConfig(issuer=issuer, audience=AUDIENCE, discovery=discovery))
+            assert direct.identify(token).role == "police"
+
+
+def test_exactly_one_source_of_keys() -> None:
+    with pytest.raises(ValueError, match="exactly one of jwks_file, jwks_url and discovery"):
+        AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_url="https://k.example/jwks", discovery=True)
+    with pytest.raises(ValueError, match="discovery document's http"):
+        AuthConfig(issuer=ISSUER, audience=AUDIENCE, discovery="yes")
+    assert AuthConfig(issuer=ISSUER, audience=AUDIENCE, discovery="true").discovery is True
+
+
 def test_random_kids_do_not_hammer_the_provider_nor_the_event_loop() -> None:
     """Found by a red-team review: each token with an unknown kid fetched the key set, on the
     event loop, so ten of them against a slow provider stalled every other request."""
