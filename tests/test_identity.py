@@ -226,7 +226,9 @@ def test_jwks_url_is_cached_and_refetched_for_a_new_kid() -> None:
 
 def test_keys_are_found_through_the_discovery_document() -> None:
     key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
-    with jwks_server({"keys": [key.as_dict(private=False)]}) as (jwks, key_fetches):
+    encrypting = RSAKey.generate_key(2048, parameters={"kid": "enc-1", "use": "enc"})
+    served = {"keys": [key.as_dict(private=False), encrypting.as_dict(private=False)]}
+    with jwks_server(served) as (jwks, key_fetches):
         document: dict[str, Any] = {"jwks_uri": jwks}
         with jwks_server(document) as (discovery, documents):
             issuer = discovery.removesuffix("/jwks.json")
@@ -244,6 +246,10 @@ def test_keys_are_found_through_the_discovery_document() -> None:
             # a configured URL is another address of the provider: its issuer is not compared
             direct = Authenticator(AuthConfig(issuer=issuer, audience=AUDIENCE, discovery=discovery))
             assert direct.identify(token).role == "police"
+            # a key published for encryption verifies no signature, even one its holder signed with
+            signing = {k: v for k, v in encrypting.as_dict(private=True).items() if k != "use"}
+            with pytest.raises(AuthError, match="a key this gateway does not know"):
+                direct.identify("Bearer " + sign(RSAKey.import_key(signing), "RS256", claims(iss=issuer)))
 
 
 def test_exactly_one_source_of_keys() -> None:
