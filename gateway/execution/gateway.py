@@ -71,6 +71,7 @@ from gateway.execution.plans import (
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
+    MAX_TERMS,
     CompileContext,
     Compiled,
     CompileError,
@@ -80,7 +81,7 @@ from gateway.graphql.compile import (
     compile_root_field,
     too_slow,
 )
-from gateway.graphql.cost import Statistics, measure, rows, written
+from gateway.graphql.cost import Statistics, measure, rows, too_many_values, written
 from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
@@ -307,6 +308,12 @@ class Gateway:
         if operation.operation != OperationType.QUERY:
             message = f"{operation.operation.value} operations are not supported; citygate is read-only"
             return refused([graphql_error(message, "BAD_REQUEST")])
+        if too_many_values(variables):
+            message = (
+                f"the variables hold more values than the filters of one request may use (more than {MAX_TERMS} "
+                "conditions, `_in` values counted each); ask for less in one request"
+            )
+            return refused([graphql_error(message, "COST_LIMIT")])
         coerced = get_variable_values(model.schema, operation.variable_definitions or (), dict(variables or {}))
         if isinstance(coerced, list):
             return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
