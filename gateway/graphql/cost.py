@@ -97,7 +97,7 @@ def too_many_values(variables: Any, most: int = MAX_VARIABLE_VALUES) -> bool:
     """Whether the JSON ``variables`` hold more than ``most`` values, walked without recursion
     and stopped as soon as there are.
 
-    >>> too_many_values({"w": {"_in": list(range(5))}}, 6), too_many_values({"w": {"_in": list(range(5))}}, 7)
+    >>> too_many_values({"w": {"_in": list(range(5))}}, 7), too_many_values({"w": {"_in": list(range(5))}}, 8)
     (True, False)
     """
     pending = [variables]
