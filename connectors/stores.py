@@ -93,7 +93,7 @@ def describe_store_failure(
             f"(check departments.{department}.store.host: {store.tls.mode} compares it with the certificate's names)"
         )
     elif _TLS_UNTRUSTED.search(text):
-        message = f"presents a certificate that the CA in {tls}.ca does not sign (check {tls}.ca)"
+        message = f"presents a certificate not signed by the CA in {tls}.ca (check it, and the store's certificate)"
     elif "no encryption" in lowered:
         message = f"accepts user {store.user!r} only over TLS (set {tls}.mode)"
     elif "does not support ssl" in lowered or "ssl connection is required" in lowered:

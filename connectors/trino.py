@@ -41,7 +41,9 @@ from connectors.stores import describe_store_failure, schema_of
 # What says the store cannot be used at all (describe_store_failure names each), not a statement.
 _CONNECTION = re.compile(
     r"connect|refused|timed? ?out|communications link|no route|unknown host|broken pipe"
-    r"|access denied|authentication failed|unknown database|database \S+ does not exist",
+    r"|access denied|authentication failed|unknown database|database \S+ does not exist"
+    # a TLS handshake the store's driver gave up on (certificate, host name, key store)
+    r"|ssl|tls|certificat|pkix|keystore|truststore|hostnameverifier",
     re.I,
 )
 _STATEMENT = re.compile(r"\bERROR: |SQL syntax|SQLSTATE|\(conn=\d+\) (?!.*connect)", re.I)
@@ -90,7 +92,7 @@ def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, st
         }
     if isinstance(store, MariadbStore):
         # The MariaDB connector takes no database in the URL: each database is a schema.
-        url = f"jdbc:mariadb://{store.host}:{store.port}/?{_mariadb_jdbc_tls(store.tls)}"
+        url = f"jdbc:mariadb://{store.host}:{store.port}/?{_mariadb_jdbc_tls(store.tls, department)}"
         return "mariadb", {"connection-url": url, "connection-user": store.user, "connection-password": store.password}
     raise ConfigError(
         f"department {department}: Trino has no connector for store kind {store.kind!r} "
@@ -109,12 +111,22 @@ def _pgjdbc_tls(tls: Tls) -> str:
     return urllib.parse.urlencode(params, quote_via=urllib.parse.quote, safe="")
 
 
-def _mariadb_jdbc_tls(tls: Tls) -> str:
-    """MariaDB Connector/J's TLS parameters: `trust` is its word for TLS without checking."""
-    params = {"sslMode": {"require": "trust"}.get(tls.mode, tls.mode)}
+def _mariadb_jdbc_tls(tls: Tls, department: str = "") -> str:
+    """MariaDB Connector/J's TLS parameters: `trust` is its word for TLS without checking.
+    It reads parameters as written, without percent-decoding, so the CA's path goes in bare.
+
+    >>> _mariadb_jdbc_tls(Tls(mode="verify-ca", ca="/etc/city/ca.pem"), "environment")
+    'sslMode=verify-ca&serverSslCert=/etc/city/ca.pem'
+    """
+    params = [f"sslMode={ {'require': 'trust'}.get(tls.mode, tls.mode) }"]
     if tls.ca is not None:
-        params["serverSslCert"] = str(tls.ca)
-    return urllib.parse.urlencode(params, quote_via=urllib.parse.quote, safe="")
+        if re.search(r"[&?#;=\s]", str(tls.ca)):
+            raise ConfigError(
+                f"departments.{department}.store.tls.ca: {str(tls.ca)!r} cannot go to MariaDB's JDBC driver, "
+                "which takes no path with &, ?, #, ;, = or spaces"
+            )
+        params.append(f"serverSslCert={tls.ca}")
+    return "&".join(params)
 
 
 def write_catalog_files(settings: EngineSettings, out: Path) -> list[Path]:

@@ -370,18 +370,19 @@ def ensure_certificates(settings: Settings) -> None:
 
 
 def trino_password_line(user: str, password: str) -> str:
-    """One line of Trino's password file: PBKDF2 (HMAC-SHA256), which Trino's file
-    authenticator reads as ``user:iterations:salt:hash`` in hex, like a bcrypt line; the
-    standard library makes it, so no hashing package is needed.
+    """One line of Trino's password file in its PBKDF2 form, ``user:iterations:salt:hash``
+    in hex. Trino's file authenticator takes this or bcrypt; it derives PBKDF2 with
+    HMAC-SHA1 and a key as long as the stored hash. The standard library makes it, so the
+    services need no hashing package.
 
-    >>> trino_password_line("u", "p").split(":")[:2]
-    ['u', '10000']
+    >>> trino_password_line("citygate", "secret").split(":")[:2]
+    ['citygate', '10000']
     """
     import hashlib
     import secrets
 
     salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 10_000, dklen=32)
+    digest = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, 10_000, dklen=32)
     return f"{user}:10000:{salt.hex()}:{digest.hex()}"
 
 
