@@ -21,9 +21,11 @@ TlsMode = Literal["disable", "require", "verify-ca", "verify-full"]
 
 
 class Tls(_Model):
-    """How a store's connections are secured, the same on every route (the embedded engine,
-    Trino's catalogs, the delegated route, the loaders). Each route spells it its own way; the
-    helpers below give the drivers' words.
+    """TLS to the store, the same on every route: the embedded engine, Trino's catalogs, the
+    delegated route and the loaders. Unset: no TLS.
+
+    Each driver spells the modes its own way; :meth:`libpq` and :meth:`pymysql` give the words
+    of the Python drivers, and each engine module those of its own.
 
     >>> Tls(mode="verify-full", ca="/etc/city/ca.pem").libpq()
     {'sslmode': 'verify-full', 'sslrootcert': '/etc/city/ca.pem'}

@@ -46,6 +46,7 @@ class Health:
     engine: str
     ok: bool
     departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
+    problem: str = ""  # why the engine itself does not answer (its address, certificate, credentials)
 
 
 def vocabulary(
@@ -290,8 +291,8 @@ class Engine(ABC):
         states: dict[str, str] = {}
         try:
             self.ping()
-        except CitygateError:
-            return Health(self.name, False, {})
+        except CitygateError as error:
+            return Health(self.name, False, {}, problem=error.message)
         for department in self.departments:
             try:
                 self.ping_department(department)

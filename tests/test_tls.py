@@ -10,6 +10,9 @@ connection, a wrong password or a bad token each fail with a message naming what
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -339,6 +342,31 @@ def test_trino_refusals_say_what_to_check(
     assert expected in caught.value.message
     assert "not-the-password" not in caught.value.message
     assert not engine.health().ok
+
+
+def test_check_says_why_trino_refused(tmp_path: Path) -> None:
+    """`citygate check` prints Trino's refusal, not only that it is unreachable."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"engine: {{kind: trino, trino: {{host: localhost, port: {SERVICES.trino_https_port}, "
+        f"http_scheme: https, verify: {CA}, password_env: {PASSWORD_ENV}}}}}\n"
+        "policies: open\nauth: none\ndepartments:\n  health:\n"
+        f"    store: {{kind: postgresql, port: {SERVICES.pg_port}, database: health, user: citygate}}\n"
+    )
+    env = {**os.environ, PASSWORD_ENV: "not-the-password-5c1e"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"refused the gateway's credentials (check engine.trino.user and the password in ${PASSWORD_ENV})" in (
+        result.stdout
+    )
+    assert "not-the-password" not in result.stdout + result.stderr
 
 
 def test_a_missing_password_variable_fails_at_start(services_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
