@@ -43,10 +43,17 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """Whether the engine answers (``reachable``), and each department's store through it."""
+
     engine: str
-    ok: bool
+    reachable: bool
     departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
     problem: str = ""  # why the engine itself does not answer (its address, certificate, credentials)
+
+    @property
+    def ok(self) -> bool:
+        """The engine and every department's store answer."""
+        return self.reachable and all(state == "ok" for state in self.departments.values())
 
 
 def vocabulary(
@@ -292,15 +299,15 @@ class Engine(ABC):
         try:
             self.ping()
         except CitygateError as error:
-            return Health(self.name, False, {}, problem=error.message)
+            unknown = dict.fromkeys(self.departments, "unknown: the engine does not answer")
+            return Health(self.name, False, unknown, problem=error.message)
         for department in self.departments:
             try:
                 self.ping_department(department)
                 states[department] = "ok"
             except CitygateError as error:
                 states[department] = error.message
-        ok = all(state == "ok" for state in states.values())
-        return Health(self.name, ok, states)
+        return Health(self.name, True, states)
 
     @abstractmethod
     def ping(self) -> None:

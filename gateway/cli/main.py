@@ -67,7 +67,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         health = engine.health()
     finally:
         engine.close()
-    print(f"engine {health.engine}: {'ok' if health.departments or health.ok else 'unreachable'}")
+    print(f"engine {health.engine}: {'ok' if health.reachable else 'unreachable'}")
     if health.problem:
         print(f"  {health.problem}")
     for department, state in health.departments.items():
