@@ -326,6 +326,7 @@ def test_the_drivers_refuse_a_plain_connection_and_a_wrong_ca(services_config: C
 )
 def test_trino_refusals_say_what_to_check(
     services_config: Config,
+    gateway_trino: Gateway,
     monkeypatch: pytest.MonkeyPatch,
     wrong_ca: Path,
     case: str,
@@ -341,7 +342,14 @@ def test_trino_refusals_say_what_to_check(
         engine.execute(count("health"))
     assert expected in caught.value.message
     assert "not-the-password" not in caught.value.message
-    assert not engine.health().ok
+    health = engine.health()
+    assert not health.reachable and expected in health.problem
+    # and a client sees the same message, in GraphQL's shape, for each root field
+    body = Gateway(config=services_config, engine=engine, model=gateway_trino.model).execute(QUERY).body
+    assert body["data"] == {"health_clinic_visits_aggregate": None, "environment_monitored_sites": None}
+    for error in body["errors"]:
+        assert error["extensions"]["code"] == "ENGINE_UNAVAILABLE"
+        assert expected in error["message"] and "not-the-password" not in error["message"]
 
 
 def test_check_says_why_trino_refused(tmp_path: Path) -> None:
