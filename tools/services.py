@@ -330,7 +330,8 @@ def ensure_certificates(settings: Settings) -> None:
         )
         server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         # Only the name `localhost`: a client that verifies the host name (verify-full) and
-        # dials 127.0.0.1 is refused, which is what tests/test_tls.py checks.
+        # dials the same address by another name (`127.1`) is refused; tests/test_tls.py
+        # checks that on every route.
         server = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
