@@ -48,6 +48,7 @@ class Health:
     engine: str
     reachable: bool
     departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
+    problem: str = ""  # why the engine itself does not answer (its address, certificate, credentials)
 
     @property
     def ok(self) -> bool:
@@ -297,8 +298,9 @@ class Engine(ABC):
         states: dict[str, str] = {}
         try:
             self.ping()
-        except CitygateError:
-            return Health(self.name, False, dict.fromkeys(self.departments, "unknown: the engine does not answer"))
+        except CitygateError as error:
+            unknown = dict.fromkeys(self.departments, "unknown: the engine does not answer")
+            return Health(self.name, False, unknown, problem=error.message)
         for department in self.departments:
             try:
                 self.ping_department(department)

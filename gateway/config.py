@@ -535,13 +535,24 @@ def _expand_env(value: Any, path: Path, key: tuple[str, ...]) -> Any:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolved(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
     departments = {}
     for name, department in config.departments.items():
         store = department.store
-        if isinstance(store, SqliteStore) and not store.path.is_absolute():
-            store = store.model_copy(update={"path": (base / store.path).resolve()})
+        if isinstance(store, SqliteStore):
+            store = store.model_copy(update={"path": resolved(store.path)})
+        elif store.tls.ca is not None:
+            store = store.model_copy(update={"tls": store.tls.model_copy(update={"ca": resolved(store.tls.ca)})})
         departments[name] = department.model_copy(update={"store": store})
     update: dict[str, Any] = {"departments": departments}
+    trino = config.engine.trino
+    trino_paths = {
+        key: resolved(value) for key in ("verify", "jwt_file") if isinstance(value := getattr(trino, key), Path)
+    }
+    if trino_paths:
+        update["engine"] = config.engine.model_copy(update={"trino": trino.model_copy(update=trino_paths)})
     if config.policies is not None:
         files = [f if f.is_absolute() else (base / f).resolve() for f in config.policies.files]
         update["policies"] = config.policies.model_copy(update={"files": files})

@@ -68,6 +68,8 @@ def cmd_health(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(f"engine {health.engine}: {'ok' if health.reachable else 'unreachable'}")
+    if health.problem:
+        print(f"  {health.problem}")
     for department, state in health.departments.items():
         print(f"  {department}: {state}")
     return 0 if health.ok else 1
