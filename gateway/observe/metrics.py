@@ -100,15 +100,15 @@ class Metrics:
         self.registry.register(_Hot(self._tally))
         self.statement_seconds = Histogram(
             "citygate_statement_duration_seconds",
-            "Root-field statements by department read and engine (cache hits included)",
-            ["department", "engine"],
+            "Root-field statements by department read, engine and route (cache hits included)",
+            ["department", "engine", "route"],
             buckets=BUCKETS,
             registry=self.registry,
         )
         self.engine_errors = Counter(
             "citygate_engine_errors",
-            "Root fields the engine failed, by engine and error code",
-            ["engine", "code"],
+            "Root fields the engine failed, by engine, error code and route",
+            ["engine", "code", "route"],
             registry=self.registry,
         )
         self.audit_backlog = Gauge(
