@@ -377,3 +377,8 @@ def test_every_recorded_text_is_checked_bounded_and_the_request_id_is_the_gatewa
     assert len(set(ids)) == len(ids) and "dup-1" not in ids
     assert records[9]["client_request_id"] == "r1 2" and response.headers["x-request-id"] == records[9]["request_id"]
     assert all(r["client_request_id"] is None for r in records[:6])
+
+
+def test_a_record_says_where_each_root_field_ran(trail: Trail) -> None:
+    first = read(trail.path)[0]
+    assert first["routes"] == {"transport_stations": "delegated"}  # one PostgreSQL database: its own SQL

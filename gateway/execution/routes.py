@@ -46,6 +46,7 @@ class Route:
     name: str
     key: str
     engine: Engine
+    store: str = ""  # the store a delegated statement runs on (connectors.native.store_key)
 
 
 class Routes:
@@ -71,7 +72,7 @@ class Routes:
         native = self._store_of(tree)
         if native is not None:
             try:
-                return Route(DELEGATED, f"{DELEGATED}:{native.key}", native), native.sql(tree)
+                return Route(DELEGATED, f"{DELEGATED}:{native.key}", native, native.key), native.sql(tree)
             except CitygateError as error:  # the key's functions, or one the store lacks
                 log.debug("not delegated: %s", error.message)
         return self.main, self.engine.sql(tree)
