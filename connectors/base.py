@@ -43,9 +43,16 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """Whether the engine answers (``reachable``), and each department's store through it."""
+
     engine: str
-    ok: bool
+    reachable: bool
     departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
+
+    @property
+    def ok(self) -> bool:
+        """The engine and every department's store answer."""
+        return self.reachable and all(state == "ok" for state in self.departments.values())
 
 
 def vocabulary(
@@ -291,15 +298,14 @@ class Engine(ABC):
         try:
             self.ping()
         except CitygateError:
-            return Health(self.name, False, {})
+            return Health(self.name, False, dict.fromkeys(self.departments, "unknown: the engine does not answer"))
         for department in self.departments:
             try:
                 self.ping_department(department)
                 states[department] = "ok"
             except CitygateError as error:
                 states[department] = error.message
-        ok = all(state == "ok" for state in states.values())
-        return Health(self.name, ok, states)
+        return Health(self.name, True, states)
 
     @abstractmethod
     def ping(self) -> None:

@@ -6,7 +6,12 @@ runs first. A test that needs one and cannot reach it fails with what to do; not
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +118,40 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def uvicorn_thread(app: Any, **options: Any) -> Iterator[int]:
+    """``app`` served by uvicorn in a thread of this process on a free loopback port, until the
+    block ends; yields the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[Any], what: str, timeout: float = 120) -> None:
+    """Wait until the citygate ``process`` answers ``/healthz`` on ``port``; fail if it exits
+    or takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.2)
 
 
 # The engines' own gateways run every statement on their engine (engine.delegate: never); the

@@ -20,7 +20,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.observe import audit
-from tests.conftest import free_port, with_store
+from tests.conftest import free_port, wait_until_serving, with_store
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone } }"
@@ -226,7 +226,6 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
     import signal
     import subprocess
     import sys
-    import time
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
@@ -238,14 +237,7 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
     )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the demo did not start"
-                time.sleep(0.2)
+        wait_until_serving(port, server, "the demo")
 
         def ask(n: int) -> str:
             body = json.dumps({"query": f"{{ transport_stations(limit: {n % 7 + 1}) {{ name }} }}"}).encode()

@@ -66,9 +66,7 @@ def test_a_statement_reading_one_store_runs_there_and_one_reading_two_on_the_eng
     }
 
 
-def test_delegation_can_be_turned_off_for_all_or_for_one_department(
-    services_config: Config, trino_engine: Any
-) -> None:
+def test_delegation_can_be_turned_off_for_all_or_for_one_department(services_config: Config, trino_engine: Any) -> None:
     query = "{ a: transport_stations(limit: 1) { name } b: health_clinic_visits(limit: 1) { visit_id } }"
     never = Gateway.start(services_config.with_delegate("never"), trino_engine)
     assert routes(never, query) == {"a": "trino", "b": "trino"}
@@ -83,7 +81,9 @@ def test_delegation_can_be_turned_off_for_all_or_for_one_department(
         one_off.routes.close()
 
 
-def test_the_sqlite_route_leaves_what_sqlite_cannot_hold_exactly_to_the_engine(gateway_sqlite_delegated: Gateway) -> None:
+def test_the_sqlite_route_leaves_what_sqlite_cannot_hold_exactly_to_the_engine(
+    gateway_sqlite_delegated: Gateway,
+) -> None:
     query = """{
       text: transport_stations(limit: 2, order_by: [{name: desc}]) { name level }
       decimal: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { cost }
@@ -111,8 +111,8 @@ DIFFERENCES = {
         " order_by: [{credit_code: asc}]) { name } }"
     ),
     "a quote and a backslash": (
-        "{ market_regulation_enterprises(where: {name: {_eq: \"\\\\' OR 1=1 -- \"}}) { credit_code } "
-        " transport_stations(where: {name: {_eq: \"\\\\' OR 1=1 -- \"}}) { name } }"
+        '{ market_regulation_enterprises(where: {name: {_eq: "\\\\\' OR 1=1 -- "}}) { credit_code } '
+        ' transport_stations(where: {name: {_eq: "\\\\\' OR 1=1 -- "}}) { name } }'
     ),
     "nulls first": (
         "{ health_health_records(limit: 4, offset: 10, order_by: [{chronic_conditions: desc_nulls_last},"
@@ -178,7 +178,10 @@ def test_sqlite_stops_a_statement_past_its_time(sqlite_config: Config) -> None:
     ("department", "write"),
     [
         ("transport", 'INSERT INTO "public"."stations" SELECT * FROM "public"."stations" WHERE 1 = 0'),
-        ("environment", "INSERT INTO `environment`.`monitored_sites` SELECT * FROM `environment`.`monitored_sites` LIMIT 0"),
+        (
+            "environment",
+            "INSERT INTO `environment`.`monitored_sites` SELECT * FROM `environment`.`monitored_sites` LIMIT 0",
+        ),
     ],
 )
 def test_the_route_can_only_read(services_config: Config, department: str, write: str) -> None:
@@ -250,7 +253,7 @@ def postgres_statement_log(config: Config) -> Iterator[list[str]]:
     and reset after), read from the server's log with ``pg_read_file``."""
     store = config.departments["health"].store
     assert store.kind == "postgresql"
-    params = {"host": store.host, "port": store.port, "user": store.user, "password": store.password}
+    params: dict[str, Any] = {"host": store.host, "port": store.port, "user": store.user, "password": store.password}
     found: list[str] = []
     with psycopg.connect(**params, dbname="postgres", autocommit=True) as conn:
         data = conn.execute("SELECT current_setting('data_directory')").fetchone()

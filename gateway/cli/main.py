@@ -67,7 +67,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         health = engine.health()
     finally:
         engine.close()
-    print(f"engine {health.engine}: {'ok' if health.departments or health.ok else 'unreachable'}")
+    print(f"engine {health.engine}: {'ok' if health.reachable else 'unreachable'}")
     for department, state in health.departments.items():
         print(f"  {department}: {state}")
     return 0 if health.ok else 1
@@ -487,12 +487,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             engines.append(create_engine(gateway.config.with_engine(other)))
         for field in compiled:
             tree = view.rewrite(field.tree, claims)
-            route, text = gateway.routes.choose(tree)
-            if route.store:
-                print(f"-- {field.key}: route delegated, to {route.store} ({route.engine.dialect})")
-                print(route.engine.redact(text) + ";\n")
-            else:
-                print(f"-- {field.key}: route {route.name} (it reads more than one store, or needs the engine)")
+            _print_route(gateway, field.key, tree)
             for engine in engines:
                 print(f"-- {field.key} on {engine.name} ({engine.dialect})")
                 # The hash key and the tie-break key travel inside the statement; not on a screen.
@@ -514,6 +509,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     finally:
         gateway.close()
     return 0
+
+
+def _print_route(gateway: Gateway, key: str, tree: Any) -> None:
+    """A root field's route, and its store's own SQL when it is delegated."""
+    route, text = gateway.routes.choose(tree)
+    if route.store:
+        print(f"-- {key}: route delegated, to {route.store} ({route.engine.dialect})")
+        print(route.engine.redact(text) + ";\n")
+    else:
+        print(f"-- {key}: route {route.name} (it reads more than one store, or needs the engine)")
 
 
 def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]) -> None:

@@ -47,7 +47,7 @@ from catalogue.errors import (
 )
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
-from connectors.base import Engine
+from connectors.base import Engine, Health
 from connectors.native import NativeEngine, native_engines
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
@@ -79,6 +79,7 @@ from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
+    MAX_TERMS,
     CompileContext,
     Compiled,
     CompileError,
@@ -88,7 +89,7 @@ from gateway.graphql.compile import (
     compile_root_field,
     too_slow,
 )
-from gateway.graphql.cost import Statistics, measure, rows, written
+from gateway.graphql.cost import Statistics, measure, rows, too_many_values, written
 from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
@@ -101,6 +102,10 @@ from policies.model import Policies, load_policies
 from policies.rewrite import PolicyViolation
 
 log = logging.getLogger("citygate")
+
+# How long one health check of the engine and the stores stands: probes and scrapes in between
+# are answered from it, so a flood of them costs the stores one check per interval.
+HEALTH_SECONDS = 2.0
 
 
 @dataclass
@@ -129,6 +134,8 @@ class Gateway:
     _introspections: LRUCache[Any, bytes] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
+    _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
+    _health: tuple[float, Health] | None = None  # the last check: when, and what it found
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
 
@@ -325,6 +332,12 @@ class Gateway:
         if operation.operation != OperationType.QUERY:
             message = f"{operation.operation.value} operations are not supported; citygate is read-only"
             return refused([graphql_error(message, "BAD_REQUEST")])
+        if too_many_values(variables):
+            message = (
+                f"the variables hold more values than the filters of one request may use (more than {MAX_TERMS} "
+                "conditions, `_in` values counted each); ask for less in one request"
+            )
+            return refused([graphql_error(message, "COST_LIMIT")])
         coerced = get_variable_values(model.schema, operation.variable_definitions or (), dict(variables or {}))
         if isinstance(coerced, list):
             return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
@@ -706,6 +719,27 @@ class Gateway:
         if refusals:
             raise CompileError("; ".join(e["message"] for e in refusals))
         return list(plan.compiled.values())
+
+    def health(self) -> Health:
+        """The engine's and each department's health, checked at most every
+        :data:`HEALTH_SECONDS`. While one check runs (a store that does not answer can hold it
+        for its connect timeout), other callers get the last answer rather than a thread of
+        their own waiting: only the very first check is waited for."""
+        last = self._health
+        if last is not None and time.monotonic() - last[0] < HEALTH_SECONDS:
+            return last[1]
+        if not self._probing.acquire(blocking=last is None):
+            assert last is not None
+            return last[1]
+        try:
+            if self._health is not None and self._health is not last:
+                return self._health[1]  # checked while this caller waited for the first check
+            found = self.engine.health()
+            self._health = (time.monotonic(), found)
+            self.metrics.record_health(found.engine, found.reachable, found.departments)
+            return found
+        finally:
+            self._probing.release()
 
     def flush(self) -> None:
         """Write every queued audit record and span, and stop recording (the server is stopping)."""

@@ -346,7 +346,7 @@ class Edge:
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
-        self.admission = Admission(REQUESTS_AT_ONCE)
+        self.admission = Admission(REQUESTS_AT_ONCE, parallelism=len(os.sched_getaffinity(0)))
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.limiter = Limiter()
@@ -368,7 +368,7 @@ class Edge:
         if self.assets.missing is not None:
             log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
         self.pages = Pages.make(self.assets, example)
-        self.probe = console_catalogue.Probe(lambda: gateway.engine.health().departments)
+        self.probe = console_catalogue.Probe(lambda: gateway.health().departments)
         self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -684,20 +684,20 @@ class Edge:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        health = await run_in_threadpool(self.gateway.engine.health)
-        body = {
-            "status": "ready" if health.ok else "degraded",
-            "engine": health.engine,
-            "departments": health.departments,
-        }
-        if not health.departments and not health.ok:
-            body["status"] = "engine unreachable"
-        return JSONResponse(body, status_code=200 if health.ok else 503)
+        """Whether this instance can serve: 200 while its engine answers, even with departments
+        down (their root fields fail alone, the others answer), so a load balancer never takes
+        every replica out for one department; 503 when the engine does not answer. The body
+        names each department's state."""
+        health = await run_in_threadpool(self.gateway.health)
+        status = "ready" if health.ok else "degraded" if health.reachable else "unavailable"
+        body = {"status": status, "engine": health.engine, "departments": health.departments}
+        return JSONResponse(body, status_code=200 if health.reachable else 503, headers={"Cache-Control": "no-store"})
 
     async def prometheus(self, request: Request) -> Response:
         guard = self.gateway.config.metrics
         if guard.token is not None and not _guarded(guard, request):
             return JSONResponse({"error": "a valid scrape token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        await run_in_threadpool(self.gateway.health)  # the health gauges, at most HEALTH_SECONDS old
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin(self, request: Request) -> Response:

@@ -111,6 +111,18 @@ class Metrics:
             ["engine", "code", "route"],
             registry=self.registry,
         )
+        self.engine_up = Gauge(
+            "citygate_engine_up",
+            "Whether the engine answered the last health check",
+            ["engine"],
+            registry=self.registry,
+        )
+        self.department_up = Gauge(
+            "citygate_department_up",
+            "Whether the department's store answered the last health check",
+            ["department"],
+            registry=self.registry,
+        )
         self.audit_backlog = Gauge(
             "citygate_audit_backlog", "Audit records queued but not yet written", registry=self.registry
         )
@@ -130,6 +142,12 @@ class Metrics:
         slots = self._tally.mine()
         slots[_PLAN_HIT] += 1
         slots[_RESULT_HIT] += fields
+
+    def record_health(self, engine: str, reachable: bool, departments: dict[str, str]) -> None:
+        """A health check's findings (a department the engine could not be asked about is down)."""
+        self.engine_up.labels(engine).set(1.0 if reachable else 0.0)
+        for department, state in departments.items():
+            self.department_up.labels(department).set(1.0 if state == "ok" else 0.0)
 
     def watch_backlog(self, backlog: Callable[[], int]) -> None:
         self.audit_backlog.set_function(lambda: float(backlog()))
