@@ -268,7 +268,7 @@ class PostgresEngine(NativeEngine):
             kwargs={**params, "autocommit": True},
             min_size=0,
             max_size=POOL_SIZE,
-            timeout=10.0,
+            timeout=5.0,  # a store that does not answer: as long as its connect_timeout
             open=True,
             name=f"citygate-{store.database}",
             check=ConnectionPool.check_connection,

@@ -9,6 +9,9 @@ tests/test_graphql.py, tests/test_policies.py and tests/test_properties.py (the
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,12 +22,15 @@ import psycopg
 import pymysql
 import pytest
 from sqlglot import exp
+from starlette.testclient import TestClient
 
 from catalogue.errors import EngineQueryError, ResultTooLarge, StoreUnavailableError
 from catalogue.sql import logical_table
 from connectors.native import NativeEngine, native_engines
 from gateway.config import Config
+from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from tests.conftest import free_port, with_store
 from tests.test_graphql import same
@@ -333,3 +339,105 @@ def test_the_hash_key_never_reaches_a_stores_statement_log(sqlite_config: Config
     secrets = [s.lower() for s in gateway.engine._secrets(KEY.encode())]
     for secret in secrets:
         assert secret not in pg_text.lower() and secret not in mariadb_text.lower()
+
+
+# -- Trino down ------------------------------------------------------------------------------------
+
+
+class Relay:
+    """A TCP relay on a loopback port to the real Trino: Trino "comes back" when it starts,
+    without the shared Trino ever being stopped."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port, self.target = port, target
+        self.server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.server.settimeout(0.2)
+        self.running = True
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while self.running:
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.running = False
+        self.server.close()
+        self.thread.join(timeout=2)
+        for each in self.sockets:
+            each.close()
+
+
+def trino_at(config: Config, port: int, **engine: Any) -> Config:
+    trino = config.engine.trino.model_copy(update={"port": port, "request_timeout": 5.0})
+    return config.model_copy(update={"engine": config.engine.model_copy(update={"trino": trino, **engine})})
+
+
+BOTH = """{ one: transport_stations(limit: 2, order_by: [{station_id: asc}]) { name }
+  two: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } } }"""
+
+
+def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_until_it_is_back(
+    services_config: Config, gateway_trino: Gateway
+) -> None:
+    port = free_port()
+    config = trino_at(services_config, port)
+    gateway = Gateway.start(config, create_engine(config))  # nothing listens on `port`
+    relay = None
+    try:
+        assert not gateway.unavailable and len(gateway.catalogue.departments) == 6  # read from the stores
+        response = gateway.execute(BOTH)
+        assert response.body["data"]["one"] == gateway_trino.execute(BOTH).body["data"]["one"]
+        assert response.body["data"]["two"] is None
+        [error] = response.body["errors"]
+        assert error["path"] == ["two"] and error["extensions"]["code"] == "ENGINE_UNAVAILABLE"
+        with TestClient(create_app(gateway)) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+            routes = ready.json()["routes"]
+            assert routes["trino"] != "ok"
+            assert routes["delegated:postgresql://127.0.0.1:5432/transport"] == "ok"
+        relay = Relay(port, (services_config.engine.trino.host, services_config.engine.trino.port))
+        back = gateway.execute(BOTH)  # no restart
+        assert "errors" not in back.body, back.body
+        assert back.body == gateway_trino.execute(BOTH).body
+        assert back.routes == {"one": "delegated", "two": "trino"}
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
+
+
+def test_with_trino_down_the_embedded_fallback_answers_the_rest(
+    services_config: Config, gateway_trino: Gateway
+) -> None:
+    config = trino_at(services_config, free_port(), fallback="embedded")
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        response = gateway.execute(BOTH)
+        assert "errors" not in response.body, response.body
+        assert response.body == gateway_trino.execute(BOTH).body
+        assert response.routes == {"one": "delegated", "two": "embedded"}
+    finally:
+        gateway.close()

@@ -735,8 +735,10 @@ class Gateway:
             if self._health is not None and self._health is not last:
                 return self._health[1]  # checked while this caller waited for the first check
             found = self.engine.health()
+            routes = {found.engine: "ok" if found.reachable else "the engine does not answer", **self.routes.up()}
+            found = replace(found, routes=routes)
             self._health = (time.monotonic(), found)
-            self.metrics.record_health(found.engine, found.reachable, found.departments)
+            self.metrics.record_health(found.engine, found.reachable, found.departments, routes)
             return found
         finally:
             self._probing.release()

@@ -112,9 +112,9 @@ class Routes:
                 self._fallback = EmbeddedEngine(self.config.with_engine("embedded").engine_settings())
         return Route(self._fallback.name, self._fallback.name, self._fallback), self._fallback.sql(tree)
 
-    def up(self) -> dict[str, bool]:
-        """Which routes answer now: the engine, and each store's own."""
-        states = {self.engine.name: _answers(self.engine)}
+    def up(self) -> dict[str, str]:
+        """Whether each store's own route answers now: ``delegated:<store>`` -> "ok" or why not."""
+        states = {}
         for native in {id(n): n for n in self.native.values()}.values():
             states[f"{DELEGATED}:{native.key}"] = _answers(native)
         return states
@@ -126,9 +126,9 @@ class Routes:
             self._fallback.close()
 
 
-def _answers(engine: Engine) -> bool:
+def _answers(engine: Engine) -> str:
     try:
         engine.ping()
-    except CitygateError:
-        return False
-    return True
+    except CitygateError as error:
+        return error.message
+    return "ok"

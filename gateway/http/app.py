@@ -684,14 +684,16 @@ class Edge:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """Whether this instance can serve: 200 while its engine answers, even with departments
-        down (their root fields fail alone, the others answer), so a load balancer never takes
-        every replica out for one department; 503 when the engine does not answer. The body
-        names each department's state."""
+        """Whether this instance can serve: 200 while its engine answers, or any store runs its
+        own statements (the delegated route), even with departments down (their root fields
+        fail alone, the others answer), so a load balancer never takes every replica out for
+        one department or for the engine; 503 when no route answers. The body names each
+        department's state and each route's."""
         health = await run_in_threadpool(self.gateway.health)
-        status = "ready" if health.ok else "degraded" if health.reachable else "unavailable"
-        body = {"status": status, "engine": health.engine, "departments": health.departments}
-        return JSONResponse(body, status_code=200 if health.reachable else 503, headers={"Cache-Control": "no-store"})
+        every = health.ok and all(state == "ok" for state in health.routes.values())
+        status = "ready" if every else "degraded" if health.serving else "unavailable"
+        body = {"status": status, "engine": health.engine, "departments": health.departments, "routes": health.routes}
+        return JSONResponse(body, status_code=200 if health.serving else 503, headers={"Cache-Control": "no-store"})
 
     async def prometheus(self, request: Request) -> Response:
         guard = self.gateway.config.metrics

@@ -117,6 +117,12 @@ class Metrics:
             ["engine"],
             registry=self.registry,
         )
+        self.route_up = Gauge(
+            "citygate_route_up",
+            "Whether the route (the engine, or a store's own: delegated:<store>) answered the last health check",
+            ["route"],
+            registry=self.registry,
+        )
         self.department_up = Gauge(
             "citygate_department_up",
             "Whether the department's store answered the last health check",
@@ -143,9 +149,13 @@ class Metrics:
         slots[_PLAN_HIT] += 1
         slots[_RESULT_HIT] += fields
 
-    def record_health(self, engine: str, reachable: bool, departments: dict[str, str]) -> None:
+    def record_health(
+        self, engine: str, reachable: bool, departments: dict[str, str], routes: dict[str, str] | None = None
+    ) -> None:
         """A health check's findings (a department the engine could not be asked about is down)."""
         self.engine_up.labels(engine).set(1.0 if reachable else 0.0)
+        for route, state in (routes or {}).items():
+            self.route_up.labels(route).set(1.0 if state == "ok" else 0.0)
         for department, state in departments.items():
             self.department_up.labels(department).set(1.0 if state == "ok" else 0.0)
 
