@@ -67,8 +67,8 @@ def _unrenderable(what: str) -> Callable[..., exp.Expr]:
     return refuse
 
 
-class NotDelegable(CitygateError):
-    """The statement cannot run on the store as it would on the engines: it goes there."""
+class _Lost(Exception):
+    """A kept connection turned out closed: try once more on a fresh one."""
 
 
 # -- dialects: citygate's vocabulary in each store's functions ------------------------------------
@@ -271,7 +271,6 @@ class PostgresEngine(NativeEngine):
             timeout=5.0,  # a store that does not answer: as long as its connect_timeout
             open=True,
             name=f"citygate-{store.database}",
-            check=ConnectionPool.check_connection,
         )
         self._c_collation: bool | None = None
 
@@ -284,6 +283,17 @@ class PostgresEngine(NativeEngine):
         return None if self._c_collation else "C"
 
     def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
+        # A kept connection may have been closed by the store since (a restart, an idle
+        # timeout): the pool drops it, and the statement, which only reads, runs once more on
+        # a new one, rather than every statement paying a check's round trip first.
+        try:
+            return self._once(sql, department, max_rows, cancel)
+        except _Lost:
+            return self._once(sql, department, max_rows, cancel, last=True)
+
+    def _once(
+        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+    ) -> Answer:
         try:
             with self._pool.connection() as conn:
                 cursor = conn.cursor()
@@ -302,7 +312,11 @@ class PostgresEngine(NativeEngine):
         except psycopg.errors.QueryCanceled:
             raise EngineQueryError("the query was cancelled: it ran past its time") from None
         except psycopg.OperationalError as error:
-            if getattr(error, "sqlstate", None) is None:  # no answer at all: the connection failed
+            # no answer at all, a connection exception (08) or the server ending the session
+            # (57P: shut down, restarting): the connection failed, not the statement
+            if (error.sqlstate or "08").startswith(("08", "57P")):
+                if not last and not (cancel is not None and cancel.cancelled):
+                    raise _Lost from None
                 raise describe_store_failure(department, self.store, str(error)) from None
             raise self._refused(department, error) from None
         except psycopg.Error as error:
@@ -366,6 +380,14 @@ class MariadbEngine(NativeEngine):
         return node
 
     def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
+        try:  # a kept connection the store has closed since: once more on a new one (PostgresEngine._run)
+            return self._once(sql, department, max_rows, cancel)
+        except _Lost:
+            return self._once(sql, department, max_rows, cancel, last=True)
+
+    def _once(
+        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+    ) -> Answer:
         statement = sql
         if sql.lstrip()[:6].upper().startswith(("SELECT", "WITH")):
             statement = f"SET STATEMENT max_statement_time={self._limit} FOR {sql}"
@@ -385,6 +407,8 @@ class MariadbEngine(NativeEngine):
             code = error.args[0] if error.args else 0
             if code in (1969, 1317):  # max_statement_time exceeded; interrupted by KILL QUERY
                 raise EngineQueryError("the query was cancelled: it ran past its time") from None
+            if code in (2006, 2013) and not last and not (cancel is not None and cancel.cancelled):
+                raise _Lost from None  # gone away, lost: perhaps only this connection
             if code >= 2000 or code in (1044, 1045, 1049, 1040, 1203):  # client side; access; no database
                 raise describe_store_failure(department, self.store, str(error)) from None
             raise self._refused(department, error) from None
@@ -395,8 +419,13 @@ class MariadbEngine(NativeEngine):
         return Answer(tuple(d[0] for d in description), tuple(str(d[1]) for d in description), rows)
 
     def _kill(self, thread_id: int) -> None:
-        """Stop a running statement from another connection (MariaDB's way to cancel)."""
-        with contextlib.suppress(pymysql.err.Error):
+        """Stop a running statement from another connection (MariaDB's way to cancel), on a
+        thread of its own: a store that does not answer would hold the canceller for its
+        connect timeout."""
+        threading.Thread(target=self._kill_now, args=(thread_id,), daemon=True).start()
+
+    def _kill_now(self, thread_id: int) -> None:
+        with contextlib.suppress(pymysql.err.Error, OSError):
             conn = pymysql.connect(**self._params, autocommit=True)
             try:
                 with conn.cursor() as cursor:

@@ -26,6 +26,7 @@ from starlette.testclient import TestClient
 
 from catalogue.errors import EngineQueryError, ResultTooLarge, StoreUnavailableError
 from catalogue.sql import logical_table
+from catalogue.stores import PostgresStore
 from connectors.native import NativeEngine, native_engines
 from gateway.config import Config
 from gateway.execution.engines import create_engine
@@ -237,6 +238,22 @@ def test_the_row_cap_holds_on_the_route(services_config: Config) -> None:
         with pytest.raises(ResultTooLarge):
             engine.run(engine.sql(statement), ["transport"], max_rows=5)
         assert len(engine.run(engine.sql(statement.limit(5)), ["transport"], max_rows=5).rows) == 5
+    finally:
+        engine.close()
+
+
+def test_a_kept_connection_the_store_closed_is_replaced_without_an_error(services_config: Config) -> None:
+    engine = native(services_config, "transport")
+    store = services_config.departments["transport"].store
+    assert isinstance(store, PostgresStore)
+    try:
+        [(pid,)] = engine.run("SELECT pg_backend_pid()", ["transport"]).rows
+        with psycopg.connect(
+            host=store.host, port=store.port, user=store.user, password=store.password, dbname="postgres"
+        ) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        [(again,)] = engine.run("SELECT pg_backend_pid()", ["transport"]).rows
+        assert again != pid
     finally:
         engine.close()
 
