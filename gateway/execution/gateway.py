@@ -696,7 +696,9 @@ class Gateway:
         statement_seconds = self.limits(view.role).statement_seconds
 
         def run() -> Sequence[Any]:
-            with self.telemetry.stage("engine", engine=route.engine.name, departments=",".join(compiled.departments)):
+            with self.telemetry.stage(
+                "engine", engine=route.engine.name, route=route.name, departments=",".join(compiled.departments)
+            ):
                 # the whole limit, not what this request has left: a run may be shared with
                 # another request's (the result cache runs one for all who wait on it)
                 return self.statements.run(text, compiled.departments, budget.rows, statement_seconds, route.engine)
