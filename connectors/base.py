@@ -49,6 +49,13 @@ class Health:
     reachable: bool
     departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
     problem: str = ""  # why the engine itself does not answer (its address, certificate, credentials)
+    # route -> "ok" or a message: the engine's, and each store's own (the delegated route)
+    routes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def serving(self) -> bool:
+        """Whether some route answers: the engine, or a store that runs its own statements."""
+        return self.reachable or any(state == "ok" for state in self.routes.values())
 
     @property
     def ok(self) -> bool:

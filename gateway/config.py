@@ -105,6 +105,8 @@ class DepartmentConfig(_Model):
     # the store's tables the gateway serves, as names or patterns (`*`, `report_?`); unset: only
     # the tables named under `tables`, so a table added to the store later is not served unasked
     expose: list[str] | None = None
+    # false: this department's statements never run on its store directly (engine.delegate)
+    delegate: bool = True
 
     def exposes(self, table: str) -> bool:
         """Whether this department's table ``table`` is served."""
@@ -161,6 +163,12 @@ class RelationshipConfig(_Model):
 
 class EngineConfig(_Model):
     kind: Literal["trino", "embedded"] = "embedded"
+    # `auto`: a statement that reads one store runs whole on that store, in its own SQL (the
+    # delegated route); `never`: every statement goes to `kind`
+    delegate: Literal["auto", "never"] = "auto"
+    # `embedded`: while Trino does not answer, statements that cannot be delegated run on the
+    # embedded engine attached to the same stores; unset: they fail with ENGINE_UNAVAILABLE
+    fallback: Literal["embedded"] | None = None
     trino: TrinoSettings = TrinoSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
 
@@ -448,6 +456,9 @@ class Config(_Model):
 
     def with_engine(self, kind: Literal["trino", "embedded"]) -> Config:
         return self.model_copy(update={"engine": self.engine.model_copy(update={"kind": kind})})
+
+    def with_delegate(self, mode: Literal["auto", "never"]) -> Config:
+        return self.model_copy(update={"engine": self.engine.model_copy(update={"delegate": mode})})
 
     def engine_settings(self) -> EngineSettings:
         """What an engine reads of this configuration: the stores, the engines' own settings

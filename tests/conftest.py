@@ -154,19 +154,39 @@ def wait_until_serving(port: int, process: subprocess.Popen[Any], what: str, tim
             time.sleep(0.2)
 
 
+# The engines' own gateways run every statement on their engine (engine.delegate: never); the
+# delegated ones run each statement that reads one store on that store, the rest on the engine.
+
+
 @pytest.fixture(scope="session")
 def gateway_sqlite(embedded_sqlite: EmbeddedEngine, sqlite_config: Config) -> Gateway:
-    return Gateway.start(sqlite_config, embedded_sqlite)
+    return Gateway.start(sqlite_config.with_delegate("never"), embedded_sqlite)
 
 
 @pytest.fixture(scope="session")
 def gateway_services(embedded_services: EmbeddedEngine, services_config: Config) -> Gateway:
-    return Gateway.start(services_config.with_engine("embedded"), embedded_services)
+    return Gateway.start(services_config.with_engine("embedded").with_delegate("never"), embedded_services)
 
 
 @pytest.fixture(scope="session")
 def gateway_trino(trino_engine: TrinoEngine, services_config: Config) -> Gateway:
-    return Gateway.start(services_config, trino_engine)
+    return Gateway.start(services_config.with_delegate("never"), trino_engine)
+
+
+@pytest.fixture(scope="session")
+def gateway_delegated(trino_engine: TrinoEngine, services_config: Config) -> Iterator[Gateway]:
+    """PostgreSQL and MariaDB statements on their own stores; the others on Trino."""
+    gateway = Gateway.start(services_config.with_delegate("auto"), trino_engine)
+    yield gateway
+    gateway.routes.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_sqlite_delegated(embedded_sqlite: EmbeddedEngine, sqlite_config: Config) -> Iterator[Gateway]:
+    """SQLite statements on their own files; the others on the embedded engine."""
+    gateway = Gateway.start(sqlite_config.with_delegate("auto"), embedded_sqlite)
+    yield gateway
+    gateway.routes.close()
 
 
 @pytest.fixture(scope="session")
@@ -175,12 +195,12 @@ def oracle(gateway_sqlite: Gateway, city: City) -> Oracle:
     return Oracle(gateway_sqlite.model, city)
 
 
-GATEWAYS = ("gateway_sqlite", "gateway_services", "gateway_trino")
+GATEWAYS = ("gateway_sqlite", "gateway_services", "gateway_trino", "gateway_delegated", "gateway_sqlite_delegated")
 
 
 @pytest.fixture(params=GATEWAYS)
 def gateway(request: pytest.FixtureRequest) -> Gateway:
-    """The GraphQL gateway on each engine in turn."""
+    """The GraphQL gateway on each engine in turn, and on each store's own (delegated)."""
     value: Gateway = request.getfixturevalue(request.param)
     return value
 

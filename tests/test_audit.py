@@ -42,7 +42,8 @@ def trail(services_config: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     config = secure_demo(services_config.with_engine("embedded"), data_dir)
     gateway = Gateway.start(config, create_engine(config))
     broken = with_store(config, "health", port=free_port())
-    down = dataclasses.replace(gateway, config=broken, engine=create_engine(broken))  # same trail
+    # the same trail; its stores' own engines (the delegated route) made anew, from the broken config
+    down = dataclasses.replace(gateway, config=broken, engine=create_engine(broken), native=None)
     analyst = {"authorization": "Bearer " + issue_token(data_dir, "health_analyst", {}, 60)}
     officer = {"authorization": "Bearer " + issue_token(data_dir, "district_officer", {"district": "虎门"}, 60)}
     sent: list[tuple[str, str]] = []
@@ -74,6 +75,7 @@ def trail(services_config: Config, tmp_path_factory: pytest.TempPathFactory) -> 
         post(failing, "partial", 200, {"query": both}, **analyst)
         post(client, "ok", 200, {"query": "{ __schema { queryType { name } } }"})
     down.engine.close()
+    down.routes.close()
     gateway.close()
     assert config.audit is not None and config.audit.path is not None
     yield Trail(config.audit.path, sent, gateway)
@@ -367,3 +369,8 @@ def test_every_recorded_text_is_checked_bounded_and_the_request_id_is_the_gatewa
     assert len(set(ids)) == len(ids) and "dup-1" not in ids
     assert records[9]["client_request_id"] == "r1 2" and response.headers["x-request-id"] == records[9]["request_id"]
     assert all(r["client_request_id"] is None for r in records[:6])
+
+
+def test_a_record_says_where_each_root_field_ran(trail: Trail) -> None:
+    first = read(trail.path)[0]
+    assert first["routes"] == {"transport_stations": "delegated"}  # one PostgreSQL database: its own SQL

@@ -60,7 +60,12 @@ def test_a_department_down_leaves_the_instance_ready_and_is_named(one_store_down
 def test_every_department_up_is_ready(gateway_services: Gateway) -> None:
     with TestClient(create_app(gateway_services)) as client:
         body = client.get("/readyz").json()
-        assert body == {"status": "ready", "engine": "embedded", "departments": dict.fromkeys(DEPARTMENTS, "ok")}
+        assert body == {
+            "status": "ready",
+            "engine": "embedded",
+            "departments": dict.fromkeys(DEPARTMENTS, "ok"),
+            "routes": {"embedded": "ok"},  # this gateway delegates nothing
+        }
         metrics = client.get("/metrics").text
         assert all(gauge(metrics, "citygate_department_up", "department", d) == 1.0 for d in DEPARTMENTS)
 
@@ -69,7 +74,8 @@ def test_an_engine_that_does_not_answer_makes_the_instance_unready(
     services_config: Config, gateway_trino: Gateway
 ) -> None:
     trino = services_config.engine.trino.model_copy(update={"port": free_port(), "request_timeout": 2.0})
-    down = services_config.model_copy(update={"engine": services_config.engine.model_copy(update={"trino": trino})})
+    engine = services_config.engine.model_copy(update={"trino": trino, "delegate": "never"})  # no other route
+    down = services_config.model_copy(update={"engine": engine})
     gateway = Gateway(config=down, engine=TrinoEngine(down.engine_settings()), model=gateway_trino.model)
     try:
         with TestClient(create_app(gateway)) as client:
