@@ -144,17 +144,21 @@ def wait_for(
 
 
 def pid_alive(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is still the service that wrote it.
+
+    A pid file outlives a machine's restart, and its number may by then belong to anything
+    else; a service's command line names its own directory (the pid file's), so a process
+    whose does not is not ours to wait for, to report as running or to stop.
+    """
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
         return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if str(pid_file.parent) in command else None
 
 
 def stop_pid(name: str, pid_file: Path, timeout: float = 60) -> str:
@@ -806,6 +810,8 @@ def start_trino(settings: Settings, home: Path, java: Path) -> None:
         data.mkdir(parents=True, exist_ok=True)
         write_trino_etc(settings, etc, data)
         log.unlink(missing_ok=True)
+        if pid_alive(pid) is None:
+            pid.unlink(missing_ok=True)  # left by a Trino that is gone; the launcher would trust it
         env = {**os.environ, "JAVA_HOME": str(java), "PATH": f"{java / 'bin'}:{os.environ['PATH']}"}
         run(
             [
