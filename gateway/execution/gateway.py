@@ -643,7 +643,8 @@ class Gateway:
                     return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached, "-"
                 with self.telemetry.stage("policy", role=view.role or ""):
                     compiled.rewritten = view.rewrite(compiled.tree, claims)
-                route, text = self.routes.choose(compiled.rewritten)
+                route = self.routes.pick(compiled.rewritten)  # named in the error, if rendering fails
+                route, text = self.routes.render(route, compiled.rewritten)
                 compiled.sql[route.key] = text
                 compiled.route = route  # last: another request's thread reads the text by it
             engine = route.engine.name
