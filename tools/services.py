@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -178,7 +179,22 @@ def pid_alive(pid_file: Path) -> int | None:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return None
-    return pid if str(pid_file.parent) in command else None
+    return pid if names_directory(command, pid_file.parent) else None
+
+
+def names_directory(command: str, directory: Path) -> bool:
+    """Whether ``command`` names ``directory`` or a path inside it. A path that only begins
+    with its name is another directory: the single Trino's ``trino`` must not claim the
+    cluster's ``trino-worker``, whose pid a stale file of the single Trino's might hold.
+
+    >>> names_directory("java -Dconfig=/s/trino-worker/etc/config.properties ", Path("/s/trino"))
+    False
+    >>> names_directory("java -Dconfig=/s/trino/etc/config.properties ", Path("/s/trino"))
+    True
+    >>> names_directory("postgres -D /s/postgresql/data -p 5432 ", Path("/s/postgresql/data"))
+    True
+    """
+    return re.search(re.escape(str(directory)) + r"(?=/|\s|$)", command) is not None
 
 
 def stop_pid(name: str, pid_file: Path, timeout: float = 60) -> str:
