@@ -1157,9 +1157,10 @@ def start(settings: Settings, scale: str, only: tuple[str, ...] = SERVICES) -> N
     for task in background:
         task.join()
     say("")
-    say(f"{'step':<72} {'seconds':>8}  outcome")
+    width = max(len(name) for name, _, _ in _timings)  # Trino's step names its Java's path
+    say(f"{'step':<{width}} {'seconds':>8}  outcome")
     for name, elapsed, note in _timings:
-        say(f"{name:<72} {elapsed:>8.1f}  {note}")
+        say(f"{name:<{width}} {elapsed:>8.1f}  {note}")
     say(f"services ready in {time.monotonic() - total:.1f} s; state under {settings.state}")
     lines = {
         "postgresql": f"PostgreSQL     127.0.0.1:{settings.pg_port}  user citygate  databases public_security, ...",
