@@ -38,7 +38,13 @@ from graphql.execution.values import get_variable_values
 from graphql.utilities import get_operation_ast
 from sqlglot import exp
 
-from catalogue.errors import CitygateError, ConfigError, PolicyRefused, StoreUnavailableError
+from catalogue.errors import (
+    CitygateError,
+    ConfigError,
+    PolicyRefused,
+    PrivacyBudgetExhausted,
+    StoreUnavailableError,
+)
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
 from connectors.base import Engine
@@ -68,6 +74,7 @@ from gateway.execution.plans import (
     plan_weight,
     refused,
 )
+from gateway.execution.privacy import PrivacyBudgets
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
@@ -90,6 +97,7 @@ from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
 from policies.model import Policies, load_policies
+from policies.noise import noisy_rows, spend
 from policies.rewrite import PolicyViolation
 
 log = logging.getLogger("citygate")
@@ -113,6 +121,7 @@ class Gateway:
     statements: Statements = field(init=False)  # where statements run, each within its time
     root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
     results: ResultCache = field(init=False)
+    privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
     _introspections: LRUCache[Any, bytes] = field(init=False)
@@ -124,6 +133,7 @@ class Gateway:
     def __post_init__(self) -> None:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
+        self.privacy = PrivacyBudgets(self.config.data_dir / "privacy-budget.json")
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
@@ -457,7 +467,11 @@ class Gateway:
         for key, (outcome, cached) in self._run_all(plan.compiled, view, claims, budget, deadline).items():
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
-                extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
+                extensions: dict[str, Any] = {}
+                if isinstance(outcome, StoreUnavailableError):
+                    extensions["department"] = outcome.department
+                elif isinstance(outcome, PrivacyBudgetExhausted):
+                    extensions["renews"] = outcome.renews.strftime("%Y-%m-%dT%H:%M:%SZ")
                 errors_out.append(
                     graphql_error(
                         outcome.message, outcome.code, path=[key], locations=[plan.locations[key]], **extensions
@@ -600,13 +614,27 @@ class Gateway:
                     return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached
                 with self.telemetry.stage("policy", role=view.role or ""):
                     tree = view.rewrite(compiled.tree, claims)
+                    compiled.noise = compiled.positions(view.releases(tree))
                 text = compiled.sql[engine] = self.engine.sql(tree)
 
             def run() -> Sequence[Any]:
-                with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                    # the whole limit, not what this request has left: a run may be shared with
-                    # another request's (the result cache runs one for all who wait on it)
-                    return self.statements.run(text, compiled.departments, budget.rows, statement_seconds)
+                # A noisy answer spends its role's budget before it runs, and is kept in the
+                # cache with its noise: asked again, the same draw comes back and costs nothing,
+                # so repeating a question averages no noise away.
+                cost = spend(r for node in compiled.noise.values() for r in node.values())
+                if cost:
+                    self._spend(view, cost)
+                try:
+                    with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
+                        # the whole limit, not what this request has left: a run may be shared with
+                        # another request's (the result cache runs one for all who wait on it)
+                        rows = self.statements.run(text, compiled.departments, budget.rows, statement_seconds)
+                except BaseException:
+                    if cost:  # nothing was released
+                        assert view.role is not None and view.privacy is not None
+                        self.privacy.refund(view.role, cost, view.privacy)
+                    raise
+                return noisy_rows(rows, compiled.noise) if cost else rows
 
             # "off": a department forbids caching, or the answer is too big to keep
             rows, cached = self.results.fetch(engine, text, compiled.departments, run)
@@ -632,6 +660,12 @@ class Gateway:
             self.metrics.statement_seconds.labels(department=department, engine=engine).observe(elapsed)
         log.debug("root field %s: %d rows in %.1f ms (cache %s)", compiled.key, len(rows), elapsed * 1000, cached)
         return value, cached
+
+    def _spend(self, view: View, cost: float) -> None:
+        """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
+        if view.role is None or view.privacy is None:  # the policy model requires a budget
+            raise PolicyRefused()
+        self.privacy.spend(view.role, cost, view.privacy)
 
     # -- tools -----------------------------------------------------------------------------
 

@@ -1,0 +1,290 @@
+"""Noisy aggregates (policies/noise.py and its path through the gateway): counts and sums carry
+Laplace noise of the scale the policy's epsilon and bounds give, sums read clamped values, each
+noisy answer spends the role's budget, and the cache repeats a draw rather than drawing again.
+
+The statistical tests compare means and spreads of many draws with the noise's own scale, at
+about six standard errors: a wrong scale (twice or half) fails them, chance alone almost never."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from catalogue.errors import ConfigError
+from datasets.datagen import City
+from gateway.config import CacheConfig, Config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.execution.privacy import PrivacyBudgets
+from gateway.identity.caller import Identity
+from policies.model import PrivacyBudget
+from policies.noise import Release, draw, privacy_loss
+from policies.rewrite import Context, PolicyViolation, enforce
+from tests.test_policies import ENGINES, errors, run, type_fields, with_policies
+
+DIMS = ["hospital", "department_name", "diagnosis_code", "visit_date"]
+RULE: dict[str, Any] = {
+    "access": "aggregate_only",
+    "k": 5,
+    "only_listed": True,
+    "group_by": DIMS,
+    "columns": dict.fromkeys([*DIMS, "cost"], "allow"),
+}
+EPSILON = 0.5
+BOUND = 20000
+
+
+def policy_file(path: Path, epsilon: float = EPSILON, bound: float = BOUND, budget: float = 1e6) -> Path:
+    """``exact``: aggregate-only with k = 5; ``noisy``: the same with noise and a budget."""
+    noisy = {**RULE, "noise": {"epsilon": epsilon, "bounds": {"cost": [0, bound]}}}
+    body = {
+        "roles": {
+            "exact": {"tables": {"health.clinic_visits": RULE}},
+            "noisy": {
+                "privacy_budget": {"epsilon": budget, "period": "1d"},
+                "tables": {"health.clinic_visits": noisy},
+            },
+        }
+    }
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def start(config: Config, files: list[Path], tmp_path: Path, cache: bool = False) -> Gateway:
+    config = with_policies(config, files).model_copy(update={"data_dir": tmp_path, "cache": CacheConfig(enabled=cache)})
+    return Gateway.start(config, create_engine(config))
+
+
+@pytest.fixture(scope="module")
+def uncached(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Noisy and exact roles on SQLite with the result cache off: each request draws afresh."""
+    tmp = tmp_path_factory.mktemp("noise")
+    gateway = start(sqlite_config, [policy_file(tmp / "noise.yaml")], tmp)
+    yield gateway
+    gateway.close()
+
+
+TOTAL = "{ health_clinic_visits_aggregate { aggregate { count sum { cost } } } }"
+
+
+def total(gateway: Gateway, role: str, query: str = TOTAL) -> tuple[int, float]:
+    aggregate = run(gateway, role, query)["health_clinic_visits_aggregate"]["aggregate"]
+    return aggregate["count"], float(aggregate["sum"]["cost"])
+
+
+def check_draws(draws: list[float], truth: float, scale: float) -> None:
+    """Mean within six standard errors of the truth; variance near a Laplace's 2 b^2 (its
+    sample variance has a relative standard error of sqrt(5 / n), kurtosis 6)."""
+    n = len(draws)
+    variance = 2 * scale**2
+    assert abs(statistics.fmean(draws) - truth) < 6 * math.sqrt(variance / n), (statistics.fmean(draws), truth)
+    ratio = statistics.variance(draws) / variance
+    assert abs(ratio - 1) < 6 * math.sqrt(5 / n), ratio
+
+
+def test_noisy_counts_and_sums_center_on_the_truth_with_the_policys_spread(uncached: Gateway, city: City) -> None:
+    visits = list(city.dicts("health", "clinic_visits"))
+    true_count, true_sum = len(visits), float(sum(min(max(v["cost"], 0), BOUND) for v in visits))
+    count, exact_sum = total(uncached, "exact", TOTAL)
+    assert count == true_count
+    assert exact_sum == pytest.approx(true_sum)
+    draws = [total(uncached, "noisy") for _ in range(300)]
+    counts, sums = [c for c, _ in draws], [s for _, s in draws]
+    assert sum(c != true_count for c in counts) > 150  # a draw of 0 has probability tanh(1/4), 0.24
+    assert all(isinstance(c, int) for c in counts)
+    check_draws([float(c) for c in counts], true_count, 1 / EPSILON)
+    check_draws(sums, true_sum, BOUND / EPSILON)
+
+
+def test_each_group_gets_its_own_noise(uncached: Gateway, city: City) -> None:
+    query = "{ health_clinic_visits_group_by(by: [hospital]) { keys { hospital } aggregate { count } } }"
+    truth = Counter(v["hospital"] for v in city.dicts("health", "clinic_visits"))
+    errors_by_group: list[float] = []
+    for _ in range(50):
+        groups = run(uncached, "noisy", query)["health_clinic_visits_group_by"]
+        assert {g["keys"]["hospital"] for g in groups} == set(truth)
+        errors_by_group += [g["aggregate"]["count"] - truth[g["keys"]["hospital"]] for g in groups]
+    check_draws(errors_by_group, 0.0, 1 / EPSILON)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_noisy_sum_reads_values_clamped_to_the_bounds(
+    engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """Bounds [0, 1000] and epsilon 100: noise of scale 10, while clamping moves the sum by
+    hundreds of millions. Checked on every engine, since the clamp is SQL each one runs."""
+    files = [policy_file(tmp_path / "clamp.yaml", epsilon=100, bound=1000)]
+    config = {"embedded_sqlite": sqlite_config, "embedded_services": services_config.with_engine("embedded")}.get(
+        engine, services_config
+    )
+    gateway = start(config, files, tmp_path)
+    try:
+        visits = list(city.dicts("health", "clinic_visits"))
+        clamped = float(sum(min(max(v["cost"], 0), 1000) for v in visits))
+        raw = float(sum(v["cost"] for v in visits))
+        assert raw - clamped > 1e8
+        _, noisy = total(gateway, "noisy")
+        assert abs(noisy - clamped) < 6 * math.sqrt(2) * 10
+        [compiled] = gateway.compile(TOTAL, identity=Identity("noisy"))
+        assert "CASE WHEN" in compiled.sql[gateway.engine.name]
+    finally:
+        gateway.close()
+
+
+def day_with_one_visit(city: City) -> tuple[str, Any, Decimal]:
+    """A hospital and a day with exactly one visit, and that visit's cost."""
+    visits = list(city.dicts("health", "clinic_visits"))
+    days = Counter((v["hospital"], v["visit_date"]) for v in visits)
+    hospital, day = sorted(k for k, n in days.items() if n == 1)[0]
+    [cost] = [v["cost"] for v in visits if (v["hospital"], v["visit_date"]) == (hospital, day)]
+    return hospital, day, cost
+
+
+def test_differencing_two_large_sums_yields_one_visit_exactly_without_noise_and_not_with_it(
+    uncached: Gateway, city: City
+) -> None:
+    """Visits at a hospital up to a day, minus those before it: each sum covers thousands of
+    visits, far above k, and their difference is the one visit of that day."""
+    hospital, day, cost = day_with_one_visit(city)
+    query = (
+        '{ health_clinic_visits_aggregate(where: {hospital: {_eq: "%s"}, visit_date: {%s: "%s"}}) '
+        "{ aggregate { sum { cost } } } }"
+    )
+
+    def difference(role: str) -> Decimal:
+        up_to = run(uncached, role, query % (hospital, "_lte", day))["health_clinic_visits_aggregate"]["aggregate"]
+        before = run(uncached, role, query % (hospital, "_lt", day))["health_clinic_visits_aggregate"]["aggregate"]
+        return Decimal(up_to["sum"]["cost"]) - Decimal(before["sum"]["cost"])
+
+    assert difference("exact") == cost  # the attack works on a grant without noise
+    guesses = [difference("noisy") for _ in range(40)]
+    assert cost not in guesses
+    # each guess is the cost plus the difference of two draws of scale 40,000: about 57,000 apart
+    assert statistics.fmean(float(abs(g - cost)) for g in guesses) > 10 * BOUND / EPSILON / 10
+
+
+def test_a_cached_noisy_answer_is_the_same_draw_and_spends_nothing(sqlite_config: Config, tmp_path: Path) -> None:
+    gateway = start(sqlite_config, [policy_file(tmp_path / "p.yaml", budget=1.0)], tmp_path, cache=True)
+    try:
+        budget = PrivacyBudget(epsilon=1.0)
+        first = total(gateway, "noisy")
+        assert gateway.privacy.left("noisy", budget) == pytest.approx(0.0)  # a count and a sum: 2 x 0.5
+        for _ in range(5):  # asked again, the cache answers: the same draw, no new spending
+            assert total(gateway, "noisy") == first
+        assert gateway.privacy.left("noisy", budget) == pytest.approx(0.0)
+        # another question needs a fresh draw, which the budget no longer has
+        [error] = errors(gateway, "noisy", "{ health_clinic_visits_aggregate { aggregate { count } } }")
+        assert error["extensions"]["code"] == "PRIVACY_BUDGET_EXHAUSTED"
+        assert total(gateway, "noisy") == first  # what was answered still is
+    finally:
+        gateway.close()
+
+
+def test_the_budget_refuses_past_its_limit_and_renews_after_the_period(sqlite_config: Config, tmp_path: Path) -> None:
+    gateway = start(sqlite_config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
+    now = [1_800_000_000.0]  # 2027-01-15T08:00:00Z
+    gateway.privacy = PrivacyBudgets(tmp_path / "privacy-budget.json", clock=lambda: now[0])
+    try:
+        total(gateway, "noisy")  # 1.0
+        total(gateway, "noisy")  # 2.0: the whole budget, exactly
+        [error] = errors(gateway, "noisy", TOTAL)
+        assert error["extensions"] == {"code": "PRIVACY_BUDGET_EXHAUSTED", "renews": "2027-01-16T00:00:00Z"}
+        assert "noisy has spent its privacy budget (epsilon 2 per 1d)" in error["message"]
+        assert total(gateway, "exact")  # another role's budget is its own (this one has none)
+        # a restart reads what was spent: it renews no budget
+        again = PrivacyBudgets(tmp_path / "privacy-budget.json", clock=lambda: now[0])
+        assert again.left("noisy", PrivacyBudget(epsilon=2.0)) == pytest.approx(0.0)
+        now[0] += 16 * 3600  # the next day, 00:00 UTC
+        total(gateway, "noisy")
+    finally:
+        gateway.close()
+
+
+def test_a_noisy_table_offers_counts_and_bounded_sums_only(uncached: Gateway) -> None:
+    assert type_fields(uncached, "exact", "health_clinic_visits_aggregate_fields") == {
+        "count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+    }
+    assert type_fields(uncached, "noisy", "health_clinic_visits_aggregate_fields") == {"count", "sum"}
+    assert type_fields(uncached, "noisy", "health_clinic_visits_sum_fields") == {"cost"}
+    order = uncached.view(Identity("noisy")).model.schema.get_type("health_clinic_visits_group_by_order_by")
+    assert set(order.fields) == set(DIMS)  # type: ignore[union-attr]  # by keys, never by an exact aggregate
+    [error] = errors(uncached, "noisy", "{ health_clinic_visits_aggregate { aggregate { max { cost } } } }")
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{ health_clinic_visits_aggregate { aggregate { max { cost } } } }",
+        "{ health_clinic_visits_aggregate { aggregate { min { cost } } } }",
+        "{ health_clinic_visits_aggregate { aggregate { avg { cost } } } }",
+        "{ health_clinic_visits_group_by(by: [hospital], order_by: [{aggregate: {count: desc}}])"
+        " { keys { hospital } } }",
+    ],
+)
+def test_the_last_step_refuses_what_a_noisy_table_does_not_release(uncached: Gateway, query: str) -> None:
+    """Compiled for the exact role, whose schema offers them, and rewritten under the noisy one."""
+    [compiled] = uncached.compile(query, identity=Identity("exact"))
+    view = uncached.view(Identity("noisy"))
+    assert view.decisions is not None
+    with pytest.raises(PolicyViolation, match="has noise"):
+        enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
+
+
+def test_opendp_s_privacy_map_agrees_with_the_policys_epsilon() -> None:
+    for release in (Release("count", 0.5, 1, True), Release("sum", 0.5, 20000, False), Release("sum", 0.1, 7, True)):
+        assert privacy_loss(release) == pytest.approx(release.epsilon)
+    assert draw(None, Release("count", 0.5, 1, True)) is None
+    assert isinstance(draw(Decimal("10.00"), Release("sum", 0.5, 100, False)), Decimal)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda rule, role: rule.update(access="allow"), "noise is for aggregate_only tables"),
+        (lambda rule, role: role.pop("privacy_budget"), "needs a privacy_budget"),
+        (lambda rule, role: rule["noise"]["bounds"].update(hospital=[0, 1]), "hospital is in group_by"),
+        (lambda rule, role: rule["noise"]["bounds"].update(cost=[5, 1]), "5.0 is more than 1.0"),
+        (lambda rule, role: role["privacy_budget"].update(period="1w"), "30m, 12h, 1d"),
+        (lambda rule, role: rule["noise"].update(epsilon=0), "greater than 0"),
+    ],
+)
+def test_a_noisy_rule_that_cannot_hold_is_refused_at_load(
+    sqlite_config: Config, tmp_path: Path, change: Any, message: str
+) -> None:
+    path = policy_file(tmp_path / "bad.yaml")
+    body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    role = body["roles"]["noisy"]
+    change(role["tables"]["health.clinic_visits"], role)
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        start(sqlite_config, [path], tmp_path).close()
+
+
+def test_bounds_must_fit_their_column(sqlite_config: Config, tmp_path: Path) -> None:
+    path = policy_file(tmp_path / "bad.yaml")
+    body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rule = body["roles"]["noisy"]["tables"]["health.clinic_visits"]
+    rule["group_by"] = ["hospital"]
+    rule["columns"]["visit_id"] = "allow"
+    rule["noise"]["bounds"] = {"diagnosis_code": [0, 1]}
+    rule["columns"]["diagnosis_code"] = "allow"
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match="bounds are for number columns"):
+        start(sqlite_config, [path], tmp_path).close()
+    rule["noise"]["bounds"] = {"visit_id": [0, 1.5]}
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(ConfigError, match="whole numbers for whole-number columns"):
+        start(sqlite_config, [path], tmp_path).close()
