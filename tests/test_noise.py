@@ -179,6 +179,8 @@ def test_a_cached_noisy_answer_is_the_same_draw_and_spends_nothing(sqlite_config
         assert gateway.privacy.left("noisy", budget) == pytest.approx(0.0)  # a count and a sum: 2 x 0.5
         for _ in range(5):  # asked again, the cache answers: the same draw, no new spending
             assert total(gateway, "noisy") == first
+        again = gateway.execute(TOTAL, identity=Identity("noisy"))
+        assert again.cache == {"health_clinic_visits_aggregate": "hit"} and again.epsilon == {}  # the audit's account
         assert gateway.privacy.left("noisy", budget) == pytest.approx(0.0)
         # another question needs a fresh draw, which the budget no longer has
         [error] = errors(gateway, "noisy", "{ health_clinic_visits_aggregate { aggregate { count } } }")
@@ -193,7 +195,7 @@ def test_the_budget_refuses_past_its_limit_and_renews_after_the_period(sqlite_co
     now = [1_800_000_000.0]  # 2027-01-15T08:00:00Z
     gateway.privacy = PrivacyBudgets(tmp_path / "privacy-budget.json", clock=lambda: now[0])
     try:
-        total(gateway, "noisy")  # 1.0
+        assert gateway.execute(TOTAL, identity=Identity("noisy")).epsilon == {"health_clinic_visits_aggregate": 1.0}
         total(gateway, "noisy")  # 2.0: the whole budget, exactly
         [error] = errors(gateway, "noisy", TOTAL)
         assert error["extensions"] == {"code": "PRIVACY_BUDGET_EXHAUSTED", "renews": "2027-01-16T00:00:00Z"}

@@ -481,6 +481,9 @@ class Gateway:
                 data[key] = outcome
                 response.rows[key] = count_rows(outcome)
                 response.statements += cached != "hit"
+                noise = plan.compiled[key].noise
+                if noise and cached != "hit":  # a fresh draw; a cached one spent nothing
+                    response.epsilon[key] = spend(r for node in noise.values() for r in node.values())
         response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
         return response
 
