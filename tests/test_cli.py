@@ -170,6 +170,19 @@ def test_policy_check_and_test_understand_noisy_grants(tmp_path: Path) -> None:
         "  query: '{ health_clinic_visits_aggregate { aggregate { max { cost } } } }'\n"
         "  expect_error: GRAPHQL_VALIDATION_FAILED\n"
     )
+    summed = "{ health_clinic_visits_aggregate { aggregate { sum { cost } } } }"
+    explained = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "explain", "--config", str(config), "--role", "statistician", summed],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert explained.returncode == 0, explained.stderr
+    assert "noise epsilon 1 per count or sum; cost in [0, 1000]" in explained.stdout
+    assert "CASE WHEN" in explained.stdout  # the clamp
     for _ in range(2):  # the second run has a budget of its own again: none was written down
         tested = cli("test", str(cases))
         assert tested.returncode == 0, tested.stdout + tested.stderr

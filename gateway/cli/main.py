@@ -528,6 +528,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
                     if decision.access == "aggregate_only" and decision.k_distinct is not None:
                         extra += f" distinct {decision.k_distinct}"
+                    if decision.noise is not None:
+                        bounds = ", ".join(f"{c} in [{lo:g}, {hi:g}]" for c, (lo, hi) in decision.noise.bounds.items())
+                        extra += f"; noise epsilon {decision.noise.epsilon:g} per count or sum{'; ' if bounds else ''}"
+                        extra += bounds
                     print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(
