@@ -81,13 +81,13 @@ def total(gateway: Gateway, role: str, query: str = TOTAL) -> tuple[int, float]:
 
 
 def check_draws(draws: list[float], truth: float, scale: float) -> None:
-    """Mean within six standard errors of the truth; variance near a Laplace's 2 b^2 (its
-    sample variance has a relative standard error of sqrt(5 / n), kurtosis 6)."""
+    """The mean within six standard errors of the truth (a Laplace of scale b has variance
+    2 b^2), and the mean absolute error within six of b (its absolute value is exponential,
+    with mean b and standard deviation b): noise of twice or half the scale fails."""
     n = len(draws)
-    variance = 2 * scale**2
-    assert abs(statistics.fmean(draws) - truth) < 6 * math.sqrt(variance / n), (statistics.fmean(draws), truth)
-    ratio = statistics.variance(draws) / variance
-    assert abs(ratio - 1) < 6 * math.sqrt(5 / n), ratio
+    assert abs(statistics.fmean(draws) - truth) < 6 * math.sqrt(2 * scale**2 / n), (statistics.fmean(draws), truth)
+    spread = statistics.fmean(abs(d - truth) for d in draws) / scale
+    assert abs(spread - 1) < 6 / math.sqrt(n), spread
 
 
 def test_noisy_counts_and_sums_center_on_the_truth_with_the_policys_spread(uncached: Gateway, city: City) -> None:
