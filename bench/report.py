@@ -19,6 +19,8 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from bench import delegation
+
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
 
 
@@ -171,6 +173,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines += _checks(report)
     lines += _peer(report.get("peer"), plots)
     lines += _load_section(report.get("load"), plots)
+    lines += delegation.markdown(report.get("delegation"))
     lines += _overhead_section(report, plots)
     lines += _shaping(report.get("shaping"))
     lines += _statements(report.get("statements"))
@@ -200,7 +203,7 @@ def _interval(row: dict[str, Any]) -> str:
 
 def _checks(report: dict[str, Any]) -> list[str]:
     rows = []
-    for section in ("peer", "load"):
+    for section in ("peer", "load", "delegation"):
         for check in (report.get(section) or {}).get("checks", []):
             rows.append(
                 f"| {section} | {check['name']} | {_value(check['value'])} | {check['target']} | {_met(check['met'])} |"

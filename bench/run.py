@@ -9,6 +9,8 @@ p50, p95 (and p99 where a load generator measures it) and its number of runs:
 - peer: PostGraphile and citygate serving the same query under wrk (``bench/peer.py``);
 - hostile: a victim's p50 idle and under each attack (``bench/hostile.py``);
 - load: a bounded run of 10,000 requests from 32 connections (``bench/load.py``);
+- delegation: the delegated route against PostGraphile, the engines and the raw driver
+  (``bench/delegation.py``);
 - seed: the seed-scale profile (``bench/seed.py``), when that module is there.
 
 It writes ``bench/results/<date>.json``, ``bench/results/<date>.md`` and the plots in
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("shaping", "overhead", "policy", "statements", "hostile", "peer", "load", "seed")
+SECTIONS = ("shaping", "overhead", "policy", "statements", "hostile", "peer", "load", "delegation", "seed")
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,17 @@ def _plan(
             "load",
             lambda: {"load": load.run(workdir, settings.load_requests, settings.load_connections, progress)},
         )
+    if "delegation" in chosen:
+        from bench import delegation
+
+        yield (
+            "delegation",
+            lambda: {
+                "delegation": delegation.run(
+                    workdir, settings.peer_rounds, settings.peer_seconds, settings.runs, progress
+                )
+            },
+        )
     if "seed" in chosen:
         yield "seed", lambda: {"seed": _seed(settings.runs, progress)}
 
@@ -145,7 +158,9 @@ def _gateways() -> Iterator[tuple[Any, Any]]:
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
-    config = load_config(REPO / "configs" / "services.yaml")
+    # the engines' own figures: every statement on the engine (bench/delegation.py measures the
+    # delegated route)
+    config = load_config(REPO / "configs" / "services.yaml").with_delegate("never")
     # These sections measure the work of answering, sent from one address without a token: a
     # result cache hit would skip the work, and the anonymous rate limit would refuse the load.
     config = config.model_copy(

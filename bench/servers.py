@@ -73,12 +73,19 @@ def cache_supported() -> str | None:
     return None
 
 
-def _write_config(directory: Path, engine: Literal["trino", "embedded"], cache: bool | None, name: str) -> Path:
+def _write_config(
+    directory: Path,
+    engine: Literal["trino", "embedded"],
+    cache: bool | None,
+    name: str,
+    delegate: Literal["auto", "never"] = "never",
+) -> Path:
     """A deployment file that includes the services' configuration; ``cache`` None leaves the
-    cache section out (for a gateway that does not know it yet)."""
+    cache section out (for a gateway that does not know it yet). The engines' figures are the
+    engines' own (``delegate: never``) unless ``delegate`` says otherwise."""
     # The sections measure the engines' work, not the policies' (the policy section does that in
     # process): open on purpose, as `citygate serve` asks a deployment to say.
-    raw: dict[str, Any] = {"include": str(SERVICES), "engine": {"kind": engine}, **OPEN}
+    raw: dict[str, Any] = {"include": str(SERVICES), "engine": {"kind": engine, "delegate": delegate}, **OPEN}
     if cache is not None:  # a gateway that knows the cache section knows the audit section too
         raw.update(cache_section(cache))
         if AUDIT:
@@ -142,12 +149,16 @@ def post(url: str, body: str, timeout: float = 30.0) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def citygate(
-    engine: Literal["trino", "embedded"], cache: bool | None, workdir: Path, name: str | None = None
+    engine: Literal["trino", "embedded"],
+    cache: bool | None,
+    workdir: Path,
+    name: str | None = None,
+    delegate: Literal["auto", "never"] = "never",
 ) -> Iterator[Server]:
     """``citygate serve`` in its own process over the services, with the result cache on, off,
-    or (None) as the configuration's default."""
+    or (None) as the configuration's default; statements delegated to their store or not."""
     label = name or f"citygate-{engine}-{'default' if cache is None else 'cached' if cache else 'uncached'}"
-    with serve(_write_config(workdir, engine, cache, label), workdir, label) as server:
+    with serve(_write_config(workdir, engine, cache, label, delegate), workdir, label) as server:
         yield server
 
 

@@ -43,9 +43,24 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Health:
+    """Whether the engine answers (``reachable``), and each department's store through it."""
+
     engine: str
-    ok: bool
+    reachable: bool
     departments: dict[str, str] = field(default_factory=dict)  # department -> "ok" or a message
+    problem: str = ""  # why the engine itself does not answer (its address, certificate, credentials)
+    # route -> "ok" or a message: the engine's, and each store's own (the delegated route)
+    routes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def serving(self) -> bool:
+        """Whether some route answers: the engine, or a store that runs its own statements."""
+        return self.reachable or any(state == "ok" for state in self.routes.values())
+
+    @property
+    def ok(self) -> bool:
+        """The engine and every department's store answer."""
+        return self.reachable and all(state == "ok" for state in self.departments.values())
 
 
 def vocabulary(
@@ -290,16 +305,16 @@ class Engine(ABC):
         states: dict[str, str] = {}
         try:
             self.ping()
-        except CitygateError:
-            return Health(self.name, False, {})
+        except CitygateError as error:
+            unknown = dict.fromkeys(self.departments, "unknown: the engine does not answer")
+            return Health(self.name, False, unknown, problem=error.message)
         for department in self.departments:
             try:
                 self.ping_department(department)
                 states[department] = "ok"
             except CitygateError as error:
                 states[department] = error.message
-        ok = all(state == "ok" for state in states.values())
-        return Health(self.name, ok, states)
+        return Health(self.name, True, states)
 
     @abstractmethod
     def ping(self) -> None:

@@ -31,7 +31,7 @@ from catalogue.errors import (
     StoreUnavailableError,
 )
 from catalogue.model import Column, Department, Table
-from catalogue.stores import PostgresStore, SqliteStore, Store
+from catalogue.stores import PostgresStore, SqliteStore, Store, Tls
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Answer, Cancel, Engine, KeyedDialect, Prefetch, vocabulary
 from connectors.settings import EngineSettings
@@ -112,6 +112,7 @@ def _source(store: Store) -> str:
                 # Pushed filters quote strings by doubling quotes only: the session must read
                 # backslashes as data whatever the server's own default.
                 "options": "-c standard_conforming_strings=on",
+                **store.tls.libpq(),
             }
         )
     return _conninfo(
@@ -121,8 +122,22 @@ def _source(store: Store) -> str:
             "database": store.database,
             "user": store.user,
             "password": store.password,
+            **_mysql_tls(store.tls),
         }
     )
+
+
+def _mysql_tls(tls: Tls) -> dict[str, str]:
+    """The MySQL scanner's TLS settings, in MySQL's own words for the modes.
+
+    >>> _mysql_tls(Tls(mode="verify-full", ca="/etc/city/ca.pem"))
+    {'ssl_mode': 'verify_identity', 'ssl_ca': '/etc/city/ca.pem'}
+    """
+    mode = {"disable": "disabled", "require": "required", "verify-ca": "verify_ca", "verify-full": "verify_identity"}
+    words = {"ssl_mode": mode[tls.mode]}
+    if tls.ca is not None:
+        words["ssl_ca"] = str(tls.ca)
+    return words
 
 
 def _ident(name: str) -> exp.Identifier:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from catalogue.stores import Store
 
@@ -24,10 +24,29 @@ class TrinoSettings(_Model):
     port: int = Field(8080, ge=1, le=65535)
     user: str = "citygate"
     http_scheme: Literal["http", "https"] = "http"
+    # with https, how Trino's certificate is checked: `true` against the system's CAs, a CA
+    # file (PEM) against that CA, `false` not at all (then anyone on the path can read the traffic)
+    verify: bool | Path = True
+    # password authentication: the environment variable that holds `user`'s password (the
+    # password itself never goes in the file)
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # JWT authentication: the environment variable that holds the token
+    jwt_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # JWT authentication: a file that holds the token, read again whenever it changes
+    jwt_file: Path | None = None
     # Register missing department catalogs with CREATE CATALOG (needs Trino's
     # catalog.management=dynamic) instead of expecting catalog files.
     create_missing_catalogs: bool = False
     request_timeout: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials_over_https(self) -> TrinoSettings:
+        given = [k for k in ("password_env", "jwt_env", "jwt_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one way to authenticate, not {' and '.join(given)}")
+        if given and self.http_scheme != "https":
+            raise ValueError(f"{given[0]} needs http_scheme: https (Trino takes credentials only over HTTPS)")
+        return self
 
 
 class EmbeddedSettings(_Model):

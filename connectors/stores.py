@@ -5,6 +5,7 @@ into a message naming the department and what to check.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ def pg_params(store: PostgresStore, database: str) -> dict[str, Any]:
         "password": store.password,
         "dbname": database,
         "connect_timeout": 5,
+        **store.tls.libpq(),
     }
 
 
@@ -34,6 +36,7 @@ def mariadb_params(store: MariadbStore, database: str | None) -> dict[str, Any]:
         "password": store.password,
         "connect_timeout": 5,
         "charset": "utf8mb4",
+        **store.tls.pymysql(),
     }
     if database:
         params["database"] = database
@@ -48,6 +51,22 @@ def schema_of(store: Store) -> str:
     if isinstance(store, MariadbStore):
         return store.database
     return "main"
+
+
+# How each route reports a failed TLS handshake: libpq, PyMySQL (Python's ssl), DuckDB's MySQL
+# scanner, and the JDBC drivers in Trino. Matched before the rest: MariaDB's "access denied"
+# and a connection string echoed in the message must not hide them.
+_TLS_NAME = re.compile(
+    r"does not match host name|hostname mismatch|ip address mismatch|hostname verification failed"
+    r"|could not be verified by hostnameverifier|no subject alternative (dns )?name|no name matching",
+    re.I,
+)
+_TLS_UNTRUSTED = re.compile(
+    r"certificate verify failed|self[- ]signed certificate|unable to get local issuer|PKIX path"
+    r"|valid certification path",
+    re.I,
+)
+_TLS_OTHER = re.compile(r"SSL error|TLS/SSL error|SSL:|SSLHandshakeException|SSLException|SSL SYSCALL", re.I)
 
 
 def describe_store_failure(
@@ -67,8 +86,24 @@ def describe_store_failure(
     label = "PostgreSQL" if isinstance(store, PostgresStore) else "MariaDB"
     where = f"{label} at {store.host}:{store.port}"
     lowered = text.lower()
-    if "password authentication failed" in lowered or "access denied" in lowered:
-        message = f"rejected user {store.user!r} (check departments.{department}.store.user and password)"
+    tls = f"departments.{department}.store.tls"
+    if _TLS_NAME.search(text):
+        message = (
+            f"presents a certificate that is not issued for host {store.host!r} "
+            f"(check departments.{department}.store.host: {store.tls.mode} compares it with the certificate's names)"
+        )
+    elif _TLS_UNTRUSTED.search(text):
+        message = f"presents a certificate not signed by the CA in {tls}.ca (check it, and the store's certificate)"
+    elif "no encryption" in lowered:
+        message = f"accepts user {store.user!r} only over TLS (set {tls}.mode)"
+    elif "does not support ssl" in lowered or "ssl connection is required" in lowered:
+        message = f"offers no TLS, which {tls}.mode {store.tls.mode} requires (check the store, or {tls}.mode)"
+    elif _TLS_OTHER.search(text):
+        message = f"could not set up TLS (check {tls})"
+    elif "password authentication failed" in lowered or "access denied" in lowered:
+        message = f"rejected user {store.user!r} (check departments.{department}.store.user and password"
+        # MariaDB refuses a user who must use TLS with the same words as a wrong password
+        message += f"; a user that must use TLS needs {tls}.mode)" if store.tls.mode == "disable" else ")"
     elif ("database" in lowered or "unknown database" in lowered) and (
         "does not exist" in lowered or "unknown database" in lowered
     ):

@@ -7,8 +7,10 @@ only says how to address a table, how to run a tree and how to read a catalog's 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,16 +32,18 @@ from catalogue.errors import (
 )
 from catalogue.model import Column, Department, Table
 from catalogue.sql import partial_sql
-from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
+from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store, Tls
 from catalogue.types import logical_type
 from connectors.base import Answer, Cancel, Engine, KeyedDialect, Prefetch, vocabulary
-from connectors.settings import EngineSettings
+from connectors.settings import EngineSettings, TrinoSettings
 from connectors.stores import describe_store_failure, schema_of
 
 # What says the store cannot be used at all (describe_store_failure names each), not a statement.
 _CONNECTION = re.compile(
     r"connect|refused|timed? ?out|communications link|no route|unknown host|broken pipe"
-    r"|access denied|authentication failed|unknown database|database \S+ does not exist",
+    r"|access denied|authentication failed|unknown database|database \S+ does not exist"
+    # a TLS handshake the store's driver gave up on (certificate, host name, key store)
+    r"|ssl|tls|certificat|pkix|keystore|truststore|hostnameverifier",
     re.I,
 )
 _STATEMENT = re.compile(r"\bERROR: |SQL syntax|SQLSTATE|\(conn=\d+\) (?!.*connect)", re.I)
@@ -73,10 +77,14 @@ def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, st
     >>> from catalogue.stores import PostgresStore
     >>> store = PostgresStore.model_validate({"kind": "postgresql", "database": "health", "user": "u"})
     >>> catalog_properties("health", store)[1]["connection-url"]
-    'jdbc:postgresql://127.0.0.1:5432/health'
+    'jdbc:postgresql://127.0.0.1:5432/health?sslmode=disable'
+    >>> tls = {"mode": "verify-full", "ca": "/etc/city/ca.pem"}
+    >>> store = store.model_validate({"kind": "postgresql", "database": "health", "user": "u", "tls": tls})
+    >>> catalog_properties("health", store)[1]["connection-url"]
+    'jdbc:postgresql://127.0.0.1:5432/health?ssl=true&sslmode=verify-full&sslrootcert=%2Fetc%2Fcity%2Fca.pem'
     """
     if isinstance(store, PostgresStore):
-        url = f"jdbc:postgresql://{store.host}:{store.port}/{store.database}"
+        url = f"jdbc:postgresql://{store.host}:{store.port}/{store.database}?{_pgjdbc_tls(store.tls)}"
         return "postgresql", {
             "connection-url": url,
             "connection-user": store.user,
@@ -84,12 +92,41 @@ def catalog_properties(department: str, store: Store) -> tuple[str, dict[str, st
         }
     if isinstance(store, MariadbStore):
         # The MariaDB connector takes no database in the URL: each database is a schema.
-        url = f"jdbc:mariadb://{store.host}:{store.port}"
+        url = f"jdbc:mariadb://{store.host}:{store.port}/?{_mariadb_jdbc_tls(store.tls, department)}"
         return "mariadb", {"connection-url": url, "connection-user": store.user, "connection-password": store.password}
     raise ConfigError(
         f"department {department}: Trino has no connector for store kind {store.kind!r} "
         f"(serve SQLite departments with engine kind 'embedded')"
     )
+
+
+def _pgjdbc_tls(tls: Tls) -> str:
+    """PostgreSQL JDBC's TLS parameters; its modes are libpq's, and its own default (prefer)
+    is not one of ours, so `disable` is said too."""
+    if tls.mode == "disable":
+        return "sslmode=disable"
+    params = {"ssl": "true", "sslmode": tls.mode}
+    if tls.ca is not None:
+        params["sslrootcert"] = str(tls.ca)
+    return urllib.parse.urlencode(params, quote_via=urllib.parse.quote, safe="")
+
+
+def _mariadb_jdbc_tls(tls: Tls, department: str = "") -> str:
+    """MariaDB Connector/J's TLS parameters: `trust` is its word for TLS without checking.
+    It reads parameters as written, without percent-decoding, so the CA's path goes in bare.
+
+    >>> _mariadb_jdbc_tls(Tls(mode="verify-ca", ca="/etc/city/ca.pem"), "environment")
+    'sslMode=verify-ca&serverSslCert=/etc/city/ca.pem'
+    """
+    params = [f"sslMode={ {'require': 'trust'}.get(tls.mode, tls.mode) }"]
+    if tls.ca is not None:
+        if re.search(r"[&?#;=\s]", str(tls.ca)):
+            raise ConfigError(
+                f"departments.{department}.store.tls.ca: {str(tls.ca)!r} cannot go to MariaDB's JDBC driver, "
+                "which takes no path with &, ?, #, ;, = or spaces"
+            )
+        params.append(f"serverSslCert={tls.ca}")
+    return "&".join(params)
 
 
 def write_catalog_files(settings: EngineSettings, out: Path) -> list[Path]:
@@ -134,6 +171,66 @@ def _md5_digest(value: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="MD5", expressions=[exp.Anonymous(this="TO_UTF8", expressions=[value])])
 
 
+class _Session(requests.Session):
+    """A session whose own ``verify`` holds: requests otherwise lets REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE replace it on every request (psf/requests#3829), so a configured CA, or
+    ``verify: false``, would be silently ignored wherever those are set."""
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings["verify"] = self.verify if verify is None else verify
+        return settings
+
+
+class _TokenFile(trino.auth.Authentication, requests.auth.AuthBase):
+    """A JWT kept in a file, read again when the file changes: a platform that rotates a
+    mounted token needs no restart of the gateway."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: tuple[int, str] | None = None
+        self._lock = threading.Lock()
+
+    def set_http_session(self, http_session: requests.Session) -> requests.Session:
+        http_session.auth = self
+        return http_session
+
+    def token(self) -> str:
+        try:
+            changed = self.path.stat().st_mtime_ns
+            with self._lock:
+                if self._seen is None or self._seen[0] != changed:
+                    self._seen = (changed, self.path.read_text(encoding="utf-8").strip())
+                return self._seen[1]
+        except OSError as error:
+            raise EngineUnavailableError(
+                f"cannot read the JWT for Trino from {self.path} (check engine.trino.jwt_file)", detail=str(error)
+            ) from None
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        return request
+
+
+def authentication(settings: TrinoSettings) -> trino.auth.Authentication | None:
+    """How the gateway proves itself to Trino, with the secret taken from where the
+    configuration points; :class:`ConfigError` when it is not there."""
+
+    def from_env(key: str, name: str) -> str:
+        value = os.environ.get(name, "")
+        if not value:
+            raise ConfigError(f"engine.trino.{key}: environment variable {name} is not set (or is empty)")
+        return value
+
+    if settings.password_env is not None:
+        return trino.auth.BasicAuthentication(settings.user, from_env("password_env", settings.password_env))
+    if settings.jwt_env is not None:
+        return trino.auth.JWTAuthentication(from_env("jwt_env", settings.jwt_env))
+    if settings.jwt_file is not None:
+        return _TokenFile(settings.jwt_file)
+    return None
+
+
 class _Trino(Trino, KeyedDialect):
     class Generator(Trino.Generator):  # type: ignore[misc,valid-type]
         TRANSFORMS: ClassVar = {
@@ -157,6 +254,7 @@ class TrinoEngine(Engine):
         self._catalogs_checked = False
         self._catalog_lock = threading.Lock()
         self._columns = Prefetch(self._read_columns)
+        self._auth = authentication(self.trino)
 
     # -- addressing ---------------------------------------------------------------------------
 
@@ -177,11 +275,15 @@ class TrinoEngine(Engine):
     def _connection(self) -> Any:
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            session = _Session()
+            session.verify = str(self.trino.verify) if isinstance(self.trino.verify, Path) else self.trino.verify
             conn = trino.dbapi.connect(  # type: ignore[no-untyped-call]
                 host=self.trino.host,
                 port=self.trino.port,
                 user=self.trino.user,
                 http_scheme=self.trino.http_scheme,
+                http_session=session,
+                auth=self._auth or trino.constants.DEFAULT_AUTH,
                 request_timeout=self.trino.request_timeout,
                 max_attempts=1,
                 source="citygate",
@@ -227,11 +329,9 @@ class TrinoEngine(Engine):
         try:
             yield
         except requests.exceptions.RequestException as error:
-            raise EngineUnavailableError(
-                f"Trino at {self.address} is unreachable (check engine.trino.host and engine.trino.port, "
-                f"or start it with `make services`)",
-                detail=str(error),
-            ) from None
+            raise self._unreachable(str(error)) from None
+        except trino.exceptions.HttpError as error:
+            raise self._unreachable(str(error)) from None
         except TrinoExternalError as error:
             raise self._store_failure(touched, error) from None
         except TrinoUserError as error:
@@ -239,7 +339,35 @@ class TrinoEngine(Engine):
         except TrinoQueryError as error:
             raise EngineQueryError("Trino could not run the query", detail=str(error)) from None
         except trino.exceptions.TrinoConnectionError as error:
-            raise EngineUnavailableError(f"Trino at {self.address} is unreachable", detail=str(error)) from None
+            raise self._unreachable(str(error)) from None
+
+    def _unreachable(self, text: str) -> EngineUnavailableError:
+        """Why Trino could not be used, and which key to check: its certificate, the
+        credentials it refused, or its address."""
+        where = f"Trino at {self.address}"
+        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            if "mismatch" in text or "not valid for" in text:
+                reason = f"presents a certificate that is not for host {self.trino.host!r} (check engine.trino.host)"
+            else:
+                reason = "presents a certificate its CA does not sign (check engine.trino.verify)"
+            return EngineUnavailableError(f"{where} {reason}", detail=text)
+        if "SSLError" in text or "SSL:" in text:
+            return EngineUnavailableError(
+                f"{where}: the TLS handshake failed (check engine.trino.http_scheme and port)", detail=text
+            )
+        if re.search(r"\berror 401\b", text):
+            secret = {
+                "password_env": f"the password in ${self.trino.password_env}",
+                "jwt_env": f"the token in ${self.trino.jwt_env}",
+                "jwt_file": f"the token in {self.trino.jwt_file}",
+            }
+            given = next((v for k, v in secret.items() if getattr(self.trino, k) is not None), None)
+            check = f"engine.trino.user and {given}" if given else "engine.trino: password_env, jwt_env or jwt_file"
+            return EngineUnavailableError(f"{where} refused the gateway's credentials (check {check})", detail=text)
+        return EngineUnavailableError(
+            f"{where} is unreachable (check engine.trino.host and engine.trino.port, or start it with `make services`)",
+            detail=text,
+        )
 
     def _department_in(self, touched: list[str], text: str) -> str | None:
         """The department a Trino message is about: named catalog, else the only one touched."""

@@ -105,6 +105,8 @@ class DepartmentConfig(_Model):
     # the store's tables the gateway serves, as names or patterns (`*`, `report_?`); unset: only
     # the tables named under `tables`, so a table added to the store later is not served unasked
     expose: list[str] | None = None
+    # false: this department's statements never run on its store directly (engine.delegate)
+    delegate: bool = True
 
     def exposes(self, table: str) -> bool:
         """Whether this department's table ``table`` is served."""
@@ -161,6 +163,12 @@ class RelationshipConfig(_Model):
 
 class EngineConfig(_Model):
     kind: Literal["trino", "embedded"] = "embedded"
+    # `auto`: a statement that reads one store runs whole on that store, in its own SQL (the
+    # delegated route); `never`: every statement goes to `kind`
+    delegate: Literal["auto", "never"] = "auto"
+    # `embedded`: while Trino does not answer, statements that cannot be delegated run on the
+    # embedded engine attached to the same stores; unset: they fail with ENGINE_UNAVAILABLE
+    fallback: Literal["embedded"] | None = None
     trino: TrinoSettings = TrinoSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
 
@@ -449,6 +457,9 @@ class Config(_Model):
     def with_engine(self, kind: Literal["trino", "embedded"]) -> Config:
         return self.model_copy(update={"engine": self.engine.model_copy(update={"kind": kind})})
 
+    def with_delegate(self, mode: Literal["auto", "never"]) -> Config:
+        return self.model_copy(update={"engine": self.engine.model_copy(update={"delegate": mode})})
+
     def engine_settings(self) -> EngineSettings:
         """What an engine reads of this configuration: the stores, the engines' own settings
         and the hash mask's key."""
@@ -535,13 +546,24 @@ def _expand_env(value: Any, path: Path, key: tuple[str, ...]) -> Any:
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
+    def resolved(path: Path) -> Path:
+        return path if path.is_absolute() else (base / path).resolve()
+
     departments = {}
     for name, department in config.departments.items():
         store = department.store
-        if isinstance(store, SqliteStore) and not store.path.is_absolute():
-            store = store.model_copy(update={"path": (base / store.path).resolve()})
+        if isinstance(store, SqliteStore):
+            store = store.model_copy(update={"path": resolved(store.path)})
+        elif store.tls.ca is not None:
+            store = store.model_copy(update={"tls": store.tls.model_copy(update={"ca": resolved(store.tls.ca)})})
         departments[name] = department.model_copy(update={"store": store})
     update: dict[str, Any] = {"departments": departments}
+    trino = config.engine.trino
+    trino_paths = {
+        key: resolved(value) for key in ("verify", "jwt_file") if isinstance(value := getattr(trino, key), Path)
+    }
+    if trino_paths:
+        update["engine"] = config.engine.model_copy(update={"trino": trino.model_copy(update=trino_paths)})
     if config.policies is not None:
         files = [f if f.is_absolute() else (base / f).resolve() for f in config.policies.files]
         update["policies"] = config.policies.model_copy(update={"files": files})

@@ -6,7 +6,12 @@ runs first. A test that needs one and cannot reach it fails with what to do; not
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,19 +120,73 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def uvicorn_thread(app: Any, **options: Any) -> Iterator[int]:
+    """``app`` served by uvicorn in a thread of this process on a free loopback port, until the
+    block ends; yields the port."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, **options))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def wait_until_serving(port: int, process: subprocess.Popen[Any], what: str, timeout: float = 120) -> None:
+    """Wait until the citygate ``process`` answers ``/healthz`` on ``port``; fail if it exits
+    or takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.2)
+
+
+# The engines' own gateways run every statement on their engine (engine.delegate: never); the
+# delegated ones run each statement that reads one store on that store, the rest on the engine.
+
+
 @pytest.fixture(scope="session")
 def gateway_sqlite(embedded_sqlite: EmbeddedEngine, sqlite_config: Config) -> Gateway:
-    return Gateway.start(sqlite_config, embedded_sqlite)
+    return Gateway.start(sqlite_config.with_delegate("never"), embedded_sqlite)
 
 
 @pytest.fixture(scope="session")
 def gateway_services(embedded_services: EmbeddedEngine, services_config: Config) -> Gateway:
-    return Gateway.start(services_config.with_engine("embedded"), embedded_services)
+    return Gateway.start(services_config.with_engine("embedded").with_delegate("never"), embedded_services)
 
 
 @pytest.fixture(scope="session")
 def gateway_trino(trino_engine: TrinoEngine, services_config: Config) -> Gateway:
-    return Gateway.start(services_config, trino_engine)
+    return Gateway.start(services_config.with_delegate("never"), trino_engine)
+
+
+@pytest.fixture(scope="session")
+def gateway_delegated(trino_engine: TrinoEngine, services_config: Config) -> Iterator[Gateway]:
+    """PostgreSQL and MariaDB statements on their own stores; the others on Trino."""
+    gateway = Gateway.start(services_config.with_delegate("auto"), trino_engine)
+    yield gateway
+    gateway.routes.close()
+
+
+@pytest.fixture(scope="session")
+def gateway_sqlite_delegated(embedded_sqlite: EmbeddedEngine, sqlite_config: Config) -> Iterator[Gateway]:
+    """SQLite statements on their own files; the others on the embedded engine."""
+    gateway = Gateway.start(sqlite_config.with_delegate("auto"), embedded_sqlite)
+    yield gateway
+    gateway.routes.close()
 
 
 @pytest.fixture(scope="session")
@@ -136,12 +195,12 @@ def oracle(gateway_sqlite: Gateway, city: City) -> Oracle:
     return Oracle(gateway_sqlite.model, city)
 
 
-GATEWAYS = ("gateway_sqlite", "gateway_services", "gateway_trino")
+GATEWAYS = ("gateway_sqlite", "gateway_services", "gateway_trino", "gateway_delegated", "gateway_sqlite_delegated")
 
 
 @pytest.fixture(params=GATEWAYS)
 def gateway(request: pytest.FixtureRequest) -> Gateway:
-    """The GraphQL gateway on each engine in turn."""
+    """The GraphQL gateway on each engine in turn, and on each store's own (delegated)."""
     value: Gateway = request.getfixturevalue(request.param)
     return value
 

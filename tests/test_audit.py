@@ -20,7 +20,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.observe import audit
-from tests.conftest import free_port, with_store
+from tests.conftest import free_port, wait_until_serving, with_store
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone } }"
@@ -42,7 +42,8 @@ def trail(services_config: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     config = secure_demo(services_config.with_engine("embedded"), data_dir)
     gateway = Gateway.start(config, create_engine(config))
     broken = with_store(config, "health", port=free_port())
-    down = dataclasses.replace(gateway, config=broken, engine=create_engine(broken))  # same trail
+    # the same trail; its stores' own engines (the delegated route) made anew, from the broken config
+    down = dataclasses.replace(gateway, config=broken, engine=create_engine(broken), native=None)
     analyst = {"authorization": "Bearer " + issue_token(data_dir, "health_analyst", {}, 60)}
     officer = {"authorization": "Bearer " + issue_token(data_dir, "district_officer", {"district": "虎门"}, 60)}
     sent: list[tuple[str, str]] = []
@@ -74,6 +75,7 @@ def trail(services_config: Config, tmp_path_factory: pytest.TempPathFactory) -> 
         post(failing, "partial", 200, {"query": both}, **analyst)
         post(client, "ok", 200, {"query": "{ __schema { queryType { name } } }"})
     down.engine.close()
+    down.routes.close()
     gateway.close()
     assert config.audit is not None and config.audit.path is not None
     yield Trail(config.audit.path, sent, gateway)
@@ -224,7 +226,6 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
     import signal
     import subprocess
     import sys
-    import time
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
@@ -236,14 +237,7 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
     )
     url = f"http://127.0.0.1:{port}/graphql"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the demo did not start"
-                time.sleep(0.2)
+        wait_until_serving(port, server, "the demo")
 
         def ask(n: int) -> str:
             body = json.dumps({"query": f"{{ transport_stations(limit: {n % 7 + 1}) {{ name }} }}"}).encode()
@@ -375,3 +369,8 @@ def test_every_recorded_text_is_checked_bounded_and_the_request_id_is_the_gatewa
     assert len(set(ids)) == len(ids) and "dup-1" not in ids
     assert records[9]["client_request_id"] == "r1 2" and response.headers["x-request-id"] == records[9]["request_id"]
     assert all(r["client_request_id"] is None for r in records[:6])
+
+
+def test_a_record_says_where_each_root_field_ran(trail: Trail) -> None:
+    first = read(trail.path)[0]
+    assert first["routes"] == {"transport_stations": "delegated"}  # one PostgreSQL database: its own SQL

@@ -226,3 +226,45 @@ def test_interleaved_runs_take_turns_in_alternating_order() -> None:
     warmup, measured = calls[:2], calls[2:]
     assert warmup == ["a", "b"] and measured == ["a", "b", "b", "a", "a", "b"]
     assert [len(v) for v in samples.values()] == [3, 3]
+
+
+def test_the_delegation_section_checks_its_targets_and_writes_its_tables(tmp_path: Path) -> None:
+    from bench import delegation
+
+    def figure(rps: float, p50: float) -> dict[str, Any]:
+        return {"rps": rps, "p50_ms": p50, "p95_ms": p50 * 2, "p99_ms": p50 * 3, "requests": int(rps * 5), "errors": 0}
+
+    section: dict[str, Any] = {
+        "rows_compared": 8,
+        "audit": "on",
+        "load_generator": "wrk",
+        "targets": delegation.TARGETS,
+        "by_connections": {
+            "8": {
+                "postgraphile": figure(500, 12.0),
+                "delegated": figure(450, 16.0),
+                "embedded": figure(80, 90.0),
+                "trino": figure(11, 600.0),
+            }
+        },
+        "mariadb_8_connections": {"delegated": figure(300, 20.0), "trino": figure(10, 700.0)},
+        "raw_driver": [
+            {
+                "store": "MariaDB",
+                "driver": {"p50_ms": 10.0, "runs": 5},
+                "delegated": {"p50_ms": 14.0, "runs": 5},
+                "p50_ratio": 1.4,
+                "target": "<= 1.3",
+                "met": False,
+            },
+        ],
+    }
+    section["checks"] = delegation.checks(section)
+    met = {c["name"]: c["met"] for c in section["checks"]}
+    assert met["delegated p50 / PostGraphile p50 at 8 connections"] is True  # 1.33
+    assert met["delegated rps / PostGraphile rps at 8 connections"] is True  # 0.9
+    assert met["MariaDB: delegated p50 / raw driver p50"] is False
+    text = report.write({"date": "d", "delegation": section}, tmp_path / "r").read_text(encoding="utf-8")
+    assert "## Delegation" in text
+    assert "| delegation | MariaDB: delegated p50 / raw driver p50 | 1.40 | <= 1.3 | **missed** |" in text
+    _tables_are_rectangular(text)

@@ -300,7 +300,9 @@ def test_metrics_need_the_scrape_token_when_one_is_set(admin_client: tuple[TestC
     assert scraped.status_code == 200
     text = scraped.text
     assert 'citygate_requests_total{outcome="ok"}' in text and 'citygate_requests_total{outcome="refused"}' in text
-    assert 'citygate_statement_duration_seconds_count{department="transport",engine="embedded"}' in text
+    assert (
+        'citygate_statement_duration_seconds_count{department="transport",engine="delegated",route="delegated"}' in text
+    )
     assert "citygate_audit_backlog 0.0" in text
 
 

@@ -48,6 +48,18 @@ def test_explain_prints_each_engines_sql(services_config: Config) -> None:
     assert "'南城'" in result.stdout
 
 
+def test_explain_shows_each_root_fields_route_and_the_stores_own_sql() -> None:
+    query = """{ one: environment_monitored_sites(where: {district: {_eq: "南城"}}) { site_name }
+      two: health_clinic_visits(limit: 1) { visit_id resident { name } } }"""
+    result = run("explain", "--config", str(REPO / "configs" / "services.yaml"), query)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "-- one: route delegated, to mariadb://127.0.0.1:3306/environment (mysql)" in out
+    delegated = out.split("-- one: route delegated", 1)[1].split(";", 1)[0]
+    assert "`environment`.`monitored_sites`" in delegated and "COLLATE utf8mb4_nopad_bin" in delegated
+    assert "-- two: route trino (it reads more than one store, or needs the engine)" in out
+
+
 def test_explain_reads_standard_input_and_reports_bad_queries(tmp_path: Path) -> None:
     ok = run("explain", "--data-dir", str(tmp_path), "-", stdin="{ transport_stations { nam } }")
     assert ok.returncode == 2

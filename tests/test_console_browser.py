@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Browser, BrowserContext, Page, Request, expect, sync_playwright
 
 from datasets.demo import EXAMPLE_QUERY, admin_token, issue_token, secure_demo
@@ -23,7 +20,7 @@ from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from tests.conftest import free_port
+from tests.conftest import uvicorn_thread
 
 CHROMIUM = os.environ.get("CITYGATE_CHROMIUM", "/usr/bin/chromium")
 # No first-run, sync, update or background traffic: the only requests are the pages' own.
@@ -50,19 +47,8 @@ def served(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> I
     data_dir = tmp_path_factory.mktemp("console-browser")
     config = secure_demo(sqlite_config, data_dir)
     gateway = Gateway.start(config, create_engine(config))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(gateway, example=EXAMPLE_QUERY), host="127.0.0.1", port=port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
-    yield Served(f"http://127.0.0.1:{port}", data_dir)
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_thread(create_app(gateway, example=EXAMPLE_QUERY)) as port:
+        yield Served(f"http://127.0.0.1:{port}", data_dir)
     gateway.close()
 
 

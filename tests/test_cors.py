@@ -6,12 +6,10 @@ from __future__ import annotations
 import http.server
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from playwright.sync_api import sync_playwright
 from starlette.testclient import TestClient
 
@@ -19,7 +17,7 @@ from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from tests.conftest import free_port
+from tests.conftest import free_port, uvicorn_thread
 from tests.test_console_browser import CHROMIUM, FLAGS
 
 QUERY = "{ transport_stations(limit: 1) { name } }"
@@ -98,14 +96,6 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
     allowed, other = sites
     config = cors(sqlite_config, allowed.origin)
     gateway = Gateway.start(config, create_engine(config))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_config=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.05)
     call = """async ([url, query]) => {
         try {
             const response = await fetch(url, {method: "POST", headers: {"content-type": "application/json",
@@ -114,7 +104,7 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
         } catch (error) { return {blocked: String(error)}; }
     }"""
     try:
-        with sync_playwright() as playwright:
+        with uvicorn_thread(create_app(gateway)) as port, sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             try:
                 answers = []
@@ -126,8 +116,6 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
             finally:
                 browser.close()
     finally:
-        server.should_exit = True
-        thread.join(10)
         gateway.close()
     served, blocked = answers
     # The open demo config has no auth: the token is ignored, the answer is the data.

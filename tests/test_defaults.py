@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from gateway.config import Config, load_config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.observe import audit
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_until_serving
 
 
 def deployment(tmp_path: Path, sqlite_config: Config, **sections: object) -> Path:
@@ -64,14 +63,7 @@ def test_serve_fails_closed_and_records_by_default(tmp_path: Path, sqlite_config
         [*command, str(opened), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "citygate serve did not start"
-                time.sleep(0.2)
+        wait_until_serving(port, server, "citygate serve")
         body = json.dumps({"query": "{ transport_stations(limit: 1) { name } }"}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body, {"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback

@@ -223,7 +223,9 @@ def test_trino_catalog_files(tmp_path: Path, services_config: Config, sqlite_con
     assert result.returncode == 0, result.stderr
     health = (tmp_path / "health.properties").read_text().splitlines()
     assert health[0] == "connector.name=postgresql"
-    assert "connection-url=jdbc:postgresql://127.0.0.1:5432/health" in health
+    port = services_config.departments["health"].store.port  # type: ignore[union-attr]
+    # no TLS unless the store says so: PostgreSQL's JDBC driver would otherwise try it (prefer)
+    assert f"connection-url=jdbc:postgresql://127.0.0.1:{port}/health?sslmode=disable" in health
     environment = (tmp_path / "environment.properties").read_text().splitlines()
     assert environment[0] == "connector.name=mariadb"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{d}.properties" for d in services_config.departments)

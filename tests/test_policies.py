@@ -49,16 +49,19 @@ def with_policies(config: Config, files: list[Path] = POLICY_FILES) -> Config:
     return config.model_copy(update={"policies": PoliciesConfig(files=files, hash_key=KEY)})
 
 
-ENGINES = ("embedded_sqlite", "embedded_services", "trino")
+ENGINES = ("embedded_sqlite", "embedded_services", "trino", "delegated", "sqlite_delegated")
 
 
 def secured_gateway(engine: str, sqlite_config: Config, services_config: Config) -> Gateway:
     """A policy-enforcing gateway on one of :data:`ENGINES`: DuckDB over SQLite, DuckDB over
-    PostgreSQL and MariaDB, or Trino."""
+    PostgreSQL and MariaDB, or Trino, each running every statement; or each store running the
+    statements that read it alone (delegated), Trino or DuckDB the others."""
     config = {
-        "embedded_sqlite": sqlite_config,
-        "embedded_services": services_config.with_engine("embedded"),
-        "trino": services_config,
+        "embedded_sqlite": sqlite_config.with_delegate("never"),
+        "embedded_services": services_config.with_engine("embedded").with_delegate("never"),
+        "trino": services_config.with_delegate("never"),
+        "delegated": services_config.with_delegate("auto"),
+        "sqlite_delegated": sqlite_config.with_delegate("auto"),
     }[engine]
     config = with_policies(config)
     return Gateway.start(config, create_engine(config))
@@ -658,7 +661,8 @@ def test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash(secur
     for table in tree.find_all(exp.Table):  # a table no policy decided on: the rewrite refuses it
         if table.name == "residents":
             table.set("this", exp.to_identifier("residents_archive"))
-    error, _ = secured._run(replace(compiled, tree=tree, sql={}), secured.view(police), {}, RowBudget(10), 1e18)
+    fresh = replace(compiled, tree=tree, sql={}, route=None, rewritten=None)
+    error, _, _ = secured._run(fresh, secured.view(police), {}, RowBudget(10), 1e18)
     assert error.code == "POLICY_REFUSED" and error.message == "the query was refused by the confidentiality policy"
 
 

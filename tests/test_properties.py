@@ -144,11 +144,17 @@ class Builder:
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_queries_agree_everywhere(
-    data: st.DataObject, oracle: Oracle, gateway_sqlite: Gateway, gateway_services: Gateway, gateway_trino: Gateway
+    data: st.DataObject,
+    oracle: Oracle,
+    gateway_sqlite: Gateway,
+    gateway_services: Gateway,
+    gateway_trino: Gateway,
+    gateway_delegated: Gateway,
+    gateway_sqlite_delegated: Gateway,
 ) -> None:
     query = Builder(data, oracle).query()
     expected = oracle.execute(query)
-    for gateway in (gateway_sqlite, gateway_services, gateway_trino):
+    for gateway in (gateway_sqlite, gateway_services, gateway_trino, gateway_delegated, gateway_sqlite_delegated):
         response = gateway.execute(query)
         assert "errors" not in response.body, (gateway.engine.name, query, response.body)
         same(response.body["data"], expected)

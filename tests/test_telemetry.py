@@ -25,7 +25,7 @@ def test_each_stage_is_a_span(sqlite_config: Config) -> None:
         assert names.count("citygate.parse") == 1 and names.count("citygate.compile") == 1
         assert names.count("citygate.policy") == names.count("citygate.engine") == names.count("citygate.shape") == 2
         engine = next(s for s in exporter.get_finished_spans() if s.name == "citygate.engine")
-        assert engine.attributes is not None and engine.attributes["engine"] == "embedded"
+        assert engine.attributes is not None and engine.attributes["route"] == "delegated"  # each reads one file
         exporter.clear()
         gateway.execute(query, identity=Identity("health_analyst"))  # plan and rows cached
         assert [span.name for span in exporter.get_finished_spans()] == ["citygate.shape", "citygate.shape"]

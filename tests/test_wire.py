@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from gateway.execution.gateway import Gateway
 from gateway.http.app import SERVER_OPTIONS, create_app
 from gateway.http.wire import OneWriteProtocol
-from tests.conftest import free_port
+from tests.conftest import uvicorn_thread
 
 QUERY = json.dumps({"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { station_id } }"})
 
@@ -52,21 +49,11 @@ class CountingProtocol(OneWriteProtocol):
 @pytest.fixture(scope="module")
 def server(gateway_sqlite: Gateway) -> Iterator[int]:
     """citygate's edge under uvicorn with the options `citygate serve` uses, on loopback."""
-    port = free_port()
     # A keep-alive far longer than a test's patience: a response held back would otherwise
     # still arrive when uvicorn closes the idle connection after its default 5 seconds.
     options = {**SERVER_OPTIONS, "http": CountingProtocol, "timeout_keep_alive": 600}
-    config = uvicorn.Config(create_app(gateway_sqlite), host="127.0.0.1", port=port, log_level="warning", **options)
-    served = uvicorn.Server(config)
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not served.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield port
-    served.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_thread(create_app(gateway_sqlite), log_level="warning", **options) as port:
+        yield port
 
 
 Answer = tuple[bytes, dict[str, str], bytes]  # status line, headers, body

@@ -7,9 +7,15 @@
 Everything it writes lives under one git-ignored directory (``.citygate/services`` or
 ``$CITYGATE_STATE_DIR``): data, logs, pid files, Trino's configuration. Downloads are cached
 outside the repository (Maven's ``~/.m2`` and ``~/.cache/citygate``), so a second start
-downloads nothing. Ports default to 5432, 3306 and 8080 on 127.0.0.1 and are overridden with
-CITYGATE_PG_PORT, CITYGATE_MARIADB_PORT and CITYGATE_TRINO_PORT. Starting twice is harmless:
-a service that already answers is left alone.
+downloads nothing. Ports default to 5432, 3306, 8080 and 8443 on 127.0.0.1 and are overridden
+with CITYGATE_PG_PORT, CITYGATE_MARIADB_PORT, CITYGATE_TRINO_PORT and CITYGATE_TRINO_HTTPS_PORT.
+Starting twice is harmless: a service that already answers is left alone.
+
+Secure connections are served next to the plain ones, for tests/test_tls.py: a local CA under
+``tls/`` signs one server certificate (for ``localhost`` only); PostgreSQL and MariaDB accept
+TLS and have a user ``citygate_tls`` that may log in only over it; Trino serves HTTPS on a
+second port with password-file and JWT authentication, while its plain port keeps taking
+unauthenticated users for the rest of the suite.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ TRINO_VERSION = "476"
 # the full tarball is fetched once and only bin/, lib/ and the plugins we use are unpacked.
 TRINO_ARTIFACT = f"io.trino:trino-server:{TRINO_VERSION}:tar.gz"
 # The PostgreSQL connector needs the Geometry type, which the geospatial plugin provides.
-TRINO_PLUGINS = ("postgresql", "mariadb", "memory", "geospatial")
+# password-authenticators: Trino's password-file authenticator, for its HTTPS port.
+TRINO_PLUGINS = ("postgresql", "mariadb", "memory", "geospatial", "password-authenticators")
 DEV_PASSWORD = "citygate-dev"  # noqa: S105 - loopback-only development services
 SERVICES_CONFIG = REPO / "configs" / "services.yaml"
+TLS_USER = "citygate_tls"  # may log in to PostgreSQL and MariaDB only over TLS
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Settings:
     pg_port: int
     mariadb_port: int
     trino_port: int
+    trino_https_port: int
     password: str
 
     @classmethod
@@ -62,8 +71,14 @@ class Settings:
             pg_port=int(os.environ.get("CITYGATE_PG_PORT", "5432")),
             mariadb_port=int(os.environ.get("CITYGATE_MARIADB_PORT", "3306")),
             trino_port=int(os.environ.get("CITYGATE_TRINO_PORT", "8080")),
+            trino_https_port=int(os.environ.get("CITYGATE_TRINO_HTTPS_PORT", "8443")),
             password=os.environ.get("CITYGATE_DB_PASSWORD", DEV_PASSWORD),
         )
+
+    @property
+    def tls(self) -> Path:
+        """The local CA, the server certificate and keys, Trino's keystore and JWT key."""
+        return self.state / "tls"
 
 
 class ServiceError(RuntimeError):
@@ -129,17 +144,21 @@ def wait_for(
 
 
 def pid_alive(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is still the service that wrote it.
+
+    A pid file outlives a machine's restart, and its number may by then belong to anything
+    else; a service's command line names its own directory (the pid file's), so a process
+    whose does not is not ours to wait for, to report as running or to stop.
+    """
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
         return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if str(pid_file.parent) in command else None
 
 
 def stop_pid(name: str, pid_file: Path, timeout: float = 60) -> str:
@@ -218,7 +237,8 @@ def find_java() -> Path:
 def ensure_trino(settings: Settings) -> Path:
     home = settings.cache / f"trino-server-{TRINO_VERSION}"
     with step(f"Trino {TRINO_VERSION} distribution") as outcome:
-        if (home / "lib").is_dir() and all((home / "plugin" / p).is_dir() for p in TRINO_PLUGINS):
+        missing = [p for p in TRINO_PLUGINS if not (home / "plugin" / p).is_dir()]
+        if (home / "lib").is_dir() and not missing:
             outcome.append(f"cached at {home}")
             return home
         m2 = Path.home() / ".m2" / "repository" / "io" / "trino" / "trino-server" / TRINO_VERSION
@@ -228,12 +248,20 @@ def ensure_trino(settings: Settings) -> Path:
                 raise ServiceError("Maven (mvn) is needed to fetch Trino; apt-get install maven")
             say(f"  fetching {TRINO_ARTIFACT} from Maven Central (about 820 MB, once)")
             run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={TRINO_ARTIFACT}", "-Dtransitive=false"])
-        say(f"  unpacking bin/, lib/ and plugins {', '.join(TRINO_PLUGINS)} into {home}")
+        # A cached distribution only lacks plugins added since it was unpacked: those are
+        # added beside the others, and a Trino running from it is not disturbed.
+        whole = not (home / "lib").is_dir()
+        folders = (
+            ("bin/", "lib/", *(f"plugin/{p}/" for p in TRINO_PLUGINS))
+            if whole
+            else tuple(f"plugin/{p}/" for p in missing)
+        )
+        say(f"  unpacking {', '.join(f.rstrip('/') for f in folders)} into {home}")
         staging = home.with_name(home.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         prefix = f"trino-server-{TRINO_VERSION}/"
-        wanted = (prefix + "bin/", prefix + "lib/", *(f"{prefix}plugin/{p}/" for p in TRINO_PLUGINS))
+        wanted = tuple(prefix + f for f in folders)
         # Plugin jars are hard links to the first copy of the same jar anywhere in the
         # tarball (often another plugin's folder), so those link targets are unpacked too and
         # the folders of plugins we do not serve are removed afterwards.
@@ -250,10 +278,117 @@ def ensure_trino(settings: Settings) -> Path:
         for plugin in (staging / "plugin").iterdir():
             if plugin.name not in TRINO_PLUGINS:
                 shutil.rmtree(plugin)
-        shutil.rmtree(home, ignore_errors=True)
-        staging.rename(home)
-        outcome.append(f"unpacked to {home}")
+        if whole:
+            shutil.rmtree(home, ignore_errors=True)
+            staging.rename(home)
+        else:
+            for name in missing:
+                (staging / "plugin" / name).rename(home / "plugin" / name)
+            shutil.rmtree(staging)
+        outcome.append(f"unpacked to {home}" if whole else f"added plugins {', '.join(missing)}")
     return home
+
+
+# -- TLS material ---------------------------------------------------------------------------
+
+
+def ensure_certificates(settings: Settings) -> None:
+    """A local CA and what it signs: one server certificate for ``localhost`` (PostgreSQL,
+    MariaDB and Trino's HTTPS port share it), Trino's PEM keystore, an RSA key whose public
+    half Trino checks JWTs with, and the shared secret Trino's authentication needs. Made
+    once; a second start reuses them."""
+    tls = settings.tls
+    files = ("ca.pem", "server.pem", "server.key", "trino-keystore.pem", "jwt-key.pem", "jwt-public.pem")
+    with step(f"TLS certificates under {tls}") as outcome:
+        if all((tls / f).exists() for f in files) and (tls / "trino-shared-secret").exists():
+            outcome.append("already made")
+            return
+        import datetime
+        import secrets
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        def pem_key(key: rsa.RSAPrivateKey) -> bytes:
+            return key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+
+        now = datetime.datetime.now(datetime.UTC)
+        ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "citygate services local CA")])
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        server_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # Only the name `localhost`: a client that verifies the host name (verify-full) and
+        # dials the same address by another name (`127.1`) is refused; tests/test_tls.py
+        # checks that on every route.
+        server = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name)
+            .public_key(server_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=825))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        jwt_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        tls.mkdir(parents=True, exist_ok=True)
+        ca_pem = ca.public_bytes(serialization.Encoding.PEM)
+        server_pem = server.public_bytes(serialization.Encoding.PEM)
+        written = {
+            "ca.pem": ca_pem,
+            "ca.key": pem_key(ca_key),
+            "server.pem": server_pem + ca_pem,
+            "server.key": pem_key(server_key),
+            "trino-keystore.pem": pem_key(server_key) + server_pem + ca_pem,
+            "jwt-key.pem": pem_key(jwt_key),
+            "jwt-public.pem": jwt_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            "trino-shared-secret": secrets.token_urlsafe(32).encode(),
+        }
+        for name, content in written.items():
+            path = tls / name
+            path.write_bytes(content)
+            path.chmod(0o644 if name.endswith(".pem") and "key" not in name else 0o600)
+        outcome.append("made a CA, a server certificate for localhost, Trino's keystore and a JWT key")
+
+
+def trino_password_line(user: str, password: str) -> str:
+    """One line of Trino's password file in its PBKDF2 form, ``user:iterations:salt:hash``
+    in hex. Trino's file authenticator takes this or bcrypt; it derives PBKDF2 with
+    HMAC-SHA1 and a key as long as the stored hash. The standard library makes it, so the
+    services need no hashing package.
+
+    >>> trino_password_line("citygate", "secret").split(":")[:2]
+    ['citygate', '10000']
+    """
+    import hashlib
+    import secrets
+
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha1", password.encode(), salt, 10_000, dklen=32)
+    return f"{user}:10000:{salt.hex()}:{digest.hex()}"
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------
@@ -276,7 +411,7 @@ def start_postgres(settings: Settings) -> None:
         bindir = pg_bin()
         assert bindir is not None
         if pid_alive(data / "postmaster.pid") and pg_ready(settings):
-            outcome.append("already running")
+            outcome.append("already running" + ("" if pg_serves_tls(settings) else WITHOUT_TLS))
             return
         if port_open(settings.pg_port):
             raise ServiceError(
@@ -309,13 +444,91 @@ def start_postgres(settings: Settings) -> None:
                 user="postgres",
             )
             pwfile.unlink()
-        options = f"-p {settings.pg_port} -k {sock} -c listen_addresses=127.0.0.1"
+        # PostgreSQL reads its key only if the server's user owns it and no one else may read it.
+        for name in ("server.pem", "server.key"):
+            shutil.copyfile(settings.tls / name, root / name)
+            shutil.chown(root / name, "postgres", "postgres")
+            (root / name).chmod(0o600)
+        write_pg_hba(data / "pg_hba.conf")
+        options = (
+            f"-p {settings.pg_port} -k {sock} -c listen_addresses=127.0.0.1"
+            f" -c ssl=on -c ssl_cert_file={root / 'server.pem'} -c ssl_key_file={root / 'server.key'}"
+        )
         run(
             [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start"],
             user="postgres",
         )
         wait_for("PostgreSQL", lambda: pg_ready(settings), 60, log)
-        outcome.append(f"started (data {data})")
+        ensure_pg_tls_user(settings)
+        outcome.append(f"started with TLS (data {data})")
+
+
+# A service started by an earlier version of this file has no TLS; only a restart adds it.
+WITHOUT_TLS = " without TLS: `make services-stop` then `make services` adds it"
+
+
+def write_pg_hba(path: Path) -> None:
+    """Who may connect how: the TLS user only over TLS (first match wins), everyone else with
+    a password over either; the local socket is trusted, as initdb set it up."""
+    path.write_text(
+        "\n".join(
+            [
+                "# written by tools/services.py on every start",
+                f"local all {TLS_USER} reject",
+                "local all all trust",
+                f"hostnossl all {TLS_USER} all reject",
+                "host all all 127.0.0.1/32 scram-sha-256",
+                "host all all ::1/128 scram-sha-256",
+                "",
+            ]
+        )
+    )
+    shutil.chown(path, "postgres", "postgres")
+    path.chmod(0o600)
+
+
+def ensure_pg_tls_user(settings: Settings) -> None:
+    """The TLS user reads every database (pg_read_all_data), so the demo city's databases,
+    which `datagen` may drop and create again, need no grants of their own."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=settings.pg_port,
+        user="citygate",
+        password=settings.password,
+        dbname="postgres",
+        autocommit=True,
+        sslmode="disable",
+    ) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (TLS_USER,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(TLS_USER), sql.Literal(settings.password)
+            )
+        )
+        conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(TLS_USER)))
+
+
+def pg_serves_tls(settings: Settings) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host="localhost",
+            port=settings.pg_port,
+            user=TLS_USER,
+            password=settings.password,
+            dbname="postgres",
+            connect_timeout=2,
+            sslmode="verify-full",
+            sslrootcert=str(settings.tls / "ca.pem"),
+        ):
+            return True
+    except psycopg.Error:
+        return False
 
 
 def pg_ready(settings: Settings) -> bool:
@@ -352,7 +565,7 @@ def start_mariadb(settings: Settings) -> None:
     data, log, sock, pid = root / "data", root / "mariadb.log", root / "mariadb.sock", root / "mariadb.pid"
     with step(f"MariaDB on 127.0.0.1:{settings.mariadb_port}") as outcome:
         if pid_alive(pid) and mariadb_ready(settings):
-            outcome.append("already running")
+            outcome.append("already running" + ("" if mariadb_serves_tls(settings) else WITHOUT_TLS))
             return
         if port_open(settings.mariadb_port):
             raise ServiceError(
@@ -391,6 +604,9 @@ def start_mariadb(settings: Settings) -> None:
                 # with the default cache of 400 definitions, information_schema queries (Trino's
                 # and DuckDB's introspection) reopen table definitions over and over.
                 "--table-definition-cache=4096",
+                f"--ssl-cert={settings.tls / 'server.pem'}",
+                f"--ssl-key={settings.tls / 'server.key'}",
+                f"--ssl-ca={settings.tls / 'ca.pem'}",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -408,8 +624,12 @@ def start_mariadb(settings: Settings) -> None:
                 cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", ("citygate", host, settings.password))
                 cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", ("citygate", host, settings.password))
                 cur.execute("GRANT ALL PRIVILEGES ON *.* TO %s@%s", ("citygate", host))
+                # The TLS user: reads everything, and only over TLS.
+                cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (TLS_USER, host, settings.password))
+                cur.execute("ALTER USER %s@%s IDENTIFIED BY %s REQUIRE SSL", (TLS_USER, host, settings.password))
+                cur.execute("GRANT SELECT, SHOW VIEW ON *.* TO %s@%s", (TLS_USER, host))
         wait_for("MariaDB (TCP)", lambda: mariadb_ready(settings), 30, log)
-        outcome.append(f"started (data {data})")
+        outcome.append(f"started with TLS (data {data})")
 
 
 def mariadb_socket_ready(sock: Path) -> bool:
@@ -434,10 +654,29 @@ def mariadb_ready(settings: Settings) -> bool:
         return False
 
 
+def mariadb_serves_tls(settings: Settings) -> bool:
+    import pymysql
+
+    try:
+        pymysql.connect(
+            host="localhost",
+            port=settings.mariadb_port,
+            user=TLS_USER,
+            password=settings.password,
+            connect_timeout=2,
+            ssl_ca=str(settings.tls / "ca.pem"),
+            ssl_verify_identity=True,
+        ).close()
+        return True
+    except pymysql.Error:
+        return False
+
+
 # -- Trino ----------------------------------------------------------------------------------
 
 
 def write_trino_etc(settings: Settings, etc: Path, data: Path) -> None:
+    tls = settings.tls
     etc.mkdir(parents=True, exist_ok=True)
     (etc / "node.properties").write_text(f"node.environment=citygate\nnode.id=citygate-local\nnode.data-dir={data}\n")
     (etc / "jvm.config").write_text(
@@ -475,9 +714,25 @@ def write_trino_etc(settings: Settings, etc: Path, data: Path) -> None:
                 # add missing ones at run time with CREATE CATALOG.
                 "catalog.management=dynamic",
                 "catalog.store=file",
+                # HTTPS on a second port, with a password (the file below) or a JWT signed by
+                # the key under tls/; the plain port keeps taking a bare user name, as before.
+                "http-server.https.enabled=true",
+                f"http-server.https.port={settings.trino_https_port}",
+                f"http-server.https.keystore.path={tls / 'trino-keystore.pem'}",
+                "http-server.authentication.type=PASSWORD,JWT",
+                "http-server.authentication.allow-insecure-over-http=true",
+                f"http-server.authentication.jwt.key-file={tls / 'jwt-public.pem'}",
+                f"internal-communication.shared-secret={(tls / 'trino-shared-secret').read_text().strip()}",
                 "",
             ]
         )
+    )
+    (etc / "config.properties").chmod(0o600)  # it holds the shared secret
+    passwords = etc / "password.db"
+    passwords.write_text(trino_password_line("citygate", settings.password) + "\n")
+    passwords.chmod(0o600)
+    (etc / "password-authenticator.properties").write_text(
+        f"password-authenticator.name=file\nfile.password-file={passwords}\n"
     )
     # Trino reads the file store's own settings from etc/catalog-store.properties.
     (etc / "catalog-store.properties").write_text(f"catalog.config-dir={etc / 'catalog'}\n")
@@ -525,21 +780,38 @@ def trino_started(settings: Settings, log: Path) -> bool:
         return False
 
 
+def trino_serves_https(settings: Settings) -> bool:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(settings.tls / "ca.pem"))
+    try:
+        url = f"https://localhost:{settings.trino_https_port}/v1/info"
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
 def start_trino(settings: Settings, home: Path, java: Path) -> None:
     root = settings.state / "trino"
     etc, data = root / "etc", root / "data"
     log, pid = root / "server.log", root / "launcher.pid"
-    with step(f"Trino {TRINO_VERSION} on 127.0.0.1:{settings.trino_port} (Java {java})") as outcome:
+    ports = f"127.0.0.1:{settings.trino_port}, https {settings.trino_https_port}"
+    with step(f"Trino {TRINO_VERSION} on {ports} (Java {java})") as outcome:
         if pid_alive(pid) and trino_started(settings, log):
-            outcome.append("already running")
+            outcome.append("already running" + ("" if trino_serves_https(settings) else WITHOUT_TLS))
             return
-        if port_open(settings.trino_port):
-            raise ServiceError(
-                f"port {settings.trino_port} is taken by another process; set CITYGATE_TRINO_PORT to a free port"
-            )
+        for port, variable in (
+            (settings.trino_port, "CITYGATE_TRINO_PORT"),
+            (settings.trino_https_port, "CITYGATE_TRINO_HTTPS_PORT"),
+        ):
+            if port_open(port):
+                raise ServiceError(f"port {port} is taken by another process; set {variable} to a free port")
         data.mkdir(parents=True, exist_ok=True)
         write_trino_etc(settings, etc, data)
         log.unlink(missing_ok=True)
+        if pid_alive(pid) is None:
+            pid.unlink(missing_ok=True)  # left by a Trino that is gone; the launcher would trust it
         env = {**os.environ, "JAVA_HOME": str(java), "PATH": f"{java / 'bin'}:{os.environ['PATH']}"}
         run(
             [
@@ -617,6 +889,7 @@ def start(settings: Settings, scale: str) -> None:
         java = find_java()
         outcome.append(str(java))
     home = ensure_trino(settings)
+    ensure_certificates(settings)
     start_postgres(settings)
     start_mariadb(settings)
     load_demo_city(settings, scale)
@@ -631,6 +904,10 @@ def start(settings: Settings, scale: str) -> None:
         f"  MariaDB     127.0.0.1:{settings.mariadb_port}  user citygate  databases market_regulation, environment, ..."
     )
     say(f"  Trino       http://127.0.0.1:{settings.trino_port}  one catalog per department")
+    say(
+        f"  TLS         CA {settings.tls / 'ca.pem'}; user {TLS_USER} (TLS only) on both stores; "
+        f"Trino https://localhost:{settings.trino_https_port} (password or JWT)"
+    )
 
 
 def stop(settings: Settings) -> None:
@@ -645,6 +922,9 @@ def status(settings: Settings) -> int:
         "PostgreSQL": pg_ready(settings),
         "MariaDB": mariadb_ready(settings),
         "Trino": trino_started(settings, settings.state / "trino" / "server.log"),
+        "PostgreSQL over TLS": pg_serves_tls(settings),
+        "MariaDB over TLS": mariadb_serves_tls(settings),
+        "Trino over HTTPS": trino_serves_https(settings),
     }
     for name, up in checks.items():
         say(f"{name}: {'up' if up else 'down'}")

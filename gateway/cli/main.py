@@ -67,7 +67,9 @@ def cmd_health(args: argparse.Namespace) -> int:
         health = engine.health()
     finally:
         engine.close()
-    print(f"engine {health.engine}: {'ok' if health.departments or health.ok else 'unreachable'}")
+    print(f"engine {health.engine}: {'ok' if health.reachable else 'unreachable'}")
+    if health.problem:
+        print(f"  {health.problem}")
     for department, state in health.departments.items():
         print(f"  {department}: {state}")
     return 0 if health.ok else 1
@@ -491,7 +493,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    """Print the SQL each engine would run for a query, one statement per root field."""
+    """Print each root field's route, and the SQL it runs there: on its store, in the store's
+    dialect, when it is delegated; and on each engine."""
     from gateway.execution.engines import create_engine
 
     query = sys.stdin.read() if args.query == "-" else args.query
@@ -515,6 +518,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if all(d.store.kind != "sqlite" for d in gateway.config.departments.values()):
             engines.append(create_engine(gateway.config.with_engine(other)))
         for field in compiled:
+            tree = view.rewrite(field.tree, claims)
+            _print_route(gateway, field.key, tree)
             for engine in engines:
                 print(f"-- {field.key} on {engine.name} ({engine.dialect})")
                 # The hash key and the tie-break key travel inside the statement; not on a screen.
@@ -540,6 +545,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     finally:
         gateway.close()
     return 0
+
+
+def _print_route(gateway: Gateway, key: str, tree: Any) -> None:
+    """A root field's route, and its store's own SQL when it is delegated."""
+    route, text = gateway.routes.choose(tree)
+    if route.store:
+        print(f"-- {key}: route delegated, to {route.store} ({route.engine.dialect})")
+        print(route.engine.redact(text) + ";\n")
+    else:
+        print(f"-- {key}: route {route.name} (it reads more than one store, or needs the engine)")
 
 
 def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]) -> None:

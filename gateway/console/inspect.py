@@ -65,13 +65,19 @@ def explain(gateway: Gateway, view: View, query: str, variables: dict[str, Any] 
     claims = view.used_claims(identity)
     statements = []
     for field in compiled:
+        route = "-"
         try:
-            sql = engine.redact(engine.sql(view.rewrite(field.tree, claims)))
+            tree = view.rewrite(field.tree, claims)
+            chosen, _ = gateway.routes.choose(tree)
+            route = chosen.name
+            sql = engine.redact(engine.sql(tree))
         except PolicyViolation:  # the server log says why, as it does for the query itself
             sql = "-- refused by the confidentiality policy: nothing would run"
         except CitygateError as error:
             sql = f"-- not run: {engine.redact(error.message)}"
-        statements.append({"field": field.key, "engine": engine.name, "dialect": engine.dialect, "sql": sql})
+        statements.append(
+            {"field": field.key, "engine": engine.name, "dialect": engine.dialect, "route": route, "sql": sql}
+        )
     return statements
 
 

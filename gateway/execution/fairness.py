@@ -1,8 +1,8 @@
 """Fair shares: no one caller can hold more than a bounded part of the gateway.
 
 A caller is a token's subject, or, for a request without one, the role and the client's
-address. At the edge a caller has at most :data:`REQUESTS_AT_ONCE` requests in the works (the
-others wait their turn without holding a thread); a request runs at most
+address. At the edge a caller has at most :data:`REQUESTS_AT_ONCE` requests in the works, fewer
+while others are present (the rest wait their turn without holding a thread); a request runs at most
 :data:`ROOT_FIELDS_AT_ONCE` of its root fields side by side, and a caller's requests together at
 most :data:`CALLER_ROOT_FIELDS`; and a caller's statements hold at most
 :data:`STATEMENTS_AT_ONCE` of the engine's threads. So a caller flooding the gateway waits
@@ -12,10 +12,13 @@ behind itself, while everyone else's work finds threads free.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 
 from catalogue.errors import EngineUnavailableError
 
@@ -23,6 +26,7 @@ REQUESTS_AT_ONCE = 4
 ROOT_FIELDS_AT_ONCE = 4  # of one request
 CALLER_ROOT_FIELDS = 8  # of all of one caller's requests, of the gateway's 32 threads for them
 STATEMENTS_AT_ONCE = 8
+LINGER_SECONDS = 1.0  # a caller counts as present this long after its last request at the edge
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("citygate_caller", default="")
 
@@ -98,24 +102,94 @@ class Shares:
             self._changed.notify_all()
 
 
+@dataclass
+class _Turns:
+    """One caller's requests at the edge: how many are in the works, and the ones waiting."""
+
+    working: int = 0
+    waiting: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
+
+
 class Admission:
     """The same on the event loop: at most ``each`` requests per caller in the works at once;
-    the others wait, holding no thread."""
+    the others wait in order, holding no thread. With ``parallelism`` (the CPUs the gateway
+    computes on), a caller has ``each`` only while it is alone: while ``n`` callers are present,
+    each starts no more than ``max(1, parallelism // n)``. A caller stays present for ``linger``
+    seconds after its last request ends, so one that asks one request after another (as an
+    application does) still counts while it is between two: otherwise a flood would hold its
+    whole ``each`` again by the time the next one arrived.
 
-    def __init__(self, each: int) -> None:
+    >>> async def demo():
+    ...     admission = Admission(4, parallelism=2, clock=lambda: 0.0)
+    ...     async with admission.hold("a"), admission.hold("a"):  # alone: up to 4
+    ...         async with admission.hold("b"):  # two present: 1 each; a's two are not taken back
+    ...             waiting = asyncio.ensure_future(admission.hold("a").__aenter__())
+    ...             await asyncio.sleep(0)
+    ...             return waiting.done()
+    >>> asyncio.run(demo())
+    False
+    """
+
+    def __init__(
+        self,
+        each: int,
+        parallelism: int | None = None,
+        linger: float = LINGER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.each = each
-        self._callers: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self.parallelism = parallelism
+        self.linger = linger
+        self.clock = clock
+        self._callers: dict[str, _Turns] = {}
+        self._lingering: collections.OrderedDict[str, float] = collections.OrderedDict()  # oldest first
+
+    def _share(self) -> int:
+        if self.parallelism is None:
+            return self.each
+        now = self.clock()
+        while self._lingering and now - next(iter(self._lingering.values())) >= self.linger:
+            self._lingering.popitem(last=False)
+        present = len(self._callers) + len(self._lingering)
+        return self.each if present <= 1 else max(1, min(self.each, self.parallelism // present))
 
     @contextlib.asynccontextmanager
     async def hold(self, caller: str) -> AsyncIterator[None]:
-        users, semaphore = self._callers.get(caller, (0, asyncio.Semaphore(self.each)))
-        self._callers[caller] = (users + 1, semaphore)
+        turns = self._callers.get(caller)
+        if turns is None:
+            turns = self._callers[caller] = _Turns()
+            self._lingering.pop(caller, None)
+        if turns.waiting or turns.working >= self._share():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            turns.waiting.append(waiter)
+            try:
+                await waiter  # resolved by _next, with the request already counted as working
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._done(caller, turns)  # its turn came just as the client left
+                else:
+                    with contextlib.suppress(ValueError):
+                        turns.waiting.remove(waiter)
+                    self._idle(caller, turns)
+                raise
+        else:
+            turns.working += 1
         try:
-            async with semaphore:
-                yield
+            yield
         finally:
-            users, _ = self._callers[caller]
-            if users == 1:
-                del self._callers[caller]
-            else:
-                self._callers[caller] = (users - 1, semaphore)
+            self._done(caller, turns)
+
+    def _done(self, caller: str, turns: _Turns) -> None:
+        turns.working -= 1
+        share = self._share()
+        while turns.waiting and turns.working < share:
+            waiter = turns.waiting.popleft()
+            if not waiter.done():  # a waiter whose client left is skipped
+                turns.working += 1
+                waiter.set_result(None)
+        self._idle(caller, turns)
+
+    def _idle(self, caller: str, turns: _Turns) -> None:
+        if turns.working == 0 and not turns.waiting and self._callers.get(caller) is turns:
+            del self._callers[caller]
+            self._lingering[caller] = self.clock()

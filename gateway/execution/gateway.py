@@ -41,13 +41,15 @@ from sqlglot import exp
 from catalogue.errors import (
     CitygateError,
     ConfigError,
+    EngineUnavailableError,
     PolicyRefused,
     PrivacyBudgetExhausted,
     StoreUnavailableError,
 )
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
-from connectors.base import Engine
+from connectors.base import Engine, Health
+from connectors.native import NativeEngine, native_engines
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
@@ -75,9 +77,11 @@ from gateway.execution.plans import (
     refused,
 )
 from gateway.execution.privacy import PrivacyBudgets
+from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
+    MAX_TERMS,
     CompileContext,
     Compiled,
     CompileError,
@@ -87,7 +91,7 @@ from gateway.graphql.compile import (
     compile_root_field,
     too_slow,
 )
-from gateway.graphql.cost import Statistics, measure, rows, written
+from gateway.graphql.cost import Statistics, measure, rows, too_many_values, written
 from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
@@ -101,6 +105,10 @@ from policies.noise import noisy_rows, spend
 from policies.rewrite import PolicyViolation
 
 log = logging.getLogger("citygate")
+
+# How long one health check of the engine and the stores stands: probes and scrapes in between
+# are answered from it, so a flood of them costs the stores one check per interval.
+HEALTH_SECONDS = 2.0
 
 
 @dataclass
@@ -116,6 +124,9 @@ class Gateway:
     audit: Sink | None = None
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    # department -> its store's own engine (the delegated route); None: made from the config
+    native: dict[str, NativeEngine] | None = None
+    routes: Routes = field(init=False)
     # Root fields of requests that have several, side by side (see _run_all).
     pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate"))
     statements: Statements = field(init=False)  # where statements run, each within its time
@@ -127,6 +138,8 @@ class Gateway:
     _introspections: LRUCache[Any, bytes] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
+    _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
+    _health: tuple[float, Health] | None = None  # the last check: when, and what it found
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
 
@@ -144,6 +157,9 @@ class Gateway:
             shares=Shares(STATEMENTS_AT_ONCE, parallelism=self.engine.parallelism),
         )
         self.statistics = Statistics(self._statistic)
+        if self.native is None:
+            self.native = _native(self.config)
+        self.routes = Routes(self.config, self.engine, self.catalogue, self.native)
         if self.audit is not None:
             self.metrics.watch_backlog(self.audit.backlog)
 
@@ -152,9 +168,17 @@ class Gateway:
         """Introspect every department (a department that is down is left out and named)."""
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
+        native = _native(config)
         for name, spec in config.departments.items():
             try:
-                found = engine.introspect_department(name)
+                try:
+                    found = engine.introspect_department(name)
+                except EngineUnavailableError:
+                    # The engine does not answer (Trino is down): the gateway still starts,
+                    # reading the catalogue from the store itself, and serves what it can.
+                    if name not in native:
+                        raise
+                    found = native[name].introspect_department(name)
                 # only the tables the configuration names or matches: a table the store gains
                 # later is not served unasked
                 departments.append(replace(found, tables=tuple(t for t in found.tables if spec.exposes(t.name))))
@@ -173,6 +197,7 @@ class Gateway:
             catalogue=catalogue,
             policies=policies,
             unavailable=unavailable,
+            native=native,
             audit=open_sink(config.audit),
             telemetry=telemetry or Telemetry.configure(config.telemetry),
         )
@@ -187,7 +212,8 @@ class Gateway:
     def _statistic(self, statement: exp.Expr) -> Sequence[Any]:
         """Run one of the statistics' statements as the gateway itself (no policy: its answer
         only bounds what a query may cost), within the statement limit."""
-        return self.statements.run(self.engine.sql(statement), departments_in(statement), 1)
+        route, text = self.routes.choose(statement)  # the store's own, when one can run it
+        return self.statements.run(text, departments_in(statement), 1, engine=route.engine)
 
     def limits(self, role: str | None) -> Limits:
         """``role``'s limits (``limits.roles``), decided once: every request and root field asks."""
@@ -311,6 +337,12 @@ class Gateway:
         if operation.operation != OperationType.QUERY:
             message = f"{operation.operation.value} operations are not supported; citygate is read-only"
             return refused([graphql_error(message, "BAD_REQUEST")])
+        if too_many_values(variables):
+            message = (
+                f"the variables hold more values than the filters of one request may use (more than {MAX_TERMS} "
+                "conditions, `_in` values counted each); ask for less in one request"
+            )
+            return refused([graphql_error(message, "COST_LIMIT")])
         coerced = get_variable_values(model.schema, operation.variable_definitions or (), dict(variables or {}))
         if isinstance(coerced, list):
             return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
@@ -464,7 +496,8 @@ class Gateway:
         response = Response({}, plan=plan, claims=claims)
         budget = RowBudget(self.config.limits.max_rows)
         deadline = started + self.limits(view.role).plan_seconds
-        for key, (outcome, cached) in self._run_all(plan.compiled, view, claims, budget, deadline).items():
+        for key, (outcome, cached, route) in self._run_all(plan.compiled, view, claims, budget, deadline).items():
+            response.routes[key] = route
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 extensions: dict[str, Any] = {}
@@ -538,10 +571,10 @@ class Gateway:
             plan = self._plans.get(key)
         if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
             return None
-        engine = self.engine.name
         rows, left = [], self.config.limits.max_rows
         for compiled in plan.compiled.values():
-            found = self.results.get(engine, compiled.sql.get(engine))
+            route: Route | None = compiled.route
+            found = self.results.get(route.key, compiled.sql.get(route.key)) if route is not None else None
             if found is None or len(found) > left:  # over the row limit: the full path says so
                 return None
             rows.append(found)
@@ -561,7 +594,13 @@ class Gateway:
             counts[name] = count_rows(value)
         body = {"data": data}
         response = Response(
-            body, plan=plan, rows=counts, cache=dict.fromkeys(plan.compiled, "hit"), claims=claims, encoded=encode(body)
+            body,
+            plan=plan,
+            rows=counts,
+            cache=dict.fromkeys(plan.compiled, "hit"),
+            routes={name: _route_name(c.route) for name, c in plan.compiled.items()},
+            claims=claims,
+            encoded=encode(body),
         )
         if len(response.encoded or b"") <= MEMO_BYTES:
             plan.memo = Memo(tuple(rows), response)
@@ -569,7 +608,7 @@ class Gateway:
 
     def _run_all(
         self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
-    ) -> dict[str, tuple[Any, str]]:
+    ) -> dict[str, tuple[Any, str, str]]:
         if len(compiled) <= 1:
             return {key: self._run(c, view, claims, budget, deadline) for key, c in compiled.items()}
         # Root fields side by side, each in a thread carrying the request's context (request id,
@@ -578,15 +617,15 @@ class Gateway:
         caller = CALLER.get()
         deadline = time.monotonic() + self.limits(view.role).statement_seconds
         waiting = list(compiled.items())
-        running: dict[Future[tuple[Any, str]], str] = {}
-        done: dict[str, tuple[Any, str]] = {}
+        running: dict[Future[tuple[Any, str, str]], str] = {}
+        done: dict[str, tuple[Any, str, str]] = {}
         while waiting or running:
             while waiting and len(running) < ROOT_FIELDS_AT_ONCE:
                 if not self.root_fields.acquire(caller, 0 if running else max(0.0, deadline - time.monotonic())):
                     if running:  # one of its own ends first
                         break
                     key, _ = waiting.pop(0)
-                    done[key] = (busy(), "off")
+                    done[key] = (busy(), "off", "-")
                     continue
                 key, field_plan = waiting.pop(0)
                 future = self.pool.submit(
@@ -602,67 +641,98 @@ class Gateway:
 
     def _run(
         self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
-    ) -> tuple[Any, str]:
+    ) -> tuple[Any, str, str]:
         """The root field's value (or its error), and whether the cache answered it. Its rows
         count against the request's ``budget`` (see :class:`RowBudget`); its policies' rewrite,
         the last of the work before the engine, starts only before ``deadline``."""
         started = time.perf_counter()
-        engine = self.engine.name
+        route: Route | None = compiled.route
+        engine = route.engine.name if route is not None else self.engine.name
         cached = "off"
-        statement_seconds = self.limits(view.role).statement_seconds
         try:
-            text = compiled.sql.get(engine)
-            if text is None:
+            if route is None:
                 if time.monotonic() > deadline:
-                    return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached
+                    return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached, "-"
                 with self.telemetry.stage("policy", role=view.role or ""):
-                    tree = view.rewrite(compiled.tree, claims)
-                    compiled.noise = compiled.positions(view.releases(tree))
-                text = compiled.sql[engine] = self.engine.sql(tree)
-
-            def run() -> Sequence[Any]:
-                # A noisy answer spends its role's budget before it runs, and is kept in the
-                # cache with its noise: asked again, the same draw comes back and costs nothing,
-                # so repeating a question averages no noise away.
-                cost = spend(r for node in compiled.noise.values() for r in node.values())
-                if cost:
-                    self._spend(view, cost)
-                try:
-                    with self.telemetry.stage("engine", engine=engine, departments=",".join(compiled.departments)):
-                        # the whole limit, not what this request has left: a run may be shared with
-                        # another request's (the result cache runs one for all who wait on it)
-                        rows = self.statements.run(text, compiled.departments, budget.rows, statement_seconds)
-                except BaseException:
-                    if cost:  # nothing was released
-                        assert view.role is not None and view.privacy is not None
-                        self.privacy.refund(view.role, cost, view.privacy)
+                    compiled.rewritten = view.rewrite(compiled.tree, claims)
+                    # before the route: another request's thread reads both once the route is set
+                    compiled.noise = compiled.positions(view.releases(compiled.rewritten))
+                route, text = self.routes.choose(compiled.rewritten)
+                compiled.sql[route.key] = text
+                compiled.route = route  # last: another request's thread reads the text by it
+            engine = route.engine.name
+            try:
+                rows, cached = self._fetch(route, compiled, view, budget)
+            except EngineUnavailableError:
+                fallback = self.routes.fallback(compiled.rewritten) if compiled.rewritten is not None else None
+                if route is not self.routes.main or fallback is None:
                     raise
-                return noisy_rows(rows, compiled.noise) if cost else rows
-
-            # "off": a department forbids caching, or the answer is too big to keep
-            rows, cached = self.results.fetch(engine, text, compiled.departments, run)
+                route, text = fallback
+                compiled.sql[route.key] = text
+                engine = route.engine.name
+                rows, cached = self._fetch(route, compiled, view, budget)
             self.metrics.count_lookup("result", cached)
             budget.take(len(rows))
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
-            return PolicyRefused(), cached
+            return PolicyRefused(), cached, _route_name(route)
         except CitygateError as error:
             detail = self.engine.redact(error.detail or "")
             log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
-            self.metrics.engine_errors.labels(engine=engine, code=error.code).inc()
-            return error, cached
+            self.metrics.engine_errors.labels(engine=engine, code=error.code, route=_route_name(route)).inc()
+            return error, cached, _route_name(route)
         except Exception:  # an engine bug must not take the server down or leak a trace
             # the trace may quote an engine's message, and so its key material
             log.error("root field %s failed: %s", compiled.key, self.engine.redact(traceback.format_exc()))
-            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL").inc()
-            return CitygateError("internal error while running the query"), cached
+            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL", route=_route_name(route)).inc()
+            return CitygateError("internal error while running the query"), cached, _route_name(route)
         with self.telemetry.stage("shape"):
             value = shape(compiled, rows)
         elapsed = time.perf_counter() - started
         for department in compiled.departments:
-            self.metrics.statement_seconds.labels(department=department, engine=engine).observe(elapsed)
-        log.debug("root field %s: %d rows in %.1f ms (cache %s)", compiled.key, len(rows), elapsed * 1000, cached)
-        return value, cached
+            self.metrics.statement_seconds.labels(department=department, engine=engine, route=route.name).observe(
+                elapsed
+            )
+        log.debug(
+            "root field %s: %d rows in %.1f ms on %s (cache %s)",
+            compiled.key,
+            len(rows),
+            elapsed * 1000,
+            engine,
+            cached,
+        )
+        return value, cached, route.name
+
+    def _fetch(self, route: Route, compiled: Compiled, view: View, budget: RowBudget) -> tuple[Sequence[Any], str]:
+        """``compiled``'s rows on ``route`` (from the result cache, or run there), and whether
+        the cache answered."""
+        text = compiled.sql[route.key]
+        statement_seconds = self.limits(view.role).statement_seconds
+
+        def run() -> Sequence[Any]:
+            # A noisy answer spends its role's budget before it runs, on whichever route, and is
+            # kept in the cache with its noise: asked again, the same draw comes back and costs
+            # nothing, so repeating a question averages no noise away. A run that fails (on the
+            # engine before its fallback, too) released nothing and gives its spending back.
+            cost = spend(r for node in compiled.noise.values() for r in node.values())
+            if cost:
+                self._spend(view, cost)
+            try:
+                with self.telemetry.stage(
+                    "engine", engine=route.engine.name, route=route.name, departments=",".join(compiled.departments)
+                ):
+                    # the whole limit, not what this request has left: a run may be shared with
+                    # another request's (the result cache runs one for all who wait on it)
+                    rows = self.statements.run(text, compiled.departments, budget.rows, statement_seconds, route.engine)
+            except BaseException:
+                if cost:  # nothing was released
+                    assert view.role is not None and view.privacy is not None
+                    self.privacy.refund(view.role, cost, view.privacy)
+                raise
+            return noisy_rows(rows, compiled.noise) if cost else rows
+
+        # "off": a department forbids caching, or the answer is too big to keep
+        return self.results.fetch(route.key, text, compiled.departments, run)
 
     def _spend(self, view: View, cost: float) -> None:
         """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
@@ -686,6 +756,29 @@ class Gateway:
             raise CompileError("; ".join(e["message"] for e in refusals))
         return list(plan.compiled.values())
 
+    def health(self) -> Health:
+        """The engine's and each department's health, checked at most every
+        :data:`HEALTH_SECONDS`. While one check runs (a store that does not answer can hold it
+        for its connect timeout), other callers get the last answer rather than a thread of
+        their own waiting: only the very first check is waited for."""
+        last = self._health
+        if last is not None and time.monotonic() - last[0] < HEALTH_SECONDS:
+            return last[1]
+        if not self._probing.acquire(blocking=last is None):
+            assert last is not None
+            return last[1]
+        try:
+            if self._health is not None and self._health is not last:
+                return self._health[1]  # checked while this caller waited for the first check
+            found = self.engine.health()
+            routes = {found.engine: "ok" if found.reachable else "the engine does not answer", **self.routes.up()}
+            found = replace(found, routes=routes)
+            self._health = (time.monotonic(), found)
+            self.metrics.record_health(found.engine, found.reachable, found.departments, routes)
+            return found
+        finally:
+            self._probing.release()
+
     def flush(self) -> None:
         """Write every queued audit record and span, and stop recording (the server is stopping)."""
         if self.audit is not None:
@@ -698,6 +791,20 @@ class Gateway:
         self.statements.close()
         self.flush()
         self.engine.close()
+        self.routes.close()
+
+
+def _native(config: Config) -> dict[str, NativeEngine]:
+    """department -> its store's own engine, for the delegated route (none when it is off)."""
+    if config.engine.delegate != "auto":
+        return {}
+    names = [name for name, spec in config.departments.items() if spec.delegate]
+    engines = native_engines(config.engine_settings(), config.limits.statement_seconds, names)
+    return {department: engine for engine in engines for department in engine.departments}
+
+
+def _route_name(route: Route | None) -> str:
+    return route.name if route is not None else "-"
 
 
 def _rounded(number: int) -> int:

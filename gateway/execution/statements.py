@@ -41,7 +41,14 @@ class Statements:
     shares: Shares = field(default_factory=lambda: Shares(STATEMENTS_AT_ONCE))  # per caller (fairness)
     running: int = 0  # statements in the engine now
 
-    def run(self, text: str, departments: Sequence[str], max_rows: int, limit: float | None = None) -> Sequence[Any]:
+    def run(
+        self,
+        text: str,
+        departments: Sequence[str],
+        max_rows: int,
+        limit: float | None = None,
+        engine: Engine | None = None,
+    ) -> Sequence[Any]:
         """Run one statement, waiting at most ``limits.statement_seconds`` from its start.
 
         A store that accepts connections and never answers would otherwise hold the request,
@@ -52,7 +59,8 @@ class Statements:
         only it fails; either way it is cancelled, so that its thread and the engine's work
         are free again. A statement still queued behind others when the time runs out is
         dropped unrun, and says the gateway is busy. ``limit``: the caller's role's own
-        (``limits.roles``), at most the deployment's."""
+        (``limits.roles``), at most the deployment's. ``engine``: where it runs (a route's),
+        the gateway's own engine unless given."""
         limit = min(limit, self.limit) if limit is not None else self.limit
         now = time.monotonic()
         silent = sorted(d for d in departments if self.unresponsive.get(d, 0.0) > now)
@@ -64,9 +72,9 @@ class Statements:
         with self.shares.hold(CALLER.get(), limit) as held:
             if not held:  # the caller's own statements took all its share for all that time
                 raise busy()
-            return self._run(text, departments, max_rows, limit)
+            return self._run(text, departments, max_rows, limit, engine or self.engine)
 
-    def _run(self, text: str, departments: Sequence[str], max_rows: int, limit: float) -> Sequence[Any]:
+    def _run(self, text: str, departments: Sequence[str], max_rows: int, limit: float, engine: Engine) -> Sequence[Any]:
         began: list[float] = []
         cancel = Cancel()
 
@@ -75,7 +83,7 @@ class Statements:
             with self._lock:
                 self.running += 1
             try:
-                return self.engine.run(text, departments, max_rows, cancel).rows
+                return engine.run(text, departments, max_rows, cancel).rows
             finally:
                 with self._lock:
                     self.running -= 1
@@ -92,7 +100,7 @@ class Statements:
         except TimeoutError:
             pass
         cancel.cancel()
-        silent = [d for d in departments if not self._answers(d)]
+        silent = [d for d in departments if not self._answers(d, engine)]
         if silent:
             until = time.monotonic() + limit
             with self._lock:
@@ -100,7 +108,7 @@ class Statements:
             raise StoreUnavailableError(silent[0], f"department {', '.join(silent)} did not answer within {limit:g} s")
         raise StatementTimeout(limit)
 
-    def _answers(self, department: str, within: float = 2.0) -> bool:
+    def _answers(self, department: str, engine: Engine, within: float = 2.0) -> bool:
         """Whether ``department``'s store gives one row of a table within ``within`` seconds.
 
         Each probe runs on a thread of its own, never queued behind statements (a pool full of
@@ -114,15 +122,15 @@ class Statements:
             if probe is None or probe.done():
                 probe = self._probes[department] = Future()
                 statement = exp.select(exp.Literal.number(1)).from_(logical_table(department, table.name)).limit(1)
-                threading.Thread(target=self._probe, args=(probe, statement), daemon=True).start()
+                threading.Thread(target=self._probe, args=(probe, statement, engine), daemon=True).start()
         try:
             return probe.result(timeout=within)
         except TimeoutError:
             return False
 
-    def _probe(self, probe: Future[bool], statement: exp.Select) -> None:
+    def _probe(self, probe: Future[bool], statement: exp.Select, engine: Engine) -> None:
         try:
-            self.engine.execute(statement)
+            engine.execute(statement)
         except StoreUnavailableError:  # it answered that it cannot be reached
             probe.set_result(False)
             return

@@ -248,6 +248,8 @@ class Compiled:
     departments: list[str]
     builders: list[Any] = field(default_factory=list)  # one per node, made at first shape (gateway.graphql.shape)
     sql: dict[str, str] = field(default_factory=dict)  # engine name -> the text it runs, made at first run
+    route: Any = None  # gateway.execution.routes.Route: where it runs, chosen at first run
+    rewritten: exp.Expr | None = None  # the tree after the policies' rewrite, made at first run
     # node -> position in its rows -> the noise its count or sum gets (a noisy table's), made with `sql`
     noise: dict[int, dict[int, Release]] = field(default_factory=dict)
 

@@ -255,7 +255,7 @@ class Hot:
 
     identity: Identity | None
     version: str  # the policy version
-    rows: list[tuple[str, Any]]  # (statement, the cached rows' object) per root field
+    rows: list[tuple[str, str, Any]]  # (route key, statement, the cached rows' object) per root field
     result: plans.Response
     reply: Reply
     outcome: str
@@ -297,6 +297,7 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         claims=result.claims if result is not None else {},
         rows=result.rows if result is not None else {},
         cache=result.cache if result is not None else {},
+        routes=result.routes if result is not None else {},
         engine=engine,
         duration_ms=(time.perf_counter() - exchange.started) * 1000,
         outcome=exchange.outcome,
@@ -346,7 +347,7 @@ class Edge:
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
-        self.admission = Admission(REQUESTS_AT_ONCE)
+        self.admission = Admission(REQUESTS_AT_ONCE, parallelism=len(os.sched_getaffinity(0)))
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.limiter = Limiter()
@@ -368,7 +369,7 @@ class Edge:
         if self.assets.missing is not None:
             log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
         self.pages = Pages.make(self.assets, example)
-        self.probe = console_catalogue.Probe(lambda: gateway.engine.health().departments)
+        self.probe = console_catalogue.Probe(lambda: gateway.health().departments)
         self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -613,9 +614,9 @@ class Edge:
                 return False  # the usual path refuses it with the reason, or fetches the keys
         if identity != hot.identity or self.gateway.policy_version != hot.version:
             return False
-        results, engine = self.gateway.results, self.engine_name
-        for sql, rows in hot.rows:
-            if results.get(engine, sql) is not rows:
+        results = self.gateway.results
+        for route, sql, rows in hot.rows:
+            if results.get(route, sql) is not rows:
                 return False
         self.metrics.count_cached(len(hot.rows))
         exchange.query, exchange.operation_name = hot.query, hot.operation_name
@@ -640,14 +641,21 @@ class Edge:
         assert result is not None and exchange.query is not None
         if len(self.hot) >= HOT_ENTRIES:
             del self.hot[next(iter(self.hot))]  # the oldest
-        statements = [compiled.sql.get(self.engine_name) for compiled in plan.compiled.values()]
+        statements = [
+            (compiled.route.key, compiled.sql.get(compiled.route.key)) if compiled.route is not None else ("", None)
+            for compiled in plan.compiled.values()
+        ]
         template = None
         if self.gateway.audit is not None:
             template = Template.of({**_record(exchange, reply.status, self.engine_name), "client_request_id": None})
         self.hot[key] = Hot(
             identity=exchange.identity,
             version=plan.version,  # the policies it was answered under, whatever came since
-            rows=[(sql, rows) for sql, rows in zip(statements, plan.memo.rows, strict=True) if sql is not None],
+            rows=[
+                (route, sql, rows)
+                for (route, sql), rows in zip(statements, plan.memo.rows, strict=True)
+                if sql is not None
+            ],
             result=result,
             reply=reply,
             outcome=exchange.outcome,
@@ -677,20 +685,22 @@ class Edge:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        health = await run_in_threadpool(self.gateway.engine.health)
-        body = {
-            "status": "ready" if health.ok else "degraded",
-            "engine": health.engine,
-            "departments": health.departments,
-        }
-        if not health.departments and not health.ok:
-            body["status"] = "engine unreachable"
-        return JSONResponse(body, status_code=200 if health.ok else 503)
+        """Whether this instance can serve: 200 while its engine answers, or any store runs its
+        own statements (the delegated route), even with departments down (their root fields
+        fail alone, the others answer), so a load balancer never takes every replica out for
+        one department or for the engine; 503 when no route answers. The body names each
+        department's state and each route's."""
+        health = await run_in_threadpool(self.gateway.health)
+        every = health.ok and all(state == "ok" for state in health.routes.values())
+        status = "ready" if every else "degraded" if health.serving else "unavailable"
+        body = {"status": status, "engine": health.engine, "departments": health.departments, "routes": health.routes}
+        return JSONResponse(body, status_code=200 if health.serving else 503, headers={"Cache-Control": "no-store"})
 
     async def prometheus(self, request: Request) -> Response:
         guard = self.gateway.config.metrics
         if guard.token is not None and not _guarded(guard, request):
             return JSONResponse({"error": "a valid scrape token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        await run_in_threadpool(self.gateway.health)  # the health gauges, at most HEALTH_SECONDS old
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin(self, request: Request) -> Response:

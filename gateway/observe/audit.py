@@ -115,6 +115,7 @@ def record(
     cache: dict[str, str],
     engine: str,
     duration_ms: float,
+    routes: dict[str, str] | None = None,
     outcome: str,
     status: int,
     errors: list[str],
@@ -138,6 +139,7 @@ def record(
         "cost": plan.cost if plan is not None else None,
         "rows": rows,
         "engine": engine,
+        "routes": routes or {},  # response key -> where its statement ran: delegated, or the engine
         "cache": cache,
         "duration_ms": round(duration_ms, 3),
         "outcome": outcome,

@@ -100,15 +100,33 @@ class Metrics:
         self.registry.register(_Hot(self._tally))
         self.statement_seconds = Histogram(
             "citygate_statement_duration_seconds",
-            "Root-field statements by department read and engine (cache hits included)",
-            ["department", "engine"],
+            "Root-field statements by department read, engine and route (cache hits included)",
+            ["department", "engine", "route"],
             buckets=BUCKETS,
             registry=self.registry,
         )
         self.engine_errors = Counter(
             "citygate_engine_errors",
-            "Root fields the engine failed, by engine and error code",
-            ["engine", "code"],
+            "Root fields the engine failed, by engine, error code and route",
+            ["engine", "code", "route"],
+            registry=self.registry,
+        )
+        self.engine_up = Gauge(
+            "citygate_engine_up",
+            "Whether the engine answered the last health check",
+            ["engine"],
+            registry=self.registry,
+        )
+        self.route_up = Gauge(
+            "citygate_route_up",
+            "Whether the route (the engine, or a store's own: delegated:<store>) answered the last health check",
+            ["route"],
+            registry=self.registry,
+        )
+        self.department_up = Gauge(
+            "citygate_department_up",
+            "Whether the department's store answered the last health check",
+            ["department"],
             registry=self.registry,
         )
         self.audit_backlog = Gauge(
@@ -130,6 +148,16 @@ class Metrics:
         slots = self._tally.mine()
         slots[_PLAN_HIT] += 1
         slots[_RESULT_HIT] += fields
+
+    def record_health(
+        self, engine: str, reachable: bool, departments: dict[str, str], routes: dict[str, str] | None = None
+    ) -> None:
+        """A health check's findings (a department the engine could not be asked about is down)."""
+        self.engine_up.labels(engine).set(1.0 if reachable else 0.0)
+        for route, state in (routes or {}).items():
+            self.route_up.labels(route).set(1.0 if state == "ok" else 0.0)
+        for department, state in departments.items():
+            self.department_up.labels(department).set(1.0 if state == "ok" else 0.0)
 
     def watch_backlog(self, backlog: Callable[[], int]) -> None:
         self.audit_backlog.set_function(lambda: float(backlog()))

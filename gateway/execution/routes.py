@@ -1,0 +1,134 @@
+"""Where a root field's statement runs: whole on the one store it reads (the delegated route),
+or on the configured engine, which joins across stores.
+
+A statement is delegated when every table it reads lives in one store, ``engine.delegate`` is
+``auto`` and none of its departments says ``delegate: false``, and the store can run it exactly
+as the engines would:
+
+- its tree renders in the store's dialect. A hash mask, and an ordering by a masked key, need
+  the hash key, and the stores' engines are never given it (:mod:`connectors.native`): such a
+  statement goes to the engine, so the key never appears in a store's statement log;
+- it compares no text case-insensitively (``_ilike``): each store folds case its own way;
+- it reads no column whose values the store's driver returns as no engine does
+  (:attr:`connectors.native.NativeEngine.differs`).
+
+With ``engine.fallback: embedded``, a statement whose engine (Trino) does not answer runs on
+the embedded engine attached to the same stores instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from catalogue.errors import CitygateError
+from catalogue.model import Catalogue
+from catalogue.sql import departments_in, is_logical
+from connectors.base import Engine
+from connectors.native import NativeEngine
+from gateway.config import Config
+
+log = logging.getLogger("citygate")
+
+DELEGATED = "delegated"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to run a statement: its name (``delegated``, or the engine's), what its text is
+    cached under (a delegated statement's text names no store: the store's key does), and the
+    engine that runs it."""
+
+    name: str
+    key: str
+    engine: Engine
+    store: str = ""  # the store a delegated statement runs on (connectors.native.store_key)
+
+
+class Routes:
+    """The routes of one gateway: its engine, each store's own, and the fallback if any."""
+
+    def __init__(
+        self, config: Config, engine: Engine, catalogue: Catalogue, native: Mapping[str, NativeEngine] | None = None
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.main = Route(engine.name, engine.name, engine)
+        self.native = dict(native or {})  # department -> its store's engine
+        self._kinds = {(t.department, t.name): {c.name: c.type.kind for c in t.columns} for t in catalogue.tables}
+        self._fallback: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def delegating(self) -> bool:
+        return self.config.engine.delegate == "auto" and bool(self.native)
+
+    def choose(self, tree: exp.Expr) -> tuple[Route, str]:
+        """The route of a rewritten tree, and the text it runs there."""
+        native = self._store_of(tree)
+        if native is not None:
+            try:
+                return Route(DELEGATED, f"{DELEGATED}:{native.key}", native, native.key), native.sql(tree)
+            except CitygateError as error:  # the key's functions, or one the store lacks
+                log.debug("not delegated: %s", error.message)
+        return self.main, self.engine.sql(tree)
+
+    def _store_of(self, tree: exp.Expr) -> NativeEngine | None:
+        """The one store that can run ``tree`` as the engines would, if any."""
+        if self.config.engine.delegate != "auto":
+            return None
+        departments = departments_in(tree)
+        engines = {id(self.native.get(d)): self.native.get(d) for d in departments}
+        if len(engines) != 1 or None in engines.values():
+            return None
+        if not all(self.config.departments[d].delegate for d in departments if d in self.config.departments):
+            return None
+        native = next(iter(engines.values()))
+        assert native is not None
+        if tree.find(exp.ILike) is not None:
+            return None
+        if native.differs:
+            tables = [(t.db, t.name) for t in tree.find_all(exp.Table) if is_logical(t)]
+            names = {c.name for c in tree.find_all(exp.Column)}
+            for table in tables:
+                kinds = self._kinds.get(table, {})
+                if any(kinds.get(name) in native.differs for name in names):
+                    return None
+        return native
+
+    def fallback(self, tree: exp.Expr) -> tuple[Route, str] | None:
+        """The embedded engine's route for ``tree`` when the engine does not answer, if the
+        configuration asks for one; the engine is made at the first need."""
+        if self.config.engine.fallback != "embedded" or self.engine.name == "embedded":
+            return None
+        with self._lock:
+            if self._fallback is None:
+                from connectors.embedded import EmbeddedEngine
+
+                self._fallback = EmbeddedEngine(self.config.with_engine("embedded").engine_settings())
+        return Route(self._fallback.name, self._fallback.name, self._fallback), self._fallback.sql(tree)
+
+    def up(self) -> dict[str, str]:
+        """Whether each store's own route answers now: ``delegated:<store>`` -> "ok" or why not."""
+        states = {}
+        for native in {id(n): n for n in self.native.values()}.values():
+            states[f"{DELEGATED}:{native.key}"] = _answers(native)
+        return states
+
+    def close(self) -> None:
+        for native in {id(n): n for n in self.native.values()}.values():
+            native.close()
+        if self._fallback is not None:
+            self._fallback.close()
+
+
+def _answers(engine: Engine) -> str:
+    try:
+        engine.ping()
+    except CitygateError as error:
+        return error.message
+    return "ok"

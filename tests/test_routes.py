@@ -1,0 +1,460 @@
+"""The delegated route (gateway/execution/routes.py, connectors/native.py): which statements run
+on their own store, that they answer there as on the engines, within the store's own limits and
+read-only, and that the hash key never reaches a store.
+
+The three-route equality of every golden fixture, the oracle's and the generated queries is in
+tests/test_graphql.py, tests/test_policies.py and tests/test_properties.py (the
+``gateway_delegated`` and ``gateway_sqlite_delegated`` fixtures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+from sqlglot import exp
+from starlette.testclient import TestClient
+
+from catalogue.errors import EngineQueryError, ResultTooLarge, StoreUnavailableError
+from catalogue.sql import logical_table
+from catalogue.stores import PostgresStore
+from connectors.native import NativeEngine, native_engines
+from gateway.config import Config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
+from gateway.identity.caller import Identity
+from tests.conftest import free_port, with_store
+from tests.test_graphql import same
+from tests.test_policies import KEY, secured_gateway
+
+
+def routes(gateway: Gateway, query: str, variables: dict[str, Any] | None = None, **identity: Any) -> dict[str, str]:
+    """Each root field's route, after running ``query``."""
+    caller = Identity(identity["role"], identity.get("claims", {})) if identity else None
+    response = gateway.execute(query, variables, identity=caller)
+    assert "errors" not in response.body, response.body
+    return response.routes
+
+
+def native(config: Config, department: str, seconds: float = 5.0) -> NativeEngine:
+    [engine] = native_engines(config.engine_settings(), seconds, [department])
+    return engine
+
+
+# -- which statements are delegated -------------------------------------------------------------
+
+
+def test_a_statement_reading_one_store_runs_there_and_one_reading_two_on_the_engine(
+    gateway_delegated: Gateway,
+) -> None:
+    query = """{
+      one: transport_stations(limit: 2, order_by: [{station_id: asc}]) { name }
+      mariadb: environment_monitored_sites(limit: 2, order_by: [{site_id: asc}]) { site_name }
+      two: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } }
+      folded: transport_stations(where: {name: {_ilike: "%站"}}, limit: 1) { name }
+      boolean: environment_emission_readings(limit: 1, order_by: [{reading_id: asc}]) { exceeded }
+    }"""
+    assert routes(gateway_delegated, query) == {
+        "one": "delegated",
+        "mariadb": "delegated",
+        "two": "trino",  # health and public_security: two PostgreSQL databases
+        "folded": "trino",  # each store folds case its own way
+        "boolean": "trino",  # MariaDB's BOOLEAN comes back as 0 and 1
+    }
+
+
+def test_delegation_can_be_turned_off_for_all_or_for_one_department(services_config: Config, trino_engine: Any) -> None:
+    query = "{ a: transport_stations(limit: 1) { name } b: health_clinic_visits(limit: 1) { visit_id } }"
+    never = Gateway.start(services_config.with_delegate("never"), trino_engine)
+    assert routes(never, query) == {"a": "trino", "b": "trino"}
+    raw = services_config.model_dump(by_alias=True, exclude={"source"})
+    departments = dict(services_config.departments)
+    departments["transport"] = departments["transport"].model_copy(update={"delegate": False})
+    assert raw["engine"]["delegate"] == "auto"
+    one_off = Gateway.start(services_config.model_copy(update={"departments": departments}), trino_engine)
+    try:
+        assert routes(one_off, query) == {"a": "trino", "b": "delegated"}
+    finally:
+        one_off.routes.close()
+
+
+def test_the_sqlite_route_leaves_what_sqlite_cannot_hold_exactly_to_the_engine(
+    gateway_sqlite_delegated: Gateway,
+) -> None:
+    query = """{
+      text: transport_stations(limit: 2, order_by: [{name: desc}]) { name level }
+      decimal: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { cost }
+      date: transport_vehicles(limit: 2, order_by: [{plate: asc}]) { registered_date }
+    }"""
+    assert routes(gateway_sqlite_delegated, query) == {"text": "delegated", "decimal": "embedded", "date": "embedded"}
+
+
+# -- same answers: what each store does differently by default ------------------------------------
+
+DIFFERENCES = {
+    # MariaDB's default collations ignore case and trailing spaces; PostgreSQL's may order by locale.
+    "case": '{ market_regulation_enterprises(where: {status: {_eq: "ACTIVE"}}) { credit_code } }',
+    "trailing space": '{ market_regulation_enterprises(where: {district: {_eq: "南城 "}}) { credit_code } }',
+    "lower case first": (
+        '{ market_regulation_enterprises(where: {status: {_in: ["active", "Active"]}}, limit: 3,'
+        " order_by: [{status: desc}, {credit_code: asc}]) { status credit_code } }"
+    ),
+    "range of text": (
+        '{ environment_monitored_sites(where: {district: {_gt: "南"}}, order_by: [{site_id: asc}]) { site_id } }'
+    ),
+    "pattern, escaped": (
+        '{ market_regulation_enterprises(where: {name: {_like: "%\\\\%%"}}) { credit_code } '
+        ' b: market_regulation_enterprises(where: {name: {_like: "东莞市_利%"}}, limit: 5,'
+        " order_by: [{credit_code: asc}]) { name } }"
+    ),
+    "a quote and a backslash": (
+        '{ market_regulation_enterprises(where: {name: {_eq: "\\\\\' OR 1=1 -- "}}) { credit_code } '
+        ' transport_stations(where: {name: {_eq: "\\\\\' OR 1=1 -- "}}) { name } }'
+    ),
+    "nulls first": (
+        "{ health_health_records(limit: 4, offset: 10, order_by: [{chronic_conditions: desc_nulls_last},"
+        " {record_id: asc}]) { record_id chronic_conditions } }"
+    ),
+    "microseconds": (
+        '{ environment_emission_readings_aggregate(where: {measured_at: {_gt: "2015-01-01T00:09:13.9999"}})'
+        " { aggregate { count } } }"
+    ),
+    "aggregates": (
+        "{ human_resources_social_insurance_aggregate { aggregate { count sum { monthly_salary months_paid }"
+        " avg { monthly_salary } max { employer_credit_code } } } }"
+    ),
+    "group by text": (
+        "{ market_regulation_enterprises_group_by(by: [district], order_by: [{district: asc}]) "
+        "{ keys { district } aggregate { count } } }"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", DIFFERENCES)
+def test_each_store_answers_as_the_engines_do(
+    name: str, gateway_trino: Gateway, gateway_services: Gateway, gateway_delegated: Gateway
+) -> None:
+    query = DIFFERENCES[name]
+    bodies = [g.execute(query).body for g in (gateway_trino, gateway_services, gateway_delegated)]
+    for body in bodies:
+        assert "errors" not in body, body
+    same(bodies[2]["data"], bodies[0]["data"])
+    same(bodies[1]["data"], bodies[0]["data"])
+    assert set(gateway_delegated.execute(query).routes.values()) == {"delegated"}
+
+
+# -- the route's own limits --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("department", ["transport", "environment"])
+def test_the_store_itself_stops_a_statement_past_its_time(services_config: Config, department: str) -> None:
+    engine = native(services_config, department, seconds=0.5)
+    sleep = "SELECT pg_sleep(3)" if department == "transport" else "SELECT SLEEP(3)"
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineQueryError, match="ran past its time"):
+            engine.run(sleep, [department])
+    finally:
+        engine.close()
+    assert time.monotonic() - started < 2.5
+
+
+def test_sqlite_stops_a_statement_past_its_time(sqlite_config: Config) -> None:
+    engine = native(sqlite_config, "transport", seconds=0.3)
+    forever = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT COUNT(*) FROM n"
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineQueryError, match="ran past its time"):
+            engine.run(forever, ["transport"])
+    finally:
+        engine.close()
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("department", "write"),
+    [
+        ("transport", 'INSERT INTO "public"."stations" SELECT * FROM "public"."stations" WHERE 1 = 0'),
+        (
+            "environment",
+            "INSERT INTO `environment`.`monitored_sites` SELECT * FROM `environment`.`monitored_sites` LIMIT 0",
+        ),
+    ],
+)
+def test_the_route_can_only_read(services_config: Config, department: str, write: str) -> None:
+    engine = native(services_config, department)
+    try:
+        with pytest.raises(EngineQueryError, match="refused") as refused:
+            engine.run(write, [department])
+        assert "read" in (refused.value.detail or "").lower()
+    finally:
+        engine.close()
+
+
+def test_a_sqlite_file_is_opened_read_only(sqlite_config: Config) -> None:
+    engine = native(sqlite_config, "transport")
+    try:
+        with pytest.raises(EngineQueryError, match="refused") as refused:
+            engine.run("CREATE TABLE intruder (x INT)", ["transport"])
+        assert "readonly" in (refused.value.detail or "").replace(" ", "").lower()
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("department", ["transport", "environment"])
+def test_a_store_that_does_not_answer_is_unavailable_and_a_refusal_is_an_engine_error(
+    services_config: Config, department: str
+) -> None:
+    down = native(with_store(services_config, department, port=free_port()), department)
+    try:
+        with pytest.raises(StoreUnavailableError) as unavailable:
+            down.execute(exp.select("*").from_(logical_table(department, "stations")).limit(1))
+        assert unavailable.value.code == "DEPARTMENT_UNAVAILABLE" and department in unavailable.value.message
+    finally:
+        down.close()
+    up = native(services_config, department)
+    try:
+        with pytest.raises(EngineQueryError) as refused:
+            up.run("SELECT no_such_column FROM no_such_table", [department])
+        assert refused.value.code == "ENGINE_ERROR"
+    finally:
+        up.close()
+
+
+def test_the_row_cap_holds_on_the_route(services_config: Config) -> None:
+    engine = native(services_config, "transport")
+    try:
+        statement = exp.select("*").from_(logical_table("transport", "stations"))
+        with pytest.raises(ResultTooLarge):
+            engine.run(engine.sql(statement), ["transport"], max_rows=5)
+        assert len(engine.run(engine.sql(statement.limit(5)), ["transport"], max_rows=5).rows) == 5
+    finally:
+        engine.close()
+
+
+def test_a_kept_connection_the_store_closed_is_replaced_without_an_error(services_config: Config) -> None:
+    engine = native(services_config, "transport")
+    store = services_config.departments["transport"].store
+    assert isinstance(store, PostgresStore)
+    try:
+        [(pid,)] = engine.run("SELECT pg_backend_pid()", ["transport"]).rows
+        with psycopg.connect(
+            host=store.host, port=store.port, user=store.user, password=store.password, dbname="postgres"
+        ) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        [(again,)] = engine.run("SELECT pg_backend_pid()", ["transport"]).rows
+        assert again != pid
+    finally:
+        engine.close()
+
+
+def test_a_store_reads_the_catalogue_as_the_engines_do(services_config: Config, trino_engine: Any) -> None:
+    for department in services_config.departments:
+        engine = native(services_config, department)
+        try:
+            assert engine.introspect([department]).describe() == trino_engine.introspect([department]).describe()
+        finally:
+            engine.close()
+
+
+# -- the key stays home --------------------------------------------------------------------------
+
+
+@contextmanager
+def postgres_statement_log(config: Config) -> Iterator[list[str]]:
+    """Every statement PostgreSQL receives meanwhile (``log_statement = all``, set at run time
+    and reset after), read from the server's log with ``pg_read_file``."""
+    store = config.departments["health"].store
+    assert store.kind == "postgresql"
+    params: dict[str, Any] = {"host": store.host, "port": store.port, "user": store.user, "password": store.password}
+    found: list[str] = []
+    with psycopg.connect(**params, dbname="postgres", autocommit=True) as conn:
+        data = conn.execute("SELECT current_setting('data_directory')").fetchone()
+        assert data is not None
+        log = str(Path(data[0]).parent / "postgresql.log")
+        start = conn.execute("SELECT size FROM pg_stat_file(%s)", (log,)).fetchone()
+        assert start is not None
+        conn.execute("ALTER SYSTEM SET log_statement = 'all'")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)  # each backend reads the new setting before its next statement
+        try:
+            yield found
+        finally:
+            conn.execute("ALTER SYSTEM RESET log_statement")
+            conn.execute("SELECT pg_reload_conf()")
+            text = conn.execute("SELECT pg_read_file(%s, %s, 100000000)", (log, start[0])).fetchone()
+            assert text is not None
+            found.append(text[0])
+
+
+@contextmanager
+def mariadb_general_log(config: Config) -> Iterator[list[str]]:
+    """Every statement MariaDB receives meanwhile (its general log, to a table), the log's
+    settings restored after."""
+    store = config.departments["market_regulation"].store
+    assert store.kind == "mariadb"
+    conn = pymysql.connect(host=store.host, port=store.port, user=store.user, password=store.password, autocommit=True)
+    found: list[str] = []
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT @@global.general_log, @@global.log_output, NOW(6)")
+            enabled, output, since = cursor.fetchone()
+            cursor.execute("SET GLOBAL log_output = 'TABLE', GLOBAL general_log = 1")
+        try:
+            yield found
+        finally:
+            with conn.cursor() as cursor:
+                cursor.execute("SET GLOBAL general_log = %s, GLOBAL log_output = %s", (enabled, output))
+                cursor.execute(
+                    "SELECT CONVERT(argument USING utf8mb4) FROM mysql.general_log WHERE event_time >= %s", (since,)
+                )
+                found.extend(row[0] for row in cursor.fetchall())
+    finally:
+        conn.close()
+
+
+HASHED = """{
+  public_security_residents(where: {id_card: {_neq: "h:0000000000000000"}}, limit: 3, order_by: [{id_card: asc}])
+  { id_card name }
+  market_regulation_enterprises(limit: 3, order_by: [{legal_rep_id_card: asc}]) { legal_rep_id_card name }
+  plain: transport_stations(limit: 1, order_by: [{station_id: asc}]) { name }
+}"""
+
+
+def test_the_hash_key_never_reaches_a_stores_statement_log(sqlite_config: Config, services_config: Config) -> None:
+    gateway = secured_gateway("delegated", sqlite_config, services_config)
+    supervisor = Identity("supervisor", {})
+    try:
+        with postgres_statement_log(services_config) as pg_log, mariadb_general_log(services_config) as mariadb_log:
+            response = gateway.execute(HASHED, identity=supervisor)
+    finally:
+        gateway.close()
+    assert "errors" not in response.body, response.body
+    data = response.body["data"]
+    assert all(r["id_card"].startswith("h:") for r in data["public_security_residents"])
+    assert all(r["legal_rep_id_card"].startswith("h:") for r in data["market_regulation_enterprises"])
+    # hashed and ordered by a pseudonym: on the engine, which holds the key; the rest delegated
+    assert response.routes == {
+        "public_security_residents": "trino",
+        "market_regulation_enterprises": "trino",
+        "plain": "delegated",
+    }
+    pg_text, mariadb_text = "\n".join(pg_log), "\n".join(mariadb_log)
+    # the logs did record the statements: Trino's reads, and the delegated one
+    assert "residents" in pg_text and "stations" in pg_text, pg_text[-2000:]
+    assert "enterprises" in mariadb_text, mariadb_text[-2000:]
+    secrets = [s.lower() for s in gateway.engine._secrets(KEY.encode())]
+    for secret in secrets:
+        assert secret not in pg_text.lower() and secret not in mariadb_text.lower()
+
+
+# -- Trino down ------------------------------------------------------------------------------------
+
+
+class Relay:
+    """A TCP relay on a loopback port to the real Trino: Trino "comes back" when it starts,
+    without the shared Trino ever being stopped."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port, self.target = port, target
+        self.server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self.server.settimeout(0.2)
+        self.running = True
+        self.sockets: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while self.running:
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.running = False
+        self.server.close()
+        self.thread.join(timeout=2)
+        for each in self.sockets:
+            each.close()
+
+
+def trino_at(config: Config, port: int, **engine: Any) -> Config:
+    trino = config.engine.trino.model_copy(update={"port": port, "request_timeout": 5.0})
+    return config.model_copy(update={"engine": config.engine.model_copy(update={"trino": trino, **engine})})
+
+
+BOTH = """{ one: transport_stations(limit: 2, order_by: [{station_id: asc}]) { name }
+  two: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } } }"""
+
+
+def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_until_it_is_back(
+    services_config: Config, gateway_trino: Gateway
+) -> None:
+    port = free_port()
+    config = trino_at(services_config, port)
+    gateway = Gateway.start(config, create_engine(config))  # nothing listens on `port`
+    relay = None
+    try:
+        assert not gateway.unavailable and len(gateway.catalogue.departments) == 6  # read from the stores
+        response = gateway.execute(BOTH)
+        assert response.body["data"]["one"] == gateway_trino.execute(BOTH).body["data"]["one"]
+        assert response.body["data"]["two"] is None
+        [error] = response.body["errors"]
+        assert error["path"] == ["two"] and error["extensions"]["code"] == "ENGINE_UNAVAILABLE"
+        with TestClient(create_app(gateway)) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+            routes = ready.json()["routes"]
+            assert routes["trino"] != "ok"
+            assert routes["delegated:postgresql://127.0.0.1:5432/transport"] == "ok"
+        relay = Relay(port, (services_config.engine.trino.host, services_config.engine.trino.port))
+        back = gateway.execute(BOTH)  # no restart
+        assert "errors" not in back.body, back.body
+        assert back.body == gateway_trino.execute(BOTH).body
+        assert back.routes == {"one": "delegated", "two": "trino"}
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
+
+
+def test_with_trino_down_the_embedded_fallback_answers_the_rest(
+    services_config: Config, gateway_trino: Gateway
+) -> None:
+    config = trino_at(services_config, free_port(), fallback="embedded")
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        response = gateway.execute(BOTH)
+        assert "errors" not in response.body, response.body
+        assert response.body == gateway_trino.execute(BOTH).body
+        assert response.routes == {"one": "delegated", "two": "embedded"}
+    finally:
+        gateway.close()
