@@ -7,6 +7,8 @@ about six standard errors: a wrong scale (twice or half) fails them, chance alon
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 from collections import Counter
@@ -17,18 +19,23 @@ from typing import Any
 
 import pytest
 import yaml
+from starlette.testclient import TestClient
 
 from catalogue.errors import ConfigError
 from datasets.datagen import City
+from datasets.demo import issue_token, secure_demo
 from gateway.config import CacheConfig, Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.execution.privacy import PrivacyBudgets
+from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
 from policies.rewrite import Context, PolicyViolation, enforce
-from tests.test_policies import ENGINES, errors, run, type_fields, with_policies
+from tests.conftest import free_port, with_store
+from tests.test_policies import ENGINES, engine_config, errors, run, type_fields, with_policies
+from tests.test_routes import Relay, trino_at
 
 DIMS = ["hospital", "department_name", "diagnosis_code", "visit_date"]
 RULE: dict[str, Any] = {
@@ -115,27 +122,173 @@ def test_each_group_gets_its_own_noise(uncached: Gateway, city: City) -> None:
     check_draws(errors_by_group, 0.0, 1 / EPSILON)
 
 
+# Where a noisy statement runs on each engine: health.clinic_visits is one PostgreSQL database,
+# so delegated on the services; SQLite cannot hold its decimal cost exactly, so never on SQLite.
+ROUTE = {
+    "embedded_sqlite": "embedded",
+    "embedded_services": "embedded",
+    "trino": "trino",
+    "delegated": "delegated",
+    "sqlite_delegated": "embedded",
+}
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_a_noisy_sum_reads_values_clamped_to_the_bounds(
     engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
 ) -> None:
     """Bounds [0, 1000] and epsilon 100: noise of scale 10, while clamping moves the sum by
-    hundreds of millions. Checked on every engine, since the clamp is SQL each one runs."""
+    hundreds of millions. Checked on every engine and route, since the clamp is SQL each one
+    runs (on the delegated route, PostgreSQL's own)."""
     files = [policy_file(tmp_path / "clamp.yaml", epsilon=100, bound=1000)]
-    config = {"embedded_sqlite": sqlite_config, "embedded_services": services_config.with_engine("embedded")}.get(
-        engine, services_config
-    )
-    gateway = start(config, files, tmp_path)
+    gateway = start(engine_config(engine, sqlite_config, services_config), files, tmp_path)
     try:
         visits = list(city.dicts("health", "clinic_visits"))
         clamped = float(sum(min(max(v["cost"], 0), 1000) for v in visits))
         raw = float(sum(v["cost"] for v in visits))
         assert raw - clamped > 1e8
-        _, noisy = total(gateway, "noisy")
+        response = gateway.execute(TOTAL, identity=Identity("noisy"))
+        assert response.routes == {"health_clinic_visits_aggregate": ROUTE[engine]}
+        assert response.epsilon == {"health_clinic_visits_aggregate": 200.0}
+        noisy = float(response.body["data"]["health_clinic_visits_aggregate"]["aggregate"]["sum"]["cost"])
         assert abs(noisy - clamped) < 6 * math.sqrt(2) * 10
         [compiled] = gateway.compile(TOTAL, identity=Identity("noisy"))
-        assert "CASE WHEN" in compiled.sql[gateway.engine.name]
+        assert "CASE WHEN" in compiled.sql[compiled.route.key]
     finally:
+        gateway.close()
+
+
+SALARIES = """{ human_resources_social_insurance_aggregate {
+  aggregate { count sum { monthly_salary months_paid } } } }"""
+
+
+@pytest.mark.parametrize("engine", ["embedded_services", "trino", "delegated"])
+def test_a_noisy_sum_on_mariadb_reads_values_clamped_to_the_bounds(
+    engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """The same on a MariaDB table, a decimal and a whole-number column: on the delegated route
+    the clamp is MariaDB's own SQL, and MariaDB sums whole numbers as decimals."""
+    rule = {
+        "access": "aggregate_only",
+        "k": 5,
+        "only_listed": True,
+        "group_by": ["last_paid"],
+        "columns": {"last_paid": "allow", "monthly_salary": "allow", "months_paid": "allow"},
+        "noise": {"epsilon": 100, "bounds": {"monthly_salary": [0, 10000], "months_paid": [0, 100]}},
+    }
+    body = {
+        "roles": {"noisy": {"privacy_budget": {"epsilon": 1e6}, "tables": {"human_resources.social_insurance": rule}}}
+    }
+    path = tmp_path / "salaries.yaml"
+    path.write_text(yaml.safe_dump(body), encoding="utf-8")
+    gateway = start(engine_config(engine, sqlite_config, services_config), [path], tmp_path)
+    try:
+        people = list(city.dicts("human_resources", "social_insurance"))
+        salaries = float(sum(min(p["monthly_salary"], 10000) for p in people))
+        months = sum(min(p["months_paid"], 100) for p in people)
+        assert float(sum(p["monthly_salary"] for p in people)) - salaries > 1e7
+        assert sum(p["months_paid"] for p in people) - months > 1e5
+        response = gateway.execute(SALARIES, identity=Identity("noisy"))
+        assert response.routes == {"human_resources_social_insurance_aggregate": ROUTE[engine]}
+        aggregate = response.body["data"]["human_resources_social_insurance_aggregate"]["aggregate"]
+        assert aggregate["count"] == len(people)  # noise of scale 0.01: exact but once in e^100
+        assert abs(float(aggregate["sum"]["monthly_salary"]) - salaries) < 6 * math.sqrt(2) * 100
+        noisy_months = aggregate["sum"]["months_paid"]  # a BigInt: a string of a whole number
+        assert str(int(noisy_months)) == str(noisy_months)  # discrete noise, never a fraction
+        assert abs(int(noisy_months) - months) < 6 * math.sqrt(2) * 1
+        [compiled] = gateway.compile(SALARIES, identity=Identity("noisy"))
+        assert "CASE WHEN" in compiled.sql[compiled.route.key]
+    finally:
+        gateway.close()
+
+
+# -- on every route: delegated to the store, the engine, the engine's fallback ------------------
+
+
+def test_a_noisy_aggregate_answered_on_the_delegated_route_is_noised_and_spends_the_budget(
+    services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """Through HTTP as a token's role, with the audit trail on: each record says the statement
+    ran on PostgreSQL itself and what it spent; the draws have the policy's spread there too."""
+    config = secure_demo(services_config.with_delegate("auto"), tmp_path)
+    assert config.policies is not None
+    policies = config.policies.model_copy(update={"files": [policy_file(tmp_path / "noise.yaml")]})
+    config = config.model_copy(update={"policies": policies, "data_dir": tmp_path, "cache": CacheConfig(enabled=False)})
+    token = {"authorization": "Bearer " + issue_token(tmp_path, "noisy", {}, 600)}
+    visits = list(city.dicts("health", "clinic_visits"))
+    true_count, true_sum = len(visits), float(sum(min(max(v["cost"], 0), BOUND) for v in visits))
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        with TestClient(create_app(gateway)) as client:
+            answers = [client.post("/graphql", json={"query": TOTAL}, headers=token).json() for _ in range(60)]
+    finally:
+        gateway.close()
+    assert config.audit is not None and config.audit.path is not None
+    records = [json.loads(line) for line in config.audit.path.read_text(encoding="utf-8").splitlines()]
+    key = "health_clinic_visits_aggregate"
+    assert [(r["role"], r["routes"], r["epsilon"]) for r in records] == [("noisy", {key: "delegated"}, {key: 1.0})] * 60
+    # spent once per answer, and kept where a restart reads it
+    left = PrivacyBudgets(tmp_path / "privacy-budget.json").left("noisy", PrivacyBudget(epsilon=1e6))
+    assert left == pytest.approx(1e6 - 60)
+    counts = [a["data"][key]["aggregate"]["count"] for a in answers]
+    sums = [float(a["data"][key]["aggregate"]["sum"]["cost"]) for a in answers]
+    assert true_sum not in sums
+    check_draws([float(c) for c in counts], true_count, 1 / EPSILON)
+    check_draws(sums, true_sum, BOUND / EPSILON)
+
+
+def test_a_noisy_statement_that_fails_on_its_store_gives_its_spending_back(
+    services_config: Config, tmp_path: Path
+) -> None:
+    """The health database reached through a relay, which stops once the statement's route is
+    chosen: the second run fails on the store itself and spends nothing."""
+    pg = services_config.departments["health"].store
+    relay = Relay(free_port(), (pg.host, pg.port))  # type: ignore[union-attr]
+    config = with_store(services_config.with_delegate("auto"), "health", port=relay.port)
+    gateway = start(config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
+    budget = PrivacyBudget(epsilon=2.0)
+    try:
+        assert gateway.execute(TOTAL, identity=Identity("noisy")).routes == {
+            "health_clinic_visits_aggregate": "delegated"
+        }
+        assert gateway.privacy.left("noisy", budget) == pytest.approx(1.0)
+        relay.close()
+        response = gateway.execute(TOTAL, identity=Identity("noisy"))
+        assert response.routes == {"health_clinic_visits_aggregate": "delegated"}, response.body
+        [error] = response.body["errors"]
+        assert error["extensions"]["code"] == "DEPARTMENT_UNAVAILABLE", error
+        assert response.epsilon == {}
+        assert gateway.privacy.left("noisy", budget) == pytest.approx(1.0)
+        assert PrivacyBudgets(tmp_path / "privacy-budget.json").left("noisy", budget) == pytest.approx(1.0)
+    finally:
+        relay.close()
+        gateway.close()
+
+
+def test_a_noisy_statement_the_engine_cannot_run_spends_once_on_its_fallback(
+    services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """Not delegated (health says ``delegate: false``), with Trino unreachable: the engine's
+    failed run gives back what it spent, the embedded fallback spends it again and adds noise."""
+    departments = dict(services_config.departments)
+    departments["health"] = departments["health"].model_copy(update={"delegate": False})
+    config = services_config.with_delegate("auto").model_copy(update={"departments": departments})
+    gateway = start(config, [policy_file(tmp_path / "p.yaml", budget=10.0)], tmp_path)
+    dead = trino_at(gateway.config, free_port(), fallback="embedded")
+    down = dataclasses.replace(gateway, config=dead, engine=create_engine(dead), native=None)
+    visits = list(city.dicts("health", "clinic_visits"))
+    true_sum = float(sum(min(max(v["cost"], 0), BOUND) for v in visits))
+    try:
+        response = down.execute(TOTAL, identity=Identity("noisy"))
+        assert "errors" not in response.body, response.body
+        assert response.routes == {"health_clinic_visits_aggregate": "embedded"}
+        assert response.epsilon == {"health_clinic_visits_aggregate": 1.0}
+        assert down.privacy.left("noisy", PrivacyBudget(epsilon=10.0)) == pytest.approx(9.0)
+        aggregate = response.body["data"]["health_clinic_visits_aggregate"]["aggregate"]
+        assert float(aggregate["sum"]["cost"]) != true_sum
+    finally:
+        down.routes.close()
+        down.engine.close()
         gateway.close()
 
 
@@ -172,10 +325,17 @@ def test_differencing_two_large_sums_yields_one_visit_exactly_without_noise_and_
     assert statistics.fmean(float(abs(g - cost)) for g in guesses) > 0.25 * BOUND / EPSILON
 
 
-def test_a_cached_noisy_answer_is_the_same_draw_and_spends_nothing(sqlite_config: Config, tmp_path: Path) -> None:
-    gateway = start(sqlite_config, [policy_file(tmp_path / "p.yaml", budget=1.0)], tmp_path, cache=True)
+@pytest.mark.parametrize("engine", ["embedded_sqlite", "delegated"])
+def test_a_cached_noisy_answer_is_the_same_draw_and_spends_nothing(
+    engine: str, sqlite_config: Config, services_config: Config, tmp_path: Path
+) -> None:
+    config = engine_config(engine, sqlite_config, services_config)
+    gateway = start(config, [policy_file(tmp_path / "p.yaml", budget=1.0)], tmp_path, cache=True)
     try:
         budget = PrivacyBudget(epsilon=1.0)
+        fresh = gateway.execute(TOTAL, identity=Identity("noisy"))
+        assert fresh.routes == {"health_clinic_visits_aggregate": ROUTE[engine]}
+        assert fresh.cache == {"health_clinic_visits_aggregate": "miss"}
         first = total(gateway, "noisy")
         assert gateway.privacy.left("noisy", budget) == pytest.approx(0.0)  # a count and a sum: 2 x 0.5
         for _ in range(5):  # asked again, the cache answers: the same draw, no new spending
