@@ -264,8 +264,9 @@ class PostgresEngine(NativeEngine):
         params["options"] = (
             f"-c default_transaction_read_only=on -c statement_timeout={limit} -c standard_conforming_strings=on"
         )
+        self._params = {**params, "autocommit": True}
         self._pool = ConnectionPool(
-            kwargs={**params, "autocommit": True},
+            kwargs=self._params,
             min_size=0,
             max_size=POOL_SIZE,
             timeout=5.0,  # a store that does not answer: as long as its connect_timeout
@@ -308,7 +309,7 @@ class PostgresEngine(NativeEngine):
                         cancel.on_cancel(None)
                     cursor.close()
         except PoolTimeout as error:
-            raise describe_store_failure(department, self.store, str(error)) from None
+            raise self._no_connection(department, str(error)) from None
         except psycopg.errors.QueryCanceled:
             raise EngineQueryError("the query was cancelled: it ran past its time") from None
         except psycopg.OperationalError as error:
@@ -322,6 +323,19 @@ class PostgresEngine(NativeEngine):
         except psycopg.Error as error:
             raise self._refused(department, error) from None
         return Answer(tuple(d.name for d in description), tuple(str(d.type_code) for d in description), rows)
+
+    def _no_connection(self, department: str, timeout: str) -> CitygateError:
+        """Why the pool gave no connection. With all of its connections at work, the store is
+        busy; else the pool could not open one, and psycopg_pool keeps the reason to its log
+        (a wrong CA, a TLS-only user, a refused password): one connection of this thread's own
+        asks the store again, so the error names what to fix."""
+        if self._pool.get_stats().get("pool_size", 0) >= POOL_SIZE:
+            return EngineQueryError("the store's connections are all busy; try again")
+        try:
+            psycopg.connect(**self._params).close()
+        except psycopg.Error as error:
+            return describe_store_failure(department, self.store, str(error))
+        return describe_store_failure(department, self.store, timeout)
 
     def _columns(self, department: str) -> list[tuple[str, str, str, bool]]:
         schema = exp.Literal.string(schema_of(self.departments[department].store)).sql("postgres")

@@ -50,6 +50,7 @@ TOKEN_ENV = "CITYGATE_TEST_TRINO_JWT"
 ELSEWHERE = "127.1"
 TABLES = {"health": "clinic_visits", "environment": "monitored_sites"}  # one PostgreSQL, one MariaDB
 QUERY = "{ health_clinic_visits_aggregate { aggregate { count } } environment_monitored_sites(limit: 3) { site_id } }"
+ROOTS = ("health_clinic_visits_aggregate", "environment_monitored_sites")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -176,6 +177,23 @@ def test_embedded_engine_reads_both_kinds_of_store_over_tls(
     assert gateway.execute(QUERY).body == expected
 
 
+def test_the_delegated_route_reads_both_kinds_of_store_over_tls(
+    services_config: Config, gateway_services: Gateway
+) -> None:
+    expected = gateway_services.execute(QUERY).body
+    gateway = Gateway(
+        config=tls_store(services_config).with_delegate("auto"),
+        engine=gateway_services.engine,
+        model=gateway_services.model,
+    )
+    try:
+        response = gateway.execute(QUERY)
+        assert response.routes == dict.fromkeys(ROOTS, "delegated")
+        assert response.body == expected
+    finally:
+        gateway.routes.close()
+
+
 def test_trino_over_https_reads_stores_over_tls(
     services_config: Config, gateway_trino: Gateway, dynamic_catalogs: list[str]
 ) -> None:
@@ -224,33 +242,33 @@ def check_department_error(body: dict[str, Any], department: str, *expected: str
     return message
 
 
-@pytest.mark.parametrize(
-    ("case", "host", "tls", "postgres", "mariadb"),
-    [
-        (
-            "wrong CA",
-            "localhost",
-            {"mode": "verify-full", "ca": "WRONG"},
-            "not signed by the CA in departments.health.store.tls.ca",
-            "not signed by the CA in departments.environment.store.tls.ca",
-        ),
-        (
-            "wrong host name",
-            ELSEWHERE,
-            {"mode": "verify-full", "ca": str(CA)},
-            f"not issued for host '{ELSEWHERE}'",
-            f"not issued for host '{ELSEWHERE}'",
-        ),
-        (
-            "plain connection",
-            "localhost",
-            {"mode": "disable"},
-            f"accepts user '{TLS_USER}' only over TLS (set departments.health.store.tls.mode)",
-            # MariaDB says "access denied", as for a wrong password
-            "a user that must use TLS needs departments.environment.store.tls.mode",
-        ),
-    ],
-)
+REFUSALS = [
+    (
+        "wrong CA",
+        "localhost",
+        {"mode": "verify-full", "ca": "WRONG"},
+        "not signed by the CA in departments.health.store.tls.ca",
+        "not signed by the CA in departments.environment.store.tls.ca",
+    ),
+    (
+        "wrong host name",
+        ELSEWHERE,
+        {"mode": "verify-full", "ca": str(CA)},
+        f"not issued for host '{ELSEWHERE}'",
+        f"not issued for host '{ELSEWHERE}'",
+    ),
+    (
+        "plain connection",
+        "localhost",
+        {"mode": "disable"},
+        f"accepts user '{TLS_USER}' only over TLS (set departments.health.store.tls.mode)",
+        # MariaDB says "access denied", as for a wrong password
+        "a user that must use TLS needs departments.environment.store.tls.mode",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "host", "tls", "postgres", "mariadb"), REFUSALS)
 def test_embedded_engine_names_the_department_and_the_key(
     services_config: Config,
     gateway_services: Gateway,
@@ -263,8 +281,8 @@ def test_embedded_engine_names_the_department_and_the_key(
     mariadb: str,
 ) -> None:
     tls = {k: (str(wrong_ca) if v == "WRONG" else v) for k, v in tls.items()}
-    engine = open_embedded(embedded, tls_store(services_config, host, **tls))
-    gateway = Gateway(config=services_config.with_engine("embedded"), engine=engine, model=gateway_services.model)
+    config = tls_store(services_config, host, **tls).with_engine("embedded").with_delegate("never")
+    gateway = Gateway(config=config, engine=open_embedded(embedded, config), model=gateway_services.model)
     body = gateway.execute(QUERY).body
     check_department_error(body, "health", postgres)
     check_department_error(body, "environment", mariadb)
@@ -292,10 +310,38 @@ def test_trino_catalogs_name_the_department_and_the_key(
     suffix = case.replace(" ", "_")
     engine = trino_engine(tls_store(services_config, host, **tls), dynamic_catalogs, suffix)
     engine.ensure_catalogs()
-    gateway = Gateway(config=services_config, engine=engine, model=gateway_trino.model)
+    gateway = Gateway(config=services_config.with_delegate("never"), engine=engine, model=gateway_trino.model)
     body = gateway.execute(QUERY).body
     for department in TABLES:
         check_department_error(body, department, expected)
+
+
+@pytest.mark.parametrize(("case", "host", "tls", "postgres", "mariadb"), REFUSALS)
+def test_the_delegated_route_names_the_department_and_the_key(
+    services_config: Config,
+    gateway_services: Gateway,
+    wrong_ca: Path,
+    case: str,
+    host: str,
+    tls: dict[str, str],
+    postgres: str,
+    mariadb: str,
+) -> None:
+    """The stores' own connections (connectors/native.py) refuse what the engines refuse, with
+    the same words; the engine, which still reads the stores in plain, is not asked instead."""
+    tls = {k: (str(wrong_ca) if v == "WRONG" else v) for k, v in tls.items()}
+    gateway = Gateway(
+        config=tls_store(services_config, host, **tls).with_delegate("auto"),
+        engine=gateway_services.engine,
+        model=gateway_services.model,
+    )
+    try:
+        response = gateway.execute(QUERY)
+        assert response.routes == dict.fromkeys(ROOTS, "delegated")
+        check_department_error(response.body, "health", postgres)
+        check_department_error(response.body, "environment", mariadb)
+    finally:
+        gateway.routes.close()
 
 
 def test_the_drivers_refuse_a_plain_connection_and_a_wrong_ca(services_config: Config, wrong_ca: Path) -> None:
@@ -345,7 +391,8 @@ def test_trino_refusals_say_what_to_check(
     health = engine.health()
     assert not health.reachable and expected in health.problem
     # and a client sees the same message, in GraphQL's shape, for each root field
-    body = Gateway(config=services_config, engine=engine, model=gateway_trino.model).execute(QUERY).body
+    gateway = Gateway(config=services_config.with_delegate("never"), engine=engine, model=gateway_trino.model)
+    body = gateway.execute(QUERY).body
     assert body["data"] == {"health_clinic_visits_aggregate": None, "environment_monitored_sites": None}
     for error in body["errors"]:
         assert error["extensions"]["code"] == "ENGINE_UNAVAILABLE"

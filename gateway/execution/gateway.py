@@ -657,7 +657,8 @@ class Gateway:
                     compiled.rewritten = view.rewrite(compiled.tree, claims)
                     # before the route: another request's thread reads both once the route is set
                     compiled.noise = compiled.positions(view.releases(compiled.rewritten))
-                route, text = self.routes.choose(compiled.rewritten)
+                route = self.routes.pick(compiled.rewritten)  # named in the error, if rendering fails
+                route, text = self.routes.render(route, compiled.rewritten)
                 compiled.sql[route.key] = text
                 compiled.route = route  # last: another request's thread reads the text by it
             engine = route.engine.name

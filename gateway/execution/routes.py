@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from catalogue.errors import CitygateError
+from catalogue.errors import CitygateError, EngineUnavailableError, StatementTimeout, StoreUnavailableError
 from catalogue.model import Catalogue
 from catalogue.sql import departments_in, is_logical
 from connectors.base import Engine
@@ -69,10 +69,27 @@ class Routes:
 
     def choose(self, tree: exp.Expr) -> tuple[Route, str]:
         """The route of a rewritten tree, and the text it runs there."""
+        return self.render(self.pick(tree), tree)
+
+    def pick(self, tree: exp.Expr) -> Route:
+        """The route ``tree`` should take: its store's own if one can run it, else the engine."""
         native = self._store_of(tree)
-        if native is not None:
+        if native is None:
+            return self.main
+        return Route(DELEGATED, f"{DELEGATED}:{native.key}", native, native.key)
+
+    def render(self, route: Route, tree: exp.Expr) -> tuple[Route, str]:
+        """``route`` and ``tree``'s text on it; a delegated tree its store cannot render goes to
+        the engine instead. Rendering may ask the store once (its collation, its columns'
+        types): a store that does not answer then is its departments' failure, on this route as
+        it would be on the engine's. It is not a reason to try the engine, which may reach the
+        store another way (its own credentials, its own TLS settings) and so answer what the
+        configuration of this route refuses."""
+        if route is not self.main:
             try:
-                return Route(DELEGATED, f"{DELEGATED}:{native.key}", native, native.key), native.sql(tree)
+                return route, route.engine.sql(tree)
+            except (StoreUnavailableError, EngineUnavailableError, StatementTimeout):
+                raise
             except CitygateError as error:  # the key's functions, or one the store lacks
                 log.debug("not delegated: %s", error.message)
         return self.main, self.engine.sql(tree)
