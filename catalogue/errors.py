@@ -8,6 +8,7 @@ check, and never carries SQL, stack traces or credentials. ``detail`` is for the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 class CitygateError(Exception):
@@ -66,6 +67,19 @@ class ResultTooLarge(CitygateError):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"the answer has more than {limit} rows; ask for fewer with `limit` or `where`")
+
+
+class PrivacyBudgetExhausted(CitygateError):
+    """A noisy answer would spend more of its role's privacy budget than the period has left."""
+
+    code = "PRIVACY_BUDGET_EXHAUSTED"
+
+    def __init__(self, role: str, epsilon: float, period: str, renews: datetime) -> None:
+        super().__init__(
+            f"role {role} has spent its privacy budget (epsilon {epsilon:g} per {period}); "
+            f"it renews at {renews.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        )
+        self.renews = renews
 
 
 class StatementTimeout(CitygateError):
@@ -195,6 +209,14 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "200",
         "the answer would hold more than `limits.max_rows` rows",
         "no: ask for fewer with `limit` or `where`",
+    ),
+    ErrorCode(
+        "PRIVACY_BUDGET_EXHAUSTED",
+        "field",
+        "200",
+        "a noisy aggregate would spend more of the role's privacy budget than its period has left "
+        "(`extensions.renews` says when it renews); an answer the cache holds is still returned",
+        "yes, after `extensions.renews`; or ask what was answered before",
     ),
     ErrorCode(
         "TIMEOUT",

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from catalogue.model import SharingClass
-from policies.model import Policies, RolePolicy, TableRule
+from policies.model import Noise, Policies, RolePolicy, TableRule
 from policies.rowfilter import columns_used, parse_filter
 from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
@@ -32,6 +32,7 @@ class TableDecision:
     floor_conflicts: list[str] = field(default_factory=list)
     k_distinct: str | None = None  # aggregate_only: k counts distinct values of this column
     relationships: Mapping[str, str] = field(default_factory=dict)  # name -> "allow" or "deny"
+    noise: Noise | None = None  # aggregate_only: counts and sums released with noise
 
     def follows(self, relation: str, column: str) -> bool:
         """Whether the role may follow ``relation`` from this table, joining on ``column``: only
@@ -95,12 +96,7 @@ def decide(
             columns[column] = builtin_default(sharing, policy, department)
             reasons[column] = f"the catalogue's default for {sharing.value if sharing else 'unclassified'} columns"
     conflicts = _apply_floor(policies, role, department, table, columns, reasons)
-    if rule.k_distinct is not None and rule.k_distinct not in classes:
-        raise ValueError(f"roles.{role}.tables.{department}.{table}.k_distinct: no column {rule.k_distinct!r}")
-    if rule.row_filter is not None:
-        unknown = columns_used(parse_filter(rule.row_filter)) - set(classes)
-        if unknown:
-            raise ValueError(f"roles.{role}.tables.{department}.{table}.row_filter: no column {sorted(unknown)[0]!r}")
+    _check_columns(rule, set(classes), f"roles.{role}.tables.{department}.{table}")
     return TableDecision(
         department,
         table,
@@ -113,7 +109,19 @@ def decide(
         conflicts,
         rule.k_distinct,
         dict(rule.relationships),
+        rule.noise,
     )
+
+
+def _check_columns(rule: TableRule, columns: set[str], where: str) -> None:
+    """Every column a table rule names besides its treatments is one of the table's."""
+    named = {"k_distinct": [rule.k_distinct] if rule.k_distinct is not None else []}
+    named["noise.bounds"] = list(rule.noise.bounds) if rule.noise is not None else []
+    named["row_filter"] = sorted(columns_used(parse_filter(rule.row_filter))) if rule.row_filter is not None else []
+    for key, names in named.items():
+        for name in names:
+            if name not in columns:
+                raise ValueError(f"{where}.{key}: no column {name!r}")
 
 
 # Masks that show nothing of the value: a floor has nothing to hold back from them.

@@ -31,11 +31,13 @@ from sqlglot import exp
 
 from catalogue.types import LogicalType
 from policies.decide import TableDecision
+from policies.model import Policies
 from policies.treatments import Treatment
 
 # Columns whose text a hidden part may hold: their text is the same on every engine.
 TEXTUAL = frozenset({"string", "date", "integer", "bigint"})
 SHARE = 0.9  # a hidden part "holds" a column when it does on this share of rows or more
+CLAMPED_SHARE = 0.01  # noisy sums: bounds that clamp more of a column's values than this bias them
 
 
 @dataclass(frozen=True)
@@ -180,3 +182,42 @@ def _narrowed(
         return messages
 
     return Probe(department, table, tree, judge, "inference")
+
+
+def clamped(policies: Policies, tables: set[tuple[str, str]]) -> list[Probe]:
+    """Of each noisy rule's bounds, how many of the column's values they clamp. Bounds wider
+    than the data add noise for nothing; narrower ones bias every sum, silently: more than
+    :data:`CLAMPED_SHARE` of the values outside them is a finding."""
+    found: list[Probe] = []
+    for role, policy in sorted(policies.roles.items()):
+        for name, rule in sorted(policy.tables.items()):
+            department, _, table = name.partition(".")
+            if rule.noise is None or (department, table) not in tables:
+                continue
+            for column, (lo, hi) in sorted(rule.noise.bounds.items()):
+                found.append(_clamped(role, department, table, column, (lo, hi)))
+    return found
+
+
+def _clamped(role: str, department: str, table: str, column: str, bounds: tuple[float, float]) -> Probe:
+    lo, hi = bounds
+    value = _raw(column)
+    outside = exp.or_(
+        exp.LT(this=value, expression=exp.Literal.number(lo)),
+        exp.GT(this=value.copy(), expression=exp.Literal.number(hi)),
+    )
+    tree = exp.select(
+        exp.Count(this=value.copy()),
+        exp.Sum(this=exp.Case(ifs=[exp.If(this=outside, true=exp.Literal.number(1))], default=exp.Literal.number(0))),
+    ).from_(_from(department, table))
+
+    def judge(row: Sequence[Any]) -> list[str]:
+        values, outside_count = int(row[0] or 0), int(row[1] or 0)
+        if not values or outside_count <= CLAMPED_SHARE * values:
+            return []
+        return [
+            f"roles.{role}.tables.{department}.{table}.noise.bounds.{column}: {outside_count * 100 // values}% of "
+            f"its values lie outside [{lo:g}, {hi:g}] and are clamped, so every noisy sum is biased; widen the bounds"
+        ]
+
+    return Probe(department, table, tree, judge, "noise")

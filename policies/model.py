@@ -18,6 +18,11 @@ policy check`` reports it. A table rule's ``relationships`` grants (or withholds
 whose join column the role may not see, and ``k_distinct`` makes an aggregate-only table's k
 count entities rather than rows. Deny by default: a column no rule grants
 is absent, and a table with no visible column is absent.
+
+An aggregate-only rule may add ``noise``: its counts and sums are released with random noise
+(``epsilon``, and ``bounds`` for each column it may sum), and each noisy answer spends the
+role's ``privacy_budget`` (an epsilon per period), past which the gateway refuses
+(:mod:`policies.noise`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from catalogue.errors import ConfigError
 from catalogue.files import read_yaml
@@ -36,7 +41,20 @@ from policies.masks import parse_custom
 from policies.rowfilter import parse_filter
 from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
-__all__ = ["DENY", "RAW", "Floor", "FloorRule", "Policies", "RolePolicy", "TableRule", "Treatment", "load_policies"]
+__all__ = [
+    "DENY",
+    "RAW",
+    "Floor",
+    "FloorRule",
+    "Noise",
+    "Policies",
+    "PrivacyBudget",
+    "RolePolicy",
+    "TableRule",
+    "Treatment",
+    "load_policies",
+    "period_seconds",
+]
 
 
 def _check_treatments(value: dict[Any, TreatmentText]) -> dict[Any, TreatmentText]:
@@ -60,6 +78,59 @@ class _Model(BaseModel):
 
 TreatmentText = str | dict[str, str]
 
+_PERIOD = re.compile(r"^([1-9][0-9]*)([mhd])$")
+_UNIT = {"m": 60, "h": 3600, "d": 86400}
+
+
+def period_seconds(text: str) -> int:
+    """A budget period, ``30m``, ``12h`` or ``1d``, in seconds.
+
+    >>> period_seconds("1d"), period_seconds("12h")
+    (86400, 43200)
+    """
+    match = _PERIOD.match(text)
+    if match is None:
+        raise ValueError(f"period {text!r} must be a whole number of minutes, hours or days: 30m, 12h, 1d")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+class Noise(_Model):
+    """An aggregate-only table's counts and sums, released with Laplace noise.
+
+    ``epsilon`` is what one released statistic costs of the role's budget: the smaller, the
+    more noise. A count changes by at most 1 when one row is added or removed, so its noise
+    has scale 1/epsilon; a sum changes by at most the largest magnitude its ``bounds`` allow
+    (values are clamped to them before summing), so its noise has scale max(|lo|, |hi|)/epsilon.
+    A column without bounds cannot be summed."""
+
+    epsilon: float = Field(gt=0, description="the privacy cost of one released count or sum")
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)  # column -> [lo, hi]
+
+    @field_validator("bounds")
+    @classmethod
+    def _ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for column, (lo, hi) in value.items():
+            if not lo <= hi:
+                raise ValueError(f"bounds of {column}: {lo} is more than {hi}")
+        return value
+
+
+class PrivacyBudget(_Model):
+    """What a role's noisy answers may spend in all, per period: the sum of their epsilons."""
+
+    epsilon: float = Field(gt=0, description="the total epsilon the role's noisy answers may spend per period")
+    period: str = "1d"
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        period_seconds(value)
+        return value
+
+    @property
+    def seconds(self) -> int:
+        return period_seconds(self.period)
+
 
 class TableRule(_Model):
     access: Literal["allow", "aggregate_only", "deny"] = "allow"
@@ -76,6 +147,17 @@ class TableRule(_Model):
     # column (``allow``), or may not follow although it may (``deny``); the others follow the
     # join column: a role follows a relationship only if it sees its key, in some form
     relationships: dict[str, Literal["allow", "deny"]] = Field(default_factory=dict)
+    # aggregate_only: counts and sums released with calibrated noise, spending the role's budget
+    noise: Noise | None = None
+
+    @model_validator(mode="after")
+    def _noisy_aggregates(self) -> TableRule:
+        if self.noise is not None and self.access != "aggregate_only":
+            raise ValueError("noise is for aggregate_only tables: other access releases single rows")
+        for column in self.noise.bounds if self.noise is not None else ():
+            if self.group_by is not None and column in self.group_by:
+                raise ValueError(f"noise.bounds: {column} is in group_by; only the other columns are summed")
+        return self
 
     @field_validator("columns")
     @classmethod
@@ -96,6 +178,15 @@ class RolePolicy(_Model):
     classes: dict[SharingClass, TreatmentText] = Field(default_factory=dict)
     all_columns: dict[str, TreatmentText] = Field(default_factory=dict)
     tables: dict[str, TableRule] = Field(default_factory=dict)
+    # what the role's noisy answers may spend per period; needed by any rule with `noise`
+    privacy_budget: PrivacyBudget | None = None
+
+    @model_validator(mode="after")
+    def _budgeted(self) -> RolePolicy:
+        noisy = [name for name, rule in self.tables.items() if rule.noise is not None]
+        if noisy and self.privacy_budget is None:
+            raise ValueError(f"tables.{noisy[0]} has noise, so the role needs a privacy_budget")
+        return self
 
     @field_validator("classes", "all_columns")
     @classmethod

@@ -3,7 +3,9 @@
 It reports rules that match nothing (a table, column or role that does not exist), row filters
 over unknown columns, every place where a department's floor overrides a central rule, and,
 measured through the engine, pseudonyms that are code books and partial masks that other
-visible columns narrow to few candidates (:mod:`policies.exposure`).
+visible columns narrow to few candidates (:mod:`policies.exposure`). Of noisy aggregates, a
+budget too small for one answer, and bounds that clamp many real values
+(:func:`~policies.exposure.clamped`).
 
 >>> from policies.model import Policies, RolePolicy, TableRule
 >>> p = Policies({"r": RolePolicy(tables={"health.nope": TableRule()})}, {}, "v")
@@ -22,8 +24,8 @@ from sqlglot import exp
 from catalogue.model import SharingClass
 from catalogue.types import LogicalType
 from policies.decide import TableDecision, decide
-from policies.exposure import probes
-from policies.model import Policies, TableRule
+from policies.exposure import clamped, probes
+from policies.model import Policies, RolePolicy, TableRule
 from policies.rowfilter import columns_used, parse_filter
 
 Columns = Mapping[tuple[str, str], Mapping[str, SharingClass | None]]
@@ -32,7 +34,7 @@ Measure = Callable[[exp.Select], Sequence[Any]]  # runs a one-row query over raw
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "unmatched", "floor", "codebook" or "inference"
+    kind: str  # "unmatched", "floor", "codebook", "inference" or "noise"
     message: str
 
 
@@ -69,7 +71,8 @@ def review(
                 )
             except ValueError:  # a row filter over a column the table lacks: found above
                 continue
-    for probe in probes(decisions, types, min_distinct, min_candidates):
+    found = probes(decisions, types, min_distinct, min_candidates) + clamped(policies, set(tables))
+    for probe in found:
         findings.extend(Finding(probe.kind, message) for message in probe.judge(measure(probe.tree)))
     return findings
 
@@ -80,6 +83,7 @@ def _review_files(policies: Policies, tables: Columns) -> list[Finding]:
     for role_name, role in sorted(policies.roles.items()):
         for name, rule in sorted(role.tables.items()):
             findings += _table_rule(f"roles.{role_name}.tables.{name}", name, rule, tables)
+        findings += _budget(role_name, role)
         for column in sorted(set(role.all_columns) - all_columns):
             findings.append(Finding("unmatched", f"roles.{role_name}.all_columns.{column}: no table has this column"))
         for (department, table), columns in sorted(tables.items()):
@@ -101,6 +105,26 @@ def _review_files(policies: Policies, tables: Columns) -> list[Finding]:
                 Finding("unmatched", f"floors.{department}.{key}: no role {role_name!r}")
                 for role_name in floor.unmasked_for
                 if role_name not in policies.roles
+            )
+    return findings
+
+
+def _budget(name: str, role: RolePolicy) -> list[Finding]:
+    """A noisy rule whose one answer (a count and each bounded sum) costs more than the role's
+    whole budget: every noisy answer of it would be refused."""
+    budget = role.privacy_budget
+    findings = []
+    for table, rule in sorted(role.tables.items()):
+        if rule.noise is None or budget is None:
+            continue
+        cost = rule.noise.epsilon * (1 + len(rule.noise.bounds))
+        if cost > budget.epsilon:
+            findings.append(
+                Finding(
+                    "noise",
+                    f"roles.{name}.tables.{table}.noise: a count and its sums cost epsilon {cost:g}, more than "
+                    f"the role's privacy_budget of {budget.epsilon:g} per {budget.period}",
+                )
             )
     return findings
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,65 @@ def test_explain_as_a_role_shows_the_policy(tmp_path: Path) -> None:
     assert "public_security.residents (allow; row filter: district = :claims.district)" in result.stdout
     printed = run("schema", "print", "--data-dir", str(tmp_path), "--role", "anonymous")
     assert "health_health_records" not in printed.stdout and "type transport_stations" in printed.stdout
+
+
+def test_policy_check_and_test_understand_noisy_grants(tmp_path: Path) -> None:
+    """Bounds that clamp most costs and a budget below one answer are findings; a test case
+    of a noisy count passes within its tolerance, and spends a budget of the run's own."""
+    central = tmp_path / "central.yaml"
+    central.write_text(
+        "roles:\n  statistician:\n    privacy_budget: {epsilon: 1.5, period: 1d}\n    tables:\n"
+        "      health.clinic_visits:\n        access: aggregate_only\n        k: 5\n        only_listed: true\n"
+        "        group_by: [hospital]\n        columns: {hospital: allow, cost: allow}\n"
+        "        noise: {epsilon: 1, bounds: {cost: [0, 1000]}}\n"
+    )
+    config = tmp_path / "city.yaml"
+    config.write_text(
+        f"include: {REPO / 'configs' / 'embedded.yaml'}\n"
+        f"policies: {{files: [{central}], hash_key: 0123456789abcdef0123}}\n"
+    )
+    data = tmp_path / "data"
+    assert run("datagen", "--data-dir", str(data), "--scale", "0.01").returncode == 0
+    env = {**os.environ, "CITYGATE_DATA_DIR": str(data)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gateway.cli", "policy", *args, "--config", str(config)]
+        return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300, check=False, env=env)
+
+    check = cli("check")
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "noise: roles.statistician.tables.health.clinic_visits.noise: a count and its sums cost epsilon 2" in (
+        check.stdout
+    )
+    assert "noise.bounds.cost: 9" in check.stdout and "are clamped, so every noisy sum is biased" in check.stdout
+    with sqlite3.connect(data / "health.db") as db:
+        [(visits,)] = db.execute("SELECT COUNT(*) FROM clinic_visits").fetchall()
+    cases = tmp_path / "cases.yaml"
+    cases.write_text(
+        "- name: a noisy count is near the truth\n  role: statistician\n  tolerance: 25\n"
+        "  query: '{ health_clinic_visits_aggregate { aggregate { count } } }'\n"
+        f"  expect: {{health_clinic_visits_aggregate: {{aggregate: {{count: {visits}}}}}}}\n"
+        "- name: the next answer is past the budget\n  role: statistician\n"
+        "  query: '{ health_clinic_visits_group_by(by: [hospital]) { aggregate { count } } }'\n"
+        "  expect_error: PRIVACY_BUDGET_EXHAUSTED\n"
+        "- name: no maximum of a noisy table\n  role: statistician\n"
+        "  query: '{ health_clinic_visits_aggregate { aggregate { max { cost } } } }'\n"
+        "  expect_error: GRAPHQL_VALIDATION_FAILED\n"
+    )
+    summed = "{ health_clinic_visits_aggregate { aggregate { sum { cost } } } }"
+    explained = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "explain", "--config", str(config), "--role", "statistician", summed],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert explained.returncode == 0, explained.stderr
+    assert "noise epsilon 1 per count or sum; cost in [0, 1000]" in explained.stdout
+    assert "CASE WHEN" in explained.stdout  # the clamp
+    for _ in range(2):  # the second run has a budget of its own again: none was written down
+        tested = cli("test", str(cases))
+        assert tested.returncode == 0, tested.stdout + tested.stderr
+        assert tested.stdout.strip().endswith("3 passed, 0 failed")

@@ -52,18 +52,22 @@ def with_policies(config: Config, files: list[Path] = POLICY_FILES) -> Config:
 ENGINES = ("embedded_sqlite", "embedded_services", "trino", "delegated", "sqlite_delegated")
 
 
-def secured_gateway(engine: str, sqlite_config: Config, services_config: Config) -> Gateway:
-    """A policy-enforcing gateway on one of :data:`ENGINES`: DuckDB over SQLite, DuckDB over
-    PostgreSQL and MariaDB, or Trino, each running every statement; or each store running the
-    statements that read it alone (delegated), Trino or DuckDB the others."""
-    config = {
+def engine_config(engine: str, sqlite_config: Config, services_config: Config) -> Config:
+    """The configuration of one of :data:`ENGINES`: DuckDB over SQLite, DuckDB over PostgreSQL
+    and MariaDB, or Trino, each running every statement; or each store running the statements
+    that read it alone (delegated), Trino or DuckDB the others."""
+    return {
         "embedded_sqlite": sqlite_config.with_delegate("never"),
         "embedded_services": services_config.with_engine("embedded").with_delegate("never"),
         "trino": services_config.with_delegate("never"),
         "delegated": services_config.with_delegate("auto"),
         "sqlite_delegated": sqlite_config.with_delegate("auto"),
     }[engine]
-    config = with_policies(config)
+
+
+def secured_gateway(engine: str, sqlite_config: Config, services_config: Config) -> Gateway:
+    """A policy-enforcing gateway on one of :data:`ENGINES` (:func:`engine_config`)."""
+    config = with_policies(engine_config(engine, sqlite_config, services_config))
     return Gateway.start(config, create_engine(config))
 
 

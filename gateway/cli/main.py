@@ -319,7 +319,13 @@ def cmd_policy(args: argparse.Namespace) -> int:
     try:
         if gateway.policies is None:
             raise CitygateError("the configuration has no policies section")
-        return _policy_check(gateway) if args.action == "check" else _policy_test(gateway, Path(args.file))
+        if args.action == "check":
+            return _policy_check(gateway)
+        from gateway.execution.privacy import PrivacyBudgets
+
+        # Test cases spend a budget of their own: a run must not use up the deployment's.
+        gateway.privacy = PrivacyBudgets()
+        return _policy_test(gateway, Path(args.file))
     finally:
         gateway.close()
 
@@ -384,7 +390,8 @@ def _policy_test(gateway: Gateway, path: Path) -> int:
             ok = case["expect_error"] in codes
             got = f"errors {codes}" if codes else f"data {json.dumps(body.get('data'), ensure_ascii=False)}"
         else:
-            ok = "errors" not in body and body.get("data") == case.get("expect")
+            tolerance = float(case.get("tolerance", 0))
+            ok = "errors" not in body and _near(body.get("data"), case.get("expect"), tolerance)
             got = json.dumps(body, ensure_ascii=False)
         failed += not ok
         print(f"{'ok  ' if ok else 'FAIL'} {case.get('name', f'case {index}')}")
@@ -392,6 +399,29 @@ def _policy_test(gateway: Gateway, path: Path) -> int:
             print(f"       got {got[:400]}")
     print(f"{len(cases) - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _near(got: Any, want: Any, tolerance: float) -> bool:
+    """Whether ``got`` is ``want``, each number within ``tolerance`` of it (a noisy count or
+    sum; a sum comes as a string). Keys, lists and other values must be equal.
+
+    >>> _near({"count": 101, "sum": {"cost": "99.5"}}, {"count": 100, "sum": {"cost": "100"}}, 2)
+    True
+    >>> _near([{"count": 104}], [{"count": 100}], 2), _near({"a": 1}, {"b": 1}, 2)
+    (False, False)
+    """
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict) and got.keys() == want.keys() and all(_near(got[k], want[k], tolerance) for k in want)
+        )
+    if isinstance(want, list):
+        return isinstance(got, list) and len(got) == len(want) and all(map(_near, got, want, [tolerance] * len(want)))
+    if tolerance and not isinstance(want, bool) and not isinstance(got, bool):
+        try:
+            return abs(float(got) - float(want)) <= tolerance
+        except (TypeError, ValueError):
+            pass
+    return bool(got == want)
 
 
 def cmd_documents(args: argparse.Namespace) -> int:
@@ -503,6 +533,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
                     if decision.access == "aggregate_only" and decision.k_distinct is not None:
                         extra += f" distinct {decision.k_distinct}"
+                    if decision.noise is not None:
+                        bounds = ", ".join(f"{c} in [{lo:g}, {hi:g}]" for c, (lo, hi) in decision.noise.bounds.items())
+                        extra += f"; noise epsilon {decision.noise.epsilon:g} per count or sum{'; ' if bounds else ''}"
+                        extra += bounds
                     print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(

@@ -43,6 +43,7 @@ from catalogue.errors import (
     ConfigError,
     EngineUnavailableError,
     PolicyRefused,
+    PrivacyBudgetExhausted,
     StoreUnavailableError,
 )
 from catalogue.model import Catalogue, Department
@@ -75,6 +76,7 @@ from gateway.execution.plans import (
     plan_weight,
     refused,
 )
+from gateway.execution.privacy import PrivacyBudgets
 from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
@@ -99,6 +101,7 @@ from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
 from policies.model import Policies, load_policies
+from policies.noise import noisy_rows, spend
 from policies.rewrite import PolicyViolation
 
 log = logging.getLogger("citygate")
@@ -129,6 +132,7 @@ class Gateway:
     statements: Statements = field(init=False)  # where statements run, each within its time
     root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
     results: ResultCache = field(init=False)
+    privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
     _introspections: LRUCache[Any, bytes] = field(init=False)
@@ -142,6 +146,7 @@ class Gateway:
     def __post_init__(self) -> None:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
+        self.privacy = PrivacyBudgets(self.config.data_dir / "privacy-budget.json")
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
@@ -495,7 +500,11 @@ class Gateway:
             response.routes[key] = route
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
-                extensions = {"department": outcome.department} if isinstance(outcome, StoreUnavailableError) else {}
+                extensions: dict[str, Any] = {}
+                if isinstance(outcome, StoreUnavailableError):
+                    extensions["department"] = outcome.department
+                elif isinstance(outcome, PrivacyBudgetExhausted):
+                    extensions["renews"] = outcome.renews.strftime("%Y-%m-%dT%H:%M:%SZ")
                 errors_out.append(
                     graphql_error(
                         outcome.message, outcome.code, path=[key], locations=[plan.locations[key]], **extensions
@@ -505,6 +514,9 @@ class Gateway:
                 data[key] = outcome
                 response.rows[key] = count_rows(outcome)
                 response.statements += cached != "hit"
+                noise = plan.compiled[key].noise
+                if noise and cached != "hit":  # a fresh draw; a cached one spent nothing
+                    response.epsilon[key] = spend(r for node in noise.values() for r in node.values())
         response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
         return response
 
@@ -643,6 +655,8 @@ class Gateway:
                     return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached, "-"
                 with self.telemetry.stage("policy", role=view.role or ""):
                     compiled.rewritten = view.rewrite(compiled.tree, claims)
+                    # before the route: another request's thread reads both once the route is set
+                    compiled.noise = compiled.positions(view.releases(compiled.rewritten))
                 route = self.routes.pick(compiled.rewritten)  # named in the error, if rendering fails
                 route, text = self.routes.render(route, compiled.rewritten)
                 compiled.sql[route.key] = text
@@ -697,15 +711,35 @@ class Gateway:
         statement_seconds = self.limits(view.role).statement_seconds
 
         def run() -> Sequence[Any]:
-            with self.telemetry.stage(
-                "engine", engine=route.engine.name, route=route.name, departments=",".join(compiled.departments)
-            ):
-                # the whole limit, not what this request has left: a run may be shared with
-                # another request's (the result cache runs one for all who wait on it)
-                return self.statements.run(text, compiled.departments, budget.rows, statement_seconds, route.engine)
+            # A noisy answer spends its role's budget before it runs, on whichever route, and is
+            # kept in the cache with its noise: asked again, the same draw comes back and costs
+            # nothing, so repeating a question averages no noise away. A run that fails (on the
+            # engine before its fallback, too) released nothing and gives its spending back.
+            cost = spend(r for node in compiled.noise.values() for r in node.values())
+            if cost:
+                self._spend(view, cost)
+            try:
+                with self.telemetry.stage(
+                    "engine", engine=route.engine.name, route=route.name, departments=",".join(compiled.departments)
+                ):
+                    # the whole limit, not what this request has left: a run may be shared with
+                    # another request's (the result cache runs one for all who wait on it)
+                    rows = self.statements.run(text, compiled.departments, budget.rows, statement_seconds, route.engine)
+            except BaseException:
+                if cost:  # nothing was released
+                    assert view.role is not None and view.privacy is not None
+                    self.privacy.refund(view.role, cost, view.privacy)
+                raise
+            return noisy_rows(rows, compiled.noise) if cost else rows
 
         # "off": a department forbids caching, or the answer is too big to keep
         return self.results.fetch(route.key, text, compiled.departments, run)
+
+    def _spend(self, view: View, cost: float) -> None:
+        """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
+        if view.role is None or view.privacy is None:  # the policy model requires a budget
+            raise PolicyRefused()
+        self.privacy.spend(view.role, cost, view.privacy)
 
     # -- tools -----------------------------------------------------------------------------
 

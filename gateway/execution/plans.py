@@ -30,6 +30,7 @@ class Response:
     cache: dict[str, str] = field(default_factory=dict)  # response key -> hit, miss or off
     routes: dict[str, str] = field(default_factory=dict)  # response key -> where it ran (delegated, trino...)
     claims: dict[str, Any] = field(default_factory=dict)  # the claims the role's policies use
+    epsilon: dict[str, float] = field(default_factory=dict)  # response key -> privacy budget it spent
     encoded: bytes | None = None  # the body as JSON, when it was encoded already
 
 

@@ -12,13 +12,14 @@ from sqlglot import exp
 
 from catalogue.errors import ConfigError
 from catalogue.model import Catalogue, SharingClass
-from catalogue.types import NUMERIC, TEMPORAL, LogicalType
+from catalogue.types import NUMERIC, TEMPORAL, WHOLE, LogicalType
 from gateway.config import Config
 from gateway.graphql.schema import Model, build_model
 from gateway.identity.caller import Identity
 from policies.decide import TableDecision, decide
-from policies.model import Policies
-from policies.rewrite import Context, enforce
+from policies.model import Policies, PrivacyBudget
+from policies.noise import Release
+from policies.rewrite import Context, enforce, releases
 from policies.rowfilter import claims_used, parse_filter
 
 # The masks that fit only some kinds of column (the others fit any).
@@ -49,6 +50,7 @@ class View:
     claim_names: tuple[str, ...] = ()  # the claims this role's row filters read
     keys: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # columns relationships join on
     version: str = "-"  # the policies' version it was made of: every cache key holds this one
+    privacy: PrivacyBudget | None = None  # what the role's noisy answers may spend per period
 
     def used_claims(self, identity: Identity | None) -> dict[str, Any]:
         """The caller's claims that this role's policies read: all that can change its SQL."""
@@ -60,6 +62,12 @@ class View:
         if self.decisions is None:
             return tree
         return enforce(tree, Context(self.decisions, self.types, claims, self.keys))
+
+    def releases(self, rewritten: exp.Expr) -> dict[str, Release]:
+        """The noisy statistics of a rewritten tree, by output name (:mod:`policies.noise`)."""
+        if self.decisions is None:
+            return {}
+        return releases(rewritten, Context(self.decisions, self.types, {}, self.keys))
 
 
 def role_of(policies: Policies | None, identity: Identity | None) -> str | None:
@@ -91,7 +99,17 @@ def build_view(role: str, policies: Policies, catalogue: Catalogue, config: Conf
             claims |= claims_used(parse_filter(decision.row_filter))
         types[key] = {c.name: c.type for c in table.columns}
     model = build_model(catalogue, config, decisions)
-    return View(role, model, decisions, types, tuple(sorted(claims)), join_columns(model), version=policies.version)
+    policy = policies.role(role)
+    return View(
+        role,
+        model,
+        decisions,
+        types,
+        tuple(sorted(claims)),
+        join_columns(model),
+        version=policies.version,
+        privacy=policy.privacy_budget if policy is not None else None,
+    )
 
 
 def validate_decisions(policies: Policies, catalogue: Catalogue, config: Config) -> None:
@@ -105,6 +123,7 @@ def validate_decisions(policies: Policies, catalogue: Catalogue, config: Config)
                 decision = decide(policies, role, table.department, table.name, classes)
             except ValueError as error:
                 raise ConfigError(f"policies: {error}") from None
+            _check_bounds(role, decision, {c.name: c.type.kind for c in table.columns})
             for column in table.columns:
                 treatment = decision.columns.get(column.name)
                 fits = FITS.get(treatment.kind) if treatment is not None else None
@@ -113,3 +132,15 @@ def validate_decisions(policies: Policies, catalogue: Catalogue, config: Config)
                         f"policies: role {role}: {table.department}.{table.name}.{column.name} is "
                         f"{column.type.kind}, which {treatment} cannot mask ({decision.reasons[column.name]})"
                     )
+
+
+def _check_bounds(role: str, decision: TableDecision, kinds: Mapping[str, str]) -> None:
+    """A noisy table's bounds are of number columns, and whole for whole-number ones."""
+    for column, (lo, hi) in decision.noise.bounds.items() if decision.noise is not None else ():
+        whole = float(lo).is_integer() and float(hi).is_integer()
+        if kinds[column] not in NUMERIC or (kinds[column] in WHOLE and not whole):
+            raise ConfigError(
+                f"policies: role {role}: {decision.department}.{decision.table}.noise.bounds: {column} is "
+                f"{kinds[column]}, which [{lo:g}, {hi:g}] cannot bound: bounds are for number columns, "
+                "whole numbers for whole-number columns"
+            )

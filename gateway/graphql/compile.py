@@ -45,6 +45,7 @@ from catalogue.sql import departments_in, logical_table
 from catalogue.types import LITERALS, ORDERABLE, LogicalType, text_problem
 from gateway.graphql.scalars import OUTPUT
 from gateway.graphql.schema import ColumnInfo, Model, Relation, TableInfo
+from policies.noise import Release
 from policies.rowfilter import canonical_pattern, pattern_problem
 
 # Template slot kinds (see gateway.graphql.shape).
@@ -249,6 +250,21 @@ class Compiled:
     sql: dict[str, str] = field(default_factory=dict)  # engine name -> the text it runs, made at first run
     route: Any = None  # gateway.execution.routes.Route: where it runs, chosen at first run
     rewritten: exp.Expr | None = None  # the tree after the policies' rewrite, made at first run
+    # node -> position in its rows -> the noise its count or sum gets (a noisy table's), made with `sql`
+    noise: dict[int, dict[int, Release]] = field(default_factory=dict)
+
+    def positions(self, outputs: Mapping[str, Release]) -> dict[int, dict[int, Release]]:
+        """``outputs`` (by output name) by node and position in the statement's rows: after
+        ``__node``, ``__parent`` and ``__id``, every node's outputs in turn (as shape reads them)."""
+        offsets, position = {}, 3
+        for node in self.nodes:
+            offsets[node.index] = position
+            position += len(node.outputs)
+        found: dict[int, dict[int, Release]] = {}
+        for name, release in outputs.items():
+            node_index, index = (int(part) for part in name[1:].split("_"))
+            found.setdefault(node_index, {})[offsets[node_index] + index] = release
+        return found
 
 
 @dataclass

@@ -79,6 +79,14 @@ class TableInfo:
     aggregate_only: bool = False
     group_by: frozenset[str] | None = None  # aggregate_only: the columns groups may use
     by_pk: bool = True  # `_by_pk` exists only where the role sees the whole key raw
+    noisy: frozenset[str] | None = None  # a noisy aggregate-only table: the columns it may sum
+
+    @property
+    def summable(self) -> dict[str, ColumnInfo]:
+        """The columns sum may read: the numeric measures, and of a noisy table only its bounded ones."""
+        return {
+            n: c for n, c in self.measures.items() if c.type.kind in NUMERIC and (self.noisy is None or n in self.noisy)
+        }
 
     def groupable(self, name: str) -> bool:
         """Whether groups, and the filters of an aggregate-only table, may use column ``name``."""
@@ -208,6 +216,7 @@ def _tables(
                 aggregate_only=decision is not None and decision.access == "aggregate_only",
                 group_by=decision.group_by if decision is not None else None,
                 by_pk=visible is None or all(visible.get(k) == RAW for k in primary_key),
+                noisy=frozenset(decision.noise.bounds) if decision is not None and decision.noise is not None else None,
             )
     for index, link in enumerate(config.relationships):
         source, target = link.source_ref, link.target_ref
@@ -386,14 +395,17 @@ class _Builder:
                     },
                 ),
             }
-            numeric = {n: c for n, c in table.measures.items() if c.type.kind in NUMERIC}
-            orderable = {n: c for n, c in table.measures.items() if c.type.kind in ORDERABLE}
+            numeric = table.summable
+            # A noisy table releases counts and sums only: min and max are one row's value, and
+            # an average would be a sum over a count its noise is not calibrated to.
+            orderable = {n: c for n, c in table.measures.items() if c.type.kind in ORDERABLE and table.noisy is None}
             if numeric:
                 fields["sum"] = GraphQLField(
                     GraphQLObjectType(
                         f"{root}_sum_fields", {n: GraphQLField(sum_type(c.type)) for n, c in numeric.items()}
                     )
                 )
+            if numeric and table.noisy is None:
                 fields["avg"] = GraphQLField(
                     GraphQLObjectType(f"{root}_avg_fields", {n: GraphQLField(SCALARS["double"]) for n in numeric})
                 )
@@ -452,6 +464,8 @@ class _Builder:
 
         def build() -> dict[str, GraphQLInputField]:
             fields = {name: GraphQLInputField(ORDER_BY) for name in table.columns if table.groupable(name)}
+            if table.noisy is not None:  # ordered by an exact aggregate, groups would rank by it
+                return fields
             aggregate: dict[str, GraphQLInputField] = {"count": GraphQLInputField(ORDER_BY)}
             for op, allowed in (("sum", NUMERIC), ("avg", NUMERIC), ("min", ORDERABLE), ("max", ORDERABLE)):
                 columns = [n for n, c in table.measures.items() if c.type.kind in allowed]

@@ -303,6 +303,7 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
         outcome=exchange.outcome,
         status=status,
         errors=exchange.codes,
+        epsilon=result.epsilon if result is not None else None,
     )
     if exchange.console is not None:
         made.update(exchange.console)

@@ -119,10 +119,13 @@ def record(
     outcome: str,
     status: int,
     errors: list[str],
+    epsilon: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The audit record of a finished request. It names columns and treatments, never values.
-    ``document``: the hash a request sent in place of a document it did not send."""
+    ``document``: the hash a request sent in place of a document it did not send; ``epsilon``:
+    what each root field with noisy aggregates spent of the role's privacy budget, if any did."""
     digest, access = _operation(query, plan) if query else (document, [])
+    spent = {"epsilon": epsilon} if epsilon else {}
     return {
         "time": time.time(),  # the sink writes it as ISO 8601
         "request_id": request_id,  # the gateway's own, unique
@@ -142,6 +145,7 @@ def record(
         "outcome": outcome,
         "status": status,
         "errors": errors,
+        **spent,
     }
 
 

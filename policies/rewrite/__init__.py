@@ -35,6 +35,7 @@ from policies.rewrite.context import LATE, Context, PolicyViolation, Step, late_
 from policies.rewrite.defer import defer
 from policies.rewrite.protect import protect
 from policies.rewrite.qualify import qualify
+from policies.rewrite.releases import releases
 from policies.rewrite.thresholds import thresholds
 from policies.rewrite.verify import verify
 
@@ -51,6 +52,7 @@ __all__ = [
     "late_mask",
     "protect",
     "qualify",
+    "releases",
     "thresholds",
     "verify",
 ]

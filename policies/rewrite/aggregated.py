@@ -8,6 +8,8 @@ from typing import Any
 from sqlglot import exp
 
 from catalogue.names import AGGREGATED, ENTITY, ONE, hidden
+from policies.decide import TableDecision
+from policies.noise import CLAMPED
 from policies.rewrite.context import Context, PolicyViolation
 
 
@@ -54,6 +56,21 @@ def verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Context
         for column in function.find_all(exp.Column):
             if column.name not in measures:
                 raise PolicyViolation(f"{name} is aggregate-only but aggregates {column.name} by value")
+    if decision.noise is not None:
+        _noisy(subquery, [n for n in above if isinstance(n, exp.AggFunc)], decision, name)
+    _columns_above(holder, above, passed, dims, decision, name)
+
+
+def _columns_above(
+    holder: exp.Select,
+    above: list[exp.Expr],
+    passed: set[str],
+    dims: frozenset[str],
+    decision: TableDecision,
+    name: str,
+) -> None:
+    """The aggregating SELECT reads the entity only to count it, and the other columns it is
+    given only inside aggregates, or as the groups' keys."""
     entity = hidden(ENTITY, decision.k_distinct) if decision.k_distinct is not None else None
     for column in (n for n in above if isinstance(n, exp.Column)):
         if column.name == entity and not _counts_entities(column):
@@ -61,6 +78,27 @@ def verify_aggregated(subquery: exp.Subquery, key: tuple[str, str], ctx: Context
         outside = column.find_ancestor(exp.AggFunc, exp.Group, exp.Window) is None
         if column.name in passed and outside and not (column.name in dims and _grouped(holder, column.name)):
             raise PolicyViolation(f"{name} is aggregate-only but {column.name} leaves ungrouped")
+
+
+def _noisy(subquery: exp.Subquery, functions: list[exp.AggFunc], decision: TableDecision, name: str) -> None:
+    """A noisy table releases counts, and sums of its bounded columns clamped in its policy
+    subquery; nothing else its noise is not calibrated to. Min and max are one row's value, an
+    average a sum over a count released without noise; groups ordered by an exact aggregate
+    would rank them by it."""
+    assert decision.noise is not None
+    clamped = {
+        p.alias_or_name
+        for p in subquery.this.expressions
+        if isinstance(p, exp.Alias) and p.this.meta.get(CLAMPED) == decision.noise.bounds.get(p.alias_or_name)
+    }
+    for function in functions:
+        if function.find_ancestor(exp.Window) is not None:
+            raise PolicyViolation(f"{name} has noise but its groups are ordered by {function.sql()}")
+        if isinstance(function, exp.Count):
+            continue
+        column = function.this.this if isinstance(function.this, exp.Cast) else function.this
+        if not isinstance(function, exp.Sum) or not isinstance(column, exp.Column) or column.name not in clamped:
+            raise PolicyViolation(f"{name} has noise, which {function.sql()} is not released with")
 
 
 def _aggregate_input(select: exp.Select, alias: str, dims: frozenset[str], name: str) -> set[str]:

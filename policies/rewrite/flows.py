@@ -12,7 +12,10 @@ from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.scope import Scope, ScopeType, traverse_scope
 
 from catalogue.names import ENTITY, KEY, RAW_VALUE, ROW, TIE, hidden, is_join_key, is_raw, is_tie
+from catalogue.types import LogicalType
+from policies.decide import TableDecision
 from policies.masks import mask, tie
+from policies.noise import clamp
 from policies.rewrite.context import (
     LATE,
     POLICY,
@@ -74,6 +77,14 @@ PASSED_AS: dict[str, Callable[[str], bool]] = {
 }  # the names a key or tie-break passes on under
 
 
+def _visible(decision: TableDecision, name: str, kind: LogicalType) -> exp.Expr:
+    """A visible column as its policy subquery gives it: its mask, clamped to its bounds where
+    its table is noisy (what noisy sums read)."""
+    masked = mask(decision.visible_columns[name], raw_column(name), kind)
+    bounds = decision.noise.bounds if decision.noise is not None else {}
+    return clamp(masked, bounds[name]) if name in bounds else masked
+
+
 def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> dict[str, Value]:
     """Check a policy subquery against the policy itself, as :func:`_policy_subquery` would
     build it: each output a visible column's mask, a masked column's raw value passed on, a
@@ -112,7 +123,7 @@ def _policy_outputs(select: exp.Select, key: tuple[str, str], ctx: Context) -> d
         elif name == ROW:
             expected = exp.Literal.number(1)
         elif name in decision.visible_columns:
-            expected = mask(decision.visible_columns[name], raw_column(name), types[name])
+            expected = _visible(decision, name, types[name])
         if expected is None or projection.this != expected:
             raise PolicyViolation(f"{key[0]}.{key[1]} gives {name} otherwise than its policy does")
     return out

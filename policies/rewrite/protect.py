@@ -8,6 +8,7 @@ from sqlglot import exp
 
 from catalogue.names import KEY, MARK, RAW_VALUE, ROW, TIE, hidden
 from policies.masks import mask
+from policies.noise import clamp
 from policies.rewrite.context import (
     POLICY,
     RAW_TABLE,
@@ -83,6 +84,8 @@ def _mask_late(
         treatment = decision.columns.get(name)
         if treatment is None or not treatment.masked or len(columns) != 1 or not _projected(columns[0]):
             continue
+        if decision.noise is not None and name in decision.noise.bounds:  # clamped in the subquery
+            continue
         raw = exp.Column(this=exp.to_identifier(hidden(RAW_VALUE, name), quoted=True), table=exp.to_identifier(alias))
         masked = late_mask(key, name, treatment, types[name], raw)
         deferred[name] = masked.find(exp.Column) is not None
@@ -106,10 +109,16 @@ def _policy_subquery(
     raw.set("alias", exp.TableAlias(this=exp.to_identifier("raw")))
 
     # Only the columns the query reads: a mask nobody reads is not computed for every row.
+    # A noisy table's bounded columns are clamped here, so that every sum of them is bounded.
+    bounds = decision.noise.bounds if decision.noise is not None else {}
     projections: list[exp.Expr] = [
-        exp.alias_(mask(treatment, raw_column(name), types[name]), exp.to_identifier(name, quoted=True))
+        exp.alias_(
+            clamp(masked, bounds[name]) if name in bounds else masked,
+            exp.to_identifier(name, quoted=True),
+        )
         for name, treatment in decision.visible_columns.items()
         if name in used
+        for masked in [mask(treatment, raw_column(name), types[name])]
     ]
     # Raw values whose masks are computed outside (see protect): only for masked columns.
     projections += [
