@@ -34,17 +34,20 @@ class TableDecision:
     relationships: Mapping[str, str] = field(default_factory=dict)  # name -> "allow" or "deny"
     noise: Noise | None = None  # aggregate_only: counts and sums released with noise
 
-    def follows(self, relation: str, column: str) -> bool:
-        """Whether the role may follow ``relation`` from this table, joining on ``column``: only
-        if it sees the column in some form, unless its policy names the relationship.
+    def follows(self, relation: str, column: str, far: Treatment | None) -> bool:
+        """Whether the role may follow ``relation`` from this table, joining on ``column`` to a
+        column it sees as ``far`` on the table it reaches: only if it sees the join column in
+        some form on both sides, unless its policy names the relationship.
 
         A denied join column would otherwise be read through its relationship: who the legal
-        representative is, and then their diagnoses."""
+        representative is, and then their diagnoses. From either end: the reverse relationship
+        (a resident's enterprises represented) says the same as the forward one, that this
+        company's representative is this resident."""
         granted = self.relationships.get(relation)
         if granted is not None:
             return granted == "allow"
         treatment = self.columns.get(column)
-        return treatment is not None and treatment.visible
+        return treatment is not None and treatment.visible and far is not None and far.visible
 
     @property
     def visible(self) -> bool:

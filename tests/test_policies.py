@@ -1241,6 +1241,12 @@ def test_a_relationship_follows_only_a_join_column_the_role_sees_or_a_grant(
     assert "legal_representative" in relations_of(gateway_sqlite, POLICY_FILES, "district_officer", enterprises)
     social = "human_resources_social_insurance"
     assert relations_of(gateway_sqlite, POLICY_FILES, "district_officer", social) == {"employer"}
+    # nor from the other end: a resident's enterprises say who represents them as surely
+    residents = "public_security_residents"
+    assert "enterprises_represented" not in relations_of(gateway_sqlite, POLICY_FILES, "health_analyst", residents)
+    assert "social_insurance" not in relations_of(gateway_sqlite, POLICY_FILES, "district_officer", residents)
+    assert "enterprises_represented" in relations_of(gateway_sqlite, POLICY_FILES, "district_officer", residents)
+    assert "clinic_visits" in relations_of(gateway_sqlite, POLICY_FILES, "health_analyst", residents)
     central = yaml.safe_load(POLICY_FILES[0].read_text(encoding="utf-8"))
     analyst = central["roles"]["health_analyst"]["tables"]
     analyst["market_regulation.enterprises"]["relationships"] = {"legal_representative": "allow"}

@@ -37,7 +37,7 @@ from graphql import (
 from catalogue.errors import ConfigError
 from catalogue.model import Catalogue, Column, SharingClass
 from catalogue.types import NUMERIC, ORDERABLE, Kind, LogicalType
-from gateway.config import Config, TableConfig
+from gateway.config import ColumnRef, Config, TableConfig
 from gateway.graphql.scalars import SCALARS
 from policies.decide import TableDecision
 from policies.masks import output_kind
@@ -229,11 +229,11 @@ def _tables(
                 raise ConfigError(
                     f"relationships.{index}: {tables[root].department}.{tables[root].name} has no column {column!r}"
                 )
-        if _follows(decisions, source.department, source.table, link.name, source.column):
+        if _follows(decisions, source, link.name, target):
             tables[source_root].relations[link.name] = Relation(
                 link.name, "object", source.column, target_root, target.column
             )
-        if link.reverse and _follows(decisions, target.department, target.table, link.reverse.name, target.column):
+        if link.reverse and _follows(decisions, target, link.reverse.name, source):
             tables[target_root].relations[link.reverse.name] = Relation(
                 link.reverse.name, link.reverse.kind, target.column, source_root, source.column
             )
@@ -241,16 +241,18 @@ def _tables(
 
 
 def _follows(
-    decisions: Mapping[tuple[str, str], TableDecision] | None, department: str, table: str, name: str, column: str
+    decisions: Mapping[tuple[str, str], TableDecision] | None, start: ColumnRef, name: str, end: ColumnRef
 ) -> bool:
-    """Whether the role may follow relationship ``name`` from ``department.table``: only if it
-    sees the join ``column`` there in some form (a masked key still links), or its policy
+    """Whether the role may follow relationship ``name`` from ``start`` to ``end``: only if it
+    sees the join column on both tables in some form (a masked key still links), or its policy
     grants the relationship by name. Absent from the schema, the relationship is also absent
     from filters and orderings, which are built from the same relations."""
     if decisions is None:
         return True
-    decision = decisions.get((department, table))
-    return decision is not None and decision.follows(name, column)
+    decision = decisions.get((start.department, start.table))
+    reached = decisions.get((end.department, end.table))
+    far = reached.columns.get(end.column) if reached is not None and reached.access != "deny" else None
+    return decision is not None and decision.follows(name, start.column, far)
 
 
 def _column(column: Column, table_config: TableConfig | None, treatment: Treatment) -> ColumnInfo:
