@@ -68,7 +68,12 @@ def sqlite_config(tmp_path_factory: pytest.TempPathFactory, city: City) -> Confi
 
 @pytest.fixture(scope="session")
 def services_config() -> Config:
-    return load_config(SERVICES_CONFIG)
+    """The services' configuration, with time to plan: a first request asks the engine for its
+    tables' sizes (the cost estimate), and on a busy 2-core machine a cold Trino can take longer
+    than the deployment's 2 s for that. These tests are about answers; tests/test_hostile.py
+    holds the plan budget itself."""
+    config = load_config(SERVICES_CONFIG)
+    return config.model_copy(update={"limits": config.limits.model_copy(update={"plan_seconds": 30.0})})
 
 
 @pytest.fixture(scope="session")
