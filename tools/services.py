@@ -152,11 +152,18 @@ def wait_for(
     deadline = time.monotonic() + timeout
     last_note = time.monotonic()
     hint = f"; see {log}" if log else ""
+    gone_since: float | None = None
     while time.monotonic() < deadline:
         if check():
             return
+        # Gone for good, not for a moment: a launcher rewrites its pid file, and a process
+        # between fork and exec shows another command line, so one look can miss it.
         if pid_file is not None and time.monotonic() - deadline + timeout > 3 and pid_alive(pid_file) is None:
-            raise ServiceError(f"{what} exited while starting{hint}")
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 5:
+                raise ServiceError(f"{what} exited while starting{hint}")
+        else:
+            gone_since = None
         if time.monotonic() - last_note > 10:
             say(f"  still waiting for {what} ({int(deadline - time.monotonic())} s left)")
             last_note = time.monotonic()
