@@ -179,14 +179,46 @@ def pid_alive(pid_file: Path) -> int | None:
     whose does not is not ours to wait for, to report as running or to stop.
     """
     try:
-        pid = int(pid_file.read_text().split()[0])
+        pid: int | None = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
+        pid = None
+    if pid is not None and is_service(pid, pid_file.parent):
+        return pid
+    # A launcher may record a process of its own that then hands over to another (Trino's
+    # once recorded a pid four below its Java's): the service is the process that names the
+    # directory, and the pid file is mended so that `stop` finds it.
+    found = sorted(p for p in _processes() if is_service(p, pid_file.parent))
+    if not found or not pid_file.exists():
         return None
+    with contextlib.suppress(OSError):
+        pid_file.write_text(f"{found[0]}\n")
+    return found[0]
+
+
+SERVERS = frozenset({"java", "postgres", "mariadbd"})  # what every service here runs as
+
+
+def is_service(pid: int, directory: Path) -> bool:
+    """Whether ``pid`` is a server (not a shell, an editor or a ``tail`` that merely names a
+    file there) whose command line names ``directory``."""
+    words = command_line(pid).split()
+    return (
+        pid != os.getpid()
+        and bool(words)
+        and Path(words[0]).name in SERVERS
+        and names_directory(" ".join(words), directory)
+    )
+
+
+def command_line(pid: int) -> str:
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return None
-    return pid if names_directory(command, pid_file.parent) else None
+        return ""
+
+
+def _processes() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
 
 
 def names_directory(command: str, directory: Path) -> bool:
