@@ -309,6 +309,20 @@ def find_java() -> Path:
 # -- Trino distribution -----------------------------------------------------------------------
 
 
+def maven_artifact(coordinates: str, what: str, size: str) -> Path:
+    """``group:artifact:version:packaging`` in the local Maven repository, fetched from Maven
+    Central once."""
+    group, artifact, version, packaging = coordinates.split(":")
+    path = Path.home() / ".m2" / "repository" / Path(*group.split(".")) / artifact / version
+    path /= f"{artifact}-{version}.{packaging}"
+    if not path.exists():
+        if shutil.which("mvn") is None:
+            raise ServiceError(f"Maven (mvn) is needed to fetch {what}; apt-get install maven")
+        say(f"  fetching {coordinates} from Maven Central ({size}, once)")
+        run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={coordinates}", "-Dtransitive=false"])
+    return path
+
+
 def ensure_trino(settings: Settings) -> Path:
     home = settings.cache / f"trino-server-{TRINO_VERSION}"
     with step(f"Trino {TRINO_VERSION} distribution") as outcome:
@@ -316,13 +330,7 @@ def ensure_trino(settings: Settings) -> Path:
         if (home / "lib").is_dir() and not missing:
             outcome.append(f"cached at {home}")
             return home
-        m2 = Path.home() / ".m2" / "repository" / "io" / "trino" / "trino-server" / TRINO_VERSION
-        tarball = m2 / f"trino-server-{TRINO_VERSION}.tar.gz"
-        if not tarball.exists():
-            if shutil.which("mvn") is None:
-                raise ServiceError("Maven (mvn) is needed to fetch Trino; apt-get install maven")
-            say(f"  fetching {TRINO_ARTIFACT} from Maven Central (about 820 MB, once)")
-            run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={TRINO_ARTIFACT}", "-Dtransitive=false"])
+        tarball = maven_artifact(TRINO_ARTIFACT, "Trino", "about 820 MB")
         # A cached distribution only lacks plugins added since it was unpacked: those are
         # added beside the others, and a Trino running from it is not disturbed.
         whole = not (home / "lib").is_dir()
@@ -1011,13 +1019,7 @@ def ensure_keycloak(settings: Settings) -> Path:
         if (home / "bin" / "kc.sh").exists():
             outcome.append(f"unpacked at {home}")
             return home
-        m2 = Path.home() / ".m2" / "repository" / "org" / "keycloak" / "keycloak-quarkus-dist" / KEYCLOAK_VERSION
-        archive = m2 / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.zip"
-        if not archive.exists():
-            if shutil.which("mvn") is None:
-                raise ServiceError("Maven (mvn) is needed to fetch Keycloak; apt-get install maven")
-            say(f"  fetching {KEYCLOAK_ARTIFACT} from Maven Central (about 180 MB, once)")
-            run(["mvn", "-q", "-B", "dependency:get", f"-Dartifact={KEYCLOAK_ARTIFACT}", "-Dtransitive=false"])
+        archive = maven_artifact(KEYCLOAK_ARTIFACT, "Keycloak", "about 180 MB")
         staging = home.with_name(home.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         with zipfile.ZipFile(archive) as zipped:
