@@ -7,6 +7,8 @@ check, and never carries SQL, stack traces or credentials. ``detail`` is for the
 
 from __future__ import annotations
 
+import re
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -95,6 +97,80 @@ class EngineQueryError(CitygateError):
     """The engine refused a statement for a reason other than a store being down."""
 
     code = "ENGINE_ERROR"
+
+
+# What a store's or engine's message may quote of the data: text in quotes (PostgreSQL's `value
+# "441900…" is out of range`, MariaDB's `Incorrect integer value: '…'`, DuckDB's `Could not
+# convert string '…'`) and long runs of digits (an identity number, a phone number, unquoted).
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`[^`]*`")
+_DIGITS = re.compile(r"\d{5,}")
+
+
+def error_class(error: BaseException) -> str:
+    """What kind of failure an engine's or a driver's exception is, without its message: its
+    class, and the code the driver gives it (SQLSTATE, Trino's error name, SQLite's error
+    name, MariaDB's error number). A message about a statement can quote the values it was
+    reading (`value "441900199604273847" is out of range`): the message never leaves the
+    connector, only this.
+
+    >>> error_class(ValueError("value '441900199604273847' is out of range"))
+    'ValueError'
+    >>> error_class(ConnectionError(1264, "Out of range value for column 'v'"))
+    'ConnectionError 1264'
+    """
+    parts = [type(error).__name__]
+    for attribute in ("sqlstate", "error_name", "sqlite_errorname"):
+        value = getattr(error, attribute, None)
+        if isinstance(value, str) and value:
+            parts.append(value)
+    if len(parts) == 1 and error.args and isinstance(error.args[0], int):  # PyMySQL's error number
+        parts.append(str(error.args[0]))
+    return " ".join(parts)
+
+
+def without_values(text: str) -> str:
+    """A store's or engine's message with what could be a stored value cut out: quoted text
+    and runs of five digits or more. For messages about reaching a store (its address and
+    user are in the client's message already); a message about a statement keeps only its
+    class (:func:`error_class`).
+
+    >>> without_values('ERROR: value "441900199604273847" is out of range for type integer')
+    'ERROR: value "…" is out of range for type integer'
+    >>> without_values("Connection to 127.0.0.1:5432 refused")
+    'Connection to 127.0.0.1:5432 refused'
+    """
+    quoted = _QUOTED.sub(lambda m: m.group(0)[0] + "…" + m.group(0)[-1], text)
+    return _DIGITS.sub("#", quoted)
+
+
+def trace_without_messages(error: BaseException) -> str:
+    """A traceback for the log with each exception's message left out: an unexpected error
+    can carry an engine's message, and so a stored value or key material; where it was raised
+    is what an operator needs, and the exceptions' classes.
+
+    >>> stored = "441900199604273847"
+    >>> try:
+    ...     raise ValueError(f"value {stored} is out of range")
+    ... except ValueError as error:
+    ...     text = trace_without_messages(error)
+    >>> "441900199604273847" in text, text.splitlines()[-1]
+    (False, 'ValueError')
+    """
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = error
+    chain: list[BaseException] = []
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for number, exception in enumerate(reversed(chain)):
+        if number:
+            lines.append("During handling of the above exception, another exception occurred:")
+        lines.append("Traceback (most recent call last):")
+        lines.extend(line.rstrip("\n") for line in traceback.format_list(traceback.extract_tb(exception.__traceback__)))
+        lines.append(error_class(exception))
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ from catalogue.errors import (
     EngineUnavailableError,
     ResultTooLarge,
     StoreUnavailableError,
+    error_class,
+    without_values,
 )
 from catalogue.model import Column, Department, Table
 from catalogue.stores import PostgresStore, SqliteStore, Store, Tls
@@ -447,10 +449,11 @@ class EmbeddedEngine(Engine):
             raise EngineQueryError(
                 "the query needs more memory than the embedded engine may use (engine.embedded.memory_limit); "
                 "ask for less, or narrow it with `where` or `limit`",
-                detail=scrub(str(error)),
+                detail=error_class(error),
             ) from None
         except duckdb.Error as error:
-            raise EngineQueryError("the embedded engine could not run the query", detail=scrub(str(error))) from None
+            # its class only: DuckDB's message can quote the values the statement read
+            raise EngineQueryError("the embedded engine could not run the query", detail=error_class(error)) from None
         finally:
             if cancel is not None:
                 cancel.on_cancel(None)
@@ -468,7 +471,7 @@ class EmbeddedEngine(Engine):
         named = [d for d in candidates if self._mentions(d, text)]
         department = (named or candidates or ["unknown"])[0]
         if department == "unknown":
-            return EngineQueryError("the embedded engine could not reach a store", detail=text)
+            return EngineQueryError("the embedded engine could not reach a store", detail=without_values(text))
         # Drop the attachment so the next query reconnects once the store is back.
         with self._lock:
             self._forget(department)

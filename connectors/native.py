@@ -35,7 +35,7 @@ from sqlglot.dialects.mysql import MySQL
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.dialects.sqlite import SQLite
 
-from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge
+from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, error_class
 from catalogue.model import Column, Department, Table
 from catalogue.sql import partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
@@ -224,7 +224,8 @@ class NativeEngine(Engine):
         return [tuple(r) for r in rows]
 
     def _refused(self, department: str, error: Exception) -> EngineQueryError:
-        return EngineQueryError(f"department {department}'s store refused the query", detail=str(error))
+        # its class only: the store's message can quote the values the statement read
+        return EngineQueryError(f"department {department}'s store refused the query", detail=error_class(error))
 
     def read_department(self, department: str) -> Department:
         spec = self.departments[department]

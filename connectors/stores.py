@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from catalogue.errors import StoreUnavailableError
+from catalogue.errors import StoreUnavailableError, without_values
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 
 # -- connection parameters --------------------------------------------------------------------
@@ -81,7 +81,7 @@ def describe_store_failure(
     """
     if isinstance(store, SqliteStore):
         return StoreUnavailableError(
-            department, f"department {department}: cannot read SQLite file {store.path}", detail=text
+            department, f"department {department}: cannot read SQLite file {store.path}", detail=without_values(text)
         )
     label = "PostgreSQL" if isinstance(store, PostgresStore) else "MariaDB"
     where = f"{label} at {store.host}:{store.port}"
@@ -110,7 +110,9 @@ def describe_store_failure(
         message = f"has no database {store.database!r} (check departments.{department}.store.database)"
     else:
         message = f"did not answer (is it running? check departments.{department}.store.host and port)"
-    return StoreUnavailableError(department, f"department {department}: {where} {message}", detail=text)
+    # the detail without what a store's message may quote of its rows (the classification above
+    # reads the message whole; the operator's log gets it cut)
+    return StoreUnavailableError(department, f"department {department}: {where} {message}", detail=without_values(text))
 
 
 def sqlite_declared_types(path: Path) -> dict[str, dict[str, str]]:

@@ -29,6 +29,8 @@ from catalogue.errors import (
     EngineUnavailableError,
     ResultTooLarge,
     StoreUnavailableError,
+    error_class,
+    without_values,
 )
 from catalogue.model import Column, Department, Table
 from catalogue.sql import partial_sql
@@ -337,7 +339,7 @@ class TrinoEngine(Engine):
         except TrinoUserError as error:
             raise self._user_failure(touched, error) from None
         except TrinoQueryError as error:
-            raise EngineQueryError("Trino could not run the query", detail=str(error)) from None
+            raise EngineQueryError("Trino could not run the query", detail=error_class(error)) from None
         except trino.exceptions.TrinoConnectionError as error:
             raise self._unreachable(str(error)) from None
 
@@ -384,11 +386,14 @@ class TrinoEngine(Engine):
             # The store answered, and refused the statement: it is not down, and must not be
             # reported so (a caller could otherwise make a department look down at will). A
             # store's own message rarely names the catalog: the department may be unknown.
+            # Its class only: the store's message can quote the values the statement read.
             whose = f"department {department}'s store" if department is not None else "a department's store"
-            return EngineQueryError(f"{whose} refused the query", detail=text)
+            return EngineQueryError(f"{whose} refused the query", detail=error_class(error))
         if department is None:
             names = ", ".join(touched) or "unknown"
-            return StoreUnavailableError(names, f"a department's store did not answer ({names})", detail=text)
+            return StoreUnavailableError(
+                names, f"a department's store did not answer ({names})", detail=without_values(text)
+            )
         return describe_store_failure(department, self.departments[department].store, text)
 
     def _user_failure(self, touched: list[str], error: TrinoQueryError) -> CitygateError:
@@ -400,7 +405,7 @@ class TrinoEngine(Engine):
                 f"department {department}: Trino at {self.address} has no catalog "
                 f"{self.departments[department].catalog if department in self.departments else ''!r} "
                 f"(write it with `citygate trino-catalogs`, or set engine.trino.create_missing_catalogs)",
-                detail=text,
+                detail=error_class(error),
             )
         if error.error_name == "CATALOG_UNAVAILABLE":
             department = self._department_in(touched, text) or "unknown"
@@ -409,16 +414,16 @@ class TrinoEngine(Engine):
                 f"department {department}: Trino could not start catalog "
                 f"{self.departments[department].catalog if department in self.departments else ''!r} "
                 f"(check its catalog properties and Trino's server log)",
-                detail=text,
+                detail=error_class(error),
             )
         if error.error_name in ("SCHEMA_NOT_FOUND", "TABLE_NOT_FOUND"):
             department = self._department_in(touched, text) or "unknown"
             return StoreUnavailableError(
                 department,
                 f"department {department}: a table or schema the query needs is missing from its store",
-                detail=text,
+                detail=error_class(error),
             )
-        return EngineQueryError("Trino refused the query", detail=text)
+        return EngineQueryError("Trino refused the query", detail=error_class(error))
 
     # -- catalogs -----------------------------------------------------------------------------
 

@@ -253,7 +253,7 @@ class AuthConfig(_Model):
 
 
 class CacheConfig(_Model):
-    """The result cache: rows keyed by the final, policy-rewritten SQL and the engine."""
+    """The result cache: rows keyed by the route, the final, policy-rewritten SQL and the release."""
 
     enabled: bool = True
     max_entries: int = Field(10_000, ge=1)

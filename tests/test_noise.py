@@ -351,6 +351,43 @@ def test_a_cached_noisy_answer_is_the_same_draw_and_spends_nothing(
         gateway.close()
 
 
+COUNT = "{ health_clinic_visits_aggregate { aggregate { count } } }"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_noisy_role_and_an_exact_one_never_share_a_cached_answer(
+    engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """The two roles' statements for a count are the same text (the noise is drawn after the
+    statement runs), so a cache keyed by the text alone served the exact role a noisy draw and
+    the noisy role the exact count, spending nothing. Each is its own release now: asked in
+    either order, the exact role gets the truth, the noisy role a fresh draw that spends."""
+    config = engine_config(engine, sqlite_config, services_config)
+    true_count = len(list(city.dicts("health", "clinic_visits")))
+    budget = PrivacyBudget(epsilon=100.0)
+    for first, second in (("exact", "noisy"), ("noisy", "exact")):
+        (tmp_path / first).mkdir()
+        gateway = start(config, [policy_file(tmp_path / f"{first}.yaml", budget=100.0)], tmp_path / first, cache=True)
+        try:
+            answers = {}
+            for role in (first, second):
+                response = gateway.execute(COUNT, identity=Identity(role))
+                assert response.cache == {"health_clinic_visits_aggregate": "miss"}, (role, response.cache)
+                answers[role] = response.body["data"]["health_clinic_visits_aggregate"]["aggregate"]["count"]
+            [exact] = gateway.compile(COUNT, identity=Identity("exact"))
+            [noisy] = gateway.compile(COUNT, identity=Identity("noisy"))
+            assert noisy.sql == exact.sql  # the same statement: only the release tells them apart
+            assert answers["exact"] == true_count
+            assert gateway.privacy.left("noisy", budget) == pytest.approx(100.0 - EPSILON)
+            # each role's own entry answers it again: the exact count, and the noisy role's own draw
+            assert run(gateway, "exact", COUNT)["health_clinic_visits_aggregate"]["aggregate"]["count"] == true_count
+            again = run(gateway, "noisy", COUNT)["health_clinic_visits_aggregate"]["aggregate"]["count"]
+            assert again == answers["noisy"]
+            assert gateway.privacy.left("noisy", budget) == pytest.approx(100.0 - EPSILON)
+        finally:
+            gateway.close()
+
+
 def test_the_budget_refuses_past_its_limit_and_renews_after_the_period(sqlite_config: Config, tmp_path: Path) -> None:
     gateway = start(sqlite_config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
     now = [1_800_000_000.0]  # 2027-01-15T08:00:00Z

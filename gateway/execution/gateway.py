@@ -16,7 +16,6 @@ import logging
 import operator
 import threading
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from catalogue.errors import (
     PolicyRefused,
     PrivacyBudgetExhausted,
     StoreUnavailableError,
+    trace_without_messages,
 )
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
@@ -52,7 +52,7 @@ from connectors.base import Engine, Health
 from connectors.native import NativeEngine, native_engines
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
-from gateway.execution.cache import ResultCache
+from gateway.execution.cache import ResultCache, release
 from gateway.execution.fairness import (
     CALLER,
     CALLER_ROOT_FIELDS,
@@ -574,7 +574,11 @@ class Gateway:
         rows, left = [], self.config.limits.max_rows
         for compiled in plan.compiled.values():
             route: Route | None = compiled.route
-            found = self.results.get(route.key, compiled.sql.get(route.key)) if route is not None else None
+            found = (
+                self.results.get(route.key, compiled.sql.get(route.key), compiled.release)
+                if route is not None
+                else None
+            )
             if found is None or len(found) > left:  # over the row limit: the full path says so
                 return None
             rows.append(found)
@@ -657,6 +661,7 @@ class Gateway:
                     compiled.rewritten = view.rewrite(compiled.tree, claims)
                     # before the route: another request's thread reads both once the route is set
                     compiled.noise = compiled.positions(view.releases(compiled.rewritten))
+                    compiled.release = release(view.role, compiled.noise, view.privacy)
                 route = self.routes.pick(compiled.rewritten)  # named in the error, if rendering fails
                 route, text = self.routes.render(route, compiled.rewritten)
                 compiled.sql[route.key] = text
@@ -682,9 +687,10 @@ class Gateway:
             log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
             self.metrics.engine_errors.labels(engine=engine, code=error.code, route=_route_name(route)).inc()
             return error, cached, _route_name(route)
-        except Exception:  # an engine bug must not take the server down or leak a trace
-            # the trace may quote an engine's message, and so its key material
-            log.error("root field %s failed: %s", compiled.key, self.engine.redact(traceback.format_exc()))
+        except Exception as error:  # an engine bug must not take the server down or leak a trace
+            # where it failed, not what it said: an engine's message may quote the values it read
+            # or its key material
+            log.error("root field %s failed: %s", compiled.key, self.engine.redact(trace_without_messages(error)))
             self.metrics.engine_errors.labels(engine=engine, code="INTERNAL", route=_route_name(route)).inc()
             return CitygateError("internal error while running the query"), cached, _route_name(route)
         with self.telemetry.stage("shape"):
@@ -733,7 +739,7 @@ class Gateway:
             return noisy_rows(rows, compiled.noise) if cost else rows
 
         # "off": a department forbids caching, or the answer is too big to keep
-        return self.results.fetch(route.key, text, compiled.departments, run)
+        return self.results.fetch(route.key, text, compiled.departments, run, compiled.release)
 
     def _spend(self, view: View, cost: float) -> None:
         """Spend ``cost`` of the role's privacy budget, or refuse the answer."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnavailableError
+from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnavailableError, error_class
 from catalogue.model import Catalogue
 from catalogue.sql import logical_table
 from connectors.base import Cancel, Engine
@@ -135,7 +135,7 @@ class Statements:
             probe.set_result(False)
             return
         except Exception as error:  # the store answered, if only to refuse
-            log.debug("probe of %s: %s", statement.sql(), error)
+            log.debug("probe of %s: %s", statement.sql(), error_class(error))
         probe.set_result(True)
 
     def close(self) -> None:

@@ -252,6 +252,9 @@ class Compiled:
     rewritten: exp.Expr | None = None  # the tree after the policies' rewrite, made at first run
     # node -> position in its rows -> the noise its count or sum gets (a noisy table's), made with `sql`
     noise: dict[int, dict[int, Release]] = field(default_factory=dict)
+    # what the rows are released as, beside the statement (gateway.execution.cache): "exact",
+    # or a noisy role's own draws; made with `noise`
+    release: str = "exact"
 
     def positions(self, outputs: Mapping[str, Release]) -> dict[int, dict[int, Release]]:
         """``outputs`` (by output name) by node and position in the statement's rows: after

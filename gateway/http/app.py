@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from catalogue.errors import CitygateError
+from catalogue.errors import CitygateError, trace_without_messages
 from gateway.config import TokenGuard
 from gateway.console import catalogue as console_catalogue
 from gateway.console.assets import Assets
@@ -255,7 +256,7 @@ class Hot:
 
     identity: Identity | None
     version: str  # the policy version
-    rows: list[tuple[str, str, Any]]  # (route key, statement, the cached rows' object) per root field
+    rows: list[tuple[str, str, str, Any]]  # (route key, statement, release, the cached rows' object) per root field
     result: plans.Response
     reply: Reply
     outcome: str
@@ -420,7 +421,9 @@ class Edge:
     def failed(self, exchange: Exchange) -> Reply:
         """The reply to a request that failed unexpectedly (called in its ``except``): logged,
         answered 500, never shown."""
-        log.exception("request failed")
+        # where it failed, not the exception's message: it may quote a stored value
+        error = sys.exception()
+        log.error("request failed: %s", trace_without_messages(error) if error is not None else "no exception")
         exchange.outcome, exchange.codes = "error", ["INTERNAL"]
         body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
         return _json(body, 500, exchange.media_type)
@@ -615,8 +618,8 @@ class Edge:
         if identity != hot.identity or self.gateway.policy_version != hot.version:
             return False
         results = self.gateway.results
-        for route, sql, rows in hot.rows:
-            if results.get(route, sql) is not rows:
+        for route, sql, released, rows in hot.rows:
+            if results.get(route, sql, released) is not rows:
                 return False
         self.metrics.count_cached(len(hot.rows))
         exchange.query, exchange.operation_name = hot.query, hot.operation_name
@@ -642,7 +645,9 @@ class Edge:
         if len(self.hot) >= HOT_ENTRIES:
             del self.hot[next(iter(self.hot))]  # the oldest
         statements = [
-            (compiled.route.key, compiled.sql.get(compiled.route.key)) if compiled.route is not None else ("", None)
+            (compiled.route.key, compiled.sql.get(compiled.route.key), compiled.release)
+            if compiled.route is not None
+            else ("", None, "")
             for compiled in plan.compiled.values()
         ]
         template = None
@@ -652,8 +657,8 @@ class Edge:
             identity=exchange.identity,
             version=plan.version,  # the policies it was answered under, whatever came since
             rows=[
-                (route, sql, rows)
-                for (route, sql), rows in zip(statements, plan.memo.rows, strict=True)
+                (route, sql, released, rows)
+                for (route, sql, released), rows in zip(statements, plan.memo.rows, strict=True)
                 if sql is not None
             ],
             result=result,
