@@ -222,7 +222,7 @@ def should_hide(treatment: Treatment, raw: Any, sample: Sample) -> bool:
         case "redact":
             return bool(raw != REDACTED)
         case "sql":
-            return isinstance(raw, str) and len(raw) > SHORT_TEXT
+            return isinstance(raw, str) and len(raw) > SHORT_TEXT and not set(raw) <= {"*"}
     return False
 
 
@@ -241,6 +241,17 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, dt.datetime) != isinstance(b, dt.datetime) and isinstance(a, dt.date) and isinstance(b, dt.date):
         a, b = (x.date() if isinstance(x, dt.datetime) and x.time() == dt.time() else x for x in (a, b))
     return bool(a == b)
+
+
+def reproduces(output: Any, raw: Any) -> bool:
+    """Whether a mask's ``output`` shows ``raw``: the value itself, or a text longer than
+    :data:`SHORT_TEXT` characters inside it (``value || '-'`` hides nothing).
+
+    >>> reproduces("441900199604273847-", "441900199604273847"), reproduces("[REDACTED]", "E")
+    (True, False)
+    """
+    inside = isinstance(output, str) and isinstance(raw, str) and len(raw) > SHORT_TEXT and raw in output
+    return inside or same(output, raw)
 
 
 def shape(value: Any) -> str:
@@ -407,7 +418,7 @@ def _judge(masked: Masked, column: str, rows: list[Row], results: dict[str, list
     for name in names:
         for row, out in zip(rows, results[name], strict=True):
             sample = row[column]
-            if should_hide(masked.treatment, sample.value, sample) and same(out, sample.value):
+            if should_hide(masked.treatment, sample.value, sample) and reproduces(out, sample.value):
                 return f"{masked.where} shows the raw value on {name}: {_describe(sample)} comes out as it is"
     if masked.treatment.kind == "sql" and masked.kind.kind != "string":
         for name in names:  # a number mask that shows every value as it is masks nothing
