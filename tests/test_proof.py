@@ -98,7 +98,7 @@ def test_length_concatenation_and_division_mean_the_same_on_every_route(clerk: G
         raw = enterprises[row["credit_code"]]
         assert int(row["name"]) == len(raw["name"])  # characters, not UTF-8 bytes: 张 is one
         assert row["legal_rep_id_card"] == raw["legal_rep_id_card"][:6] + "-****"
-    paid = {}
+    paid: dict[str, set[float]] = {}
     for r in city.dicts("human_resources", "social_insurance"):
         paid.setdefault(r["employer_credit_code"], set()).add(r["months_paid"] / 12)
     years = run(
@@ -185,3 +185,20 @@ def test_policy_check_reports_masks_it_cannot_prove_equal_and_masks_that_show_th
     with pytest.raises(ConfigError) as refused:  # the same policies do not serve
         gateway_with(engine, [policy], sqlite_config, services_config)
     assert str(policy) in str(refused.value) and f"{key}.phone" in str(refused.value)
+
+
+def test_a_reload_with_a_mask_that_shows_the_raw_value_keeps_the_policies_in_force(
+    tmp_path: Path, sqlite_config: Config, services_config: Config
+) -> None:
+    policy = write_policy(tmp_path / "clerk.yaml", {"clerk": CUSTOM["clerk"]})
+    gateway = gateway_with("sqlite_delegated", [policy], sqlite_config, services_config)
+    try:
+        version = gateway.policy_version
+        write_policy(policy, UNPROVEN)
+        with pytest.raises(ConfigError, match=r"columns\.phone: .* shows the raw value"):
+            gateway.reload_policies()
+        assert gateway.policy_version == version
+        masked = run(gateway, "clerk", "{ public_security_residents(limit: 3) { id_card } }")
+        assert all(len(r["id_card"]) == 4 for r in masked["public_security_residents"])
+    finally:
+        gateway.close()

@@ -343,22 +343,25 @@ def _evaluate(route: _Route, table: _Table, masks: Sequence[Masked], rows: Seque
     return [[row[n + 1] for row in answer.rows] for n in range(len(masks))]
 
 
-def _read_samples(routes: Routes, table: _Table) -> list[dict[str, Any]]:
-    """Up to :data:`SAMPLE_ROWS` rows of the table's columns, read raw through the engine (or
-    the department's store, when the engine does not answer). Never shown."""
+def _read_samples(routes: Routes, table: _Table, down: set[str]) -> list[dict[str, Any]]:
+    """Up to :data:`SAMPLE_ROWS` rows of the table's masked columns, read raw through the
+    engine (or the department's store, when the engine does not answer). Never shown."""
     columns = table.columns
     tree = exp.select(*(exp.column(exp.to_identifier(c, quoted=True)) for c in columns)).from_(
         logical_table(table.department, table.table)
     )
     tree = tree.limit(SAMPLE_ROWS)
-    engines = [routes.engine] + [e for e in [routes.native.get(table.department)] if e is not None]
-    for engine in engines:
+    native = routes.native.get(table.department)
+    engines = [(routes.main.name, routes.engine)] + ([(f"{DELEGATED}:{native.key}", native)] if native else [])
+    for name, engine in engines:
+        if name in down:
+            continue
         try:
             return [dict(zip(columns, row, strict=True)) for row in engine.execute(tree).rows]
         except CitygateError as error:
-            log.warning(
-                "masks: cannot sample %s.%s on %s: %s", table.department, table.table, engine.name, error.message
-            )
+            if isinstance(error, _UNREACHABLE):
+                down.add(name)
+            log.warning("masks: cannot sample %s.%s on %s: %s", table.department, table.table, name, error.message)
     return []
 
 
@@ -373,32 +376,46 @@ def _rows(table: _Table, own: list[dict[str, Any]], extremes: bool) -> list[Row]
 
 
 def _outputs(
-    table: _Table, masks: Sequence[Masked], routes: Mapping[str, _Route], rows: list[Row]
+    table: _Table, masks: Sequence[Masked], routes: Mapping[str, _Route], rows: list[Row], down: set[str]
 ) -> tuple[dict[tuple[int, str], list[Any]], dict[tuple[int, str], str]]:
     """Each (mask, route)'s outputs, the masks on a route together and, if that statement
-    fails, each alone; and each (mask, route) that failed alone, with the error's class."""
+    fails, each alone; and each (mask, route) that failed alone, with the error's class. A
+    route that does not answer is left out, and not asked again (``down``)."""
     outputs: dict[tuple[int, str], list[Any]] = {}
     failed: dict[tuple[int, str], str] = {}
     for name, route in routes.items():
-        on_route = [n for n, m in enumerate(masks) if _renders(route.engine, _expression(m))]
-        if not on_route:
-            continue
         try:
-            for n, values in zip(on_route, _evaluate(route, table, [masks[n] for n in on_route], rows), strict=True):
-                outputs[(n, name)] = values
+            found, errors = _on_route(route, table, masks, rows) if name not in down else ({}, {})
+        except _UNREACHABLE as error:
+            down.add(name)
+            log.warning("masks not proven on %s: %s", name, error.message)
             continue
+        outputs.update(((n, name), values) for n, values in found.items())
+        failed.update(((n, name), error) for n, error in errors.items())
+    return outputs, failed
+
+
+def _on_route(
+    route: _Route, table: _Table, masks: Sequence[Masked], rows: list[Row]
+) -> tuple[dict[int, list[Any]], dict[int, str]]:
+    on_route = [n for n, m in enumerate(masks) if _renders(route.engine, _expression(m))]
+    if not on_route:
+        return {}, {}
+    try:
+        return dict(zip(on_route, _evaluate(route, table, [masks[n] for n in on_route], rows), strict=True)), {}
+    except _UNREACHABLE:
+        raise
+    except CitygateError:
+        pass  # one of them fails on these values: which?
+    found, failed = {}, {}
+    for n in on_route:
+        try:
+            found[n] = _evaluate(route, table, [masks[n]], rows)[0]
         except _UNREACHABLE:
             raise
-        except CitygateError:
-            pass
-        for n in on_route:
-            try:
-                outputs[(n, name)] = _evaluate(route, table, [masks[n]], rows)[0]
-            except _UNREACHABLE:
-                raise
-            except CitygateError as error:
-                failed[(n, name)] = type(error).__name__
-    return outputs, failed
+        except CitygateError as error:
+            failed[n] = type(error).__name__
+    return found, failed
 
 
 def _judge(masked: Masked, column: str, rows: list[Row], results: dict[str, list[Any]]) -> str | None:
@@ -447,14 +464,11 @@ def _again_without_extremes(
     return rows, results
 
 
-def _prove_table(routes: Routes, table: _Table, own: list[dict[str, Any]]) -> list[Refusal]:
+def _prove_table(routes: Routes, table: _Table, down: set[str]) -> list[Refusal]:
+    own = _read_samples(routes, table, down)
     by_route = {r.name: r for m in table.masks for r in _routes(routes, table.department, m)}
     rows = _rows(table, own, extremes=True)
-    try:
-        outputs, failed = _outputs(table, table.masks, by_route, rows)
-    except _UNREACHABLE as error:
-        log.warning("masks of %s.%s not proven: %s", table.department, table.table, error.message)
-        return []
+    outputs, failed = _outputs(table, table.masks, by_route, rows, down)
     refusals = []
     for n, masked in enumerate(table.masks):
         names = [r.name for r in _routes(routes, table.department, masked) if (n, r.name) in outputs | failed]
@@ -477,7 +491,8 @@ def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, config
     tables = masked_columns(policies, catalogue, config)
     # Tables side by side: on Trino most of a statement's time is its round trips and planning.
     with ThreadPoolExecutor(min(len(tables), 4) or 1, thread_name_prefix="citygate-proof") as pool:
-        found = pool.map(lambda table: _prove_table(routes, table, _read_samples(routes, table)), tables)
+        down: set[str] = set()  # routes that did not answer: not asked again
+        found = pool.map(lambda table: _prove_table(routes, table, down), tables)
         refusals = [refusal for some in found for refusal in some]
     log.info(
         "masks: %d masks of %d tables tried on every route in %.2f s",
