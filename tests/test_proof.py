@@ -217,3 +217,18 @@ def test_a_reload_with_a_mask_that_shows_the_raw_value_keeps_the_policies_in_for
         assert all(len(r["id_card"]) == 4 for r in masked["public_security_residents"])
     finally:
         gateway.close()
+
+
+def test_with_trino_down_the_masks_are_tried_on_the_fallback_and_the_stores(
+    tmp_path: Path, services_config: Config
+) -> None:
+    from tests.conftest import free_port
+    from tests.test_routes import trino_at
+
+    policy = write_policy(tmp_path / "unproven.yaml", UNPROVEN)
+    config = with_policies(trino_at(services_config, free_port(), fallback="embedded"), [*POLICY_FILES, policy])
+    with pytest.raises(ConfigError) as refused:
+        Gateway.start(config, create_engine(config))
+    message = str(refused.value)
+    assert "residents.phone as sql(SUBSTRING(value, 1, 100)) shows the raw value on embedded (fallback)" in message
+    assert "columns.name:" in message and "embedded (fallback) and delegated:postgresql://" in message

@@ -288,6 +288,9 @@ def _routes(routes: Routes, department: str, masked: Masked) -> list[_Route]:
     """The routes a statement showing ``masked`` can take: the engine, and the department's
     store when statements are delegated to it and it reads the column as the engines do."""
     found = [_Route(routes.main.name, routes.engine)]
+    fallback = routes.fallback_engine()
+    if fallback is not None:  # where the engine's statements run while it does not answer
+        found.append(_Route(f"{fallback.name} (fallback)", fallback))
     native = routes.native.get(department)
     delegated = routes.delegating and native is not None and routes.config.departments[department].delegate
     if delegated and native is not None and masked.kind.kind not in native.differs:
