@@ -2,10 +2,11 @@
 renders in its own functions.
 
 The compiler addresses a department's table logically (:func:`logical_table`), and the policies
-write four functions that no engine has under one name. Each is a sqlglot expression class,
-defined once here; an engine renders them by type in its generator's ``TRANSFORMS``, as
-sqlglot's own dialects render theirs, so nothing matches a function by its name. Until an
-engine renders them, they print as ``CITYGATE_…`` calls:
+write functions that no engine has under one name, or that engines name alike and read
+differently (:class:`Slice` and :class:`Ratio`: a custom mask's SUBSTRING and division). Each is
+a sqlglot expression class, defined once here; an engine renders them by type in its
+generator's ``TRANSFORMS``, as sqlglot's own dialects render theirs, so nothing matches a
+function by its name. Until an engine renders them, they print as ``CITYGATE_…`` calls:
 
 >>> print(Partial(this=exp.column("phone"), first=exp.Literal.number(3), last=exp.Literal.number(4)).sql())
 CITYGATE_PARTIAL(phone, 3, 4)
@@ -54,6 +55,65 @@ class TimestampText(exp.Expression, exp.Func):
 
     arg_types = {"this": True}  # noqa: RUF012
     _sql_names = ["CITYGATE_TIMESTAMP_TEXT"]  # noqa: RUF012
+
+
+class Slice(exp.Expression, exp.Func):
+    """A custom mask's ``SUBSTRING(value, start[, length])`` with one meaning on every engine
+    and store: ``start`` counts characters from 1, or from the end when negative (``-4``: the
+    last four, the whole text when it is shorter), and at most ``length`` characters are kept.
+    Both are integer literals, ``start`` never 0 (:func:`policies.masks.parse_custom`).
+
+    The stores' own SUBSTRING disagree exactly there: PostgreSQL reads a negative start as a
+    position before the first character (``SUBSTRING(x, -4)`` is all of ``x``), Trino and
+    MariaDB return ``''`` for a start before a short text, SQLite and DuckDB the whole text, and
+    a start of 0 is ``''`` on Trino and MariaDB, one character shorter elsewhere. Every engine
+    renders it as :func:`slice_sql`, which uses only positive starts."""
+
+    arg_types = {"this": True, "start": True, "length": False}  # noqa: RUF012
+    _sql_names = ["CITYGATE_SLICE"]  # noqa: RUF012
+
+
+class Ratio(exp.Expression, exp.Func):
+    """A custom mask's ``value / divisor``, in double precision on every engine and store:
+    MariaDB divides to a DECIMAL of four more digits (``1 / 3`` is ``0.3333``), Trino and
+    PostgreSQL truncate an integer quotient unless told. The divisor is a non-zero literal
+    (:func:`policies.masks.parse_custom`): a zero divisor fails on some stores and is NULL or
+    infinite on others. Rendered as :func:`ratio_sql`."""
+
+    arg_types = {"this": True, "expression": True}  # noqa: RUF012
+    _sql_names = ["CITYGATE_RATIO"]  # noqa: RUF012
+
+
+def slice_sql(node: Slice) -> exp.Expr:
+    """:class:`Slice` with a positive start, which every engine and store reads alike.
+
+    >>> print(slice_sql(Slice(this=exp.column("v"), start=exp.Literal.number(-4))).sql("postgres"))
+    SUBSTRING(v FROM CASE WHEN LENGTH(v) > 4 THEN LENGTH(v) - 3 ELSE 1 END)
+    """
+    value, start, length = node.this, int(node.args["start"].to_py()), node.args.get("length")
+    position: exp.Expr = exp.Literal.number(start)
+    if start < 0:
+        # sqlglot writes LENGTH as CHAR_LENGTH for MariaDB, whose LENGTH counts bytes
+        chars = exp.Length(this=value.copy())
+        longer = exp.GT(this=chars, expression=exp.Literal.number(-start))
+        from_end = exp.Sub(this=chars.copy(), expression=exp.Literal.number(-start - 1))
+        position = exp.Case(ifs=[exp.If(this=longer, true=from_end)], default=exp.Literal.number(1))
+    return exp.Substring(this=value.copy(), start=position, length=length.copy() if length is not None else None)
+
+
+def ratio_sql(node: Ratio) -> exp.Expr:
+    """:class:`Ratio` as a division of doubles.
+
+    >>> print(ratio_sql(Ratio(this=exp.column("v"), expression=exp.Literal.number(3))).sql("mysql"))
+    CAST(v AS DOUBLE) / CAST(3 AS DOUBLE)
+    """
+    double = exp.DataType(this=exp.DataType.Type.DOUBLE)
+    return exp.Div(
+        this=exp.Cast(this=node.this.copy(), to=double.copy()),
+        expression=exp.Cast(this=node.expression.copy(), to=double.copy()),
+        typed=False,
+        safe=False,
+    )
 
 
 def tie_key(hash_key: bytes) -> str:

@@ -21,7 +21,19 @@ from sqlglot.dialects.dialect import Dialect
 
 from catalogue.errors import CitygateError
 from catalogue.model import Catalogue, Column, Department
-from catalogue.sql import Hash, Partial, Tie, TimestampText, departments_in, is_logical, tie_key
+from catalogue.sql import (
+    Hash,
+    Partial,
+    Ratio,
+    Slice,
+    Tie,
+    TimestampText,
+    departments_in,
+    is_logical,
+    ratio_sql,
+    slice_sql,
+    tie_key,
+)
 from catalogue.types import LogicalType, logical_type
 from connectors.settings import EngineSettings
 
@@ -106,6 +118,9 @@ def vocabulary(
         Hash: hashed,
         Tie: tie,
         TimestampText: lambda generator, node: str(generator.sql(timestamp_text(node.this))),
+        # one portable form each, the same on every engine (catalogue.sql explains why)
+        Slice: lambda generator, node: str(generator.sql(slice_sql(node))),
+        Ratio: lambda generator, node: str(generator.sql(ratio_sql(node))),
     }
 
 
@@ -202,6 +217,11 @@ class Engine(ABC):
     def _engine_form(self, node: exp.Expr) -> exp.Expr:
         """One node as this engine runs it; a node that comes back replaced is not walked into."""
         return node
+
+    def as_read(self, value: exp.Expr, kind: LogicalType) -> exp.Expr:
+        """``value`` of logical ``kind`` as this engine reads a column of that kind: what a
+        literal stands for when a mask is tried on sample values (``gateway.execution.proof``)."""
+        return value
 
     def redact(self, text: str) -> str:
         """``text`` (an engine's message, for the log) with the key material this engine puts in

@@ -39,7 +39,7 @@ from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, er
 from catalogue.model import Column, Department, Table
 from catalogue.sql import partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
-from catalogue.types import UnknownTypeError, logical_type
+from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Answer, Cancel, Engine, KeyedDialect, vocabulary
 from connectors.settings import EngineSettings, Source
 from connectors.stores import describe_store_failure, mariadb_params, pg_params, schema_of
@@ -206,6 +206,13 @@ class NativeEngine(Engine):
             projections.append(exp.alias_(value, exp.to_identifier(c.name, quoted=True)))
         physical = self.physical_table(department, table)
         return exp.select(*projections).from_(physical).subquery(exp.to_identifier(alias or table))
+
+    def as_read(self, value: exp.Expr, kind: LogicalType) -> exp.Expr:
+        # text under the collation columns are read with (_source)
+        collation = self._collation() if kind.kind in _TEXT else None
+        if collation is None:
+            return value
+        return exp.Collate(this=value, expression=exp.to_identifier(collation, quoted=self.dialect == "postgres"))
 
     def run(
         self, sql: str, departments: Sequence[str], max_rows: int | None = None, cancel: Cancel | None = None

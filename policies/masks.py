@@ -18,12 +18,13 @@ CITYGATE_PARTIAL(phone, 3, 4)
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
-from catalogue.sql import Hash, Partial, Tie, TimestampText
+from catalogue.sql import Hash, Partial, Ratio, Slice, Tie, TimestampText
 from catalogue.types import KNOWN_TYPES, LogicalType
 from policies.treatments import Treatment
 
@@ -237,10 +238,134 @@ def require_allowed(tree: exp.Expr, what: str, text: str, nodes: tuple[type[exp.
 
 
 def parse_custom(text: str) -> exp.Expr:
-    """Parse a custom mask and refuse anything but allow-listed functions over ``value``."""
+    """Parse a custom mask and refuse anything but allow-listed functions over ``value``, each
+    with one meaning on every engine and store (:func:`one_meaning`).
+
+    >>> print(parse_custom("SUBSTRING(value, -4)").sql("postgres"))
+    CITYGATE_SLICE(value, -4)
+    """
     tree = parse_expression(text, "custom mask")
     for column in tree.find_all(exp.Column):
         if column.name.lower() != "value":
             raise ValueError(f"custom mask {text!r} may refer only to `value`, not {column.sql()!r}")
     require_allowed(tree, "custom mask", text, ALLOWED_NODES, "uses {node}, which is not allowed")
-    return tree
+    return one_meaning(tree, text)
+
+
+# Types a custom mask may cast to: text reads the same everywhere, where a cast of text to a
+# number or a date does not (MariaDB reads '12abc' as 12 with a warning, the others fail, and
+# their message quotes the value).
+_TEXT_TYPES = (exp.DataType.Type.VARCHAR, exp.DataType.Type.TEXT)
+
+
+def _integer(node: exp.Expr | None) -> int | None:
+    """The value of an integer literal (``-4`` included), or None for anything else."""
+    if isinstance(node, exp.Neg):
+        inner = _integer(node.this)
+        return -inner if inner is not None else None
+    if isinstance(node, exp.Literal) and not node.is_string and node.name.isdigit():
+        return int(node.name)
+    return None
+
+
+def _number(node: exp.Expr | None) -> float | None:
+    if isinstance(node, exp.Neg):
+        inner = _number(node.this)
+        return -inner if inner is not None else None
+    if isinstance(node, exp.Literal) and not node.is_string:
+        try:
+            return float(node.name)
+        except ValueError:
+            return None
+    return None
+
+
+def _slice(node: exp.Substring, text: str) -> exp.Expr:
+    start, length = _integer(node.args.get("start")), node.args.get("length")
+    if start is None or start == 0:
+        raise ValueError(
+            f"custom mask {text!r}: SUBSTRING's start must be a whole number other than 0 (from 1, or "
+            "from the end when negative): stores read a start of 0, or one computed from the value, "
+            "each their own way"
+        )
+    if length is not None and (_integer(length) is None or (_integer(length) or 0) < 0):
+        raise ValueError(f"custom mask {text!r}: SUBSTRING's length must be a whole number of 0 or more")
+    return Slice(this=node.this, start=exp.Literal.number(start), length=length)
+
+
+def _ratio(node: exp.Div, text: str) -> exp.Expr:
+    if not _number(node.expression):
+        raise ValueError(
+            f"custom mask {text!r}: `/` must divide by a number other than 0: a zero divisor fails on "
+            "some stores and is NULL or infinite on others"
+        )
+    return Ratio(this=node.this, expression=node.expression)
+
+
+def _pad(node: exp.Pad, text: str) -> exp.Expr:
+    target, fill = node.expression, node.args.get("fill_pattern")
+    if _integer(target) is None or (_integer(target) or 0) < 0:
+        raise ValueError(f"custom mask {text!r}: LPAD and RPAD take a length of 0 or more, written as a number")
+    if not (isinstance(fill, exp.Literal) and fill.is_string and fill.name):
+        raise ValueError(
+            f"custom mask {text!r}: LPAD and RPAD take a fill text that is not empty (an empty fill, or "
+            "none, reads differently on each store)"
+        )
+    return node
+
+
+def _replace(node: exp.Replace, text: str) -> exp.Expr:
+    search = node.expression
+    if not (isinstance(search, exp.Literal) and search.is_string and search.name):
+        raise ValueError(
+            f"custom mask {text!r}: REPLACE must look for a text that is not empty (Trino inserts the "
+            "replacement between every two characters, the others change nothing)"
+        )
+    return node
+
+
+def _cast(node: exp.Cast, text: str) -> exp.Expr:
+    if not node.to.is_type(*_TEXT_TYPES):
+        raise ValueError(
+            f"custom mask {text!r} casts to {node.to.sql()!r}: a custom mask may cast only to VARCHAR or "
+            "TEXT (a cast of text to a number or a date reads differently on each store)"
+        )
+    return node
+
+
+_REFUSED: dict[type[exp.Expr], str] = {
+    exp.Mod: "`%` and MOD: SQLite drops a fraction of its operands, and stores differ on a zero divisor",
+    exp.Round: "ROUND: PostgreSQL rounds a double's halves to even, the others away from zero; use FLOOR or CEIL",
+}
+
+_ONE_MEANING: dict[type[exp.Expr], Callable[[Any, str], exp.Expr]] = {
+    exp.Substring: _slice,
+    exp.Div: _ratio,
+    exp.Pad: _pad,
+    exp.Replace: _replace,
+    exp.Cast: _cast,
+}
+
+
+def one_meaning(tree: exp.Expr, text: str) -> exp.Expr:
+    """``tree`` with each function whose meaning differs between engines and stores either in
+    the vocabulary that renders it alike everywhere (SUBSTRING as :class:`~catalogue.sql.Slice`,
+    ``/`` as :class:`~catalogue.sql.Ratio`), held to the arguments where they agree (LPAD,
+    RPAD, REPLACE, CAST), or refused with the reason (``%``, ROUND).
+
+    >>> one_meaning(sqlglot.parse_one("ROUND(value)"), "ROUND(value)")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: custom mask 'ROUND(value)' may not use ROUND: PostgreSQL rounds a double's halves to even...
+    """
+
+    def rewrite(node: exp.Expr) -> exp.Expr:
+        for kind, reason in _REFUSED.items():
+            if isinstance(node, kind):
+                raise ValueError(f"custom mask {text!r} may not use {reason}")
+        for kind, rule in _ONE_MEANING.items():
+            if isinstance(node, kind):
+                return rule(node, text)
+        return node
+
+    return tree.transform(rewrite)

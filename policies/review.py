@@ -34,7 +34,7 @@ Measure = Callable[[exp.Select], Sequence[Any]]  # runs a one-row query over raw
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "unmatched", "floor", "codebook", "inference" or "noise"
+    kind: str  # "unmatched", "floor", "codebook", "inference", "noise" or "mask" (gateway.execution.proof)
     message: str
 
 

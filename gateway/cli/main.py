@@ -88,13 +88,14 @@ def cmd_introspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gateway(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The gateway over ``--config``, or over the embedded demo city when there is none."""
+def _gateway(args: argparse.Namespace, prove: bool = True):  # type: ignore[no-untyped-def]
+    """The gateway over ``--config``, or over the embedded demo city when there is none;
+    ``prove=False``: one that starts with masks not proven on every route (`policy check`)."""
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
     config = _load(args) if getattr(args, "config", None) else datasets().demo(Path(args.data_dir).resolve())
-    return Gateway.start(config, create_engine(config))
+    return Gateway.start(config, create_engine(config), prove=prove)
 
 
 def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -315,7 +316,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     """Check the configured policies, or run policy test cases against the engine."""
     if args.action == "test" and not args.file:
         raise CitygateError("`citygate policy test` needs a file of test cases, e.g. policies/demo/tests.yaml")
-    gateway = _gateway(args)
+    # `check` reports the masks a serving gateway refuses, so it starts without refusing them
+    gateway = _gateway(args, prove=args.action != "check")
     try:
         if gateway.policies is None:
             raise CitygateError("the configuration has no policies section")
@@ -331,8 +333,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _policy_check(gateway: Gateway) -> int:
+    from gateway.execution.proof import prove_masks
     from gateway.execution.views import sharing_classes
-    from policies.review import review
+    from policies.review import Finding, review
 
     tables = {
         (t.department, t.name): sharing_classes(gateway.config, t.department, t.name, [c.name for c in t.columns])
@@ -351,6 +354,10 @@ def _policy_check(gateway: Gateway) -> int:
         settings.check_min_candidates,
         _relations(gateway),
     )
+    # masks tried on every route: what start-up refuses to serve
+    findings += [
+        Finding("mask", r.message) for r in prove_masks(gateway.routes, policies, gateway.catalogue, gateway.config)
+    ]
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
     for finding in findings:
         print(f"  {finding.kind}: {finding.message}")

@@ -77,6 +77,7 @@ from gateway.execution.plans import (
     refused,
 )
 from gateway.execution.privacy import PrivacyBudgets
+from gateway.execution.proof import prove_masks, refusal_text
 from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
@@ -164,8 +165,10 @@ class Gateway:
             self.metrics.watch_backlog(self.audit.backlog)
 
     @classmethod
-    def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None) -> Gateway:
-        """Introspect every department (a department that is down is left out and named)."""
+    def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None, prove: bool = True) -> Gateway:
+        """Introspect every department (a department that is down is left out and named), and
+        refuse to serve policies whose masks are not proven to mean the same on every route
+        (:mod:`gateway.execution.proof`; ``prove=False``: ``policy check``, which reports them)."""
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
         native = _native(config)
@@ -204,10 +207,20 @@ class Gateway:
         if policies is not None:
             try:
                 validate_decisions(policies, catalogue, config)
+                if prove:
+                    gateway.require_proven(policies)
             except ConfigError:
                 gateway.close()
                 raise
         return gateway
+
+    def require_proven(self, policies: Policies) -> None:
+        """:class:`ConfigError` unless every mask of ``policies`` gives the same values on every
+        route and hides what it should (:func:`~gateway.execution.proof.prove_masks`)."""
+        refusals = prove_masks(self.routes, policies, self.catalogue, self.config)
+        if refusals:
+            assert self.config.policies is not None
+            raise ConfigError(refusal_text(refusals, self.config.policies.files))
 
     def _statistic(self, statement: exp.Expr) -> Sequence[Any]:
         """Run one of the statistics' statements as the gateway itself (no policy: its answer
@@ -244,6 +257,7 @@ class Gateway:
         assert self.config.policies is not None
         policies = load_policies(self.config.policies.files)
         validate_decisions(policies, self.catalogue, self.config)
+        self.require_proven(policies)
         with self._lock:
             self.policies = policies
             self._views = {}

@@ -120,6 +120,14 @@ class Routes:
     def fallback(self, tree: exp.Expr) -> tuple[Route, str] | None:
         """The embedded engine's route for ``tree`` when the engine does not answer, if the
         configuration asks for one; the engine is made at the first need."""
+        engine = self.fallback_engine()
+        if engine is None:
+            return None
+        return Route(engine.name, engine.name, engine), engine.sql(tree)
+
+    def fallback_engine(self) -> Engine | None:
+        """The embedded engine that answers when the engine does not, if the configuration
+        asks for one; made at the first need."""
         if self.config.engine.fallback != "embedded" or self.engine.name == "embedded":
             return None
         with self._lock:
@@ -127,7 +135,7 @@ class Routes:
                 from connectors.embedded import EmbeddedEngine
 
                 self._fallback = EmbeddedEngine(self.config.with_engine("embedded").engine_settings())
-        return Route(self._fallback.name, self._fallback.name, self._fallback), self._fallback.sql(tree)
+        return self._fallback
 
     def up(self) -> dict[str, str]:
         """Whether each store's own route answers now: ``delegated:<store>`` -> "ok" or why not."""

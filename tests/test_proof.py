@@ -1,0 +1,234 @@
+"""Masks mean the same on every route, or the gateway does not serve them (issue 28, items 1
+and 5): a custom mask is rendered to one meaning or refused at load, and every mask is tried on
+every route at start-up and in `citygate policy check` (gateway/execution/proof.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from catalogue.errors import ConfigError
+from datasets.datagen import City
+from gateway.cli.main import _policy_check
+from gateway.config import Config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from policies.model import load_policies
+from tests.test_policies import ENGINES, POLICY_FILES, engine_config, run, with_policies, write_policy
+
+# What a security officer writes for "the last four digits", and a few more custom masks whose
+# functions read differently on some store: LENGTH (bytes on MariaDB), `||` (logical OR on
+# MariaDB), `/` (a four-digit DECIMAL on MariaDB, a truncated integer on Trino and PostgreSQL).
+CUSTOM = {
+    "clerk": {
+        "public_security.residents": {"columns": {"id_card": {"sql": "SUBSTRING(value, -4)"}}},
+        "market_regulation.enterprises": {
+            "columns": {
+                "credit_code": "allow",
+                "name": {"sql": "LENGTH(value)"},
+                "legal_rep_id_card": {"sql": "SUBSTRING(value, 1, 6) || '-****'"},
+            }
+        },
+        "human_resources.social_insurance": {
+            "columns": {"employer_credit_code": "allow", "months_paid": {"sql": "value / 12"}}
+        },
+    },
+    # the built-in partial mask counts characters on MariaDB too (its LENGTH counts bytes)
+    "registrar": {"market_regulation.enterprises": {"columns": {"credit_code": "allow", "name": "partial(1,1)"}}},
+}
+
+
+def gateway_with(
+    engine: str, files: list[Path], sqlite_config: Config, services_config: Config, **start: Any
+) -> Gateway:
+    config = with_policies(engine_config(engine, sqlite_config, services_config), [*POLICY_FILES, *files])
+    return Gateway.start(config, create_engine(config), **start)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def clerk(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_config: Config,
+    services_config: Config,
+) -> Iterator[Gateway]:
+    """A gateway on each route whose role ``clerk`` sees :data:`CUSTOM`'s masks."""
+    policy = write_policy(tmp_path_factory.mktemp("custom") / "clerk.yaml", CUSTOM)
+    gateway = gateway_with(request.param, [policy], sqlite_config, services_config)
+    yield gateway
+    gateway.close()
+
+
+def test_the_last_four_digits_are_the_last_four_on_every_route_in_lists_filters_orders_and_extremes(
+    clerk: Gateway, city: City
+) -> None:
+    tails = sorted(row["id_card"][-4:] for row in city.dicts("public_security", "residents"))
+    listed = run(clerk, "clerk", "{ public_security_residents(order_by: [{id_card: asc}], limit: 30) { id_card } }")
+    assert [r["id_card"] for r in listed["public_security_residents"]] == tails[:30]
+    common = max(set(tails), key=tails.count)
+    counts = run(
+        clerk,
+        "clerk",
+        f"""{{ tail: public_security_residents_aggregate(where: {{id_card: {{_like: "{common}"}}}}) {{
+                aggregate {{ count min {{ id_card }} max {{ id_card }} }} }}
+              head: public_security_residents_aggregate(where: {{id_card: {{_like: "4419001996%"}}}}) {{
+                aggregate {{ count }} }}
+              all: public_security_residents_aggregate {{ aggregate {{ min {{ id_card }} max {{ id_card }} }} }} }}""",
+    )
+    assert counts["tail"]["aggregate"] == {
+        "count": tails.count(common),
+        "min": {"id_card": common},
+        "max": {"id_card": common},
+    }
+    assert counts["head"]["aggregate"]["count"] == 0  # the birth years are not there to filter on
+    assert counts["all"]["aggregate"] == {"min": {"id_card": tails[0]}, "max": {"id_card": tails[-1]}}
+
+
+def test_length_concatenation_and_division_mean_the_same_on_every_route(clerk: Gateway, city: City) -> None:
+    enterprises = {r["credit_code"]: r for r in city.dicts("market_regulation", "enterprises")}
+    shown = run(
+        clerk,
+        "clerk",
+        "{ market_regulation_enterprises(order_by: [{credit_code: asc}], limit: 20) "
+        "{ credit_code name legal_rep_id_card } }",
+    )["market_regulation_enterprises"]
+    assert len(shown) == 20
+    for row in shown:
+        raw = enterprises[row["credit_code"]]
+        assert int(row["name"]) == len(raw["name"])  # characters, not UTF-8 bytes: 张 is one
+        assert row["legal_rep_id_card"] == raw["legal_rep_id_card"][:6] + "-****"
+    paid: dict[str, set[float]] = {}
+    for r in city.dicts("human_resources", "social_insurance"):
+        paid.setdefault(r["employer_credit_code"], set()).add(r["months_paid"] / 12)
+    years = run(
+        clerk,
+        "clerk",
+        "{ human_resources_social_insurance(order_by: [{employer_credit_code: asc}], limit: 20) "
+        "{ employer_credit_code months_paid } }",
+    )["human_resources_social_insurance"]
+    for row in years:
+        assert float(row["months_paid"]) in paid[row["employer_credit_code"]]  # the double, not 3.0833
+
+
+def test_the_partial_mask_of_a_chinese_name_is_the_same_on_every_route(clerk: Gateway, city: City) -> None:
+    names = {r["credit_code"]: r["name"] for r in city.dicts("market_regulation", "enterprises")}
+    shown = run(
+        clerk,
+        "registrar",
+        "{ market_regulation_enterprises(order_by: [{credit_code: asc}], limit: 20) { credit_code name } }",
+    )["market_regulation_enterprises"]
+    assert len(shown) == 20
+    for row in shown:
+        name = names[row["credit_code"]]
+        assert row["name"] == name[0] + "*" * (len(name) - 2) + name[-1]
+
+
+@pytest.mark.parametrize(
+    ("mask", "reason"),
+    [
+        ("SUBSTRING(value, 0, 2)", "SUBSTRING's start must be a whole number other than 0"),
+        ("SUBSTRING(value, LENGTH(value) - 3)", "SUBSTRING's start must be a whole number other than 0"),
+        ("SUBSTRING(value, 2, -1)", "SUBSTRING's length must be a whole number of 0 or more"),
+        ("ROUND(value)", "PostgreSQL rounds a double's halves to even"),
+        ("value % 7", "SQLite drops a fraction of its operands"),
+        ("value / 0", "must divide by a number other than 0"),
+        ("CAST(value AS INTEGER)", "may cast only to VARCHAR or TEXT"),
+        ("REPLACE(value, '', '*')", "REPLACE must look for a text that is not empty"),
+        ("LPAD(value, 3)", "take a fill text that is not empty"),
+    ],
+)
+def test_a_custom_mask_that_reads_differently_on_some_store_is_refused_at_load_with_the_reason(
+    tmp_path: Path, mask: str, reason: str
+) -> None:
+    policy = write_policy(
+        tmp_path / "c.yaml", {"clerk": {"public_security.residents": {"columns": {"name": {"sql": mask}}}}}
+    )
+    with pytest.raises(ConfigError, match=reason):
+        load_policies([policy])
+
+
+# UPPER folds only ASCII on SQLite and under PostgreSQL's C collation (the delegated route's);
+# the two others show the raw value whole.
+UNPROVEN = {
+    "clerk": {
+        "public_security.residents": {
+            "columns": {
+                "name": {"sql": "UPPER(value)"},
+                "phone": {"sql": "SUBSTRING(value, 1, 100)"},
+                "address": {"sql": "CONCAT(value, '')"},
+            }
+        }
+    }
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_policy_check_reports_masks_it_cannot_prove_equal_and_masks_that_show_the_raw_value(
+    engine: str,
+    tmp_path: Path,
+    sqlite_config: Config,
+    services_config: Config,
+    city: City,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    policy = write_policy(tmp_path / "unproven.yaml", UNPROVEN)
+    gateway = gateway_with(engine, [policy], sqlite_config, services_config, prove=False)
+    try:
+        assert _policy_check(gateway) == 1
+    finally:
+        gateway.close()
+    found = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("mask:")]
+    key = "roles.clerk.tables.public_security.residents.columns"
+    shows_raw = [line for line in found if "shows the raw value" in line]
+    differs = [line for line in found if "gives different values" in line]
+    if engine in ("delegated", "sqlite_delegated"):  # two routes for one statement on residents
+        [line] = differs
+        assert f"{key}.name" in line and "delegated:" in line and "'Zoë Ünïcødé'" in line
+    else:  # one route: nothing to differ from, but UPPER shows a text of digits as it is
+        assert differs == []
+        assert any(f"{key}.name" in line and "'441900199604273847'" in line for line in shows_raw)
+    expected = ["address", "phone"] if differs else ["address", "name", "phone"]
+    assert sorted(line.split(key + ".")[1].split(":")[0] for line in shows_raw) == expected
+    assert len(found) == len(shows_raw) + len(differs)
+    residents = list(city.dicts("public_security", "residents"))
+    values = {r[c] for r in residents for c in ("name", "phone", "address")}
+    assert not [v for v in values if any(v in line for line in found)]  # shapes, never the values
+
+    with pytest.raises(ConfigError) as refused:  # the same policies do not serve
+        gateway_with(engine, [policy], sqlite_config, services_config)
+    assert str(policy) in str(refused.value) and f"{key}.phone" in str(refused.value)
+
+
+def test_a_reload_with_a_mask_that_shows_the_raw_value_keeps_the_policies_in_force(
+    tmp_path: Path, sqlite_config: Config, services_config: Config
+) -> None:
+    policy = write_policy(tmp_path / "clerk.yaml", CUSTOM)
+    gateway = gateway_with("sqlite_delegated", [policy], sqlite_config, services_config)
+    try:
+        version = gateway.policy_version
+        write_policy(policy, UNPROVEN)
+        with pytest.raises(ConfigError, match=r"columns\.phone: .* shows the raw value"):
+            gateway.reload_policies()
+        assert gateway.policy_version == version
+        masked = run(gateway, "clerk", "{ public_security_residents(limit: 3) { id_card } }")
+        assert all(len(r["id_card"]) == 4 for r in masked["public_security_residents"])
+    finally:
+        gateway.close()
+
+
+def test_with_trino_down_the_masks_are_tried_on_the_fallback_and_the_stores(
+    tmp_path: Path, services_config: Config
+) -> None:
+    from tests.conftest import free_port
+    from tests.test_routes import trino_at
+
+    policy = write_policy(tmp_path / "unproven.yaml", UNPROVEN)
+    config = with_policies(trino_at(services_config, free_port(), fallback="embedded"), [*POLICY_FILES, policy])
+    with pytest.raises(ConfigError) as refused:
+        Gateway.start(config, create_engine(config))
+    message = str(refused.value)
+    assert "residents.phone as sql(SUBSTRING(value, 1, 100)) shows the raw value on embedded (fallback)" in message
+    assert "columns.name:" in message and "embedded (fallback) and delegated:postgresql://" in message
