@@ -284,19 +284,19 @@ def _slice(node: exp.Substring, text: str) -> exp.Expr:
     start, length = _integer(node.args.get("start")), node.args.get("length")
     if start is None or start == 0:
         raise ValueError(
-            f"custom mask {text!r}: SUBSTRING's start must be a whole number other than 0 (from 1, or "
+            f"{text}: SUBSTRING's start must be a whole number other than 0 (from 1, or "
             "from the end when negative): stores read a start of 0, or one computed from the value, "
             "each their own way"
         )
     if length is not None and (_integer(length) is None or (_integer(length) or 0) < 0):
-        raise ValueError(f"custom mask {text!r}: SUBSTRING's length must be a whole number of 0 or more")
+        raise ValueError(f"{text}: SUBSTRING's length must be a whole number of 0 or more")
     return Slice(this=node.this, start=exp.Literal.number(start), length=length)
 
 
 def _ratio(node: exp.Div, text: str) -> exp.Expr:
     if not _number(node.expression):
         raise ValueError(
-            f"custom mask {text!r}: `/` must divide by a number other than 0: a zero divisor fails on "
+            f"{text}: `/` must divide by a number other than 0: a zero divisor fails on "
             "some stores and is NULL or infinite on others"
         )
     return Ratio(this=node.this, expression=node.expression)
@@ -305,10 +305,10 @@ def _ratio(node: exp.Div, text: str) -> exp.Expr:
 def _pad(node: exp.Pad, text: str) -> exp.Expr:
     target, fill = node.expression, node.args.get("fill_pattern")
     if _integer(target) is None or (_integer(target) or 0) < 0:
-        raise ValueError(f"custom mask {text!r}: LPAD and RPAD take a length of 0 or more, written as a number")
+        raise ValueError(f"{text}: LPAD and RPAD take a length of 0 or more, written as a number")
     if not (isinstance(fill, exp.Literal) and fill.is_string and fill.name):
         raise ValueError(
-            f"custom mask {text!r}: LPAD and RPAD take a fill text that is not empty (an empty fill, or "
+            f"{text}: LPAD and RPAD take a fill text that is not empty (an empty fill, or "
             "none, reads differently on each store)"
         )
     return node
@@ -318,7 +318,7 @@ def _replace(node: exp.Replace, text: str) -> exp.Expr:
     search = node.expression
     if not (isinstance(search, exp.Literal) and search.is_string and search.name):
         raise ValueError(
-            f"custom mask {text!r}: REPLACE must look for a text that is not empty (Trino inserts the "
+            f"{text}: REPLACE must look for a text that is not empty (Trino inserts the "
             "replacement between every two characters, the others change nothing)"
         )
     return node
@@ -327,7 +327,7 @@ def _replace(node: exp.Replace, text: str) -> exp.Expr:
 def _cast(node: exp.Cast, text: str) -> exp.Expr:
     if not node.to.is_type(*_TEXT_TYPES):
         raise ValueError(
-            f"custom mask {text!r} casts to {node.to.sql()!r}: a custom mask may cast only to VARCHAR or "
+            f"{text} casts to {node.to.sql()!r}: it may cast only to VARCHAR or "
             "TEXT (a cast of text to a number or a date reads differently on each store)"
         )
     return node
@@ -347,11 +347,12 @@ _ONE_MEANING: dict[type[exp.Expr], Callable[[Any, str], exp.Expr]] = {
 }
 
 
-def one_meaning(tree: exp.Expr, text: str) -> exp.Expr:
+def one_meaning(tree: exp.Expr, text: str, what: str = "custom mask") -> exp.Expr:
     """``tree`` with each function whose meaning differs between engines and stores either in
     the vocabulary that renders it alike everywhere (SUBSTRING as :class:`~catalogue.sql.Slice`,
     ``/`` as :class:`~catalogue.sql.Ratio`), held to the arguments where they agree (LPAD,
-    RPAD, REPLACE, CAST), or refused with the reason (``%``, ROUND).
+    RPAD, REPLACE, CAST), or refused with the reason (``%``, ROUND). ``what`` the expression
+    is (a custom mask, a row filter) and ``text`` name it in the reason.
 
     >>> one_meaning(sqlglot.parse_one("ROUND(value)"), "ROUND(value)")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -359,13 +360,15 @@ def one_meaning(tree: exp.Expr, text: str) -> exp.Expr:
     ValueError: custom mask 'ROUND(value)' may not use ROUND: PostgreSQL rounds a double's halves to even...
     """
 
+    said = f"{what} {text!r}"
+
     def rewrite(node: exp.Expr) -> exp.Expr:
         for kind, reason in _REFUSED.items():
             if isinstance(node, kind):
-                raise ValueError(f"custom mask {text!r} may not use {reason}")
+                raise ValueError(f"{said} may not use {reason}")
         for kind, rule in _ONE_MEANING.items():
             if isinstance(node, kind):
-                return rule(node, text)
+                return rule(node, said)
         return node
 
     return tree.transform(rewrite)

@@ -30,7 +30,7 @@ from typing import Any
 from sqlglot import exp
 
 from catalogue.types import FRACTIONAL, LITERALS, WHOLE, LogicalType, decimal_digits, text_problem
-from policies.masks import ALLOWED_NODES, parse_expression, require_allowed
+from policies.masks import ALLOWED_NODES, one_meaning, parse_expression, require_allowed
 
 _CLAIM = re.compile(r":claims\.([A-Za-z_][A-Za-z0-9_]*)")
 _PREFIX = "__claim__"
@@ -56,7 +56,10 @@ def parse_filter(text: str) -> exp.Expr:
 
     tree = tree.transform(escaped)
     require_allowed(tree, "row filter", text, _FILTER_NODES, "may use only the table's own columns and claims")
-    return tree
+    # A row filter that reads differently on a store lets different rows through there: the
+    # same one meaning as a custom mask's (SUBSTRING(id_card, -4) was the whole number on
+    # PostgreSQL), or refused with the reason.
+    return one_meaning(tree, text, "row filter")
 
 
 _FILTER_NODES = (*ALLOWED_NODES, exp.In, exp.Like, exp.ILike, exp.Escape, exp.Between, exp.Tuple)

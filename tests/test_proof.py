@@ -38,6 +38,10 @@ CUSTOM = {
     },
     # the built-in partial mask counts characters on MariaDB too (its LENGTH counts bytes)
     "registrar": {"market_regulation.enterprises": {"columns": {"credit_code": "allow", "name": "partial(1,1)"}}},
+    # a row filter reads SUBSTRING the same way as a mask: PostgreSQL let no row through here
+    "tailed": {
+        "public_security.residents": {"row_filter": "SUBSTRING(id_card, -1) = 'X'", "columns": {"district": "allow"}}
+    },
 }
 
 
@@ -85,6 +89,31 @@ def test_the_last_four_digits_are_the_last_four_on_every_route_in_lists_filters_
     }
     assert counts["head"]["aggregate"]["count"] == 0  # the birth years are not there to filter on
     assert counts["all"]["aggregate"] == {"min": {"id_card": tails[0]}, "max": {"id_card": tails[-1]}}
+
+
+def test_a_row_filter_lets_the_same_rows_through_on_every_route(clerk: Gateway, city: City) -> None:
+    districts = [r["district"] for r in city.dicts("public_security", "residents") if r["id_card"].endswith("X")]
+    query = "{ public_security_residents_group_by(by: [district]) { keys { district } aggregate { count } } }"
+    groups = run(clerk, "tailed", query)["public_security_residents_group_by"]
+    assert {g["keys"]["district"]: g["aggregate"]["count"] for g in groups} == {
+        d: districts.count(d) for d in set(districts)
+    }
+
+
+@pytest.mark.parametrize(
+    ("row_filter", "reason"),
+    [
+        ("SUBSTRING(id_card, 0, 6) = '441900'", "SUBSTRING's start must be a whole number other than 0"),
+        ("CAST(id_card AS BIGINT) > 0", "may cast only to VARCHAR or TEXT"),
+    ],
+)
+def test_a_row_filter_that_reads_differently_on_some_store_is_refused_at_load(
+    tmp_path: Path, row_filter: str, reason: str
+) -> None:
+    rule = {"row_filter": row_filter, "columns": {"district": "allow"}}
+    policy = write_policy(tmp_path / "f.yaml", {"clerk": {"public_security.residents": rule}})
+    with pytest.raises(ConfigError, match=reason):
+        load_policies([policy])
 
 
 def test_length_concatenation_and_division_mean_the_same_on_every_route(clerk: Gateway, city: City) -> None:
