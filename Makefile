@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo services services-stop keycloak trino-cluster nginx compose-check browser lint typecheck test bench bench-tools clean
+.PHONY: install demo services services-stop keycloak trino-cluster nginx compose-check browser lint typecheck check test bench bench-tools clean
 
 # The console's GraphiQL and React, pinned in gateway/console/package-lock.json: `npm ci` takes
 # exactly those tarballs from the npm registry and refuses any whose SHA-512 differs, so the
@@ -71,6 +71,11 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+# The fast layer: lint, types and every test that needs no service (tests/conftest.py marks the
+# others `services`); seconds to a minute or two, no database, no Trino, no browser.
+check: install lint typecheck
+	$(BIN)/python -m pytest -m "not services" -q
 
 test: install services browser nginx compose-check lint typecheck
 	$(BIN)/python -m pytest

@@ -49,6 +49,48 @@ def unreachable(what: str, error: Exception) -> None:
     )
 
 
+# -- the fast layer: `make check` runs every test that needs no service (`-m "not services"`) ----
+
+# Fixtures that reach PostgreSQL, MariaDB or Trino, and the parameters that name an engine or a
+# gateway on them; a test parametrized by engine is a service test only for those parameters.
+SERVICE_FIXTURES = frozenset(
+    {
+        "services_config",
+        "embedded_services",
+        "trino_engine",
+        "gateway_services",
+        "gateway_trino",
+        "gateway_delegated",
+        "dynamic_catalogs",
+    }
+)
+SERVICE_PARAMS = frozenset({*SERVICE_FIXTURES, "embedded_services", "trino", "delegated"})
+LOCAL_PARAMS = frozenset(
+    {"embedded_sqlite", "sqlite_delegated", "gateway_sqlite", "gateway_sqlite_delegated", "sqlite_config"}
+)
+
+
+def needs_services(item: pytest.Item) -> bool:
+    """Whether a collected test needs the services: it is marked so, or it takes a fixture or
+    an engine parameter that reaches them. A test parametrized by engine asks for the services'
+    configuration for every engine, but needs the services only on theirs."""
+    if item.get_closest_marker("services") is not None:
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    named = {value for value in params.values() if isinstance(value, str)}
+    if named & SERVICE_PARAMS:
+        return True
+    if named & LOCAL_PARAMS:
+        return False
+    return bool(SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_services(item) and item.get_closest_marker("services") is None:
+            item.add_marker(pytest.mark.services)
+
+
 @pytest.fixture(scope="session")
 def city() -> City:
     """The demo city at scale 1, exactly as the stores were loaded."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Config
 from tests.conftest import REPO
 
@@ -48,6 +50,7 @@ def test_explain_prints_each_engines_sql(services_config: Config) -> None:
     assert "'南城'" in result.stdout
 
 
+@pytest.mark.services
 def test_explain_shows_each_root_fields_route_and_the_stores_own_sql() -> None:
     query = """{ one: environment_monitored_sites(where: {district: {_eq: "南城"}}) { site_name }
       two: health_clinic_visits(limit: 1) { visit_id resident { name } } }"""

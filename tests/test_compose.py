@@ -14,6 +14,9 @@ from catalogue.stores import MariadbStore, PostgresStore
 from gateway.config import Config, load_config
 from tests.conftest import REPO
 
+# docker-compose, from `make compose-check`
+pytestmark = pytest.mark.services
+
 COMPOSE = REPO / "compose"
 
 

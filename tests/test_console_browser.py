@@ -22,6 +22,9 @@ from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from tests.conftest import uvicorn_thread
 
+# Chromium, from `make browser`: not part of the fast layer
+pytestmark = pytest.mark.services
+
 CHROMIUM = os.environ.get("CITYGATE_CHROMIUM", "/usr/bin/chromium")
 # No first-run, sync, update or background traffic: the only requests are the pages' own.
 FLAGS = [

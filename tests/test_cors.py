@@ -88,6 +88,7 @@ def sites() -> Iterator[list[Site]]:
         site.server.server_close()
 
 
+@pytest.mark.services  # Chromium
 def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_cannot(
     sqlite_config: Config, sites: list[Site]
 ) -> None:

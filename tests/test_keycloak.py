@@ -30,6 +30,9 @@ from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from tools.relay import Relay
 
+# Keycloak, started by `make services`
+pytestmark = pytest.mark.services
+
 PORT = int(os.environ.get("CITYGATE_KEYCLOAK_PORT", "8180"))
 KEYCLOAK = f"http://127.0.0.1:{PORT}"
 REALM = f"{KEYCLOAK}/realms/citygate"

@@ -26,6 +26,9 @@ import pytest
 from tests.conftest import REPO, free_port
 from tests.test_keycloak import REALM, password_token, require_keycloak
 
+# nginx and the services
+pytestmark = pytest.mark.services
+
 CLUSTER_PORT = os.environ.get("CITYGATE_TRINO_CLUSTER_PORT", "8090")
 ADMIN_TOKEN = "scale-out-admin-token-0123456789"
 HASH_KEY = "scale-out-hash-key-0123456789abcdef"

@@ -40,6 +40,9 @@ from gateway.execution.gateway import Gateway
 from tests.conftest import with_store
 from tools.services import TLS_USER, Settings, mariadb_serves_tls, pg_serves_tls, trino_serves_https
 
+# the services' TLS certificates and users
+pytestmark = pytest.mark.services
+
 SERVICES = Settings.from_env()
 CA = SERVICES.tls / "ca.pem"
 PASSWORD_ENV = "CITYGATE_TEST_TRINO_PASSWORD"
