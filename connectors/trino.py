@@ -150,6 +150,11 @@ def _escape_property(value: str) -> str:
 
 
 def _hmac_hex(value: exp.Expr, key: bytes) -> exp.Expr:
+    # The key is in the statement's text. Trino must compute the pseudonym (a statement also
+    # filters, joins and orders by it), and anything Trino could compute it from would let a
+    # reader recompute every pseudonym as well as the key does. So the text is guarded where
+    # Trino keeps it: only the gateway's Trino user (and an admin) may read its statements
+    # (docs/operations.md, "Trino's query history and the hash key"; tests/test_trino_history.py).
     digest = exp.Anonymous(
         this="HMAC_SHA256",
         expressions=[

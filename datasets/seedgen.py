@@ -543,10 +543,14 @@ def config_data(
     return {
         "engine": {
             "kind": "trino",
+            # as configs/services.yaml reaches Trino: HTTPS, the user citygate, its password
             "trino": {
-                "host": "127.0.0.1",
-                "port": "${CITYGATE_TRINO_PORT:-8080}",
+                "host": "localhost",
+                "port": "${CITYGATE_TRINO_HTTPS_PORT:-8443}",
                 "user": "citygate",
+                "http_scheme": "https",
+                "verify": "${CITYGATE_STATE_DIR:-../.citygate/services}/tls/ca.pem",
+                "password_env": "CITYGATE_DB_PASSWORD",
                 "create_missing_catalogs": True,
             },
         },
@@ -598,7 +602,7 @@ def seed_config(
 ) -> Config:
     """A validated configuration of ``seed`` on the given stores (no environment lookups)."""
     data = config_data(seed, postgres, mariadb)
-    data["engine"]["trino"] = trino or {**data["engine"]["trino"], "port": 8080}
+    data["engine"]["trino"] = trino or {**data["engine"]["trino"], "port": 8443}
     return Config.model_validate(data)
 
 

@@ -32,6 +32,7 @@ from datasets.demo_city import TABLES
 from gateway.config import Config, load_config
 from gateway.execution.gateway import Gateway
 from tests.oracle import Oracle
+from tools.services import export_client_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,6 +41,9 @@ settings.register_profile("ci", max_examples=40, derandomize=True)
 settings.register_profile("hunt", max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SERVICES_CONFIG = REPO / "configs" / "services.yaml"
+# configs/services.yaml logs in to Trino with a password and checks its certificate against the
+# services' CA: what it reads from the environment for both, for every gateway the tests start.
+export_client_environment()
 
 
 def unreachable(what: str, error: Exception) -> None:

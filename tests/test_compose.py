@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import yaml
 from catalogue.stores import MariadbStore, PostgresStore
 from gateway.config import Config, load_config
 from tests.conftest import REPO
+from tools.services import trino_rules
 
 # docker-compose, from `make compose-check`
 pytestmark = pytest.mark.services
@@ -67,6 +69,33 @@ def test_compose_runs_what_the_tests_ran() -> None:
     assert "/readyz" in " ".join(services["balancer"]["healthcheck"]["test"])
 
 
+def test_compose_trino_takes_clients_only_with_a_password() -> None:
+    """As the tests' Trinos: clients on HTTPS with a password, the plain port refusing them and
+    not published, nodes signing their requests, and the same access control rules (each user
+    sees its own queries only: the gateway's statements carry the hash key)."""
+    services = compose_config()["services"]
+    coordinator = (COMPOSE / "trino" / "config.properties").read_text().splitlines()
+    for line in (
+        "http-server.https.enabled=true",
+        "http-server.authentication.type=PASSWORD",
+        "http-server.authentication.allow-insecure-over-http=false",
+        "internal-communication.shared-secret=${ENV:TRINO_SHARED_SECRET}",
+    ):
+        assert line in coordinator
+    worker = (COMPOSE / "trino" / "worker.properties").read_text().splitlines()
+    assert "internal-communication.shared-secret=${ENV:TRINO_SHARED_SECRET}" in worker
+    assert [p.removesuffix("/tcp") for p in services["trino"]["ports"]] == ["127.0.0.1:8443:8443"]
+    trino = mounts(services["trino"])
+    assert trino["/etc/trino/rules.json"] == str(COMPOSE / "trino" / "rules.json")
+    assert json.loads((COMPOSE / "trino" / "rules.json").read_text()) == trino_rules()
+    assert {"/etc/trino/access-control.properties", "/etc/trino/password.db", "/etc/trino/tls/keystore.pem"} <= set(
+        trino
+    )
+    assert "event-listener" not in " ".join(trino)  # a listener would get every statement's text
+    for gateway in ("gateway-a", "gateway-b"):
+        assert "/etc/citygate/trino-ca.pem" in mounts(services[gateway])
+
+
 def test_the_compose_file_holds_no_secrets() -> None:
     """Every password, key, token and secret is a reference to the environment."""
     text = (COMPOSE / "docker-compose.yml").read_text()
@@ -90,6 +119,8 @@ def test_compose_config_serves_the_same_city_through_trino(
     assert compose.auth.discovery == "http://keycloak:8180/realms/citygate/.well-known/openid-configuration"
     assert compose.auth.roles_claim == "realm_access.roles"
     assert compose.engine.trino.create_missing_catalogs
+    trino = compose.engine.trino
+    assert (trino.http_scheme, trino.port, trino.password_env) == ("https", 8443, "CITYGATE_TRINO_PASSWORD")
     assert compose.relationships == services_config.relationships
     assert list(compose.departments) == list(services_config.departments)
     for name, department in compose.departments.items():

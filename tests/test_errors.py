@@ -93,7 +93,7 @@ def test_unreachable_trino(services_config: Config) -> None:
     engine = TrinoEngine(config.engine_settings())
     with pytest.raises(EngineUnavailableError) as caught:
         engine.execute(count("health", "clinic_visits"))
-    assert f"127.0.0.1:{port} is unreachable" in caught.value.message
+    assert f"{config.engine.trino.host}:{port} is unreachable" in caught.value.message
     assert not engine.health().ok
 
 

@@ -29,7 +29,8 @@ from tests.test_keycloak import REALM, password_token, require_keycloak
 # nginx and the services
 pytestmark = pytest.mark.services
 
-CLUSTER_PORT = os.environ.get("CITYGATE_TRINO_CLUSTER_PORT", "8090")
+# the cluster's coordinator, where it takes clients (tools/services.py)
+CLUSTER_PORT = os.environ.get("CITYGATE_TRINO_CLUSTER_HTTPS_PORT", "8092")
 ADMIN_TOKEN = "scale-out-admin-token-0123456789"
 HASH_KEY = "scale-out-hash-key-0123456789abcdef"
 SITES = "{ environment_monitored_sites(order_by: [{site_id: asc}], limit: 3) { site_id site_name district } }"
@@ -68,7 +69,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     shutil.copytree(REPO / "policies" / "demo", policies)
     processes: list[subprocess.Popen[bytes]] = []
     instances, audit = {}, {}
-    env = {**os.environ, "CITYGATE_TRINO_PORT": CLUSTER_PORT}
+    env = {**os.environ, "CITYGATE_TRINO_HTTPS_PORT": CLUSTER_PORT}
     try:
         for name in ("gateway-a", "gateway-b"):
             port = free_port()

@@ -203,12 +203,14 @@ TEST_DEPARTMENTS = ("seedtest_public_security", "seedtest_market_regulation")
 
 
 @pytest.fixture(scope="module")
-def tiny() -> tuple[SeedPlan, Config]:
+def tiny(services_config: Config) -> tuple[SeedPlan, Config]:
     """Two departments (residents in PostgreSQL, enterprises in MariaDB) under their own names,
-    loaded once; later runs find them stamped and skip the load."""
+    loaded once; later runs find them stamped and skip the load. Trino is reached as the
+    services' configuration reaches it (its HTTPS port, with the gateway's password)."""
     seed = plan("seedtest_").only(TEST_DEPARTMENTS)
     postgres = {"kind": "postgresql", "host": "127.0.0.1", "port": 5432, "user": "citygate", "password": "citygate-dev"}
-    config = seed_config(seed, postgres, {**postgres, "kind": "mariadb", "port": 3306})
+    trino = {**services_config.engine.trino.model_dump(mode="json"), "create_missing_catalogs": True}
+    config = seed_config(seed, postgres, {**postgres, "kind": "mariadb", "port": 3306}, trino)
     ensure_loaded(config, SCALE, seed, progress=lambda message: None, show_bar=False)
     return seed, config
 

@@ -1,8 +1,9 @@
 """Trino as a cluster: a coordinator that schedules no splits on itself and one worker.
 
 The cluster runs beside the other services (`make services` or `make trino-cluster`; ports
-CITYGATE_TRINO_CLUSTER_PORT and CITYGATE_TRINO_WORKER_PORT, 8090 and 8091 by default) over the
-same stores as the single node. The golden fixtures (most of them cross departments: joins
+CITYGATE_TRINO_CLUSTER_PORT, CITYGATE_TRINO_WORKER_PORT and CITYGATE_TRINO_CLUSTER_HTTPS_PORT,
+8090, 8091 and 8092 by default) over the same stores as the single node. Its coordinator takes
+clients on its HTTPS port only, as the single node does. The golden fixtures (most of them cross departments: joins
 through relationships, EXISTS through them, aggregates of related rows) give the same rows on
 the cluster, the single node and the oracle, and Trino's own query info shows the splits ran
 on the worker.
@@ -10,8 +11,9 @@ on the worker.
 
 from __future__ import annotations
 
+import base64
 import json
-import os
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,8 +28,10 @@ from gateway.execution.gateway import Gateway
 from tests.conftest import unreachable
 from tests.oracle import Oracle
 from tests.test_graphql import CASES, load, same
+from tools.services import Settings
 
-CLUSTER_PORT = int(os.environ.get("CITYGATE_TRINO_CLUSTER_PORT", "8090"))
+SERVICES = Settings.from_env()
+CLUSTER_PORT = SERVICES.cluster_https_port
 WORKER_ID = "citygate-trino-worker"  # node.id in the worker's node.properties (tools/services.py)
 
 
@@ -67,8 +71,12 @@ def single(services_config: Config) -> Iterator[Gateway]:
 
 
 def trino_get(path: str) -> Any:
-    request = urllib.request.Request(f"http://127.0.0.1:{CLUSTER_PORT}{path}", headers={"X-Trino-User": "citygate"})
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+    """Trino's REST API on the coordinator, as the gateway's own user (it sees its own queries)."""
+    login = base64.b64encode(f"citygate:{SERVICES.password}".encode()).decode()
+    headers = {"X-Trino-User": "citygate", "Authorization": f"Basic {login}"}
+    request = urllib.request.Request(f"https://localhost:{CLUSTER_PORT}{path}", headers=headers)
+    context = ssl.create_default_context(cafile=str(SERVICES.tls / "ca.pem"))
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310 - loopback
         return json.load(response)
 
 

@@ -12,16 +12,18 @@ outside the repository (Maven's ``~/.m2`` and ``~/.cache/citygate``), so a secon
 downloads nothing. Ports default to 5432, 3306, 8080 and 8443 on 127.0.0.1 and are overridden
 with CITYGATE_PG_PORT, CITYGATE_MARIADB_PORT, CITYGATE_TRINO_PORT and CITYGATE_TRINO_HTTPS_PORT.
 Keycloak listens on 8180 (CITYGATE_KEYCLOAK_PORT), the Trino cluster's coordinator on 8090 and
-its worker on 8091 (CITYGATE_TRINO_CLUSTER_PORT, CITYGATE_TRINO_WORKER_PORT). Starting twice is
+8092 for HTTPS, its worker on 8091 (CITYGATE_TRINO_CLUSTER_PORT, CITYGATE_TRINO_CLUSTER_HTTPS_PORT,
+CITYGATE_TRINO_WORKER_PORT). Starting twice is
 harmless: a service that already answers is left alone. Keycloak and the Trino cluster start in
 the background while the databases start and load, so they add little to the whole.
 
 Secure connections are served next to the plain ones, for tests/test_tls.py: a local CA under
 ``tls/`` signs one server certificate (for ``localhost`` only); PostgreSQL and MariaDB accept
-TLS and have a user ``citygate_tls`` that may log in only over it; the single Trino serves HTTPS
-on a second port with password-file and JWT authentication, while its plain port keeps taking
-unauthenticated users for the rest of the suite. The Trino cluster serves plain HTTP only: it
-stands in for scale-out, not for secure connections, and needs no port of the single Trino's.
+TLS and have a user ``citygate_tls`` that may log in only over it. Each Trino coordinator (the
+single one and the cluster's) takes a client's query only on its HTTPS port, with a password or
+a JWT; its plain port serves the nodes' own signed requests and ``/v1/info``, and refuses
+clients. The gateway's statements carry the hash mask's key, so Trino's access control shows
+each user its own queries only (:func:`trino_rules`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TRINO_VERSION = "476"
@@ -78,6 +81,7 @@ class Settings:
     keycloak_port: int = 8180
     cluster_port: int = 8090
     worker_port: int = 8091
+    cluster_https_port: int = 8092
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -94,12 +98,24 @@ class Settings:
             keycloak_port=int(os.environ.get("CITYGATE_KEYCLOAK_PORT", "8180")),
             cluster_port=int(os.environ.get("CITYGATE_TRINO_CLUSTER_PORT", "8090")),
             worker_port=int(os.environ.get("CITYGATE_TRINO_WORKER_PORT", "8091")),
+            cluster_https_port=int(os.environ.get("CITYGATE_TRINO_CLUSTER_HTTPS_PORT", "8092")),
         )
 
     @property
     def tls(self) -> Path:
         """The local CA, the server certificate and keys, Trino's keystore and JWT key."""
         return self.state / "tls"
+
+
+def export_client_environment(settings: Settings | None = None) -> None:
+    """Set what configs/services.yaml reads to reach these services, for this process and what
+    it starts: the development password (Trino's too, in CITYGATE_DB_PASSWORD) and the state
+    directory, whose ``tls/ca.pem`` Trino's certificate is checked against. The directory goes
+    in absolute: a configuration file elsewhere that includes services.yaml (a test's, a
+    benchmark's) would otherwise read the CA's path from its own directory."""
+    settings = settings or Settings.from_env()
+    os.environ.setdefault("CITYGATE_DB_PASSWORD", settings.password)
+    os.environ["CITYGATE_STATE_DIR"] = str(settings.state)
 
 
 class ServiceError(RuntimeError):
@@ -769,10 +785,61 @@ class TrinoNode:
     coordinator: bool = True
     # a coordinator that also runs splits; a cluster's coordinator leaves them to the workers
     include_coordinator: bool = True
-    # HTTPS beside the plain port, with password and JWT authentication: the single node's,
-    # for tests/test_tls.py. A cluster's nodes serve plain HTTP only, so they need no port of
-    # the single node's and no shared secret between them.
+    # A coordinator's HTTPS port, the only one that takes a client's query: with a password
+    # or a JWT (see write_trino_etc). A worker takes no client queries and has none.
     https_port: int | None = None
+    https_variable: str = "CITYGATE_TRINO_HTTPS_PORT"
+
+
+# Trino's users (its password file; all with the development password). A statement's text
+# can carry the hash mask's key (connectors/trino.py renders it into HMAC_SHA256), so Trino's
+# query history is as secret as that key: each user sees only its own queries.
+TRINO_GATEWAY = "citygate"  # the gateway
+TRINO_ADMIN = "admin"  # the operator: sees and kills every query, so it is trusted like the key
+TRINO_OTHER = "analyst"  # anyone else with a Trino login (tests/test_trino_history.py)
+TRINO_USERS = (TRINO_GATEWAY, TRINO_ADMIN, TRINO_OTHER)
+
+
+def trino_rules() -> dict[str, object]:
+    """Trino's file-based access control, first matching rule wins: the gateway and the admin
+    reach every catalog; anyone else only the system catalog, where the history is. Everyone
+    may run queries, and Trino always lets a user see and kill its own; only the admin sees
+    others'. No one may act as another user (no impersonation rule allows it), the gateway
+    least of all.
+
+    >>> [rule["allow"] for rule in trino_rules()["queries"]]
+    [['execute', 'view', 'kill'], ['execute']]
+    """
+    return {
+        "catalogs": [
+            # `owner`: `all`, and CREATE and DROP CATALOG (engine.trino.create_missing_catalogs)
+            {"user": f"{TRINO_GATEWAY}|{TRINO_ADMIN}", "catalog": ".*", "allow": "owner"},
+            {"catalog": "system", "allow": "read-only"},
+        ],
+        "queries": [
+            {"user": TRINO_ADMIN, "allow": ["execute", "view", "kill"]},
+            {"allow": ["execute"]},
+        ],
+        "impersonation": [{"new_user": TRINO_GATEWAY, "allow": False}],
+        "system_information": [
+            {"user": TRINO_ADMIN, "allow": ["read", "write"]},
+        ],
+    }
+
+
+def secure_coordinator(settings: Settings, https_port: int) -> list[str]:
+    """A coordinator's client side: HTTPS with a password (the file below) or a JWT signed by
+    the key under tls/. Its plain port refuses every client request (HTTP 403): it still
+    answers Trino's own signed requests and the public /v1/info."""
+    tls = settings.tls
+    return [
+        "http-server.https.enabled=true",
+        f"http-server.https.port={https_port}",
+        f"http-server.https.keystore.path={tls / 'trino-keystore.pem'}",
+        "http-server.authentication.type=PASSWORD,JWT",
+        "http-server.authentication.allow-insecure-over-http=false",
+        f"http-server.authentication.jwt.key-file={tls / 'jwt-public.pem'}",
+    ]
 
 
 def write_trino_etc(settings: Settings, node: TrinoNode, etc: Path, data: Path) -> None:
@@ -819,34 +886,30 @@ def write_trino_etc(settings: Settings, node: TrinoNode, etc: Path, data: Path) 
                 # coordinator sends each catalog's properties with the tasks that need it.
                 "catalog.management=dynamic",
                 *(["catalog.store=file"] if node.coordinator else []),
-                *(
-                    [
-                        # HTTPS on a second port, with a password (the file below) or a JWT
-                        # signed by the key under tls/; the plain port keeps taking a bare user
-                        # name, as before.
-                        "http-server.https.enabled=true",
-                        f"http-server.https.port={node.https_port}",
-                        f"http-server.https.keystore.path={tls / 'trino-keystore.pem'}",
-                        "http-server.authentication.type=PASSWORD,JWT",
-                        "http-server.authentication.allow-insecure-over-http=true",
-                        f"http-server.authentication.jwt.key-file={tls / 'jwt-public.pem'}",
-                        f"internal-communication.shared-secret={(tls / 'trino-shared-secret').read_text().strip()}",
-                    ]
-                    if node.https_port is not None
-                    else []
-                ),
+                # Signs the nodes' own requests to each other; the plain port takes nothing else.
+                f"internal-communication.shared-secret={(tls / 'trino-shared-secret').read_text().strip()}",
+                *(secure_coordinator(settings, node.https_port) if node.https_port is not None else []),
                 "",
             ]
         )
     )
-    (etc / "config.properties").chmod(0o600)  # it may hold the shared secret
+    (etc / "config.properties").chmod(0o600)  # it holds the shared secret
     if node.https_port is not None:
         passwords = etc / "password.db"
-        passwords.write_text(trino_password_line("citygate", settings.password) + "\n")
+        passwords.write_text("".join(trino_password_line(user, settings.password) + "\n" for user in TRINO_USERS))
         passwords.chmod(0o600)
         (etc / "password-authenticator.properties").write_text(
             f"password-authenticator.name=file\nfile.password-file={passwords}\n"
         )
+    # Every node reads the same rules (Trino asks for them on all nodes); the coordinator
+    # enforces them.
+    (etc / "rules.json").write_text(json.dumps(trino_rules(), indent=2) + "\n")
+    (etc / "access-control.properties").write_text(
+        f"access-control.name=file\nsecurity.config-file={etc / 'rules.json'}\n"
+    )
+    # No event listener: Trino hands a listener every statement's text (the hash key's
+    # included), so none is configured, and nothing below logs statements.
+    (etc / "event-listener.properties").unlink(missing_ok=True)
     (etc / "log.properties").write_text("io.trino=INFO\n")
     catalog = etc / "catalog"
     shutil.rmtree(catalog, ignore_errors=True)
@@ -895,6 +958,25 @@ def trino_started(port: int, log: Path) -> bool:
         return False
 
 
+def trino_takes_anonymous_queries(port: int) -> bool:
+    """Whether Trino's plain port on ``port`` accepts a client's query from a bare user name,
+    as Trino does without authentication (and as the services did before they added it)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/statement", data=b"SELECT 1", headers={"X-Trino-User": TRINO_GATEWAY}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# A Trino started by an earlier version of this file takes anonymous queries; a restart ends it.
+WITHOUT_AUTH = (
+    " but taking queries without authentication: stop it (`python -m tools.services stop --only {}`) and start it again"
+)
+
+
 def trino_serves_https(settings: Settings) -> bool:
     import ssl
 
@@ -919,7 +1001,7 @@ def launch_trino(settings: Settings, home: Path, java: Path, node: TrinoNode) ->
         return None
     ports = [(node.port, node.variable)]
     if node.https_port is not None:
-        ports.append((node.https_port, "CITYGATE_TRINO_HTTPS_PORT"))
+        ports.append((node.https_port, node.https_variable))
     for port, variable in ports:
         if port_open(port):
             raise ServiceError(
@@ -958,7 +1040,8 @@ def start_trino(settings: Settings, home: Path, java: Path) -> None:
     with step(f"Trino {TRINO_VERSION} on {ports} (Java {java})") as outcome:
         launched = launch_trino(settings, home, java, node)
         if launched is None:
-            outcome.append("already running" + ("" if trino_serves_https(settings) else WITHOUT_TLS))
+            open_door = WITHOUT_AUTH.format("trino") if trino_takes_anonymous_queries(node.port) else ""
+            outcome.append("already running" + ("" if trino_serves_https(settings) else WITHOUT_TLS) + open_door)
             return
         log, pid = launched
         wait_for("Trino (SERVER STARTED)", lambda: trino_started(node.port, log), 300, log, pid)
@@ -972,6 +1055,8 @@ def cluster_nodes(settings: Settings) -> tuple[TrinoNode, TrinoNode]:
         "CITYGATE_TRINO_CLUSTER_PORT",
         settings.cluster_port,
         include_coordinator=False,
+        https_port=settings.cluster_https_port,
+        https_variable="CITYGATE_TRINO_CLUSTER_HTTPS_PORT",
     )
     worker = TrinoNode(
         "trino-worker", settings.worker_port, "CITYGATE_TRINO_WORKER_PORT", settings.cluster_port, coordinator=False
@@ -979,12 +1064,30 @@ def cluster_nodes(settings: Settings) -> tuple[TrinoNode, TrinoNode]:
     return coordinator, worker
 
 
-def active_workers(settings: Settings) -> int:
-    """Workers the cluster's coordinator counts as active (0 while it cannot tell)."""
+def trino_client(settings: Settings, https_port: int, user: str = TRINO_GATEWAY, login: str | None = None) -> Any:
+    """A DB-API connection to a coordinator's HTTPS port as ``user``, logged in as ``login``
+    (default: ``user`` itself) with the development password and checked against the local CA:
+    the only way in that a coordinator takes a client's query."""
+    import requests
     import trino
 
+    session = requests.Session()
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE, where set, replaces the CA below
+    session.verify = str(settings.tls / "ca.pem")
+    return trino.dbapi.connect(  # type: ignore[no-untyped-call]
+        host="localhost",
+        port=https_port,
+        user=user,
+        http_scheme="https",
+        auth=trino.auth.BasicAuthentication(login or user, settings.password),
+        http_session=session,
+    )
+
+
+def active_workers(settings: Settings) -> int:
+    """Workers the cluster's coordinator counts as active (0 while it cannot tell)."""
     try:
-        with trino.dbapi.connect(host="127.0.0.1", port=settings.cluster_port, user="citygate") as conn:  # type: ignore[no-untyped-call]
+        with trino_client(settings, settings.cluster_https_port) as conn:
             cursor = conn.cursor()
             cursor.execute("SELECT count(*) FROM system.runtime.nodes WHERE NOT coordinator AND state = 'active'")
             return int(cursor.fetchone()[0])
@@ -996,15 +1099,22 @@ def start_trino_cluster(settings: Settings, home: Path, java: Path) -> None:
     """A coordinator that schedules no splits on itself and one worker that runs them: the
     smallest cluster in which work crosses the network between Trino nodes."""
     coordinator, worker = cluster_nodes(settings)
-    title = f"Trino cluster: coordinator 127.0.0.1:{coordinator.port}, worker 127.0.0.1:{worker.port}"
+    title = (
+        f"Trino cluster: coordinator 127.0.0.1:{coordinator.port}, https {coordinator.https_port}, "
+        f"worker 127.0.0.1:{worker.port}"
+    )
     with step(title) as outcome:
         launched = [(node, launch_trino(settings, home, java, node)) for node in (coordinator, worker)]
         for node, started in launched:
             if started is not None:
                 log, pid = started
                 wait_for(f"Trino {node.name}", partial(trino_started, node.port, log), 300, log, pid)
-        wait_for("the worker to join the coordinator", lambda: active_workers(settings) >= 1, 120)
         ran = all(started is None for _, started in launched)
+        if ran and trino_takes_anonymous_queries(coordinator.port):
+            # started by an earlier version of this file: it has no HTTPS port to ask for workers
+            outcome.append("already running" + WITHOUT_AUTH.format("trino-cluster"))
+            return
+        wait_for("the worker to join the coordinator", lambda: active_workers(settings) >= 1, 120)
         outcome.append("already running" if ran else f"started (logs under {settings.state})")
 
 
@@ -1173,9 +1283,9 @@ def start(settings: Settings, scale: str, only: tuple[str, ...] = SERVICES) -> N
         java = find_java()
         outcome.append(str(java))
     home = ensure_trino(settings) if {"trino", "trino-cluster"} & set(only) else None
-    # The stores and the single Trino serve TLS with what this makes; Keycloak and the cluster
-    # use none of it.
-    if {"postgresql", "mariadb", "trino"} & set(only):
+    # The stores and both Trinos serve TLS with what this makes (and Trino's nodes sign their
+    # requests to each other with its shared secret); Keycloak uses none of it.
+    if {"postgresql", "mariadb", "trino", "trino-cluster"} & set(only):
         ensure_certificates(settings)
     # Keycloak and the cluster wait for nothing the databases do (the cluster's catalogs reach
     # the stores only when queried), so they start beside them.
@@ -1206,16 +1316,20 @@ def start(settings: Settings, scale: str, only: tuple[str, ...] = SERVICES) -> N
     lines = {
         "postgresql": f"PostgreSQL     127.0.0.1:{settings.pg_port}  user citygate  databases public_security, ...",
         "mariadb": f"MariaDB        127.0.0.1:{settings.mariadb_port}  user citygate  databases market_regulation, ...",
-        "trino": f"Trino          http://127.0.0.1:{settings.trino_port}  one catalog per department",
+        "trino": f"Trino          https://localhost:{settings.trino_https_port}  one catalog per department",
         "keycloak": f"Keycloak       {keycloak_url(settings)}/realms/citygate  admin {KEYCLOAK_ADMIN}",
-        "trino-cluster": f"Trino cluster  http://127.0.0.1:{settings.cluster_port}  worker on {settings.worker_port}",
+        "trino-cluster": (
+            f"Trino cluster  https://localhost:{settings.cluster_https_port}  "
+            f"(plain {settings.cluster_port}), worker on {settings.worker_port}"
+        ),
     }
     for name in only:
         say(f"  {lines[name]}")
     if {"postgresql", "mariadb", "trino"} & set(only):
         say(
             f"  TLS            CA {settings.tls / 'ca.pem'}; user {TLS_USER} (TLS only) on both stores; "
-            f"Trino https://localhost:{settings.trino_https_port} (password or JWT)"
+            f"Trino https://localhost:{settings.trino_https_port} (password or JWT; users "
+            f"{', '.join(TRINO_USERS)}; its plain port {settings.trino_port} takes no client)"
         )
 
 
@@ -1247,9 +1361,15 @@ def status(settings: Settings, only: tuple[str, ...] = SERVICES) -> int:
         "trino": {
             "trino": lambda: trino_started(settings.trino_port, settings.state / "trino" / "server.log"),
             "trino over HTTPS": lambda: trino_serves_https(settings),
+            "trino refusing anonymous queries": lambda: not trino_takes_anonymous_queries(settings.trino_port),
         },
         "keycloak": {"keycloak": lambda: keycloak_ready(settings)},
-        "trino-cluster": {"trino-cluster": lambda: active_workers(settings) >= 1},
+        "trino-cluster": {
+            "trino-cluster": lambda: active_workers(settings) >= 1,
+            "trino-cluster refusing anonymous queries": lambda: (
+                not trino_takes_anonymous_queries(settings.cluster_port)
+            ),
+        },
     }
     up = {label: check() for name in only for label, check in checks[name].items()}
     for name, ready in up.items():
