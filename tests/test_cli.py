@@ -65,7 +65,8 @@ def test_explain_reads_standard_input_and_reports_bad_queries(tmp_path: Path) ->
     ok = run("explain", "--data-dir", str(tmp_path), "-", stdin="{ transport_stations { nam } }")
     assert ok.returncode == 2
     assert ok.stderr.strip().splitlines()[-1] == (
-        'citygate: error: unknown field "nam" on "transport_stations"; did you mean "name"?'
+        'citygate: error: unknown field "nam" on "transport_stations" for role anonymous'
+        ' (the catalogue at /console lists what it may read); did you mean "name"?'
     )
 
 

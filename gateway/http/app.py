@@ -569,7 +569,10 @@ class Edge:
                     CALLER.reset(token)
         exchange.result = result
         exchange.outcome, exchange.codes = _outcome(result)
-        status = 400 if result.request_error and exchange.media_type == GRAPHQL_RESPONSE else 200
+        # A malformed request (a mutation, an unknown operationName) is 400 on either media
+        # type, as the parser's own refusals are; docs/errors.md says so and a test holds it.
+        refused = result.request_error and (exchange.media_type == GRAPHQL_RESPONSE or "BAD_REQUEST" in exchange.codes)
+        status = 400 if refused else 200
         return _json(result.body, status, exchange.media_type, result.encoded)
 
     async def read_post(self, receive: Receive, exchange: Exchange) -> Reply:
