@@ -8,16 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.config import Config
+import pytest
+from starlette.testclient import TestClient
+
+from datasets.demo import ensure_demo_issuer, issue_token
+from gateway.config import Config, load_config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
 from tests.conftest import REPO
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
         timeout=300,
         check=False,
         input=stdin,
@@ -201,3 +208,41 @@ def test_policy_check_and_test_understand_noisy_grants(tmp_path: Path) -> None:
         tested = cli("test", str(cases))
         assert tested.returncode == 0, tested.stdout + tested.stderr
         assert tested.stdout.strip().endswith("3 passed, 0 failed")
+
+
+def test_token_never_makes_an_issuer_the_demo_does_not_know(tmp_path: Path) -> None:
+    """Run outside the checkout it once made a new demo issuer, whose tokens the demo refused."""
+    elsewhere = tmp_path / "elsewhere"
+    refused = run("token", "--role", "health_analyst", "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert refused.returncode == 2 and not refused.stdout
+    assert f"no demo issuer in {elsewhere}" in refused.stderr and "start the demo first" in refused.stderr
+    assert not elsewhere.exists()
+    ensure_demo_issuer(elsewhere)  # as `citygate demo` makes it on its first run
+    made = run("token", "--role", "health_analyst", "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert made.returncode == 0 and made.stdout.count(".") == 2 and not made.stderr
+    unknown = run("token", "--role", "nobody", "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert "the demo's policies define no such role" in unknown.stderr and "health_analyst" in unknown.stderr
+
+
+def test_configs_demo_serves_the_demo_city_with_its_policies_and_issuer(
+    sqlite_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for department in sqlite_config.departments.values():  # the demo's files, as `make demo` builds them
+        source = Path(department.store.path)  # type: ignore[union-attr]
+        (tmp_path / source.name).symlink_to(source)
+    ensure_demo_issuer(tmp_path)
+    monkeypatch.setenv("CITYGATE_DATA_DIR", str(tmp_path))
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.policies is not None and config.auth is not None and config.auth.anonymous
+    gateway = Gateway.start(config, create_engine(config))
+    query = {"query": "{ public_security_residents(limit: 1) { name } }"}
+    try:
+        with TestClient(create_app(gateway)) as client:
+            anonymous = client.post("/graphql", json=query).json()
+            assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+            token = issue_token(tmp_path, "health_analyst", {}, 60)
+            analyst = client.post("/graphql", json=query, headers={"authorization": f"Bearer {token}"}).json()
+            assert len(analyst["data"]["public_security_residents"]) == 1
+    finally:
+        gateway.close()
+    assert (tmp_path / "audit-serve.jsonl").stat().st_size > 0

@@ -454,7 +454,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     """Print a token that `citygate demo` with the same --data-dir accepts (demo only)."""
     identity = _identity(args)
     assert identity is not None
-    print(datasets().issue_token(Path(args.data_dir).resolve(), identity.role, dict(identity.claims), args.ttl))
+    chosen = args.data_dir != str(DEFAULT_DATA_DIR)
+    data_dir = Path(args.data_dir).resolve()
+    print(datasets().demo_token(data_dir, chosen, identity.role, dict(identity.claims), args.ttl))
     return 0
 
 
