@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -11,12 +14,12 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from datasets.demo import ensure_demo_issuer, issue_token
+from datasets.demo import ensure_demo_issuer, issue_token, secure_demo
 from gateway.config import Config, load_config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, wait_until_serving
 
 
 def run(*args: str, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -246,3 +249,46 @@ def test_configs_demo_serves_the_demo_city_with_its_policies_and_issuer(
     finally:
         gateway.close()
     assert (tmp_path / "audit-serve.jsonl").stat().st_size > 0
+
+
+def test_make_demo_takes_a_port(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "demo", f"PORT={port}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # make and the citygate it starts, stopped together
+    )
+    try:
+        wait_until_serving(port, process, f"make demo PORT={port}", timeout=240)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_the_readmes_try_another_role_example_answers_differently_per_role(
+    sqlite_config: Config, tmp_path: Path
+) -> None:
+    """README's loop sends one query with each role's token: each role must get other rows."""
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    query = json.loads(re.search(r"^QUERY='(.+)'$", readme, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    roles = re.search(r"^for ROLE in (.+); do$", readme, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    config = secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, create_engine(config))
+    answers = {}
+    try:
+        with TestClient(create_app(gateway)) as client:
+            for role in re.findall(r'"([^"]+)"|(\w+)', roles):
+                name, *claim = (role[0] or role[1]).split(" --claim ")
+                claims = dict([claim[0].split("=", 1)]) if claim else {}
+                token = issue_token(tmp_path, name, claims, 60)
+                body = client.post("/graphql", json=query, headers={"authorization": f"Bearer {token}"}).json()
+                answers[name] = json.dumps(body["data"], ensure_ascii=False)
+            anonymous = client.post("/graphql", json=query).json()
+    finally:
+        gateway.close()
+    assert set(answers) == {"police", "health_analyst", "supervisor", "district_officer"}
+    assert len(set(answers.values())) == len(answers), answers
+    assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
