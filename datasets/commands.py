@@ -14,6 +14,8 @@ from catalogue.errors import CitygateError
 from catalogue.stores import SqliteStore, Store
 from datasets.datagen import DEFAULT_SEED, generate
 from datasets.demo import (
+    ANONYMOUS_EXAMPLE,
+    DEMO_ROLES,
     EXAMPLE_QUERY,
     admin_token,
     demo_config,
@@ -27,8 +29,27 @@ from datasets.demo_city import TABLES
 from datasets.load import load_city
 from datasets.seedgen import datagen as seed_scale
 from gateway.config import Config
+from gateway.console.pages import DemoPage
 
-__all__ = ["DEFAULT_SEED", "EXAMPLE_QUERY", "admin_token", "datagen", "demo", "demo_token", "issue_token", "seed_scale"]
+__all__ = [
+    "ANONYMOUS_EXAMPLE",
+    "DEFAULT_SEED",
+    "EXAMPLE_QUERY",
+    "admin_token",
+    "datagen",
+    "demo",
+    "demo_page",
+    "demo_token",
+    "issue_token",
+    "seed_scale",
+]
+
+
+def demo_page(data_dir: Path, ttl: int = 86_400) -> DemoPage:
+    """What `citygate demo`'s pages offer: a token for each demo role (a day long) and the
+    example each role can run (the default, anonymous's, is the page's own example)."""
+    tokens = {role: issue_token(data_dir, role, claims, ttl) for role, claims in DEMO_ROLES.items()}
+    return DemoPage(tokens=tokens, examples={"health_analyst": EXAMPLE_QUERY})
 
 
 def demo_token(data_dir: Path, chosen: bool, role: str, claims: dict[str, str], ttl: int) -> str:

@@ -43,6 +43,29 @@ query VisitsInNancheng {
 """
 
 
+# What GraphiQL opens with for a caller without a token: anonymous sees published columns only,
+# so EXAMPLE_QUERY's health fields would all be underlined as unknown.
+ANONYMOUS_EXAMPLE = """\
+# You are anonymous: published columns only. Pick a demo role in the bar above (or paste a
+# token from `citygate token --role health_analyst`) and this page opens with that role's example.
+query Stations {
+  transport_stations(order_by: [{station_id: asc}], limit: 5) {
+    name
+    district
+  }
+}
+"""
+
+# The demo roles the console offers tokens for, with the claims their row filters need.
+DEMO_ROLES: dict[str, dict[str, str]] = {
+    "health_analyst": {},
+    "district_officer": {"district": "南城"},
+    "env_inspector": {"department": "environment"},
+    "police": {"department": "public_security"},
+    "supervisor": {},
+}
+
+
 def demo_config(data_dir: Path) -> Config:
     """The demo city on SQLite files in ``data_dir``: the packaged catalogue plus one store each."""
     catalogue = yaml.safe_load((importlib.resources.files("datasets") / "demo-city.yaml").read_text(encoding="utf-8"))

@@ -47,7 +47,7 @@ from gateway.config import TokenGuard
 from gateway.console import catalogue as console_catalogue
 from gateway.console.assets import Assets
 from gateway.console.inspect import view_as
-from gateway.console.pages import Pages
+from gateway.console.pages import DemoPage, Pages
 from gateway.execution import plans
 from gateway.execution.fairness import CALLER, REQUESTS_AT_ONCE, Admission
 from gateway.execution.gateway import Gateway
@@ -338,7 +338,9 @@ class Edge:
     ``GET /graphql``, health, metrics, admin, the lifespan) goes to a starlette application.
     """
 
-    def __init__(self, gateway: Gateway, app: Starlette | None = None, example: str = "") -> None:
+    def __init__(
+        self, gateway: Gateway, app: Starlette | None = None, example: str = "", demo: DemoPage | None = None
+    ) -> None:
         self.gateway = gateway
         self.metrics = gateway.metrics
         self.engine_name = gateway.engine.name
@@ -368,7 +370,7 @@ class Edge:
         self.assets = Assets.load()
         if self.assets.missing is not None:
             log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
-        self.pages = Pages.make(self.assets, example)
+        self.pages = Pages.make(self.assets, example, demo)
         self.probe = console_catalogue.Probe(lambda: gateway.health().departments)
         self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
@@ -871,9 +873,10 @@ class Edge:
         return role, {str(k): v for k, v in claims.items()}, query, variables
 
 
-def create_app(gateway: Gateway, example: str = "") -> Edge:
-    """The ASGI application over ``gateway``; ``example``: the query GraphiQL opens with."""
-    edge = Edge(gateway, example=example)
+def create_app(gateway: Gateway, example: str = "", demo: DemoPage | None = None) -> Edge:
+    """The ASGI application over ``gateway``; ``example``: the query GraphiQL opens with;
+    ``demo``: the demo roles' tokens and examples its pages offer (`citygate demo` only)."""
+    edge = Edge(gateway, example=example, demo=demo)
     routes = [
         Route("/", edge.home, methods=["GET"]),
         Route("/console", edge.console_page, methods=["GET"]),
