@@ -292,3 +292,37 @@ def test_the_readmes_try_another_role_example_answers_differently_per_role(
     assert set(answers) == {"police", "health_analyst", "supervisor", "district_officer"}
     assert len(set(answers.values())) == len(answers), answers
     assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_the_security_officers_walkthrough_works_on_a_copy(sqlite_config: Config, tmp_path: Path) -> None:
+    """docs/policies.md's "Add a role", step by step as written, in a directory of its own: it
+    once edited policies/demo/central.yaml in place."""
+    section = (REPO / "docs" / "policies.md").read_text(encoding="utf-8").split("## Add a role", 1)[1]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
+    copy = next(text for kind, text in blocks if kind == "sh" and "mkdir -p my-policies" in text)
+    role = next(text for kind, text in blocks if kind == "yaml" and "transport_planner:" in text)
+    cases = next(text for kind, text in blocks if kind == "yaml" and "- name:" in text)
+    data = tmp_path / "data"  # the demo's files and issuer, as `make demo` leaves them
+    data.mkdir()
+    for department in sqlite_config.departments.values():
+        source = Path(department.store.path)  # type: ignore[union-attr]
+        (data / source.name).symlink_to(source)
+    ensure_demo_issuer(data)
+    for name in ("policies", "configs"):
+        (tmp_path / name).symlink_to(REPO / name)
+    subprocess.run(["bash", "-e", "-c", copy], cwd=tmp_path, check=True, timeout=30)
+    central = tmp_path / "my-policies" / "central.yaml"
+    central.write_text(central.read_text(encoding="utf-8").replace("roles:\n", "roles:\n" + role, 1), encoding="utf-8")
+    (tmp_path / "my-policies" / "transport_planner.test.yaml").write_text(cases, encoding="utf-8")
+    command = re.search(r"^\.venv/bin/citygate (policy test .+)$", section, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    tested = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *command.split()],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "CITYGATE_DATA_DIR": str(data)},
+        timeout=300,
+        check=False,
+    )
+    assert tested.stdout.strip().endswith("2 passed, 0 failed"), tested.stdout + tested.stderr
+    assert (REPO / "policies" / "demo" / "central.yaml").read_text(encoding="utf-8").count("transport_planner") == 0
