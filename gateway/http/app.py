@@ -4,8 +4,9 @@ catalogue as the caller's role sees it, and "view as role" for an administrator)
 
 Statuses follow the GraphQL-over-HTTP specification: with ``application/graphql-response+json``
 a request that cannot be executed (parse, validation, variables) is 400 and anything executed
-is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
-request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
+is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed
+request (bad JSON, no query, a mutation, an unknown operationName) is 400 either way. No
+response carries SQL or a stack trace.
 
 Two refusals come before a document is parsed. A caller over its requests per minute
 (``limits``) is answered 429 with ``Retry-After``. Where trusted documents are configured, a
