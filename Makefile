@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# `make demo PORT=8001` serves on another port (default 8000); HOST likewise.
 demo: install
-	$(BIN)/citygate demo
+	$(BIN)/citygate demo $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 services: install
 	$(BIN)/python -m tools.services start

@@ -192,9 +192,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         "BAD_REQUEST",
         "request",
-        "400",
-        "the HTTP request is malformed: bad JSON, no query, an unknown "
-        "operation name, a mutation, a body over 1 MiB (413)",
+        "400 (413, 415)",
+        "the HTTP request is malformed: bad JSON, no query, an unknown or missing `operationName`, a mutation "
+        "or subscription; a body over 1 MiB is 413, a body that is not `application/json` is 415",
         "no: fix the request",
     ),
     ErrorCode(
@@ -252,15 +252,17 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "GRAPHQL_VALIDATION_FAILED",
         "request",
         "200/400",
-        "the document asks for a field, argument or type "
-        "the caller's role does not have (a denied column is absent from the role's schema)",
+        "the document asks for a field, argument or type the caller's role does not have (a denied column "
+        "is absent from the role's schema: the message names the role, and the catalogue at `/console` lists "
+        "what it may read)",
         "no: ask only for what the role's schema has",
     ),
     ErrorCode(
         "BAD_USER_INPUT",
         "request or field",
         "200/400",
-        "a value the query gives is outside its column's type or range, or a pattern breaks the pattern rule",
+        "a value the query gives, written in the document or sent as a variable, is outside its type or range "
+        "(a `Decimal` that is no number, a date that is no date), or a pattern breaks the pattern rule",
         "no: fix the value",
     ),
     ErrorCode(

@@ -13,13 +13,59 @@ from pathlib import Path
 from catalogue.errors import CitygateError
 from catalogue.stores import SqliteStore, Store
 from datasets.datagen import DEFAULT_SEED, generate
-from datasets.demo import EXAMPLE_QUERY, admin_token, demo_config, ensure_demo_data, issue_token, secure_demo
+from datasets.demo import (
+    ANONYMOUS_EXAMPLE,
+    DEMO_ROLES,
+    EXAMPLE_QUERY,
+    admin_token,
+    demo_config,
+    demo_roles,
+    ensure_demo_data,
+    issue_token,
+    issuer_dir,
+    secure_demo,
+)
 from datasets.demo_city import TABLES
 from datasets.load import load_city
 from datasets.seedgen import datagen as seed_scale
 from gateway.config import Config
+from gateway.console.pages import DemoPage
 
-__all__ = ["DEFAULT_SEED", "EXAMPLE_QUERY", "admin_token", "datagen", "demo", "issue_token", "seed_scale"]
+__all__ = [
+    "ANONYMOUS_EXAMPLE",
+    "DEFAULT_SEED",
+    "EXAMPLE_QUERY",
+    "admin_token",
+    "datagen",
+    "demo",
+    "demo_page",
+    "demo_token",
+    "issue_token",
+    "seed_scale",
+]
+
+
+def demo_page(data_dir: Path, ttl: int = 86_400) -> DemoPage:
+    """What `citygate demo`'s pages offer: a token for each demo role (a day long) and the
+    example each role can run (the default, anonymous's, is the page's own example)."""
+    tokens = {role: issue_token(data_dir, role, claims, ttl) for role, claims in DEMO_ROLES.items()}
+    return DemoPage(tokens=tokens, examples={"health_analyst": EXAMPLE_QUERY})
+
+
+def demo_token(data_dir: Path, chosen: bool, role: str, claims: dict[str, str], ttl: int) -> str:
+    """`citygate token`: a token the running demo accepts, signed by the issuer it made
+    (:func:`issuer_dir`), for a role its policies define."""
+    roles = demo_roles()
+    if role not in roles:  # a warning: a copy of the policies (the walkthrough's) may add it
+        print(
+            f"citygate: warning: --role {role!r}: the demo's policies define no such role, so `citygate demo` "
+            f"serves its token nothing (roles: {', '.join(roles)})",
+            file=sys.stderr,
+        )
+    found = issuer_dir(data_dir, chosen)
+    if found != data_dir:
+        print(f"citygate: signing with the demo issuer in {found}", file=sys.stderr)
+    return issue_token(found, role, claims, ttl)
 
 
 def demo(data_dir: Path) -> Config:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from catalogue.errors import CitygateError
 from catalogue.stores import SqliteStore
 from datasets.demo_city import DEPARTMENTS
 from gateway.config import AuditConfig, AuthConfig, Config, PoliciesConfig, TokenGuard
@@ -40,6 +41,29 @@ query VisitsInNancheng {
   }
 }
 """
+
+
+# What GraphiQL opens with for a caller without a token: anonymous sees published columns only,
+# so EXAMPLE_QUERY's health fields would all be underlined as unknown.
+ANONYMOUS_EXAMPLE = """\
+# You are anonymous: published columns only. Pick a demo role in the bar above (or paste a
+# token from `citygate token --role health_analyst`) and this page opens with that role's example.
+query Stations {
+  transport_stations(order_by: [{station_id: asc}], limit: 5) {
+    name
+    district
+  }
+}
+"""
+
+# The demo roles the console offers tokens for, with the claims their row filters need.
+DEMO_ROLES: dict[str, dict[str, str]] = {
+    "health_analyst": {},
+    "district_officer": {"district": "南城"},
+    "env_inspector": {"department": "environment"},
+    "police": {"department": "public_security"},
+    "supervisor": {},
+}
 
 
 def demo_config(data_dir: Path) -> Config:
@@ -116,7 +140,7 @@ def secure_demo(config: Config, data_dir: Path) -> Config:
     """The demo with the demo city's policies and the demo issuer's tokens (no token: anonymous),
     its audit trail in ``data_dir/audit.jsonl``, open metrics and an admin token of its own."""
     issuer = ensure_demo_issuer(data_dir)
-    demo_policies = Path(__file__).resolve().parent.parent / "policies" / "demo"
+    demo_policies = DEMO_POLICIES
     return config.model_copy(
         update={
             "audit": AuditConfig(sink="file", path=data_dir / "audit.jsonl"),
@@ -133,6 +157,34 @@ def secure_demo(config: Config, data_dir: Path) -> Config:
             ),
         }
     )
+
+
+DEMO_POLICIES = Path(__file__).resolve().parent.parent / "policies" / "demo"
+# Where `make demo` keeps the demo's files: the checkout's own `.citygate/demo`.
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parent.parent / ".citygate" / "demo"
+
+
+def issuer_dir(data_dir: Path, chosen: bool) -> Path:
+    """The data directory whose demo issuer `citygate token` signs with: ``data_dir`` if a demo
+    has made its issuer there; else, when ``data_dir`` was not chosen (the default, relative to
+    the working directory), the checkout's own demo. Never a new issuer, whose tokens no
+    running demo would accept. CitygateError: there is none to use.
+    """
+    if _issuer_file(data_dir).exists():
+        return data_dir
+    if not chosen and _issuer_file(CHECKOUT_DATA_DIR).exists():
+        return CHECKOUT_DATA_DIR
+    raise CitygateError(
+        f"no demo issuer in {data_dir}: `citygate demo` makes one in its data directory on its first run; "
+        "start the demo first, then run `citygate token` from the same directory or pass its --data-dir"
+    )
+
+
+def demo_roles() -> list[str]:
+    """The roles the demo's policies define (a token for another role is served nothing)."""
+    from policies.model import load_policies
+
+    return sorted(load_policies([DEMO_POLICIES / "central.yaml", DEMO_POLICIES / "health-floor.yaml"]).roles)
 
 
 def issue_token(data_dir: Path, role: str, claims: dict[str, str], ttl: int) -> str:

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
-from gateway.config import Config
-from tests.conftest import REPO
+from datasets.demo import ensure_demo_issuer, issue_token, secure_demo
+from gateway.config import Config, load_config
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
+from tests.conftest import REPO, free_port, wait_until_serving
 
 
-def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=cwd,
         timeout=300,
         check=False,
         input=stdin,
@@ -68,7 +76,8 @@ def test_explain_reads_standard_input_and_reports_bad_queries(tmp_path: Path) ->
     ok = run("explain", "--data-dir", str(tmp_path), "-", stdin="{ transport_stations { nam } }")
     assert ok.returncode == 2
     assert ok.stderr.strip().splitlines()[-1] == (
-        'citygate: error: unknown field "nam" on "transport_stations"; did you mean "name"?'
+        'citygate: error: unknown field "nam" on "transport_stations" for role anonymous'
+        ' (the catalogue at /console lists what it may read); did you mean "name"?'
     )
 
 
@@ -203,3 +212,118 @@ def test_policy_check_and_test_understand_noisy_grants(tmp_path: Path) -> None:
         tested = cli("test", str(cases))
         assert tested.returncode == 0, tested.stdout + tested.stderr
         assert tested.stdout.strip().endswith("3 passed, 0 failed")
+
+
+def test_token_never_makes_an_issuer_the_demo_does_not_know(tmp_path: Path) -> None:
+    """Run outside the checkout it once made a new demo issuer, whose tokens the demo refused."""
+    elsewhere = tmp_path / "elsewhere"
+    refused = run("token", "--role", "health_analyst", "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert refused.returncode == 2 and not refused.stdout
+    assert f"no demo issuer in {elsewhere}" in refused.stderr and "start the demo first" in refused.stderr
+    assert not elsewhere.exists()
+    ensure_demo_issuer(elsewhere)  # as `citygate demo` makes it on its first run
+    made = run("token", "--role", "health_analyst", "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert made.returncode == 0 and made.stdout.count(".") == 2 and not made.stderr
+    unknown = run("token", "--role", "nobody", "--data-dir", str(elsewhere), cwd=tmp_path)
+    assert "the demo's policies define no such role" in unknown.stderr and "health_analyst" in unknown.stderr
+
+
+def test_configs_demo_serves_the_demo_city_with_its_policies_and_issuer(
+    sqlite_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for department in sqlite_config.departments.values():  # the demo's files, as `make demo` builds them
+        source = Path(department.store.path)  # type: ignore[union-attr]
+        (tmp_path / source.name).symlink_to(source)
+    ensure_demo_issuer(tmp_path)
+    monkeypatch.setenv("CITYGATE_DATA_DIR", str(tmp_path))
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.policies is not None and config.auth is not None and config.auth.anonymous
+    gateway = Gateway.start(config, create_engine(config))
+    query = {"query": "{ public_security_residents(limit: 1) { name } }"}
+    try:
+        with TestClient(create_app(gateway)) as client:
+            anonymous = client.post("/graphql", json=query).json()
+            assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+            token = issue_token(tmp_path, "health_analyst", {}, 60)
+            analyst = client.post("/graphql", json=query, headers={"authorization": f"Bearer {token}"}).json()
+            assert len(analyst["data"]["public_security_residents"]) == 1
+    finally:
+        gateway.close()
+    assert (tmp_path / "audit-serve.jsonl").stat().st_size > 0
+
+
+def test_make_demo_takes_a_port(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "demo", f"PORT={port}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # make and the citygate it starts, stopped together
+    )
+    try:
+        wait_until_serving(port, process, f"make demo PORT={port}", timeout=240)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_the_readmes_try_another_role_example_answers_differently_per_role(
+    sqlite_config: Config, tmp_path: Path
+) -> None:
+    """README's loop sends one query with each role's token: each role must get other rows."""
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    query = json.loads(re.search(r"^QUERY='(.+)'$", readme, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    roles = re.search(r"^for ROLE in (.+); do$", readme, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    config = secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, create_engine(config))
+    answers = {}
+    try:
+        with TestClient(create_app(gateway)) as client:
+            for role in re.findall(r'"([^"]+)"|(\w+)', roles):
+                name, *claim = (role[0] or role[1]).split(" --claim ")
+                claims = dict([claim[0].split("=", 1)]) if claim else {}
+                token = issue_token(tmp_path, name, claims, 60)
+                body = client.post("/graphql", json=query, headers={"authorization": f"Bearer {token}"}).json()
+                answers[name] = json.dumps(body["data"], ensure_ascii=False)
+            anonymous = client.post("/graphql", json=query).json()
+    finally:
+        gateway.close()
+    assert set(answers) == {"police", "health_analyst", "supervisor", "district_officer"}
+    assert len(set(answers.values())) == len(answers), answers
+    assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_the_security_officers_walkthrough_works_on_a_copy(sqlite_config: Config, tmp_path: Path) -> None:
+    """docs/policies.md's "Add a role", step by step as written, in a directory of its own: it
+    once edited policies/demo/central.yaml in place."""
+    section = (REPO / "docs" / "policies.md").read_text(encoding="utf-8").split("## Add a role", 1)[1]
+    blocks = re.findall(r"```(\w+)\n(.*?)```", section, re.DOTALL)
+    copy = next(text for kind, text in blocks if kind == "sh" and "mkdir -p my-policies" in text)
+    role = next(text for kind, text in blocks if kind == "yaml" and "transport_planner:" in text)
+    cases = next(text for kind, text in blocks if kind == "yaml" and "- name:" in text)
+    data = tmp_path / "data"  # the demo's files and issuer, as `make demo` leaves them
+    data.mkdir()
+    for department in sqlite_config.departments.values():
+        source = Path(department.store.path)  # type: ignore[union-attr]
+        (data / source.name).symlink_to(source)
+    ensure_demo_issuer(data)
+    for name in ("policies", "configs"):
+        (tmp_path / name).symlink_to(REPO / name)
+    subprocess.run(["bash", "-e", "-c", copy], cwd=tmp_path, check=True, timeout=30)
+    central = tmp_path / "my-policies" / "central.yaml"
+    central.write_text(central.read_text(encoding="utf-8").replace("roles:\n", "roles:\n" + role, 1), encoding="utf-8")
+    (tmp_path / "my-policies" / "transport_planner.test.yaml").write_text(cases, encoding="utf-8")
+    command = re.search(r"^\.venv/bin/citygate (policy test .+)$", section, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    tested = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *command.split()],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "CITYGATE_DATA_DIR": str(data)},
+        timeout=300,
+        check=False,
+    )
+    assert tested.stdout.strip().endswith("2 passed, 0 failed"), tested.stdout + tested.stderr
+    assert (REPO / "policies" / "demo" / "central.yaml").read_text(encoding="utf-8").count("transport_planner") == 0

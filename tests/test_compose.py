@@ -103,7 +103,7 @@ def test_the_compose_file_holds_no_secrets() -> None:
     found = secretive.findall(text)
     assert len(found) >= 5
     for name, value in found:
-        assert value.startswith(("${", "*password")), f"{name} has a value written in the file"
+        assert value.startswith(("${", "*password", "*reader-password")), f"{name} has a value written in the file"
 
 
 def test_compose_config_serves_the_same_city_through_trino(
@@ -135,3 +135,33 @@ def test_compose_config_serves_the_same_city_through_trino(
         "trinodb/trino:476" in text
         and "catalog.management=dynamic" in (COMPOSE / "trino" / "config.properties").read_text()
     )
+
+
+def test_the_gateways_read_as_a_user_that_may_only_select() -> None:
+    """grant.sql once granted ALL PRIVILEGES ON *.*; now the loader owns the departments'
+    databases and nothing else, and the gateways read as citygate_reader."""
+    services = compose_config()["services"]
+    mariadb_departments = {"market_regulation", "environment", "human_resources"}
+    loader_grants = re.findall(
+        r"GRANT (.+) ON `(\w+)`\.\* TO 'citygate'@'%'", (COMPOSE / "mariadb" / "grant.sql").read_text()
+    )
+    assert "*.*" not in (COMPOSE / "mariadb" / "grant.sql").read_text()
+    assert {database for _, database in loader_grants} == mariadb_departments
+    reader = (COMPOSE / "mariadb" / "reader.sh").read_text()
+    assert set(re.findall(r"GRANT (.+) ON \\`(\w+)\\`\.\* TO 'citygate_reader'", reader)) == {
+        ("SELECT, SHOW VIEW", d) for d in mariadb_departments
+    }
+    postgres = (COMPOSE / "postgres" / "init.sh").read_text()
+    granted = set(re.findall(r"GRANT (\w+) ON .*? TO citygate_reader", postgres))
+    assert granted == {"CONNECT", "USAGE", "SELECT"}
+    assert mounts(services["postgres"])["/docker-entrypoint-initdb.d/init.sh"] == str(COMPOSE / "postgres" / "init.sh")
+    assert services["gateway-a"]["environment"]["CITYGATE_STORE_USER"] == "citygate_reader"
+    assert services["loader"]["environment"]["CITYGATE_STORE_USER"] == "citygate"
+
+
+def test_keycloak_runs_in_production_mode_on_the_compose_postgresql() -> None:
+    keycloak = compose_config()["services"]["keycloak"]
+    assert keycloak["command"][0] == "start"  # not start-dev: no in-memory H2, no dev defaults
+    assert keycloak["environment"]["KC_DB"] == "postgres"
+    assert keycloak["environment"]["KC_DB_URL"] == "jdbc:postgresql://postgres:5432/keycloak"
+    assert "CREATE DATABASE keycloak OWNER keycloak" in (COMPOSE / "postgres" / "init.sh").read_text()

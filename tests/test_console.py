@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from catalogue.sql import tie_key
+from datasets.commands import ANONYMOUS_EXAMPLE, demo_page
 from datasets.demo import admin_token, issue_token, secure_demo
 from gateway.config import Config
 from gateway.console.assets import Assets
@@ -252,3 +253,33 @@ def test_explain_prints_no_key_material(tmp_path: Path) -> None:
     assert "<key>" in result.stdout
     for secret in (hash_key, hash_key.encode().hex(), tie_key(hash_key.encode())):
         assert secret not in result.stdout
+
+
+def _page_config(html: str) -> dict[str, Any]:
+    start = html.index('<script type="application/json" id="citygate-config">') + len(
+        '<script type="application/json" id="citygate-config">'
+    )
+    config: dict[str, Any] = json.loads(html[start : html.index("</script>", start)])
+    return config
+
+
+def test_the_demos_pages_offer_each_roles_token_and_an_example_it_can_run(demo: Demo) -> None:
+    """GraphiQL once opened as anonymous with an example whose six health fields anonymous
+    may not ask for. The demo's example now runs as anonymous, and its pages offer a token per
+    demo role with the example that role opens with."""
+
+    page = demo_page(demo.data_dir, ttl=300)
+    assert set(page.tokens) == {"health_analyst", "district_officer", "env_inspector", "police", "supervisor"}
+    with TestClient(create_app(demo.gateway, example=ANONYMOUS_EXAMPLE, demo=page)) as client:
+        html = client.get("/graphql", headers={"accept": "text/html"}).text
+        config = _page_config(html)
+        assert config["demo"]["tokens"] == page.tokens and config["example"] == ANONYMOUS_EXAMPLE
+        assert _page_config(client.get("/console").text)["demo"]["tokens"] == page.tokens
+        anonymous = client.post("/graphql", json={"query": ANONYMOUS_EXAMPLE}).json()
+        assert "errors" not in anonymous and len(anonymous["data"]["transport_stations"]) == 5
+        for role, token in page.tokens.items():
+            example = config["demo"]["examples"].get(role, ANONYMOUS_EXAMPLE)
+            answer = client.post("/graphql", json={"query": example}, headers={"authorization": f"Bearer {token}"})
+            assert answer.status_code == 200 and "errors" not in answer.json(), (role, answer.json())
+    # A deployment's pages (no demo) carry no token.
+    assert "demo" not in _page_config(demo.client.get("/graphql", headers={"accept": "text/html"}).text)

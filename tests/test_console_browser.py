@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Request, expect, sync_playwright
 
-from datasets.demo import EXAMPLE_QUERY, admin_token, issue_token, secure_demo
+from datasets.commands import ANONYMOUS_EXAMPLE, demo_page
+from datasets.demo import admin_token, issue_token, secure_demo
 from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
@@ -50,7 +51,8 @@ def served(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> I
     data_dir = tmp_path_factory.mktemp("console-browser")
     config = secure_demo(sqlite_config, data_dir)
     gateway = Gateway.start(config, create_engine(config))
-    with uvicorn_thread(create_app(gateway, example=EXAMPLE_QUERY)) as port:
+    page = demo_page(data_dir, ttl=3600)  # as `citygate demo` serves it
+    with uvicorn_thread(create_app(gateway, example=ANONYMOUS_EXAMPLE, demo=page)) as port:
         yield Served(f"http://127.0.0.1:{port}", data_dir)
     gateway.close()
 
@@ -165,3 +167,21 @@ def test_view_as_role_shows_decisions_sql_and_answer(tab: Tab, served: Served, t
     docs = os.environ.get("CITYGATE_SCREENSHOTS")
     if docs:
         shutil.copy(tmp_path / "view-as.png", Path(docs) / "console-view-as.png")
+
+
+def test_graphiql_opens_with_an_example_anonymous_can_run_and_offers_the_demo_roles(tab: Tab, served: Served) -> None:
+    """It once opened as anonymous with an example whose six health fields anonymous may not ask for."""
+    page = tab.page
+    page.goto(f"{served.url}/graphql")
+    editor = page.locator(".graphiql-query-editor")
+    expect(editor).to_contain_text("query Stations")
+    page.click(".graphiql-execute-button")
+    expect(page.locator(".result-window")).to_contain_text('"transport_stations"')
+    assert '"errors"' not in page.locator(".result-window").inner_text()
+    with page.expect_navigation():
+        page.select_option("#demo-role", "health_analyst")
+    expect(page.locator("#token-state")).to_have_text("acting as health_analyst")
+    expect(editor).to_contain_text("VisitsInNancheng")  # the role's own example
+    page.click(".graphiql-execute-button")
+    expect(page.locator(".result-window")).to_contain_text('"health_clinic_visits_group_by"')
+    assert '"errors"' not in page.locator(".result-window").inner_text()

@@ -8,19 +8,24 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlglot import exp
+from starlette.testclient import TestClient
 
-from catalogue.errors import EngineUnavailableError, StoreUnavailableError
+from catalogue.errors import ERROR_CODES, EngineUnavailableError, StoreUnavailableError
 from catalogue.sql import logical_table
 from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
-from gateway.config import Config, LimitsConfig
+from datasets.demo import issue_token, secure_demo
+from gateway.config import AuthConfig, Config, LimitsConfig, RoleLimits, TrustedDocumentsConfig
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
+from gateway.graphql.documents import write_manifest
+from gateway.http.app import create_app
 from tests.conftest import REPO, free_port, trino_with, with_store
 from tools.relay import Relay as StallingProxy
 
@@ -318,3 +323,154 @@ def test_a_slow_query_fails_alone_and_leaves_its_department_answering(services_c
         assert not gateway._unresponsive  # the store answered the probe
     finally:
         gateway.close()
+
+
+# -- docs/errors.md against the server ------------------------------------------------------
+
+JSON, GRAPHQL_JSON = {"accept": "application/json"}, {"accept": "application/graphql-response+json"}
+STATIONS = "{ transport_stations(limit: 1) { name } }"
+DECIMAL = "health_clinic_visits(where: {cost: {_gt: %s}}, limit: 1) { visit_id }"
+
+# (code, why, request, headers kind, the status expected); the request is a JSON body, or
+# (content type, raw bytes). "token:<role>" sends the demo issuer's token for that role.
+REQUESTS: list[tuple[str, str, Any, str, int]] = [
+    ("BAD_REQUEST", "bad JSON", ("application/json", b"{not json"), "anonymous", 400),
+    ("BAD_REQUEST", "a mutation", {"query": "mutation { x }"}, "anonymous", 400),
+    ("BAD_REQUEST", "an unknown operationName", {"query": STATIONS, "operationName": "Nope"}, "anonymous", 400),
+    ("BAD_REQUEST", "a text/plain body", ("text/plain", STATIONS.encode()), "anonymous", 415),
+    ("BAD_REQUEST", "a body over 1 MiB", {"query": STATIONS + " " * (1 << 20)}, "anonymous", 413),
+    ("UNAUTHENTICATED", "a token that is no token", {"query": STATIONS}, "garbage", 401),
+    ("FORBIDDEN", "a role the token does not carry", {"query": STATIONS}, "token:health_analyst>supervisor", 403),
+    ("UNAVAILABLE", "the keys cannot be fetched", {"query": STATIONS}, "token:health_analyst@unreachable", 503),
+    ("UNTRUSTED_DOCUMENT", "an unregistered document", {"query": STATIONS}, "token:district_officer", 403),
+    ("RATE_LIMITED", "a second request in a minute of one", {"query": STATIONS}, "token:supervisor*2", 429),
+    ("PERSISTED_QUERY_NOT_FOUND", "an unknown hash", {"documentId": "sha256:" + "0" * 64}, "anonymous", 0),
+    ("GRAPHQL_PARSE_FAILED", "not GraphQL", {"query": "{ transport_stations { name "}, "anonymous", 0),
+    ("GRAPHQL_VALIDATION_FAILED", "a field the role lacks", {"query": "{ nope }"}, "anonymous", 0),
+    ("BAD_USER_INPUT", "a bad Decimal literal", {"query": "{ " + DECIMAL % '"abc"' + " }"}, "token:health_analyst", 0),
+    (
+        "BAD_USER_INPUT",
+        "the same Decimal as a variable",
+        {"query": "query ($c: Decimal!) { " + DECIMAL % "$c" + " }", "variables": {"c": "abc"}},
+        "token:health_analyst",
+        0,
+    ),
+    ("BAD_USER_INPUT", "a negative limit (field)", {"query": "{ transport_stations(limit: -1) { name } }"}, "", 200),
+    (
+        "COST_LIMIT",
+        "six root fields for anonymous",
+        {"query": "{" + " ".join(f"s{i}: {STATIONS[2:-2]}" for i in range(6)) + "}"},
+        "anonymous",
+        0,
+    ),
+    ("RESULT_TOO_LARGE", "more rows than limits.max_rows", {"query": "{ transport_stations { name } }"}, "", 200),
+]
+
+# Codes a request to a healthy gateway cannot meet; each is shown where its fault is made.
+ELSEWHERE = {
+    "POLICY_REFUSED": "test_policies.py::test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash",
+    "PRIVACY_BUDGET_EXHAUSTED": "test_noise.py::test_the_budget_refuses_past_its_limit_and_renews_after_the_period",
+    "TIMEOUT": "test_errors.py::test_a_slow_query_fails_alone_and_leaves_its_department_answering",
+    "DEPARTMENT_UNAVAILABLE": "test_partial.py",
+    "ENGINE_UNAVAILABLE": "test_routes.py::test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_"
+    "until_it_is_back",
+    "ENGINE_ERROR": "test_hostile.py::test_the_embedded_engine_stays_within_its_memory",
+    "BAD_CONFIG": "test_errors.py::test_malformed_config_names_file_and_key",
+    "INTERNAL": "a bug; tests/test_fuzz.py looks for it",
+}
+
+
+@pytest.fixture(scope="module")
+def documented(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The demo (its policies and issuer) with limits and trusted documents that each code's
+    request can meet, and the same behind an identity provider that does not answer."""
+
+    data_dir = tmp_path_factory.mktemp("documented")
+    manifest = data_dir / "documents.json"
+    write_manifest(manifest, {})
+    config = secure_demo(sqlite_config, data_dir).model_copy(
+        update={
+            "limits": LimitsConfig(max_rows=10, roles={"supervisor": RoleLimits(requests_per_minute=1)}),
+            "trusted_documents": TrustedDocumentsConfig(store=manifest, roles=["district_officer"]),
+        }
+    )
+    assert config.auth is not None
+    down = config.model_copy(
+        update={
+            "auth": AuthConfig(
+                issuer=config.auth.issuer,
+                audience=config.auth.audience,
+                jwks_url=f"http://127.0.0.1:{free_port()}/jwks",
+            )
+        }
+    )
+    gateways = [Gateway.start(c, create_engine(c)) for c in (config, down)]
+    with TestClient(create_app(gateways[0])) as client, TestClient(create_app(gateways[1])) as unreachable:
+        yield {
+            "client": client,
+            "unreachable": unreachable,
+            "token": lambda role: issue_token(data_dir, role, {"district": "南城"}, 300),
+        }
+    for gateway in gateways:
+        gateway.close()
+
+
+def _send(documented: dict[str, Any], request: Any, who: str, accept: dict[str, str]) -> Any:
+    headers = dict(accept)
+    client = documented["client"]
+    if who == "garbage":
+        headers["authorization"] = "Bearer not-a-token"
+    elif who.startswith("token:"):
+        role, _, rest = who[6:].partition(">")
+        role, _, where = role.partition("@")
+        role, _, times = role.partition("*")
+        headers["authorization"] = "Bearer " + documented["token"](role)
+        if rest:
+            headers["x-citygate-role"] = rest
+        if where == "unreachable":
+            client = documented["unreachable"]
+        for _ in range(int(times or 1) - 1):
+            client.post("/graphql", json=request, headers=headers)
+    if isinstance(request, tuple):
+        return client.post("/graphql", content=request[1], headers={**headers, "content-type": request[0]})
+    return client.post("/graphql", json=request, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("code", "why", "request_", "who", "status"), REQUESTS, ids=[f"{r[0]}: {r[1]}" for r in REQUESTS]
+)
+def test_each_documented_code_is_what_the_server_answers(
+    documented: dict[str, Any], code: str, why: str, request_: Any, who: str, status: int
+) -> None:
+    """docs/errors.md's table, row by row, against the server: the code, and the status the
+    row states (both statuses of a "200/400" row: one per media type)."""
+    [row] = [e for e in ERROR_CODES if e.code == code]
+    expected = [(JSON, 200), (GRAPHQL_JSON, 400)] if status == 0 else [(JSON, status)]
+    if status == 0:
+        assert row.status == "200/400", why
+    else:
+        assert str(status) in row.status, f"{code} answers {status} ({why}); docs/errors.md says {row.status}"
+    for accept, wanted in expected:
+        response = _send(documented, request_, who, accept)
+        codes = [e["extensions"]["code"] for e in response.json()["errors"]]
+        assert (response.status_code, codes) == (wanted, [code]), (why, accept, response.json())
+
+
+def test_every_documented_code_is_sent_here_or_shown_elsewhere() -> None:
+    assert {e.code for e in ERROR_CODES} == {r[0] for r in REQUESTS} | set(ELSEWHERE)
+
+
+def test_an_unknown_field_names_the_role_and_the_catalogue_the_same_whether_hidden_or_absent(
+    documented: dict[str, Any],
+) -> None:
+    """`name` is a column anonymous may not see, `zzz` no column at all: the two refusals name
+    the role and the catalogue, and differ in nothing but the name they were asked for."""
+    client = documented["client"]
+    said = {}
+    for name in ("name", "zzz"):
+        response = client.post("/graphql", json={"query": "{ public_security_residents(limit: 1) { " + name + " } }"})
+        [error] = response.json()["errors"]
+        assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        said[name] = error["message"].replace(f'"{name}"', '"…"')
+    assert said["name"] == said["zzz"]
+    assert "for role anonymous" in said["name"] and "catalogue at /console lists what it may read" in said["name"]

@@ -23,7 +23,7 @@ from gateway.config import AuthConfig, Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
+from gateway.identity.tokens import UNKNOWN_KEY, Authenticator, AuthError, FetchNeeded
 from tests.conftest import free_port
 
 ISSUER, AUDIENCE = "https://id.city.example", "citygate"
@@ -113,7 +113,7 @@ def test_forged_and_invalid_tokens_are_401(authenticator: Authenticator, keys: d
 def test_each_refused_token_says_why(authenticator: Authenticator, keys: dict[str, Any]) -> None:
     now = int(time.time())
     for body, reason in (
-        (claims(exp=now - 120), "the token has expired"),
+        (claims(exp=now - 120), "the token has expired; get a new token from the identity provider and send it again"),
         (claims(nbf=now + 600), "the token is not valid yet"),
         (claims(iss="https://evil.example"), "the token was not issued for this gateway"),
         (claims(aud="someone-else"), "the token was not issued for this gateway"),
@@ -122,6 +122,34 @@ def test_each_refused_token_says_why(authenticator: Authenticator, keys: dict[st
         with pytest.raises(AuthError) as caught:
             authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", body))
         assert caught.value.message == reason
+
+
+def test_unknown_key_names_the_next_step(authenticator: Authenticator) -> None:
+    stranger = RSAKey.generate_key(2048, parameters={"kid": "rsa-unknown"})
+    with pytest.raises(AuthError) as caught:
+        authenticator.identify("Bearer " + sign(stranger, "RS256", claims()))
+    assert caught.value.message == UNKNOWN_KEY
+    assert "get a new token from the identity provider" in caught.value.message
+
+
+def test_a_rewritten_jwks_file_is_read_again_without_a_restart(tmp_path: Path) -> None:
+    """The operator rotates keys by rewriting `auth.jwks_file`: the new key works at once, and
+    a key taken out of the file stops working for tokens not yet verified."""
+    old = RSAKey.generate_key(2048, parameters={"kid": "old"})
+    new = RSAKey.generate_key(2048, parameters={"kid": "new"})
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [old.as_dict(private=False)]}))
+    rotating = Authenticator(AuthConfig(issuer=ISSUER, audience=AUDIENCE, jwks_file=path))
+    assert rotating.identify("Bearer " + sign(old, "RS256", claims(sub="before"))).role == "police"
+    replacement = tmp_path / "jwks.json.new"  # written aside and renamed, as a deploy does
+    replacement.write_text(json.dumps({"keys": [new.as_dict(private=False)]}))
+    replacement.replace(path)
+    assert rotating.identify("Bearer " + sign(new, "RS256", claims(sub="after"))).role == "police"
+    with pytest.raises(AuthError) as caught:
+        rotating.identify("Bearer " + sign(old, "RS256", claims(sub="late")))
+    assert caught.value.message == UNKNOWN_KEY
+    path.write_text("{not json")  # a half-written file: the last keys go on serving
+    assert rotating.identify("Bearer " + sign(new, "RS256", claims(sub="meanwhile"))).role == "police"
 
 
 def test_a_role_the_token_does_not_carry_is_403(authenticator: Authenticator, keys: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ _RAISED = (
     re.compile(r'\.deny\([^\n]*?"([A-Z][A-Z_]+)"'),  # the edge's refusals (429, 403)
     re.compile(r'"extensions": \{"code": "([A-Z][A-Z_]+)"'),  # the edge's own error bodies
     re.compile(r'^_NOT_FOUND = "([A-Z][A-Z_]+)"', re.MULTILINE),
+    re.compile(r'^\s+return "([A-Z][A-Z_]+)"$', re.MULTILINE),  # a code a function decides (validation_code)
 )
 _NOT_SENT = {"CLIENT_DISCONNECTED"}  # recorded in the audit trail only: nobody is there to answer
 

@@ -136,7 +136,7 @@ def _reloader(gateway: Any) -> Callable[[int, object], None]:
     return lambda signum, frame: wanted.set()
 
 
-def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: str = "") -> int:
+def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: str = "", demo: Any = None) -> int:
     import signal
 
     import uvicorn
@@ -163,7 +163,7 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
     console = f"http://{args.host}:{args.port}/console"
     print(banner.format(address=address, console=console, engine=gateway.engine.name) + epilogue, file=sys.stderr)
     try:
-        app = create_app(gateway, example=example)
+        app = create_app(gateway, example=example, demo=demo)
         uvicorn.run(app, host=args.host, port=args.port, log_config=None, **SERVER_OPTIONS)
     finally:
         gateway.close()  # writes the audit records still queued
@@ -461,7 +461,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     """Print a token that `citygate demo` with the same --data-dir accepts (demo only)."""
     identity = _identity(args)
     assert identity is not None
-    print(datasets().issue_token(Path(args.data_dir).resolve(), identity.role, dict(identity.claims), args.ttl))
+    chosen = args.data_dir != str(DEFAULT_DATA_DIR)
+    data_dir = Path(args.data_dir).resolve()
+    print(datasets().demo_token(data_dir, chosen, identity.role, dict(identity.claims), args.ttl))
     return 0
 
 
@@ -475,9 +477,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "Tokens: citygate token --role health_analyst   (roles: anonymous without a token, health_analyst,\n"
         "        district_officer --claim district=南城, env_inspector, police, supervisor); paste it\n"
         "        once in the Token box at the top of GraphiQL or the console\n"
-        "GraphiQL opens with this query (try it as health_analyst):\n\n"
+        "        (or pick a demo role in that bar: the demo's pages offer each role's token)\n"
+        "GraphiQL opens with a query anonymous can run; as health_analyst, with this one:\n\n"
     )
-    return _serve(args, banner, datasets().EXAMPLE_QUERY, example=datasets().EXAMPLE_QUERY)
+    demo = datasets().demo_page(Path(args.data_dir).resolve())
+    return _serve(args, banner, datasets().EXAMPLE_QUERY, example=datasets().ANONYMOUS_EXAMPLE, demo=demo)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -40,6 +40,16 @@ def _stylesheet(href: str, integrity: str | None = None) -> str:
 
 
 @dataclass(frozen=True)
+class DemoPage:
+    """What the demo's pages offer (`citygate demo` only, never a deployment): a token per demo
+    role, picked from a list instead of pasted, and the example GraphiQL opens with for a role
+    (the default ``example`` is one an anonymous caller can run)."""
+
+    tokens: dict[str, str]
+    examples: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Pages:
     """The rendered pages and the console's own static files, by path."""
 
@@ -48,7 +58,7 @@ class Pages:
     static: dict[str, tuple[bytes, str]]  # path -> (body, media type)
 
     @classmethod
-    def make(cls, assets: Assets, example: str = "") -> Pages:
+    def make(cls, assets: Assets, example: str = "", demo: DemoPage | None = None) -> Pages:
         static = {
             f"{STATIC_PREFIX}/{path.name}": (path.read_bytes(), _TYPES[path.suffix])
             for path in sorted(STATIC.iterdir())
@@ -56,7 +66,9 @@ class Pages:
         }
         template = (STATIC / "page.html").read_text(encoding="utf-8")
         own_css = _stylesheet(f"{STATIC_PREFIX}/console.css")
-        config = {"endpoint": "/graphql", "example": example, "missing": assets.missing}
+        config: dict[str, Any] = {"endpoint": "/graphql", "example": example, "missing": assets.missing}
+        if demo is not None:
+            config["demo"] = {"tokens": demo.tokens, "examples": demo.examples}
         if assets.missing is None:
             css, react, dom, graphiql = (
                 assets.of("graphiql", "graphiql.min.css"),

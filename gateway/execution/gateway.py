@@ -93,7 +93,7 @@ from gateway.graphql.compile import (
     too_slow,
 )
 from gateway.graphql.cost import Statistics, measure, rows, too_many_values, written
-from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location
+from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location, validation_code
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
 from gateway.graphql.shape import shape
@@ -311,10 +311,19 @@ class Gateway:
         too_many = written(document).over(self.limits(view.role))
         if too_many is not None:  # refused before validation, which takes time in its square
             return refused([graphql_error(too_many, "COST_LIMIT")])
+        writes = [
+            d for d in document.definitions if isinstance(d, OperationDefinitionNode) and d.operation.value != "query"
+        ]
+        if writes:  # before validation, whose words ("not configured for mutations") say less
+            message = f"{writes[0].operation.value} operations are not supported; citygate is read-only"
+            return refused([graphql_error(message, "BAD_REQUEST", locations=[location(writes[0])])])
         errors = validate(view.model.schema, document)
         if errors:
             invalid = refused(
-                [graphql_error(friendly(e.message), "GRAPHQL_VALIDATION_FAILED", locations=e.locations) for e in errors]
+                [
+                    graphql_error(friendly(e.message, view.role), validation_code(e), locations=e.locations)
+                    for e in errors
+                ]
             )
             invalid.plan = Plan(refused=invalid, access=self._refused_fields(errors))
             return invalid

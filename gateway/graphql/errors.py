@@ -8,25 +8,61 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from graphql import FieldNode
+from graphql import (
+    BooleanValueNode,
+    FloatValueNode,
+    GraphQLError,
+    IntValueNode,
+    Node,
+    NullValueNode,
+    StringValueNode,
+)
 
 UNKNOWN_FIELD = re.compile(r"Cannot query field '([^']+)' on type '([^']+)'\.(?: Did you mean (.+)\?)?")
 
 
-def friendly(message: str) -> str:
-    """graphql-core's unknown-field message, as one that says what to change."""
+def friendly(message: str, role: str | None = None) -> str:
+    """graphql-core's unknown-field message, as one that says what to change. With policies,
+    it names the caller's role and where to see what that role may read. It reads the same for
+    a column the role may not see and one that does not exist: the suggestions come from the
+    role's own schema, so nothing in it tells a hidden column from a typo.
+
+    >>> friendly("Cannot query field 'cost' on type 'visits'.", "anon")
+    'unknown field "cost" on "visits" for role anon (the catalogue at /console lists what it may read)'
+    """
     match = UNKNOWN_FIELD.match(message)
     if not match:
         return message
     field_name, type_name, suggestions = match.groups()
     text = f'unknown field "{field_name}" on "{type_name}"'
+    if role is not None:
+        text += f" for role {role} (the catalogue at /console lists what it may read)"
     if suggestions:
         options = re.findall(r"'([^']+)'", suggestions)
         text += "; did you mean " + " or ".join(f'"{o}"' for o in options) + "?"
     return text
 
 
-def location(node: FieldNode) -> dict[str, int]:
+# A literal its scalar refused (graphql-core reports these on the literal itself). Not an enum
+# value: enums are the schema's own words (a column in `by`), which a role may lack.
+_LITERALS = (IntValueNode, FloatValueNode, StringValueNode, BooleanValueNode, NullValueNode)
+
+
+def validation_code(error: GraphQLError) -> str:
+    """The code of one validation error: a literal its type refuses (a ``Decimal`` that is no
+    number, a date that is no date) is the caller's value, ``BAD_USER_INPUT``, as the same value
+    sent as a variable is; anything else is ``GRAPHQL_VALIDATION_FAILED``.
+
+    >>> validation_code(GraphQLError("Decimal expects a number", StringValueNode(value="abc")))
+    'BAD_USER_INPUT'
+    """
+    nodes = error.nodes or []
+    if len(nodes) == 1 and isinstance(nodes[0], _LITERALS):
+        return "BAD_USER_INPUT"
+    return "GRAPHQL_VALIDATION_FAILED"
+
+
+def location(node: Node) -> dict[str, int]:
     loc = node.loc
     if loc is None:
         return {"line": 1, "column": 1}

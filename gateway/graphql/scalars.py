@@ -30,9 +30,14 @@ from catalogue.types import Kind, decimal_digits
 
 def _literal(parse: Callable[[Any], Any]) -> Callable[[ValueNode, Any], Any]:
     def parse_literal(node: ValueNode, _variables: Any = None) -> Any:
-        if isinstance(node, (StringValueNode, IntValueNode, FloatValueNode)):
+        # The error names the literal: its location for the client, and the mark of a value
+        # error (BAD_USER_INPUT, as for the same value sent as a variable).
+        if not isinstance(node, (StringValueNode, IntValueNode, FloatValueNode)):
+            raise GraphQLError(f"expected a string, got {node.kind}", node)
+        try:
             return parse(node.value)
-        raise GraphQLError(f"expected a string, got {node.kind}")
+        except GraphQLError as error:
+            raise GraphQLError(error.message, node) from None
 
     return parse_literal
 

@@ -4,8 +4,9 @@ catalogue as the caller's role sees it, and "view as role" for an administrator)
 
 Statuses follow the GraphQL-over-HTTP specification: with ``application/graphql-response+json``
 a request that cannot be executed (parse, validation, variables) is 400 and anything executed
-is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed HTTP
-request (bad JSON, no query) is 400 either way. No response carries SQL or a stack trace.
+is 200; with the legacy ``application/json`` every well-formed request is 200. A malformed
+request (bad JSON, no query, a mutation, an unknown operationName) is 400 either way. No
+response carries SQL or a stack trace.
 
 Two refusals come before a document is parsed. A caller over its requests per minute
 (``limits``) is answered 429 with ``Retry-After``. Where trusted documents are configured, a
@@ -48,7 +49,7 @@ from gateway.config import TokenGuard
 from gateway.console import catalogue as console_catalogue
 from gateway.console.assets import Assets
 from gateway.console.inspect import view_as
-from gateway.console.pages import Pages
+from gateway.console.pages import DemoPage, Pages
 from gateway.execution import plans
 from gateway.execution.fairness import CALLER, REQUESTS_AT_ONCE, Admission
 from gateway.execution.gateway import Gateway
@@ -339,7 +340,9 @@ class Edge:
     ``GET /graphql``, health, metrics, admin, the lifespan) goes to a starlette application.
     """
 
-    def __init__(self, gateway: Gateway, app: Starlette | None = None, example: str = "") -> None:
+    def __init__(
+        self, gateway: Gateway, app: Starlette | None = None, example: str = "", demo: DemoPage | None = None
+    ) -> None:
         self.gateway = gateway
         self.metrics = gateway.metrics
         self.engine_name = gateway.engine.name
@@ -369,7 +372,7 @@ class Edge:
         self.assets = Assets.load()
         if self.assets.missing is not None:
             log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
-        self.pages = Pages.make(self.assets, example)
+        self.pages = Pages.make(self.assets, example, demo)
         self.probe = console_catalogue.Probe(lambda: gateway.health().departments)
         self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
@@ -572,7 +575,10 @@ class Edge:
                     CALLER.reset(token)
         exchange.result = result
         exchange.outcome, exchange.codes = _outcome(result)
-        status = 400 if result.request_error and exchange.media_type == GRAPHQL_RESPONSE else 200
+        # A malformed request (a mutation, an unknown operationName) is 400 on either media
+        # type, as the parser's own refusals are; docs/errors.md says so and a test holds it.
+        refused = result.request_error and (exchange.media_type == GRAPHQL_RESPONSE or "BAD_REQUEST" in exchange.codes)
+        status = 400 if refused else 200
         return _json(result.body, status, exchange.media_type, result.encoded)
 
     async def read_post(self, receive: Receive, exchange: Exchange) -> Reply:
@@ -873,9 +879,10 @@ class Edge:
         return role, {str(k): v for k, v in claims.items()}, query, variables
 
 
-def create_app(gateway: Gateway, example: str = "") -> Edge:
-    """The ASGI application over ``gateway``; ``example``: the query GraphiQL opens with."""
-    edge = Edge(gateway, example=example)
+def create_app(gateway: Gateway, example: str = "", demo: DemoPage | None = None) -> Edge:
+    """The ASGI application over ``gateway``; ``example``: the query GraphiQL opens with;
+    ``demo``: the demo roles' tokens and examples its pages offer (`citygate demo` only)."""
+    edge = Edge(gateway, example=example, demo=demo)
     routes = [
         Route("/", edge.home, methods=["GET"]),
         Route("/console", edge.console_page, methods=["GET"]),

@@ -2,7 +2,8 @@
 
 A token must be signed with an allowed algorithm by a key of the configured JWKS (a file, a URL,
 or the URL the provider's OIDC discovery document names; fetched keys are cached, and an unknown
-``kid`` fetches them again, at most every ``jwks_refresh_seconds``, for key rotation), come from
+``kid`` fetches them again, at most every ``jwks_refresh_seconds``, for key rotation; a file is
+read again whenever it changes), come from
 the configured issuer for the configured audience, and be within ``exp``/``nbf`` give or take a
 small leeway. The request then acts as one of the token's roles: the one ``X-Citygate-Role``
 names, else the first. Every refusal says what is wrong in words that reveal nothing about keys
@@ -17,6 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cachetools import TTLCache
@@ -36,6 +38,14 @@ from gateway.config import AuthConfig
 from gateway.identity.caller import Identity
 
 log = logging.getLogger("citygate.identity")
+
+
+# Refusals a client can act on say what to do next.
+EXPIRED = "the token has expired; get a new token from the identity provider and send it again"
+UNKNOWN_KEY = (
+    "the token was signed by a key this gateway does not know; get a new token from the identity "
+    "provider this gateway trusts (if that provider has just rotated its keys, try again in a minute)"
+)
 
 
 class AuthError(CitygateError):
@@ -65,6 +75,7 @@ class Authenticator:
         self._fetching = threading.Lock()  # one fetch of the keys at a time
         self._keys: KeySet | None = None
         self._fetched = -float("inf")
+        self._file_stamp: tuple[int, int, int] | None = None  # the jwks_file's, when it was read
         self._retry_at = -float("inf")
         self._claims = jwt.JWTClaimsRegistry(
             leeway=auth.leeway_seconds,
@@ -122,7 +133,10 @@ class Authenticator:
         return self._keys
 
     def _due(self, refresh: bool) -> bool:
-        """Whether the keys must be fetched again (only those from a URL ever are)."""
+        """Whether the keys must be fetched again: those from a URL when stale, those from a
+        file when the file changed (an operator rotates keys by rewriting it, no restart)."""
+        if self.auth.jwks_file is not None:
+            return self._keys is None or _stamp(self.auth.jwks_file) != self._file_stamp
         if not self.auth.fetches_keys:
             return False
         now = time.monotonic()
@@ -134,6 +148,8 @@ class Authenticator:
     def _load(self) -> KeySet:
         keys: list[dict[str, Any]] = []
         if self.auth.jwks_file is not None:
+            # The stamp is taken before the read: a file rewritten during it is read again.
+            self._file_stamp = _stamp(self.auth.jwks_file)
             keys = json.loads(self.auth.jwks_file.read_text(encoding="utf-8"))["keys"]
         elif self.auth.fetches_keys:
             keys = _fetch_json(self._jwks_url())["keys"]
@@ -203,7 +219,7 @@ class Authenticator:
             known = self._verified.get(token)
         if known is not None:
             if time.time() > known["exp"] + self.auth.leeway_seconds:
-                raise AuthError("the token has expired")
+                raise AuthError(EXPIRED)
             return known
         claims = self._check(token, fetch)
         if isinstance(claims.get("exp"), int | float):
@@ -222,14 +238,24 @@ class Authenticator:
                 decoded = jwt.decode(token, self._keyset(refresh=True, fetch=fetch), algorithms=algorithms)
             self._claims.validate(decoded.claims)
         except ExpiredTokenError:
-            raise AuthError("the token has expired") from None
+            raise AuthError(EXPIRED) from None
         except InvalidKeyIdError:
-            raise AuthError("the token was signed by a key this gateway does not know") from None
+            raise AuthError(UNKNOWN_KEY) from None
         except (InvalidClaimError, MissingClaimError) as error:
             raise AuthError(_CLAIM_REASONS.get(error.claim, "the token is not valid")) from None
         except (JoseError, ValueError):
             raise AuthError("the token is not valid") from None
         return dict(decoded.claims)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a key file is rewritten or replaced (an editor's or a deploy's rename);
+    None if it is gone, which the next read reports."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return (found.st_ino, found.st_mtime_ns, found.st_size)
 
 
 def _fetch_json(url: str) -> dict[str, Any]:

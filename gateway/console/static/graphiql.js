@@ -28,14 +28,22 @@
   };
   // In the fragment, not the query string: GET /graphql?query= is a GraphQL request, not this page.
   const wanted = new URLSearchParams(window.location.hash.slice(1)).get("query");
+  // The demo opens with an example the token's role can run (anonymous: the page's own).
+  const role = window.citygateTokenRole();
+  const example = (config.demo && config.demo.examples[role]) || config.example;
   const props = {
     fetcher,
-    defaultQuery: config.example || undefined,
+    defaultQuery: example || undefined,
     defaultHeaders: token ? JSON.stringify({ Authorization: "Bearer " + token }, null, 2) : undefined,
     defaultEditorToolsVisibility: true,
   };
   // A query the catalogue sent opens as it is; otherwise GraphiQL keeps this browser's own
   // tabs, and the example is what a first visit sees.
   if (wanted) props.query = wanted;
+  // The demo: when the caller's role changes, the editor opens that role's example, which
+  // it can run (GraphiQL would keep the last role's tab, whose fields this role may lack).
+  const EXAMPLE_FOR = "citygate.example-for";
+  if (!wanted && config.demo && window.localStorage.getItem(EXAMPLE_FOR) !== role) props.query = example;
+  if (config.demo) window.localStorage.setItem(EXAMPLE_FOR, role);
   ReactDOM.createRoot(host).render(React.createElement(GraphiQL, props));
 })();
