@@ -269,13 +269,24 @@ class AuditConfig(_Model):
 
     sink: Literal["file", "log", "off"] = "file"
     path: Path | None = None  # the file sink's file; required for `file`
-    fsync: bool = False  # fsync after each batch: survives a machine crash, not only a clean stop
+    fsync: bool = True  # fsync each batch before its answers leave: records survive a machine crash too
 
     @model_validator(mode="after")
     def _path(self) -> AuditConfig:
         if self.sink == "file" and self.path is None:
             raise ValueError("the file sink needs a path")
         return self
+
+
+class StateConfig(_Model):
+    """Where the gateway keeps its shared state: each role's privacy budget and each caller's
+    rate-limit allowance. Every worker process and every gateway on one state spends one budget
+    and counts against one limit."""
+
+    # `sqlite:///<path>` (default: `state.db` under `data_dir`, shared by the worker processes of
+    # one machine), or `postgresql://<user>:<password>@<host>:<port>/<database>` (shared by several
+    # gateways; `${NAME}` keeps the password out of the file)
+    url: str | None = Field(None, pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$")
 
 
 class TokenGuard(_Model):
@@ -412,6 +423,7 @@ class Config(_Model):
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig | None = None
+    state: StateConfig = StateConfig()
     metrics: TokenGuard = TokenGuard()
     admin: TokenGuard = TokenGuard()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -460,6 +472,10 @@ class Config(_Model):
             return self, warnings
         trail = AuditConfig(sink="file", path=self.data_dir / "audit.jsonl")
         return self.model_copy(update={"audit": trail}), warnings
+
+    def state_url(self) -> str:
+        """Where the shared state is: ``state.url``, else an SQLite file under ``data_dir``."""
+        return self.state.url or f"sqlite:///{(self.data_dir / 'state.db').absolute()}"
 
     @model_validator(mode="after")
     def _relationships_name_departments(self) -> Config:

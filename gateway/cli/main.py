@@ -176,6 +176,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     path = _audit_file(args)
     if args.action == "verify":
         verdict = audit.verify(path)
+        for event in verdict.events:  # the gateway's own notes: gaps it knows of, and why
+            print(f"{path}: {event}", file=sys.stderr)
         if verdict.ok:
             print(f"{path}: {verdict.records} records, the chain holds")
             return 0

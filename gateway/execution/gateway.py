@@ -100,6 +100,7 @@ from gateway.identity.caller import Identity
 from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
+from gateway.state import State, StateUnavailable
 from policies.model import Policies, load_policies
 from policies.noise import noisy_rows, spend
 from policies.rewrite import PolicyViolation
@@ -132,6 +133,7 @@ class Gateway:
     statements: Statements = field(init=False)  # where statements run, each within its time
     root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
     results: ResultCache = field(init=False)
+    state: State = field(init=False)  # shared by every worker and gateway on it: budgets, rate limits
     privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
@@ -146,7 +148,8 @@ class Gateway:
     def __post_init__(self) -> None:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
-        self.privacy = PrivacyBudgets(self.config.data_dir / "privacy-budget.json")
+        self.state = State.open(self.config.state_url())
+        self.privacy = PrivacyBudgets(self.state)
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
@@ -161,7 +164,7 @@ class Gateway:
             self.native = _native(self.config)
         self.routes = Routes(self.config, self.engine, self.catalogue, self.native)
         if self.audit is not None:
-            self.metrics.watch_backlog(self.audit.backlog)
+            self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)
 
     @classmethod
     def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None) -> Gateway:
@@ -728,7 +731,10 @@ class Gateway:
             except BaseException:
                 if cost:  # nothing was released
                     assert view.role is not None and view.privacy is not None
-                    self.privacy.refund(view.role, cost, view.privacy)
+                    try:
+                        self.privacy.refund(view.role, cost, view.privacy)
+                    except StateUnavailable as error:  # the spending stands: fail closed
+                        log.error("could not give back epsilon %g of role %s: %s", cost, view.role, error.detail)
                 raise
             return noisy_rows(rows, compiled.noise) if cost else rows
 
@@ -793,6 +799,7 @@ class Gateway:
         self.flush()
         self.engine.close()
         self.routes.close()
+        self.state.close()
 
 
 def _native(config: Config) -> dict[str, NativeEngine]:
