@@ -267,9 +267,15 @@ class CacheConfig(_Model):
 class AuditConfig(_Model):
     """Where the audit trail goes: JSON lines, each chained to the one before by its hash."""
 
+    # `off` turns the trail off (YAML reads a bare `off` as false, which means the same here)
     sink: Literal["file", "log", "off"] = "file"
     path: Path | None = None  # the file sink's file; required for `file`
     fsync: bool = True  # fsync each batch before its answers leave: records survive a machine crash too
+
+    @field_validator("sink", mode="before")
+    @classmethod
+    def _bare_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML 1.1: `sink: off` is `sink: false`
 
     @model_validator(mode="after")
     def _path(self) -> AuditConfig:
@@ -470,8 +476,15 @@ class Config(_Model):
             warnings.append("auth: none: no caller is authenticated; all act as anonymous (development only)")
         if self.audit is not None:
             return self, warnings
-        trail = AuditConfig(sink="file", path=self.data_dir / "audit.jsonl")
+        trail = AuditConfig(sink="file", path=self.audit_file())
         return self.model_copy(update={"audit": trail}), warnings
+
+    def audit_file(self) -> Path | None:
+        """The audit file requests are recorded in as served: ``audit.path``, the default file
+        under ``data_dir`` when ``audit`` is left out, or None (the trail off or on the log)."""
+        if self.audit is None:
+            return self.data_dir / "audit.jsonl"
+        return self.audit.path if self.audit.sink == "file" else None
 
     def state_url(self) -> str:
         """Where the shared state is: ``state.url``, else an SQLite file under ``data_dir``."""

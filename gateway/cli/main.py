@@ -88,13 +88,14 @@ def cmd_introspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gateway(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The gateway over ``--config``, or over the embedded demo city when there is none."""
+def _gateway(args: argparse.Namespace, recording: bool = False):  # type: ignore[no-untyped-def]
+    """The gateway over ``--config``, or over the embedded demo city when there is none;
+    ``recording``: it serves requests, so it writes the audit trail (the offline commands do not)."""
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
     config = _load(args) if getattr(args, "config", None) else datasets().demo(Path(args.data_dir).resolve())
-    return Gateway.start(config, create_engine(config))
+    return Gateway.start(config, create_engine(config), recording=recording)
 
 
 def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -152,7 +153,7 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
             print(f"citygate: warning: {warning}", file=sys.stderr)
         gateway = Gateway.start(config, create_engine(config))
     else:
-        gateway = _gateway(args)
+        gateway = _gateway(args, recording=True)
     for department, why in gateway.unavailable.items():
         print(f"citygate: warning: {department} is left out of the schema: {why}", file=sys.stderr)
 
@@ -203,9 +204,11 @@ def _audit_file(args: argparse.Namespace) -> Path:
         return Path(args.file)
     if args.config:
         config = _load(args)
-        if config.audit is None or config.audit.path is None:
-            raise CitygateError(f"{args.config}: audit: no audit file is configured (set audit.path)")
-        return Path(config.audit.path)
+        path: Path | None = config.audit_file()  # the default under data_dir too, as `serve` writes it
+        if path is None:
+            assert config.audit is not None
+            raise CitygateError(f"{args.config}: audit.sink: {config.audit.sink}: the trail is not written to a file")
+        return path
     return Path(args.data_dir) / "audit.jsonl"
 
 
@@ -246,7 +249,7 @@ def _matches(record: dict[str, Any], args: argparse.Namespace, since: str | None
 
 def _audit_table(found: list[dict[str, Any]]) -> str:
     header = ("time", "request", "subject", "role", "outcome", "read (column: treatment)", "rows", "cache", "ms")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for record in found:
         read = "; ".join(
             f"{a['department']}.{a['table']}"
@@ -267,11 +270,25 @@ def _audit_table(found: list[dict[str, Any]]) -> str:
                 str(record.get("duration_ms", "")),
             )
         )
+    rows = [tuple(_shown(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"({len(found)} records)")
     return "\n".join(lines)
+
+
+def _shown(text: str) -> str:
+    """A recorded text as a terminal may show it: every control, format or line-separating
+    character escaped (a token's ``sub`` of ``"\\x1b[2K"`` or a newline must not forge or erase
+    table lines), the rest as it is.
+
+    >>> _shown("u-1\\n2026-01-01  forged"), _shown("\\x1b[2Kx"), _shown("案件" + chr(0x202E))
+    ('u-1\\\\n2026-01-01  forged', '\\\\x1b[2Kx', '案件\\\\u202e')
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

@@ -167,8 +167,12 @@ class Gateway:
             self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)
 
     @classmethod
-    def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None) -> Gateway:
-        """Introspect every department (a department that is down is left out and named)."""
+    def start(
+        cls, config: Config, engine: Engine, telemetry: Telemetry | None = None, *, recording: bool = True
+    ) -> Gateway:
+        """Introspect every department (a department that is down is left out and named).
+        ``recording``: whether it answers requests and so writes the audit trail; the offline
+        commands (schema, explain, policy) answer none, and neither open nor mention it."""
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
         native = _native(config)
@@ -191,8 +195,10 @@ class Gateway:
         catalogue = Catalogue(tuple(departments))
         model = build_model(catalogue, config)
         policies = load_policies(config.policies.files) if config.policies is not None else None
-        if config.audit is None:
-            log.warning("the audit trail is off: configure `audit` to record who reads what")
+        if recording and (config.audit is None or config.audit.sink == "off"):
+            log.warning(
+                "the audit trail is off (audit: sink: off): no request is recorded; remove it to record who reads what"
+            )
         gateway = cls(
             config=config,
             engine=engine,
@@ -201,7 +207,7 @@ class Gateway:
             policies=policies,
             unavailable=unavailable,
             native=native,
-            audit=open_sink(config.audit),
+            audit=open_sink(config.audit) if recording else None,
             telemetry=telemetry or Telemetry.configure(config.telemetry),
         )
         if policies is not None:
