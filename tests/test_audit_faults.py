@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from catalogue.errors import ConfigError
 from datasets.demo import secure_demo
 from gateway.config import AuditConfig, Config
 from gateway.execution.engines import create_engine
@@ -42,11 +41,11 @@ def until(condition: Callable[[], bool], seconds: float = 10) -> None:
 
 @pytest.fixture
 def tiny(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs of its own, unmounted afterwards."""
+    """A 2 MiB tmpfs of its own, unmounted afterwards."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=False, capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=False, capture_output=True
     )
     if done.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs (the fault tests run as root): {done.stderr.decode()}")
@@ -88,19 +87,18 @@ def test_a_full_disk_refuses_cuts_no_line_and_resumes_by_itself(tiny: Path) -> N
             sink.write({"n": -1})
         assert path.read_bytes().endswith(b"\n")  # what could not be written was cut off whole
         assert audit.verify(path).ok
-        written = len(read(path))
         filler.unlink()
         until(lambda: sink.trouble() is None)
         sink.write({"n": "after"}).wait(5)
     finally:
         sink.close()
     verdict = audit.verify(path)
-    assert verdict.ok and verdict.records == written + 2
-    [event] = verdict.events
-    assert "resumed" in event and "space" in event and "requests refused" in event
     records = read(path)
-    assert [r.get("seq") for r in records] == list(range(1, written + 3))  # no number twice
-    assert records[-2]["event"] == "resumed" and int(str(records[-2]["refused"])) >= 2
+    markers = [r for r in records if "event" in r]  # a short one may fit where a batch did not
+    assert verdict.ok and verdict.records == len(records) and records[-1]["n"] == "after"
+    assert verdict.events and all("resumed: No space left" in e and "requests refused" in e for e in verdict.events)
+    assert [r.get("seq") for r in records] == list(range(1, len(records) + 1))  # no number twice
+    assert sum(int(str(m["refused"])) for m in markers) >= 2
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
@@ -141,32 +139,39 @@ time.sleep(60)
 """
 
 
-def test_one_process_per_file_and_a_kill_leaves_a_visible_mark(tmp_path: Path) -> None:
+def test_processes_share_one_file_and_one_chain_and_a_kill_leaves_a_visible_mark(tmp_path: Path) -> None:
+    """Another process writes the file (a worker, another gateway on the same data dir): both
+    go on with one chain. Once it is killed, the next process to open the trail says so."""
     path = tmp_path / "audit.jsonl"
     writer = subprocess.Popen([sys.executable, "-c", KEEP_OPEN, str(path)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout is not None and writer.stdout.readline().strip() == "written"
-        with pytest.raises(ConfigError, match="written by another gateway process"):
-            audit.FileSink(path)
+        beside = audit.FileSink(path)  # the other process is alive: no mark
+        try:
+            beside.write({"n": 5}).wait(5)
+            assert beside.trouble() is None
+        finally:
+            beside.close()
     finally:
         writer.kill()
         writer.wait(10)
         if writer.stdout is not None:
             writer.stdout.close()
+    assert audit.verify(path) == audit.Verdict(6)
     sink = audit.FileSink(path)
     try:
         until(lambda: sink.trouble() is None)
-        sink.write({"n": 5}).wait(5)
+        sink.write({"n": 6}).wait(5)
     finally:
         sink.close()
     verdict = audit.verify(path)
-    assert verdict.ok and verdict.records == 7
+    assert verdict.ok and verdict.records == 8
     [event] = verdict.events
-    assert "record 6" in event and "unclean_start" in event and "did not stop cleanly" in event
-    assert [r["seq"] for r in read(path)] == list(range(1, 8))
+    assert "record 7" in event and "unclean_start" in event and "did not stop cleanly" in event
+    assert [r["seq"] for r in read(path)] == list(range(1, 9))
     again = audit.FileSink(path)  # after a clean stop, no mark
     again.close()
-    assert audit.verify(path).records == 7
+    assert audit.verify(path).records == 8 and not list(tmp_path.glob("audit.jsonl.open.*"))
 
 
 def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: Config, tiny: Path) -> None:
@@ -197,7 +202,8 @@ def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: C
         gateway.close()
     trail = tiny / "audit.jsonl"
     verdict = audit.verify(trail)
-    assert verdict.ok and len(verdict.events) == 1 and "resumed" in verdict.events[0]
+    # a resumed record is short: it may fit where a batch did not, and the trail fail again
+    assert verdict.ok and verdict.events and all("resumed: No space left" in e for e in verdict.events)
     ids = {r.get("request_id") for r in read(trail)}
     assert answered.headers["x-request-id"] in ids and refused.headers["x-request-id"] not in ids
 

@@ -147,6 +147,10 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
     from gateway.observe import logs
 
     logs.configure(args.log_format, args.log_level)
+    if args.workers is not None and args.workers < 1:
+        raise CitygateError("--workers: give 1 or more")
+    if (args.workers or 1) > 1:
+        return _serve_workers(args, banner + epilogue, example)
     if getattr(args, "config", None):  # a deployment: it fails closed (Config.served)
         config, warnings = _load(args).served()
         for warning in warnings:
@@ -167,6 +171,39 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
         uvicorn.run(app, host=args.host, port=args.port, log_config=None, **SERVER_OPTIONS)
     finally:
         gateway.close()  # writes the audit records still queued
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace, banner: str, example: str) -> int:
+    """``--workers N``: uvicorn's supervisor runs N worker processes on one port, each with its
+    own gateway (gateway/cli/workers.py). The configuration is checked here first, so a bad one
+    fails once, with its message, before any worker starts."""
+    import os
+
+    import uvicorn
+
+    from gateway.cli import workers
+    from gateway.http.app import SERVER_OPTIONS
+
+    if getattr(args, "config", None):
+        _, warnings = _load(args).served()
+        for warning in warnings:
+            print(f"citygate: warning: {warning}", file=sys.stderr)
+    os.environ[workers.WORKER] = workers.spec(args, example)
+    address = f"http://{args.host}:{args.port}/graphql"
+    console = f"http://{args.host}:{args.port}/console"
+    engine = args.engine or (_load(args).engine.kind if getattr(args, "config", None) else "embedded")
+    print(banner.format(address=address, console=console, engine=engine), file=sys.stderr)
+    print(f"citygate: {args.workers} worker processes", file=sys.stderr)
+    uvicorn.run(
+        "gateway.cli.workers:app",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        **SERVER_OPTIONS,
+    )
     return 0
 
 
@@ -578,6 +615,7 @@ def _print_route(gateway: Gateway, key: str, tree: Any) -> None:
 
 def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]) -> None:
     """The commands that serve, print or query a gateway."""
+    from gateway.cli.workers import default_workers
 
     def serving(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")
@@ -592,10 +630,17 @@ def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int
 
     p = command("demo", cmd_demo)
     serving(p)
+    p.add_argument("--workers", type=int, default=None, help="processes serving the port (default 1)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where the demo city's SQLite files live")
 
     p = command("serve", cmd_serve)
     serving(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes serving the port, sharing the audit trail and the state (default: one per core, at most 8)",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--engine", choices=("trino", "embedded"), help="override the config's engine")
 

@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import functools
 import hashlib
@@ -35,7 +36,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -380,11 +381,10 @@ class Batch:
     every request of a batch shares one future per event loop, resolved by one wake-up.
     """
 
-    __slots__ = ("_futures", "_lock", "done", "failure", "last", "lines")
+    __slots__ = ("_futures", "_lock", "done", "failure", "records")
 
     def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.last = Chain()  # where the chain stands after the batch's last record
+        self.records: list[dict[str, Any] | Filled] = []
         self.done = threading.Event()
         self.failure: str | None = None
         self._lock = threading.Lock()
@@ -455,13 +455,14 @@ _OPEN = ".open"  # beside the file while a gateway writes it: left behind, the g
 
 class FileSink:
     """Appends sealed records to a file, each written (and fsynced, by default) before its
-    request's answer leaves.
+    request's answer leaves; several processes may share one file and one chain.
 
-    The request path seals its record onto the chain (so the chain follows the order requests
-    finished), appends the line to the open batch and waits for it. A writer thread takes the
-    whole batch, writes it in one call and flushes it once: requests that finish while one
-    batch is on its way to the disk share the next write and the next fsync (group commit),
-    as PostgreSQL's commits share a WAL flush.
+    The request path appends its record to the open batch and waits for it. A writer thread
+    takes the whole batch, and under an exclusive lock on the file seals it onto the chain where
+    the file ends (another worker process, or another gateway, may have written since), writes
+    it in one call and flushes it once: requests that finish while one batch is on its way to
+    the disk share the next write and the next fsync (group commit, as PostgreSQL's commits
+    share a WAL flush).
 
     When a batch cannot be written (disk full, the file deleted or replaced, permissions) its
     bytes are cut off again, so no half line is left, and every request still waiting is
@@ -470,59 +471,48 @@ class FileSink:
     seconds. A file that was deleted or replaced is opened anew at its path; the chain goes on
     from the last record written, so `audit verify` of the new file shows where it begins.
 
-    Only one gateway process may write a file (a lock on it). A gateway that starts where the
-    one before it did not stop cleanly (killed, crashed) writes an ``unclean_start`` record
-    first: records that one had sealed but not written are missing, and none of their requests
-    was answered.
+    Each process writing the file leaves ``<file>.open.<pid>`` beside it until it closes the
+    trail. A process that starts and finds one whose process is gone (killed, crashed) writes
+    an ``unclean_start`` record first: records that one had not yet written are missing, and
+    none of their requests was answered.
     """
 
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
         self._fsync = fsync
-        self._beside = path.with_name(path.name + _OPEN)
+        self._beside = path.with_name(f"{path.name}{_OPEN}.{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = self._open()
-            self._chain = Chain(*_tail(path))
-            unclean = self._beside.exists()
+            gone = _gone(path)
             self._beside.write_text(str(os.getpid()), encoding="utf-8")
         except OSError as error:
             raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
-        self._disk = Chain(self._chain.prev, self._chain.seq)  # the last record on disk
-        self._cond = threading.Condition()  # the chain, the open batch and the trouble
+        self._chain = Chain()  # where the file ends, as this process last saw it (the writer's)
+        self._cond = threading.Condition()  # the open batch and the trouble
         self._batch = Batch()
         self._committing: Batch | None = None
         self._trouble: str | None = None
         self._since = 0.0
         self._refused = 0  # requests refused since the trouble began
         self._event = "resumed"  # the record that ends the trouble
+        self._full = False  # the trouble is a full disk
         self._closed = False
-        if unclean:  # say so in the trail before any record goes on
+        if gone:  # say so in the trail before any record goes on
             self._trouble, self._since, self._event = UNCLEAN, time.time(), "unclean_start"
             log.warning("audit trail %s: %s; its last records may be missing (none was answered)", path, UNCLEAN)
+            for stale in gone:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         self._thread = threading.Thread(target=self._drain, name="citygate-audit", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(
-                f"audit.path: {self.path} is written by another gateway process; give each instance "
-                "its own data_dir or audit.path"
-            ) from None
         stat = os.fstat(fd)
         self._identity = (stat.st_dev, stat.st_ino)
-        self._size = stat.st_size
-        if stat.st_size:  # a line torn by a machine crash stays on its own line: `verify` names it
-            with open(self.path, "rb") as file:
-                file.seek(stat.st_size - 1)
-                if file.read(1) != b"\n":
-                    os.write(fd, b"\n")
-                    self._size += 1
+        self._size = -1  # unknown: the tail is read under the lock
         return fd
 
     def write(self, record: dict[str, Any] | Filled) -> Batch:
@@ -534,9 +524,8 @@ class FileSink:
                 request = record.request_id if isinstance(record, Filled) else record.get("request_id")
                 raise CitygateError(f"audit record of request {request} after the trail was closed")
             batch = self._batch
-            batch.lines.append(self._chain.link(record))
-            batch.last = Chain(self._chain.prev, self._chain.seq)
-            if len(batch.lines) == 1:
+            batch.records.append(record)
+            if len(batch.records) == 1:
                 self._cond.notify()
             return batch
 
@@ -545,19 +534,19 @@ class FileSink:
         return self._trouble
 
     def backlog(self) -> int:
-        return len(self._batch.lines)
+        return len(self._batch.records)
 
     def flush(self) -> None:
-        """Wait until every record sealed so far is written (or could not be)."""
+        """Wait until every record taken so far is written (or could not be)."""
         with self._cond:
-            batches = [b for b in (self._committing, self._batch) if b is not None and b.lines]
+            batches = [b for b in (self._committing, self._batch) if b is not None and b.records]
         for batch in batches:
             batch.done.wait()
 
     def _drain(self) -> None:
         while True:
             with self._cond:
-                while not self._batch.lines and not self._closed and self._trouble is None:
+                while not self._batch.records and not self._closed and self._trouble is None:
                     self._cond.wait()
                 if self._trouble is not None:
                     if self._closed:
@@ -566,7 +555,7 @@ class FileSink:
                     batch = None
                 else:
                     batch, self._batch = self._batch, Batch()
-                    if not batch.lines:  # closed, and nothing left
+                    if not batch.records:  # closed, and nothing left
                         return
                     self._committing = batch
             if batch is None:
@@ -576,63 +565,77 @@ class FileSink:
 
     def _commit(self, batch: Batch) -> None:
         try:
-            self._append(b"\n".join(batch.lines) + b"\n")
+            self._append(batch.records)
         except _Trouble as trouble:
             with self._cond:
                 pending, self._batch = self._batch, Batch()
                 self._committing = None
-                self._chain = Chain(self._disk.prev, self._disk.seq)  # what was sealed since is refused
-                self._begin_trouble(str(trouble), log.error)
-                self._refused = len(batch.lines) + len(pending.lines)
+                self._trouble, self._since, self._event = str(trouble), time.time(), "resumed"
+                self._full = trouble.full
+                self._refused = len(batch.records) + len(pending.records)
+            log.error("the audit trail %s cannot be written, requests are refused until it can: %s", self.path, trouble)
             batch.settle(str(trouble))
             pending.settle(str(trouble))
             return
         with self._cond:
-            self._disk = batch.last
             self._committing = None
         batch.settle(None)
 
-    def _begin_trouble(self, reason: str, say: Callable[..., None]) -> None:
-        self._trouble, self._since, self._event = reason, time.time(), "resumed"
-        say("the audit trail %s cannot be written, requests are refused until it can: %s", self.path, reason)
-
     def _resume(self) -> None:
-        """Try to write the record that says what happened; serving resumes once it is on disk."""
-        with self._cond:
-            reason, refused, event = self._trouble, self._refused, self._event
-            marker = {"time": time.time(), "event": event, "reason": reason, "refused": refused}
-            if event == "resumed":
-                marker["since"] = timestamp(self._since)
-            line = self._chain.link(marker)
-        try:
-            self._append(line + b"\n")
-        except _Trouble:
-            with self._cond:
-                self._chain = Chain(self._disk.prev, self._disk.seq)
+        """Try to write the record that says what happened; serving resumes once it is on disk
+        (after a full disk, once there is room for more than that record: no flapping)."""
+        if self._full and not _room(self.path.parent):
             return
         with self._cond:
-            self._disk = Chain(self._chain.prev, self._chain.seq)
+            reason, refused, event = self._trouble, self._refused, self._event
+        marker: dict[str, Any] = {"time": time.time(), "event": event, "reason": reason, "refused": refused}
+        if event == "resumed":
+            marker["since"] = timestamp(self._since)
+        try:
+            self._append([marker])
+        except _Trouble:
+            return
+        with self._cond:
             self._trouble = None
             self._cond.notify_all()
         if event == "resumed":
             log.warning("the audit trail %s is written again; %d requests were refused meanwhile", self.path, refused)
 
-    def _append(self, data: bytes) -> None:
-        """Write ``data`` at the end of the file and flush it, whole, or not at all (_Trouble)."""
+    def _append(self, records: list[dict[str, Any] | Filled]) -> None:
+        """Seal ``records`` onto the chain where the file ends and write them, whole, flushed,
+        or not at all (_Trouble). The file is locked meanwhile: other processes wait."""
         problem = self._moved()
         if problem is not None:
             raise _Trouble(problem)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            if self._fsync:
-                os.fsync(self._fd)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
         except OSError as error:
-            with contextlib.suppress(OSError):  # no half line: the next record starts a line
-                os.ftruncate(self._fd, self._size)
-            raise _Trouble(f"{error.strerror or error}") from None
-        self._size += len(data)
+            raise _Trouble(f"the audit file cannot be locked: {error.strerror}") from None
+        try:
+            size = os.fstat(self._fd).st_size
+            torn = False
+            if size != self._size:  # another process wrote since: go on from its last record
+                self._chain = Chain(*_tail(self.path))
+                self._size = size
+                torn = size > 0 and not _ends_line(self.path, size)
+            chain = Chain(self._chain.prev, self._chain.seq)
+            data = b"\n".join([chain.link(record) for record in records]) + b"\n"
+            if torn:  # a line torn by a machine crash stays on its own line: `verify` names it
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError as error:
+                with contextlib.suppress(OSError):  # no half line: the next record starts a line
+                    os.ftruncate(self._fd, self._size)
+                raise _Trouble(f"{error.strerror or error}", full=error.errno in _FULL) from None
+            self._size += len(data)
+            self._chain = chain
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _moved(self) -> str | None:
         """Why the path no longer names the open file (deleted, moved, replaced), having opened
@@ -650,10 +653,13 @@ class FileSink:
             return f"the audit file {what} while the gateway wrote it"
         try:
             fd = self._open()
-        except (OSError, ConfigError) as error:
-            return f"the audit file {what} and cannot be opened anew: {getattr(error, 'strerror', None) or error}"
+        except OSError as error:
+            return f"the audit file {what} and cannot be opened anew: {error.strerror}"
         os.close(self._fd)
         self._fd = fd
+        # An empty file goes on from the last record this process wrote, never from a fresh
+        # chain; one another process has begun already, from its last record.
+        self._size = 0 if os.fstat(fd).st_size == 0 else -1
         return None
 
     def close(self) -> None:
@@ -671,8 +677,47 @@ class FileSink:
         atexit.unregister(self.close)
 
 
+def _room(directory: Path) -> bool:
+    """Whether the file system under ``directory`` has :data:`HEADROOM` free (or cannot say)."""
+    try:
+        found = os.statvfs(directory)
+    except OSError:
+        return True
+    return found.f_bavail * found.f_frsize >= HEADROOM
+
+
+def _ends_line(path: Path, size: int) -> bool:
+    with path.open("rb") as file:
+        file.seek(size - 1)
+        return file.read(1) == b"\n"
+
+
+def _gone(path: Path) -> list[Path]:
+    """The marks beside ``path`` of processes that wrote it and are gone without closing it."""
+    gone = []
+    for mark in path.parent.glob(f"{path.name}{_OPEN}.*"):
+        pid = mark.name.rsplit(".", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            gone.append(mark)
+        except PermissionError:  # alive, another user's
+            pass
+    return gone
+
+
 class _Trouble(Exception):
-    """Why a batch could not be written."""
+    """Why a batch could not be written; ``full``: for want of space."""
+
+    def __init__(self, reason: str, *, full: bool = False) -> None:
+        super().__init__(reason)
+        self.full = full
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+HEADROOM = 256 << 10  # bytes free before a trail that filled its disk is written again
 
 
 class LogSink:
