@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,9 +25,8 @@ from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from gateway.state import State, StateUnavailable
-from tests.conftest import free_port
+from tests.own_postgres import Postgres
 from tests.test_noise import TOTAL, policy_file
-from tools.services import pg_bin
 
 STATIONS = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
 
@@ -39,42 +37,6 @@ def until(condition: Callable[[], bool], seconds: float = 20) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"not within {seconds} s")
         time.sleep(0.1)
-
-
-class Postgres:
-    """A PostgreSQL server of the test's own, run as the `postgres` user."""
-
-    def __init__(self) -> None:
-        bindir = pg_bin()
-        if bindir is None:
-            pytest.fail("no PostgreSQL binaries: run `make services` (it installs them)")
-        self.bin = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="citygate-state-pg-"))
-        shutil.chown(self.root, "postgres", "postgres")
-        self.port = free_port()
-        self.data = self.root / "data"
-        self.pg(["initdb", "-D", str(self.data), "-U", "citygate", "--auth=trust", "-E", "UTF8"])
-        self.url = f"postgresql://citygate@127.0.0.1:{self.port}/postgres"
-
-    def pg(self, command: list[str]) -> None:
-        done = subprocess.run(
-            ["runuser", "-u", "postgres", "--", str(self.bin / command[0]), *command[1:]],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=120,
-        )
-        if done.returncode != 0:
-            pytest.fail(f"{command[0]} failed: {done.stderr[-2000:]}")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self.pg(
-            ["pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w", "-t", "60", "start"]
-        )
-
-    def stop(self) -> None:
-        self.pg(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
 
 
 @pytest.fixture(scope="module")
