@@ -229,6 +229,20 @@ class State:
 
         self._run(work)
 
+    def adopt(self, role: str, period: int, spent: float) -> None:
+        """Count ``spent`` as spent by ``role`` in ``period`` unless more already is (a budget
+        kept elsewhere before, taken over: never renewed by the move)."""
+
+        def work(run: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]) -> None:
+            run(_NEW_BUDGET, (role, period))
+            [(held_period, held)] = run(_HOLD_BUDGET + self._db.hold, (role,))
+            if held_period == period:
+                run(_SET_BUDGET, (period, max(_spending(role, held), spent), role))
+            elif held_period < period:
+                run(_SET_BUDGET, (period, spent, role))
+
+        self._run(work)
+
     def spent(self, role: str, period: int) -> float:
         """What ``role`` has spent in ``period``; :class:`StateUnavailable` for a value that
         cannot be a spending."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from catalogue.errors import ConfigError
 from datasets.demo import secure_demo
 from gateway.config import CacheConfig, Config, LimitsConfig, RoleLimits, StateConfig
 from gateway.execution.engines import create_engine
@@ -179,3 +180,26 @@ def test_a_state_database_stopped_refuses_and_serving_resumes_when_it_is_back(
         until(lambda: "errors" not in gateway.execute(TOTAL, identity=noisy).body)
     finally:
         gateway.close()
+
+
+def test_an_earlier_versions_budget_file_is_taken_over_not_renewed(sqlite_config: Config, tmp_path: Path) -> None:
+    import json
+    import math
+
+    from gateway.execution.privacy import PrivacyBudgets
+    from policies.model import PrivacyBudget
+
+    window = math.floor(time.time() / 86_400)
+    (tmp_path / "privacy-budget.json").write_text(json.dumps({"noisy": [window, 1.5]}))
+    gateway = gateway_on(sqlite_config, tmp_path, f"sqlite:///{tmp_path / 'state.db'}", budget=2.0)
+    try:
+        assert gateway.privacy.left("noisy", PrivacyBudget(epsilon=2.0)) == pytest.approx(0.5)
+    finally:
+        gateway.close()
+    assert (tmp_path / "privacy-budget.json.adopted").exists()
+    (tmp_path / "privacy-budget.json").write_text(json.dumps({"noisy": [window, float("nan")]}))
+    with pytest.raises(ConfigError, match="cannot be a spending"):
+        gateway_on(sqlite_config, tmp_path, f"sqlite:///{tmp_path / 'state.db'}", budget=2.0)
+    assert PrivacyBudgets(State.open(f"sqlite:///{tmp_path / 'state.db'}")).left(
+        "noisy", PrivacyBudget(epsilon=2.0)
+    ) == pytest.approx(0.5)

@@ -76,7 +76,7 @@ from gateway.execution.plans import (
     plan_weight,
     refused,
 )
-from gateway.execution.privacy import PrivacyBudgets
+from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
@@ -149,6 +149,7 @@ class Gateway:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
         self.state = State.open(self.config.state_url())
+        adopt(self.config.data_dir / "privacy-budget.json", self.state)  # an earlier version's
         self.privacy = PrivacyBudgets(self.state)
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)

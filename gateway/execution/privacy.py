@@ -24,13 +24,15 @@ spending that cannot be right, refuses the answer (fail closed).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
-from catalogue.errors import PrivacyBudgetExhausted
+from catalogue.errors import ConfigError, PrivacyBudgetExhausted
 from gateway.state import State
 from policies.model import PrivacyBudget
 
@@ -68,3 +70,24 @@ class PrivacyBudgets:
     def refund(self, role: str, epsilon: float, budget: PrivacyBudget) -> None:
         """Give back what an answer that was never released spent (its statement failed)."""
         self.state.refund(role, self._window(budget), epsilon)
+
+
+def adopt(path: Path, state: State) -> None:
+    """Take over the budgets an earlier version kept in ``path`` (``privacy-budget.json``):
+    what each role spent is counted in the shared state (never less than it holds), and the
+    file is renamed ``*.adopted``, so an upgrade renews no budget. A file holding what cannot be
+    a spending (NaN, a negative number) is a :class:`ConfigError`: the gateway does not start."""
+    if not path.exists():
+        return
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        spent = {str(role): (int(window), float(epsilon)) for role, (window, epsilon) in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{path}: cannot read the privacy budget ({error.__class__.__name__})") from None
+    for role, (_, epsilon) in spent.items():
+        if not (math.isfinite(epsilon) and epsilon >= 0):
+            raise ConfigError(f"{path}: role {role} has spent {epsilon}, which cannot be a spending; correct it")
+    for role, (window, epsilon) in spent.items():
+        state.adopt(role, window, epsilon)
+    path.rename(path.with_name(path.name + ".adopted"))
+    log.warning("privacy budgets taken over from %s into the shared state (%d roles)", path, len(spent))
