@@ -327,15 +327,20 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
         raise ConfigError(f"{path}: no such audit file") from None
 
 
-def _tail(path: Path) -> tuple[str, int]:
-    """The hash and sequence number a new record continues from (the last sealed line's)."""
-    if not path.exists() or path.stat().st_size == 0:
+def _tail(path: Path, size: int | None = None) -> tuple[str, int]:
+    """The hash and sequence number a new record continues from (the last sealed line's),
+    reading the file's last few KiB (its whole last 64 KiB only for a longer line)."""
+    if size is None:
+        size = path.stat().st_size if path.exists() else 0
+    if size == 0:
         return GENESIS, 0
     with path.open("rb") as file:
-        file.seek(0, os.SEEK_END)
-        size = file.tell()
-        file.seek(max(0, size - 65536))
-        last = file.read().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+        for span in (4096, 65536):
+            file.seek(max(0, size - span))
+            lines = file.read(span).rstrip(b"\n").rsplit(b"\n", 1)
+            if len(lines) == 2 or span >= size:
+                break
+        last = lines[-1].decode("utf-8", errors="replace")
     unsealed = _unseal(last)
     if isinstance(unsealed, str):
         # Go on from the broken line's own bytes: `audit verify` will name it, and what
@@ -602,8 +607,10 @@ class FileSink:
             log.warning("the audit trail %s is written again; %d requests were refused meanwhile", self.path, refused)
 
     def _append(self, records: list[dict[str, Any] | Filled]) -> None:
-        """Seal ``records`` onto the chain where the file ends and write them, whole, flushed,
-        or not at all (_Trouble). The file is locked meanwhile: other processes wait."""
+        """Seal ``records`` onto the chain where the file ends and write them, whole, then
+        flush them; or raise _Trouble. The file is locked while sealing and writing (other
+        processes wait), not while flushing: another process's batch may go on meanwhile, and
+        one fsync then often covers both."""
         problem = self._moved()
         if problem is not None:
             raise _Trouble(problem)
@@ -615,7 +622,7 @@ class FileSink:
             size = os.fstat(self._fd).st_size
             torn = False
             if size != self._size:  # another process wrote since: go on from its last record
-                self._chain = Chain(*_tail(self.path))
+                self._chain = Chain(*_tail(self.path, size))
                 self._size = size
                 torn = size > 0 and not _ends_line(self.path, size)
             chain = Chain(self._chain.prev, self._chain.seq)
@@ -626,8 +633,6 @@ class FileSink:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self._fd, view) :]
-                if self._fsync:
-                    os.fsync(self._fd)
             except OSError as error:
                 with contextlib.suppress(OSError):  # no half line: the next record starts a line
                     os.ftruncate(self._fd, self._size)
@@ -636,6 +641,11 @@ class FileSink:
             self._chain = chain
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as error:  # written, perhaps not durable: refused, and never cut off
+                raise _Trouble(f"fsync: {error.strerror or error}", full=error.errno in _FULL) from None
 
     def _moved(self) -> str | None:
         """Why the path no longer names the open file (deleted, moved, replaced), having opened
