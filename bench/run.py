@@ -10,7 +10,9 @@ p50, p95 (and p99 where a load generator measures it) and its number of runs:
 - hostile: a victim's p50 idle and under each attack (``bench/hostile.py``);
 - load: a bounded run of 10,000 requests from 32 connections (``bench/load.py``);
 - delegation: the delegated route against PostGraphile, the engines and the raw driver
-  (``bench/delegation.py``);
+  (``bench/delegation.py``), citygate with its default worker processes;
+- durability: every answer after its durable audit record, against the trail off
+  (``bench/durability.py``);
 - seed: the seed-scale profile (``bench/seed.py``), when that module is there.
 
 It writes ``bench/results/<date>.json``, ``bench/results/<date>.md`` and the plots in
@@ -37,7 +39,18 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("shaping", "overhead", "policy", "statements", "hostile", "peer", "load", "delegation", "seed")
+SECTIONS = (
+    "shaping",
+    "overhead",
+    "policy",
+    "statements",
+    "hostile",
+    "peer",
+    "load",
+    "delegation",
+    "durability",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -146,6 +159,13 @@ def _plan(
                     workdir, settings.peer_rounds, settings.peer_seconds, settings.runs, progress
                 )
             },
+        )
+    if "durability" in chosen:
+        from bench import durability
+
+        yield (
+            "durability",
+            lambda: {"durability": durability.run(workdir, settings.peer_rounds, settings.peer_seconds, progress)},
         )
     if "seed" in chosen:
         yield "seed", lambda: {"seed": _seed(settings.runs, progress)}

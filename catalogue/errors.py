@@ -220,6 +220,22 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "yes, once the identity provider answers",
     ),
     ErrorCode(
+        "AUDIT_UNAVAILABLE",
+        "request",
+        "503",
+        "the request's audit record cannot be written (disk full, the file deleted, no permission), "
+        "and no answer leaves unrecorded; `/readyz` is 503 meanwhile",
+        "yes, after `Retry-After`: serving resumes by itself once the trail can be written",
+    ),
+    ErrorCode(
+        "STATE_UNAVAILABLE",
+        "request or field",
+        "503 (request); 200 (a noisy aggregate's field)",
+        "the gateway's shared state (`state.url`: privacy budgets, rate limits) cannot be reached, "
+        "or holds a value that cannot be right; nothing is let through unlimited or unbudgeted",
+        "yes, once the state database answers",
+    ),
+    ErrorCode(
         "RATE_LIMITED",
         "request",
         "429",

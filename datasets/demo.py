@@ -138,11 +138,13 @@ def admin_token(data_dir: Path) -> str:
 
 def secure_demo(config: Config, data_dir: Path) -> Config:
     """The demo with the demo city's policies and the demo issuer's tokens (no token: anonymous),
-    its audit trail in ``data_dir/audit.jsonl``, open metrics and an admin token of its own."""
+    its audit trail in ``data_dir/audit.jsonl`` and its shared state (budgets, rate limits) in
+    ``data_dir/state.db``, open metrics and an admin token of its own."""
     issuer = ensure_demo_issuer(data_dir)
     demo_policies = DEMO_POLICIES
     return config.model_copy(
         update={
+            "data_dir": data_dir,
             "audit": AuditConfig(sink="file", path=data_dir / "audit.jsonl"),
             "admin": TokenGuard(token=admin_token(data_dir)),
             "policies": PoliciesConfig(

@@ -267,15 +267,32 @@ class CacheConfig(_Model):
 class AuditConfig(_Model):
     """Where the audit trail goes: JSON lines, each chained to the one before by its hash."""
 
+    # `off` turns the trail off (YAML reads a bare `off` as false, which means the same here)
     sink: Literal["file", "log", "off"] = "file"
     path: Path | None = None  # the file sink's file; required for `file`
-    fsync: bool = False  # fsync after each batch: survives a machine crash, not only a clean stop
+    fsync: bool = True  # fsync each batch before its answers leave: records survive a machine crash too
+
+    @field_validator("sink", mode="before")
+    @classmethod
+    def _bare_off(cls, value: object) -> object:
+        return "off" if value is False else value  # YAML 1.1: `sink: off` is `sink: false`
 
     @model_validator(mode="after")
     def _path(self) -> AuditConfig:
         if self.sink == "file" and self.path is None:
             raise ValueError("the file sink needs a path")
         return self
+
+
+class StateConfig(_Model):
+    """Where the gateway keeps its shared state: each role's privacy budget and each caller's
+    rate-limit allowance. Every worker process and every gateway on one state spends one budget
+    and counts against one limit."""
+
+    # `sqlite:///<path>` (default: `state.db` under `data_dir`, shared by the worker processes of
+    # one machine), or `postgresql://<user>:<password>@<host>:<port>/<database>` (shared by several
+    # gateways; `${NAME}` keeps the password out of the file)
+    url: str | None = Field(None, pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$")
 
 
 class TokenGuard(_Model):
@@ -412,6 +429,7 @@ class Config(_Model):
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig | None = None
+    state: StateConfig = StateConfig()
     metrics: TokenGuard = TokenGuard()
     admin: TokenGuard = TokenGuard()
     telemetry: TelemetryConfig = TelemetryConfig()
@@ -458,8 +476,19 @@ class Config(_Model):
             warnings.append("auth: none: no caller is authenticated; all act as anonymous (development only)")
         if self.audit is not None:
             return self, warnings
-        trail = AuditConfig(sink="file", path=self.data_dir / "audit.jsonl")
+        trail = AuditConfig(sink="file", path=self.audit_file())
         return self.model_copy(update={"audit": trail}), warnings
+
+    def audit_file(self) -> Path | None:
+        """The audit file requests are recorded in as served: ``audit.path``, the default file
+        under ``data_dir`` when ``audit`` is left out, or None (the trail off or on the log)."""
+        if self.audit is None:
+            return self.data_dir / "audit.jsonl"
+        return self.audit.path if self.audit.sink == "file" else None
+
+    def state_url(self) -> str:
+        """Where the shared state is: ``state.url``, else an SQLite file under ``data_dir``."""
+        return self.state.url or f"sqlite:///{(self.data_dir / 'state.db').absolute()}"
 
     @model_validator(mode="after")
     def _relationships_name_departments(self) -> Config:

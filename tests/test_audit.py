@@ -375,3 +375,69 @@ def test_every_recorded_text_is_checked_bounded_and_the_request_id_is_the_gatewa
 def test_a_record_says_where_each_root_field_ran(trail: Trail) -> None:
     first = read(trail.path)[0]
     assert first["routes"] == {"transport_stations": "delegated"}  # one PostgreSQL database: its own SQL
+
+
+# -- the operator's commands (issue 33) -----------------------------------------------------------
+
+
+def test_audit_cli_reads_the_default_trail_of_a_config(
+    sqlite_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config that leaves `audit` out is recorded under its data dir: `audit verify` and
+    `audit query --config` read that file."""
+    from tests.test_defaults import deployment
+
+    config = deployment(tmp_path, sqlite_config, policies="open", auth="none")
+    sink = audit.FileSink(tmp_path / ".citygate" / "audit.jsonl")
+    sink.write({"request_id": "r-1", "role": "anonymous", "subject": None}).wait(5)
+    sink.close()
+    assert main(["audit", "verify", "--config", str(config)]) == 0
+    assert "1 records, the chain holds" in capsys.readouterr().out
+    assert main(["audit", "query", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["request_id"] == "r-1"
+
+
+@pytest.mark.parametrize("written", ["off", '"off"', "false"])
+def test_audit_sink_off_as_written_turns_the_trail_off_with_a_warning(
+    sqlite_config: Config, tmp_path: Path, written: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.config import load_config
+    from tests.test_defaults import deployment
+
+    path = deployment(tmp_path, sqlite_config, policies="open", auth="none")
+    path.write_text(path.read_text(encoding="utf-8") + f"audit:\n  sink: {written}\n", encoding="utf-8")
+    config, _ = load_config(path).served()
+    assert config.audit is not None and config.audit.sink == "off"
+    gateway = Gateway.start(config, create_engine(config))
+    gateway.close()
+    assert gateway.audit is None
+    assert any("the audit trail is off" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_offline_commands_neither_warn_of_nor_open_the_trail(
+    sqlite_config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_defaults import deployment
+
+    config = deployment(tmp_path, sqlite_config, policies="open", auth="none")
+    assert main(["schema", "print", "--config", str(config)]) == 0
+    assert "type query_root" in capsys.readouterr().out
+    assert not any("audit trail is off" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / ".citygate" / "audit.jsonl").exists()
+
+
+def test_audit_query_escapes_control_characters_in_what_it_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token's `sub` holding a newline, an escape sequence and a bidi override cannot forge
+    or erase table lines."""
+    path = tmp_path / "audit.jsonl"
+    sink = audit.FileSink(path)
+    forged = "u-1\n2026-01-01T00:00:00.000Z  r-forged  admin  ok\x1b[2K\x1b[1A" + chr(0x202E)
+    sink.write({"request_id": "r-1", "role": "analyst\r", "subject": forged, "outcome": "ok"}).wait(5)
+    sink.close()
+    assert main(["audit", "query", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and chr(0x202E) not in out
+    assert len(out.splitlines()) == 4  # header, rule, one record, the count
+    assert "u-1\\n2026-01-01" in out and "\\x1b[2K" in out and "analyst\\r" in out

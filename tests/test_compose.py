@@ -115,6 +115,7 @@ def test_compose_config_serves_the_same_city_through_trino(
     compose, warnings = load_config(COMPOSE / "citygate.yaml").served()  # with policies, tokens, a trail
     assert warnings == [] and compose.policies is not None and compose.auth is not None
     assert compose.audit is not None and str(compose.audit.path) == "/var/lib/citygate/audit.jsonl"
+    assert compose.state_url().startswith("postgresql://citygate:") and "@postgres:5432/" in compose.state_url()
     assert compose.engine.kind == "trino" and compose.engine.trino.host == "trino"
     assert compose.auth.discovery == "http://keycloak:8180/realms/citygate/.well-known/openid-configuration"
     assert compose.auth.roles_claim == "realm_access.roles"

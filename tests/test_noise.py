@@ -30,6 +30,7 @@ from gateway.execution.gateway import Gateway
 from gateway.execution.privacy import PrivacyBudgets
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
+from gateway.state import State
 from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
 from policies.rewrite import Context, PolicyViolation, enforce
@@ -63,6 +64,11 @@ def policy_file(path: Path, epsilon: float = EPSILON, bound: float = BOUND, budg
     }
     path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def stored(data_dir: Path) -> State:
+    """The shared state a gateway with ``data_dir`` keeps (as another process would open it)."""
+    return State.open(f"sqlite:///{data_dir / 'state.db'}")
 
 
 def start(config: Config, files: list[Path], tmp_path: Path, cache: bool = False) -> Gateway:
@@ -228,7 +234,7 @@ def test_a_noisy_aggregate_answered_on_the_delegated_route_is_noised_and_spends_
     key = "health_clinic_visits_aggregate"
     assert [(r["role"], r["routes"], r["epsilon"]) for r in records] == [("noisy", {key: "delegated"}, {key: 1.0})] * 60
     # spent once per answer, and kept where a restart reads it
-    left = PrivacyBudgets(tmp_path / "privacy-budget.json").left("noisy", PrivacyBudget(epsilon=1e6))
+    left = PrivacyBudgets(stored(tmp_path)).left("noisy", PrivacyBudget(epsilon=1e6))
     assert left == pytest.approx(1e6 - 60)
     counts = [a["data"][key]["aggregate"]["count"] for a in answers]
     sums = [float(a["data"][key]["aggregate"]["sum"]["cost"]) for a in answers]
@@ -259,7 +265,7 @@ def test_a_noisy_statement_that_fails_on_its_store_gives_its_spending_back(
         assert error["extensions"]["code"] == "DEPARTMENT_UNAVAILABLE", error
         assert response.epsilon == {}
         assert gateway.privacy.left("noisy", budget) == pytest.approx(1.0)
-        assert PrivacyBudgets(tmp_path / "privacy-budget.json").left("noisy", budget) == pytest.approx(1.0)
+        assert PrivacyBudgets(stored(tmp_path)).left("noisy", budget) == pytest.approx(1.0)
     finally:
         relay.close()
         gateway.close()
@@ -391,7 +397,7 @@ def test_a_noisy_role_and_an_exact_one_never_share_a_cached_answer(
 def test_the_budget_refuses_past_its_limit_and_renews_after_the_period(sqlite_config: Config, tmp_path: Path) -> None:
     gateway = start(sqlite_config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
     now = [1_800_000_000.0]  # 2027-01-15T08:00:00Z
-    gateway.privacy = PrivacyBudgets(tmp_path / "privacy-budget.json", clock=lambda: now[0])
+    gateway.privacy = PrivacyBudgets(gateway.state, clock=lambda: now[0])
     try:
         assert gateway.execute(TOTAL, identity=Identity("noisy")).epsilon == {"health_clinic_visits_aggregate": 1.0}
         total(gateway, "noisy")  # 2.0: the whole budget, exactly
@@ -400,7 +406,7 @@ def test_the_budget_refuses_past_its_limit_and_renews_after_the_period(sqlite_co
         assert "noisy has spent its privacy budget (epsilon 2 per 1d)" in error["message"]
         assert total(gateway, "exact")  # another role's budget is its own (this one has none)
         # a restart reads what was spent: it renews no budget
-        again = PrivacyBudgets(tmp_path / "privacy-budget.json", clock=lambda: now[0])
+        again = PrivacyBudgets(stored(tmp_path), clock=lambda: now[0])
         assert again.left("noisy", PrivacyBudget(epsilon=2.0)) == pytest.approx(0.0)
         now[0] += 16 * 3600  # the next day, 00:00 UTC
         total(gateway, "noisy")

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, free_port
+from tests.own_postgres import Postgres
 from tests.test_keycloak import REALM, password_token, require_keycloak
 
 # nginx and the services
@@ -70,6 +71,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     processes: list[subprocess.Popen[bytes]] = []
     instances, audit = {}, {}
     env = {**os.environ, "CITYGATE_TRINO_HTTPS_PORT": CLUSTER_PORT}
+    state = Postgres()  # their one shared state (budgets, rate limits), as compose's PostgreSQL is
+    state.start()
     try:
         for name in ("gateway-a", "gateway-b"):
             port = free_port()
@@ -90,6 +93,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
                 "audit": {"sink": "file", "path": str(data / "audit.jsonl")},
                 "admin": {"token": ADMIN_TOKEN},
                 "data_dir": str(data),
+                "state": {"url": state.url},
                 # three JVMs share this machine's cores with the tests: planning is not measured here
                 "limits": {"plan_seconds": 30},
             }
@@ -121,6 +125,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+        state.remove()
 
 
 def call(port: int, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:

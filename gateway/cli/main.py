@@ -88,14 +88,15 @@ def cmd_introspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gateway(args: argparse.Namespace, prove: bool = True):  # type: ignore[no-untyped-def]
+def _gateway(args: argparse.Namespace, recording: bool = False, prove: bool = True):  # type: ignore[no-untyped-def]
     """The gateway over ``--config``, or over the embedded demo city when there is none;
+    ``recording``: it serves requests, so it writes the audit trail (the offline commands do not);
     ``prove=False``: one that starts with masks not proven on every route (`policy check`)."""
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
     config = _load(args) if getattr(args, "config", None) else datasets().demo(Path(args.data_dir).resolve())
-    return Gateway.start(config, create_engine(config), prove=prove)
+    return Gateway.start(config, create_engine(config), recording=recording, prove=prove)
 
 
 def _identity(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -147,13 +148,17 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
     from gateway.observe import logs
 
     logs.configure(args.log_format, args.log_level)
+    if args.workers is not None and args.workers < 1:
+        raise CitygateError("--workers: give 1 or more")
+    if (args.workers or 1) > 1:
+        return _serve_workers(args, banner + epilogue, example)
     if getattr(args, "config", None):  # a deployment: it fails closed (Config.served)
         config, warnings = _load(args).served()
         for warning in warnings:
             print(f"citygate: warning: {warning}", file=sys.stderr)
         gateway = Gateway.start(config, create_engine(config))
     else:
-        gateway = _gateway(args)
+        gateway = _gateway(args, recording=True)
     for department, why in gateway.unavailable.items():
         print(f"citygate: warning: {department} is left out of the schema: {why}", file=sys.stderr)
 
@@ -170,6 +175,39 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
     return 0
 
 
+def _serve_workers(args: argparse.Namespace, banner: str, example: str) -> int:
+    """``--workers N``: uvicorn's supervisor runs N worker processes on one port, each with its
+    own gateway (gateway/cli/workers.py). The configuration is checked here first, so a bad one
+    fails once, with its message, before any worker starts."""
+    import os
+
+    import uvicorn
+
+    from gateway.cli import workers
+    from gateway.http.app import SERVER_OPTIONS
+
+    if getattr(args, "config", None):
+        _, warnings = _load(args).served()
+        for warning in warnings:
+            print(f"citygate: warning: {warning}", file=sys.stderr)
+    os.environ[workers.WORKER] = workers.spec(args, example)
+    address = f"http://{args.host}:{args.port}/graphql"
+    console = f"http://{args.host}:{args.port}/console"
+    engine = args.engine or (_load(args).engine.kind if getattr(args, "config", None) else "embedded")
+    print(banner.format(address=address, console=console, engine=engine), file=sys.stderr)
+    print(f"citygate: {args.workers} worker processes", file=sys.stderr)
+    uvicorn.run(
+        "gateway.cli.workers:app",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        **SERVER_OPTIONS,
+    )
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Verify the audit trail's hash chain, or query its records."""
     from gateway.observe import audit
@@ -177,6 +215,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     path = _audit_file(args)
     if args.action == "verify":
         verdict = audit.verify(path)
+        for event in verdict.events:  # the gateway's own notes: gaps it knows of, and why
+            print(f"{path}: {event}", file=sys.stderr)
         if verdict.ok:
             print(f"{path}: {verdict.records} records, the chain holds")
             return 0
@@ -202,9 +242,11 @@ def _audit_file(args: argparse.Namespace) -> Path:
         return Path(args.file)
     if args.config:
         config = _load(args)
-        if config.audit is None or config.audit.path is None:
-            raise CitygateError(f"{args.config}: audit: no audit file is configured (set audit.path)")
-        return Path(config.audit.path)
+        path: Path | None = config.audit_file()  # the default under data_dir too, as `serve` writes it
+        if path is None:
+            assert config.audit is not None
+            raise CitygateError(f"{args.config}: audit.sink: {config.audit.sink}: the trail is not written to a file")
+        return path
     return Path(args.data_dir) / "audit.jsonl"
 
 
@@ -245,7 +287,7 @@ def _matches(record: dict[str, Any], args: argparse.Namespace, since: str | None
 
 def _audit_table(found: list[dict[str, Any]]) -> str:
     header = ("time", "request", "subject", "role", "outcome", "read (column: treatment)", "rows", "cache", "ms")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for record in found:
         read = "; ".join(
             f"{a['department']}.{a['table']}"
@@ -266,11 +308,25 @@ def _audit_table(found: list[dict[str, Any]]) -> str:
                 str(record.get("duration_ms", "")),
             )
         )
+    rows = [tuple(_shown(cell) for cell in row) for row in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(f"({len(found)} records)")
     return "\n".join(lines)
+
+
+def _shown(text: str) -> str:
+    """A recorded text as a terminal may show it: every control, format or line-separating
+    character escaped (a token's ``sub`` of ``"\\x1b[2K"`` or a newline must not forge or erase
+    table lines), the rest as it is.
+
+    >>> _shown("u-1\\n2026-01-01  forged"), _shown("\\x1b[2Kx"), _shown("案件" + chr(0x202E))
+    ('u-1\\\\n2026-01-01  forged', '\\\\x1b[2Kx', '案件\\\\u202e')
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -570,6 +626,7 @@ def _print_route(gateway: Gateway, key: str, tree: Any) -> None:
 
 def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int]], argparse.ArgumentParser]) -> None:
     """The commands that serve, print or query a gateway."""
+    from gateway.cli.workers import default_workers
 
     def serving(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1")
@@ -584,10 +641,17 @@ def _gateway_commands(command: Callable[[str, Callable[[argparse.Namespace], int
 
     p = command("demo", cmd_demo)
     serving(p)
+    p.add_argument("--workers", type=int, default=None, help="processes serving the port (default 1)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="where the demo city's SQLite files live")
 
     p = command("serve", cmd_serve)
     serving(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes serving the port, sharing the audit trail and the state (default: one per core, at most 8)",
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--engine", choices=("trino", "embedded"), help="override the config's engine")
 

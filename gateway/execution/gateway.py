@@ -76,7 +76,7 @@ from gateway.execution.plans import (
     plan_weight,
     refused,
 )
-from gateway.execution.privacy import PrivacyBudgets
+from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.proof import prove_masks, refusal_text
 from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
@@ -101,6 +101,7 @@ from gateway.identity.caller import Identity
 from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
+from gateway.state import State, StateUnavailable
 from policies.model import Policies, load_policies
 from policies.noise import noisy_rows, spend
 from policies.rewrite import PolicyViolation
@@ -133,6 +134,7 @@ class Gateway:
     statements: Statements = field(init=False)  # where statements run, each within its time
     root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
     results: ResultCache = field(init=False)
+    state: State = field(init=False)  # shared by every worker and gateway on it: budgets, rate limits
     privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
     _plans: LRUCache[Any, Plan] = field(init=False)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
@@ -147,7 +149,9 @@ class Gateway:
     def __post_init__(self) -> None:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
-        self.privacy = PrivacyBudgets(self.config.data_dir / "privacy-budget.json")
+        self.state = State.open(self.config.state_url())
+        adopt(self.config.data_dir / "privacy-budget.json", self.state)  # an earlier version's
+        self.privacy = PrivacyBudgets(self.state)
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
         self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
@@ -162,13 +166,23 @@ class Gateway:
             self.native = _native(self.config)
         self.routes = Routes(self.config, self.engine, self.catalogue, self.native)
         if self.audit is not None:
-            self.metrics.watch_backlog(self.audit.backlog)
+            self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)
 
     @classmethod
-    def start(cls, config: Config, engine: Engine, telemetry: Telemetry | None = None, prove: bool = True) -> Gateway:
+    def start(
+        cls,
+        config: Config,
+        engine: Engine,
+        telemetry: Telemetry | None = None,
+        *,
+        recording: bool = True,
+        prove: bool = True,
+    ) -> Gateway:
         """Introspect every department (a department that is down is left out and named), and
         refuse to serve policies whose masks are not proven to mean the same on every route
-        (:mod:`gateway.execution.proof`; ``prove=False``: ``policy check``, which reports them)."""
+        (:mod:`gateway.execution.proof`; ``prove=False``: ``policy check``, which reports them).
+        ``recording``: whether it answers requests and so writes the audit trail; the offline
+        commands (schema, explain, policy) answer none, and neither open nor mention it."""
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
         native = _native(config)
@@ -191,8 +205,10 @@ class Gateway:
         catalogue = Catalogue(tuple(departments))
         model = build_model(catalogue, config)
         policies = load_policies(config.policies.files) if config.policies is not None else None
-        if config.audit is None:
-            log.warning("the audit trail is off: configure `audit` to record who reads what")
+        if recording and (config.audit is None or config.audit.sink == "off"):
+            log.warning(
+                "the audit trail is off (audit: sink: off): no request is recorded; remove it to record who reads what"
+            )
         gateway = cls(
             config=config,
             engine=engine,
@@ -201,7 +217,7 @@ class Gateway:
             policies=policies,
             unavailable=unavailable,
             native=native,
-            audit=open_sink(config.audit),
+            audit=open_sink(config.audit) if recording else None,
             telemetry=telemetry or Telemetry.configure(config.telemetry),
         )
         if policies is not None:
@@ -757,7 +773,10 @@ class Gateway:
             except BaseException:
                 if cost:  # nothing was released
                     assert view.role is not None and view.privacy is not None
-                    self.privacy.refund(view.role, cost, view.privacy)
+                    try:
+                        self.privacy.refund(view.role, cost, view.privacy)
+                    except StateUnavailable as error:  # the spending stands: fail closed
+                        log.error("could not give back epsilon %g of role %s: %s", cost, view.role, error.detail)
                 raise
             return noisy_rows(rows, compiled.noise) if cost else rows
 
@@ -822,6 +841,7 @@ class Gateway:
         self.flush()
         self.engine.close()
         self.routes.close()
+        self.state.close()
 
 
 def _native(config: Config) -> dict[str, NativeEngine]:

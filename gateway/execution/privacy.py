@@ -1,9 +1,10 @@
 """Each role's privacy budget: the epsilon its noisy answers have spent in the current period.
 
 Periods are fixed windows from the Unix epoch (a ``1d`` budget renews at 00:00 UTC). What each
-role has spent is kept in memory and written to ``<data_dir>/privacy-budget.json`` after each
-spending, so a restart does not renew a budget; several gateway instances keep one budget each
-(a role can spend its budget once per instance), which the operations guide says.
+role has spent is kept in the gateway's shared state (:mod:`gateway.state`, ``state.url``), so a
+restart renews no budget and every worker and every gateway on one state spends one budget.
+Spending checks and spends in one transaction; a state that cannot be reached, or that holds a
+spending that cannot be right, refuses the answer (fail closed).
 
 >>> from policies.model import PrivacyBudget
 >>> now = [86_400.0 * 3 + 10]
@@ -26,14 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from catalogue.errors import ConfigError, PrivacyBudgetExhausted
+from gateway.state import State
 from policies.model import PrivacyBudget
 
 log = logging.getLogger("citygate")
@@ -44,66 +44,50 @@ SLACK = 1e-9
 
 
 class PrivacyBudgets:
-    """Thread-safe; ``clock`` gives the time in seconds (injected in tests)."""
+    """Thread-safe; ``state``: where spending is kept (None: in memory, for this process only,
+    as `citygate policy test` spends); ``clock`` gives the time in seconds (injected in tests)."""
 
-    def __init__(self, path: Path | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.path = path
+    def __init__(self, state: State | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.state = state if state is not None else State.open("sqlite://")
         self.clock = clock
-        self._lock = threading.Lock()
-        self._spent: dict[str, tuple[int, float]] = {}  # role -> (period's window, epsilon spent)
-        if path is not None and path.exists():
-            self._spent = _read(path)
 
     def _window(self, budget: PrivacyBudget) -> int:
         return math.floor(self.clock() / budget.seconds)
 
     def left(self, role: str, budget: PrivacyBudget) -> float:
         """What ``role`` may still spend in the current period."""
-        with self._lock:
-            window, spent = self._spent.get(role, (-1, 0.0))
-            return budget.epsilon - (spent if window == self._window(budget) else 0.0)
+        return budget.epsilon - self.state.spent(role, self._window(budget))
 
     def spend(self, role: str, epsilon: float, budget: PrivacyBudget) -> None:
         """Spend ``epsilon`` of ``role``'s budget, or refuse (:class:`PrivacyBudgetExhausted`)
-        if that is more than it has left; nothing is spent then."""
-        with self._lock:
-            current = self._window(budget)
-            window, spent = self._spent.get(role, (current, 0.0))
-            if window != current:
-                spent = 0.0
-            if spent + epsilon > budget.epsilon + SLACK:
-                renews = datetime.fromtimestamp((current + 1) * budget.seconds, UTC)
-                raise PrivacyBudgetExhausted(role, budget.epsilon, budget.period, renews)
-            self._spent[role] = (current, spent + epsilon)
-            self._write()
+        if that is more than it has left; nothing is spent then. :class:`StateUnavailable`
+        (refused too) if the state cannot be reached."""
+        current = self._window(budget)
+        if not self.state.spend(role, current, epsilon, budget.epsilon + SLACK):
+            renews = datetime.fromtimestamp((current + 1) * budget.seconds, UTC)
+            raise PrivacyBudgetExhausted(role, budget.epsilon, budget.period, renews)
 
     def refund(self, role: str, epsilon: float, budget: PrivacyBudget) -> None:
         """Give back what an answer that was never released spent (its statement failed)."""
-        with self._lock:
-            window, spent = self._spent.get(role, (-1, 0.0))
-            if window == self._window(budget):
-                self._spent[role] = (window, max(spent - epsilon, 0.0))
-                self._write()
-
-    def _write(self) -> None:
-        if self.path is None:
-            return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(json.dumps({r: list(v) for r, v in self._spent.items()}), encoding="utf-8")
-            os.replace(temporary, self.path)
-        except OSError as error:  # the budget still holds in memory; the operator must know
-            log.error("cannot write the privacy budget to %s: %s", self.path, error)
+        self.state.refund(role, self._window(budget), epsilon)
 
 
-def _read(path: Path) -> dict[str, tuple[int, float]]:
+def adopt(path: Path, state: State) -> None:
+    """Take over the budgets an earlier version kept in ``path`` (``privacy-budget.json``):
+    what each role spent is counted in the shared state (never less than it holds), and the
+    file is renamed ``*.adopted``, so an upgrade renews no budget. A file holding what cannot be
+    a spending (NaN, a negative number) is a :class:`ConfigError`: the gateway does not start."""
+    if not path.exists():
+        return
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return {str(role): (int(window), float(spent)) for role, (window, spent) in raw.items()}
+        spent = {str(role): (int(window), float(epsilon)) for role, (window, epsilon) in raw.items()}
     except (OSError, ValueError, TypeError, AttributeError) as error:
-        # Starting from zero would renew every budget: the gateway does not start instead.
-        raise ConfigError(
-            f"{path}: cannot read the privacy budget ({error.__class__.__name__}); restore it or remove it "
-            "to start every role's budget afresh"
-        ) from None
+        raise ConfigError(f"{path}: cannot read the privacy budget ({error.__class__.__name__})") from None
+    for role, (_, epsilon) in spent.items():
+        if not (math.isfinite(epsilon) and epsilon >= 0):
+            raise ConfigError(f"{path}: role {role} has spent {epsilon}, which cannot be a spending; correct it")
+    for role, (window, epsilon) in spent.items():
+        state.adopt(role, window, epsilon)
+    path.rename(path.with_name(path.name + ".adopted"))
+    log.warning("privacy budgets taken over from %s into the shared state (%d roles)", path, len(spent))

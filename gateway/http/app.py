@@ -60,9 +60,10 @@ from gateway.http.ratelimit import Limiter
 from gateway.http.wire import OneWriteProtocol
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
-from gateway.observe.audit import Filled, Template, recorded
+from gateway.observe.audit import AuditUnavailable, Filled, Template, recorded
 from gateway.observe.audit import record as audit_record
 from gateway.observe.logs import REQUEST_ID
+from gateway.state import StateUnavailable
 
 log = logging.getLogger("citygate.http")
 
@@ -354,7 +355,7 @@ class Edge:
         self.admission = Admission(REQUESTS_AT_ONCE, parallelism=len(os.sched_getaffinity(0)))
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
-        self.limiter = Limiter()
+        self.limiter = Limiter(gateway.state)
         # CORS only where configured: otherwise no header says another origin may call
         cors = gateway.config.cors
         self.front: ASGIApp = self.dispatch
@@ -395,7 +396,7 @@ class Edge:
             reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
-        reply = self.finish(exchange, reply)
+        reply = await self.finish(exchange, reply)
         if exchange.codes == _GONE:  # the client hung up: there is no one to answer
             return
         headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
@@ -416,7 +417,7 @@ class Edge:
             reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
-        reply = self.finish(exchange, reply)
+        reply = await self.finish(exchange, reply)
         response = _response(reply)
         response.headers["X-Request-Id"] = exchange.request_id
         return response
@@ -431,19 +432,29 @@ class Edge:
         body = {"errors": [{"message": "internal error", "extensions": {"code": "INTERNAL"}}]}
         return _json(body, 500, exchange.media_type)
 
-    def finish(self, exchange: Exchange, reply: Reply) -> Reply:
-        """The request's one audit record and its metrics; the reply to send. If the record
-        cannot be taken (it cannot be sealed, or the trail is closed), the reply is a 500
-        instead. A file the writer thread then fails to write is logged, not undone."""
+    async def finish(self, exchange: Exchange, reply: Reply) -> Reply:
+        """The request's one audit record and its metrics; the reply to send once the record is
+        written (and flushed). A record that cannot be written refuses the request instead:
+        503 ``AUDIT_UNAVAILABLE``, since no answer leaves unrecorded; one that cannot be taken at
+        all (it cannot be sealed, or the trail is closed) makes it a 500."""
         audit = self.gateway.audit
         if audit is not None:
             try:
                 # a template holds no caller's id: a request that sends one is recorded whole
                 if exchange.template is None or exchange.client_request_id is not None:
-                    audit.write(_record(exchange, reply.status, self.engine_name))
+                    batch = audit.write(_record(exchange, reply.status, self.engine_name))
                 else:
                     took = round((time.perf_counter() - exchange.started) * 1000, 3)
-                    audit.write(Filled(exchange.template, time.time(), exchange.request_id, exchange.purpose, took))
+                    filled = Filled(exchange.template, time.time(), exchange.request_id, exchange.purpose, took)
+                    batch = audit.write(filled)
+                await batch.written()
+            except AuditUnavailable as error:
+                log.error("request %s refused: %s", exchange.request_id, error.detail)
+                self.metrics.count_audit_refusal()
+                exchange.outcome, exchange.codes = "error", [error.code]
+                body = {"errors": [{"message": error.message, "extensions": {"code": error.code}}]}
+                reply = _json(body, 503, exchange.media_type)
+                reply.headers.append((b"retry-after", b"1"))
             except Exception:
                 log.exception("the audit record of request %s could not be written", exchange.request_id)
                 reply = self.failed(exchange)
@@ -497,7 +508,13 @@ class Edge:
         per_minute = self.gateway.limits(role).requests_per_minute
         if not per_minute:
             return None
-        wait = self.limiter.take(_caller(identity, exchange.client), per_minute)
+        try:
+            wait = self.limiter.take(_caller(identity, exchange.client), per_minute)
+        except StateUnavailable as error:  # fail closed: no limit known, no request run
+            log.error("request %s refused: %s", exchange.request_id, error.detail)
+            reply = self.deny(exchange, 503, error.message, error.code)
+            reply.headers.append((b"retry-after", b"1"))
+            return reply
         if wait is None:
             return None
         seconds = max(1, math.ceil(wait))
@@ -699,13 +716,23 @@ class Edge:
         """Whether this instance can serve: 200 while its engine answers, or any store runs its
         own statements (the delegated route), even with departments down (their root fields
         fail alone, the others answer), so a load balancer never takes every replica out for
-        one department or for the engine; 503 when no route answers. The body names each
-        department's state and each route's."""
+        one department or for the engine; 503 when no route answers, or while the audit trail
+        cannot be written (every request would be refused). The body names each department's
+        state and each route's, and the trail's (``ok`` or ``unavailable``; the log says why)."""
         health = await run_in_threadpool(self.gateway.health)
+        audit = self.gateway.audit
+        trail = "off" if audit is None else "ok" if audit.trouble() is None else "unavailable"
+        serving = health.serving and trail != "unavailable"
         every = health.ok and all(state == "ok" for state in health.routes.values())
-        status = "ready" if every else "degraded" if health.serving else "unavailable"
-        body = {"status": status, "engine": health.engine, "departments": health.departments, "routes": health.routes}
-        return JSONResponse(body, status_code=200 if health.serving else 503, headers={"Cache-Control": "no-store"})
+        status = "ready" if every and serving else "degraded" if serving else "unavailable"
+        body = {
+            "status": status,
+            "engine": health.engine,
+            "audit": trail,
+            "departments": health.departments,
+            "routes": health.routes,
+        }
+        return JSONResponse(body, status_code=200 if serving else 503, headers={"Cache-Control": "no-store"})
 
     async def prometheus(self, request: Request) -> Response:
         guard = self.gateway.config.metrics
@@ -779,7 +806,7 @@ class Edge:
             reply = self.failed(exchange)
         finally:
             REQUEST_ID.reset(token)
-        response = _response(self.finish(exchange, reply))
+        response = _response(await self.finish(exchange, reply))
         response.headers["X-Request-Id"] = exchange.request_id
         return response
 
@@ -833,7 +860,7 @@ class Edge:
         refusal = self.admin_refusal(request)
         if refusal is not None:
             exchange.outcome, exchange.codes = "unauthenticated", ["UNAUTHENTICATED"]
-            self.finish(exchange, Reply(401, b"", "application/json"))
+            await self.finish(exchange, Reply(401, b"", "application/json"))
             return refusal
         try:
             params = orjson.loads(await request.body())
@@ -856,7 +883,7 @@ class Edge:
                     exchange.outcome, exchange.codes = _outcome(result)
                     exchange.console = None  # the record is the query's own, as for /graphql
                 reply = _json(page, 200, "application/json")
-        return _response(self.finish(exchange, reply))
+        return _response(await self.finish(exchange, reply))
 
     def view_as_request(self, params: Any) -> tuple[str, dict[str, str], str | None, dict[str, Any] | None] | str:
         """The role, claims, query and variables a view-as request asks for; or what is wrong."""

@@ -3,9 +3,10 @@ number per subject).
 
 A subject allowed ``n`` requests a minute may send ``n`` at once, then one every ``60/n``
 seconds; one idle for a minute has its whole allowance again. What is kept per subject is the
-moment its allowance would be whole again (the "theoretical arrival time"), in a cache bounded
-by size and forgetting a subject after a minute, when it would be whole anyway: many distinct
-subjects cost bounded memory, and a forgotten one loses nothing.
+moment its allowance would be whole again (the "theoretical arrival time"). It is kept in the
+gateway's shared state (:mod:`gateway.state`, ``state.url``): every worker process and every
+gateway on one state counts against one allowance, as Kong's and Envoy's cluster-wide limits
+do. The clock is the wall clock, the one the gateways share.
 
 >>> clock = [0.0]
 >>> limiter = Limiter(clock=lambda: clock[0])
@@ -21,32 +22,24 @@ True
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
-from cachetools import TTLCache
+from gateway.state import WINDOW, State
 
-WINDOW = 60.0  # seconds: the limits are per minute
-SUBJECTS = 100_000  # subjects remembered at once; the least recently seen go first
+__all__ = ["WINDOW", "Limiter"]
 
 
 class Limiter:
-    """Each subject's allowance. Used from the event loop only, so it takes no lock."""
+    """Each subject's allowance, in ``state`` (None: in memory, this process only).
+    :class:`gateway.state.StateUnavailable` from :meth:`take` when the state cannot be reached:
+    the request is refused, never let through unlimited."""
 
-    def __init__(self, subjects: int = SUBJECTS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, state: State | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.state = state if state is not None else State.open("sqlite://")
         self.clock = clock
-        self._due: TTLCache[Hashable, float] = TTLCache(maxsize=subjects, ttl=WINDOW, timer=self._now)
 
-    def _now(self) -> float:
-        return self.clock()
-
-    def take(self, subject: Hashable, per_minute: int) -> float | None:
+    def take(self, subject: str, per_minute: int) -> float | None:
         """Count one request of ``subject``: None if it may run, else the seconds until it may."""
         if per_minute <= 0:  # no limit
             return None
-        now = self.clock()
-        interval = WINDOW / per_minute
-        due = max(self._due.get(subject, now), now) + interval
-        if due - now > WINDOW:
-            return due - WINDOW - now
-        self._due[subject] = due
-        return None
+        return self.state.take(subject, per_minute, self.clock())

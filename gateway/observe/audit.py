@@ -21,8 +21,12 @@ True
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -46,7 +50,6 @@ from gateway.graphql.documents import document_hash
 log = logging.getLogger("citygate.audit")
 
 GENESIS = "0" * 64
-_GATHER = 0.02  # seconds the writer waits between batches
 _SUFFIX = len(',"hash":""}') + 64  # what seal() appends to the canonical record
 
 
@@ -253,6 +256,9 @@ class Verdict:
     records: int
     broken: int | None = None  # 1-based line number of the first record that does not hold
     reason: str = ""
+    # what the gateway itself recorded of its trail: a restart after an unclean stop, a time it
+    # could not write (and refused requests), a file that was deleted or replaced
+    events: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -263,17 +269,31 @@ def check(lines: Iterable[str]) -> Verdict:
     """Check a chain of sealed lines from its first record."""
     prev = GENESIS
     count = 0
+    events: list[str] = []
     for number, raw in enumerate(lines, start=1):
         line = raw.rstrip("\n")
         unsealed = _unseal(line)
         if isinstance(unsealed, str):
-            return Verdict(count, number, unsealed)
+            return Verdict(count, number, unsealed, tuple(events))
         record, digest = unsealed
         if record["prev"] != prev:
-            return Verdict(count, number, "its `prev` is not the hash of the record before it")
+            why = "its `prev` is not the hash of the record before it"
+            if number == 1:
+                why += " (the chain began in another file: this one was rotated, deleted or replaced)"
+            return Verdict(count, number, why, tuple(events))
+        if "event" in record:
+            events.append(_event(number, record))
         prev = digest
         count += 1
-    return Verdict(count)
+    return Verdict(count, events=tuple(events))
+
+
+def _event(number: int, record: dict[str, Any]) -> str:
+    """What a record the gateway wrote of its own trail says, as `audit verify` prints it."""
+    said = f"record {number} ({record.get('time')}): {record.get('event')}: {record.get('reason')}"
+    if record.get("refused"):
+        said += f"; {record['refused']} requests refused, unanswered, since {record.get('since')}"
+    return said
 
 
 def verify(path: Path) -> Verdict:
@@ -307,15 +327,20 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
         raise ConfigError(f"{path}: no such audit file") from None
 
 
-def _tail(path: Path) -> tuple[str, int]:
-    """The hash and sequence number a new record continues from (the last sealed line's)."""
-    if not path.exists() or path.stat().st_size == 0:
+def _tail(path: Path, size: int | None = None) -> tuple[str, int]:
+    """The hash and sequence number a new record continues from (the last sealed line's),
+    reading the file's last few KiB (its whole last 64 KiB only for a longer line)."""
+    if size is None:
+        size = path.stat().st_size if path.exists() else 0
+    if size == 0:
         return GENESIS, 0
     with path.open("rb") as file:
-        file.seek(0, os.SEEK_END)
-        size = file.tell()
-        file.seek(max(0, size - 65536))
-        last = file.read().rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("utf-8", errors="replace")
+        for span in (4096, 65536):
+            file.seek(max(0, size - span))
+            lines = file.read(span).rstrip(b"\n").rsplit(b"\n", 1)
+            if len(lines) == 2 or span >= size:
+                break
+        last = lines[-1].decode("utf-8", errors="replace")
     unsealed = _unseal(last)
     if isinstance(unsealed, str):
         # Go on from the broken line's own bytes: `audit verify` will name it, and what
@@ -345,10 +370,81 @@ class Chain:
         return line
 
 
-class Sink(Protocol):
-    """Where audit records go. ``write`` must not block the request that calls it."""
+class AuditUnavailable(CitygateError):
+    """The trail cannot be written (disk full, file gone, no permission): no answer may leave
+    without its record, so the request is refused. The message is safe for a client."""
 
-    def write(self, record: dict[str, Any] | Filled) -> None: ...
+    code = "AUDIT_UNAVAILABLE"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("the audit trail cannot be written, so nothing is answered; try again shortly", detail=reason)
+
+
+class Batch:
+    """Records that go to the trail in one write and one flush (group commit). A request
+    waits for its batch, on its thread (:meth:`wait`) or on its event loop (:meth:`written`):
+    every request of a batch shares one future per event loop, resolved by one wake-up.
+    """
+
+    __slots__ = ("_futures", "_lock", "done", "failure", "records")
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any] | Filled] = []
+        self.done = threading.Event()
+        self.failure: str | None = None
+        self._lock = threading.Lock()
+        self._futures: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+
+    def settle(self, failure: str | None) -> None:
+        """The batch is on disk (``failure`` None) or is not: wake whoever waits."""
+        with self._lock:
+            self.failure = failure
+            self.done.set()
+            futures, self._futures = self._futures, {}
+        for loop, future in futures.items():
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile has no one waiting
+                loop.call_soon_threadsafe(_resolve, future)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the batch is written; :class:`AuditUnavailable` if it cannot be."""
+        if not self.done.wait(timeout):
+            raise AuditUnavailable(f"the audit trail was not written within {timeout} s")
+        if self.failure is not None:
+            raise AuditUnavailable(self.failure)
+
+    async def written(self) -> None:
+        """Wait on the event loop until the batch is written; :class:`AuditUnavailable` if it
+        cannot be."""
+        future = None
+        if not self.done.is_set():
+            loop = asyncio.get_running_loop()
+            with self._lock:
+                if not self.done.is_set():
+                    future = self._futures.get(loop)
+                    if future is None:
+                        future = self._futures[loop] = loop.create_future()
+        if future is not None:
+            await asyncio.shield(future)  # a waiter cancelled must not cancel the others' future
+        if self.failure is not None:
+            raise AuditUnavailable(self.failure)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)  # the batch holds any failure; each waiter raises its own
+
+
+_WRITTEN = Batch()
+_WRITTEN.settle(None)  # what a sink that writes at once returns
+
+
+class Sink(Protocol):
+    """Where audit records go. ``write`` seals a record onto the chain without blocking and
+    returns its batch; the answer leaves only once the batch is written."""
+
+    def write(self, record: dict[str, Any] | Filled) -> Batch: ...
+
+    def trouble(self) -> str | None: ...
 
     def backlog(self) -> int: ...
 
@@ -357,75 +453,281 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class FileSink:
-    """Appends sealed records to a file; ``close`` writes what is still buffered.
+_RETRY = 0.25  # seconds between attempts to write to a trail that could not be written
+UNCLEAN = "the gateway before this one did not stop cleanly (killed or crashed)"
+_OPEN = ".open"  # beside the file while a gateway writes it: left behind, the gateway did not stop cleanly
 
-    The request path seals its record onto the chain (so the chain follows the order requests
-    finished) and appends the line to a buffer: a few microseconds, no I/O. A writer thread
-    takes the buffer every few milliseconds and writes it in one call, then flushes it; with
-    ``fsync`` each batch also survives a machine crash. The thread does no Python work worth
-    the name: sealing there made it hold the interpreter lock for whole batches while the
-    event loop waited.
+
+class FileSink:
+    """Appends sealed records to a file, each written (and fsynced, by default) before its
+    request's answer leaves; several processes may share one file and one chain.
+
+    The request path appends its record to the open batch and waits for it. A writer thread
+    takes the whole batch, and under an exclusive lock on the file seals it onto the chain where
+    the file ends (another worker process, or another gateway, may have written since), writes
+    it in one call and flushes it once: requests that finish while one batch is on its way to
+    the disk share the next write and the next fsync (group commit, as PostgreSQL's commits
+    share a WAL flush).
+
+    When a batch cannot be written (disk full, the file deleted or replaced, permissions) its
+    bytes are cut off again, so no half line is left, and every request still waiting is
+    refused with :class:`AuditUnavailable`; so is every request after it, at once, until the
+    writer manages to write a ``resumed`` record saying what happened, every ``_RETRY``
+    seconds. A file that was deleted or replaced is opened anew at its path; the chain goes on
+    from the last record written, so `audit verify` of the new file shows where it begins.
+
+    Each process writing the file leaves ``<file>.open.<pid>`` beside it until it closes the
+    trail. A process that starts and finds one whose process is gone (killed, crashed) writes
+    an ``unclean_start`` record first: records that one had not yet written are missing, and
+    none of their requests was answered.
     """
 
-    def __init__(self, path: Path, *, fsync: bool = False) -> None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._chain = Chain(*_tail(path))
-            self._file = path.open("ab")
-        except OSError as error:
-            raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
         self._fsync = fsync
-        self._lock = threading.Lock()  # the chain and the buffer
-        self._writing = threading.Lock()  # one batch at a time, in order
-        self._lines: list[bytes] = []
-        self._closed = threading.Event()
+        self._beside = path.with_name(f"{path.name}{_OPEN}.{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = self._open()
+            gone = _gone(path)
+            self._beside.write_text(str(os.getpid()), encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
+        self._chain = Chain()  # where the file ends, as this process last saw it (the writer's)
+        self._cond = threading.Condition()  # the open batch and the trouble
+        self._batch = Batch()
+        self._committing: Batch | None = None
+        self._trouble: str | None = None
+        self._since = 0.0
+        self._refused = 0  # requests refused since the trouble began
+        self._event = "resumed"  # the record that ends the trouble
+        self._full = False  # the trouble is a full disk
+        self._closed = False
+        if gone:  # say so in the trail before any record goes on
+            self._trouble, self._since, self._event = UNCLEAN, time.time(), "unclean_start"
+            log.warning("audit trail %s: %s; its last records may be missing (none was answered)", path, UNCLEAN)
+            for stale in gone:
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         self._thread = threading.Thread(target=self._drain, name="citygate-audit", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
-    def write(self, record: dict[str, Any] | Filled) -> None:
-        with self._lock:
-            if self._closed.is_set():  # the answer must not leave unaudited: the caller refuses it
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        stat = os.fstat(fd)
+        self._identity = (stat.st_dev, stat.st_ino)
+        self._size = -1  # unknown: the tail is read under the lock
+        return fd
+
+    def write(self, record: dict[str, Any] | Filled) -> Batch:
+        with self._cond:
+            if self._trouble is not None:
+                self._refused += 1
+                raise AuditUnavailable(self._trouble)
+            if self._closed:  # the answer must not leave unaudited: the caller refuses it
                 request = record.request_id if isinstance(record, Filled) else record.get("request_id")
                 raise CitygateError(f"audit record of request {request} after the trail was closed")
-            self._lines.append(self._chain.link(record))
+            batch = self._batch
+            batch.records.append(record)
+            if len(batch.records) == 1:
+                self._cond.notify()
+            return batch
+
+    def trouble(self) -> str | None:
+        """Why the trail cannot be written now, or None while it can."""
+        return self._trouble
 
     def backlog(self) -> int:
-        return len(self._lines)
-
-    def _drain(self) -> None:
-        # Let records gather: one write per batch, and the request path keeps the lock.
-        while not self._closed.wait(_GATHER):
-            self.flush()
-        self.flush()
+        return len(self._batch.records)
 
     def flush(self) -> None:
-        """Write what is buffered now (the writer does so every few milliseconds)."""
-        with self._writing:
-            with self._lock:
-                lines, self._lines = self._lines, []
-            if not lines or self._file.closed:
-                return
-            lines.append(b"")
+        """Wait until every record taken so far is written (or could not be)."""
+        with self._cond:
+            batches = [b for b in (self._committing, self._batch) if b is not None and b.records]
+        for batch in batches:
+            batch.done.wait()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                while not self._batch.records and not self._closed and self._trouble is None:
+                    self._cond.wait()
+                if self._trouble is not None:
+                    if self._closed:
+                        return
+                    self._cond.wait(_RETRY if self._refused or self._event != "unclean_start" else 0)
+                    batch = None
+                else:
+                    batch, self._batch = self._batch, Batch()
+                    if not batch.records:  # closed, and nothing left
+                        return
+                    self._committing = batch
+            if batch is None:
+                self._resume()
+            else:
+                self._commit(batch)
+
+    def _commit(self, batch: Batch) -> None:
+        try:
+            self._append(batch.records)
+        except _Trouble as trouble:
+            with self._cond:
+                pending, self._batch = self._batch, Batch()
+                self._committing = None
+                self._trouble, self._since, self._event = str(trouble), time.time(), "resumed"
+                self._full = trouble.full
+                self._refused = len(batch.records) + len(pending.records)
+            log.error("the audit trail %s cannot be written, requests are refused until it can: %s", self.path, trouble)
+            batch.settle(str(trouble))
+            pending.settle(str(trouble))
+            return
+        with self._cond:
+            self._committing = None
+        batch.settle(None)
+
+    def _resume(self) -> None:
+        """Try to write the record that says what happened; serving resumes once it is on disk
+        (after a full disk, once there is room for more than that record: no flapping)."""
+        if self._full and not _room(self.path.parent):
+            return
+        with self._cond:
+            reason, refused, event = self._trouble, self._refused, self._event
+        marker: dict[str, Any] = {"time": time.time(), "event": event, "reason": reason, "refused": refused}
+        if event == "resumed":
+            marker["since"] = timestamp(self._since)
+        try:
+            self._append([marker])
+        except _Trouble:
+            return
+        with self._cond:
+            self._trouble = None
+            self._cond.notify_all()
+        if event == "resumed":
+            log.warning("the audit trail %s is written again; %d requests were refused meanwhile", self.path, refused)
+
+    def _append(self, records: list[dict[str, Any] | Filled]) -> None:
+        """Seal ``records`` onto the chain where the file ends and write them, whole, then
+        flush them; or raise _Trouble. The file is locked while sealing and writing (other
+        processes wait), not while flushing: another process's batch may go on meanwhile, and
+        one fsync then often covers both."""
+        problem = self._moved()
+        if problem is not None:
+            raise _Trouble(problem)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as error:
+            raise _Trouble(f"the audit file cannot be locked: {error.strerror}") from None
+        try:
+            size = os.fstat(self._fd).st_size
+            torn = False
+            if size != self._size:  # another process wrote since: go on from its last record
+                self._chain = Chain(*_tail(self.path, size))
+                self._size = size
+                torn = size > 0 and not _ends_line(self.path, size)
+            chain = Chain(self._chain.prev, self._chain.seq)
+            data = b"\n".join([chain.link(record) for record in records]) + b"\n"
+            if torn:  # a line torn by a machine crash stays on its own line: `verify` names it
+                data = b"\n" + data
             try:
-                self._file.write(b"\n".join(lines))
-                self._file.flush()
-                if self._fsync:
-                    os.fsync(self._file.fileno())
-            except OSError:
-                log.exception("could not write %d audit records to %s", len(lines) - 1, self.path)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError as error:
+                with contextlib.suppress(OSError):  # no half line: the next record starts a line
+                    os.ftruncate(self._fd, self._size)
+                raise _Trouble(f"{error.strerror or error}", full=error.errno in _FULL) from None
+            self._size += len(data)
+            self._chain = chain
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as error:  # written, perhaps not durable: refused, and never cut off
+                raise _Trouble(f"fsync: {error.strerror or error}", full=error.errno in _FULL) from None
+
+    def _moved(self) -> str | None:
+        """Why the path no longer names the open file (deleted, moved, replaced), having opened
+        the path anew; None if it still does. A file that cannot be opened is the trouble."""
+        try:
+            stat = os.stat(self.path)
+            if (stat.st_dev, stat.st_ino) == self._identity:
+                return None
+            what = "was replaced by another file"
+        except FileNotFoundError:
+            what = "was deleted or moved away"
+        except OSError as error:
+            return f"the audit file cannot be read: {error.strerror}"
+        if self._trouble is None:  # the first sign: refuse what waits, reopen on the next try
+            return f"the audit file {what} while the gateway wrote it"
+        try:
+            fd = self._open()
+        except OSError as error:
+            return f"the audit file {what} and cannot be opened anew: {error.strerror}"
+        os.close(self._fd)
+        self._fd = fd
+        # An empty file goes on from the last record this process wrote, never from a fresh
+        # chain; one another process has begun already, from its last record.
+        self._size = 0 if os.fstat(fd).st_size == 0 else -1
+        return None
 
     def close(self) -> None:
-        with self._lock:
-            if self._closed.is_set():
+        with self._cond:
+            if self._closed:
                 return
-            self._closed.set()
+            self._closed = True
+            self._cond.notify_all()
         self._thread.join()
-        with self._writing:
-            self._file.close()
+        clean = self._trouble is None
+        os.close(self._fd)
+        if clean:
+            with contextlib.suppress(OSError):
+                self._beside.unlink()
         atexit.unregister(self.close)
+
+
+def _room(directory: Path) -> bool:
+    """Whether the file system under ``directory`` has :data:`HEADROOM` free (or cannot say)."""
+    try:
+        found = os.statvfs(directory)
+    except OSError:
+        return True
+    return found.f_bavail * found.f_frsize >= HEADROOM
+
+
+def _ends_line(path: Path, size: int) -> bool:
+    with path.open("rb") as file:
+        file.seek(size - 1)
+        return file.read(1) == b"\n"
+
+
+def _gone(path: Path) -> list[Path]:
+    """The marks beside ``path`` of processes that wrote it and are gone without closing it."""
+    gone = []
+    for mark in path.parent.glob(f"{path.name}{_OPEN}.*"):
+        pid = mark.name.rsplit(".", 1)[-1]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            gone.append(mark)
+        except PermissionError:  # alive, another user's
+            pass
+    return gone
+
+
+class _Trouble(Exception):
+    """Why a batch could not be written; ``full``: for want of space."""
+
+    def __init__(self, reason: str, *, full: bool = False) -> None:
+        super().__init__(reason)
+        self.full = full
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+HEADROOM = 256 << 10  # bytes free before a trail that filled its disk is written again
 
 
 class LogSink:
@@ -435,10 +737,14 @@ class LogSink:
         self._chain = Chain()
         self._lock = threading.Lock()
 
-    def write(self, record: dict[str, Any] | Filled) -> None:
+    def write(self, record: dict[str, Any] | Filled) -> Batch:
         with self._lock:
             line = self._chain.link(record)
         log.info("%s", line.decode())
+        return _WRITTEN  # handed to the log pipeline before the answer leaves
+
+    def trouble(self) -> str | None:
+        return None
 
     def backlog(self) -> int:
         return 0

@@ -132,6 +132,16 @@ class Metrics:
         self.audit_backlog = Gauge(
             "citygate_audit_backlog", "Audit records queued but not yet written", registry=self.registry
         )
+        self.audit_up = Gauge(
+            "citygate_audit_up",
+            "Whether the audit trail can be written (0: every request is refused until it can)",
+            registry=self.registry,
+        )
+        self.audit_refused = Counter(
+            "citygate_audit_refused_requests",
+            "Requests refused because their audit record could not be written",
+            registry=self.registry,
+        )
 
     def count_request(self, outcome: str, seconds: float) -> None:
         """A finished request: its outcome and how long it took."""
@@ -159,8 +169,13 @@ class Metrics:
         for department, state in departments.items():
             self.department_up.labels(department).set(1.0 if state == "ok" else 0.0)
 
-    def watch_backlog(self, backlog: Callable[[], int]) -> None:
+    def watch_audit(self, backlog: Callable[[], int], trouble: Callable[[], str | None]) -> None:
+        """The trail's backlog and whether it can be written, read at each scrape."""
         self.audit_backlog.set_function(lambda: float(backlog()))
+        self.audit_up.set_function(lambda: 0.0 if trouble() is not None else 1.0)
+
+    def count_audit_refusal(self) -> None:
+        self.audit_refused.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

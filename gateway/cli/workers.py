@@ -1,0 +1,104 @@
+"""`citygate serve --workers N`: N processes serving one port, as `uvicorn --workers` runs them.
+
+Each worker builds its own gateway from what the command was given (its plan and result caches
+are its own, warmed by its own requests) and shares the rest through the data dir and the
+state: the audit trail (one file, one chain, written under a lock) and the shared state
+(`state.url`: privacy budgets, rate limits). uvicorn's supervisor starts the workers, restarts
+one that dies and stops them all on SIGTERM; SIGHUP restarts them, which reads the policies
+again. An admin call reaches one worker, so each worker also reads the policy files again
+when they change (:func:`follow_policies`): a reload through `/admin/policies/reload` or an edit
+reaches every worker within a second or two.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+WORKER = "CITYGATE_WORKER"  # what each worker is to serve, as JSON: set by the command, read here
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on, at most 8 (each holds its own engine and
+    caches; past that the engine or the stores, not the gateway, set the pace)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def spec(args: Any, example: str) -> str:
+    """What a worker needs of the command line, for :data:`WORKER`."""
+    return json.dumps(
+        {
+            "config": str(Path(args.config).resolve()) if getattr(args, "config", None) else None,
+            "engine": getattr(args, "engine", None),
+            "data_dir": str(Path(args.data_dir).resolve()) if getattr(args, "data_dir", None) else None,
+            "example": example,
+            "log_format": args.log_format,
+            "log_level": args.log_level,
+        }
+    )
+
+
+def app() -> Any:
+    """The ASGI application of one worker (uvicorn calls it in each worker process)."""
+    from gateway.config import load_config
+    from gateway.execution.engines import create_engine
+    from gateway.execution.gateway import Gateway
+    from gateway.http.app import create_app
+    from gateway.observe import logs
+
+    wanted = json.loads(os.environ[WORKER])
+    logs.configure(wanted["log_format"], wanted["log_level"])
+    if wanted["config"] is not None:
+        config, _ = load_config(wanted["config"]).served()  # the command printed its warnings
+        if wanted["engine"]:
+            config = config.with_engine(wanted["engine"])
+    else:  # the demo city; datasets/ lives apart from the gateway and is reached by name
+        config = importlib.import_module("datasets.commands").demo(Path(wanted["data_dir"]))
+    gateway = Gateway.start(config, create_engine(config))
+    if gateway.policies is not None:
+        follow_policies(gateway)
+    return create_app(gateway, example=wanted["example"])
+
+
+FOLLOW_SECONDS = 1.0  # how often a worker looks at its policy files
+
+
+def follow_policies(gateway: Any) -> None:
+    """Read the gateway's policy files again whenever one changes (its size or time), on a
+    thread of its own; a file that does not load leaves the old policies, and is logged."""
+    from catalogue.errors import CitygateError
+
+    files = [Path(f) for f in gateway.config.policies.files]
+
+    def stamp() -> tuple[tuple[int, int] | None, ...]:
+        found: list[tuple[int, int] | None] = []
+        for path in files:
+            try:
+                stat = path.stat()
+                found.append((stat.st_mtime_ns, stat.st_size))
+            except OSError:
+                found.append(None)
+        return tuple(found)
+
+    def follow() -> None:
+        seen = stamp()
+        while True:
+            threading.Event().wait(FOLLOW_SECONDS)
+            now = stamp()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                version = gateway.reload_policies()
+                logging.getLogger("citygate").info("policy files changed: policies reloaded (%s)", version)
+            except CitygateError as error:
+                logging.getLogger("citygate").error("policy reload failed, the old policies stay: %s", error.message)
+            except Exception:  # the thread must outlive any failure
+                logging.getLogger("citygate").exception("policy reload failed, the old policies stay")
+
+    threading.Thread(target=follow, name="citygate-policies", daemon=True).start()

@@ -1,0 +1,205 @@
+"""The shared state (`state.url`): one privacy budget and one rate limit for every worker process
+and every gateway on it, spent or refused in one transaction; values read back checked; a state
+that cannot be reached refuses (fail closed) and serving resumes by itself when it is back.
+
+PostgreSQL here is a server of this test's own (initdb in a temporary directory, a free port),
+since the test stops and starts it: the shared services are never touched."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from catalogue.errors import ConfigError
+from datasets.demo import secure_demo
+from gateway.config import CacheConfig, Config, LimitsConfig, RoleLimits, StateConfig
+from gateway.execution.engines import create_engine
+from gateway.execution.gateway import Gateway
+from gateway.http.app import create_app
+from gateway.identity.caller import Identity
+from gateway.state import State, StateUnavailable
+from tests.own_postgres import Postgres
+from tests.test_noise import TOTAL, policy_file
+
+STATIONS = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
+
+
+def until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {seconds} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "postgres",
+                "--",
+                str(server.bin / "pg_ctl"),
+                "-D",
+                str(server.data),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+def test_values_read_back_are_checked_and_refuse(tmp_path: Path) -> None:
+    """A state file edited to hold NaN, a negative spending, text or infinity refuses the spending
+    (and never grants 205 answers more); the state is left as it was."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    state = State.open(url)
+    assert state.spend("officer", 7, 1.0, 10.0)
+    editor = sqlite3.connect(tmp_path / "state.db")
+    editor.execute("PRAGMA ignore_check_constraints = ON")  # as a hand edit would
+    with pytest.raises(sqlite3.IntegrityError), editor:  # SQLite keeps NaN as NULL, which it refuses
+        editor.execute("UPDATE citygate_budget SET spent = ? WHERE role = 'officer'", (float("nan"),))
+    for bad in (-200.0, "a lot", float("inf")):
+        with editor:
+            editor.execute("UPDATE citygate_budget SET spent = ? WHERE role = 'officer'", (bad,))
+        with pytest.raises(StateUnavailable) as refused:
+            state.spend("officer", 7, 1.0, 10.0)
+        assert "cannot be a spending" in str(refused.value.detail)
+        with pytest.raises(StateUnavailable):
+            state.spent("officer", 7)
+    editor.close()
+    with pytest.raises(ValueError):
+        state.spend("officer", 7, float("nan"), 10.0)
+    with pytest.raises(ValueError):
+        state.spend("officer", 7, -1.0, 10.0)
+    state.close()
+
+
+SPENDER = """
+import sys, time
+from pathlib import Path
+from gateway.state import State
+state = State.open(sys.argv[1])
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.005)
+print(sum(state.spend("noisy", 1, 0.25, 10.0) for _ in range(40)), flush=True)
+"""
+
+
+def test_two_worker_processes_on_one_sqlite_state_spend_one_budget(tmp_path: Path) -> None:
+    """Two processes spending at once from one SQLite file: 80 spendings of 0.25, 40 fit in 10."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    State.open(url).close()
+    go = tmp_path / "go"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", SPENDER, url, str(go)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    time.sleep(2)  # both have opened the state
+    go.touch()
+    granted = [int(worker.communicate(timeout=120)[0]) for worker in workers]
+    assert sum(granted) == 40, granted
+    assert State.open(url).spent("noisy", 1) == pytest.approx(10.0)
+
+
+def gateway_on(config: Config, data_dir: Path, url: str, budget: float) -> Gateway:
+    """A gateway with its own data dir (its own audit trail) on the shared state ``url``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = secure_demo(config, data_dir)
+    assert config.policies is not None
+    files = [*config.policies.files, policy_file(data_dir / "noise.yaml", budget=budget)]
+    config = config.model_copy(
+        update={
+            "policies": config.policies.model_copy(update={"files": files}),
+            "state": StateConfig(url=url),
+            "cache": CacheConfig(enabled=False),
+            "limits": LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=3)}),
+        }
+    )
+    return Gateway.start(config, create_engine(config))
+
+
+def test_two_gateways_on_one_postgresql_state_have_one_budget_and_one_rate_limit(
+    sqlite_config: Config, tmp_path: Path, postgres: Postgres
+) -> None:
+    a = gateway_on(sqlite_config, tmp_path / "a", postgres.url, budget=2.0)
+    b = gateway_on(sqlite_config, tmp_path / "b", postgres.url, budget=2.0)
+    try:
+        noisy = Identity("noisy")
+        assert a.execute(TOTAL, identity=noisy).epsilon == {"health_clinic_visits_aggregate": 1.0}
+        assert b.execute(TOTAL, identity=noisy).epsilon == {"health_clinic_visits_aggregate": 1.0}
+        for gateway in (a, b):  # the budget of 2 is spent: on both
+            [error] = gateway.execute(TOTAL, identity=noisy).body["errors"]
+            assert error["extensions"]["code"] == "PRIVACY_BUDGET_EXHAUSTED"
+        address = ("198.51.100.40", 40000)
+        with TestClient(create_app(a), client=address) as first, TestClient(create_app(b), client=address) as second:
+            statuses = [c.post("/graphql", json=STATIONS).status_code for c in (first, second, first, second)]
+        assert statuses == [200, 200, 200, 429]  # 3 a minute, counted across both
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_state_database_stopped_refuses_and_serving_resumes_when_it_is_back(
+    sqlite_config: Config, tmp_path: Path, postgres: Postgres
+) -> None:
+    gateway = gateway_on(sqlite_config, tmp_path / "g", postgres.url, budget=100.0)
+    noisy = Identity("noisy")
+    try:
+        with TestClient(create_app(gateway), client=("198.51.100.41", 40000)) as client:
+            assert client.post("/graphql", json=STATIONS).status_code == 200
+            postgres.stop()
+            try:
+                refused = client.post("/graphql", json=STATIONS)  # the rate limit cannot be counted
+                assert refused.status_code == 503, refused.text
+                assert refused.json()["errors"][0]["extensions"]["code"] == "STATE_UNAVAILABLE"
+                assert "postgresql" not in refused.text  # where the state is: the operator's, in the log
+                [error] = gateway.execute(TOTAL, identity=noisy).body["errors"]  # nothing unbudgeted
+                assert error["extensions"]["code"] == "STATE_UNAVAILABLE"
+            finally:
+                postgres.start()
+            until(lambda: client.post("/graphql", json=STATIONS).status_code == 200)
+        until(lambda: "errors" not in gateway.execute(TOTAL, identity=noisy).body)
+    finally:
+        gateway.close()
+
+
+def test_an_earlier_versions_budget_file_is_taken_over_not_renewed(sqlite_config: Config, tmp_path: Path) -> None:
+    import json
+    import math
+
+    from gateway.execution.privacy import PrivacyBudgets
+    from policies.model import PrivacyBudget
+
+    window = math.floor(time.time() / 86_400)
+    (tmp_path / "privacy-budget.json").write_text(json.dumps({"noisy": [window, 1.5]}))
+    gateway = gateway_on(sqlite_config, tmp_path, f"sqlite:///{tmp_path / 'state.db'}", budget=2.0)
+    try:
+        assert gateway.privacy.left("noisy", PrivacyBudget(epsilon=2.0)) == pytest.approx(0.5)
+    finally:
+        gateway.close()
+    assert (tmp_path / "privacy-budget.json.adopted").exists()
+    (tmp_path / "privacy-budget.json").write_text(json.dumps({"noisy": [window, float("nan")]}))
+    with pytest.raises(ConfigError, match="cannot be a spending"):
+        gateway_on(sqlite_config, tmp_path, f"sqlite:///{tmp_path / 'state.db'}", budget=2.0)
+    assert PrivacyBudgets(State.open(f"sqlite:///{tmp_path / 'state.db'}")).left(
+        "noisy", PrivacyBudget(epsilon=2.0)
+    ) == pytest.approx(0.5)

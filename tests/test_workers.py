@@ -1,0 +1,72 @@
+"""`citygate serve --workers N`: N processes on one port share one rate limit and one audit
+chain (the state and the trail under the data dir)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from gateway.config import Config
+from gateway.observe import audit
+from tests.conftest import free_port, wait_until_serving
+from tests.test_defaults import deployment
+
+
+def test_two_workers_share_one_rate_limit_and_one_audit_chain(tmp_path: Path, sqlite_config: Config) -> None:
+    config = deployment(
+        tmp_path,
+        sqlite_config,
+        policies="open",
+        auth="none",
+        limits={"requests_per_minute": 20},
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/graphql"
+
+    def ask(n: int) -> tuple[int, str]:
+        body = json.dumps({"query": f"{{ transport_stations(limit: {n % 5 + 1}) {{ name }} }}"}).encode()
+        request = urllib.request.Request(url, body, {"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+                return response.status, str(response.headers["x-request-id"])
+        except urllib.error.HTTPError as error:
+            return error.code, str(error.headers["x-request-id"])
+
+    try:
+        wait_until_serving(port, server, "citygate serve --workers 2")
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(60)))
+        took = time.monotonic() - started
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        stderr = server.stderr.read() if server.stderr is not None else ""
+        if server.stderr is not None:
+            server.stderr.close()
+    # one limit across both workers: 20 at once, then one every 3 s (two workers counting
+    # apart would let 40 through at once)
+    answered = sum(status == 200 for status, _ in answers)
+    assert {status for status, _ in answers} == {200, 429}, stderr[-3000:]
+    assert 20 <= answered <= 20 + took / 3 + 1, (answered, took)
+    trail = tmp_path / ".citygate" / "audit.jsonl"
+    assert audit.verify(trail) == audit.Verdict(60)  # one chain, written by both
+    prefixes = {r["request_id"].split("-")[0] for r in audit.records(trail)}
+    assert len(prefixes) == 2, "both workers answered"
+    assert sorted(r["request_id"] for r in audit.records(trail)) == sorted(i for _, i in answers)
