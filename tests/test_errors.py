@@ -377,6 +377,8 @@ ELSEWHERE = {
     "ENGINE_ERROR": "test_hostile.py::test_the_embedded_engine_stays_within_its_memory",
     "BAD_CONFIG": "test_errors.py::test_malformed_config_names_file_and_key",
     "INTERNAL": "a bug; tests/test_fuzz.py looks for it",
+    "AUDIT_UNAVAILABLE": "test_audit_faults.py::test_a_full_disk_answers_503_until_the_trail_can_be_written",
+    "STATE_UNAVAILABLE": "test_state.py::test_a_state_database_stopped_refuses_and_serving_resumes_when_it_is_back",
 }
 
 

@@ -145,12 +145,16 @@ class Gateway:
     _health: tuple[float, Health] | None = None  # the last check: when, and what it found
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
+    recording: bool = True  # it answers requests: it writes the audit trail and spends from the shared state
 
     def __post_init__(self) -> None:
         cache = self.config.cache
         self.results = ResultCache(cache, {n: d.cache_ttl_seconds for n, d in self.config.departments.items()})
-        self.state = State.open(self.config.state_url())
-        adopt(self.config.data_dir / "privacy-budget.json", self.state)  # an earlier version's
+        # An offline command (schema, explain, policy) answers no request and spends nothing:
+        # it leaves the deployment's shared state alone, and writes none into a data dir.
+        self.state = State.open(self.config.state_url() if self.recording else "sqlite://")
+        if self.recording:
+            adopt(self.config.data_dir / "privacy-budget.json", self.state)  # an earlier version's
         self.privacy = PrivacyBudgets(self.state)
         self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
         self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
@@ -219,6 +223,7 @@ class Gateway:
             native=native,
             audit=open_sink(config.audit) if recording else None,
             telemetry=telemetry or Telemetry.configure(config.telemetry),
+            recording=recording,
         )
         if policies is not None:
             try:
