@@ -29,6 +29,9 @@ from tests.test_policies import POLICY_FILES
 from tests.test_routes import HASHED
 from tools.services import TRINO_ADMIN, TRINO_GATEWAY, TRINO_OTHER, Settings, trino_client
 
+# Trino, the single and the cluster, as `make services` starts them
+pytestmark = pytest.mark.services
+
 SERVICES = Settings.from_env()
 # This module's own key, so that what is found can only come from its requests.
 KEY = f"history-{secrets.token_hex(16)}"
