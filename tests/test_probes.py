@@ -17,7 +17,7 @@ from gateway.execution import gateway as gateway_module
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from tests.conftest import free_port, with_store
+from tests.conftest import ADMIN, as_operator, free_port, with_admin, with_store
 
 DEPARTMENTS = ("public_security", "health", "transport", "market_regulation", "environment", "human_resources")
 
@@ -32,8 +32,9 @@ def gauge(text: str, name: str, label: str, value: str) -> float:
 def one_store_down(services_config: Config, gateway_services: Gateway) -> Iterator[TestClient]:
     """The services, with the health department's store moved to a port where nothing listens."""
     broken = with_store(services_config, "health", port=free_port()).with_engine("embedded")
+    broken = with_admin(broken)
     gateway = Gateway(config=broken, engine=create_engine(broken), model=gateway_services.model)
-    with TestClient(create_app(gateway)) as client:
+    with TestClient(create_app(gateway), headers=ADMIN) as client:
         yield client
     gateway.close()
 
@@ -58,7 +59,7 @@ def test_a_department_down_leaves_the_instance_ready_and_is_named(one_store_down
 
 
 def test_every_department_up_is_ready(gateway_services: Gateway) -> None:
-    with TestClient(create_app(gateway_services)) as client:
+    with TestClient(create_app(as_operator(gateway_services)), headers=ADMIN) as client:
         body = client.get("/readyz").json()
         assert body == {
             "status": "ready",
@@ -77,9 +78,10 @@ def test_an_engine_that_does_not_answer_makes_the_instance_unready(
     trino = services_config.engine.trino.model_copy(update={"port": free_port(), "request_timeout": 2.0})
     engine = services_config.engine.model_copy(update={"trino": trino, "delegate": "never"})  # no other route
     down = services_config.model_copy(update={"engine": engine})
+    down = with_admin(down)
     gateway = Gateway(config=down, engine=TrinoEngine(down.engine_settings()), model=gateway_trino.model)
     try:
-        with TestClient(create_app(gateway)) as client:
+        with TestClient(create_app(gateway), headers=ADMIN) as client:
             ready = client.get("/readyz")
             assert ready.status_code == 503
             body = ready.json()

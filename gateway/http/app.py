@@ -893,20 +893,23 @@ class Edge:
         fail alone, the others answer), so a load balancer never takes every replica out for
         one department or for the engine; 503 when no route answers, or while the audit trail
         cannot be written (every request would be refused). The body names each department's
-        state and each route's, and the trail's (``ok`` or ``unavailable``; the log says why)."""
+        state and each route's, and the trail's (``ok`` or ``unavailable``; the log says why), to
+        the operator (the admin token); anyone else learns only the status, since the states name
+        stores, their addresses and their errors."""
         health = await run_in_threadpool(self.gateway.health)
         audit = self.gateway.audit
         trail = "off" if audit is None else "ok" if audit.trouble() is None else "unavailable"
         serving = health.serving and trail != "unavailable"
         every = health.ok and all(state == "ok" for state in health.routes.values())
         status = "ready" if every and serving else "degraded" if serving else "unavailable"
-        body = {
-            "status": status,
-            "engine": health.engine,
-            "audit": trail,
-            "departments": health.departments,
-            "routes": health.routes,
-        }
+        body: dict[str, Any] = {"status": status}
+        if request.headers.get("authorization") and self.guard(self.gateway.config.admin, request, "admin") is None:
+            body |= {
+                "engine": health.engine,
+                "audit": trail,
+                "departments": health.departments,
+                "routes": health.routes,
+            }
         return JSONResponse(body, status_code=200 if serving else 503, headers={"Cache-Control": "no-store"})
 
     def guard(self, guard: TokenGuard, request: Request, what: str) -> Response | None:
