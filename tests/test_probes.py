@@ -117,3 +117,37 @@ def test_a_flood_of_probes_costs_one_check_per_interval(
         monkeypatch.setattr(gateway_module, "HEALTH_SECONDS", 0.0)
         client.get("/readyz")
         assert len(checks) == 2
+
+
+def test_a_department_down_at_start_up_joins_the_schema_when_it_answers(
+    services_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a fault-injection run: a department whose store did not answer at start-up was
+    left out of the schema until a restart. Now the first health check that finds it answering
+    reads it and serves it; the gateway is never restarted."""
+    from tests.test_routes import Relay
+
+    postgres = services_config.departments["health"].store
+    port = free_port()
+    config = with_admin(with_store(services_config, "health", port=port).with_engine("embedded"))
+    gateway = Gateway.start(config, create_engine(config))
+    monkeypatch.setattr(gateway_module, "HEALTH_SECONDS", 0.0)  # each probe checks again
+    visits = {"query": "{ health_clinic_visits(limit: 1, order_by: [{visit_id: asc}]) { visit_id } }"}
+    relay = None
+    try:
+        assert "health" in gateway.unavailable
+        with TestClient(create_app(gateway), headers=ADMIN) as client:
+            [error] = client.post("/graphql", json=visits).json()["errors"]
+            assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+            ready = client.get("/readyz").json()
+            assert ready["status"] == "degraded" and ready["departments"]["health"] != "ok"
+            relay = Relay(port, (postgres.host, postgres.port))  # type: ignore[union-attr]  # the store is back
+            ready = client.get("/readyz").json()  # the first check that finds it answering
+            assert ready["departments"]["health"] == "ok" and not gateway.unavailable
+            answer = client.post("/graphql", json=visits).json()
+            assert "errors" not in answer, answer
+            assert len(answer["data"]["health_clinic_visits"]) == 1
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
