@@ -787,12 +787,23 @@ class Edge:
             return raw
         key = (raw, exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), exchange.media_type)
         self.refresh_documents()
-        hot = self.hot.get(key)
-        if hot is not None and self.still_hot(hot, exchange):
-            return self.throttle(exchange) or hot.reply
+        ready = self.hot_reply(key, exchange)
+        if ready is not None:
+            return ready
         reply = await self.answer_json(raw, exchange)
         self.remember(key, exchange, reply)
         return reply
+
+    def hot_reply(self, key: tuple[Any, ...], exchange: Exchange) -> Reply | None:
+        """A repeated request's ready reply while it stands, or its refusal; None: answer it."""
+        if self.blocked:  # a network refused for its bad tokens gets no hot reply either
+            refused = self.refused_network(exchange)
+            if refused is not None:
+                return refused
+        hot = self.hot.get(key)
+        if hot is not None and self.still_hot(hot, exchange):
+            return self.throttle(exchange) or hot.reply
+        return None
 
     async def answer_json(self, raw: bytes, exchange: Exchange) -> Reply:
         try:
