@@ -150,3 +150,31 @@ def test_a_department_down_at_start_up_joins_the_schema_when_it_answers(
         if relay is not None:
             relay.close()
         gateway.close()
+
+
+def test_a_department_left_out_joins_with_no_probe_at_all(
+    services_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway no load balancer probes looks for the departments it left out by itself."""
+    from tests.test_routes import Relay
+
+    postgres = services_config.departments["health"].store
+    port = free_port()
+    monkeypatch.setattr(gateway_module, "REJOIN_SECONDS", 0.5)
+    monkeypatch.setattr(gateway_module, "HEALTH_SECONDS", 0.0)
+    config = with_store(services_config, "health", port=port).with_engine("embedded").with_delegate("never")
+    gateway = Gateway.start(config, create_engine(config))
+    relay = None
+    try:
+        assert "health" in gateway.unavailable
+        relay = Relay(port, (postgres.host, postgres.port))  # type: ignore[union-attr]
+        deadline = time.monotonic() + 20
+        while gateway.unavailable and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not gateway.unavailable
+        body = gateway.execute("{ health_clinic_visits(limit: 1) { visit_id } }").body
+        assert "errors" not in body and len(body["data"]["health_clinic_visits"]) == 1
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()

@@ -113,6 +113,8 @@ log = logging.getLogger("citygate")
 # How long one health check of the engine and the stores stands: probes and scrapes in between
 # are answered from it, so a flood of them costs the stores one check per interval.
 HEALTH_SECONDS = 2.0
+# How often a gateway with departments left out at start-up checks them by itself.
+REJOIN_SECONDS = 10.0
 
 
 @dataclass
@@ -146,6 +148,7 @@ class Gateway:
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
     _health: tuple[float, Health] | None = None  # the last check: when, and what it found
     checks: Checks = field(default_factory=Checks)  # the health checks, each bounded in time
+    _closed: threading.Event = field(default_factory=threading.Event)
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
     recording: bool = True  # it answers requests: it writes the audit trail and spends from the shared state
@@ -226,6 +229,8 @@ class Gateway:
             except ConfigError:
                 gateway.close()
                 raise
+        if unavailable:  # with no probe or scrape to notice, the gateway looks for them itself
+            threading.Thread(target=gateway._watch, name="citygate-rejoin", daemon=True).start()
         return gateway
 
     def require_proven(self, policies: Policies) -> None:
@@ -235,6 +240,15 @@ class Gateway:
         if refusals:
             assert self.config.policies is not None
             raise ConfigError(refusal_text(refusals, self.config.policies.files))
+
+    def _watch(self) -> None:
+        """Check again every :data:`REJOIN_SECONDS` until every department left out at start-up
+        has joined (:meth:`rejoin`, from :meth:`health`), or the gateway closes."""
+        while self.unavailable and not self._closed.wait(REJOIN_SECONDS):
+            try:
+                self.health()
+            except Exception:  # the watch must outlive a failed check, or nothing rejoins
+                log.exception("a health check for departments left out failed")
 
     def _statistic(self, statement: exp.Expr) -> Sequence[Any]:
         """Run one of the statistics' statements as the gateway itself (no policy: its answer
@@ -884,6 +898,7 @@ class Gateway:
 
     def close(self) -> None:
         """Stop: queued audit records are written first, then spans flushed, then the engine."""
+        self._closed.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.statements.close()
         self.flush()
