@@ -149,6 +149,7 @@ class Gateway:
     _health: tuple[float, Health] | None = None  # the last check: when, and what it found
     checks: Checks = field(default_factory=Checks)  # the health checks, each bounded in time
     _closed: threading.Event = field(default_factory=threading.Event)
+    _refused_joins: dict[str, str] = field(default_factory=dict)  # department -> the policy version refusing it
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
     recording: bool = True  # it answers requests: it writes the audit trail and spends from the shared state
@@ -864,7 +865,7 @@ class Gateway:
         with self._reloading:
             found = {}
             for name in departments:
-                if name not in self.unavailable:
+                if name not in self.unavailable or self._refused_joins.get(name) == self.policy_version:
                     continue
                 try:
                     found[name] = _introspect(self.engine, self.native or {}, self.config, name)
@@ -875,12 +876,26 @@ class Gateway:
             order = list(self.config.departments)  # the schema's order is the configuration's
             joined = sorted((*self.catalogue.departments, *found.values()), key=lambda d: order.index(d.name))
             catalogue = Catalogue(tuple(joined))
+            self.routes.learn(catalogue)  # more tables known to the routes changes no route taken
+            policies = self.policies
+            if policies is not None:  # what start-up requires of the policies, over the new tables too
+                try:
+                    validate_decisions(policies, catalogue, self.config)
+                    refusals = prove_masks(self.routes, policies, catalogue, self.config)
+                except CitygateError as error:
+                    refusals, text = [], error.message
+                else:
+                    assert self.config.policies is not None
+                    text = refusal_text(refusals, self.config.policies.files) if refusals else ""
+                if text:  # not tried again under these policies: a proof costs statements on every route
+                    log.error("departments %s stay out of the schema: %s", ", ".join(found), text)
+                    self._refused_joins.update(dict.fromkeys(found, policies.version))
+                    return []
             model = build_model(catalogue, self.config)
             with self._lock:
                 self.catalogue = catalogue
                 self.model = model
                 self.statements.catalogue = catalogue
-                self.routes.learn(catalogue)
                 self.unavailable = {d: why for d, why in self.unavailable.items() if d not in found}
                 self._views = {}
                 self._plans.clear()
