@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -174,6 +175,38 @@ def test_a_department_left_out_joins_with_no_probe_at_all(
         assert not gateway.unavailable
         body = gateway.execute("{ health_clinic_visits(limit: 1) { visit_id } }").body
         assert "errors" not in body and len(body["data"]["health_clinic_visits"]) == 1
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
+
+
+def test_a_department_that_rejoins_is_served_under_the_policies(
+    services_config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With policies, a department that joins late is held to what start-up requires (its
+    decisions valid, its masks proven on every route), then served masked as at start-up."""
+    from datasets.demo import secure_demo
+    from gateway.identity.caller import Identity
+    from tests.test_routes import Relay
+
+    postgres = services_config.departments["health"].store
+    port = free_port()
+    monkeypatch.setattr(gateway_module, "HEALTH_SECONDS", 0.0)
+    config = secure_demo(with_store(services_config, "health", port=port).with_engine("embedded"), tmp_path)
+    gateway = Gateway.start(config, create_engine(config))
+    analyst = Identity("health_analyst", subject="a-1")
+    query = "{ health_clinic_visits(limit: 1, order_by: [{visit_id: asc}]) { visit_id id_card } }"
+    relay = None
+    try:
+        assert "health" in gateway.unavailable
+        assert gateway.execute(query, identity=analyst).body["errors"]
+        relay = Relay(port, (postgres.host, postgres.port))  # type: ignore[union-attr]
+        assert gateway.health().departments["health"] == "ok" and not gateway.unavailable
+        body = gateway.execute(query, identity=analyst).body
+        assert "errors" not in body, body
+        [visit] = body["data"]["health_clinic_visits"]
+        assert visit["id_card"] != "" and not visit["id_card"][:17].isdigit()  # masked, as its policy says
     finally:
         if relay is not None:
             relay.close()
