@@ -179,3 +179,18 @@ def test_anonymous_callers_are_counted_by_network_prefix(
             assert [one.post("/graphql", json=STATIONS).status_code for _ in range(3)] == [200] * 3
             assert neighbour.post("/graphql", json=STATIONS).status_code == 429
             assert stranger.post("/graphql", json=STATIONS).status_code == 200
+
+
+def test_a_guarded_scrape_refuses_wrong_tokens_in_the_common_shape_and_counts_them(served: Served) -> None:
+    from gateway.config import TokenGuard
+
+    scrape = "a-scrape-token-of-the-test-0123"
+    served.gateway.config = served.gateway.config.model_copy(update={"metrics": TokenGuard(token=scrape)})
+    with served.client() as client:
+        assert client.get("/metrics", headers={"authorization": f"Bearer {scrape}"}).status_code == 200
+        wrong = [client.get("/metrics", headers={"authorization": "Bearer " + "z" * 32}) for _ in range(4)]
+        assert [r.status_code for r in wrong] == [401, 401, 401, 429]
+        assert wrong[0].json() == {
+            "errors": [{"message": "a valid scrape token is required", "extensions": {"code": "UNAUTHENTICATED"}}]
+        }
+        assert client.get("/metrics", headers={"authorization": f"Bearer {scrape}"}).status_code == 429
