@@ -541,13 +541,19 @@ class EmbeddedEngine(Engine):
 
     def ping_department(self, department: str) -> None:
         self._attach(department)
-        location = self.physical_table(department, "_")
-        probe = (
-            exp.select("1")
-            .from_("duckdb_tables()")
-            .where(exp.column("database_name").eq(exp.Literal.string(location.catalog)))
-            .limit(1)
-        )
+        # One of its own tables once they are known: `duckdb_tables()` lists every attached
+        # store's tables, so a store that stopped answering held every department's probe.
+        known = next((t for d, t in self._raw_columns if d == department), None)
+        if known is not None:
+            probe = exp.select("1").from_(self.physical_table(department, known)).limit(1)
+        else:
+            location = self.physical_table(department, "_")
+            probe = (
+                exp.select("1")
+                .from_("duckdb_tables()")
+                .where(exp.column("database_name").eq(exp.Literal.string(location.catalog)))
+                .limit(1)
+            )
         self._run(probe.sql("duckdb"), [department])
 
     def close(self) -> None:

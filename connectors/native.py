@@ -19,6 +19,7 @@ statement reading such a column goes to the federated engine.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -44,7 +45,10 @@ from connectors.base import Answer, Cancel, Engine, KeyedDialect, vocabulary
 from connectors.settings import EngineSettings, Source
 from connectors.stores import describe_store_failure, mariadb_params, pg_params, schema_of
 
+log = logging.getLogger("citygate")
+
 POOL_SIZE = 16  # connections a store keeps open for the route, at most
+CANCEL_SECONDS = 5.0  # a cancel request gets this long to reach a store that may have gone silent
 _TEXT = frozenset({"string"})
 
 
@@ -157,6 +161,20 @@ class _Pool:
                 return
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _cancel_aside(conn: psycopg.Connection[Any]) -> None:
+    """Ask the store to cancel ``conn``'s statement, on a thread of its own. The request goes
+    over a new connection, which a store that stopped answering may hold for the whole of
+    psycopg's timeout: the caller, whose time is up, must not wait for it, nor fail by it."""
+
+    def cancel() -> None:
+        try:
+            conn.cancel_safe(timeout=CANCEL_SECONDS)
+        except Exception as error:  # the store is silent or gone: the probe that follows says which
+            log.debug("a statement's cancel did not reach its store: %s", error)
+
+    threading.Thread(target=cancel, name="citygate-cancel", daemon=True).start()
 
 
 # -- the engines ---------------------------------------------------------------------------------
@@ -307,7 +325,7 @@ class PostgresEngine(NativeEngine):
             with self._pool.connection() as conn:
                 cursor = conn.cursor()
                 if cancel is not None:
-                    cancel.on_cancel(conn.cancel_safe)
+                    cancel.on_cancel(lambda: _cancel_aside(conn))
                 try:
                     cursor.execute(sql.encode(), prepare=False)
                     rows = self._fetch(cursor, max_rows)

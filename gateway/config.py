@@ -364,7 +364,16 @@ class LimitsConfig(_Model):
     # rows the statements of one request may read at worst, estimated before any runs from the
     # query's shape and the catalogue's row counts
     max_cost: int = Field(20_000_000, ge=1)
-    requests_per_minute: int = Field(0, ge=0)  # per subject (anonymous: per client address); 0: no limit
+    requests_per_minute: int = Field(0, ge=0)  # per subject (anonymous: per client network); 0: no limit
+    # an anonymous caller (and a refused token, or a wrong admin token) is counted by the network
+    # it connects from: its IPv4 address cut to this many bits (24: a /24 counts as one caller)
+    ipv4_prefix: int = Field(32, ge=8, le=32)
+    # and an IPv6 address to this many: one client commonly holds a whole /64 to rotate through
+    ipv6_prefix: int = Field(64, ge=16, le=128)
+    # a connection's request headers must arrive within this many seconds, or it is closed
+    header_seconds: float = Field(10.0, gt=0)
+    # open connections at once; a new one past this is answered 503 and closed
+    max_connections: int = Field(1000, ge=1)
     roles: dict[str, RoleLimits] = Field(default_factory=dict)  # per role; `anonymous` has safe defaults
 
     def of(self, role: str | None) -> Limits:

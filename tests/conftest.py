@@ -29,7 +29,7 @@ from datasets import load as stores
 from datasets.datagen import City, generate
 from datasets.demo import demo_config
 from datasets.demo_city import TABLES
-from gateway.config import Config, load_config
+from gateway.config import Config, TokenGuard, load_config
 from gateway.execution.gateway import Gateway
 from tests.oracle import Oracle
 from tools.services import export_client_environment
@@ -160,6 +160,21 @@ def engine(request: pytest.FixtureRequest) -> Engine:
     """Each engine in turn: DuckDB on SQLite files, DuckDB on PostgreSQL + MariaDB, Trino."""
     value: Engine = request.getfixturevalue(request.param)
     return value
+
+
+ADMIN_TOKEN = "an-admin-token-for-the-tests-0123"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def with_admin(config: Config) -> Config:
+    """``config`` with :data:`ADMIN_TOKEN` as its admin token: what only the operator sees
+    (``/readyz``'s details) is then visible to a test that sends :data:`ADMIN`."""
+    return config.model_copy(update={"admin": TokenGuard(token=ADMIN_TOKEN)})
+
+
+def as_operator(gateway: Gateway) -> Gateway:
+    """``gateway``'s engine and model under :func:`with_admin` of its configuration."""
+    return Gateway(config=with_admin(gateway.config), engine=gateway.engine, model=gateway.model)
 
 
 def free_port() -> int:

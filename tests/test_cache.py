@@ -286,7 +286,7 @@ def test_policy_reload_takes_effect_and_a_bad_file_changes_nothing(
     assert refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
     central.write_text("roles: [not, a, mapping]")
     broken = client.post("/admin/policies/reload", headers=ADMIN)
-    assert broken.status_code == 422 and str(central) in broken.json()["error"]
+    assert broken.status_code == 422 and str(central) in broken.json()["errors"][0]["message"]
     assert gateway.execute(query, identity=analyst).body == refused  # the reloaded policies stand
 
 

@@ -85,6 +85,16 @@ def test_a_roles_catalogue_omits_what_it_cannot_see(demo: Demo) -> None:
     assert {"health.clinic_visits", "health.health_records", "public_security.residents"} <= set(analyst)
 
 
+def test_a_filtered_table_shows_no_row_estimate(demo: Demo) -> None:
+    """The estimate counts the whole table: a district officer who may read one district's
+    residents is not told how many the city has (it was shown 10,000)."""
+    officer = resources(demo.catalogue(demo.token("district_officer", district="南城")))
+    residents = officer["public_security.residents"]
+    assert residents["row_filter"] is True and residents["rows_estimate"] is None
+    analyst = resources(demo.catalogue(demo.token("health_analyst")))["public_security.residents"]
+    assert analyst["row_filter"] is False and analyst["rows_estimate"] == 10000  # unfiltered: the count
+
+
 def test_each_role_sees_its_own_treatment_of_every_column(demo: Demo) -> None:
     analyst = resources(demo.catalogue(demo.token("health_analyst")))
     residents = analyst["public_security.residents"]

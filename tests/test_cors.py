@@ -122,3 +122,26 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
     # The open demo config has no auth: the token is ignored, the answer is the data.
     assert served["status"] == 200 and served["body"]["data"]["transport_stations"] and served["id"]
     assert "blocked" in blocked and "Failed to fetch" in blocked["blocked"]
+
+
+def test_cors_never_opens_the_operator_s_endpoints(sqlite_config: Config) -> None:
+    """`origins: ["*"]` lets any page call the API, but no page may drive the admin endpoints,
+    "view as role" or the scrape with an operator's token pasted into it."""
+    origin = "https://evil.example"
+    preflight = {
+        "origin": origin,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization",
+    }
+    gateway = Gateway.start(cors(sqlite_config, "*"), create_engine(sqlite_config))
+    try:
+        with TestClient(create_app(gateway)) as client:
+            assert client.options("/graphql", headers=preflight).headers["access-control-allow-origin"] == "*"
+            for path in ("/admin/cache/clear", "/admin/policies/reload", "/console/api/view-as", "/console/api/roles"):
+                asked = client.options(path, headers=preflight)
+                assert "access-control-allow-origin" not in asked.headers, path
+                sent = client.post(path, headers={"origin": origin})
+                assert "access-control-allow-origin" not in sent.headers, path
+            assert "access-control-allow-origin" not in client.get("/metrics", headers={"origin": origin}).headers
+    finally:
+        gateway.close()

@@ -476,3 +476,45 @@ def test_an_unknown_field_names_the_role_and_the_catalogue_the_same_whether_hidd
         said[name] = error["message"].replace(f'"{name}"', '"…"')
     assert said["name"] == said["zzz"]
     assert "for role anonymous" in said["name"] and "catalogue at /console lists what it may read" in said["name"]
+
+
+def test_a_delegated_store_that_stops_answering_mid_byte_fails_its_department_in_time(
+    services_config: Config,
+) -> None:
+    """Found by a fault-injection run: a PostgreSQL behind a link that stopped forwarding, on
+    the delegated route (the store runs its own statement). The first request took 34 s against
+    a 4 s limit and failed INTERNAL, and held a healthy department's field with it: psycopg's
+    cancel, sent through the same silent link, waited out its own 30 s timeout."""
+    postgres = services_config.departments["health"].store
+    proxy = StallingProxy(postgres.port)  # type: ignore[union-attr]
+    config = with_store(services_config, "health", port=proxy.port).with_engine("embedded").with_delegate("auto")
+    config = config.model_copy(
+        update={
+            "limits": LimitsConfig(statement_seconds=2.0, plan_seconds=30.0),
+            "cache": config.cache.model_copy(update={"enabled": False}),
+        }
+    )
+    gateway = Gateway.start(config, create_engine(config))
+    both = "{ health_clinic_visits(limit: 1) { visit_id } transport_stations(limit: 1) { name } }"
+    try:
+        warm = gateway.execute(both)
+        assert "errors" not in warm.body and warm.routes == {
+            "health_clinic_visits": "delegated",
+            "transport_stations": "delegated",
+        }
+        proxy.silent.set()  # mid-conversation: the connections stay open, nothing comes back
+        started = time.monotonic()
+        body = gateway.execute(both).body
+        took = time.monotonic() - started
+        assert took < 2.0 + 3.0, f"took {took:.1f} s"
+        [error] = body["errors"]
+        assert error["extensions"] == {"code": "DEPARTMENT_UNAVAILABLE", "department": "health"}
+        assert body["data"]["transport_stations"] == [{"name": "莞城汽车客运站"}]  # the healthy one answered
+        started = time.monotonic()
+        health = gateway.health()  # the first check since: only the silent one is down
+        assert time.monotonic() - started < 10
+        down = sorted(d for d, state in health.departments.items() if state != "ok")
+        assert down == ["health"], health.departments
+    finally:
+        proxy.close()
+        gateway.close()

@@ -16,6 +16,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import GRAPHQL_RESPONSE, create_app
 from gateway.observe import audit
+from tests.conftest import ADMIN, as_operator
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +175,19 @@ def test_graphiql_for_browsers(client: TestClient) -> None:
     assert client.get("/graphql").status_code == 400
 
 
-def test_health_and_readiness(client: TestClient) -> None:
+def test_health_and_readiness(client: TestClient, gateway_sqlite: Gateway) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["departments"] == {
+    assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+    with TestClient(create_app(as_operator(gateway_sqlite))) as operator:
+        assert operator.get("/readyz").json() == {"status": "ready"}  # no token, no details
+        assert operator.get("/readyz", headers={"authorization": "Bearer " + "x" * 33}).json() == {"status": "ready"}
+        detailed = operator.get("/readyz", headers=ADMIN).json()
+    assert detailed["departments"] == {
         d: "ok"
         for d in ("public_security", "health", "transport", "market_regulation", "environment", "human_resources")
     }
+    assert detailed["routes"] == {"embedded": "ok"} and detailed["engine"] == "embedded"
 
 
 def test_no_sql_or_trace_reaches_the_client(client: TestClient) -> None:

@@ -122,3 +122,75 @@ def test_a_limit_of_zero_is_no_limit(sqlite_config: Config, tmp_path: Path) -> N
     for served in serve(config, tmp_path):
         with served.client() as client:
             assert all(client.post("/graphql", json=STATIONS).status_code == 200 for _ in range(700))
+
+
+def test_refused_tokens_count_against_the_network_and_then_are_not_checked(served: Served) -> None:
+    """A flood of bad tokens is throttled like anonymous requests (it was 401 each time, and an
+    audit record each, 3,000 in 2 s); past the limit the network is refused before any token it
+    sends is checked, a valid one too, until the wait is over. Other networks go on."""
+    bad = {"authorization": "Bearer not.a.token"}
+    analyst = served.token("health_analyst")
+    with served.client() as client, served.client("203.0.113.9") as elsewhere:
+        assert client.post("/graphql", json=STATIONS, headers=analyst).status_code == 200  # a hot reply now
+        statuses = [client.post("/graphql", json=STATIONS, headers=bad).status_code for _ in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        refused = client.post("/graphql", json=STATIONS, headers=analyst)  # not even the hot reply
+        assert refused.status_code == 429 and refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        assert "refused tokens" in refused.json()["errors"][0]["message"]
+        assert elsewhere.post("/graphql", json=STATIONS, headers=analyst).status_code == 200
+        assert elsewhere.post("/graphql", json=STATIONS).status_code == 200
+        served.now[0] += 60  # past the network's wait, and the analyst's own allowance (2 a minute) whole
+        assert client.post("/graphql", json=STATIONS, headers=analyst).status_code == 200
+    record = served.record(refused.headers["x-request-id"])
+    assert (record["status"], record["errors"], record["role"]) == (429, ["RATE_LIMITED"], None)
+
+
+def test_admin_token_guesses_are_throttled_before_the_token_is_compared(served: Served) -> None:
+    from datasets.demo import admin_token
+
+    right = {"authorization": "Bearer " + admin_token(served.data_dir)}
+    wrong = {"authorization": "Bearer " + "x" * 32}
+    with served.client() as client:
+        statuses = [client.post("/admin/cache/clear", headers=wrong).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        blocked = client.post("/admin/cache/clear", headers=right)  # not even compared
+        assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
+        assert blocked.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        assert client.get("/console/api/roles", headers=right).status_code == 429
+        served.now[0] += int(blocked.headers["retry-after"])
+        assert client.post("/admin/cache/clear", headers=right).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("ipv4_prefix", "first", "same", "other"),
+    [
+        (32, "198.51.100.7", "198.51.100.7", "198.51.100.8"),
+        (24, "198.51.100.7", "198.51.100.200", "198.51.101.7"),
+        (32, "2001:db8:1:2::7", "2001:db8:1:2:ffff:1:2:3", "2001:db8:1:3::7"),  # IPv6: a /64 is one caller
+    ],
+)
+def test_anonymous_callers_are_counted_by_network_prefix(
+    sqlite_config: Config, tmp_path: Path, ipv4_prefix: int, first: str, same: str, other: str
+) -> None:
+    limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=3)}, ipv4_prefix=ipv4_prefix)
+    config = secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
+    for served in serve(config, tmp_path):
+        with served.client(first) as one, served.client(same) as neighbour, served.client(other) as stranger:
+            assert [one.post("/graphql", json=STATIONS).status_code for _ in range(3)] == [200] * 3
+            assert neighbour.post("/graphql", json=STATIONS).status_code == 429
+            assert stranger.post("/graphql", json=STATIONS).status_code == 200
+
+
+def test_a_guarded_scrape_refuses_wrong_tokens_in_the_common_shape_and_counts_them(served: Served) -> None:
+    from gateway.config import TokenGuard
+
+    scrape = "a-scrape-token-of-the-test-0123"
+    served.gateway.config = served.gateway.config.model_copy(update={"metrics": TokenGuard(token=scrape)})
+    with served.client() as client:
+        assert client.get("/metrics", headers={"authorization": f"Bearer {scrape}"}).status_code == 200
+        wrong = [client.get("/metrics", headers={"authorization": "Bearer " + "z" * 32}) for _ in range(4)]
+        assert [r.status_code for r in wrong] == [401, 401, 401, 429]
+        assert wrong[0].json() == {
+            "errors": [{"message": "a valid scrape token is required", "extensions": {"code": "UNAUTHENTICATED"}}]
+        }
+        assert client.get("/metrics", headers={"authorization": f"Bearer {scrape}"}).status_code == 429

@@ -34,7 +34,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
-from tests.conftest import free_port, with_store
+from tests.conftest import ADMIN, free_port, with_admin, with_store
 from tests.test_graphql import same
 from tests.test_policies import KEY, secured_gateway
 
@@ -422,7 +422,7 @@ def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_unti
     services_config: Config, gateway_trino: Gateway
 ) -> None:
     port = free_port()
-    config = trino_at(services_config, port)
+    config = with_admin(trino_at(services_config, port))
     gateway = Gateway.start(config, create_engine(config))  # nothing listens on `port`
     relay = None
     try:
@@ -432,7 +432,7 @@ def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_unti
         assert response.body["data"]["two"] is None
         [error] = response.body["errors"]
         assert error["path"] == ["two"] and error["extensions"]["code"] == "ENGINE_UNAVAILABLE"
-        with TestClient(create_app(gateway)) as client:
+        with TestClient(create_app(gateway), headers=ADMIN) as client:
             ready = client.get("/readyz")
             assert ready.status_code == 200 and ready.json()["status"] == "degraded"
             routes = ready.json()["routes"]

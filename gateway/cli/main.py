@@ -144,7 +144,7 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
 
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
-    from gateway.http.app import SERVER_OPTIONS, create_app
+    from gateway.http.app import create_app, server_options
     from gateway.observe import logs
 
     logs.configure(args.log_format, args.log_level)
@@ -169,7 +169,8 @@ def _serve(args: argparse.Namespace, banner: str, epilogue: str = "", example: s
     print(banner.format(address=address, console=console, engine=gateway.engine.name) + epilogue, file=sys.stderr)
     try:
         app = create_app(gateway, example=example, demo=demo)
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, **SERVER_OPTIONS)
+        options = server_options(gateway.config.limits)
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, **options)
     finally:
         gateway.close()  # writes the audit records still queued
     return 0

@@ -134,6 +134,10 @@ def _resource(table: Table, info: TableInfo, view: View, config: Config, estimat
     classes = sharing_classes(config, table.department, table.name, [c.name for c in table.columns])
     table_config = config.departments[table.department].tables.get(table.name)
     rows, refreshed = estimates.of(info)
+    if decision is not None and decision.row_filter is not None:
+        # the estimate counts every row of the table, not the rows this caller may see: an
+        # officer who may read one district's 1,240 residents must not learn there are 10,000
+        rows = None
     columns = []
     for column in table.columns:
         treatment = decision.columns.get(column.name, DENY) if decision is not None else RAW

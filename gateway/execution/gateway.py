@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import operator
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -77,6 +78,7 @@ from gateway.execution.plans import (
     refused,
 )
 from gateway.execution.privacy import PrivacyBudgets, adopt
+from gateway.execution.probes import Checks
 from gateway.execution.proof import prove_masks, refusal_text
 from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
@@ -111,6 +113,8 @@ log = logging.getLogger("citygate")
 # How long one health check of the engine and the stores stands: probes and scrapes in between
 # are answered from it, so a flood of them costs the stores one check per interval.
 HEALTH_SECONDS = 2.0
+# How often a gateway with departments left out at start-up checks them by itself.
+REJOIN_SECONDS = 10.0
 
 
 @dataclass
@@ -143,6 +147,9 @@ class Gateway:
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
     _health: tuple[float, Health] | None = None  # the last check: when, and what it found
+    checks: Checks = field(default_factory=Checks)  # the health checks, each bounded in time
+    _closed: threading.Event = field(default_factory=threading.Event)
+    _refused_joins: dict[str, str] = field(default_factory=dict)  # department -> the policy version refusing it
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
     recording: bool = True  # it answers requests: it writes the audit trail and spends from the shared state
@@ -190,19 +197,9 @@ class Gateway:
         departments: list[Department] = []
         unavailable: dict[str, str] = {}
         native = _native(config)
-        for name, spec in config.departments.items():
+        for name in config.departments:
             try:
-                try:
-                    found = engine.introspect_department(name)
-                except EngineUnavailableError:
-                    # The engine does not answer (Trino is down): the gateway still starts,
-                    # reading the catalogue from the store itself, and serves what it can.
-                    if name not in native:
-                        raise
-                    found = native[name].introspect_department(name)
-                # only the tables the configuration names or matches: a table the store gains
-                # later is not served unasked
-                departments.append(replace(found, tables=tuple(t for t in found.tables if spec.exposes(t.name))))
+                departments.append(_introspect(engine, native, config, name))
             except CitygateError as error:
                 unavailable[name] = error.message
                 log.warning("department left out of the schema: %s", error.message)
@@ -233,6 +230,8 @@ class Gateway:
             except ConfigError:
                 gateway.close()
                 raise
+        if unavailable:  # with no probe or scrape to notice, the gateway looks for them itself
+            threading.Thread(target=gateway._watch, name="citygate-rejoin", daemon=True).start()
         return gateway
 
     def require_proven(self, policies: Policies) -> None:
@@ -242,6 +241,15 @@ class Gateway:
         if refusals:
             assert self.config.policies is not None
             raise ConfigError(refusal_text(refusals, self.config.policies.files))
+
+    def _watch(self) -> None:
+        """Check again every :data:`REJOIN_SECONDS` until every department left out at start-up
+        has joined (:meth:`rejoin`, from :meth:`health`), or the gateway closes."""
+        while self.unavailable and not self._closed.wait(REJOIN_SECONDS):
+            try:
+                self.health()
+            except Exception:  # the watch must outlive a failed check, or nothing rejoins
+                log.exception("a health check for departments left out failed")
 
     def _statistic(self, statement: exp.Expr) -> Sequence[Any]:
         """Run one of the statistics' statements as the gateway itself (no policy: its answer
@@ -824,14 +832,78 @@ class Gateway:
         try:
             if self._health is not None and self._health is not last:
                 return self._health[1]  # checked while this caller waited for the first check
-            found = self.engine.health()
-            routes = {found.engine: "ok" if found.reachable else "the engine does not answer", **self.routes.up()}
-            found = replace(found, routes=routes)
+            found = self._check()
             self._health = (time.monotonic(), found)
-            self.metrics.record_health(found.engine, found.reachable, found.departments, routes)
-            return found
+            self.metrics.record_health(found.engine, found.reachable, found.departments, found.routes)
         finally:
             self._probing.release()
+        back = [d for d in self.unavailable if found.departments.get(d) == "ok"]
+        if back:
+            self.rejoin(back)
+        return found
+
+    def _check(self) -> Health:
+        """The engine, each department through it and each store's own route, checked side by
+        side, each within :data:`~gateway.execution.probes.CHECK_SECONDS`: a store that stopped
+        answering mid-conversation is named, and holds neither the probe nor the others' checks."""
+        engine = self.engine
+        checks: dict[str, Callable[[], object]] = {"": engine.ping}
+        checks |= {f"department:{d}": functools.partial(engine.ping_department, d) for d in engine.departments}
+        checks |= self.routes.pings()
+        states = self.checks.run(checks)
+        reachable = states.pop("") == "ok"
+        departments = {d: states.pop(f"department:{d}") for d in engine.departments}
+        if not reachable:
+            departments = dict.fromkeys(departments, "unknown: the engine does not answer")
+        routes = {engine.name: "ok" if reachable else "the engine does not answer", **states}
+        return Health(engine.name, reachable, departments, routes=routes)
+
+    def rejoin(self, departments: Sequence[str]) -> list[str]:
+        """Read again departments left out at start-up (down or slow then) and serve them,
+        without a restart: the schema, views and plans are made again, as a policy reload does.
+        Returns those that joined; one that still cannot be read stays out, named."""
+        with self._reloading:
+            found = {}
+            for name in departments:
+                if name not in self.unavailable or self._refused_joins.get(name) == self.policy_version:
+                    continue
+                try:
+                    found[name] = _introspect(self.engine, self.native or {}, self.config, name)
+                except CitygateError as error:
+                    log.info("department %s is still left out of the schema: %s", name, error.message)
+            if not found:
+                return []
+            order = list(self.config.departments)  # the schema's order is the configuration's
+            joined = sorted((*self.catalogue.departments, *found.values()), key=lambda d: order.index(d.name))
+            catalogue = Catalogue(tuple(joined))
+            self.routes.learn(catalogue)  # more tables known to the routes changes no route taken
+            policies = self.policies
+            if policies is not None:  # what start-up requires of the policies, over the new tables too
+                try:
+                    validate_decisions(policies, catalogue, self.config)
+                    refusals = prove_masks(self.routes, policies, catalogue, self.config)
+                except CitygateError as error:
+                    refusals, text = [], error.message
+                else:
+                    assert self.config.policies is not None
+                    text = refusal_text(refusals, self.config.policies.files) if refusals else ""
+                if text:  # not tried again under these policies: a proof costs statements on every route
+                    log.error("departments %s stay out of the schema: %s", ", ".join(found), text)
+                    self._refused_joins.update(dict.fromkeys(found, policies.version))
+                    return []
+            model = build_model(catalogue, self.config)
+            with self._lock:
+                self.catalogue = catalogue
+                self.model = model
+                self.statements.catalogue = catalogue
+                self.unavailable = {d: why for d, why in self.unavailable.items() if d not in found}
+                self._views = {}
+                self._plans.clear()
+                self._documents.clear()
+                self._introspections.clear()
+        for name in found:
+            log.warning("department %s answers again and joins the schema", name)
+        return list(found)
 
     def flush(self) -> None:
         """Write every queued audit record and span, and stop recording (the server is stopping)."""
@@ -841,12 +913,29 @@ class Gateway:
 
     def close(self) -> None:
         """Stop: queued audit records are written first, then spans flushed, then the engine."""
+        self._closed.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.statements.close()
         self.flush()
         self.engine.close()
         self.routes.close()
         self.state.close()
+
+
+def _introspect(engine: Engine, native: Mapping[str, NativeEngine], config: Config, name: str) -> Department:
+    """Department ``name`` as its store has it, with the tables the configuration exposes."""
+    try:
+        found = engine.introspect_department(name)
+    except EngineUnavailableError:
+        # The engine does not answer (Trino is down): the gateway still starts, reading the
+        # catalogue from the store itself, and serves what it can.
+        if name not in native:
+            raise
+        found = native[name].introspect_department(name)
+    # only the tables the configuration names or matches: a table the store gains later is not
+    # served unasked
+    spec = config.departments[name]
+    return replace(found, tables=tuple(t for t in found.tables if spec.exposes(t.name)))
 
 
 def _native(config: Config) -> dict[str, NativeEngine]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -137,23 +137,17 @@ class Routes:
                 self._fallback = EmbeddedEngine(self.config.with_engine("embedded").engine_settings())
         return self._fallback
 
-    def up(self) -> dict[str, str]:
-        """Whether each store's own route answers now: ``delegated:<store>`` -> "ok" or why not."""
-        states = {}
-        for native in {id(n): n for n in self.native.values()}.values():
-            states[f"{DELEGATED}:{native.key}"] = _answers(native)
-        return states
+    def pings(self) -> dict[str, Callable[[], None]]:
+        """How to check each store's own route: ``delegated:<store>`` -> its ping."""
+        stores = {id(n): n for n in self.native.values()}.values()
+        return {f"{DELEGATED}:{native.key}": native.ping for native in stores}
+
+    def learn(self, catalogue: Catalogue) -> None:
+        """Take the columns of a catalogue that gained departments (they came back)."""
+        self._kinds = {(t.department, t.name): {c.name: c.type.kind for c in t.columns} for t in catalogue.tables}
 
     def close(self) -> None:
         for native in {id(n): n for n in self.native.values()}.values():
             native.close()
         if self._fallback is not None:
             self._fallback.close()
-
-
-def _answers(engine: Engine) -> str:
-    try:
-        engine.ping()
-    except CitygateError as error:
-        return error.message
-    return "ok"

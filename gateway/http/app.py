@@ -23,7 +23,10 @@ and rows are cached is answered on the event loop itself, without a hop to a wor
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -36,16 +39,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from cachetools import TTLCache
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from catalogue.errors import CitygateError, trace_without_messages
-from gateway.config import TokenGuard
+from gateway.config import LimitsConfig, TokenGuard
 from gateway.console import catalogue as console_catalogue
 from gateway.console.assets import Assets
 from gateway.console.inspect import view_as
@@ -56,8 +60,8 @@ from gateway.execution.gateway import Gateway
 from gateway.execution.plans import MEMO_BYTES, encode
 from gateway.execution.views import role_of
 from gateway.graphql.documents import TrustedDocuments, document_hash, document_id
-from gateway.http.ratelimit import Limiter
-from gateway.http.wire import OneWriteProtocol
+from gateway.http.ratelimit import WINDOW, Limiter
+from gateway.http.wire import OneWriteProtocol, protocol
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
 from gateway.observe.audit import AuditUnavailable, Filled, Template, recorded
@@ -66,16 +70,50 @@ from gateway.observe.logs import REQUEST_ID
 from gateway.state import StateUnavailable
 
 log = logging.getLogger("citygate.http")
+access_log = logging.getLogger("citygate.access")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 MAX_BODY = 1 << 20  # 1 MiB: far above any real query, far below what could hurt the server
 # Our own request ids: random per process, then counted (uuid4 per request costs a syscall).
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count(1)
-# How uvicorn serves the edge. The trail records every request, so its access log would only
-# repeat it; X-Forwarded-* are not rewritten (that middleware costs a layer per request), so
-# anonymous callers are limited and shared fairly by the address that connects, which behind a
-# proxy is the proxy's; and the server need not name itself.
+# The access log's entry of the request being served: its id, then what the handler learns
+# (role, outcome, codes). Set by Edge.__call__ for every HTTP request, read when it is answered.
+ACCESS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("citygate_access", default=None)
+# Operator endpoints: no browser application on another origin may call them, whatever `cors` says.
+_NO_CORS = ("/admin/", "/console/api/view-as", "/console/api/roles", "/metrics")
+
+
+def _new_id() -> str:
+    """A request id of this gateway: unique in the process, unguessable across processes."""
+    return f"{_ID_PREFIX}-{next(_ids):x}"
+
+
+@functools.lru_cache(maxsize=4096)
+def network(address: str | None, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
+    """The network an anonymous caller is counted by: its address cut to the prefix, since one
+    client may hold a whole IPv6 /64 (or a block of IPv4 addresses) and rotate through it.
+
+    >>> network("198.51.100.7"), network("198.51.100.7", 24), network("2001:db8:1:2:3:4:5:6")
+    ('198.51.100.7/32', '198.51.100.0/24', '2001:db8:1:2::/64')
+    >>> network("::ffff:198.51.100.7", 24)
+    '198.51.100.0/24'
+    """
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return f"{address}"  # not an IP address (a Unix socket, a test client): as it is
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack socket is an IPv4 client
+    prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+# How uvicorn serves the edge. The edge writes its own access log (`citygate.access`: with the
+# request id, role and outcome, which uvicorn's cannot know); X-Forwarded-* are not rewritten
+# (that middleware costs a layer per request), so anonymous callers are limited and shared
+# fairly by the network that connects, which behind a proxy is the proxy's; and the server need
+# not name itself.
 # Each response leaves in one write (gateway/http/wire.py).
 SERVER_OPTIONS: dict[str, Any] = {
     "access_log": False,
@@ -83,7 +121,16 @@ SERVER_OPTIONS: dict[str, Any] = {
     "server_header": False,
     "http": OneWriteProtocol,
 }
+
+
+def server_options(limits: LimitsConfig) -> dict[str, Any]:
+    """:data:`SERVER_OPTIONS` with the deployment's header timeout and connection cap."""
+    return {**SERVER_OPTIONS, "http": protocol(limits.header_seconds, limits.max_connections)}
+
+
 _GONE = ["CLIENT_DISCONNECTED"]  # the error codes of a request whose client hung up
+BLOCKED = 100_000  # networks remembered as refused at once; the least recently seen go first
+_GUESSES = "this network sent more refused tokens than the anonymous limit allows"
 _SENT = {"query", "documentId", "extensions"}  # what names a GET request's document
 _NOT_FOUND = "PERSISTED_QUERY_NOT_FOUND"  # Apollo's code: its clients then send the document
 _CALLER_HEADERS = ("x-citygate-purpose", "x-citygate-role", "x-request-id")  # a client's own, beside HTTP's
@@ -241,7 +288,7 @@ class Exchange:
             if name is not None and name not in headers:
                 headers[name] = raw_value.decode("utf-8", "replace")  # a purpose may be 案件调查
         return cls(
-            request_id=f"{_ID_PREFIX}-{next(_ids):x}",
+            request_id=_request_id(),
             client_request_id=recorded(headers.get("x-request-id")),
             started=time.perf_counter(),
             headers=headers,
@@ -313,12 +360,28 @@ def _record(exchange: Exchange, status: int, engine: str) -> dict[str, Any]:
     return made
 
 
-def _caller(identity: Identity | None, client: str | None) -> str:
+def _request_id() -> str:
+    """The id of the request being served (its access log entry's), or a new one."""
+    entry = ACCESS.get()
+    return str(entry["request_id"]) if entry is not None else _new_id()
+
+
+def _caller(identity: Identity | None, net: str) -> str:
     """Who a request is, for its requests per minute and its fair shares: its token's subject,
-    else the address it connects from."""
+    else the network it connects from (:func:`network`)."""
     if identity is not None and identity.subject:
         return f"subject:{identity.subject}"
-    return f"address:{client}"
+    return f"network:{net}"
+
+
+def _address(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _error(message: str, code: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An operator endpoint's refusal, in the shape every other answer's errors have."""
+    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status, headers)
 
 
 def _guarded(guard: TokenGuard, request: Request) -> bool:
@@ -356,7 +419,14 @@ class Edge:
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.limiter = Limiter(gateway.state)
-        # CORS only where configured: otherwise no header says another origin may call
+        # Networks refused before their tokens are checked, and until when (the limiter's clock):
+        # those whose failed tokens and admin guesses went past the anonymous limit. This
+        # process's own: the counting is shared (the limiter's state), the shortcut need not be.
+        self.blocked: TTLCache[str, float] = TTLCache(maxsize=BLOCKED, ttl=WINDOW, timer=self._now)
+        limits = gateway.config.limits
+        self.prefixes = (limits.ipv4_prefix, limits.ipv6_prefix)
+        # CORS only where configured, and never on the operator's endpoints: otherwise no header
+        # says another origin may call
         cors = gateway.config.cors
         self.front: ASGIApp = self.dispatch
         if cors.origins:
@@ -377,8 +447,62 @@ class Edge:
         self.probe = console_catalogue.Probe(lambda: gateway.health().departments)
         self.estimates = console_catalogue.Estimates(gateway.statistics.rows)
 
+    def _now(self) -> float:
+        return self.limiter.clock()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.front(scope, receive, send)
+        """Every request, with its access log line once it is answered (or its client is gone)."""
+        if scope["type"] != "http":
+            await self.front(scope, receive, send)
+            return
+        started = time.perf_counter()
+        entry: dict[str, Any] = {"request_id": _new_id(), "status": 499}  # nginx's: the client hung up
+        token = ACCESS.set(entry)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                entry["status"] = message["status"]
+                headers = message.setdefault("headers", [])
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", entry["request_id"].encode("latin-1")))
+            await send(message)
+
+        try:
+            path = scope["path"]
+            front = self.dispatch if path.startswith(_NO_CORS) else self.front
+            await front(scope, receive, sending)
+        finally:
+            ACCESS.reset(token)
+            if access_log.isEnabledFor(logging.INFO):
+                self.log_access(scope, entry, started)
+
+    def log_access(self, scope: Scope, entry: dict[str, Any], started: float) -> None:
+        """The request's access log line: who (role, network), what (method, route), how it
+        went (status, outcome, codes) and how long it took. No query, variable, header value or
+        token: the route is the path's pattern, never the path a caller wrote."""
+        route = scope.get("route")
+        pattern = getattr(route, "path", None) if route is not None else None
+        if pattern is None and scope["path"] == "/graphql":
+            pattern = "/graphql"  # POST /graphql is the edge's own, without a starlette route
+        status = entry["status"]
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        fields = {
+            "method": scope["method"],
+            "route": pattern,
+            "status": status,
+            "duration_ms": duration,
+            "role": entry.get("role"),
+            "outcome": entry.get("outcome"),
+            "codes": entry.get("codes", []),
+            "client": network(_address(scope), *self.prefixes),
+        }
+        level = logging.ERROR if status >= 500 else logging.INFO
+        token = REQUEST_ID.set(entry["request_id"])
+        try:
+            message = "%s %s %d %.1f ms"
+            access_log.log(level, message, scope["method"], pattern or "-", status, duration, extra={"fields": fields})
+        finally:
+            REQUEST_ID.reset(token)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/graphql":
@@ -459,6 +583,11 @@ class Edge:
                 log.exception("the audit record of request %s could not be written", exchange.request_id)
                 reply = self.failed(exchange)
         self.metrics.count_request(exchange.outcome, time.perf_counter() - exchange.started)
+        entry = ACCESS.get()
+        if entry is not None:
+            refused = exchange.outcome == "unauthenticated"  # a refused token is no role's
+            entry["role"] = None if refused else role_of(self.gateway.policies, exchange.identity)
+            entry["outcome"], entry["codes"] = exchange.outcome, exchange.codes
         return reply
 
     async def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
@@ -466,6 +595,9 @@ class Edge:
         identity provider's keys is left to a worker thread, never done on the event loop."""
         if self.authenticator is None:
             return None
+        refused = self.refused_network(exchange)
+        if refused is not None:
+            return refused
         authorization, role = exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
         try:
             try:
@@ -486,7 +618,7 @@ class Edge:
             )
             if error.status == 401:
                 reply.headers.append((b"www-authenticate", b"Bearer"))
-            return reply
+            return (self.failed_attempt(exchange) if error.status in (401, 403) else None) or reply
 
     def refuse(self, exchange: Exchange, message: str, status: int = 400, code: str = "BAD_REQUEST") -> Reply:
         exchange.outcome = "bad_request"
@@ -500,16 +632,21 @@ class Edge:
         body = {"errors": [{"message": message, "extensions": {"code": code, **extensions}}]}
         return _json(body, status, exchange.media_type)
 
+    def network_of(self, client: str | None) -> str:
+        """The network an anonymous caller at ``client`` is counted by (``limits.ipv4_prefix``,
+        ``limits.ipv6_prefix``)."""
+        return network(client, *self.prefixes)
+
     def throttle(self, exchange: Exchange) -> Reply | None:
         """The 429 of a caller over its requests per minute (its role's ``limits``), else None.
-        A caller is its token's subject, an anonymous one the address it connects from."""
+        A caller is its token's subject, an anonymous one the network it connects from."""
         identity = exchange.identity
         role = role_of(self.gateway.policies, identity)
         per_minute = self.gateway.limits(role).requests_per_minute
         if not per_minute:
             return None
         try:
-            wait = self.limiter.take(_caller(identity, exchange.client), per_minute)
+            wait = self.limiter.take(_caller(identity, self.network_of(exchange.client)), per_minute)
         except StateUnavailable as error:  # fail closed: no limit known, no request run
             log.error("request %s refused: %s", exchange.request_id, error.detail)
             reply = self.deny(exchange, 503, error.message, error.code)
@@ -517,12 +654,50 @@ class Edge:
             return reply
         if wait is None:
             return None
-        seconds = max(1, math.ceil(wait))
         who = f"role {role}" if role else "this gateway"
-        message = f"too many requests: {who} allows {per_minute} a minute; try again in {seconds} s"
+        return self.too_many(exchange, wait, f"{who} allows {per_minute} a minute")
+
+    def too_many(self, exchange: Exchange, wait: float, why: str) -> Reply:
+        seconds = max(1, math.ceil(wait))
+        message = f"too many requests: {why}; try again in {seconds} s"
         reply = self.deny(exchange, 429, message, "RATE_LIMITED", retryAfter=seconds)
         reply.headers.append((b"retry-after", b"%d" % seconds))
         return reply
+
+    def attempt_failed(self, client: str | None) -> float | None:
+        """Count a refused token or admin guess from ``client`` against its network's anonymous
+        allowance (a caller whose token fails is anonymous): None while it is within it, else the
+        seconds its network is now refused for, before any token it sends is checked. So
+        guessing costs the guesser, and a flood of bad tokens costs neither the verifier nor
+        the trail more than the anonymous limit allows."""
+        per_minute = self.gateway.limits("anonymous").requests_per_minute
+        net = self.network_of(client)
+        try:
+            wait = self.limiter.take(f"network:{net}", per_minute)
+        except StateUnavailable as error:  # fail closed: a guess not counted is not let through
+            log.error("a refused token from %s was not counted: %s", net, error.detail)
+            return 1.0
+        if wait is not None:
+            self.blocked[net] = self._now() + wait
+        return wait
+
+    def blocked_for(self, client: str | None) -> float | None:
+        """The seconds ``client``'s network is still refused for (:meth:`attempt_failed`)."""
+        until = self.blocked.get(self.network_of(client))
+        wait = until - self._now() if until is not None else 0.0
+        return wait if wait > 0 else None
+
+    def refused_network(self, exchange: Exchange) -> Reply | None:
+        wait = self.blocked_for(exchange.client)
+        if wait is None:
+            return None
+        return self.too_many(exchange, wait, _GUESSES)
+
+    def failed_attempt(self, exchange: Exchange) -> Reply | None:
+        wait = self.attempt_failed(exchange.client)
+        if wait is None:
+            return None
+        return self.too_many(exchange, wait, _GUESSES)
 
     def refresh_documents(self) -> None:
         """Read the trusted documents again if their manifest changed. Hot replies go with the
@@ -583,7 +758,7 @@ class Edge:
             return query
         result = self.gateway.execute_cached(query, variables, operation_name, identity)
         if result is None:
-            caller = _caller(identity, exchange.client)
+            caller = _caller(identity, self.network_of(exchange.client))
             async with self.admission.hold(caller):  # a caller's requests wait behind its own
                 token = CALLER.set(caller)
                 try:
@@ -612,12 +787,23 @@ class Edge:
             return raw
         key = (raw, exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), exchange.media_type)
         self.refresh_documents()
-        hot = self.hot.get(key)
-        if hot is not None and self.still_hot(hot, exchange):
-            return self.throttle(exchange) or hot.reply
+        ready = self.hot_reply(key, exchange)
+        if ready is not None:
+            return ready
         reply = await self.answer_json(raw, exchange)
         self.remember(key, exchange, reply)
         return reply
+
+    def hot_reply(self, key: tuple[Any, ...], exchange: Exchange) -> Reply | None:
+        """A repeated request's ready reply while it stands, or its refusal; None: answer it."""
+        if self.blocked:  # a network refused for its bad tokens gets no hot reply either
+            refused = self.refused_network(exchange)
+            if refused is not None:
+                return refused
+        hot = self.hot.get(key)
+        if hot is not None and self.still_hot(hot, exchange):
+            return self.throttle(exchange) or hot.reply
+        return None
 
     async def answer_json(self, raw: bytes, exchange: Exchange) -> Reply:
         try:
@@ -718,37 +904,59 @@ class Edge:
         fail alone, the others answer), so a load balancer never takes every replica out for
         one department or for the engine; 503 when no route answers, or while the audit trail
         cannot be written (every request would be refused). The body names each department's
-        state and each route's, and the trail's (``ok`` or ``unavailable``; the log says why)."""
+        state and each route's, and the trail's (``ok`` or ``unavailable``; the log says why), to
+        the operator (the admin token); anyone else learns only the status, since the states name
+        stores, their addresses and their errors."""
         health = await run_in_threadpool(self.gateway.health)
         audit = self.gateway.audit
         trail = "off" if audit is None else "ok" if audit.trouble() is None else "unavailable"
         serving = health.serving and trail != "unavailable"
         every = health.ok and all(state == "ok" for state in health.routes.values())
         status = "ready" if every and serving else "degraded" if serving else "unavailable"
-        body = {
-            "status": status,
-            "engine": health.engine,
-            "audit": trail,
-            "departments": health.departments,
-            "routes": health.routes,
-        }
+        body: dict[str, Any] = {"status": status}
+        if request.headers.get("authorization") and self.guard(self.gateway.config.admin, request, "admin") is None:
+            body |= {
+                "engine": health.engine,
+                "audit": trail,
+                "departments": health.departments,
+                "routes": health.routes,
+            }
         return JSONResponse(body, status_code=200 if serving else 503, headers={"Cache-Control": "no-store"})
+
+    def guard(self, guard: TokenGuard, request: Request, what: str) -> Response | None:
+        """None if ``request`` carries ``guard``'s token; else its refusal: 401, or 429 once its
+        network's wrong guesses (:meth:`attempt_failed`) are past the anonymous limit. A network
+        past it is refused before its token is even compared."""
+        client = _address(request.scope)
+        wait = self.blocked_for(client)
+        if wait is None:
+            if _guarded(guard, request):
+                return None
+            wait = self.attempt_failed(client)
+            if wait is None:
+                message = f"a valid {what} token is required"
+                return _error(message, "UNAUTHENTICATED", 401, {"WWW-Authenticate": "Bearer"})
+        seconds = max(1, math.ceil(wait))
+        message = f"too many requests: {_GUESSES}; try again in {seconds} s"
+        return _error(message, "RATE_LIMITED", 429, {"Retry-After": str(seconds)})
 
     async def prometheus(self, request: Request) -> Response:
         guard = self.gateway.config.metrics
-        if guard.token is not None and not _guarded(guard, request):
-            return JSONResponse({"error": "a valid scrape token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        refusal = self.guard(guard, request, "scrape") if guard.token is not None else None
+        if refusal is not None:
+            return refusal
         await run_in_threadpool(self.gateway.health)  # the health gauges, at most HEALTH_SECONDS old
         return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin(self, request: Request) -> Response:
-        if not _guarded(self.gateway.config.admin, request):
-            return JSONResponse({"error": "a valid admin token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        refusal = self.admin_refusal(request)
+        if refusal is not None:
+            return refusal
         action = request.path_params["action"]
         if action == "cache/clear":
             department = request.query_params.get("department") or None
             if department is not None and department not in self.gateway.config.departments:
-                return JSONResponse({"error": f"no department {department!r}"}, 404)
+                return _error(f"no department {department!r}", "BAD_REQUEST", 404)
             dropped = self.gateway.results.clear(department)
             log.info("admin: result cache cleared (%s): %d entries", department or "all departments", dropped)
             return JSONResponse({"cleared": dropped, "department": department})
@@ -757,9 +965,10 @@ class Edge:
                 version = await run_in_threadpool(self.gateway.reload_policies)
             except CitygateError as error:
                 log.error("admin: policy reload failed: %s", error.message)
-                return JSONResponse({"error": error.message}, 422)
+                return _error(error.message, "BAD_CONFIG", 422)
             return JSONResponse({"policy_version": version})
-        return JSONResponse({"error": f"no admin action {action!r}"}, 404)
+        actions = "cache/clear, policies/reload"
+        return _error(f"no admin action {action!r}; the actions are {actions}", "BAD_REQUEST", 404)
 
     # -- the console ---------------------------------------------------------------------------
 
@@ -779,7 +988,7 @@ class Edge:
             return Response(asset.body, media_type=asset.media_type, headers={"cache-control": cache})
         found = self.pages.static.get(path)
         if found is None:
-            return JSONResponse({"error": f"no console file {path}"}, 404)
+            return _error(f"no console file {path}", "BAD_REQUEST", 404)
         return Response(found[0], media_type=found[1], headers={"cache-control": "no-cache"})
 
     async def catalogue(self, request: Request) -> Response:
@@ -832,9 +1041,12 @@ class Edge:
         return _json(body, 200, "application/json")
 
     def admin_refusal(self, request: Request) -> Response | None:
-        if _guarded(self.gateway.config.admin, request):
-            return None
-        return JSONResponse({"error": "a valid admin token is required"}, 401, {"WWW-Authenticate": "Bearer"})
+        refusal = self.guard(self.gateway.config.admin, request, "admin")
+        if refusal is None:
+            entry = ACCESS.get()
+            if entry is not None:
+                entry["role"] = "admin"  # the operator's token, for the access log
+        return refusal
 
     async def roles(self, request: Request) -> Response:
         """``GET /console/api/roles`` (admin): the roles, and the claims each one's policies read."""
@@ -859,8 +1071,10 @@ class Edge:
         exchange.console = {"operation": {"hash": None, "name": "console: view as role"}}
         refusal = self.admin_refusal(request)
         if refusal is not None:
-            exchange.outcome, exchange.codes = "unauthenticated", ["UNAUTHENTICATED"]
-            await self.finish(exchange, Reply(401, b"", "application/json"))
+            limited = refusal.status_code == 429
+            exchange.outcome = "refused" if limited else "unauthenticated"
+            exchange.codes = ["RATE_LIMITED" if limited else "UNAUTHENTICATED"]
+            await self.finish(exchange, Reply(refusal.status_code, b"", "application/json"))
             return refusal
         try:
             params = orjson.loads(await request.body())

@@ -34,6 +34,9 @@ class JsonFormatter(logging.Formatter):
         request_id = REQUEST_ID.get()
         if request_id is not None:
             line["request_id"] = request_id
+        fields = getattr(record, "fields", None)  # a line's own fields (the access log's)
+        if isinstance(fields, dict):
+            line.update(fields)
         if record.exc_info:  # for the operator's log only; clients never see it
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

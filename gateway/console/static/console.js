@@ -65,7 +65,7 @@
       el("tr", {}, el("th", {}, "department 部门"), el("td", {}, department.display_name + " (" + department.name + "), owner " + department.owner)),
       el("tr", {}, el("th", {}, "root field"), el("td", {}, el("code", {}, resource.root))),
       el("tr", {}, el("th", {}, "primary key"), el("td", {}, resource.primary_key.join(", "))),
-      el("tr", {}, el("th", {}, "rows (estimate)"), el("td", {}, resource.rows_estimate == null ? "unknown" : "≈ " + resource.rows_estimate.toLocaleString())),
+      el("tr", {}, el("th", {}, "rows (estimate)"), el("td", {}, resource.rows_estimate != null ? "≈ " + resource.rows_estimate.toLocaleString() : resource.row_filter ? "not shown: your rows are filtered" : "unknown")),
       el("tr", {}, el("th", {}, "refreshed"), el("td", {}, new Date(resource.refreshed * 1000).toISOString())),
       el("tr", {}, el("th", {}, "your access"), el("td", {}, resource.access + (resource.k ? " (k=" + resource.k + ")" : "") + (resource.row_filter ? "; rows filtered by your token" : ""))),
       el(
