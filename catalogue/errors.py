@@ -192,9 +192,10 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         "BAD_REQUEST",
         "request",
-        "400 (413, 415)",
+        "400 (404, 413, 415)",
         "the HTTP request is malformed: bad JSON, no query, an unknown or missing `operationName`, a mutation "
-        "or subscription; a body over 1 MiB is 413, a body that is not `application/json` is 415",
+        "or subscription; a body over 1 MiB is 413, a body that is not `application/json` is 415; an operator "
+        "endpoint that names no department, admin action or console file is 404",
         "no: fix the request",
     ),
     ErrorCode(

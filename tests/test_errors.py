@@ -458,6 +458,14 @@ def test_each_documented_code_is_what_the_server_answers(
         assert (response.status_code, codes) == (wanted, [code]), (why, accept, response.json())
 
 
+def test_an_operator_endpoint_that_names_nothing_is_the_documented_404(documented: dict[str, Any]) -> None:
+    response = documented["client"].get("/console/static/nope.js")
+    [row] = [e for e in ERROR_CODES if e.code == "BAD_REQUEST"]
+    assert "404" in row.status
+    assert response.status_code == 404
+    assert [e["extensions"]["code"] for e in response.json()["errors"]] == ["BAD_REQUEST"]
+
+
 def test_every_documented_code_is_sent_here_or_shown_elsewhere() -> None:
     assert {e.code for e in ERROR_CODES} == {r[0] for r in REQUESTS} | set(ELSEWHERE)
 
