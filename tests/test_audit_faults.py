@@ -26,7 +26,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.observe import audit
-from tests.conftest import free_port, wait_until_serving
+from tests.conftest import ADMIN, free_port, wait_until_serving, with_admin
 
 STATIONS = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
 
@@ -175,7 +175,7 @@ def test_processes_share_one_file_and_one_chain_and_a_kill_leaves_a_visible_mark
 
 
 def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: Config, tiny: Path) -> None:
-    config = secure_demo(sqlite_config, tiny.parent)
+    config = with_admin(secure_demo(sqlite_config, tiny.parent))  # /readyz's details are the operator's
     config = config.model_copy(update={"audit": AuditConfig(sink="file", path=tiny / "audit.jsonl")})
     gateway = Gateway.start(config, create_engine(config))
     try:
@@ -188,7 +188,8 @@ def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: C
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
             assert refused.json()["errors"][0]["extensions"] == {"code": "AUDIT_UNAVAILABLE"}
             assert "no space" not in refused.text.lower()  # the reason is the operator's, in the log
-            ready = client.get("/readyz")
+            assert client.get("/readyz").json() == {"status": "unavailable"}  # anonymous: no more than that
+            ready = client.get("/readyz", headers=ADMIN)
             assert ready.status_code == 503 and ready.json()["audit"] == "unavailable"
             metrics = client.get("/metrics").text
             assert "citygate_audit_up 0.0" in metrics
