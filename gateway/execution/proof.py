@@ -23,7 +23,9 @@ does today when a store is down.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from cachetools import TTLCache
 from sqlglot import exp
 
 from catalogue.errors import CitygateError, EngineUnavailableError, StatementTimeout, StoreUnavailableError
@@ -53,6 +56,13 @@ SAMPLE_ROWS = 20  # of each masked table: enough to meet its real shapes, few en
 # (the partial mask stars such a value instead).
 SHORT_TEXT = 4
 _UNREACHABLE = (EngineUnavailableError, StoreUnavailableError, StatementTimeout)
+# Proofs made in this process: a gateway started again on the same masks, routes and key (a
+# reload that changed no mask, a test suite's many gateways) does not ask every route again.
+# Kept a few minutes only, since a proof also reads the columns' own values, which change; a
+# proof that found a route down is not kept.
+PROOF_SECONDS = 300.0
+_proven: TTLCache[str, tuple[Refusal, ...]] = TTLCache(maxsize=64, ttl=PROOF_SECONDS)
+_proven_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -488,15 +498,33 @@ def _prove_table(routes: Routes, table: _Table, down: set[str]) -> list[Refusal]
     return refusals
 
 
+def _proof_key(routes: Routes, tables: Sequence[_Table], config: Config) -> str:
+    """What a proof's outcome depends on besides the columns' values: the masks (role, column,
+    type, treatment), every route that runs them, and the hash key."""
+    stores = sorted((department, native.key) for department, native in routes.native.items())
+    key = config.policies.hash_key if config.policies is not None else ""
+    described = (repr(tables), routes.main.key, routes.delegating, stores, config.engine.fallback, key)
+    return hashlib.sha256(repr(described).encode()).hexdigest()
+
+
 def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, config: Config) -> list[Refusal]:
     """Every mask of every role, tried on every route it can take (see the module's text)."""
     began = time.perf_counter()
     tables = masked_columns(policies, catalogue, config)
+    key = _proof_key(routes, tables, config)
+    with _proven_lock:
+        earlier = _proven.get(key)
+    if earlier is not None:
+        log.info("masks: %d masks proven on every route in this process already", sum(len(t.masks) for t in tables))
+        return list(earlier)
     # Tables side by side: on Trino most of a statement's time is its round trips and planning.
     with ThreadPoolExecutor(min(len(tables), 4) or 1, thread_name_prefix="citygate-proof") as pool:
         down: set[str] = set()  # routes that did not answer: not asked again
         found = pool.map(lambda table: _prove_table(routes, table, down), tables)
         refusals = [refusal for some in found for refusal in some]
+    if not down:
+        with _proven_lock:
+            _proven[key] = tuple(refusals)
     log.info(
         "masks: %d masks of %d tables tried on every route in %.2f s",
         sum(len(t.masks) for t in tables),
