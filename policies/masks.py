@@ -302,11 +302,16 @@ def _ratio(node: exp.Div, text: str) -> exp.Expr:
     return Ratio(this=node.this, expression=node.expression)
 
 
+def _nonempty_text(node: exp.Expr | None) -> bool:
+    """Whether ``node`` is a text literal with at least one character."""
+    return isinstance(node, exp.Literal) and node.is_string and bool(node.name)
+
+
 def _pad(node: exp.Pad, text: str) -> exp.Expr:
-    target, fill = node.expression, node.args.get("fill_pattern")
-    if _integer(target) is None or (_integer(target) or 0) < 0:
+    target = _integer(node.expression)
+    if target is None or target < 0:
         raise ValueError(f"{text}: LPAD and RPAD take a length of 0 or more, written as a number")
-    if not (isinstance(fill, exp.Literal) and fill.is_string and fill.name):
+    if not _nonempty_text(node.args.get("fill_pattern")):
         raise ValueError(
             f"{text}: LPAD and RPAD take a fill text that is not empty (an empty fill, or "
             "none, reads differently on each store)"
@@ -315,8 +320,7 @@ def _pad(node: exp.Pad, text: str) -> exp.Expr:
 
 
 def _replace(node: exp.Replace, text: str) -> exp.Expr:
-    search = node.expression
-    if not (isinstance(search, exp.Literal) and search.is_string and search.name):
+    if not _nonempty_text(node.expression):
         raise ValueError(
             f"{text}: REPLACE must look for a text that is not empty (Trino inserts the "
             "replacement between every two characters, the others change nothing)"
