@@ -71,6 +71,7 @@ class StateUnavailable(CitygateError):
 
 class _Database(Protocol):
     hold: str  # what a SELECT ends with to hold its rows until the transaction ends
+    serialize: tuple[str, ...]  # what makes two processes creating the schema at once take turns
 
     def transaction(self) -> Any: ...
 
@@ -81,6 +82,7 @@ class _SQLite:
     """One connection, used under a lock (SQLite writes one at a time anyway)."""
 
     hold = ""  # BEGIN IMMEDIATE holds the whole database
+    serialize = ()  # so does it for the schema
 
     def __init__(self, path: str) -> None:
         self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -108,6 +110,10 @@ class _PostgreSQL:
     """A small pool of connections (psycopg, the project's PostgreSQL driver)."""
 
     hold = " FOR UPDATE"
+    # CREATE TABLE IF NOT EXISTS is not safe against itself: two workers starting together
+    # both miss the table and one fails on the catalogue's unique index. A transaction-scoped
+    # advisory lock (an arbitrary constant, the tables' own) makes them take turns.
+    serialize = ("SELECT pg_advisory_xact_lock(7291001)",)
 
     def __init__(self, url: str) -> None:
         from psycopg_pool import ConnectionPool
@@ -170,7 +176,7 @@ class State:
             else:
                 raise ConfigError(f"state.url: {_shown(url)!r} is neither sqlite:///… nor postgresql://…")
             state = cls(database, url)
-            state._run(lambda run: [run(sql, ()) for sql in _SCHEMA])
+            state._run(lambda run: [run(sql, ()) for sql in (*database.serialize, *_SCHEMA)])
         except (sqlite3.Error, OSError) as error:
             raise ConfigError(f"state.url: cannot open the state database {_shown(url)}: {error}") from None
         except StateUnavailable as error:

@@ -203,3 +203,34 @@ def test_an_earlier_versions_budget_file_is_taken_over_not_renewed(sqlite_config
     assert PrivacyBudgets(State.open(f"sqlite:///{tmp_path / 'state.db'}")).left(
         "noisy", PrivacyBudget(epsilon=2.0)
     ) == pytest.approx(0.5)
+
+
+def test_workers_starting_together_on_a_new_postgresql_state_all_open_it(postgres: Postgres) -> None:
+    """`serve --workers N` starts its workers at once, each creating the state's tables: without
+    turns, CREATE TABLE IF NOT EXISTS fails on PostgreSQL's catalogue for all but one (a
+    worker died at start-up here, and the balancer sent requests to one that was restarting)."""
+    import threading
+
+    import psycopg
+
+    for attempt in range(4):
+        database = f"fresh{attempt}"
+        with psycopg.connect(postgres.url, autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {database}")
+        url = postgres.url.rsplit("/", 1)[0] + "/" + database
+        together = threading.Barrier(6)
+        failures: list[BaseException] = []
+
+        def open_state() -> None:
+            together.wait()
+            try:
+                State.open(url).close()
+            except BaseException as error:  # noqa: BLE001 - what the worker would have died of
+                failures.append(error)
+
+        threads = [threading.Thread(target=open_state) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures, failures
