@@ -82,7 +82,7 @@ class _SQLite:
     """One connection, used under a lock (SQLite writes one at a time anyway)."""
 
     hold = ""  # BEGIN IMMEDIATE holds the whole database
-    serialize = ()  # so does it for the schema
+    serialize: tuple[str, ...] = ()  # so does it for the schema
 
     def __init__(self, path: str) -> None:
         self.connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -113,7 +113,7 @@ class _PostgreSQL:
     # CREATE TABLE IF NOT EXISTS is not safe against itself: two workers starting together
     # both miss the table and one fails on the catalogue's unique index. A transaction-scoped
     # advisory lock (an arbitrary constant, the tables' own) makes them take turns.
-    serialize = ("SELECT pg_advisory_xact_lock(7291001)",)
+    serialize: tuple[str, ...] = ("SELECT pg_advisory_xact_lock(7291001)",)
 
     def __init__(self, url: str) -> None:
         from psycopg_pool import ConnectionPool

@@ -290,6 +290,35 @@ def test_policy_reload_takes_effect_and_a_bad_file_changes_nothing(
     assert gateway.execute(query, identity=analyst).body == refused  # the reloaded policies stand
 
 
+def test_a_worker_reads_edited_policy_files_before_its_next_request(
+    admin_client: tuple[TestClient, Gateway, Path],
+) -> None:
+    """`serve --workers N`: an admin reload reaches one worker; every other one looks at the
+    policy files before each request, so none answers under replaced policies, not even from
+    its cache of plans and rows (the balancer once got the old answer from a second worker)."""
+    _, gateway, central = admin_client
+    gateway.follows_files = True
+    query = "{ health_health_records(limit: 1, order_by: [{record_id: asc}]) { blood_type } }"
+    analyst = Identity("health_analyst")
+    gateway.results.clear()
+    assert "errors" not in gateway.execute(query, identity=analyst).body
+    assert gateway.execute_cached(query, None, None, analyst) is not None  # plan and rows are cached
+    text = central.read_text(encoding="utf-8")
+    central.write_text(text.replace("{blood_type: allow, chronic_conditions: allow}", "{chronic_conditions: allow}"))
+    assert gateway.execute_cached(query, None, None, analyst) is None  # not from the cache: read first
+    refused = gateway.execute(query, identity=analyst).body
+    assert refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    version = gateway.policy_version
+    central.write_text("roles: [not, a, mapping]")  # an editor's half-written save
+    assert gateway.execute(query, identity=analyst).body == refused  # the last good policies stand
+    assert gateway.policy_version == version
+    central.write_text(text)
+    assert "errors" not in gateway.execute(query, identity=analyst).body  # read once it loads again
+    gateway.follows_files = False  # a single process reads them when told (SIGHUP, the admin call)
+    central.write_text(text.replace("{blood_type: allow, chronic_conditions: allow}", "{chronic_conditions: allow}"))
+    assert "errors" not in gateway.execute(query, identity=analyst).body
+
+
 def test_metrics_need_the_scrape_token_when_one_is_set(admin_client: tuple[TestClient, Gateway, Path]) -> None:
     client, _, _ = admin_client
     client.post("/graphql", json={"query": STATIONS})

@@ -267,22 +267,26 @@ def test_the_process_keeps_its_memory_after_a_refused_flood(secured: Gateway) ->
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before < 200
 
 
-def test_a_document_of_too_many_fields_is_refused_before_validation(secured: Gateway) -> None:
+def test_a_document_of_too_many_fields_is_refused_before_validation(
+    secured: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """graphql-core's validation compares fields pairwise: 1,500 identical root fields (57 KB,
-    under max_tokens) took 1.5 s to validate, only to merge into one."""
-    from graphql import parse, validate
+    under max_tokens) took 1.5 s to validate, only to merge into one. The count comes first,
+    so such a document never reaches validation (what it costs is in bench/, not timed here)."""
+    from gateway.execution import gateway as running
 
+    validated: list[int] = []
+    real = running.validate
+    monkeypatch.setattr(
+        running, "validate", lambda schema, document, *a, **k: validated.append(1) or real(schema, document, *a, **k)
+    )
     identical = "{ " + " ".join("transport_stations(limit: 1) { name }" for _ in range(1500)) + " }"
-    started = time.monotonic()
     body = secured.execute(identical, identity=Identity("supervisor")).body  # max_fields: the deployment's 2,000
-    refused = time.monotonic() - started
     assert codes(body) == ["COST_LIMIT"] and "more than 2000 fields" in body["errors"][0]["message"]
-    started = time.monotonic()
-    validate(secured.view(Identity("supervisor")).model.schema, parse(identical))  # what it no longer waits for
-    validating = time.monotonic() - started
-    assert refused < validating / 3, (refused, validating)  # side by side: a ratio, whatever the machine's load
-    # The same count, written once: one field and its name, answered.
-    assert "errors" not in secured.execute("{ transport_stations(limit: 1) { name } }").body
+    assert validated == []
+    # The same count, written once: one field and its name, validated and answered.
+    assert "errors" not in secured.execute("{ counted_once: transport_stations(limit: 1) { name } }").body
+    assert validated == [1]
 
 
 def test_the_work_before_the_engine_is_bounded_by_the_clock(sqlite_config: Config) -> None:

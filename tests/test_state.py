@@ -213,6 +213,13 @@ def test_workers_starting_together_on_a_new_postgresql_state_all_open_it(postgre
 
     import psycopg
 
+    def open_state(url: str, together: threading.Barrier, failures: list[BaseException]) -> None:
+        together.wait()
+        try:
+            State.open(url).close()
+        except BaseException as error:  # what the worker would have died of
+            failures.append(error)
+
     for attempt in range(4):
         database = f"fresh{attempt}"
         with psycopg.connect(postgres.url, autocommit=True) as admin:
@@ -220,15 +227,7 @@ def test_workers_starting_together_on_a_new_postgresql_state_all_open_it(postgre
         url = postgres.url.rsplit("/", 1)[0] + "/" + database
         together = threading.Barrier(6)
         failures: list[BaseException] = []
-
-        def open_state() -> None:
-            together.wait()
-            try:
-                State.open(url).close()
-            except BaseException as error:  # noqa: BLE001 - what the worker would have died of
-                failures.append(error)
-
-        threads = [threading.Thread(target=open_state) for _ in range(6)]
+        threads = [threading.Thread(target=open_state, args=(url, together, failures)) for _ in range(6)]
         for thread in threads:
             thread.start()
         for thread in threads:

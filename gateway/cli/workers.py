@@ -5,18 +5,16 @@ are its own, warmed by its own requests) and shares the rest through the data di
 state: the audit trail (one file, one chain, written under a lock) and the shared state
 (`state.url`: privacy budgets, rate limits). uvicorn's supervisor starts the workers, restarts
 one that dies and stops them all on SIGTERM; SIGHUP restarts them, which reads the policies
-again. An admin call reaches one worker, so each worker also reads the policy files again
-when they change (:func:`follow_policies`): a reload through `/admin/policies/reload` or an edit
-reaches every worker within a second or two.
+again. An admin call reaches one worker, so each worker looks at the policy files before each request
+and reads them again when they changed (`Gateway.follow_files`): a reload through
+`/admin/policies/reload` or an edit reaches every worker by its next request.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -60,45 +58,5 @@ def app() -> Any:
     else:  # the demo city; datasets/ lives apart from the gateway and is reached by name
         config = importlib.import_module("datasets.commands").demo(Path(wanted["data_dir"]))
     gateway = Gateway.start(config, create_engine(config))
-    if gateway.policies is not None:
-        follow_policies(gateway)
+    gateway.follows_files = gateway.policies is not None  # an admin reload reaches one worker
     return create_app(gateway, example=wanted["example"])
-
-
-FOLLOW_SECONDS = 1.0  # how often a worker looks at its policy files
-
-
-def follow_policies(gateway: Any) -> None:
-    """Read the gateway's policy files again whenever one changes (its size or time), on a
-    thread of its own; a file that does not load leaves the old policies, and is logged."""
-    from catalogue.errors import CitygateError
-
-    files = [Path(f) for f in gateway.config.policies.files]
-
-    def stamp() -> tuple[tuple[int, int] | None, ...]:
-        found: list[tuple[int, int] | None] = []
-        for path in files:
-            try:
-                stat = path.stat()
-                found.append((stat.st_mtime_ns, stat.st_size))
-            except OSError:
-                found.append(None)
-        return tuple(found)
-
-    def follow() -> None:
-        seen = stamp()
-        while True:
-            threading.Event().wait(FOLLOW_SECONDS)
-            now = stamp()
-            if now == seen:
-                continue
-            seen = now
-            try:
-                version = gateway.reload_policies()
-                logging.getLogger("citygate").info("policy files changed: policies reloaded (%s)", version)
-            except CitygateError as error:
-                logging.getLogger("citygate").error("policy reload failed, the old policies stay: %s", error.message)
-            except Exception:  # the thread must outlive any failure
-                logging.getLogger("citygate").exception("policy reload failed, the old policies stay")
-
-    threading.Thread(target=follow, name="citygate-policies", daemon=True).start()

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import operator
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -117,6 +118,20 @@ HEALTH_SECONDS = 2.0
 REJOIN_SECONDS = 10.0
 
 
+Stamp = tuple[tuple[int, int, int] | None, ...]  # each policy file's inode, time and size
+
+
+def _stamp(config: Config) -> Stamp:
+    found: list[tuple[int, int, int] | None] = []
+    for path in config.policies.files if config.policies is not None else ():
+        try:
+            stat = os.stat(path)
+            found.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            found.append(None)
+    return tuple(found)
+
+
 @dataclass
 class Gateway:
     """The schema over a configured engine, and the way to answer requests with it."""
@@ -153,6 +168,10 @@ class Gateway:
     _views: dict[str | None, View] = field(default_factory=dict)
     _limits: dict[str | None, Limits] = field(init=False, default_factory=dict)  # role -> its limits, once
     recording: bool = True  # it answers requests: it writes the audit trail and spends from the shared state
+    # One of several worker processes (`serve --workers N`): an admin reload reaches one of them,
+    # so each request first looks at the policy files (:meth:`follow_files`).
+    follows_files: bool = False
+    _stamp: Stamp = ()  # the policy files when last read
 
     def __post_init__(self) -> None:
         cache = self.config.cache
@@ -205,6 +224,7 @@ class Gateway:
                 log.warning("department left out of the schema: %s", error.message)
         catalogue = Catalogue(tuple(departments))
         model = build_model(catalogue, config)
+        stamp = _stamp(config)  # before reading: an edit meanwhile is read again
         policies = load_policies(config.policies.files) if config.policies is not None else None
         if recording and (config.audit is None or config.audit.sink == "off"):
             log.warning(
@@ -222,6 +242,7 @@ class Gateway:
             telemetry=telemetry or Telemetry.configure(config.telemetry),
             recording=recording,
         )
+        gateway._stamp = stamp
         if policies is not None:
             try:
                 validate_decisions(policies, catalogue, config)
@@ -273,6 +294,32 @@ class Gateway:
     def policy_version(self) -> str:
         return self.policies.version if self.policies is not None else "-"
 
+    def _file_stamp(self) -> Stamp:
+        return _stamp(self.config)
+
+    def files_changed(self) -> bool:
+        """Whether the policy files differ from what this gateway last read (a few stat calls)."""
+        return self.follows_files and self._file_stamp() != self._stamp
+
+    def follow_files(self) -> None:
+        """Before a request of a worker: read the policy files again if they changed since it
+        last read them, so no worker answers under policies an operator has replaced (the admin
+        call or an edit reaches every worker by its next request, not a second later). A file
+        that does not load leaves the old policies and is logged, once per change."""
+        if not self.files_changed():
+            return
+        with self._reloading:
+            stamp = self._file_stamp()
+            if stamp == self._stamp:  # another request read them meanwhile
+                return
+            try:
+                version = self._reload()
+                log.info("policy files changed: policies reloaded (%s)", version)
+            except CitygateError as error:
+                log.error("policy reload failed, the old policies stay: %s", error.message)
+            finally:
+                self._stamp = stamp
+
     def reload_policies(self) -> str:
         """Read the policy files again. Views and plans go (they hold the old decisions); cached
         results stay, since their key is the final SQL, which changes with any decision that
@@ -280,7 +327,10 @@ class Gateway:
         if self.config.policies is None:
             raise CitygateError("this gateway has no policies to reload")
         with self._reloading:  # SIGHUP's thread and the admin endpoint: the last to read wins
-            return self._reload()
+            stamp = self._file_stamp()
+            version = self._reload()
+            self._stamp = stamp
+            return version
 
     def _reload(self) -> str:
         assert self.config.policies is not None
@@ -299,6 +349,8 @@ class Gateway:
     def view(self, identity: Identity | None) -> View:
         """The role's view. With policies configured, a request without identity is anonymous:
         deny by default, and a role without a policy sees nothing."""
+        if self.follows_files:
+            self.follow_files()
         policies = self.policies
         role = role_of(policies, identity)
         found = self._views.get(role)
@@ -612,7 +664,8 @@ class Gateway:
     ) -> Response | None:
         """The response, if it needs neither compiling nor the engine (its plan and every root
         field's rows are cached); else None. Cheap enough to run on the event loop."""
-        view = self._views.get(role_of(self.policies, identity))
+        # Policy files changed: they are read again off the loop, by the request's own path.
+        view = None if self.files_changed() else self._views.get(role_of(self.policies, identity))
         if view is None:
             return None
         claims = view.used_claims(identity)
