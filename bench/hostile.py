@@ -46,6 +46,10 @@ ATTACKS: dict[str, tuple[str, int]] = {  # name -> (the attacker's request, conn
         "{ " + " ".join(f"a{i}: transport_stations(limit: 1) {{ name }}" for i in range(1000)) + " }",
         4,
     ),
+    "1,500 identical root fields (refused before validation)": (
+        "{ " + " ".join("transport_stations(limit: 1) { name }" for _ in range(1500)) + " }",
+        4,
+    ),
     "a LIKE pattern of many wildcards (matched in linear time), flooded": (
         '{ environment_monitored_sites_aggregate(where: {site_name: {_like: "%_%_%_%_%_%_%_X"}}) '
         "{ aggregate { count } } }",
