@@ -347,6 +347,11 @@ class TrinoEngine(Engine):
             raise EngineQueryError("Trino could not run the query", detail=error_class(error)) from None
         except trino.exceptions.TrinoConnectionError as error:
             raise self._unreachable(str(error)) from None
+        except trino.exceptions.TrinoDataError:
+            # The client cannot hold a value Trino sent: a timestamp of year 10000, which Trino's
+            # millisecond timestamps make of 9999-12-31 23:59:59.9995 and later. Its message
+            # quotes the value, so it stays out of the error.
+            raise EngineQueryError("Trino returned a value the gateway cannot read") from None
 
     def _unreachable(self, text: str) -> EngineUnavailableError:
         """Why Trino could not be used, and which key to check: its certificate, the

@@ -4,7 +4,9 @@ Resolution, most specific first: the role's rule for the column in that table, t
 rule for the column name across tables (``all_columns``), then its default for the column's
 sharing class, then the built-in class defaults. A department's floor then limits the result:
 a column its floor reserves for other roles gets the floor's ``otherwise`` wherever the role
-would see anything of it in another form (raw, custom, hashed, partial, year, bucket). Deny by default:
+would see anything of it in another form (raw, custom, hashed, partial, year, bucket), or, for
+``otherwise: aggregate_only``, is denied unless the role's rule keeps the table aggregate-only
+(with k above 1). Deny by default:
 a role with no policy sees nothing.
 """
 
@@ -98,7 +100,7 @@ def decide(
         else:
             columns[column] = builtin_default(sharing, policy, department)
             reasons[column] = f"the catalogue's default for {sharing.value if sharing else 'unclassified'} columns"
-    conflicts = _apply_floor(policies, role, department, table, columns, reasons)
+    conflicts = _apply_floor(policies, role, rule, department, table, columns, reasons)
     _check_columns(rule, set(classes), f"roles.{role}.tables.{department}.{table}")
     return TableDecision(
         department,
@@ -143,7 +145,13 @@ def reveals(treatment: Treatment) -> bool:
 
 
 def _apply_floor(
-    policies: Policies, role: str, department: str, table: str, columns: dict[str, Treatment], reasons: dict[str, str]
+    policies: Policies,
+    role: str,
+    rule: TableRule,
+    department: str,
+    table: str,
+    columns: dict[str, Treatment],
+    reasons: dict[str, str],
 ) -> list[str]:
     conflicts = []
     for column, treatment in columns.items():
@@ -153,15 +161,18 @@ def _apply_floor(
         # than the one the floor names gets that one: a floor's deny means no form at all.
         if floor is None or role in floor.unmasked_for or not reveals(treatment):
             continue
-        allowed = parse_treatment(floor.otherwise)
+        if floor.aggregates_only and rule.access == "aggregate_only" and rule.k > 1:
+            continue  # a group key or filter of groups of at least k: no row of it is ever shown
+        allowed = DENY if floor.aggregates_only else parse_treatment(floor.otherwise)
         if treatment == allowed:
             continue
         how = {"raw": "raw", "sql": "through a custom expression"}.get(treatment.kind, f"as {treatment}")
+        who = ", ".join(floor.unmasked_for) or "no role"
+        also = " and inside aggregate_only grants (k above 1)" if floor.aggregates_only else ""
         columns[column] = allowed
-        reasons[column] = f"{department}'s floor: unmasked only for {', '.join(floor.unmasked_for) or 'no role'}"
+        reasons[column] = f"{department}'s floor: unmasked only for {who}{also}"
         conflicts.append(
             f"roles.{role} reveals {department}.{table}.{column} {how}; {department}'s floor "
-            f"allows that only for {', '.join(floor.unmasked_for) or 'no role'}, so it gets "
-            f"{columns[column]}"
+            f"allows that only for {who}{also}, so it gets {columns[column]}"
         )
     return conflicts

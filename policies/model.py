@@ -12,7 +12,8 @@ A treatment is ``allow``, ``deny`` or a mask: ``partial(first,last)``, ``hash``,
 ``year``, ``bucket(width)``, ``redact``, or ``sql: <expression over the column>``.
 
 Departments add floors in their own files: the most any central rule may reveal of a column
-(``unmasked_for: [health_analyst]``, otherwise ``deny`` or the one mask it allows); where a rule
+(``unmasked_for: [health_analyst]``, otherwise ``deny``, the one mask it allows, or
+``aggregate_only``: only inside aggregate-only grants); where a rule
 reveals the value in any other form (raw, hashed, partial...), the floor wins and ``citygate
 policy check`` reports it. A table rule's ``relationships`` grants (or withholds) a relationship
 whose join column the role may not see, and ``k_distinct`` makes an aggregate-only table's k
@@ -42,6 +43,7 @@ from policies.rowfilter import parse_filter
 from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
 __all__ = [
+    "AGGREGATE_ONLY",
     "DENY",
     "RAW",
     "Floor",
@@ -202,11 +204,23 @@ class RolePolicy(_Model):
         return value
 
 
+# A floor's ``otherwise`` that keeps a column inside aggregates: see :class:`FloorRule`.
+AGGREGATE_ONLY = "aggregate_only"
+
+
 class FloorRule(_Model):
     """The most any role but ``unmasked_for`` may get of a column: the form ``otherwise`` names.
 
     ``otherwise: deny`` means no form at all, not raw, hashed, partial or any mask that shows
-    something of the value: a pseudonym of a column with a handful of values is a code book."""
+    something of the value: a pseudonym of a column with a handful of values is a code book.
+    ``otherwise: aggregate_only`` lets the other roles use the column only where their rule for
+    the table is ``access: aggregate_only`` with a ``k`` above 1 (a group key or a filter, in
+    groups of at least k), and denies it to them everywhere else: a diagnosis code read row by
+    row beside a name says what the diagnosis says.
+
+    >>> FloorRule(otherwise="aggregate_only").aggregates_only
+    True
+    """
 
     unmasked_for: list[str] = Field(default_factory=list)
     otherwise: TreatmentText = "deny"
@@ -214,8 +228,17 @@ class FloorRule(_Model):
     @field_validator("otherwise")
     @classmethod
     def _treatment(cls, value: TreatmentText) -> TreatmentText:
-        _check_treatment(value)
+        if value == AGGREGATE_ONLY:
+            return value
+        try:
+            _check_treatment(value)
+        except ValueError as error:
+            raise ValueError(f"{error}; or {AGGREGATE_ONLY}: only inside aggregate-only grants") from None
         return value
+
+    @property
+    def aggregates_only(self) -> bool:
+        return self.otherwise == AGGREGATE_ONLY
 
 
 class Floor(_Model):

@@ -114,7 +114,7 @@ def test_records_say_who_read_what_and_how(trail: Trail) -> None:
         "id_card": "partial(6,4)",
         "name": "partial(1,0)",
         "phone": "nullify",
-        "registered_at": "raw",  # ordered by
+        "registered_at": "year",  # ordered by
     }
     assert denied["access"] == [
         {"department": "public_security", "table": "residents", "columns": {"address": "denied"}}

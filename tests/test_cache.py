@@ -58,9 +58,10 @@ def test_a_masked_role_never_gets_a_raw_roles_cached_rows(secured: Gateway) -> N
     raw_rows = raw.body["data"]["public_security_residents"]
     masked_rows = masked.body["data"]["public_security_residents"]
     assert len(raw_rows) == len(masked_rows) == 5
-    for r, m in zip(raw_rows, masked_rows, strict=True):
-        assert "*" not in r["id_card"] and r["phone"]
-        assert m["id_card"] == r["id_card"][:6] + "*" * 8 + r["id_card"][-4:] and m["phone"] is None
+    # The analyst orders by the year of registration (ties by a keyed digest): other rows than
+    # the police's, each masked.
+    assert all("*" not in r["id_card"] and r["phone"] for r in raw_rows)
+    assert all(m["id_card"][6:14] == "*" * 8 and m["phone"] is None for m in masked_rows)
     assert len(secured.results) == 2
 
 

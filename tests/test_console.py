@@ -106,7 +106,7 @@ def test_each_role_sees_its_own_treatment_of_every_column(demo: Demo) -> None:
         "phone": "nullify",
         "address": "denied",
         "district": "raw",
-        "registered_at": "raw",
+        "registered_at": "year",
     }
     assert treatments(analyst["health.clinic_visits"])["diagnosis"] == "raw"
     sharing = {c["name"]: c["sharing_label"] for c in residents["columns"]}

@@ -30,7 +30,7 @@ EXPECTED: dict[str, dict[str, str]] = {
     },
     "health_analyst": {
         "public_security.residents": "id_card=partial(6,4) name=partial(1,0) gender phone=nullify "
-        "district registered_at",
+        "district registered_at=year",
         "health.clinic_visits": "visit_id id_card=partial(6,4) hospital department_name diagnosis_code diagnosis "
         "visit_date cost",
         "health.health_records": "record_id id_card=partial(6,4) blood_type chronic_conditions updated_at",
@@ -66,8 +66,9 @@ EXPECTED: dict[str, dict[str, str]] = {
     },
     "supervisor": {
         "public_security.residents": "id_card=hash name gender birth_date phone=hash address district registered_at",
-        # the health floor: diagnosis and chronic_conditions in no form, not even hashed
-        "health.clinic_visits": "visit_id id_card=hash hospital department_name diagnosis_code visit_date cost",
+        # the health floor: diagnosis and chronic_conditions in no form, not even hashed; nor
+        # diagnosis_code, which says the diagnosis, outside an aggregate-only grant
+        "health.clinic_visits": "visit_id id_card=hash hospital department_name visit_date cost",
         "health.health_records": "record_id id_card=hash blood_type updated_at",
         "market_regulation.enterprises": PUBLISHED_ENTERPRISE + " legal_rep_id_card=hash registered_capital",
         "transport.vehicles": "plate owner_credit_code vehicle_type seats registered_date",
@@ -75,9 +76,32 @@ EXPECTED: dict[str, dict[str, str]] = {
         "last_paid",
         **ENV_AND_TRANSPORT,
     },
+    # every column of the rows about the person, raw; elsewhere only what anonymous sees
+    "citizen": {
+        "public_security.residents": "id_card name gender birth_date phone address district registered_at",
+        "health.clinic_visits": "visit_id id_card hospital department_name diagnosis_code diagnosis visit_date cost",
+        "health.health_records": "record_id id_card blood_type chronic_conditions updated_at",
+        "market_regulation.enterprises": PUBLISHED_ENTERPRISE + " legal_rep_id_card registered_capital",
+        "transport.vehicles": "owner_credit_code vehicle_type seats",
+        "human_resources.social_insurance": "id_card employer_credit_code monthly_salary months_paid last_paid",
+        **ENV_AND_TRANSPORT,
+    },
 }
 AGGREGATE_ONLY = {("district_officer", "health.clinic_visits"): 5}
-ROW_FILTERS = {("district_officer", "public_security.residents"), ("district_officer", "market_regulation.enterprises")}
+ROW_FILTERS = {
+    ("district_officer", "public_security.residents"),
+    ("district_officer", "market_regulation.enterprises"),
+    *(
+        ("citizen", table)
+        for table in (
+            "public_security.residents",
+            "health.clinic_visits",
+            "health.health_records",
+            "human_resources.social_insurance",
+            "market_regulation.enterprises",
+        )
+    ),
+}
 
 
 def parse(spec: str) -> dict[str, str]:
