@@ -63,6 +63,8 @@ DEMO_ROLES: dict[str, dict[str, str]] = {
     "env_inspector": {"department": "environment"},
     "police": {"department": "public_security"},
     "supervisor": {},
+    # a resident with rows in every table about people (the Keycloak realm's user `citizen`)
+    "citizen": {"id_card": "441900197407169777"},
 }
 
 

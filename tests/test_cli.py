@@ -93,11 +93,12 @@ def test_serve_with_a_bad_config_names_the_file(tmp_path: Path) -> None:
 def test_policy_check_and_policy_test_on_the_demo(tmp_path: Path) -> None:
     check = run("policy", "check", "--data-dir", str(tmp_path))
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "roles anonymous, district_officer, env_inspector, health_analyst, police, supervisor" in check.stdout
+    roles = "anonymous, citizen, district_officer, env_inspector, health_analyst, police, supervisor"
+    assert f"roles {roles}" in check.stdout
     assert check.stdout.strip().endswith("no findings")
     tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(tmp_path))
     assert tested.returncode == 0, tested.stdout
-    assert tested.stdout.strip().endswith("16 passed, 0 failed")
+    assert tested.stdout.strip().endswith("24 passed, 0 failed")
     # Without its file: a line that says what to give, not a traceback (it was a TypeError's).
     missing = run("policy", "test", "--data-dir", str(tmp_path))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -279,7 +279,14 @@ def test_the_demos_pages_offer_each_roles_token_and_an_example_it_can_run(demo: 
     demo role with the example that role opens with."""
 
     page = demo_page(demo.data_dir, ttl=300)
-    assert set(page.tokens) == {"health_analyst", "district_officer", "env_inspector", "police", "supervisor"}
+    assert set(page.tokens) == {
+        "health_analyst",
+        "district_officer",
+        "env_inspector",
+        "police",
+        "supervisor",
+        "citizen",
+    }
     with TestClient(create_app(demo.gateway, example=ANONYMOUS_EXAMPLE, demo=page)) as client:
         html = client.get("/graphql", headers={"accept": "text/html"}).text
         config = _page_config(html)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from datasets.datagen import City
 from datasets.demo import secure_demo
 from gateway.config import AuthConfig, Config
 from gateway.execution.engines import create_engine
@@ -181,6 +182,32 @@ def test_the_contract_holds_for_keycloak_tokens(served: tuple[Gateway, TestClien
     assert all(r["id_card"].startswith("h:") for r in supervisor)
     inspector = ask(client, residents, password_token("ines")).json()
     assert inspector["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+REALM_FILE = json.loads((Path(__file__).parent.parent / "configs" / "keycloak" / "citygate-realm.json").read_text())
+
+
+def test_a_citizen_reads_their_own_rows_with_the_identity_number_keycloak_verified(
+    served: tuple[Gateway, TestClient], city: City
+) -> None:
+    """The realm keeps the person's identity number as a user attribute only an administrator
+    may set, and a protocol mapper puts it in the token as the claim `id_card`."""
+    [user] = [u for u in REALM_FILE["users"] if u["username"] == "citizen"]
+    [person] = user["attributes"]["id_card"]
+    token = password_token("citizen")
+    assert payload(token)["id_card"] == person and payload(token)["realm_access"]["roles"] == ["citizen"]
+    _, client = served
+    query = """{ public_security_residents { id_card name phone }
+      health_clinic_visits { id_card diagnosis resident { id_card } }
+      market_regulation_enterprises { legal_rep_id_card } }"""
+    data = ask(client, query, token).json()["data"]
+    me = next(r for r in city.dicts("public_security", "residents") if r["id_card"] == person)
+    assert data["public_security_residents"] == [{"id_card": person, "name": me["name"], "phone": me["phone"]}]
+    visits = [v for v in city.dicts("health", "clinic_visits") if v["id_card"] == person]
+    assert sorted(v["diagnosis"] for v in data["health_clinic_visits"]) == sorted(v["diagnosis"] for v in visits)
+    assert {(v["id_card"], v["resident"]["id_card"]) for v in data["health_clinic_visits"]} == {(person, person)}
+    assert {e["legal_rep_id_card"] for e in data["market_regulation_enterprises"]} == {person}
+    assert "id_card" not in payload(password_token("sue"))  # the mapper adds nothing to who has none
 
 
 def test_an_application_with_client_credentials(served: tuple[Gateway, TestClient]) -> None:

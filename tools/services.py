@@ -1155,20 +1155,30 @@ def keycloak_ready(settings: Settings) -> bool:
         return False
 
 
+def realm_current(imports: Path) -> bool:
+    """Whether the running Keycloak imported the realm file as it is now (its copy is the same)."""
+    copy = imports / KEYCLOAK_REALM.name
+    return copy.is_file() and copy.read_bytes() == KEYCLOAK_REALM.read_bytes()
+
+
 def start_keycloak(settings: Settings, home: Path, java: Path) -> None:
     """Keycloak in development mode with the realm of configs/keycloak imported at every start.
     Its database is in memory: a restart is a fresh realm (keys rotated by a test included)."""
     root = settings.state / "keycloak"
     log, pid = root / "keycloak.log", root / "keycloak.pid"
+    imports = home / "data" / "import"
     with step(f"Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{settings.keycloak_port}") as outcome:
         if pid_alive(pid) and keycloak_ready(settings):
-            outcome.append("already running")
-            return
+            if realm_current(imports):
+                outcome.append("already running")
+                return
+            # The realm lives in memory, imported from the copy made at start: a Keycloak started
+            # from an older realm file serves the old users and mappers until it starts again.
+            outcome.append(f"the realm file changed: {stop_pid('Keycloak', pid)}, started again")
         if port_open(settings.keycloak_port):
             raise ServiceError(
                 f"port {settings.keycloak_port} is taken by another process; set CITYGATE_KEYCLOAK_PORT to a free port"
             )
-        imports = home / "data" / "import"
         imports.mkdir(parents=True, exist_ok=True)
         shutil.copy(KEYCLOAK_REALM, imports / KEYCLOAK_REALM.name)
         env = {

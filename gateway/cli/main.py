@@ -532,7 +532,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "  POST:      curl -s {address} -H 'content-type: application/json' "
         '-d \'{{"query": "{{ transport_stations(limit: 3) {{ name district }} }}"}}\'\n'
         "Tokens: citygate token --role health_analyst   (roles: anonymous without a token, health_analyst,\n"
-        "        district_officer --claim district=南城, env_inspector, police, supervisor); paste it\n"
+        "        district_officer --claim district=南城, env_inspector, police, supervisor,\n"
+        "        citizen --claim id_card=441900197407169777); paste it\n"
         "        once in the Token box at the top of GraphiQL or the console\n"
         "        (or pick a demo role in that bar: the demo's pages offer each role's token)\n"
         "GraphiQL opens with a query anonymous can run; as health_analyst, with this one:\n\n"
