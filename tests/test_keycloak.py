@@ -334,3 +334,19 @@ def test_keys_cached_while_keycloak_is_down_then_503(keycloak: str, sqlite_confi
             "extensions": {"code": "UNAVAILABLE"},
         }
     gateway.close()
+
+
+def test_the_services_start_again_a_keycloak_whose_realm_file_changed(tmp_path: Path) -> None:
+    """Keycloak keeps its realm in memory, imported from the copy made at start: a Keycloak
+    started from an older realm file (one without the citizen) is not current."""
+    from tools.services import KEYCLOAK_REALM, realm_current
+
+    imports = tmp_path / "import"
+    assert not realm_current(imports)  # never started here
+    imports.mkdir()
+    older = json.loads(KEYCLOAK_REALM.read_text(encoding="utf-8"))
+    older["users"] = [u for u in older["users"] if u["username"] != "citizen"]
+    (imports / KEYCLOAK_REALM.name).write_text(json.dumps(older), encoding="utf-8")
+    assert not realm_current(imports)
+    (imports / KEYCLOAK_REALM.name).write_bytes(KEYCLOAK_REALM.read_bytes())
+    assert realm_current(imports)
