@@ -150,7 +150,7 @@ def test_view_as_role_shows_decisions_sql_and_answer(tab: Tab, served: Served, t
     page.goto(f"{served.url}/console#view-as")
     page.fill("#admin-token", admin_token(served.data_dir))
     page.dispatch_event("#admin-token", "change")
-    expect(page.locator("#role option")).to_have_count(6)
+    expect(page.locator("#role option")).to_have_count(7)  # the demo policies' roles, citizen included
     page.select_option("#role", "district_officer")
     page.fill("#claims", "district=南城")
     page.fill("#query", "{ public_security_residents(limit: 3, order_by: [{name: asc}]) { name phone district } }")
