@@ -1169,12 +1169,17 @@ def start_keycloak(settings: Settings, home: Path, java: Path) -> None:
     imports = home / "data" / "import"
     with step(f"Keycloak {KEYCLOAK_VERSION} on 127.0.0.1:{settings.keycloak_port}") as outcome:
         if pid_alive(pid) and keycloak_ready(settings):
-            if realm_current(imports):
-                outcome.append("already running")
-                return
             # The realm lives in memory, imported from the copy made at start: a Keycloak started
             # from an older realm file serves the old users and mappers until it starts again.
-            outcome.append(f"the realm file changed: {stop_pid('Keycloak', pid)}, started again")
+            # It is not restarted here: others may be using it, and a checkout with another
+            # realm file would restart it back.
+            outcome.append(
+                "already running"
+                if realm_current(imports)
+                else "already running, with the realm file as it was when it started; for the file as it is "
+                "now: python -m tools.services stop --only keycloak, then start it again"
+            )
+            return
         if port_open(settings.keycloak_port):
             raise ServiceError(
                 f"port {settings.keycloak_port} is taken by another process; set CITYGATE_KEYCLOAK_PORT to a free port"
