@@ -33,7 +33,7 @@ from gateway.identity.caller import Identity
 from gateway.state import State
 from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
-from policies.rewrite import Context, PolicyViolation, enforce
+from policies.rewrite import Context, NoiseRequired, PolicyViolation, enforce, spends
 from tests.conftest import free_port, with_store
 from tests.test_policies import ENGINES, engine_config, errors, run, type_fields, with_policies
 from tests.test_routes import Relay, trino_at
@@ -441,12 +441,21 @@ def test_a_noisy_table_offers_counts_and_bounded_sums_only(uncached: Gateway) ->
     ],
 )
 def test_the_last_step_refuses_what_a_noisy_table_does_not_release(uncached: Gateway, query: str) -> None:
-    """Compiled for the exact role, whose schema offers them, and rewritten under the noisy one."""
+    """Compiled for the exact role, whose schema offers them, and rewritten under the noisy one:
+    refused as unspent (no count selects its groups), and by the last step itself too."""
+    from policies.rewrite import RULES, verify
+
     [compiled] = uncached.compile(query, identity=Identity("exact"))
     view = uncached.view(Identity("noisy"))
     assert view.decisions is not None
+    ctx = Context(view.decisions, view.types, {}, view.keys)
+    with pytest.raises(NoiseRequired):
+        enforce(compiled.tree, ctx)
+    tree = compiled.tree.copy()
+    for rule in RULES[: RULES.index(spends)]:
+        tree = rule(tree, ctx)
     with pytest.raises(PolicyViolation, match="has noise"):
-        enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
+        verify(tree, ctx)
 
 
 def test_the_last_step_refuses_a_noisy_sum_of_unclamped_values(uncached: Gateway) -> None:
