@@ -313,6 +313,15 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "no: the role may not read this",
     ),
     ErrorCode(
+        "NOISE_REQUIRED",
+        "field",
+        "200",
+        "the answer would depend on rows of a table the role reads only as noisy aggregates, other than "
+        "through a noisy count or sum that spends its privacy budget (a filter, ordering or `EXISTS` through "
+        "it, or its rows); nothing ran and nothing was spent",
+        "no: ask through the table's own `_aggregate` or `_group_by`",
+    ),
+    ErrorCode(
         "RESULT_TOO_LARGE",
         "field",
         "200",
