@@ -20,9 +20,10 @@ count entities rather than rows. Deny by default: a column no rule grants
 is absent, and a table with no visible column is absent.
 
 An aggregate-only rule may add ``noise``: its counts and sums are released with random noise
-(``epsilon``, and ``bounds`` for each column it may sum), and each noisy answer spends the
-role's ``privacy_budget`` (an epsilon per period), past which the gateway refuses
-(:mod:`policies.noise`).
+(``epsilon``, and ``bounds`` for each column it may sum), its groups appear only where a noisy
+count reaches a threshold (``delta``, ``threshold``), and each noisy answer, keys alone
+included, spends the role's ``privacy_budget`` (an epsilon per period), past which the gateway
+refuses (:mod:`policies.noise`).
 """
 
 from __future__ import annotations
