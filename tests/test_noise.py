@@ -697,6 +697,8 @@ DEPENDING = {
     " { aggregate { count } } } }",
     "rows": "{ health_clinic_visits(limit: 3) { visit_date } }",
     "a group's keys with no count": "{ health_clinic_visits_group_by(by: [hospital]) { keys { hospital } } }",
+    "groups ordered by their exact count": "{ health_clinic_visits_group_by(by: [hospital],"
+    " order_by: [{aggregate: {count: desc}}], limit: 1) { keys { hospital } } }",
 }
 
 
@@ -786,6 +788,33 @@ def test_partition_selection_keeps_large_groups_and_almost_never_a_group_of_one(
         }
         assert released != set(days)
         assert len(released & singles) <= 3
+    finally:
+        gateway.close()
+
+
+ONE_DAY = """{ health_clinic_visits_aggregate(where: {hospital: {_eq: "%s"}, visit_date: {_eq: "%s"}})
+  { aggregate { sum { cost } } } }"""
+
+
+def test_a_whole_aggregate_is_selected_too_and_a_sum_alone_pays_for_its_selection(
+    sqlite_config: Config, city: City, tmp_path: Path
+) -> None:
+    """A whole aggregate is one group: over one visit, whether it comes back (or counts 0) is
+    the same noisy decision, paid for with the sum. The day's one visit appears with
+    probability at most delta (8.6e-7) per answer, so in none of 20 but once in 58,000 runs."""
+    hospital, day, _ = day_with_one_visit(city)
+    one = ONE_DAY % (hospital, day)
+    gateway = start(sqlite_config, [k_one_file(tmp_path / "k1.yaml", bounds={"cost": [0, BOUND]})], tmp_path)
+    key = "health_clinic_visits_aggregate"
+    try:
+        assert run(gateway, "exact", one)[key]["aggregate"]["sum"]["cost"] is not None  # k = 1 alone shows it
+        for _ in range(20):
+            response = gateway.execute(one, identity=Identity("noisy"))
+            assert response.epsilon == {key: 2 * EPSILON}  # the count that selects, and the sum
+            assert response.body["data"][key]["aggregate"]["sum"]["cost"] is None
+        whole = gateway.execute(TOTAL, identity=Identity("noisy"))
+        assert whole.epsilon == {key: 2 * EPSILON}  # count and sum: the count shown is the one that selects
+        assert whole.body["data"][key]["aggregate"]["count"] > 29_000
     finally:
         gateway.close()
 
