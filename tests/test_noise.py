@@ -727,6 +727,23 @@ def test_an_answer_depending_on_noisy_rows_without_spending_is_refused(
         gateway.close()
 
 
+def test_an_exact_count_read_anywhere_but_the_rows_the_gateway_noises_is_refused(uncached: Gateway) -> None:
+    """The statement's counts are exact until the gateway adds noise to the rows it returns: a
+    tree that filters those rows by a count, in the statement, would answer by the exact one."""
+    from sqlglot import exp
+
+    [compiled] = uncached.compile(BY_HOSPITAL, identity=Identity("noisy"))
+    view = uncached.view(Identity("noisy"))
+    assert view.decisions is not None
+    ctx = Context(view.decisions, view.types, {}, view.keys)
+    enforce(compiled.tree, ctx)  # as compiled: accepted
+    tree = compiled.tree.copy()
+    [arm] = [t.parent.parent for t in tree.find_all(exp.Table) if t.name == "n0"]
+    arm.where(exp.column("o0_1") >= 1000, copy=False)  # a hospital appears if it has 1,000 visits, exactly
+    with pytest.raises(NoiseRequired):
+        enforce(tree, ctx)
+
+
 SELECTING = PrivacyBudget(epsilon=1e6)
 
 

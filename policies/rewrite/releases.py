@@ -37,7 +37,33 @@ def spends(tree: exp.Expr, ctx: Context) -> exp.Expr:
         cuts += [outer.args.get(k) for k in ("where", "limit", "offset", "qualify")] if outer is not None else []
         if any(cuts):
             raise PolicyViolation(f"{key[0]}.{key[1]} has noise, but its groups are cut before they are selected")
+        if not _returned_as_rows(outer or holder, tree):
+            raise NoiseRequired(f"{key[0]}.{key[1]}")
     return tree
+
+
+def _returned_as_rows(select: exp.Select, tree: exp.Expr) -> bool:
+    """Whether ``select`` is a node of the statement whose rows only leave it: a CTE read by
+    arms of the statement's UNION that pass its columns on as they are. The noise is added to
+    those rows by the gateway; an exact count read anywhere else (a filter, a join, another
+    node) would let the answer depend on it without noise."""
+    cte = select.parent
+    if not isinstance(cte, exp.CTE):
+        return False
+    for table in tree.find_all(exp.Table):
+        if table.name != cte.alias_or_name or table.db:
+            continue
+        arm = _from_of(table)
+        if arm is None or not isinstance(arm.parent, exp.Union | exp.Subquery):
+            return False
+        if any(arm.args.get(k) for k in ("where", "joins", "group", "having", "qualify", "limit", "offset")):
+            return False
+        if any(
+            not isinstance(p.this if isinstance(p, exp.Alias) else p, exp.Column | exp.Literal | exp.Null)
+            for p in arm.expressions
+        ):
+            return False
+    return True
 
 
 def _from_of(node: exp.Expr | None) -> exp.Select | None:
