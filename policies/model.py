@@ -20,9 +20,10 @@ count entities rather than rows. Deny by default: a column no rule grants
 is absent, and a table with no visible column is absent.
 
 An aggregate-only rule may add ``noise``: its counts and sums are released with random noise
-(``epsilon``, and ``bounds`` for each column it may sum), and each noisy answer spends the
-role's ``privacy_budget`` (an epsilon per period), past which the gateway refuses
-(:mod:`policies.noise`).
+(``epsilon``, and ``bounds`` for each column it may sum), its groups appear only where a noisy
+count reaches a threshold (``delta``, ``threshold``), and each noisy answer, keys alone
+included, spends the role's ``privacy_budget`` (an epsilon per period), past which the gateway
+refuses (:mod:`policies.noise`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from catalogue.errors import ConfigError
 from catalogue.files import read_yaml
 from catalogue.model import SharingClass
 from policies.masks import parse_custom
+from policies.noise import least_threshold, selection_delta
 from policies.rowfilter import parse_filter
 from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
@@ -101,10 +103,17 @@ class Noise(_Model):
     more noise. A count changes by at most 1 when one row is added or removed, so its noise
     has scale 1/epsilon; a sum changes by at most the largest magnitude its ``bounds`` allow
     (values are clamped to them before summing), so its noise has scale max(|lo|, |hi|)/epsilon.
-    A column without bounds cannot be summed."""
+    A column without bounds cannot be summed.
+
+    Which groups appear is decided by a noisy count too (partition selection): a group is shown
+    only if its count with noise reaches ``threshold``. ``delta`` bounds the chance that one
+    row decides whether a group appears; without a ``threshold``, the least one that keeps to
+    ``delta`` is used (:func:`policies.noise.least_threshold`)."""
 
     epsilon: float = Field(gt=0, description="the privacy cost of one released count or sum")
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)  # column -> [lo, hi]
+    delta: float = Field(1e-6, gt=0, le=1e-3, description="the chance one row may decide whether a group appears")
+    threshold: int | None = Field(None, ge=1, description="the noisy count a group needs to appear")
 
     @field_validator("bounds")
     @classmethod
@@ -157,6 +166,14 @@ class TableRule(_Model):
         for column in self.noise.bounds if self.noise is not None else ():
             if self.group_by is not None and column in self.group_by:
                 raise ValueError(f"noise.bounds: {column} is in group_by; only the other columns are summed")
+        if self.noise is not None and self.noise.threshold is not None:
+            noise, least = self.noise, least_threshold(self.noise.epsilon, self.k, self.noise.delta)
+            if noise.threshold is not None and noise.threshold < least:
+                raise ValueError(
+                    f"noise.threshold: {noise.threshold} lets one row decide whether a group appears with "
+                    f"probability {selection_delta(noise.epsilon, self.k, noise.threshold):.2g}, more than "
+                    f"noise.delta {noise.delta:g}; use at least {least}, or leave it out"
+                )
         return self
 
     @field_validator("columns")

@@ -207,6 +207,10 @@ def test_policy_check_and_test_understand_noisy_grants(tmp_path: Path) -> None:
     )
     assert explained.returncode == 0, explained.stderr
     assert "noise epsilon 1 per count or sum; cost in [0, 1000]" in explained.stdout
+    from policies.noise import least_threshold
+
+    shown = f"groups shown from a noisy count of {least_threshold(1.0, 5, 1e-6)} (delta 1e-06)"
+    assert shown in explained.stdout, explained.stdout
     assert "CASE WHEN" in explained.stdout  # the clamp
     for _ in range(2):  # the second run has a budget of its own again: none was written down
         tested = cli("test", str(cases))

@@ -564,6 +564,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Print each root field's route, and the SQL it runs there: on its store, in the store's
     dialect, when it is delegated; and on each engine."""
     from gateway.execution.engines import create_engine
+    from policies.noise import least_threshold
 
     query = sys.stdin.read() if args.query == "-" else args.query
     if query.startswith("@"):
@@ -605,6 +606,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
                         bounds = ", ".join(f"{c} in [{lo:g}, {hi:g}]" for c, (lo, hi) in decision.noise.bounds.items())
                         extra += f"; noise epsilon {decision.noise.epsilon:g} per count or sum{'; ' if bounds else ''}"
                         extra += bounds
+                        noise = decision.noise
+                        threshold = noise.threshold or least_threshold(noise.epsilon, decision.k, noise.delta)
+                        extra += f"; groups shown from a noisy count of {threshold} (delta {noise.delta:g})"
                     print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(
