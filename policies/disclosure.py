@@ -32,7 +32,6 @@ sqlglot trees over the raw tables; the caller runs them, since this package know
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
@@ -100,8 +99,14 @@ def _raw_table(department: str, table: str) -> exp.Table:
 
 
 def _shown(treatment: Treatment, column: str, kind: LogicalType) -> exp.Expr:
-    """The column as the role is shown it: the very mask the rewrite computes."""
-    return mask(treatment, raw_column(column), kind)
+    """The column as the role is shown it, for counting: the very mask the rewrite computes,
+    but a keyed hash as the raw value, which it tells apart exactly as the hash does (one
+    pseudonym per value), without the key and the cost of an HMAC on every row."""
+    return mask(_counted(treatment), raw_column(column), kind)
+
+
+def _counted(treatment: Treatment) -> Treatment:
+    return RAW if treatment.kind == "hash" else treatment
 
 
 def _share(part: int, whole: int) -> str:
@@ -136,7 +141,8 @@ def view_of(decision: TableDecision, types: Mapping[str, LogicalType], columns: 
     the claims are unknown here, so the view is split by those columns instead.
 
     The statement is the policy rewrite's own (:func:`~policies.rewrite.enforce`), of a query
-    that reads the columns; what the checker adds, it adds after the rewrite."""
+    that reads the columns, with a hash as its raw value (it groups rows alike); what the
+    checker adds, it adds after the rewrite."""
     key = (decision.department, decision.table)
     reference = exp.Table(
         this=exp.to_identifier(decision.table),
@@ -144,7 +150,9 @@ def view_of(decision: TableDecision, types: Mapping[str, LogicalType], columns: 
         alias=exp.TableAlias(this="t"),
     )
     tree = exp.select(*(exp.alias_(exp.column(_q(c), table="t"), _q(c)) for c in columns)).from_(reference)
-    unfiltered = replace(decision, row_filter=None)
+    # counted, not shown: a hash groups rows as its raw value does (see _shown)
+    counted = {c: _counted(t) for c, t in decision.columns.items()}
+    unfiltered = replace(decision, row_filter=None, columns=counted)
     view = enforce(tree, Context({key: unfiltered}, {key: types}, {}, {}))
     assert isinstance(view, exp.Select)
     parts = sorted(columns_used(parse_filter(decision.row_filter))) if decision.row_filter is not None else []
@@ -268,9 +276,8 @@ def _digit(value: exp.Expr, position: int) -> exp.Expr:
     """The digit at ``position`` of ``value`` as a number, -1 for another character: found in a
     text of digits, so that no engine fails on a letter."""
     char = exp.Substring(this=value, start=exp.Literal.number(position), length=exp.Literal.number(1))
-    return exp.Sub(
-        this=exp.StrPosition(this=exp.Literal.string("0123456789"), substr=char), expression=exp.Literal.number(1)
-    )
+    position_in = exp.StrPosition(this=exp.Literal.string("0123456789"), substr=char)
+    return exp.Paren(this=exp.Sub(this=position_in, expression=exp.Literal.number(1)))
 
 
 def _checked(value: exp.Expr) -> exp.Expr:
@@ -338,7 +345,7 @@ def candidates_of(
     for position in sorted(hidden - covered - last):
         total *= max(alphabet.get(position, 1), 1)
     if check and width not in hidden:  # a shown check character: one in 11 of the others is right
-        total = max(math.ceil(total / 11), 1)
+        total = max(round(total / 11), 1)
     return total, shows
 
 

@@ -424,10 +424,8 @@ def _policy_check(gateway: Gateway) -> int:
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
     open_ = [f for f in findings if not f.accepted]
     accepted = [f for f in findings if f.accepted]
-    for kind in sorted({f.kind for f in open_}):
-        print(f"{kind}:")
-        for finding in (f for f in open_ if f.kind == kind):
-            print(f"  {finding.message}")
+    for finding in sorted(open_, key=lambda f: f.kind):  # stable: each kind in the check's order
+        print(f"  {finding.kind}: {finding.message}")
     if accepted:
         print("accepted (checks.accept):")
         for finding in accepted:
