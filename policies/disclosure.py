@@ -23,7 +23,8 @@ sqlglot trees over the raw tables; the caller runs them, since this package know
 - **linkage**: a column two roles both see, or can both compute, in one form (the coarser of
   the two: raw to one and ``year`` to the other is ``year``), with a distinct value on nearly
   every row. Anyone holding both tokens joins the two views on it. A table's primary key links
-  every role's view of a record by design, and is left out.
+  every role's view of a record by design (relationships join on it): it is left out, and so
+  are two roles that both see it raw or hashed, whose views it joins already.
 
 >>> candidates_of(18, hidden=set(range(11, 15)), alphabet=dict.fromkeys(range(1, 19), 10),
 ...               blocks=[DateBlock("birth_date", 7, 70)], seen={}, check=True)
@@ -587,6 +588,11 @@ def _dominates(a: Mapping[Any, Treatment], b: Mapping[Any, Treatment]) -> bool:
     return all(c in a and finer(a[c], t) for c, t in b.items())
 
 
+def _keyed(a: Treatment | None, b: Treatment | None) -> bool:
+    """Whether two roles see a key column in one form that keeps it a key (raw, or one hash)."""
+    return a is not None and a == b and a.kind in ("raw", "hash")
+
+
 def linkage_probes(
     decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], primary: Sequence[str], checks: Checks
 ) -> list[Probe]:
@@ -609,6 +615,8 @@ def linkage_probes(
             one, other = everywhere[first], everywhere[second]
             if shown[first] == shown[second] or _dominates(one, other) or _dominates(other, one):
                 continue  # the same rows, or one role sees all the other does: joining adds nothing
+            if primary and all(_keyed(shown[first].get(c), shown[second].get(c)) for c in primary):
+                continue  # both see the key itself: their views join on it by design
             for column in sorted(set(shown[first]) & set(shown[second]) - set(primary)):
                 a, b = shown[first][column], shown[second][column]
                 form = common_form(a, b)
