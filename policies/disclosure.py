@@ -505,15 +505,14 @@ def _dependency(
     types: Mapping[str, LogicalType],
     checks: Checks,
 ) -> Probe:
-    shown = exp.alias_(_shown(treatment, column, types[column]), "s")
+    shown = _shown(treatment, column, types[column])
     groups = (
         exp.select(
-            shown,
             exp.alias_(exp.Count(this=exp.Star()), "n"),
             exp.alias_(exp.Count(this=exp.Distinct(expressions=[raw_column(target)])), "d"),
         )
         .from_(_raw_table(department, table))
-        .group_by(exp.column("s"))
+        .group_by(shown)  # by the expression: Trino groups by no output's name
         .subquery("g")
     )
     n, d = exp.column("n", table="g"), exp.column("d", table="g")

@@ -43,7 +43,7 @@ def check(gateway: Gateway, files: list[Path]) -> list[Finding]:
         for t in gateway.catalogue.tables
     }
     types = {(t.department, t.name): {c.name: c.type for c in t.columns} for t in gateway.catalogue.tables}
-    primary = {(t.department, t.name): t.primary_key for t in gateway.catalogue.tables}
+    primary = {(t.department, t.name): t.primary_key for t in gateway.model.tables.values()}  # config or store
     measure = lambda tree: gateway.engine.execute(tree).rows[0]  # noqa: E731
     return review(load_policies(files), tables, types, measure, primary=primary)
 
