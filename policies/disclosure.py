@@ -52,6 +52,7 @@ SHARE = 0.9  # a measurement "holds" on a column when it does on this share of r
 KEY_SHARE = 0.99  # a shown column with distinct values on this share of rows is a key of the view
 IDENTIFIER_SHARE = 0.5  # a fixed-length text with distinct values on this share of rows identifies
 LONGEST = 64  # identifiers longer than this are not taken apart character by character
+SAMPLE = 1000  # values a mask is tried on, each character changed in turn
 CHECK = "10X98765432"  # ISO 7064 MOD 11-2, as GB 11643 uses it: the check character of a sum
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
@@ -362,14 +363,17 @@ def identifier_probe(
 ) -> Probe:
     """Which characters of ``column`` its mask hides, how many characters each position takes,
     where the table's dates sit inside it and whether it ends in a check character: one query,
-    over the values of the identifier's own width."""
+    over the values of the identifier's own width. What the mask hides is the mask's, so it is
+    tried on :data:`SAMPLE` values; the rest is counted on all of them."""
     value = raw_column(column)
     kind = types[column]
     shown = _shown(treatment, column, kind)
+    fits = exp.EQ(this=exp.Length(this=value.copy()), expression=exp.Literal.number(width))
+    tried: list[exp.Expr] = [exp.Count(this=exp.Star())]
     measures: list[exp.Expr] = [exp.Count(this=exp.Star())]
     for position in range(1, width + 1):
         changed = mask(treatment, _changed(value.copy(), position, width), kind)
-        measures.append(_when(exp.EQ(this=changed, expression=shown.copy())))
+        tried.append(_when(exp.EQ(this=changed, expression=shown.copy())))
         char = exp.Substring(this=value.copy(), start=exp.Literal.number(position), length=exp.Literal.number(1))
         measures.append(exp.Count(this=exp.Distinct(expressions=[char])))
     dates = sorted(c for c, k in types.items() if k.kind == "date")
@@ -380,19 +384,20 @@ def identifier_probe(
         year = exp.DateTrunc(this=raw_column(date), unit=exp.var("YEAR"))  # type: ignore[no-untyped-call]
         measures.append(exp.Count(this=exp.Distinct(expressions=[year])))
     measures.append(_when(_checked(value.copy())) if width == 18 else exp.Literal.number(0))
-    fits = exp.EQ(this=exp.Length(this=value.copy()), expression=exp.Literal.number(width))
-    tree = exp.select(*measures).from_(_raw_table(department, table)).where(fits)
+    values = exp.select(value.copy()).from_(_raw_table(department, table)).where(fits.copy()).limit(SAMPLE)
+    sample = exp.select(*tried).from_(values.subquery("raw")).subquery("tried")
+    counted = exp.select(*measures).from_(_raw_table(department, table)).where(fits).subquery("counted")
+    tree = exp.select(exp.Star()).from_(sample).join(counted, join_type="cross")
     where = f"{department}.{table}"
 
     def judge(row: Sequence[Any]) -> list[Found]:
         values = [int(v or 0) for v in row]
-        rows = values[0]
-        if not rows:
+        tried, rows = values[0], values[width + 1]
+        if not tried or not rows:
             return []
-        per = values[1 : 1 + 2 * width]
-        hidden = {p for p in range(1, width + 1) if per[2 * (p - 1)] >= SHARE * rows}
-        alphabet = {p: per[2 * (p - 1) + 1] for p in range(1, width + 1)}
-        rest = values[1 + 2 * width :]
+        hidden = {p for p in range(1, width + 1) if values[p] >= SHARE * tried}
+        alphabet = {p: values[width + 1 + p] for p in range(1, width + 1)}
+        rest = values[2 * width + 2 :]
         blocks = []
         for i, date in enumerate(dates):
             hits, first, last, years = rest[4 * i : 4 * i + 4]
