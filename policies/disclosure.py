@@ -72,6 +72,24 @@ class Found:
 
 
 @dataclass(frozen=True)
+class Unmeasured:
+    """What the caller's runner gives for a measurement the engine could not make: the check
+    then fails, naming it, rather than pass on what it did not see."""
+
+    reason: str
+
+
+def unmeasured(probe: Probe, reason: str) -> Found:
+    return Found(
+        "unmeasured",
+        f"{probe.kind} of {probe.department}.{probe.table}: the engine could not measure it ({reason}); "
+        "the check cannot vouch for this table",
+        (),
+        f"{probe.department}.{probe.table}",
+    )
+
+
+@dataclass(frozen=True)
 class Probe:
     """One measurement: ``tree`` returns one row, ``judge`` turns it into findings."""
 
@@ -675,13 +693,14 @@ def measure_views(
     primary: Mapping[tuple[str, str], Sequence[str]],
     floors: Mapping[str, Mapping[str, FloorRule]],
     checks: Checks,
-    run: Callable[[Sequence[exp.Select]], Sequence[Sequence[Any]]],
+    run: Callable[[Sequence[exp.Select]], Sequence[Sequence[Any] | Unmeasured]],
 ) -> list[Found]:
     """Every measurement of the module, in two rounds of queries that ``run`` answers (one row
-    each, in order): each table's profile, then what the profiles call for."""
+    each, in order, or :class:`Unmeasured`): each table's profile, then what the profiles call for."""
     first = [made for key in sorted(types) if (made := profile_probe(decisions, key, types[key])) is not None]
+    found: list[Found] = []
     for (probe, _), row in zip(first, run([p.tree for p, _ in first]), strict=True):
-        probe.judge(row)
+        found += [unmeasured(probe, row.reason)] if isinstance(row, Unmeasured) else probe.judge(row)
     profiled = {(p.department, p.table): profile for p, profile in first}
     second: list[Probe] = []
     for key in sorted(types):
@@ -696,7 +715,6 @@ def measure_views(
             second += identifier_probes(decisions, key, kinds, profile, checks)
         second += dependency_probes(decisions, key, kinds, floors.get(key[0], {}), checks)
         second += linkage_probes(decisions, key, kinds, primary.get(key, ()), checks)
-    found: list[Found] = []
     for probe, row in zip(second, run([p.tree for p in second]), strict=True):
-        found += probe.judge(row)
+        found += [unmeasured(probe, row.reason)] if isinstance(row, Unmeasured) else probe.judge(row)
     return found

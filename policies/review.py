@@ -27,20 +27,21 @@ from sqlglot import exp
 from catalogue.model import SharingClass
 from catalogue.types import LogicalType
 from policies.decide import TableDecision, decide
-from policies.disclosure import measure_views
+from policies.disclosure import Unmeasured, measure_views
 from policies.exposure import clamped, probes
 from policies.model import Checks, Policies, RolePolicy, TableRule
 from policies.rowfilter import columns_used, parse_filter
 
 Columns = Mapping[tuple[str, str], Mapping[str, SharingClass | None]]
 Measure = Callable[[exp.Select], Sequence[Any]]  # runs a one-row query over raw tables
-RunAll = Callable[[Sequence[exp.Select]], Sequence[Sequence[Any]]]  # runs several, answers in order
+# runs several, answers in order: each one row, or Unmeasured where the engine failed
+RunAll = Callable[[Sequence[exp.Select]], Sequence[Sequence[Any] | Unmeasured]]
 
 
 @dataclass(frozen=True)
 class Finding:
     # "unmatched", "floor", "codebook", "identifier", "uniqueness", "dependency", "linkage",
-    # "noise" or "mask" (gateway.execution.proof)
+    # "noise", "mask" (gateway.execution.proof) or "unmeasured" (the engine failed; never accepted)
     kind: str
     message: str
     roles: tuple[str, ...] = ()
@@ -89,6 +90,9 @@ def review(
     found = probes(decisions, types, min_distinct) + clamped(policies, set(tables))
     runner: RunAll = run if run is not None else (lambda trees: [measure(tree) for tree in trees])
     for probe, row in zip(found, runner([p.tree for p in found]), strict=True):
+        if isinstance(row, Unmeasured):
+            findings.append(Finding("unmeasured", f"{probe.kind} of {probe.department}.{probe.table}: {row.reason}"))
+            continue
         findings.extend(Finding(probe.kind, message) for message in probe.judge(row))
     checks = policies.checks
     if min_candidates != checks.min_candidates and "min_candidates" not in checks.model_fields_set:

@@ -227,3 +227,20 @@ def test_the_findings_are_the_same_on_trino(gateway_sqlite: Gateway, gateway_tri
     }
     assert on["embedded"] == on["trino"]
     assert {kind for kind, _ in on["trino"]} == set(kinds)
+
+
+def test_a_measurement_the_engine_cannot_make_fails_the_check_by_name(gateway_sqlite: Gateway) -> None:
+    # a table the catalogue lists but the engine cannot read (a store gone since start-up)
+    from catalogue.model import SharingClass
+    from catalogue.types import LogicalType
+    from gateway.execution.measure import run_all
+    from policies.decide import decide
+    from policies.disclosure import measure_views
+    from policies.model import Checks, Policies, RolePolicy
+
+    policies = Policies({"r": RolePolicy(tables={"health.ghost": {"columns": {"id_card": "partial(6,4)"}}})}, {}, "v")
+    ghost = ("health", "ghost")
+    decisions = {"r": {ghost: decide(policies, "r", *ghost, {"id_card": SharingClass.SHARED})}}
+    types = {ghost: {"id_card": LogicalType("string")}}
+    found = measure_views(decisions, types, {}, {}, Checks(), lambda trees: run_all(gateway_sqlite.engine, trees))
+    assert [(f.kind, f.message.split(":")[0]) for f in found] == [("unmeasured", "profile of health.ghost")]
