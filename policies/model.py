@@ -29,7 +29,7 @@ refuses (:mod:`policies.noise`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,8 @@ from policies.treatments import DENY, RAW, Treatment, parse_treatment
 __all__ = [
     "DENY",
     "RAW",
+    "Accepted",
+    "Checks",
     "Floor",
     "FloorRule",
     "Noise",
@@ -242,9 +244,52 @@ class Floor(_Model):
     columns: dict[str, FloorRule] = Field(default_factory=dict)  # "table.column" -> rule
 
 
+class Accepted(_Model):
+    """A finding of ``citygate policy check`` that the security officers accept, and why: it is
+    printed with its reason and no longer fails the check. ``roles`` are the finding's roles
+    (both, for a linkage); ``table`` (``department.table``) and ``column`` narrow it."""
+
+    finding: Literal[
+        "unmatched", "floor", "codebook", "identifier", "uniqueness", "dependency", "linkage", "noise", "mask"
+    ]
+    roles: list[str] = Field(min_length=1)
+    table: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    column: str | None = None
+    because: str = Field(min_length=1, description="why the finding is accepted, for the next reader")
+
+    def covers(self, kind: str, roles: tuple[str, ...], table: str, column: str) -> bool:
+        """Whether this entry accepts a finding of ``kind`` about ``roles``, ``table`` and ``column``."""
+        return (
+            kind == self.finding
+            and bool(roles)
+            and set(roles) <= set(self.roles)
+            and self.table in (None, table)
+            and self.column in (None, column)
+        )
+
+
+class Checks(_Model):
+    """What ``citygate policy check`` measures on the roles' views, and the findings accepted.
+
+    ``k``, ``max_small_share``: a role's view of a table in which more than this share of rows
+    falls into classes of fewer than ``k`` rows alike (on what the role sees) is a finding.
+    ``min_candidates``: a masked identifier that the role's view narrows to fewer raw values.
+    ``dependency_share``: a visible column that determines a floor-protected one on this share
+    of rows (in groups of two rows or more). ``linkage_share``: a column two roles both see (or
+    can compute) in one form, with distinct values on this share of its rows, joins their views."""
+
+    k: int = Field(2, ge=2)
+    max_small_share: float = Field(0.05, ge=0, le=1)
+    min_candidates: int = Field(1000, ge=2)
+    dependency_share: float = Field(0.9, gt=0, le=1)
+    linkage_share: float = Field(0.9, gt=0, le=1)
+    accept: list[Accepted] = Field(default_factory=list)
+
+
 class PolicyFile(_Model):
     roles: dict[str, RolePolicy] = Field(default_factory=dict)
     floors: list[Floor] = Field(default_factory=list)
+    checks: Checks | None = None
 
 
 @dataclass(frozen=True)
@@ -254,6 +299,7 @@ class Policies:
     roles: dict[str, RolePolicy]
     floors: dict[str, dict[str, FloorRule]]  # department -> "table.column" -> rule
     version: str
+    checks: Checks = field(default_factory=Checks)  # thresholds of `policy check`
 
     def role(self, name: str) -> RolePolicy | None:
         return self.roles.get(name)
@@ -265,6 +311,8 @@ def load_policies(paths: list[Path]) -> Policies:
 
     roles: dict[str, RolePolicy] = {}
     floors: dict[str, dict[str, FloorRule]] = {}
+    thresholds: dict[str, Any] = {}
+    accepted: list[Accepted] = []
     digest = hashlib.sha256()
     for path in paths:
         text, raw = read_yaml(path, "policy file")
@@ -282,4 +330,12 @@ def load_policies(paths: list[Path]) -> Policies:
             roles[name] = role
         for floor in parsed.floors:
             floors.setdefault(floor.department, {}).update(floor.columns)
-    return Policies(roles=roles, floors=floors, version=digest.hexdigest()[:12])
+        if parsed.checks is not None:
+            # each file may accept its own findings; a threshold is said once
+            for key in sorted(parsed.checks.model_fields_set - {"accept"}):
+                if key in thresholds:
+                    raise ConfigError(f"{path}: checks.{key}: set in two policy files")
+                thresholds[key] = getattr(parsed.checks, key)
+            accepted += parsed.checks.accept
+    checks = Checks(**thresholds, accept=accepted)
+    return Policies(roles=roles, floors=floors, version=digest.hexdigest()[:12], checks=checks)
