@@ -62,6 +62,20 @@ class PolicyRefused(CitygateError):
         super().__init__("the query was refused by the confidentiality policy")
 
 
+class NoiseRequiredError(CitygateError):
+    """The answer would depend on rows of a table the role reads only with noise, otherwise than
+    through a noisy count or sum that spends its privacy budget: a filter, an ordering or an
+    EXISTS through it, or its rows unaggregated. Nothing ran and nothing was spent."""
+
+    code = "NOISE_REQUIRED"
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            f"this answer would depend on rows of {table}, which this role reads only as noisy counts and sums "
+            "that spend its privacy budget; ask for them through the table's own _aggregate or _group_by field"
+        )
+
+
 class ResultTooLarge(CitygateError):
     """The answer would hold more rows than one request may have (``limits.max_rows``)."""
 
@@ -297,6 +311,15 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "200",
         "the policies' final check refused the statement; nothing ran",
         "no: the role may not read this",
+    ),
+    ErrorCode(
+        "NOISE_REQUIRED",
+        "field",
+        "200",
+        "the answer would depend on rows of a table the role reads only as noisy aggregates, other than "
+        "through a noisy count or sum that spends its privacy budget (a filter, ordering or `EXISTS` through "
+        "it, or its rows); nothing ran and nothing was spent",
+        "no: ask through the table's own `_aggregate` or `_group_by`",
     ),
     ErrorCode(
         "RESULT_TOO_LARGE",

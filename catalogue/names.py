@@ -24,6 +24,7 @@ TIE = "tie"  # a column the compiler orders by only to break ties
 AGGREGATED = "aggregates"  # on a SELECT whose output is aggregated
 RAW_VALUE = "raw"  # what a policy subquery passes on raw, for a mask computed outside it
 ENTITY = "entity"  # what an aggregate-only table's policy subquery passes on for k to count (a digest)
+SELECTS = "selects"  # on the COUNT that decides which groups of a noisy table appear
 
 # The columns of every arm of a statement's UNION besides its outputs.
 NODE, PARENT, ID = "__node", "__parent", "__id"

@@ -182,7 +182,10 @@ class PoliciesConfig(_Model):
         50, ge=2, description="`policy check`: a hash or partial mask over fewer distinct values is a code book"
     )
     check_min_candidates: int = Field(
-        1000, ge=2, description="`policy check`: a partial mask other visible columns narrow to fewer is found"
+        1000,
+        ge=2,
+        description="`policy check`: a masked identifier a role's view narrows to fewer raw values is found "
+        "(the policy files' `checks.min_candidates` wins)",
     )
 
 

@@ -156,9 +156,10 @@ class State:
     def __init__(self, database: _Database, url: str) -> None:
         self._db = database
         self.url = url
+        self.remote = isinstance(database, _PostgreSQL)  # a server: asked off the event loop
         self._takes = 0
         # After a failure, refuse at once for a moment rather than make every request wait for
-        # the same timeout (the rate limit is taken on the event loop).
+        # the same timeout.
         self._down: tuple[float, str] | None = None
 
     @classmethod

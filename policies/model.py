@@ -21,15 +21,16 @@ count entities rather than rows. Deny by default: a column no rule grants
 is absent, and a table with no visible column is absent.
 
 An aggregate-only rule may add ``noise``: its counts and sums are released with random noise
-(``epsilon``, and ``bounds`` for each column it may sum), and each noisy answer spends the
-role's ``privacy_budget`` (an epsilon per period), past which the gateway refuses
-(:mod:`policies.noise`).
+(``epsilon``, and ``bounds`` for each column it may sum), its groups appear only where a noisy
+count reaches a threshold (``delta``, ``threshold``), and each noisy answer, keys alone
+included, spends the role's ``privacy_budget`` (an epsilon per period), past which the gateway
+refuses (:mod:`policies.noise`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from catalogue.errors import ConfigError
 from catalogue.files import read_yaml
 from catalogue.model import SharingClass
 from policies.masks import parse_custom
+from policies.noise import least_threshold, selection_delta
 from policies.rowfilter import parse_filter
 from policies.treatments import DENY, RAW, Treatment, parse_treatment
 
@@ -46,6 +48,8 @@ __all__ = [
     "AGGREGATE_ONLY",
     "DENY",
     "RAW",
+    "Accepted",
+    "Checks",
     "Floor",
     "FloorRule",
     "Noise",
@@ -103,10 +107,17 @@ class Noise(_Model):
     more noise. A count changes by at most 1 when one row is added or removed, so its noise
     has scale 1/epsilon; a sum changes by at most the largest magnitude its ``bounds`` allow
     (values are clamped to them before summing), so its noise has scale max(|lo|, |hi|)/epsilon.
-    A column without bounds cannot be summed."""
+    A column without bounds cannot be summed.
+
+    Which groups appear is decided by a noisy count too (partition selection): a group is shown
+    only if its count with noise reaches ``threshold``. ``delta`` bounds the chance that one
+    row decides whether a group appears; without a ``threshold``, the least one that keeps to
+    ``delta`` is used (:func:`policies.noise.least_threshold`)."""
 
     epsilon: float = Field(gt=0, description="the privacy cost of one released count or sum")
     bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)  # column -> [lo, hi]
+    delta: float = Field(1e-6, gt=0, le=1e-3, description="the chance one row may decide whether a group appears")
+    threshold: int | None = Field(None, ge=1, description="the noisy count a group needs to appear")
 
     @field_validator("bounds")
     @classmethod
@@ -159,6 +170,14 @@ class TableRule(_Model):
         for column in self.noise.bounds if self.noise is not None else ():
             if self.group_by is not None and column in self.group_by:
                 raise ValueError(f"noise.bounds: {column} is in group_by; only the other columns are summed")
+        if self.noise is not None and self.noise.threshold is not None:
+            noise, least = self.noise, least_threshold(self.noise.epsilon, self.k, self.noise.delta)
+            if noise.threshold is not None and noise.threshold < least:
+                raise ValueError(
+                    f"noise.threshold: {noise.threshold} lets one row decide whether a group appears with "
+                    f"probability {selection_delta(noise.epsilon, self.k, noise.threshold):.2g}, more than "
+                    f"noise.delta {noise.delta:g}; use at least {least}, or leave it out"
+                )
         return self
 
     @field_validator("columns")
@@ -248,9 +267,52 @@ class Floor(_Model):
     columns: dict[str, FloorRule] = Field(default_factory=dict)  # "table.column" -> rule
 
 
+class Accepted(_Model):
+    """A finding of ``citygate policy check`` that the security officers accept, and why: it is
+    printed with its reason and no longer fails the check. ``roles`` are the finding's roles
+    (both, for a linkage); ``table`` (``department.table``) and ``column`` narrow it."""
+
+    finding: Literal[
+        "unmatched", "floor", "codebook", "identifier", "uniqueness", "dependency", "linkage", "noise", "mask"
+    ]
+    roles: list[str] = Field(min_length=1)
+    table: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    column: str | None = None
+    because: str = Field(min_length=1, description="why the finding is accepted, for the next reader")
+
+    def covers(self, kind: str, roles: tuple[str, ...], table: str, column: str) -> bool:
+        """Whether this entry accepts a finding of ``kind`` about ``roles``, ``table`` and ``column``."""
+        return (
+            kind == self.finding
+            and bool(roles)
+            and set(roles) <= set(self.roles)
+            and self.table in (None, table)
+            and self.column in (None, column)
+        )
+
+
+class Checks(_Model):
+    """What ``citygate policy check`` measures on the roles' views, and the findings accepted.
+
+    ``k``, ``max_small_share``: a role's view of a table in which more than this share of rows
+    falls into classes of fewer than ``k`` rows alike (on what the role sees) is a finding.
+    ``min_candidates``: a masked identifier that the role's view narrows to fewer raw values.
+    ``dependency_share``: a visible column that determines a floor-protected one on this share
+    of rows (in groups of two rows or more). ``linkage_share``: a column two roles both see (or
+    can compute) in one form, with distinct values on this share of its rows, joins their views."""
+
+    k: int = Field(2, ge=2)
+    max_small_share: float = Field(0.05, ge=0, le=1)
+    min_candidates: int = Field(1000, ge=2)
+    dependency_share: float = Field(0.9, gt=0, le=1)
+    linkage_share: float = Field(0.9, gt=0, le=1)
+    accept: list[Accepted] = Field(default_factory=list)
+
+
 class PolicyFile(_Model):
     roles: dict[str, RolePolicy] = Field(default_factory=dict)
     floors: list[Floor] = Field(default_factory=list)
+    checks: Checks | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +322,7 @@ class Policies:
     roles: dict[str, RolePolicy]
     floors: dict[str, dict[str, FloorRule]]  # department -> "table.column" -> rule
     version: str
+    checks: Checks = field(default_factory=Checks)  # thresholds of `policy check`
 
     def role(self, name: str) -> RolePolicy | None:
         return self.roles.get(name)
@@ -271,6 +334,8 @@ def load_policies(paths: list[Path]) -> Policies:
 
     roles: dict[str, RolePolicy] = {}
     floors: dict[str, dict[str, FloorRule]] = {}
+    thresholds: dict[str, Any] = {}
+    accepted: list[Accepted] = []
     digest = hashlib.sha256()
     for path in paths:
         text, raw = read_yaml(path, "policy file")
@@ -288,4 +353,12 @@ def load_policies(paths: list[Path]) -> Policies:
             roles[name] = role
         for floor in parsed.floors:
             floors.setdefault(floor.department, {}).update(floor.columns)
-    return Policies(roles=roles, floors=floors, version=digest.hexdigest()[:12])
+        if parsed.checks is not None:
+            # each file may accept its own findings; a threshold is said once
+            for key in sorted(parsed.checks.model_fields_set - {"accept"}):
+                if key in thresholds:
+                    raise ConfigError(f"{path}: checks.{key}: set in two policy files")
+                thresholds[key] = getattr(parsed.checks, key)
+            accepted += parsed.checks.accept
+    checks = Checks(**thresholds, accept=accepted)
+    return Policies(roles=roles, floors=floors, version=digest.hexdigest()[:12], checks=checks)

@@ -2,10 +2,13 @@
 
 It reports rules that match nothing (a table, column or role that does not exist), row filters
 over unknown columns, every place where a department's floor overrides a central rule, and,
-measured through the engine, pseudonyms that are code books and partial masks that other
-visible columns narrow to few candidates (:mod:`policies.exposure`). Of noisy aggregates, a
-budget too small for one answer, and bounds that clamp many real values
-(:func:`~policies.exposure.clamped`).
+measured through the engine, pseudonyms that are code books (:mod:`policies.exposure`) and what
+each role's view discloses on the data: rows unique on what it sees, masked identifiers narrowed
+to few raw values, columns that determine what a floor protects, and keys that join two roles'
+views (:mod:`policies.disclosure`). Of noisy aggregates, a budget too small for one answer, and
+bounds that clamp many real values (:func:`~policies.exposure.clamped`). A finding the policy
+files accept (``checks.accept``) is reported with its reason and fails nothing; an accepted
+finding that is no longer found is reported, so exceptions do not outlive their cause.
 
 >>> from policies.model import Policies, RolePolicy, TableRule
 >>> p = Policies({"r": RolePolicy(tables={"health.nope": TableRule()})}, {}, "v")
@@ -16,7 +19,7 @@ roles.r.tables.health.nope: no such table (known: health.visits)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlglot import exp
@@ -24,18 +27,27 @@ from sqlglot import exp
 from catalogue.model import SharingClass
 from catalogue.types import LogicalType
 from policies.decide import TableDecision, decide
+from policies.disclosure import Unmeasured, measure_views
 from policies.exposure import clamped, probes
-from policies.model import Policies, RolePolicy, TableRule
+from policies.model import Checks, Policies, RolePolicy, TableRule
 from policies.rowfilter import columns_used, parse_filter
 
 Columns = Mapping[tuple[str, str], Mapping[str, SharingClass | None]]
 Measure = Callable[[exp.Select], Sequence[Any]]  # runs a one-row query over raw tables
+# runs several, answers in order: each one row, or Unmeasured where the engine failed
+RunAll = Callable[[Sequence[exp.Select]], Sequence[Sequence[Any] | Unmeasured]]
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # "unmatched", "floor", "codebook", "inference", "noise" or "mask" (gateway.execution.proof)
+    # "unmatched", "floor", "codebook", "identifier", "uniqueness", "dependency", "linkage",
+    # "noise", "mask" (gateway.execution.proof) or "unmeasured" (the engine failed; never accepted)
+    kind: str
     message: str
+    roles: tuple[str, ...] = ()
+    table: str = ""
+    column: str = ""
+    accepted: str = ""  # why the policy files accept it (``checks.accept``); empty: it fails the check
 
 
 def review(
@@ -46,11 +58,15 @@ def review(
     min_distinct: int = 50,
     min_candidates: int = 1000,
     relations: Mapping[tuple[str, str], frozenset[str]] | None = None,
+    primary: Mapping[tuple[str, str], Sequence[str]] | None = None,
+    run: RunAll | None = None,
 ) -> list[Finding]:
     """Findings of the policy files alone and, given column ``types`` and a way to ``measure``
-    through the engine, of what the roles' masks reveal together (:mod:`policies.exposure`).
-    Given each table's ``relations`` (the relationship fields on it), a table rule's
-    ``relationships`` that name none of them are reported too."""
+    through the engine, of what the roles' masks reveal together (:mod:`policies.exposure`,
+    :mod:`policies.disclosure`; ``run``: how to run several measurements, by default one after
+    the other; ``primary``: each table's primary key). Given each table's ``relations`` (the
+    relationship fields on it), a table rule's ``relationships`` that name none of them are
+    reported too. Findings ``checks.accept`` names carry its reason."""
     findings = _review_files(policies, tables)
     for role_name, role in sorted(policies.roles.items()) if relations is not None else ():
         for name, rule in sorted(role.tables.items()):
@@ -71,10 +87,42 @@ def review(
                 )
             except ValueError:  # a row filter over a column the table lacks: found above
                 continue
-    found = probes(decisions, types, min_distinct, min_candidates) + clamped(policies, set(tables))
-    for probe in found:
-        findings.extend(Finding(probe.kind, message) for message in probe.judge(measure(probe.tree)))
-    return findings
+    found = probes(decisions, types, min_distinct) + clamped(policies, set(tables))
+    runner: RunAll = run if run is not None else (lambda trees: [measure(tree) for tree in trees])
+    for probe, row in zip(found, runner([p.tree for p in found]), strict=True):
+        if isinstance(row, Unmeasured):
+            findings.append(Finding("unmeasured", f"{probe.kind} of {probe.department}.{probe.table}: {row.reason}"))
+            continue
+        findings.extend(Finding(probe.kind, message) for message in probe.judge(row))
+    checks = policies.checks
+    if min_candidates != checks.min_candidates and "min_candidates" not in checks.model_fields_set:
+        checks = checks.model_copy(update={"min_candidates": min_candidates})  # the config's, unless the files say
+    measured = measure_views(decisions, types, primary or {}, policies.floors, checks, runner)
+    findings += [Finding(f.kind, f.message, f.roles, f.table, f.column) for f in measured]
+    return accept(findings, checks)
+
+
+def accept(findings: list[Finding], checks: Checks) -> list[Finding]:
+    """``findings`` with those ``checks.accept`` covers marked accepted, and an ``unmatched``
+    finding for each entry that covers none: an exception outlives nothing it was written for."""
+    used: set[int] = set()
+    marked = []
+    for finding in findings:
+        what = (finding.kind, finding.roles, finding.table, finding.column)
+        covering = [n for n, entry in enumerate(checks.accept) if entry.covers(*what)]
+        used.update(covering)
+        marked.append(replace(finding, accepted=checks.accept[covering[0]].because) if covering else finding)
+    for n, entry in enumerate(checks.accept):
+        if n not in used:
+            where = ".".join(x for x in (entry.table, entry.column) if x)
+            marked.append(
+                Finding(
+                    "unmatched",
+                    f"checks.accept[{n}] ({entry.finding} of {', '.join(entry.roles)}{' on ' + where if where else ''})"
+                    ": the check finds no such finding; remove the entry",
+                )
+            )
+    return marked
 
 
 def _review_files(policies: Policies, tables: Columns) -> list[Finding]:

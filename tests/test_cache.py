@@ -320,6 +320,23 @@ def test_a_worker_reads_edited_policy_files_before_its_next_request(
     assert "errors" not in gateway.execute(query, identity=analyst).body
 
 
+def test_a_workers_ready_reply_goes_once_the_policy_files_change(
+    admin_client: tuple[TestClient, Gateway, Path],
+) -> None:
+    """The edge keeps a repeated request's reply to send again (the hot path): in a worker it
+    stands only while the policy files are the ones the worker read."""
+    client, gateway, central = admin_client
+    gateway.follows_files = True
+    body = {"query": "{ transport_stations(limit: 1, order_by: [{station_id: asc}]) { name } }"}
+    answers = [client.post("/graphql", json=body) for _ in range(3)]  # the last ones: the ready reply
+    assert all(a.status_code == 200 and a.json() == answers[0].json() for a in answers), answers[0].text
+    text = central.read_text(encoding="utf-8")
+    denied = "    classes: {shared: deny}\n    tables:\n      transport.stations: {access: deny}\n"
+    central.write_text(text.replace("    classes: {shared: deny}\n", denied, 1))  # anonymous's own rule
+    refused = client.post("/graphql", json=body).json()
+    assert refused["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", refused
+
+
 def test_metrics_need_the_scrape_token_when_one_is_set(admin_client: tuple[TestClient, Gateway, Path]) -> None:
     client, _, _ = admin_client
     client.post("/graphql", json={"query": STATIONS})

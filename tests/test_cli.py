@@ -95,7 +95,8 @@ def test_policy_check_and_policy_test_on_the_demo(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     roles = "anonymous, citizen, district_officer, env_inspector, health_analyst, police, supervisor"
     assert f"roles {roles}" in check.stdout
-    assert check.stdout.strip().endswith("no findings")
+    # what the demo's policies accept is said in them (checks.accept), with the reason
+    assert check.stdout.strip().splitlines()[-1].startswith("no findings, ")
     tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(tmp_path))
     assert tested.returncode == 0, tested.stdout
     assert tested.stdout.strip().endswith("24 passed, 0 failed")
@@ -208,6 +209,10 @@ def test_policy_check_and_test_understand_noisy_grants(tmp_path: Path) -> None:
     )
     assert explained.returncode == 0, explained.stderr
     assert "noise epsilon 1 per count or sum; cost in [0, 1000]" in explained.stdout
+    from policies.noise import least_threshold
+
+    shown = f"groups shown from a noisy count of {least_threshold(1.0, 5, 1e-6)} (delta 1e-06)"
+    assert shown in explained.stdout, explained.stdout
     assert "CASE WHEN" in explained.stdout  # the clamp
     for _ in range(2):  # the second run has a budget of its own again: none was written down
         tested = cli("test", str(cases))

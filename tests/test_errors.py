@@ -370,6 +370,7 @@ REQUESTS: list[tuple[str, str, Any, str, int]] = [
 ELSEWHERE = {
     "POLICY_REFUSED": "test_policies.py::test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash",
     "PRIVACY_BUDGET_EXHAUSTED": "test_noise.py::test_the_budget_refuses_past_its_limit_and_renews_after_the_period",
+    "NOISE_REQUIRED": "test_noise.py::test_an_answer_depending_on_noisy_rows_without_spending_is_refused",
     "TIMEOUT": "test_errors.py::test_a_slow_query_fails_alone_and_leaves_its_department_answering",
     "DEPARTMENT_UNAVAILABLE": "test_partial.py",
     "ENGINE_UNAVAILABLE": "test_routes.py::test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_"

@@ -8,6 +8,7 @@ about six standard errors: a wrong scale (twice or half) fails them, chance alon
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import math
 import statistics
@@ -21,7 +22,7 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from catalogue.errors import ConfigError
+from catalogue.errors import ConfigError, NoiseRequiredError
 from datasets.datagen import City
 from datasets.demo import issue_token, secure_demo
 from gateway.config import CacheConfig, Config
@@ -33,7 +34,7 @@ from gateway.identity.caller import Identity
 from gateway.state import State
 from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
-from policies.rewrite import Context, PolicyViolation, enforce
+from policies.rewrite import Context, NoiseRequired, PolicyViolation, enforce, spends
 from tests.conftest import free_port, with_store
 from tests.test_policies import ENGINES, engine_config, errors, run, type_fields, with_policies
 from tests.test_routes import Relay, trino_at
@@ -137,6 +138,7 @@ ROUTE = {
     "delegated": "delegated",
     "sqlite_delegated": "embedded",
 }
+KEYS_ROUTE = {**ROUTE, "sqlite_delegated": "delegated"}  # counts and text keys alone: SQLite runs them too
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -441,12 +443,21 @@ def test_a_noisy_table_offers_counts_and_bounded_sums_only(uncached: Gateway) ->
     ],
 )
 def test_the_last_step_refuses_what_a_noisy_table_does_not_release(uncached: Gateway, query: str) -> None:
-    """Compiled for the exact role, whose schema offers them, and rewritten under the noisy one."""
+    """Compiled for the exact role, whose schema offers them, and rewritten under the noisy one:
+    refused as unspent (no count selects its groups), and by the last step itself too."""
+    from policies.rewrite import RULES, verify
+
     [compiled] = uncached.compile(query, identity=Identity("exact"))
     view = uncached.view(Identity("noisy"))
     assert view.decisions is not None
+    ctx = Context(view.decisions, view.types, {}, view.keys)
+    with pytest.raises(NoiseRequired):
+        enforce(compiled.tree, ctx)
+    tree = compiled.tree.copy()
+    for rule in RULES[: RULES.index(spends)]:
+        tree = rule(tree, ctx)
     with pytest.raises(PolicyViolation, match="has noise"):
-        enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
+        verify(tree, ctx)
 
 
 def test_the_last_step_refuses_a_noisy_sum_of_unclamped_values(uncached: Gateway) -> None:
@@ -550,3 +561,384 @@ def test_what_the_noisy_schema_offers_the_last_step_accepts(uncached: Gateway) -
 
     accepted()
     assert len(answered) >= 10 and any("sum" in q for q in answered), answered
+
+
+# -- presence: which groups appear is a noisy release too ----------------------------------------
+
+FIRST, LAST = dt.date(2014, 1, 1), dt.date(2014, 12, 31)
+PRESENT = """{ health_clinic_visits_group_by(by: [hospital],
+  where: {hospital: {_eq: "%s"}, department_name: {_eq: "%s"}, diagnosis_code: {_eq: "%s"},
+    visit_date: {_gte: "%s", _lte: "%s"}}) { keys { hospital } } }"""
+
+
+def rarest(city: City) -> tuple[tuple[str, str, str], list[dt.date]]:
+    """The hospital, department and diagnosis with the fewest visits, and their visits' dates
+    between FIRST and LAST (a date twice for two visits that day)."""
+    visits = list(city.dicts("health", "clinic_visits"))
+    sizes = Counter((v["hospital"], v["department_name"], v["diagnosis_code"]) for v in visits)
+    target = min(sorted(sizes), key=sizes.__getitem__)
+    dates = [v["visit_date"] for v in visits if (v["hospital"], v["department_name"], v["diagnosis_code"]) == target]
+    return target, sorted(d for d in dates if FIRST <= d <= LAST)
+
+
+class Refused(Exception):
+    """The gateway answered PRIVACY_BUDGET_EXHAUSTED: the attacker cannot ask on."""
+
+
+def recover(present: Any, first: dt.date, last: dt.date) -> set[dt.date]:
+    """Issue 29's attack: the dates of a handful of visits from whether a group of them appears,
+    by binary search. With k, a window holds k visits or more exactly when its group appears:
+    from a start ``a``, the least end that holds k is the date of the k-th visit from ``a``, and
+    the latest start that still holds k before that end is the date of the first. Moving past
+    that first visit, the next pair, and so on."""
+    day = dt.timedelta(days=1)
+    found: set[dt.date] = set()
+    a = first
+    while a <= last and present(a, last):
+        lo, hi = a, last
+        while lo < hi:  # the least end
+            middle = lo + (hi - lo) // 2
+            lo, hi = (lo, middle) if present(a, middle) else (middle + day, hi)
+        end = lo
+        lo, hi = a, end
+        while lo < hi:  # the latest start
+            middle = lo + (hi - lo + day) // 2
+            lo, hi = (middle, hi) if present(middle, end) else (lo, middle - day)
+        found |= {lo, end}
+        a = lo + day
+    return found
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_presence_by_binary_search_now_spends_and_the_budget_runs_out_long_before_recovery(
+    engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """On k alone, keys-only questions about a date window give a department's visit dates
+    exactly, for free. With noise each question spends, the budget stops the attack after a
+    twentieth of its questions, and what those answers say is not what k alone said."""
+    (hospital, department, code), dates = rarest(city)
+    exact: list[tuple[dt.date, dt.date, bool]] = []
+
+    def oracle(a: dt.date, b: dt.date) -> bool:  # what each question answered on k = 5 alone
+        exact.append((a, b, sum(a <= d <= b for d in dates) >= RULE["k"]))
+        return exact[-1][2]
+
+    assert recover(oracle, FIRST, LAST) == set(dates)  # the attack works on k alone...
+    assert len(set(dates)) >= 10 and len(exact) > 100  # ...in over a hundred questions
+    budget = PrivacyBudget(epsilon=10.0)  # twenty questions at epsilon 0.5
+    gateway = start(
+        engine_config(engine, sqlite_config, services_config), [policy_file(tmp_path / "p.yaml", budget=10.0)], tmp_path
+    )
+    now = [1_800_000_000.0]
+    gateway.privacy = PrivacyBudgets(gateway.state, clock=lambda: now[0])
+    key = "health_clinic_visits_group_by"
+
+    def present(a: dt.date, b: dt.date) -> bool:
+        response = gateway.execute(PRESENT % (hospital, department, code, a, b), identity=Identity("noisy"))
+        if "errors" in response.body:
+            [error] = response.body["errors"]
+            assert error["extensions"]["code"] == "PRIVACY_BUDGET_EXHAUSTED", error
+            raise Refused
+        assert response.routes == {key: ROUTE[engine]}
+        assert response.epsilon == {key: EPSILON}  # keys only, and spent all the same
+        return bool(response.body["data"][key])
+
+    try:
+        # Every question the attack asked on k alone, whatever the answers: twenty are answered.
+        answers: list[bool] = []
+        for a, b, _ in exact:
+            try:
+                answers.append(present(a, b))
+            except Refused:
+                break
+        assert len(answers) == 20
+        assert gateway.privacy.left("noisy", budget) == pytest.approx(0.0)
+        # On k alone, at least five of those windows held k visits. Here a window of at most
+        # 16 visits appears only if its count (lowered by k - 1 = 4 to at most 12) plus noise
+        # of scale 2 reaches the threshold 31 (27 lowered): a noise of 15 or more, of
+        # probability e^-7.5 / (1 + e^-0.5) < 3.6e-4 each. Three of twenty appearing:
+        # C(20, 3) * (3.6e-4)^3 < 6e-8. So the answers are not k's.
+        assert sum(p for _, _, p in exact[:20]) >= 5
+        assert sum(answers) <= 2
+        # The attack itself, with a budget renewed: asking adaptively, it learns no date.
+        now[0] += 86400
+        try:
+            recovered: set[dt.date] | None = recover(present, FIRST, LAST)
+        except Refused:
+            recovered = None
+        assert recovered != set(dates)
+    finally:
+        gateway.close()
+
+
+def readers_file(path: Path) -> Path:
+    """``reader`` reads visits and residents row by row; ``noisy`` reads visits only as noisy
+    aggregates (and residents as ``reader`` does)."""
+    residents = {"only_listed": True, "columns": {"id_card": "allow", "name": "allow"}}
+    visits = {"only_listed": True, "columns": dict.fromkeys([*DIMS, "id_card", "cost"], "allow")}
+    noisy = {**RULE, "noise": {"epsilon": EPSILON, "bounds": {"cost": [0, BOUND]}}}
+    body = {
+        "roles": {
+            "reader": {"tables": {"health.clinic_visits": visits, "public_security.residents": residents}},
+            "noisy": {
+                "privacy_budget": {"epsilon": 10.0},
+                "tables": {"health.clinic_visits": noisy, "public_security.residents": residents},
+            },
+        }
+    }
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+DEPENDING = {
+    "a filter through a relationship": "{ public_security_residents(limit: 3,"
+    ' where: {clinic_visits: {diagnosis_code: {_eq: "O80"}}}) { name } }',
+    "a count of a relationship": "{ public_security_residents(limit: 3) { name clinic_visits_aggregate"
+    " { aggregate { count } } } }",
+    "rows": "{ health_clinic_visits(limit: 3) { visit_date } }",
+    "a group's keys with no count": "{ health_clinic_visits_group_by(by: [hospital]) { keys { hospital } } }",
+    "groups ordered by their exact count": "{ health_clinic_visits_group_by(by: [hospital],"
+    " order_by: [{aggregate: {count: desc}}], limit: 1) { keys { hospital } } }",
+}
+
+
+@pytest.mark.parametrize("shape", list(DEPENDING))
+def test_an_answer_depending_on_noisy_rows_without_spending_is_refused(
+    shape: str, sqlite_config: Config, tmp_path: Path
+) -> None:
+    """The noisy role's schema offers none of these (no relationship reaches an aggregate-only
+    table, and its aggregates count their groups); compiled for a role that reads the rows and
+    run under the noisy role's policy, each is refused with its own code, spending nothing."""
+    from gateway.execution.budget import RowBudget
+
+    gateway = start(sqlite_config, [readers_file(tmp_path / "readers.yaml")], tmp_path)
+    try:
+        [compiled] = gateway.compile(DEPENDING[shape], identity=Identity("reader"))
+        view = gateway.view(Identity("noisy"))
+        assert view.decisions is not None and view.privacy is not None
+        with pytest.raises(NoiseRequired, match=r"health\.clinic_visits"):
+            enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
+        compiled = dataclasses.replace(compiled, rewritten=None, route=None, sql={})
+        error, _, _ = gateway._run(compiled, view, {}, RowBudget(1000), math.inf)
+        assert isinstance(error, NoiseRequiredError) and error.code == "NOISE_REQUIRED"
+        assert "health.clinic_visits" in error.message and "_group_by" in error.message
+        assert gateway.privacy.left("noisy", view.privacy) == pytest.approx(10.0)
+    finally:
+        gateway.close()
+
+
+def test_an_exact_count_read_anywhere_but_the_rows_the_gateway_noises_is_refused(uncached: Gateway) -> None:
+    """The statement's counts are exact until the gateway adds noise to the rows it returns: a
+    tree that filters those rows by a count, in the statement, would answer by the exact one."""
+    from sqlglot import exp
+
+    [compiled] = uncached.compile(BY_HOSPITAL, identity=Identity("noisy"))
+    view = uncached.view(Identity("noisy"))
+    assert view.decisions is not None
+    ctx = Context(view.decisions, view.types, {}, view.keys)
+    enforce(compiled.tree, ctx)  # as compiled: accepted
+    tree = compiled.tree.copy()
+    [arm] = [t.parent.parent for t in tree.find_all(exp.Table) if t.name == "n0" and t.parent is not None]
+    assert isinstance(arm, exp.Select)
+    arm.where(exp.column("o0_1") >= 1000, copy=False)  # a hospital appears if it has 1,000 visits, exactly
+    with pytest.raises(NoiseRequired):
+        enforce(tree, ctx)
+
+
+SELECTING = PrivacyBudget(epsilon=1e6)
+
+
+def k_one_file(path: Path, **noise: Any) -> Path:
+    """``exact``: aggregate-only with k = 1, so groups of one row reach the gateway; ``noisy``:
+    the same with noise (``noise`` adds to it)."""
+    rule = {**RULE, "k": 1}
+    body = {
+        "roles": {
+            "exact": {"tables": {"health.clinic_visits": rule}},
+            "noisy": {
+                "privacy_budget": {"epsilon": SELECTING.epsilon},
+                "tables": {"health.clinic_visits": {**rule, "noise": {"epsilon": EPSILON, **noise}}},
+            },
+        }
+    }
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+BY_HOSPITAL = "{ health_clinic_visits_group_by(by: [hospital]) { keys { hospital } aggregate { count } } }"
+SINGLES = """{ health_clinic_visits_group_by(by: [hospital, department_name, diagnosis_code, visit_date],
+  where: {hospital: {_eq: "%s"}}) { keys { visit_date department_name diagnosis_code } } }"""
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_partition_selection_keeps_large_groups_and_almost_never_a_group_of_one(
+    engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """k = 1 and epsilon 0.5, with the default delta 1e-6: the threshold is 27.
+
+    A hospital's ~5,000 visits are dropped only if the noise (scale 2) is below -4,900: e^-2450.
+    Of one hospital's ~4,700 groups (visits by department, diagnosis and day), over 4,500 hold
+    one visit; each appears with probability at most delta (OpenDP's map: 8.6e-7), so about
+    0.005 of them on average, and four or more with probability below 0.005^4 / 4! < 3e-11."""
+    gateway = start(engine_config(engine, sqlite_config, services_config), [k_one_file(tmp_path / "k1.yaml")], tmp_path)
+    visits = list(city.dicts("health", "clinic_visits"))
+    try:
+        sizes = Counter(v["hospital"] for v in visits)
+        response = gateway.execute(BY_HOSPITAL, identity=Identity("noisy"))
+        assert response.routes == {"health_clinic_visits_group_by": KEYS_ROUTE[engine]}
+        assert response.epsilon == {"health_clinic_visits_group_by": EPSILON}  # the count shown is the one that selects
+        groups = response.body["data"]["health_clinic_visits_group_by"]
+        assert {g["keys"]["hospital"] for g in groups} == set(sizes)
+        assert all(abs(g["aggregate"]["count"] - sizes[g["keys"]["hospital"]]) < 60 for g in groups)  # 30 scales
+        hospital = sorted(sizes)[0]
+        days = Counter(
+            (v["department_name"], v["diagnosis_code"], v["visit_date"]) for v in visits if v["hospital"] == hospital
+        )
+        singles = {g for g, n in days.items() if n == 1}
+        assert len(singles) > 4500
+        exact = run(gateway, "exact", SINGLES % hospital)["health_clinic_visits_group_by"]
+        assert len(exact) == len(days)  # on k = 1 alone, every group appears
+        response = gateway.execute(SINGLES % hospital, identity=Identity("noisy"))
+        assert response.epsilon == {"health_clinic_visits_group_by": EPSILON}  # keys only: spent
+        released = {
+            (g["keys"]["department_name"], g["keys"]["diagnosis_code"], dt.date.fromisoformat(g["keys"]["visit_date"]))
+            for g in response.body["data"]["health_clinic_visits_group_by"]
+        }
+        assert released != set(days)
+        assert len(released & singles) <= 3
+    finally:
+        gateway.close()
+
+
+ONE_DAY = """{ health_clinic_visits_aggregate(where: {hospital: {_eq: "%s"}, visit_date: {_eq: "%s"}})
+  { aggregate { sum { cost } } } }"""
+
+
+def test_a_whole_aggregate_is_selected_too_and_a_sum_alone_pays_for_its_selection(
+    sqlite_config: Config, city: City, tmp_path: Path
+) -> None:
+    """A whole aggregate is one group: over one visit, whether it comes back (or counts 0) is
+    the same noisy decision, paid for with the sum. The day's one visit appears with
+    probability at most delta (8.6e-7) per answer, so in none of 20 but once in 58,000 runs."""
+    hospital, day, _ = day_with_one_visit(city)
+    one = ONE_DAY % (hospital, day)
+    gateway = start(sqlite_config, [k_one_file(tmp_path / "k1.yaml", bounds={"cost": [0, BOUND]})], tmp_path)
+    key = "health_clinic_visits_aggregate"
+    try:
+        assert run(gateway, "exact", one)[key]["aggregate"]["sum"]["cost"] is not None  # k = 1 alone shows it
+        for _ in range(20):
+            response = gateway.execute(one, identity=Identity("noisy"))
+            assert response.epsilon == {key: 2 * EPSILON}  # the count that selects, and the sum
+            assert response.body["data"][key]["aggregate"]["sum"]["cost"] is None
+        whole = gateway.execute(TOTAL, identity=Identity("noisy"))
+        assert whole.epsilon == {key: 2 * EPSILON}  # count and sum: the count shown is the one that selects
+        assert whole.body["data"][key]["aggregate"]["count"] > 29_000
+    finally:
+        gateway.close()
+
+
+def test_select_is_opendps_threshold_with_the_policys_delta() -> None:
+    """:func:`select` on counts directly. 100,000 groups of one at delta 1e-6 (threshold 27 at
+    epsilon 0.5): 0.09 appear on average, six or more with probability below 0.09^6 / 6! < 1e-9.
+    Groups of 10,000 are kept (a noise below -9,973: e^-4986)."""
+    from policies.noise import Selection, least_threshold, select, selection_delta
+
+    threshold = least_threshold(EPSILON, 1, 1e-6)
+    assert threshold == 27
+    assert selection_delta(EPSILON, 1, threshold) <= 1e-6 < selection_delta(EPSILON, 1, threshold - 1)
+    assert least_threshold(EPSILON, 5, 1e-6) == threshold + 4  # groups under k never arrive: the same margin
+    release = Release("count", EPSILON, 1, True, selects=Selection(threshold, 1))
+    assert len(select(dict.fromkeys(range(100_000), 1), release)) <= 5
+    kept = select(dict.fromkeys(range(100), 10_000), release)
+    assert set(kept) == set(range(100))
+    assert all(abs(n - 10_000) < 100 for n in kept.values())
+    floor = Release("count", EPSILON, 1, True, selects=Selection(threshold + 4, 5))
+    assert select({0: 4, 1: 3}, floor) == {}  # below k: never, whatever the noise
+
+
+@pytest.mark.parametrize("engine", ["embedded_sqlite", "delegated"])
+def test_a_noisy_group_by_is_paged_after_its_groups_are_selected_and_a_page_replays_the_cached_release(
+    engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
+) -> None:
+    """The page is cut from the released groups: on the same statement, the cache answers every
+    page from one release, which was paid for once."""
+    config = engine_config(engine, sqlite_config, services_config)
+    gateway = start(config, [k_one_file(tmp_path / "k1.yaml")], tmp_path, cache=True)
+    key = "health_clinic_visits_group_by"
+    try:
+        whole = gateway.execute(BY_HOSPITAL, identity=Identity("noisy"))
+        assert whole.epsilon == {key: EPSILON}
+        paged = BY_HOSPITAL.replace(
+            "(by: [hospital])", "(by: [hospital], order_by: [{hospital: desc}], limit: 2, offset: 1)"
+        )
+        ordered = BY_HOSPITAL.replace("(by: [hospital])", "(by: [hospital], order_by: [{hospital: desc}])")
+        first = gateway.execute(ordered, identity=Identity("noisy"))
+        page = gateway.execute(paged, identity=Identity("noisy"))
+        assert page.cache == {key: "hit"} and page.epsilon == {}
+        assert page.body["data"][key] == first.body["data"][key][1:3]
+        names = sorted({v["hospital"] for v in city.dicts("health", "clinic_visits")}, reverse=True)
+        assert [g["keys"]["hospital"] for g in page.body["data"][key]] == names[1:3]
+    finally:
+        gateway.close()
+
+
+@pytest.mark.parametrize(
+    ("noise", "message"),
+    [
+        ({"threshold": 10}, r"noise.threshold: 10 lets one row decide whether a group appears .* use at least 27"),
+        ({"delta": 0.01}, "delta"),
+        ({"delta": 0}, "delta"),
+        ({"threshold": 0}, "threshold"),
+    ],
+)
+def test_a_selection_that_cannot_hold_its_delta_is_refused_at_load(
+    sqlite_config: Config, tmp_path: Path, noise: dict[str, Any], message: str
+) -> None:
+    path = k_one_file(tmp_path / "bad.yaml", **noise)
+    with pytest.raises(ConfigError, match=message) as refused:
+        start(sqlite_config, [path], tmp_path).close()
+    assert str(path) in refused.value.message and "roles.noisy.tables" in refused.value.message
+
+
+def test_a_policy_threshold_above_the_least_is_the_one_used(sqlite_config: Config, tmp_path: Path) -> None:
+    """Threshold 6,000 on groups of ~5,000: no hospital appears (a noise above 1,000 at scale 2)."""
+    gateway = start(sqlite_config, [k_one_file(tmp_path / "high.yaml", threshold=6000)], tmp_path)
+    try:
+        response = gateway.execute(BY_HOSPITAL, identity=Identity("noisy"))
+        assert response.body["data"]["health_clinic_visits_group_by"] == []
+        assert response.epsilon == {"health_clinic_visits_group_by": EPSILON}
+    finally:
+        gateway.close()
+
+
+def test_groups_sized_by_people_are_selected_by_a_noisy_count_of_people(sqlite_config: Config, tmp_path: Path) -> None:
+    """With ``k_distinct``, a group needs k patients: the count that selects counts patients.
+    Each hospital has 4,900 to 5,100 visits by 3,850 to 4,050 patients; at a threshold of 4,500
+    every hospital would appear by its visits and none does by its patients (a noise of 450 at
+    scale 2). The count shown is a draw of its own (of visits), so the answer spends twice."""
+    from sqlglot import exp
+
+    from catalogue.names import SELECTS
+
+    path = tmp_path / "people.yaml"
+    rule = {**RULE, "k_distinct": "id_card", "columns": {**RULE["columns"], "id_card": "deny"}}
+    noise = {"epsilon": EPSILON, "threshold": 4500}
+    body = {
+        "roles": {
+            "noisy": {"privacy_budget": {"epsilon": 1e6}, "tables": {"health.clinic_visits": {**rule, "noise": noise}}}
+        }
+    }
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    gateway = start(sqlite_config, [path], tmp_path)
+    try:
+        [compiled] = gateway.compile(BY_HOSPITAL, identity=Identity("noisy"))
+        view = gateway.view(Identity("noisy"))
+        assert view.decisions is not None
+        tree = enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
+        [selecting] = [c for c in tree.find_all(exp.Count) if c.meta.get(SELECTS)]
+        assert isinstance(selecting.this, exp.Distinct) and selecting.this.sql() == 'DISTINCT a."__entity_id_card"'
+        response = gateway.execute(BY_HOSPITAL, identity=Identity("noisy"))
+        assert response.epsilon == {"health_clinic_visits_group_by": 2 * EPSILON}
+        assert response.body["data"]["health_clinic_visits_group_by"] == []
+    finally:
+        gateway.close()

@@ -164,7 +164,7 @@ def test_a_state_database_stopped_refuses_and_serving_resumes_when_it_is_back(
     gateway = gateway_on(sqlite_config, tmp_path / "g", postgres.url, budget=100.0)
     noisy = Identity("noisy")
     try:
-        with TestClient(create_app(gateway), client=("198.51.100.41", 40000)) as client:
+        with TestClient(create_app(gateway), client=("203.0.113.41", 40000)) as client:
             assert client.post("/graphql", json=STATIONS).status_code == 200
             postgres.stop()
             try:
@@ -233,3 +233,38 @@ def test_workers_starting_together_on_a_new_postgresql_state_all_open_it(postgre
         for thread in threads:
             thread.join(timeout=60)
         assert not failures, failures
+
+
+def test_a_postgresql_state_that_waits_does_not_hold_the_event_loop(
+    sqlite_config: Config, tmp_path: Path, postgres: Postgres
+) -> None:
+    """The rate limit is one transaction on the state; on a server it may wait (a lock, the
+    network). It is taken off the event loop, so other requests go on meanwhile."""
+    import threading
+
+    import psycopg
+
+    gateway = gateway_on(sqlite_config, tmp_path / "a", postgres.url, budget=2.0)
+    try:
+        with TestClient(create_app(gateway), client=("192.0.2.77", 40000)) as client:  # a network of its own
+            assert client.post("/graphql", json=STATIONS).status_code == 200  # the table exists
+            with psycopg.connect(postgres.url) as holder:
+                holder.execute("LOCK TABLE citygate_rate IN ACCESS EXCLUSIVE MODE")  # held until commit
+                released = threading.Timer(3.0, holder.commit)  # so a loop held by it is let go
+                released.start()
+                answered: list[int] = []
+                waiting = threading.Thread(
+                    target=lambda: answered.append(client.post("/graphql", json=STATIONS).status_code)
+                )
+                waiting.start()
+                time.sleep(0.5)  # the request waits for the lock
+                assert not answered
+                started = time.monotonic()
+                assert client.get("/healthz").status_code == 200  # the loop answers meanwhile
+                assert time.monotonic() - started < 1.0
+                assert not answered
+                released.join()
+            waiting.join(timeout=30)
+            assert answered == [200]
+    finally:
+        gateway.close()

@@ -390,10 +390,14 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _policy_check(gateway: Gateway) -> int:
+    import time
+
+    from gateway.execution.measure import run_all
     from gateway.execution.proof import prove_masks
     from gateway.execution.views import sharing_classes
     from policies.review import Finding, review
 
+    began = time.perf_counter()
     tables = {
         (t.department, t.name): sharing_classes(gateway.config, t.department, t.name, [c.name for c in t.columns])
         for t in gateway.catalogue.tables
@@ -410,16 +414,31 @@ def _policy_check(gateway: Gateway) -> int:
         settings.check_min_distinct,
         settings.check_min_candidates,
         _relations(gateway),
+        primary=_primary_keys(gateway),
+        run=lambda trees: run_all(gateway.engine, trees),
     )
     # masks tried on every route: what start-up refuses to serve
     findings += [
         Finding("mask", r.message) for r in prove_masks(gateway.routes, policies, gateway.catalogue, gateway.config)
     ]
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
-    for finding in findings:
+    open_ = [f for f in findings if not f.accepted]
+    accepted = [f for f in findings if f.accepted]
+    for finding in sorted(open_, key=lambda f: f.kind):  # stable: each kind in the check's order
         print(f"  {finding.kind}: {finding.message}")
-    print("no findings" if not findings else f"{len(findings)} finding(s)")
-    return 1 if findings else 0
+    if accepted:
+        print("accepted (checks.accept):")
+        for finding in accepted:
+            print(f"  {finding.kind}: {finding.message}\n    because: {finding.accepted}")
+    seconds = time.perf_counter() - began
+    summary = "no findings" if not open_ else f"{len(open_)} finding(s)"
+    print(f"{summary}, {len(accepted)} accepted; measured in {seconds:.1f} s")
+    return 1 if open_ else 0
+
+
+def _primary_keys(gateway: Gateway) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Each table's primary key: the configuration's, else the store's (Trino reports none)."""
+    return {(t.department, t.name): t.primary_key for t in gateway.model.tables.values()}
 
 
 def _relations(gateway: Gateway) -> dict[tuple[str, str], frozenset[str]]:
@@ -565,6 +584,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Print each root field's route, and the SQL it runs there: on its store, in the store's
     dialect, when it is delegated; and on each engine."""
     from gateway.execution.engines import create_engine
+    from policies.noise import least_threshold
 
     query = sys.stdin.read() if args.query == "-" else args.query
     if query.startswith("@"):
@@ -606,6 +626,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
                         bounds = ", ".join(f"{c} in [{lo:g}, {hi:g}]" for c, (lo, hi) in decision.noise.bounds.items())
                         extra += f"; noise epsilon {decision.noise.epsilon:g} per count or sum{'; ' if bounds else ''}"
                         extra += bounds
+                        noise = decision.noise
+                        threshold = noise.threshold or least_threshold(noise.epsilon, decision.k, noise.delta)
+                        extra += f"; groups shown from a noisy count of {threshold} (delta {noise.delta:g})"
                     print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
         if len(engines) == 1:
             print(

@@ -43,6 +43,7 @@ from catalogue.errors import (
     CitygateError,
     ConfigError,
     EngineUnavailableError,
+    NoiseRequiredError,
     PolicyRefused,
     PrivacyBudgetExhausted,
     StoreUnavailableError,
@@ -107,7 +108,7 @@ from gateway.observe.telemetry import Telemetry
 from gateway.state import State, StateUnavailable
 from policies.model import Policies, load_policies
 from policies.noise import noisy_rows, spend
-from policies.rewrite import PolicyViolation
+from policies.rewrite import NoiseRequired, PolicyViolation
 
 log = logging.getLogger("citygate")
 
@@ -784,6 +785,9 @@ class Gateway:
                 rows, cached = self._fetch(route, compiled, view, budget)
             self.metrics.count_lookup("result", cached)
             budget.take(len(rows))
+        except NoiseRequired as refusal:  # nothing runs, nothing is spent; the caller learns which table
+            log.warning("root field %s for role %s: %s", compiled.key, view.role, refusal)
+            return NoiseRequiredError(refusal.table), cached, _route_name(route)
         except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
             log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
             return PolicyRefused(), cached, _route_name(route)

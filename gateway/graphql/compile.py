@@ -465,8 +465,26 @@ def _aggregate_field(
             node = Node(len(ctx.nodes), "agg", table, parent, relation, args, here, (*attach, key), "set")
             ctx.nodes.append(node)
             node.template = _aggregate_template(ctx, node, table, _subselections(nodes), here)
+            _selecting_count(node)
             template.append((NESTED, key, node.template))
     return template
+
+
+def _selecting_count(node: Node) -> None:
+    """A noisy table's aggregate counts its rows whatever the caller asked: the noisy count
+    decides whether each group appears (partition selection), and spends (policies.noise).
+    The response shows it only where the caller asked for the count: then it is that count
+    (one draw, spent once), unless groups are sized by their entities (``k_distinct``), which
+    the policy step counts in this output instead."""
+    if node.table.noisy is None:
+        return
+    own = next((o for o in node.outputs if o == exp.Count(this=exp.Star())), None)
+    if own is not None and not node.table.entities:
+        own.meta[names.SELECTS] = True
+        return
+    count = exp.Count(this=exp.Star())
+    count.meta[names.SELECTS] = True
+    node.output(count)
 
 
 def _aggregate_template(
@@ -563,6 +581,7 @@ def _group_node(
             node.template.append((NESTED, key, keys))
         elif name == "aggregate":
             node.template.append((NESTED, key, _aggregate_template(ctx, node, table, _subselections(nodes), here)))
+    _selecting_count(node)
     return node
 
 
@@ -886,6 +905,11 @@ def _group_sql(ctx: CompileContext, node: Node) -> exp.Select:
         grouped.subquery("g", copy=False), copy=False
     )
     _check_page(node.args, node.path)
+    if node.table.noisy is not None:
+        # A page cut before the groups are selected would hold a group by its exact rank
+        # among those of k rows: the page is cut from the released groups (shape), by the
+        # same order.
+        return paged
     return _page(paged, node)
 
 

@@ -80,6 +80,7 @@ class TableInfo:
     group_by: frozenset[str] | None = None  # aggregate_only: the columns groups may use
     by_pk: bool = True  # `_by_pk` exists only where the role sees the whole key raw
     noisy: frozenset[str] | None = None  # a noisy aggregate-only table: the columns it may sum
+    entities: bool = False  # aggregate_only with k_distinct: its groups' sizes count entities, not rows
 
     @property
     def summable(self) -> dict[str, ColumnInfo]:
@@ -217,6 +218,7 @@ def _tables(
                 group_by=decision.group_by if decision is not None else None,
                 by_pk=visible is None or all(visible.get(k) == RAW for k in primary_key),
                 noisy=frozenset(decision.noise.bounds) if decision is not None and decision.noise is not None else None,
+                entities=decision is not None and decision.k_distinct is not None,
             )
     for index, link in enumerate(config.relationships):
         source, target = link.source_ref, link.target_ref

@@ -84,6 +84,9 @@ def shape(compiled: Compiled, rows: Sequence[Sequence[Any]]) -> Any:
     if len(builders) != len(nodes):
         builders[:] = [builder(node.template, offsets[node.index]) for node in nodes]
     objects: dict[tuple[int, Any], dict[str, Any]] = {}
+    late = {n.index: n.args for n in nodes if n.kind == "group" and n.table.noisy is not None}
+    if late:
+        rows = paged_late(rows, late)
     for row in rows:
         node = nodes[row[0]]
         obj = builders[row[0]](row)
@@ -100,3 +103,23 @@ def shape(compiled: Compiled, rows: Sequence[Sequence[Any]]) -> Any:
         if node.kind == "rows":
             objects[(node.index, row[2])] = obj
     return holder[compiled.key]
+
+
+def paged_late(rows: Sequence[Sequence[Any]], pages: dict[int, dict[str, Any]]) -> list[Sequence[Any]]:
+    """``rows`` with the page (``offset``, ``limit``) of each node in ``pages`` cut: a noisy
+    group_by's, whose groups were selected after the statement ran, in the statement's order.
+
+    >>> paged_late([(0, None, 1), (0, None, 2), (0, None, 3), (1, 0, 1)], {0: {"offset": 1, "limit": 1}})
+    [(0, None, 2), (1, 0, 1)]
+    """
+    seen: dict[int, int] = {}
+    kept: list[Sequence[Any]] = []
+    for row in rows:
+        args = pages.get(row[0])
+        if args is not None:
+            offset, limit = args.get("offset") or 0, args.get("limit")
+            seen[row[0]] = position = seen.get(row[0], 0) + 1
+            if position <= offset or (limit is not None and position > offset + limit):
+                continue
+        kept.append(row)
+    return kept

@@ -637,16 +637,22 @@ class Edge:
         ``limits.ipv6_prefix``)."""
         return network(client, *self.prefixes)
 
-    def throttle(self, exchange: Exchange) -> Reply | None:
+    async def throttle(self, exchange: Exchange) -> Reply | None:
         """The 429 of a caller over its requests per minute (its role's ``limits``), else None.
-        A caller is its token's subject, an anonymous one the network it connects from."""
+        A caller is its token's subject, an anonymous one the network it connects from. A state
+        on a server (PostgreSQL) is asked from a worker thread, never on the event loop; the
+        default SQLite file answers in microseconds and is asked here."""
         identity = exchange.identity
         role = role_of(self.gateway.policies, identity)
         per_minute = self.gateway.limits(role).requests_per_minute
         if not per_minute:
             return None
+        subject = _caller(identity, self.network_of(exchange.client))
         try:
-            wait = self.limiter.take(_caller(identity, self.network_of(exchange.client)), per_minute)
+            if self.limiter.state.remote:
+                wait = await run_in_threadpool(self.limiter.take, subject, per_minute)
+            else:
+                wait = self.limiter.take(subject, per_minute)
         except StateUnavailable as error:  # fail closed: no limit known, no request run
             log.error("request %s refused: %s", exchange.request_id, error.detail)
             reply = self.deny(exchange, 503, error.message, error.code)
@@ -750,7 +756,7 @@ class Edge:
         if isinstance(identity, Reply):
             return identity
         exchange.identity = identity
-        limited = self.throttle(exchange)
+        limited = await self.throttle(exchange)
         if limited is not None:
             return limited
         query = self.trust(exchange)
@@ -787,14 +793,14 @@ class Edge:
             return raw
         key = (raw, exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role"), exchange.media_type)
         self.refresh_documents()
-        ready = self.hot_reply(key, exchange)
+        ready = await self.hot_reply(key, exchange)
         if ready is not None:
             return ready
         reply = await self.answer_json(raw, exchange)
         self.remember(key, exchange, reply)
         return reply
 
-    def hot_reply(self, key: tuple[Any, ...], exchange: Exchange) -> Reply | None:
+    async def hot_reply(self, key: tuple[Any, ...], exchange: Exchange) -> Reply | None:
         """A repeated request's ready reply while it stands, or its refusal; None: answer it."""
         if self.blocked:  # a network refused for its bad tokens gets no hot reply either
             refused = self.refused_network(exchange)
@@ -802,7 +808,7 @@ class Edge:
                 return refused
         hot = self.hot.get(key)
         if hot is not None and self.still_hot(hot, exchange):
-            return self.throttle(exchange) or hot.reply
+            return await self.throttle(exchange) or hot.reply
         return None
 
     async def answer_json(self, raw: bytes, exchange: Exchange) -> Reply:
@@ -824,8 +830,8 @@ class Edge:
                 )
             except (AuthError, FetchNeeded):
                 return False  # the usual path refuses it with the reason, or fetches the keys
-        if identity != hot.identity or self.gateway.policy_version != hot.version:
-            return False
+        if identity != hot.identity or self.gateway.policy_version != hot.version or self.gateway.files_changed():
+            return False  # (policy files another worker was told to read again: read first)
         results = self.gateway.results
         for route, sql, released, rows in hot.rows:
             if results.get(route, sql, released) is not rows:
@@ -1006,7 +1012,7 @@ class Edge:
                 reply = identity
             else:
                 exchange.identity = identity
-                limited = self.throttle(exchange)
+                limited = await self.throttle(exchange)
                 if limited is not None:
                     reply = limited
                 else:

@@ -3,7 +3,8 @@ caller's role may see, before any engine sees it.
 
 The steps are pure functions over the tree, applied in order (like sqlglot's optimizer RULES):
 
-    qualify -> row filters and masks (one policy subquery per table) -> aggregate thresholds -> verify
+    qualify -> row filters and masks (one policy subquery per table) -> aggregate thresholds
+    -> noisy reads spend -> verify
 
 Each reference to ``department.table`` becomes a subquery over the raw table that computes every
 visible column's mask from the raw column, side by side, and applies the role's row filter with
@@ -31,11 +32,11 @@ from __future__ import annotations
 from sqlglot import exp
 
 from catalogue.names import AGGREGATED, KEY, TIE
-from policies.rewrite.context import LATE, Context, PolicyViolation, Step, late_mask
+from policies.rewrite.context import LATE, Context, NoiseRequired, PolicyViolation, Step, late_mask
 from policies.rewrite.defer import defer
 from policies.rewrite.protect import protect
 from policies.rewrite.qualify import qualify
-from policies.rewrite.releases import releases
+from policies.rewrite.releases import releases, spends
 from policies.rewrite.thresholds import thresholds
 from policies.rewrite.verify import verify
 
@@ -46,6 +47,7 @@ __all__ = [
     "RULES",
     "TIE",
     "Context",
+    "NoiseRequired",
     "PolicyViolation",
     "defer",
     "enforce",
@@ -53,11 +55,12 @@ __all__ = [
     "protect",
     "qualify",
     "releases",
+    "spends",
     "thresholds",
     "verify",
 ]
 
-RULES: tuple[Step, ...] = (qualify, protect, defer, thresholds, verify)
+RULES: tuple[Step, ...] = (qualify, protect, defer, thresholds, spends, verify)
 
 
 def enforce(tree: exp.Expr, ctx: Context) -> exp.Expr:

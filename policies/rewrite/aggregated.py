@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from catalogue.names import AGGREGATED, ENTITY, ONE, hidden
+from catalogue.names import AGGREGATED, ENTITY, ONE, SELECTS, hidden
 from policies.decide import TableDecision
 from policies.noise import CLAMPED
 from policies.rewrite.context import Context, PolicyViolation
@@ -129,13 +129,14 @@ _COMPLEMENTS = (exp.Not, exp.NEQ, exp.Or, exp.In, exp.Is, exp.NullSafeNEQ)
 
 
 def _counts_entities(column: exp.Column) -> bool:
-    """Whether ``column`` is read only as ``COUNT(DISTINCT column)`` in a HAVING."""
+    """Whether ``column`` is read only as ``COUNT(DISTINCT column)`` in a HAVING, or as the
+    noisy count that selects a noisy table's groups."""
     distinct, count = column.parent, column.parent.parent if column.parent is not None else None
     return (
         isinstance(distinct, exp.Distinct)
         and isinstance(count, exp.Count)
         and len(distinct.expressions) == 1
-        and count.find_ancestor(exp.Having) is not None
+        and (count.find_ancestor(exp.Having) is not None or bool(count.meta.get(SELECTS)))
     )
 
 

@@ -25,6 +25,16 @@ class PolicyViolation(Exception):
     """The rewritten tree would release data against the policy; the request is refused."""
 
 
+class NoiseRequired(PolicyViolation):
+    """The answer would depend on rows of a table the role reads only with noise, otherwise
+    than through a noisy release that spends its budget: refused, with a reason the caller may
+    know (the role's schema already says the table is aggregate-only and noisy)."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(f"{table} is read with noise, but this statement depends on its rows without a noisy release")
+        self.table = table
+
+
 @dataclass(frozen=True)
 class Context:
     """What the rewrite needs: each table's decision, column types, and the caller's claims."""

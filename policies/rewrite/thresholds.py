@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from catalogue.names import AGGREGATED, ENTITY, hidden
+from catalogue.names import AGGREGATED, ENTITY, SELECTS, hidden
 from policies.decide import TableDecision
 from policies.masks import tie
 from policies.rewrite.context import POLICY, Context, raw_column
@@ -59,3 +59,9 @@ def _count_entities(select: exp.Select, subquery: exp.Subquery, decision: TableD
         )
     )
     select.having(exp.GTE(this=entities, expression=exp.Literal.number(decision.k)), copy=False)
+    if decision.noise is not None:
+        # What decides whether a group appears is then its people, not its rows: the noisy
+        # count that selects groups counts them (one row changes it by at most one too).
+        for projection in select.expressions:
+            if isinstance(projection.this, exp.Count) and projection.this.meta.get(SELECTS):
+                projection.this.set("this", entities.this.copy())
