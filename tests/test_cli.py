@@ -296,7 +296,7 @@ def test_the_readmes_try_another_role_example_answers_differently_per_role(
             anonymous = client.post("/graphql", json=query).json()
     finally:
         gateway.close()
-    assert set(answers) == {"police", "health_analyst", "supervisor", "district_officer"}
+    assert set(answers) == {"police", "health_analyst", "supervisor", "district_officer", "citizen"}
     assert len(set(answers.values())) == len(answers), answers
     assert anonymous["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
 
