@@ -76,8 +76,15 @@ def _over_http(workdir: Path, rounds: int, seconds: float, progress: Callable[[s
             raise AssertionError("the MariaDB query matches no rows; pick a condition that does")
         mariadb_expected = f'"reading_id":"{readings[0]["reading_id"]}"'
 
+        cpu: dict[str, dict[str, list[float]]] = {}  # connections -> server -> [its CPU s, PostgreSQL's, requests]
+
         def measure(key: str, body: str, want: str, connections: int, duration: float) -> wrk.WrkResult:
+            before = (servers.cpu_seconds({found[key].pid}), servers.cpu_seconds(name="postgres"))
             result, _ = wrk.run(found[key].url, [body], connections=connections, seconds=duration, expected=want)
+            used = cpu.setdefault(str(connections), {}).setdefault(key, [0.0, 0.0, 0.0])
+            used[0] += servers.cpu_seconds({found[key].pid}) - before[0]
+            used[1] += servers.cpu_seconds(name="postgres") - before[1]
+            used[2] += result.requests
             servers.post(found[key].url, body, timeout=300)  # one more waits behind the stragglers
             servers.quiesce()
             return result
@@ -110,6 +117,16 @@ def _over_http(workdir: Path, rounds: int, seconds: float, progress: Callable[[s
         "load_generator": f"wrk, 2 threads, {rounds} interleaved rounds of {seconds:g} s per target",
         "by_connections": figures,
         "mariadb_8_connections": {key: peer.combine(results) for key, results in on_mariadb.items()},
+        # CPU milliseconds per answered request (warm-ups included), of the server's processes
+        # and of PostgreSQL's: on this machine's cores they and wrk take turns.
+        "cpu_ms_per_request": {
+            connections: {
+                key: {"server": 1000 * server / requests, "postgres": 1000 * store / requests}
+                for key, (server, store, requests) in by.items()
+                if requests
+            }
+            for connections, by in cpu.items()
+        },
     }
 
 
@@ -198,6 +215,13 @@ def checks(result: dict[str, Any]) -> list[dict[str, Any]]:
         rps = ours["rps"] / theirs["rps"]
         out.append(_check(f"delegated p50 / PostGraphile p50 at {connections} connections", p50, "<= 1.5", p50 <= 1.5))
         out.append(_check(f"delegated rps / PostGraphile rps at {connections} connections", rps, ">= 0.7", rps >= 0.7))
+        if connections == "32":  # issue 30's targets, with the default worker processes
+            out.append(
+                _check("delegated p50 / PostGraphile p50 at 32 connections (issue 30)", p50, "<= 1.0", p50 <= 1.0)
+            )
+            out.append(
+                _check("delegated rps / PostGraphile rps at 32 connections (issue 30)", rps, ">= 1.3", rps >= 1.3)
+            )
         for engine in ("embedded", "trino"):
             if by[engine]["requests"]:
                 value = by[engine]["p50_ms"] / ours["p50_ms"]
@@ -236,6 +260,16 @@ def markdown(result: Any) -> list[str]:
             lines.append(_row(connections, result["targets"][key], figure))
     for key, figure in result["mariadb_8_connections"].items():
         lines.append(_row("8", f"{result['targets'][key]} (MariaDB query)", figure))
+    lines += [
+        "",
+        "| connections | server | its CPU ms per request | PostgreSQL's CPU ms per request |",
+        "|---:|---|---:|---:|",
+    ]
+    for connections, by in result.get("cpu_ms_per_request", {}).items():
+        for key, used in by.items():
+            lines.append(
+                f"| {connections} | {result['targets'][key]} | {used['server']:.2f} | {used['postgres']:.2f} |"
+            )
     lines += ["", "| store | driver p50 ms | delegated p50 ms | ratio | runs |", "|---|---:|---:|---:|---:|"]
     for row in result.get("raw_driver", []):
         lines.append(

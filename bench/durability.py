@@ -60,8 +60,13 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
         if len({json.dumps(answer, sort_keys=True) for answer in answers.values()}) != 1:
             raise RuntimeError("the servers do not give the same answer")
 
+        cpu = {key: [0.0, 0] for key in TARGETS}  # the server's CPU seconds, and its answers
+
         def measure(key: str, duration: float) -> wrk.WrkResult:
+            before = servers.cpu_seconds({found[key].pid})
             result, _ = wrk.run(found[key].url, [body], connections=CONNECTIONS, seconds=duration)
+            cpu[key][0] += servers.cpu_seconds({found[key].pid}) - before
+            cpu[key][1] += result.requests
             servers.quiesce()
             return result
 
@@ -79,6 +84,8 @@ def run(workdir: Path, rounds: int, seconds: float, progress: Callable[[str], No
         "targets": TARGETS,
         "load_generator": f"wrk, 2 threads, {CONNECTIONS} connections, {rounds} interleaved rounds of {seconds:g} s",
         "figures": figures,
+        # CPU milliseconds per answer of each server's processes (warm-ups included)
+        "cpu_ms_per_request": {key: 1000 * used / count for key, (used, count) in cpu.items() if count},
         "checks": [
             peer._check(
                 f"audit durable p50 / audit off p50, {CONNECTIONS} connections",
@@ -117,12 +124,13 @@ def markdown(result: Any) -> list[str]:
         "",
         f"Load generator: {result['load_generator']}. The query is answered from the result cache.",
         "",
-        "| server | rps | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | rps | p50 ms | p95 ms | p99 ms | errors | CPU ms per answer |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    cpu = result.get("cpu_ms_per_request", {})
     for key, figure in result["figures"].items():
         lines.append(
             f"| {result['targets'][key]} | {figure['rps']:.0f} | {figure['p50_ms']:.2f} | {figure['p95_ms']:.2f} "
-            f"| {figure['p99_ms']:.2f} | {figure['errors']} |"
+            f"| {figure['p99_ms']:.2f} | {figure['errors']} | {cpu.get(key, float('nan')):.3f} |"
         )
     return [*lines, ""]

@@ -58,6 +58,37 @@ class Server:
     log: Path
 
 
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """Every process: its parent, its name and the CPU seconds (user + system) it has used."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ... utime (11), stime (12)
+        found[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
+    return found
+
+
+def cpu_seconds(roots: set[int] | None = None, name: str | None = None) -> float:
+    """CPU seconds used so far by the processes ``roots`` and every process under them, or by
+    every process called ``name`` (``postgres``: the server and its backends)."""
+    processes = _processes()
+    if name is not None:
+        return sum(used for _, called, used in processes.values() if called == name)
+    tree, grown = set(roots or ()), True
+    while grown:
+        below = {pid for pid, (parent, _, _) in processes.items() if parent in tree} - tree
+        tree |= below
+        grown = bool(below)
+    return sum(processes[pid][2] for pid in tree if pid in processes)
+
+
 def cache_section(enabled: bool) -> dict[str, Any]:
     """The configuration's result cache section: on for "cached", off for "uncached"."""
     return {CACHE_KEY: {"enabled": enabled}}
