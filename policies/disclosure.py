@@ -42,7 +42,7 @@ from sqlglot import exp
 from catalogue.types import LogicalType
 from policies.decide import TableDecision, reveals
 from policies.masks import mask
-from policies.model import Checks, FloorRule
+from policies.model import ANONYMOUS, Checks, FloorRule
 from policies.rewrite import Context, enforce
 from policies.rewrite.context import POLICY, raw_column
 from policies.rowfilter import columns_used, parse_filter
@@ -620,7 +620,9 @@ def linkage_probes(
 ) -> list[Probe]:
     """One probe per column and form that two roles share, where they see the table's rows
     differently and each sees something (in any table) the other does not: the column's
-    distinct values, of its rows."""
+    distinct values, of its rows. A column anonymous requests see in that form is public:
+    anyone joins on it without a token, so two tokens add nothing (a vehicle's owner's
+    published credit code)."""
     shown = {
         role: shown_columns(decision)
         for role, tables in sorted(decisions.items())
@@ -630,6 +632,7 @@ def linkage_probes(
         role: {(t, c): f for t in tables if row_level(tables[t]) for c, f in shown_columns(tables[t]).items()}
         for role, tables in decisions.items()
     }
+    public = shown.get(ANONYMOUS, {})
     shared: dict[tuple[str, Treatment], list[tuple[str, Treatment, str, Treatment]]] = {}
     roles = sorted(shown)
     for i, first in enumerate(roles):
@@ -642,7 +645,7 @@ def linkage_probes(
             for column in sorted(set(shown[first]) & set(shown[second]) - set(primary)):
                 a, b = shown[first][column], shown[second][column]
                 form = common_form(a, b)
-                if form is not None:
+                if form is not None and not (column in public and finer(public[column], form)):
                     shared.setdefault((column, form), []).append((first, a, second, b))
     return [
         _linkage(key, column, form, pairs, types, checks)

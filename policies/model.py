@@ -225,6 +225,7 @@ class RolePolicy(_Model):
 
 # A floor's ``otherwise`` that keeps a column inside aggregates: see :class:`FloorRule`.
 AGGREGATE_ONLY = "aggregate_only"
+ANONYMOUS = "anonymous"  # the role of a request without a token: what it sees, anyone may
 
 
 class FloorRule(_Model):

@@ -17,7 +17,7 @@ from gateway.config import Config
 from gateway.graphql.schema import Model, build_model
 from gateway.identity.caller import Identity
 from policies.decide import TableDecision, decide
-from policies.model import Policies, PrivacyBudget
+from policies.model import ANONYMOUS, Policies, PrivacyBudget
 from policies.noise import Release
 from policies.rewrite import Context, enforce, releases
 from policies.rowfilter import claims_used, parse_filter
@@ -74,7 +74,7 @@ def role_of(policies: Policies | None, identity: Identity | None) -> str | None:
     """The role a request acts as: none without policies, else its own or `anonymous`."""
     if policies is None:
         return None
-    return identity.role if identity is not None else "anonymous"
+    return identity.role if identity is not None else ANONYMOUS
 
 
 def sharing_classes(config: Config, department: str, table: str, columns: list[str]) -> dict[str, SharingClass | None]:
