@@ -59,7 +59,8 @@ class Server:
 
 
 def _processes() -> dict[int, tuple[int, str, float]]:
-    """Every process: its parent, its name and the CPU seconds (user + system) it has used."""
+    """Every process: its parent, its name and the CPU seconds (user + system) it and its ended
+    children have used."""
     ticks = os.sysconf("SC_CLK_TCK")
     found = {}
     for entry in Path("/proc").iterdir():
@@ -70,8 +71,10 @@ def _processes() -> dict[int, tuple[int, str, float]]:
         except OSError:  # ended meanwhile
             continue
         name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, ... utime (11), stime (12)
-        found[int(entry.name)] = (int(fields[1]), name, (int(fields[11]) + int(fields[12])) / ticks)
+        # state, ppid, ... utime (11), stime (12), cutime and cstime (13, 14): a backend that
+        # has ended is counted in its parent's, so a sum over the living loses nothing
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (int(fields[1]), name, sum(int(f) for f in fields[11:15]) / ticks)
     return found
 
 
