@@ -178,6 +178,9 @@ def _md5_digest(value: exp.Expr) -> exp.Expr:
     return exp.Anonymous(this="MD5", expressions=[exp.Anonymous(this="TO_UTF8", expressions=[value])])
 
 
+_DROPPED = re.compile(r"Connection aborted|RemoteDisconnected|Connection reset by peer")
+
+
 class _Session(requests.Session):
     """A session whose own ``verify`` holds: requests otherwise lets REQUESTS_CA_BUNDLE or
     CURL_CA_BUNDLE replace it on every request (psf/requests#3829), so a configured CA, or
@@ -306,6 +309,21 @@ class TrinoEngine(Engine):
         return self._run(sql, list(departments), max_rows, cancel)
 
     def _run(self, sql: str, touched: list[str], max_rows: int | None = None, cancel: Cancel | None = None) -> Answer:
+        try:
+            return self._run_once(sql, touched, max_rows, cancel)
+        except EngineUnavailableError as error:
+            if not _DROPPED.search(error.detail or "") or (cancel is not None and cancel.cancelled):
+                raise
+        # Trino closed the connection before it answered: it does so after refusing a request
+        # whose body it did not read (a 401), and the client may see the close before the
+        # refusal. Once more on a new connection, which tells the two apart (a read-only
+        # statement that ran twice changes nothing).
+        self._local.conn = None
+        return self._run_once(sql, touched, max_rows, cancel)
+
+    def _run_once(
+        self, sql: str, touched: list[str], max_rows: int | None = None, cancel: Cancel | None = None
+    ) -> Answer:
         cursor = self._connection().cursor()
         if cancel is not None:
             cancel.on_cancel(lambda: _quietly(cursor.cancel))
