@@ -295,12 +295,9 @@ class Gateway:
     def policy_version(self) -> str:
         return self.policies.version if self.policies is not None else "-"
 
-    def _file_stamp(self) -> Stamp:
-        return _stamp(self.config)
-
     def files_changed(self) -> bool:
         """Whether the policy files differ from what this gateway last read (a few stat calls)."""
-        return self.follows_files and self._file_stamp() != self._stamp
+        return self.follows_files and _stamp(self.config) != self._stamp
 
     def follow_files(self) -> None:
         """Before a request of a worker: read the policy files again if they changed since it
@@ -310,7 +307,7 @@ class Gateway:
         if not self.files_changed():
             return
         with self._reloading:
-            stamp = self._file_stamp()
+            stamp = _stamp(self.config)
             if stamp == self._stamp:  # another request read them meanwhile
                 return
             try:
@@ -328,7 +325,7 @@ class Gateway:
         if self.config.policies is None:
             raise CitygateError("this gateway has no policies to reload")
         with self._reloading:  # SIGHUP's thread and the admin endpoint: the last to read wins
-            stamp = self._file_stamp()
+            stamp = _stamp(self.config)
             version = self._reload()
             self._stamp = stamp
             return version
