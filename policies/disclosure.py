@@ -41,6 +41,7 @@ from sqlglot import exp
 
 from catalogue.types import LogicalType
 from policies.decide import TableDecision, reveals
+from policies.exposure import Probe
 from policies.masks import mask
 from policies.model import ANONYMOUS, Checks, FloorRule
 from policies.rewrite import Context, enforce
@@ -79,7 +80,7 @@ class Unmeasured:
     reason: str
 
 
-def unmeasured(probe: Probe, reason: str) -> Found:
+def unmeasured(probe: Probe[Found], reason: str) -> Found:
     return Found(
         "unmeasured",
         f"{probe.kind} of {probe.department}.{probe.table}: the engine could not measure it ({reason}); "
@@ -87,17 +88,6 @@ def unmeasured(probe: Probe, reason: str) -> Found:
         (),
         f"{probe.department}.{probe.table}",
     )
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One measurement: ``tree`` returns one row, ``judge`` turns it into findings."""
-
-    department: str
-    table: str
-    tree: exp.Select
-    judge: Callable[[Sequence[Any]], list[Found]]
-    kind: str
 
 
 @dataclass(frozen=True)
@@ -209,7 +199,7 @@ def _forms(decisions: Decisions, key: tuple[str, str]) -> list[tuple[str, Treatm
 
 def profile_probe(
     decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType]
-) -> tuple[Probe, Profile] | None:
+) -> tuple[Probe[Found], Profile] | None:
     """One query per table: its rows, the distinct values of each column in each form a role is
     shown it, and each text column's shortest and longest value and distinct raw values. Its
     judge fills in the :class:`Profile` it comes with, which the other probes are made from."""
@@ -242,7 +232,7 @@ def profile_probe(
 
 def uniqueness_probe(
     role: str, decision: TableDecision, types: Mapping[str, LogicalType], profile: Profile, checks: Checks
-) -> Probe | None:
+) -> Probe[Found] | None:
     """How many of the role's rows are alike on what it sees of them (keys left out), and the
     smallest class: measured only where the role is shown something masked, since a view
     shown raw identifies by design."""
@@ -378,7 +368,7 @@ def identifier_probe(
     types: Mapping[str, LogicalType],
     width: int,
     checks: Checks,
-) -> Probe:
+) -> Probe[Found]:
     """Which characters of ``column`` its mask hides, how many characters each position takes,
     where the table's dates sit inside it and whether it ends in a check character: one query,
     over the values of the identifier's own width. What the mask hides is the mask's, so it is
@@ -461,7 +451,7 @@ def identifier_probe(
 
 def identifier_probes(
     decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], profile: Profile, checks: Checks
-) -> list[Probe]:
+) -> list[Probe[Found]]:
     """One probe per masked identifier of the table and mask, with every role shown it so."""
     if profile.lengths is None:
         return []
@@ -491,7 +481,7 @@ def dependency_probes(
     types: Mapping[str, LogicalType],
     floors: Mapping[str, FloorRule],
     checks: Checks,
-) -> list[Probe]:
+) -> list[Probe[Found]]:
     """A column a role is shown (row by row, or as a group key of an aggregate-only table) whose
     value determines a column the department's floor keeps from that role. A column the floor
     names itself is the floor's decision, and not measured."""
@@ -527,7 +517,7 @@ def _dependency(
     roles: list[str],
     types: Mapping[str, LogicalType],
     checks: Checks,
-) -> Probe:
+) -> Probe[Found]:
     shown = _shown(treatment, column, types[column])
     groups = (
         exp.select(
@@ -617,7 +607,7 @@ def _keyed(a: Treatment | None, b: Treatment | None) -> bool:
 
 def linkage_probes(
     decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], primary: Sequence[str], checks: Checks
-) -> list[Probe]:
+) -> list[Probe[Found]]:
     """One probe per column and form that two roles share, where they see the table's rows
     differently and each sees something (in any table) the other does not: the column's
     distinct values, of its rows. A column anonymous requests see in that form is public:
@@ -660,7 +650,7 @@ def _linkage(
     pairs: list[tuple[str, Treatment, str, Treatment]],
     types: Mapping[str, LogicalType],
     checks: Checks,
-) -> Probe:
+) -> Probe[Found]:
     shown = _shown(form, column, types[column])
     tree = exp.select(exp.Count(this=shown), exp.Count(this=exp.Distinct(expressions=[shown.copy()]))).from_(
         _raw_table(*key)
@@ -705,7 +695,7 @@ def measure_views(
     for (probe, _), row in zip(first, run([p.tree for p, _ in first]), strict=True):
         found += [unmeasured(probe, row.reason)] if isinstance(row, Unmeasured) else probe.judge(row)
     profiled = {(p.department, p.table): profile for p, profile in first}
-    second: list[Probe] = []
+    second: list[Probe[Found]] = []
     for key in sorted(types):
         kinds = types[key]
         profile = profiled.get(key)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlglot import exp
 
@@ -26,24 +26,28 @@ from policies.treatments import Treatment
 CLAMPED_SHARE = 0.01  # noisy sums: bounds that clamp more of a column's values than this bias them
 
 
+Judged = TypeVar("Judged")
+
+
 @dataclass(frozen=True)
-class Probe:
-    """One measurement: ``tree`` returns one row, ``judge`` turns it into findings' messages."""
+class Probe(Generic[Judged]):
+    """One measurement: ``tree`` returns one row, ``judge`` turns it into findings (here their
+    messages; :mod:`policies.disclosure`'s are whole findings)."""
 
     department: str
     table: str
     tree: exp.Select
-    judge: Callable[[Sequence[Any]], list[str]]
-    kind: str  # "codebook" or "noise"
+    judge: Callable[[Sequence[Any]], list[Judged]]
+    kind: str  # "codebook" or "noise" here; the disclosure checks' own kinds there
 
 
 def probes(
     decisions: Mapping[str, Mapping[tuple[str, str], TableDecision]],
     types: Mapping[tuple[str, str], Mapping[str, LogicalType]],
     min_distinct: int,
-) -> list[Probe]:
+) -> list[Probe[str]]:
     """Every code book measurement the roles' ``decisions`` (role -> table -> decision) call for."""
-    found: list[Probe] = []
+    found: list[Probe[str]] = []
     for (department, table), _ in sorted(types.items()):
         pseudonyms: dict[str, list[tuple[str, Treatment]]] = {}
         for role, tables in sorted(decisions.items()):
@@ -68,7 +72,7 @@ def _from(department: str, table: str) -> exp.Table:
 
 def _codebook(
     department: str, table: str, column: str, holders: list[tuple[str, Treatment]], min_distinct: int
-) -> Probe:
+) -> Probe[str]:
     tree = exp.select(exp.Count(this=exp.Distinct(expressions=[_raw(column)]))).from_(_from(department, table))
 
     def judge(row: Sequence[Any]) -> list[str]:
@@ -84,11 +88,11 @@ def _codebook(
     return Probe(department, table, tree, judge, "codebook")
 
 
-def clamped(policies: Policies, tables: set[tuple[str, str]]) -> list[Probe]:
+def clamped(policies: Policies, tables: set[tuple[str, str]]) -> list[Probe[str]]:
     """Of each noisy rule's bounds, how many of the column's values they clamp. Bounds wider
     than the data add noise for nothing; narrower ones bias every sum, silently: more than
     :data:`CLAMPED_SHARE` of the values outside them is a finding."""
-    found: list[Probe] = []
+    found: list[Probe[str]] = []
     for role, policy in sorted(policies.roles.items()):
         for name, rule in sorted(policy.tables.items()):
             department, _, table = name.partition(".")
@@ -99,7 +103,7 @@ def clamped(policies: Policies, tables: set[tuple[str, str]]) -> list[Probe]:
     return found
 
 
-def _clamped(role: str, department: str, table: str, column: str, bounds: tuple[float, float]) -> Probe:
+def _clamped(role: str, department: str, table: str, column: str, bounds: tuple[float, float]) -> Probe[str]:
     lo, hi = bounds
     value = _raw(column)
     outside = exp.or_(
