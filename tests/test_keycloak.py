@@ -253,6 +253,8 @@ def test_the_roles_claim_is_chosen_in_config(
 def test_expired_foreign_and_tampered_tokens_are_401(served: tuple[Gateway, TestClient]) -> None:
     _, client = served
     query = QUERIES[3]
+    # Keycloak counts in whole seconds (exp = iat + lifespan, iat truncated): a three-second token
+    # is valid for at least two, a one-second one could expire before its first use.
     short = password_token("ines", client="citygate-short")
     assert ask(client, query, short).status_code == 200
     time.sleep(max(0.0, payload(short)["exp"] - time.time()) + 1.1)
