@@ -713,6 +713,18 @@ class Gateway:
             plan.memo = Memo(tuple(rows), response)
         return response
 
+    def memo_parts(self, plan: Plan) -> list[tuple[str, str, str, Sequence[Any]]]:
+        """The cached rows ``plan``'s memo was made of, each with what the result cache keeps it
+        under (route key, statement text, release): the memo stands while each is still there."""
+        assert plan.memo is not None
+        parts = []
+        for compiled, found in zip(plan.compiled.values(), plan.memo.rows, strict=True):
+            route: Route | None = compiled.route
+            text = compiled.sql.get(route.key) if route is not None else None
+            if route is not None and text is not None:
+                parts.append((route.key, text, compiled.release, found))
+        return parts
+
     def _run_all(
         self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
     ) -> dict[str, tuple[Any, str, str]]:

@@ -859,23 +859,13 @@ class Edge:
         assert result is not None and exchange.query is not None
         if len(self.hot) >= HOT_ENTRIES:
             del self.hot[next(iter(self.hot))]  # the oldest
-        statements = [
-            (compiled.route.key, compiled.sql.get(compiled.route.key), compiled.release)
-            if compiled.route is not None
-            else ("", None, "")
-            for compiled in plan.compiled.values()
-        ]
         template = None
         if self.gateway.audit is not None:
             template = Template.of({**_record(exchange, reply.status, self.engine_name), "client_request_id": None})
         self.hot[key] = Hot(
             identity=exchange.identity,
             version=plan.version,  # the policies it was answered under, whatever came since
-            rows=[
-                (route, sql, released, rows)
-                for (route, sql, released), rows in zip(statements, plan.memo.rows, strict=True)
-                if sql is not None
-            ],
+            rows=self.gateway.memo_parts(plan),
             result=result,
             reply=reply,
             outcome=exchange.outcome,
