@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -38,7 +38,7 @@ from sqlglot.dialects.sqlite import SQLite
 
 from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, error_class
 from catalogue.model import Column, Department, Table
-from catalogue.sql import partial_sql
+from catalogue.sql import Hash, Partial, Tie, TimestampText, partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Answer, Cancel, Engine, KeyedDialect, vocabulary
@@ -62,6 +62,17 @@ def store_key(store: Store) -> str:
     if isinstance(store, SqliteStore):
         return f"sqlite:{store.path}"
     return f"{store.kind}://{store.host}:{store.port}/{store.database}"
+
+
+# What no store runs as the engines do: the hash mask and a masked key's order need the hash
+# key, which a store's engine is never given; each store folds case its own way. The route is
+# chosen by these before anything is rendered (:meth:`NativeEngine.unsupported`); the dialects
+# below still refuse the first two, should a tree holding them ever reach one.
+_CANNOT: dict[type[exp.Expr], str] = {
+    Hash: "the hash mask",
+    Tie: "a masked key's ordering",
+    exp.ILike: "a case-insensitive comparison",
+}
 
 
 def _unrenderable(what: str) -> Callable[..., exp.Expr]:
@@ -187,6 +198,8 @@ class NativeEngine(Engine):
     # logical kinds whose values the driver returns as no engine does: statements reading
     # columns of these kinds are not delegated
     differs: ClassVar[frozenset[str]] = frozenset()
+    # the nodes this store cannot run as the engines do, and what each is (the route's reason)
+    cannot: ClassVar[Mapping[type[exp.Expr], str]] = _CANNOT
 
     def __init__(self, settings: EngineSettings, store: Store, statement_seconds: float) -> None:
         super().__init__(settings)
@@ -194,6 +207,20 @@ class NativeEngine(Engine):
         self.key = store_key(store)
         self.statement_seconds = statement_seconds
         self.statements = 0
+
+    @classmethod
+    def unsupported(cls, tree: exp.Expr) -> str | None:
+        """What in ``tree`` this store cannot run as the engines do, if anything: a tree that
+        holds it runs on the engine.
+
+        >>> from catalogue.sql import Hash
+        >>> PostgresEngine.unsupported(exp.select(Hash(this=exp.column("id_card"))).from_("residents"))
+        'the hash mask'
+        >>> SqliteEngine.unsupported(exp.select(Partial(this=exp.column("name"), first="1", last="0")))
+        'the partial mask'
+        """
+        found = tree.find(*cls.cannot)
+        return cls.cannot[type(found)] if found is not None else None
 
     def physical_table(self, department: str, table: str) -> exp.Table:
         return exp.Table(
@@ -504,6 +531,12 @@ class SqliteEngine(NativeEngine):
     Dialect = _Sqlite
     # stored as REAL or text, read back as such: the engines read them as their declared type
     differs = frozenset({"decimal", "date", "timestamp", "boolean"})
+    # SQLite has no RPAD (the partial mask) and no timestamp format of the engines'
+    cannot: ClassVar[Mapping[type[exp.Expr], str]] = {
+        **_CANNOT,
+        Partial: "the partial mask",
+        TimestampText: "a timestamp as text",
+    }
 
     def __init__(self, settings: EngineSettings, store: Store, statement_seconds: float) -> None:
         super().__init__(settings, store, statement_seconds)

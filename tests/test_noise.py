@@ -28,6 +28,7 @@ from datasets.demo import issue_token, secure_demo
 from gateway.config import CacheConfig, Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
+from gateway.execution.prepared import Statement
 from gateway.execution.privacy import PrivacyBudgets
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
@@ -160,8 +161,8 @@ def test_a_noisy_sum_reads_values_clamped_to_the_bounds(
         assert response.epsilon == {"health_clinic_visits_aggregate": 200.0}
         noisy = float(response.body["data"]["health_clinic_visits_aggregate"]["aggregate"]["sum"]["cost"])
         assert abs(noisy - clamped) < 6 * math.sqrt(2) * 10
-        [compiled] = gateway.compile(TOTAL, identity=Identity("noisy"))
-        assert "CASE WHEN" in compiled.sql[compiled.route.key]
+        [statement] = gateway.prepared(TOTAL, identity=Identity("noisy"))
+        assert isinstance(statement, Statement) and "CASE WHEN" in statement.text
     finally:
         gateway.close()
 
@@ -204,8 +205,8 @@ def test_a_noisy_sum_on_mariadb_reads_values_clamped_to_the_bounds(
         noisy_months = aggregate["sum"]["months_paid"]  # a BigInt: a string of a whole number
         assert str(int(noisy_months)) == str(noisy_months)  # discrete noise, never a fraction
         assert abs(int(noisy_months) - months) < 6 * math.sqrt(2) * 1
-        [compiled] = gateway.compile(SALARIES, identity=Identity("noisy"))
-        assert "CASE WHEN" in compiled.sql[compiled.route.key]
+        [statement] = gateway.prepared(SALARIES, identity=Identity("noisy"))
+        assert isinstance(statement, Statement) and "CASE WHEN" in statement.text
     finally:
         gateway.close()
 
@@ -382,9 +383,11 @@ def test_a_noisy_role_and_an_exact_one_never_share_a_cached_answer(
                 response = gateway.execute(COUNT, identity=Identity(role))
                 assert response.cache == {"health_clinic_visits_aggregate": "miss"}, (role, response.cache)
                 answers[role] = response.body["data"]["health_clinic_visits_aggregate"]["aggregate"]["count"]
-            [exact] = gateway.compile(COUNT, identity=Identity("exact"))
-            [noisy] = gateway.compile(COUNT, identity=Identity("noisy"))
-            assert noisy.sql == exact.sql  # the same statement: only the release tells them apart
+            [exact] = gateway.prepared(COUNT, identity=Identity("exact"))
+            [noisy] = gateway.prepared(COUNT, identity=Identity("noisy"))
+            assert isinstance(exact, Statement) and isinstance(noisy, Statement)
+            assert noisy.text == exact.text  # the same statement: only the release tells them apart
+            assert noisy.release != exact.release
             assert answers["exact"] == true_count
             assert gateway.privacy.left("noisy", budget) == pytest.approx(100.0 - EPSILON)
             # each role's own entry answers it again: the exact count, and the noisy role's own draw
@@ -710,6 +713,7 @@ def test_an_answer_depending_on_noisy_rows_without_spending_is_refused(
     table, and its aggregates count their groups); compiled for a role that reads the rows and
     run under the noisy role's policy, each is refused with its own code, spending nothing."""
     from gateway.execution.budget import RowBudget
+    from gateway.execution.prepared import prepare
 
     gateway = start(sqlite_config, [readers_file(tmp_path / "readers.yaml")], tmp_path)
     try:
@@ -718,8 +722,7 @@ def test_an_answer_depending_on_noisy_rows_without_spending_is_refused(
         assert view.decisions is not None and view.privacy is not None
         with pytest.raises(NoiseRequired, match=r"health\.clinic_visits"):
             enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
-        compiled = dataclasses.replace(compiled, rewritten=None, route=None, sql={})
-        error, _, _ = gateway._run(compiled, view, {}, RowBudget(1000), math.inf)
+        error, _, _ = gateway._run(prepare(compiled, view, {}, gateway.routes), view, RowBudget(1000))
         assert isinstance(error, NoiseRequiredError) and error.code == "NOISE_REQUIRED"
         assert "health.clinic_visits" in error.message and "_group_by" in error.message
         assert gateway.privacy.left("noisy", view.privacy) == pytest.approx(10.0)

@@ -747,6 +747,7 @@ def test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash(secur
     """A request the policies' final check refuses answered INTERNAL, a crash's code: now a code
     of its own, which a client can tell apart, and still nothing of why."""
     from gateway.execution.budget import RowBudget
+    from gateway.execution.prepared import prepare
     from gateway.identity.caller import Identity
 
     police = Identity("police")
@@ -755,8 +756,9 @@ def test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash(secur
     for table in tree.find_all(exp.Table):  # a table no policy decided on: the rewrite refuses it
         if table.name == "residents":
             table.set("this", exp.to_identifier("residents_archive"))
-    fresh = replace(compiled, tree=tree, sql={}, route=None, rewritten=None)
-    error, _, _ = secured._run(fresh, secured.view(police), {}, RowBudget(10), 1e18)
+    view = secured.view(police)
+    statement = prepare(replace(compiled, tree=tree), view, {}, secured.routes)
+    error, _, _ = secured._run(statement, view, RowBudget(10))
     assert error.code == "POLICY_REFUSED" and error.message == "the query was refused by the confidentiality policy"
 
 

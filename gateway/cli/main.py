@@ -21,6 +21,9 @@ from catalogue.errors import CitygateError
 
 if TYPE_CHECKING:
     from gateway.execution.gateway import Gateway
+    from gateway.execution.prepared import Statement
+    from gateway.execution.views import View
+    from gateway.graphql.compile import Compiled
 
 DEFAULT_DATA_DIR = Path(".citygate") / "demo"
 
@@ -584,7 +587,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Print each root field's route, and the SQL it runs there: on its store, in the store's
     dialect, when it is delegated; and on each engine."""
     from gateway.execution.engines import create_engine
-    from policies.noise import least_threshold
+    from gateway.execution.prepared import Statement
 
     query = sys.stdin.read() if args.query == "-" else args.query
     if query.startswith("@"):
@@ -596,40 +599,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     gateway = _gateway(args)
     try:
         identity = _identity(args)
-        compiled = gateway.compile(query, variables, identity=identity)
+        prepared = gateway.prepared(query, variables, identity=identity)
+        compiled = [statement.compiled for statement in prepared]
         view = gateway.view(identity)
         cost = gateway.plan(query, variables, identity=identity).cost
         most = gateway.limits(view.role).max_cost
         print(f"-- rows its statements may read at worst: {cost:,} (its role may: {most:,})")
-        claims = identity.claims if identity is not None else {}
         engines = [gateway.engine]
         other = "embedded" if gateway.engine.name == "trino" else "trino"
         if all(d.store.kind != "sqlite" for d in gateway.config.departments.values()):
             engines.append(create_engine(gateway.config.with_engine(other)))
-        for field in compiled:
-            tree = view.rewrite(field.tree, claims)
-            _print_route(gateway, field.key, tree)
+        for statement in prepared:
+            key = statement.compiled.key
+            if not isinstance(statement, Statement):
+                print(f"-- {key}: not run: {gateway.engine.redact(statement.error.message)}\n")
+                continue
+            _print_route(key, statement)
             for engine in engines:
-                print(f"-- {field.key} on {engine.name} ({engine.dialect})")
+                print(f"-- {key} on {engine.name} ({engine.dialect})")
+                # The text that runs when the route is this engine's; else the same tree there.
                 # The hash key and the tie-break key travel inside the statement; not on a screen.
-                print(engine.redact(engine.sql(view.rewrite(field.tree, claims))) + ";\n")
-        if view.decisions is not None:
-            print(f"-- policy decisions for role {view.role}:")
-            for (department, table), decision in sorted(view.decisions.items()):
-                if any(department == d for c in compiled for d in c.departments):
-                    shown = ", ".join(f"{c}: {t}" for c, t in decision.columns.items())
-                    extra = f"; row filter: {decision.row_filter}" if decision.row_filter else ""
-                    extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
-                    if decision.access == "aggregate_only" and decision.k_distinct is not None:
-                        extra += f" distinct {decision.k_distinct}"
-                    if decision.noise is not None:
-                        bounds = ", ".join(f"{c} in [{lo:g}, {hi:g}]" for c, (lo, hi) in decision.noise.bounds.items())
-                        extra += f"; noise epsilon {decision.noise.epsilon:g} per count or sum{'; ' if bounds else ''}"
-                        extra += bounds
-                        noise = decision.noise
-                        threshold = noise.threshold or least_threshold(noise.epsilon, decision.k, noise.delta)
-                        extra += f"; groups shown from a noisy count of {threshold} (delta {noise.delta:g})"
-                    print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
+                runs = statement.route.engine is engine
+                print(engine.redact(statement.text if runs else engine.sql(statement.rewritten)) + ";\n")
+        _print_decisions(view, compiled)
         if len(engines) == 1:
             print(
                 f"-- {other}: not available for this configuration (SQLite stores are read by the embedded engine only)"
@@ -639,12 +631,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_route(gateway: Gateway, key: str, tree: Any) -> None:
-    """A root field's route, and its store's own SQL when it is delegated."""
-    route, text = gateway.routes.choose(tree)
+def _print_decisions(view: View, compiled: list[Compiled]) -> None:
+    """The role's decisions on the tables ``compiled`` reads: what `explain --role` adds."""
+    from policies.noise import least_threshold
+
+    if view.decisions is None:
+        return
+    print(f"-- policy decisions for role {view.role}:")
+    for (department, table), decision in sorted(view.decisions.items()):
+        if any(department == d for c in compiled for d in c.departments):
+            shown = ", ".join(f"{c}: {t}" for c, t in decision.columns.items())
+            extra = f"; row filter: {decision.row_filter}" if decision.row_filter else ""
+            extra += f"; aggregate only, k={decision.k}" if decision.access == "aggregate_only" else ""
+            if decision.access == "aggregate_only" and decision.k_distinct is not None:
+                extra += f" distinct {decision.k_distinct}"
+            if decision.noise is not None:
+                bounds = ", ".join(f"{c} in [{lo:g}, {hi:g}]" for c, (lo, hi) in decision.noise.bounds.items())
+                extra += f"; noise epsilon {decision.noise.epsilon:g} per count or sum{'; ' if bounds else ''}"
+                extra += bounds
+                noise = decision.noise
+                threshold = noise.threshold or least_threshold(noise.epsilon, decision.k, noise.delta)
+                extra += f"; groups shown from a noisy count of {threshold} (delta {noise.delta:g})"
+            print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
+
+
+def _print_route(key: str, statement: Statement) -> None:
+    """A root field's route, and its store's own SQL (the text that runs) when it is delegated."""
+    route = statement.route
     if route.store:
         print(f"-- {key}: route delegated, to {route.store} ({route.engine.dialect})")
-        print(route.engine.redact(text) + ";\n")
+        print(route.engine.redact(statement.text) + ";\n")
     else:
         print(f"-- {key}: route {route.name} (it reads more than one store, or needs the engine)")
 

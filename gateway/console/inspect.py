@@ -2,7 +2,7 @@
 column of every table with the rule that decided it, the SQL each root field of a query becomes,
 and the query's answer as that role.
 
-The SQL is the statement the engine would run, with its key material replaced by ``<key>``
+The SQL is the statement that runs, on its route, with its key material replaced by ``<key>``
 (:meth:`connectors.base.Engine.redact`): the hash mask's key and the tie-break key derived from
 it are inside the text wherever a statement hashes or orders by a masked key, and the page that
 shows it is no place for them.
@@ -14,11 +14,11 @@ from typing import Any
 
 from graphql import print_schema
 
-from catalogue.errors import CitygateError
+from catalogue.errors import CitygateError, PolicyRefused
 from gateway.execution.gateway import Gateway
+from gateway.execution.prepared import Statement
 from gateway.execution.views import View, sharing_classes
 from gateway.identity.caller import Identity
-from policies.rewrite import PolicyViolation
 
 
 def decisions(gateway: Gateway, view: View) -> list[dict[str, Any]]:
@@ -55,28 +55,32 @@ def decisions(gateway: Gateway, view: View) -> list[dict[str, Any]]:
 
 
 def explain(gateway: Gateway, view: View, query: str, variables: dict[str, Any] | None, identity: Identity) -> Any:
-    """Each root field's statement on the gateway's engine, key material redacted; or the
-    reasons the query does not compile."""
+    """Each root field's route and the statement that runs there (the plan's own text, the one
+    the store or the engine receives), key material redacted; or the reasons the query does not
+    compile."""
     try:
-        compiled = gateway.compile(query, variables, identity=identity)
+        prepared = gateway.prepared(query, variables, identity=identity)
     except CitygateError as error:
         return {"error": error.message}
-    engine = gateway.engine
-    claims = view.used_claims(identity)
     statements = []
-    for field in compiled:
-        route = "-"
-        try:
-            tree = view.rewrite(field.tree, claims)
-            chosen, _ = gateway.routes.choose(tree)
-            route = chosen.name
-            sql = engine.redact(engine.sql(tree))
-        except PolicyViolation:  # the server log says why, as it does for the query itself
-            sql = "-- refused by the confidentiality policy: nothing would run"
-        except CitygateError as error:
-            sql = f"-- not run: {engine.redact(error.message)}"
+    for statement in prepared:
+        if isinstance(statement, Statement):
+            engine = statement.route.engine
+            route, sql = statement.route.name, engine.redact(statement.text)
+        else:
+            engine, route = gateway.engine, "-"
+            if isinstance(statement.error, PolicyRefused):  # the server log says why, as for the query itself
+                sql = "-- refused by the confidentiality policy: nothing would run"
+            else:
+                sql = f"-- not run: {engine.redact(statement.error.message)}"
         statements.append(
-            {"field": field.key, "engine": engine.name, "dialect": engine.dialect, "route": route, "sql": sql}
+            {
+                "field": statement.compiled.key,
+                "engine": engine.name,
+                "dialect": engine.dialect,
+                "route": route,
+                "sql": sql,
+            }
         )
     return statements
 

@@ -18,6 +18,7 @@ import operator
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -55,7 +56,7 @@ from connectors.base import Engine, Health
 from connectors.native import NativeEngine, native_engines
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
-from gateway.execution.cache import ResultCache, release
+from gateway.execution.cache import ResultCache
 from gateway.execution.fairness import (
     CALLER,
     CALLER_ROOT_FIELDS,
@@ -79,6 +80,7 @@ from gateway.execution.plans import (
     plan_weight,
     refused,
 )
+from gateway.execution.prepared import Refused, Statement, fallback, prepare
 from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
 from gateway.execution.proof import prove_masks, refusal_text
@@ -97,6 +99,7 @@ from gateway.graphql.compile import (
     too_slow,
 )
 from gateway.graphql.cost import Statistics, measure, rows, too_many_values, written
+from gateway.graphql.documents import document_hash
 from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location, validation_code
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
@@ -108,7 +111,6 @@ from gateway.observe.telemetry import Telemetry
 from gateway.state import State, StateUnavailable
 from policies.model import Policies, load_policies
 from policies.noise import noisy_rows, spend
-from policies.rewrite import NoiseRequired, PolicyViolation
 
 log = logging.getLogger("citygate")
 
@@ -157,6 +159,8 @@ class Gateway:
     state: State = field(init=False)  # shared by every worker and gateway on it: budgets, rate limits
     privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
     _plans: LRUCache[Any, Plan] = field(init=False)
+    # each cached plan's last answer, kept beside the plan (which never changes) while it is cached
+    _memos: weakref.WeakKeyDictionary[Plan, Memo] = field(default_factory=weakref.WeakKeyDictionary)
     _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
     _introspections: LRUCache[Any, bytes] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -276,8 +280,10 @@ class Gateway:
     def _statistic(self, statement: exp.Expr) -> Sequence[Any]:
         """Run one of the statistics' statements as the gateway itself (no policy: its answer
         only bounds what a query may cost), within the statement limit."""
-        route, text = self.routes.choose(statement)  # the store's own, when one can run it
-        return self.statements.run(text, departments_in(statement), 1, engine=route.engine)
+        route = self.routes.pick(statement)  # the store's own, when one can run it
+        return self.statements.run(
+            self.routes.render(route, statement), departments_in(statement), 1, engine=route.engine
+        )
 
     def limits(self, role: str | None) -> Limits:
         """``role``'s limits (``limits.roles``), decided once: every request and root field asks."""
@@ -493,87 +499,139 @@ class Gateway:
                 self.metrics.count_lookup("plan", "hit")
                 return found
             self.metrics.count_lookup("plan", "miss")
-        made = self._make_plan(query, variables, operation_name, view, started)
-        made.version = view.version
+        made = self._make_plan(query, variables, operation_name, view, identity, started)
         if key is None or made.transient:  # planned each time, or refused for time (not for good)
             return made
-        made.weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(
+        weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(
             PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
         )
+        made = replace(made, weight=weight)
         with self._lock, contextlib.suppress(ValueError):  # one plan larger than the whole cache is not kept
             self._plans[key] = made
         return made
 
     def _make_plan(
-        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, started: float
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None,
+        operation_name: str | None,
+        view: View,
+        identity: Identity | None,
+        started: float,
     ) -> Plan:
+        """Parse, validate and compile the request, weigh it, then make each root field's
+        statement as the role runs it: the whole of a plan, made once."""
         limits = self.limits(view.role)
         prepared = self._prepare(query, variables, operation_name, view)
         if isinstance(prepared, Response):
-            return prepared.plan or Plan(refused=prepared)
+            return self._finished(query, view, prepared.plan or Plan(refused=prepared))
         document, operation, ctx = prepared
         ctx.deadline, ctx.seconds = started + limits.plan_seconds, limits.plan_seconds
         root_type = view.model.schema.query_type
         assert root_type is not None
         too_much = measure(ctx, operation.selection_set, limits.max_fields).over(limits)
         if too_much is not None:  # refused before anything is compiled
-            return Plan(refused=refused([graphql_error(too_much, "COST_LIMIT")]))
-        plan = Plan()
+            return self._finished(query, view, Plan(refused=refused([graphql_error(too_much, "COST_LIMIT")])))
+        keys: list[str] = []
+        static: dict[str, str] = {}
+        compiled: dict[str, Compiled] = {}
+        errors: list[dict[str, Any]] = []
+        locations: dict[str, dict[str, int]] = {}
         introspection: dict[str, list[FieldNode]] = {}
         with self.telemetry.stage("compile"):
             for key, nodes in collect_fields(ctx, [operation.selection_set]).items():
                 name = nodes[0].name.value
-                plan.keys.append(key)
-                plan.locations[key] = location(nodes[0])
+                keys.append(key)
+                locations[key] = location(nodes[0])
                 if name == "__typename":
-                    plan.static[key] = root_type.name
+                    static[key] = root_type.name
                 elif name.startswith("__"):
                     introspection[key] = nodes
                 else:
                     try:
-                        plan.compiled[key] = compile_root_field(ctx, key, nodes, root_type)
+                        compiled[key] = compile_root_field(ctx, key, nodes, root_type)
                     except TooSlow as error:  # the whole request: it may pass when the gateway is less busy
                         return Plan(refused=refused([graphql_error(error.message, error.code)]), transient=True)
                     except CompileError as error:
-                        plan.errors.append(
+                        errors.append(
                             graphql_error(
-                                error.message, error.code, path=error.path or [key], locations=[plan.locations[key]]
+                                error.message, error.code, path=error.path or [key], locations=[locations[key]]
                             )
                         )
-        if introspection:
-            plan.introspection = (document, operation, introspection)
-        plan.access = access(plan.compiled.values(), view)
-        return self._weigh(plan, limits)
+        cost, too_costly = self._weigh(compiled, limits)
+        if too_costly is not None:
+            plan = Plan(refused=too_costly, access=access(compiled.values(), view), cost=cost)
+            return self._finished(query, view, plan)
+        statements = self._statements(compiled, view, view.used_claims(identity), ctx.deadline)
+        plan = Plan(
+            keys=tuple(keys),
+            static=static,
+            compiled=compiled,
+            statements=statements,
+            errors=tuple(errors),
+            locations=locations,
+            introspection=(document, operation, introspection) if introspection else None,
+            access=access(compiled.values(), view),
+            cost=cost,
+            transient=any(isinstance(s, Refused) and not s.lasting for s in statements.values()),
+        )
+        return self._finished(query, view, plan)
 
-    def _weigh(self, plan: Plan, limits: Limits) -> Plan:
-        """``plan`` with the rows its statements may materialise at worst, or refused if that
-        is more than its role may (:mod:`gateway.graphql.cost`). A root field whose stores do
-        not answer the statistics is left to fail by itself, with its own error."""
-        worst: tuple[int, str, Node | None] = (-1, "", None)
-        for key, compiled in plan.compiled.items():
+    def _finished(self, query: str, view: View, plan: Plan) -> Plan:
+        """``plan`` with what the audit trail records of it, encoded once, and its version."""
+        audited = document_hash(query), orjson.Fragment(orjson.dumps(plan.access, option=orjson.OPT_SORT_KEYS))
+        return replace(plan, audited=audited, version=view.version)
+
+    def _statements(
+        self, compiled: Mapping[str, Compiled], view: View, claims: Mapping[str, Any], deadline: float
+    ) -> dict[str, Statement | Refused]:
+        """Each root field's statement as the role runs it (:func:`prepare`), or why it has
+        none. The rewrite, the last of the planning, starts only before ``deadline``; a store
+        that fails while its text is made fails that root field, for this request only."""
+        made: dict[str, Statement | Refused] = {}
+        for key, field_plan in compiled.items():
+            if time.monotonic() > deadline:
+                error: CitygateError = TooSlow(too_slow(self.limits(view.role).plan_seconds), [key])
+                made[key] = Refused(field_plan, error, error.message, lasting=False)
+                continue
             try:
-                total, node = rows(compiled, self.statistics)
+                with self.telemetry.stage("policy", role=view.role or ""):
+                    made[key] = prepare(field_plan, view, claims, self.routes)
+            except CitygateError as error:  # a store asked while rendering (its collation, its types)
+                detail = self.engine.redact(error.detail or "")
+                made[key] = Refused(
+                    field_plan, error.with_traceback(None), f"{error.message} ({detail})", lasting=False
+                )
+            except Exception as error:  # a bug must not take the server down or leak a trace
+                reason = self.engine.redact(trace_without_messages(error))
+                internal = CitygateError("internal error while running the query")
+                made[key] = Refused(field_plan, internal, reason, lasting=False)
+        return made
+
+    def _weigh(self, compiled: Mapping[str, Compiled], limits: Limits) -> tuple[int, Response | None]:
+        """The rows the statements of ``compiled`` may materialise at worst, or the request's
+        refusal (else None) if that is more than its role may (:mod:`gateway.graphql.cost`). A root field
+        whose stores do not answer the statistics is left to fail by itself, with its own error."""
+        cost = 0
+        worst: tuple[int, str, Node | None] = (-1, "", None)
+        for key, field_plan in compiled.items():
+            try:
+                total, node = rows(field_plan, self.statistics)
             except CitygateError as error:
                 log.info("no estimate for root field %s: %s", key, error.message)
                 continue
-            plan.cost += total
+            cost += total
             if total > worst[0]:
                 worst = (total, key, node)
-        if plan.cost <= limits.max_cost:
-            return plan
+        if cost <= limits.max_cost:
+            return cost, None
         _, key, node = worst
         where = ".".join(str(p) for p in node.path) if node is not None else key
         message = (
-            f"the query may read about {_rounded(plan.cost):,} rows at worst, more than the {limits.max_cost:,} "
+            f"the query may read about {_rounded(cost):,} rows at worst, more than the {limits.max_cost:,} "
             f"its role may; give `{where}` a smaller `limit`, filter it with `where`, or ask for fewer levels"
         )
-        return Plan(
-            refused=refused(
-                [graphql_error(message, "COST_LIMIT", estimate=_rounded(plan.cost), limit=limits.max_cost)]
-            ),
-            cost=plan.cost,
-            access=plan.access,
-        )
+        return cost, refused([graphql_error(message, "COST_LIMIT", estimate=_rounded(cost), limit=limits.max_cost)])
 
     def execute(
         self,
@@ -598,7 +656,7 @@ class Gateway:
         response = Response({}, plan=plan, claims=claims)
         budget = RowBudget(self.config.limits.max_rows)
         deadline = started + self.limits(view.role).plan_seconds
-        for key, (outcome, cached, route) in self._run_all(plan.compiled, view, claims, budget, deadline).items():
+        for key, (outcome, cached, route) in self._run_all(plan.statements, view, budget, deadline).items():
             response.routes[key] = route
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
@@ -616,7 +674,8 @@ class Gateway:
                 data[key] = outcome
                 response.rows[key] = count_rows(outcome)
                 response.statements += cached != "hit"
-                noise = plan.compiled[key].noise
+                statement = plan.statements[key]
+                noise = statement.noise if isinstance(statement, Statement) else None
                 if noise and cached != "hit":  # a fresh draw; a cached one spent nothing
                     response.epsilon[key] = spend(r for node in noise.values() for r in node.values())
         response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
@@ -675,11 +734,10 @@ class Gateway:
         if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
             return None
         rows, left = [], self.config.limits.max_rows
-        for compiled in plan.compiled.values():
-            route: Route | None = compiled.route
+        for statement in plan.statements.values():
             found = (
-                self.results.get(route.key, compiled.sql.get(route.key), compiled.release)
-                if route is not None
+                self.results.get(statement.route.key, statement.text, statement.release)
+                if isinstance(statement, Statement)
                 else None
             )
             if found is None or len(found) > left:  # over the row limit: the full path says so
@@ -690,52 +748,56 @@ class Gateway:
         # The same cached rows as last time (the very objects; cache entries are never changed
         # in place): the same answer, shaped and encoded already. Within one plan the claims
         # are the same too (the plan's key holds them).
-        memo = plan.memo
+        memo = self._memos.get(plan)
         if memo is not None and all(map(operator.is_, memo.rows, rows)):
             return memo.response
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
         counts: dict[str, int] = {}
-        for name, found in zip(plan.compiled, rows, strict=True):
+        for (name, statement), found in zip(plan.statements.items(), rows, strict=True):
+            assert isinstance(statement, Statement)
             with self.telemetry.stage("shape"):
-                data[name] = value = shape(plan.compiled[name], found)
+                data[name] = value = shape(statement.compiled, found, statement.builders)
             counts[name] = count_rows(value)
         body = {"data": data}
         response = Response(
             body,
             plan=plan,
             rows=counts,
-            cache=dict.fromkeys(plan.compiled, "hit"),
-            routes={name: _route_name(c.route) for name, c in plan.compiled.items()},
+            cache=dict.fromkeys(plan.statements, "hit"),
+            routes={name: _route_name(s) for name, s in plan.statements.items()},
             claims=claims,
             encoded=encode(body),
         )
         if len(response.encoded or b"") <= MEMO_BYTES:
-            plan.memo = Memo(tuple(rows), response)
+            self._memos[plan] = Memo(tuple(rows), response)
         return response
+
+    def memo_of(self, plan: Plan) -> Memo | None:
+        """``plan``'s last answer made wholly of cached rows, if it has one."""
+        return self._memos.get(plan)
 
     def memo_parts(self, plan: Plan) -> list[tuple[str, str, str, Sequence[Any]]]:
         """The cached rows ``plan``'s memo was made of, each with what the result cache keeps it
         under (route key, statement text, release): the memo stands while each is still there."""
-        assert plan.memo is not None
-        parts = []
-        for compiled, found in zip(plan.compiled.values(), plan.memo.rows, strict=True):
-            route: Route | None = compiled.route
-            text = compiled.sql.get(route.key) if route is not None else None
-            if route is not None and text is not None:
-                parts.append((route.key, text, compiled.release, found))
-        return parts
+        memo = self._memos.get(plan)
+        assert memo is not None
+        return [
+            (statement.route.key, statement.text, statement.release, found)
+            for statement, found in zip(plan.statements.values(), memo.rows, strict=True)
+            if isinstance(statement, Statement)
+        ]
 
     def _run_all(
-        self, compiled: dict[str, Compiled], view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
+        self, statements: Mapping[str, Statement | Refused], view: View, budget: RowBudget, deadline: float
     ) -> dict[str, tuple[Any, str, str]]:
-        if len(compiled) <= 1:
-            return {key: self._run(c, view, claims, budget, deadline) for key, c in compiled.items()}
+        if len(statements) <= 1:
+            return {key: self._run(statement, view, budget) for key, statement in statements.items()}
         # Root fields side by side, each in a thread carrying the request's context (request id,
         # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
         # many aliases waits behind itself, not others behind it.
         caller = CALLER.get()
         deadline = time.monotonic() + self.limits(view.role).statement_seconds
-        waiting = list(compiled.items())
+        waiting = list(statements.items())
         running: dict[Future[tuple[Any, str, str]], str] = {}
         done: dict[str, tuple[Any, str, str]] = {}
         while waiting or running:
@@ -746,73 +808,63 @@ class Gateway:
                     key, _ = waiting.pop(0)
                     done[key] = (busy(), "off", "-")
                     continue
-                key, field_plan = waiting.pop(0)
-                future = self.pool.submit(
-                    contextvars.copy_context().run, self._run, field_plan, view, claims, budget, deadline
-                )
+                key, statement = waiting.pop(0)
+                future = self.pool.submit(contextvars.copy_context().run, self._run, statement, view, budget)
                 future.add_done_callback(lambda _, c=caller: self.root_fields.release(c))  # type: ignore[misc]
                 running[future] = key
             if running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     done[running.pop(future)] = future.result()
-        return {key: done[key] for key in compiled}
+        return {key: done[key] for key in statements}
 
-    def _run(
-        self, compiled: Compiled, view: View, claims: Mapping[str, Any], budget: RowBudget, deadline: float
-    ) -> tuple[Any, str, str]:
-        """The root field's value (or its error), and whether the cache answered it. Its rows
-        count against the request's ``budget`` (see :class:`RowBudget`); its policies' rewrite,
-        the last of the work before the engine, starts only before ``deadline``."""
+    def _refusal(self, refused_field: Refused, view: View) -> CitygateError:
+        """What a root field without a statement answers, said in the server log as the
+        request's own failure would be (the caller gets only the error)."""
+        key, error = refused_field.compiled.key, refused_field.error
+        if isinstance(error, NoiseRequiredError):
+            log.warning("root field %s for role %s: %s", key, view.role, refused_field.reason)
+        elif isinstance(error, PolicyRefused):
+            log.error("policy check refused root field %s for role %s: %s", key, view.role, refused_field.reason)
+        else:
+            log.warning("root field %s failed: %s", key, refused_field.reason)
+            self.metrics.engine_errors.labels(engine=self.engine.name, code=error.code, route="-").inc()
+        return error
+
+    def _run(self, statement: Statement | Refused, view: View, budget: RowBudget) -> tuple[Any, str, str]:
+        """The root field's value (or its error), whether the cache answered it, and the route
+        it took. Its rows count against the request's ``budget`` (see :class:`RowBudget`)."""
+        if isinstance(statement, Refused):  # nothing runs, nothing is spent
+            return self._refusal(statement, view), "off", "-"
         started = time.perf_counter()
-        route: Route | None = compiled.route
-        engine = route.engine.name if route is not None else self.engine.name
+        compiled, route = statement.compiled, statement.route
+        engine = route.engine.name
         cached = "off"
         try:
-            if route is None:
-                if time.monotonic() > deadline:
-                    return TooSlow(too_slow(self.limits(view.role).plan_seconds), [compiled.key]), cached, "-"
-                with self.telemetry.stage("policy", role=view.role or ""):
-                    compiled.rewritten = view.rewrite(compiled.tree, claims)
-                    # before the route: another request's thread reads both once the route is set
-                    compiled.noise = compiled.positions(view.releases(compiled.rewritten))
-                    compiled.release = release(view.role, compiled.noise, view.privacy)
-                route = self.routes.pick(compiled.rewritten)  # named in the error, if rendering fails
-                route, text = self.routes.render(route, compiled.rewritten)
-                compiled.sql[route.key] = text
-                compiled.route = route  # last: another request's thread reads the text by it
-            engine = route.engine.name
             try:
-                rows, cached = self._fetch(route, compiled, view, budget)
+                rows, cached = self._fetch(route, statement.text, statement, view, budget)
             except EngineUnavailableError:
-                fallback = self.routes.fallback(compiled.rewritten) if compiled.rewritten is not None else None
-                if route is not self.routes.main or fallback is None:
+                other = fallback(statement, self.routes)
+                if other is None:
                     raise
-                route, text = fallback
-                compiled.sql[route.key] = text
+                route, text = other
                 engine = route.engine.name
-                rows, cached = self._fetch(route, compiled, view, budget)
+                rows, cached = self._fetch(route, text, statement, view, budget)
             self.metrics.count_lookup("result", cached)
             budget.take(len(rows))
-        except NoiseRequired as refusal:  # nothing runs, nothing is spent; the caller learns which table
-            log.warning("root field %s for role %s: %s", compiled.key, view.role, refusal)
-            return NoiseRequiredError(refusal.table), cached, _route_name(route)
-        except PolicyViolation as violation:  # fail closed: nothing runs, the caller learns no more
-            log.error("policy check refused root field %s for role %s: %s", compiled.key, view.role, violation)
-            return PolicyRefused(), cached, _route_name(route)
         except CitygateError as error:
             detail = self.engine.redact(error.detail or "")
             log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
-            self.metrics.engine_errors.labels(engine=engine, code=error.code, route=_route_name(route)).inc()
-            return error, cached, _route_name(route)
+            self.metrics.engine_errors.labels(engine=engine, code=error.code, route=route.name).inc()
+            return error, cached, route.name
         except Exception as error:  # an engine bug must not take the server down or leak a trace
             # where it failed, not what it said: an engine's message may quote the values it read
             # or its key material
             log.error("root field %s failed: %s", compiled.key, self.engine.redact(trace_without_messages(error)))
-            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL", route=_route_name(route)).inc()
-            return CitygateError("internal error while running the query"), cached, _route_name(route)
+            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL", route=route.name).inc()
+            return CitygateError("internal error while running the query"), cached, route.name
         with self.telemetry.stage("shape"):
-            value = shape(compiled, rows)
+            value = shape(compiled, rows, statement.builders)
         elapsed = time.perf_counter() - started
         for department in compiled.departments:
             self.metrics.statement_seconds.labels(department=department, engine=engine, route=route.name).observe(
@@ -828,27 +880,30 @@ class Gateway:
         )
         return value, cached, route.name
 
-    def _fetch(self, route: Route, compiled: Compiled, view: View, budget: RowBudget) -> tuple[Sequence[Any], str]:
-        """``compiled``'s rows on ``route`` (from the result cache, or run there), and whether
-        the cache answered."""
-        text = compiled.sql[route.key]
+    def _fetch(
+        self, route: Route, text: str, statement: Statement, view: View, budget: RowBudget
+    ) -> tuple[Sequence[Any], str]:
+        """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there),
+        and whether the cache answered."""
         statement_seconds = self.limits(view.role).statement_seconds
+        departments = statement.compiled.departments
+        noise = statement.noise
 
         def run() -> Sequence[Any]:
             # A noisy answer spends its role's budget before it runs, on whichever route, and is
             # kept in the cache with its noise: asked again, the same draw comes back and costs
             # nothing, so repeating a question averages no noise away. A run that fails (on the
             # engine before its fallback, too) released nothing and gives its spending back.
-            cost = spend(r for node in compiled.noise.values() for r in node.values())
+            cost = spend(r for node in noise.values() for r in node.values())
             if cost:
                 self._spend(view, cost)
             try:
                 with self.telemetry.stage(
-                    "engine", engine=route.engine.name, route=route.name, departments=",".join(compiled.departments)
+                    "engine", engine=route.engine.name, route=route.name, departments=",".join(departments)
                 ):
                     # the whole limit, not what this request has left: a run may be shared with
                     # another request's (the result cache runs one for all who wait on it)
-                    rows = self.statements.run(text, compiled.departments, budget.rows, statement_seconds, route.engine)
+                    rows = self.statements.run(text, departments, budget.rows, statement_seconds, route.engine)
             except BaseException:
                 if cost:  # nothing was released
                     assert view.role is not None and view.privacy is not None
@@ -857,10 +912,10 @@ class Gateway:
                     except StateUnavailable as error:  # the spending stands: fail closed
                         log.error("could not give back epsilon %g of role %s: %s", cost, view.role, error.detail)
                 raise
-            return noisy_rows(rows, compiled.noise) if cost else rows
+            return noisy_rows(rows, noise) if cost else rows
 
         # "off": a department forbids caching, or the answer is too big to keep
-        return self.results.fetch(route.key, text, compiled.departments, run, compiled.release)
+        return self.results.fetch(route.key, text, departments, run, statement.release)
 
     def _spend(self, view: View, cost: float) -> None:
         """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
@@ -877,12 +932,24 @@ class Gateway:
         operation_name: str | None = None,
         identity: Identity | None = None,
     ) -> list[Compiled]:
-        """The compiled data root fields of ``query``, from its plan (for `citygate explain` and tests)."""
+        """The compiled data root fields of ``query``, from its plan (for tests and tools)."""
+        return [s.compiled for s in self.prepared(query, variables, operation_name, identity)]
+
+    def prepared(
+        self,
+        query: str,
+        variables: Mapping[str, Any] | None = None,
+        operation_name: str | None = None,
+        identity: Identity | None = None,
+    ) -> list[Statement | Refused]:
+        """Each data root field's statement as ``identity``'s role runs it (or why it has none),
+        from the very plan a request runs: what `citygate explain` and the console print.
+        :class:`CompileError` if the query does not compile."""
         plan = self.plan(query, variables, operation_name, identity)
         refusals = plan.refused.body["errors"] if plan.refused is not None else plan.errors
         if refusals:
             raise CompileError("; ".join(e["message"] for e in refusals))
-        return list(plan.compiled.values())
+        return list(plan.statements.values())
 
     def health(self) -> Health:
         """The engine's and each department's health, checked at most every
@@ -1013,8 +1080,8 @@ def _native(config: Config) -> dict[str, NativeEngine]:
     return {department: engine for engine in engines for department in engine.departments}
 
 
-def _route_name(route: Route | None) -> str:
-    return route.name if route is not None else "-"
+def _route_name(statement: Statement | Refused) -> str:
+    return statement.route.name if isinstance(statement, Statement) else "-"
 
 
 def _rounded(number: int) -> int:

@@ -4,6 +4,7 @@ policies stand, and its response, with what the audit trail records of both.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlglot import exp
 
 from catalogue import names
 from catalogue.names import KEY, TIE
+from gateway.execution.prepared import Refused, Statement
 from gateway.execution.views import View
 from gateway.graphql.compile import Compiled
 
@@ -48,20 +50,23 @@ def encode(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Plan:
-    """What a request compiles to: reused as long as the schema stands."""
+    """What a request compiles to, made once per plan key and never changed after: each root
+    field's statement as its role runs it (:mod:`gateway.execution.prepared`), or why it has
+    none. Reused as long as the schema and the policies stand; execution only runs it.
+    Compared by identity (its last answer is kept beside it: :class:`Memo`)."""
 
     refused: Response | None = None
-    keys: list[str] = field(default_factory=list)  # response keys, in order
-    static: dict[str, Any] = field(default_factory=dict)  # root __typename
-    compiled: dict[str, Compiled] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    locations: dict[str, dict[str, int]] = field(default_factory=dict)
+    keys: tuple[str, ...] = ()  # response keys, in order
+    static: Mapping[str, str] = field(default_factory=dict)  # root __typename
+    compiled: Mapping[str, Compiled] = field(default_factory=dict)
+    statements: Mapping[str, Statement | Refused] = field(default_factory=dict)  # by response key
+    errors: tuple[dict[str, Any], ...] = ()
+    locations: Mapping[str, dict[str, int]] = field(default_factory=dict)
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None
     access: list[dict[str, Any]] = field(default_factory=list)  # the audit's account of what it reads
-    memo: Memo | None = None  # set by the cached path (Gateway.execute_cached)
-    audited: tuple[str, orjson.Fragment] | None = None  # the query's hash and `access` as JSON, made once
+    audited: tuple[str, orjson.Fragment] | None = None  # the query's hash and `access` as JSON
     weight: int = 0  # its estimated size in memory, for the plan cache's budget
     cost: int = 0  # the rows its statements may materialise at worst (gateway.graphql.cost)
     version: str = "-"  # the policies' version it was made under

@@ -5,10 +5,12 @@ A statement is delegated when every table it reads lives in one store, ``engine.
 ``auto`` and none of its departments says ``delegate: false``, and the store can run it exactly
 as the engines would:
 
-- its tree renders in the store's dialect. A hash mask, and an ordering by a masked key, need
-  the hash key, and the stores' engines are never given it (:mod:`connectors.native`): such a
-  statement goes to the engine, so the key never appears in a store's statement log;
-- it compares no text case-insensitively (``_ilike``): each store folds case its own way;
+- it holds nothing the store declares it cannot run as the engines do
+  (:attr:`connectors.native.NativeEngine.cannot`), decided before anything is rendered: the
+  hash mask and a masked key's order, which need the hash key, never given to a store's
+  engine (so it never appears in a store's statement log); a case-insensitive comparison
+  (``_ilike``), which each store folds its own way; on SQLite, the partial mask and a
+  timestamp's text;
 - it reads no column whose values the store's driver returns as no engine does
   (:attr:`connectors.native.NativeEngine.differs`).
 
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-from catalogue.errors import CitygateError, EngineUnavailableError, StatementTimeout, StoreUnavailableError
 from catalogue.model import Catalogue
 from catalogue.sql import departments_in, is_logical
 from connectors.base import Engine
@@ -67,32 +68,22 @@ class Routes:
     def delegating(self) -> bool:
         return self.config.engine.delegate == "auto" and bool(self.native)
 
-    def choose(self, tree: exp.Expr) -> tuple[Route, str]:
-        """The route of a rewritten tree, and the text it runs there."""
-        return self.render(self.pick(tree), tree)
-
     def pick(self, tree: exp.Expr) -> Route:
-        """The route ``tree`` should take: its store's own if one can run it, else the engine."""
+        """The route ``tree`` takes: its store's own if the store can run it as the engines
+        would (decided from what each store declares it cannot run, before anything is
+        rendered), else the engine."""
         native = self._store_of(tree)
         if native is None:
             return self.main
         return Route(DELEGATED, f"{DELEGATED}:{native.key}", native, native.key)
 
-    def render(self, route: Route, tree: exp.Expr) -> tuple[Route, str]:
-        """``route`` and ``tree``'s text on it; a delegated tree its store cannot render goes to
-        the engine instead. Rendering may ask the store once (its collation, its columns'
-        types): a store that does not answer then is its departments' failure, on this route as
-        it would be on the engine's. It is not a reason to try the engine, which may reach the
-        store another way (its own credentials, its own TLS settings) and so answer what the
-        configuration of this route refuses."""
-        if route is not self.main:
-            try:
-                return route, route.engine.sql(tree)
-            except (StoreUnavailableError, EngineUnavailableError, StatementTimeout):
-                raise
-            except CitygateError as error:  # the key's functions, or one the store lacks
-                log.debug("not delegated: %s", error.message)
-        return self.main, self.engine.sql(tree)
+    def render(self, route: Route, tree: exp.Expr) -> str:
+        """``tree``'s text on ``route``. Rendering for a store may ask it once (its collation,
+        its columns' types): a store that does not answer then is its departments' failure,
+        on this route as it would be on the engine's, and not a reason to try the engine,
+        which may reach the store another way (its own credentials, its own TLS settings) and
+        so answer what the configuration of this route refuses."""
+        return route.engine.sql(tree)
 
     def _store_of(self, tree: exp.Expr) -> NativeEngine | None:
         """The one store that can run ``tree`` as the engines would, if any."""
@@ -106,7 +97,9 @@ class Routes:
             return None
         native = next(iter(engines.values()))
         assert native is not None
-        if tree.find(exp.ILike) is not None:
+        cannot = native.unsupported(tree)
+        if cannot is not None:
+            log.debug("not delegated: %s", cannot)
             return None
         if native.differs:
             tables = [(t.db, t.name) for t in tree.find_all(exp.Table) if is_logical(t)]

@@ -237,24 +237,18 @@ class Node:
         return self.keys.setdefault(column, names.node_key(len(self.keys)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compiled:
-    """One root field: its response key, the tree to run, and how to shape the rows."""
+    """One root field: its response key, the tree to run (before the role's policies: see
+    :mod:`gateway.execution.prepared`), and how to shape the rows. Never changed once made."""
 
     key: str
     tree: exp.Expr
-    nodes: list[Node]
-    initial: Any  # the response value before any row arrives
-    departments: list[str]
-    builders: list[Any] = field(default_factory=list)  # one per node, made at first shape (gateway.graphql.shape)
-    sql: dict[str, str] = field(default_factory=dict)  # engine name -> the text it runs, made at first run
-    route: Any = None  # gateway.execution.routes.Route: where it runs, chosen at first run
-    rewritten: exp.Expr | None = None  # the tree after the policies' rewrite, made at first run
-    # node -> position in its rows -> the noise its count or sum gets (a noisy table's), made with `sql`
-    noise: dict[int, dict[int, Release]] = field(default_factory=dict)
-    # what the rows are released as, beside the statement (gateway.execution.cache): "exact",
-    # or a noisy role's own draws; made with `noise`
-    release: str = "exact"
+    nodes: tuple[Node, ...]
+    # the response value before any row arrives: None (one object), [] (a list), or an
+    # aggregate's ("composite", template)
+    initial: list[Any] | tuple[str, list[Slot]] | None
+    departments: tuple[str, ...]
 
     def positions(self, outputs: Mapping[str, Release]) -> dict[int, dict[int, Release]]:
         """``outputs`` (by output name) by node and position in the statement's rows: after
@@ -358,7 +352,7 @@ def compile_root_field(ctx: CompileContext, key: str, nodes: list[FieldNode], ro
             args = {"where": {"_and": [{k: {"_eq": args[k]}} for k in table.primary_key]}, "limit": 1}
         node = _rows_node(ctx, table, None, None, args, [key], (key,), "first" if kind == "by_pk" else "append")
         _object_template(ctx, node, _subselections(nodes), [key])
-        initial: Any = None if kind == "by_pk" else []
+        initial: list[Any] | tuple[str, list[Slot]] | None = None if kind == "by_pk" else []
     elif kind == "aggregate":
         template = _aggregate_field(ctx, table, None, None, args, _subselections(nodes), [key], (key,))
         initial = ("composite", template)
@@ -366,7 +360,7 @@ def compile_root_field(ctx: CompileContext, key: str, nodes: list[FieldNode], ro
         node = _group_node(ctx, table, args, _subselections(nodes), [key])
         initial = []
     tree = _statement(ctx)
-    return Compiled(key, tree, list(ctx.nodes), initial, departments_in(tree))
+    return Compiled(key, tree, tuple(ctx.nodes), initial, tuple(departments_in(tree)))
 
 
 def _arguments(ctx: CompileContext, field_def: GraphQLField, node: FieldNode, path: list[str | int]) -> dict[str, Any]:

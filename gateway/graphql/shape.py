@@ -12,8 +12,10 @@ from typing import Any
 
 from gateway.graphql.compile import CHILD_LIST, CHILD_ONE, COMPOSITE, CONST, NESTED, VALUE, Compiled, Slot
 
+Builder = Callable[[tuple[Any, ...] | None], dict[str, Any]]
 
-def builder(template: list[Slot], offset: int) -> Callable[[tuple[Any, ...] | None], dict[str, Any]]:
+
+def builder(template: list[Slot], offset: int) -> Builder:
     """A function that builds one object as a single dict display.
 
     The hot path: generated once per compiled node, it reads each value by position and
@@ -29,7 +31,7 @@ def builder(template: list[Slot], offset: int) -> Callable[[tuple[Any, ...] | No
     without = _display(template, offset, False, env)
     source = f"def build(row):\n    if row is None:\n        return {without}\n    return {with_row}\n"
     exec(compile(source, "<citygate shape>", "exec"), env)  # noqa: S102 - code generated from the template above
-    function: Callable[[tuple[Any, ...] | None], dict[str, Any]] = env["build"]
+    function: Builder = env["build"]
     return function
 
 
@@ -65,8 +67,20 @@ def _display(template: list[Slot], offset: int, with_row: bool, env: dict[str, A
     return "{" + ", ".join(parts) + "}"
 
 
-def shape(compiled: Compiled, rows: Sequence[Sequence[Any]]) -> Any:
-    """The response value of ``compiled``'s root field from the statement's rows."""
+def builders(compiled: Compiled) -> tuple[Builder, ...]:
+    """One builder per node of ``compiled``, reading its outputs at their positions in the rows
+    (after ``__node``, ``__parent`` and ``__id``, every node's outputs in turn); made once per
+    plan (:mod:`gateway.execution.prepared`)."""
+    made, position = [], 3
+    for node in compiled.nodes:
+        made.append(builder(node.template, position))
+        position += len(node.outputs)
+    return tuple(made)
+
+
+def shape(compiled: Compiled, rows: Sequence[Sequence[Any]], made: Sequence[Builder] | None = None) -> Any:
+    """The response value of ``compiled``'s root field from the statement's rows; ``made``:
+    its :func:`builders`, if they are at hand."""
     initial = compiled.initial
     # A fresh value each time: a compiled field is shaped again for every request that uses it.
     if isinstance(initial, tuple):
@@ -74,22 +88,15 @@ def shape(compiled: Compiled, rows: Sequence[Sequence[Any]]) -> Any:
     else:
         start = [] if isinstance(initial, list) else None
     holder: dict[str, Any] = {compiled.key: start}
-    offsets = {}
-    position = 3  # __node, __parent, __id
-    for node in compiled.nodes:
-        offsets[node.index] = position
-        position += len(node.outputs)
     nodes = compiled.nodes
-    builders = compiled.builders
-    if len(builders) != len(nodes):
-        builders[:] = [builder(node.template, offsets[node.index]) for node in nodes]
+    build = made if made is not None else builders(compiled)
     objects: dict[tuple[int, Any], dict[str, Any]] = {}
     late = {n.index: n.args for n in nodes if n.kind == "group" and n.table.noisy is not None}
     if late:
         rows = paged_late(rows, late)
     for row in rows:
         node = nodes[row[0]]
-        obj = builders[row[0]](row)
+        obj = build[row[0]](row)
         container: Any = holder if node.parent is None else objects.get((node.parent.index, row[1]))
         if container is None:
             continue

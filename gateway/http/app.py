@@ -847,16 +847,11 @@ class Edge:
         """Keep a reply made wholly of cached parts (a plan's memo) to send again."""
         result = exchange.result
         plan = result.plan if result is not None else None
-        if (
-            plan is None
-            or plan.memo is None
-            or plan.memo.response is not result
-            or len(key[0]) > HOT_BODY
-            or len(reply.body) > MEMO_BYTES
-        ):
+        memo = self.gateway.memo_of(plan) if plan is not None else None
+        if memo is None or memo.response is not result or len(key[0]) > HOT_BODY or len(reply.body) > MEMO_BYTES:
             self.hot.pop(key, None)
             return
-        assert result is not None and exchange.query is not None
+        assert result is not None and plan is not None and exchange.query is not None
         if len(self.hot) >= HOT_ENTRIES:
             del self.hot[next(iter(self.hot))]  # the oldest
         template = None

@@ -78,11 +78,15 @@ _PER_REQUEST = ("duration_ms", "prev", "purpose", "request_id", "seq", "time")  
 
 
 class Audited(Protocol):
-    """What a request's plan tells its record: what it reads, and that account encoded once."""
+    """What a request's plan tells its record: what it reads, and that account encoded once
+    (when the plan was made: a plan never changes)."""
 
-    access: list[dict[str, Any]]
-    audited: tuple[str, Any] | None
-    cost: int  # the rows its statements may materialise at worst
+    @property
+    def access(self) -> list[dict[str, Any]]: ...
+    @property
+    def audited(self) -> tuple[str, Any] | None: ...
+    @property
+    def cost(self) -> int: ...  # the rows its statements may materialise at worst
 
 
 RECORDED = 200  # characters a record keeps of a caller's header or operation name
@@ -155,14 +159,13 @@ def record(
 def _operation(query: str, plan: Audited | None) -> tuple[str, Any]:
     """The query's SHA-256 (the name trusted documents know it by, and an error refusing it
     gives) and what the plan reads (the record's ``access``, encoded as the sink encodes it),
-    once per plan."""
+    made with the plan."""
     if plan is not None and plan.audited is not None:
         return plan.audited
     digest = document_hash(query)
     if plan is None:
         return digest, []
-    plan.audited = digest, orjson.Fragment(orjson.dumps(plan.access, option=orjson.OPT_SORT_KEYS))
-    return plan.audited
+    return digest, orjson.Fragment(orjson.dumps(plan.access, option=orjson.OPT_SORT_KEYS))
 
 
 def _plain_json(value: Any) -> bool:
