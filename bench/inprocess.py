@@ -98,8 +98,7 @@ def bench_overhead(gateway: Gateway, runs: int, target: float) -> dict[str, Any]
     cold = Gateway(config=gateway.config, engine=engine, model=gateway.model)
 
     def uncached() -> None:  # parse, validate and compile every time
-        cold._plans.clear()
-        cold._documents.clear()
+        cold.planner.clear()
         cold.execute(SELECTIVE)
 
     actions: dict[str, Callable[[], Any]] = {

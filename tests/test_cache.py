@@ -127,13 +127,14 @@ def test_plans_and_documents_are_bounded_by_their_size_in_memory(sqlite_config: 
         for n in range(30):  # each plan some 500 KB and each document some 150 KB, as estimated
             fields = " ".join(f"{alias}{i}: transport_stations(limit: {n + 1}) {{ name }}" for i in range(5))
             assert "errors" not in gateway.execute("{ " + fields + " }").body
-        assert 0 < len(gateway._plans) < 30 and gateway._plans.currsize <= budget
-        assert 0 < len(gateway._documents) < 30 and gateway._documents.currsize <= budget
+        assert 0 < len(gateway.planner.plans) < 30 and gateway.planner.plans.currsize <= budget
+        assert 0 < len(gateway.planner.documents) < 30 and gateway.planner.documents.currsize <= budget
         for n in range(3):  # refused, and weighed by their text all the same (found by a code review)
             flood = f"# {n}\n{{ " + " ".join(f"a{i}: __typename" for i in range(55_000)) + " }"
             [error] = gateway.execute(flood).body["errors"]
             assert error["extensions"]["code"] == "GRAPHQL_PARSE_FAILED" and "20000 tokens" in error["message"]
-        assert gateway._documents.currsize <= budget and not any(len(k[0]) > 100_000 for k in gateway._documents)
+        documents = gateway.planner.documents
+        assert documents.currsize <= budget and not any(len(k[0]) > 100_000 for k in documents)
     finally:
         gateway.close()
 
@@ -231,7 +232,7 @@ def test_a_repeated_request_skips_parse_validation_compile_and_engine(sqlite_con
         for n in (1, 2, 1):
             gateway.execute(document, {"n": n})
         key = (document, None, gateway.policy_version)
-        assert key in gateway._documents
+        assert key in gateway.planner.documents
     finally:
         gateway.close()
 

@@ -281,7 +281,7 @@ def test_a_document_of_too_many_fields_is_refused_before_validation(
         validated.append(1)
         return graphql.validate(*args, **kwargs)
 
-    monkeypatch.setattr("gateway.execution.gateway.validate", counted)
+    monkeypatch.setattr("gateway.execution.planner.validate", counted)
     identical = "{ " + " ".join("transport_stations(limit: 1) { name }" for _ in range(1500)) + " }"
     body = secured.execute(identical, identity=Identity("supervisor")).body  # max_fields: the deployment's 2,000
     assert codes(body) == ["COST_LIMIT"] and "more than 2000 fields" in body["errors"][0]["message"]
@@ -302,12 +302,12 @@ def test_the_work_before_the_engine_is_bounded_by_the_clock(sqlite_config: Confi
             body = gateway.execute(query).body
             assert codes(body) == ["COST_LIMIT"] and "data" not in body
             assert "took more than 1e-06 s to prepare" in body["errors"][0]["message"]
-        assert len(gateway._plans) == 0
+        assert len(gateway.planner.plans) == 0
     finally:
         gateway.close()
     gateway = start(sqlite_config)  # the deployment's 2 s
     try:
-        assert "errors" not in gateway.execute(query).body and len(gateway._plans) == 1
+        assert "errors" not in gateway.execute(query).body and len(gateway.planner.plans) == 1
     finally:
         gateway.close()
 

@@ -402,7 +402,7 @@ def test_a_noisy_role_and_an_exact_one_never_share_a_cached_answer(
 def test_the_budget_refuses_past_its_limit_and_renews_after_the_period(sqlite_config: Config, tmp_path: Path) -> None:
     gateway = start(sqlite_config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
     now = [1_800_000_000.0]  # 2027-01-15T08:00:00Z
-    gateway.privacy = PrivacyBudgets(gateway.state, clock=lambda: now[0])
+    gateway.privacy = gateway.runner.privacy = PrivacyBudgets(gateway.state, clock=lambda: now[0])
     try:
         assert gateway.execute(TOTAL, identity=Identity("noisy")).epsilon == {"health_clinic_visits_aggregate": 1.0}
         total(gateway, "noisy")  # 2.0: the whole budget, exactly
@@ -633,7 +633,7 @@ def test_presence_by_binary_search_now_spends_and_the_budget_runs_out_long_befor
         engine_config(engine, sqlite_config, services_config), [policy_file(tmp_path / "p.yaml", budget=10.0)], tmp_path
     )
     now = [1_800_000_000.0]
-    gateway.privacy = PrivacyBudgets(gateway.state, clock=lambda: now[0])
+    gateway.privacy = gateway.runner.privacy = PrivacyBudgets(gateway.state, clock=lambda: now[0])
     key = "health_clinic_visits_group_by"
 
     def present(a: dt.date, b: dt.date) -> bool:
@@ -722,7 +722,7 @@ def test_an_answer_depending_on_noisy_rows_without_spending_is_refused(
         assert view.decisions is not None and view.privacy is not None
         with pytest.raises(NoiseRequired, match=r"health\.clinic_visits"):
             enforce(compiled.tree, Context(view.decisions, view.types, {}, view.keys))
-        error, _, _ = gateway._run(prepare(compiled, view, {}, gateway.routes), view, RowBudget(1000))
+        error, _, _ = gateway.runner._run(prepare(compiled, view, {}, gateway.routes), view, RowBudget(1000))
         assert isinstance(error, NoiseRequiredError) and error.code == "NOISE_REQUIRED"
         assert "health.clinic_visits" in error.message and "_group_by" in error.message
         assert gateway.privacy.left("noisy", view.privacy) == pytest.approx(10.0)

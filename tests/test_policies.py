@@ -758,7 +758,7 @@ def test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash(secur
             table.set("this", exp.to_identifier("residents_archive"))
     view = secured.view(police)
     statement = prepare(replace(compiled, tree=tree), view, {}, secured.routes)
-    error, _, _ = secured._run(statement, view, RowBudget(10))
+    error, _, _ = secured.runner._run(statement, view, RowBudget(10))
     assert error.code == "POLICY_REFUSED" and error.message == "the query was refused by the confidentiality policy"
 
 

@@ -1,54 +1,37 @@
-"""Run a GraphQL request: parse and validate with graphql-core, compile each root field to one
-statement, run it on the engine, and shape the rows into the response.
+"""A gateway: the schema over a configured engine, each role's view of it, and the way to
+answer requests with them.
 
-Compiled fields are not resolved field by field through graphql-core; only introspection
-(``__schema``, ``__type``) runs through graphql-core's executor. Root fields of one request run
-concurrently, and a root field whose department is down answers null with an error while the
-others still answer (GraphQL partial results).
+A request is planned once per plan key (:mod:`gateway.execution.planner`: parse, validate,
+compile, weigh, and each root field's statement made as the role runs it), and the frozen plan
+is run (:mod:`gateway.execution.runner`: root fields side by side, each on its route, rows from
+the result cache when they are there, shaped into the response). Compiled fields are not
+resolved field by field through graphql-core; only introspection (``__schema``, ``__type``)
+runs through its executor. A root field whose department is down answers null with an error
+while the others still answer (GraphQL partial results).
+
+This module keeps what outlives a request: the catalogue and the schema, the policies and
+their reloads, the views, health and the departments that come back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-import json
 import logging
-import operator
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
-from cachetools import LRUCache
-from graphql import (
-    DocumentNode,
-    FieldNode,
-    FragmentDefinitionNode,
-    GraphQLError,
-    OperationDefinitionNode,
-    OperationType,
-    parse,
-    validate,
-)
-from graphql.execution.values import get_variable_values
-from graphql.utilities import get_operation_ast
 from sqlglot import exp
 
 from catalogue.errors import (
     CitygateError,
     ConfigError,
     EngineUnavailableError,
-    NoiseRequiredError,
-    PolicyRefused,
     PrivacyBudgetExhausted,
     StoreUnavailableError,
-    trace_without_messages,
 )
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
@@ -58,59 +41,39 @@ from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
 from gateway.execution.fairness import (
-    CALLER,
-    CALLER_ROOT_FIELDS,
-    ROOT_FIELDS_AT_ONCE,
     STATEMENTS_AT_ONCE,
     Shares,
-    busy,
 )
+from gateway.execution.planner import Planner
 from gateway.execution.plans import (
-    BASE,
-    MEMO_BYTES,
-    PER_CHARACTER,
-    PER_NODE,
     Memo,
     Plan,
     Response,
-    access,
     count_rows,
-    document_weight,
-    encode,
-    plan_weight,
-    refused,
 )
-from gateway.execution.prepared import Refused, Statement, fallback, prepare
+from gateway.execution.prepared import Refused, Statement
 from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
 from gateway.execution.proof import prove_masks, refusal_text
-from gateway.execution.routes import Route, Routes
+from gateway.execution.routes import Routes
+from gateway.execution.runner import Runner
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
-    MAX_TERMS,
-    CompileContext,
     Compiled,
     CompileError,
-    Node,
-    TooSlow,
-    collect_fields,
-    compile_root_field,
-    too_slow,
 )
-from gateway.graphql.cost import Statistics, measure, rows, too_many_values, written
-from gateway.graphql.documents import document_hash
-from gateway.graphql.errors import UNKNOWN_FIELD, friendly, graphql_error, location, validation_code
+from gateway.graphql.cost import Statistics
+from gateway.graphql.errors import graphql_error
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
-from gateway.graphql.shape import shape
 from gateway.identity.caller import Identity
 from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
-from gateway.state import State, StateUnavailable
+from gateway.state import State
 from policies.model import Policies, load_policies
-from policies.noise import noisy_rows, spend
+from policies.noise import spend
 
 log = logging.getLogger("citygate")
 
@@ -151,18 +114,12 @@ class Gateway:
     # department -> its store's own engine (the delegated route); None: made from the config
     native: dict[str, NativeEngine] | None = None
     routes: Routes = field(init=False)
-    # Root fields of requests that have several, side by side (see _run_all).
-    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate"))
     statements: Statements = field(init=False)  # where statements run, each within its time
-    root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
     results: ResultCache = field(init=False)
     state: State = field(init=False)  # shared by every worker and gateway on it: budgets, rate limits
     privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
-    _plans: LRUCache[Any, Plan] = field(init=False)
-    # each cached plan's last answer, kept beside the plan (which never changes) while it is cached
-    _memos: weakref.WeakKeyDictionary[Plan, Memo] = field(default_factory=weakref.WeakKeyDictionary)
-    _documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
-    _introspections: LRUCache[Any, bytes] = field(init=False)
+    planner: Planner = field(init=False)  # requests made into plans, once per plan key
+    runner: Runner = field(init=False)  # plans run, each root field on its route
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
@@ -187,9 +144,6 @@ class Gateway:
         if self.recording:
             adopt(self.config.data_dir / "privacy-budget.json", self.state)  # an earlier version's
         self.privacy = PrivacyBudgets(self.state)
-        self._plans = LRUCache(maxsize=cache.plan_bytes, getsizeof=plan_weight)
-        self._documents = LRUCache(maxsize=cache.plan_bytes, getsizeof=document_weight)
-        self._introspections = LRUCache(maxsize=cache.max_bytes, getsizeof=len)
         self.statements = Statements(
             self.engine,
             self.catalogue,
@@ -200,6 +154,28 @@ class Gateway:
         if self.native is None:
             self.native = _native(self.config)
         self.routes = Routes(self.config, self.engine, self.catalogue, self.native)
+        self.planner = Planner(
+            settings=self.config.limits,
+            limits=self.limits,
+            model=self.model,
+            routes=self.routes,
+            statistics=self.statistics,
+            redact=self.engine.redact,
+            cache=cache,
+            telemetry=self.telemetry,
+            metrics=self.metrics,
+        )
+        self.runner = Runner(
+            statements=self.statements,
+            routes=self.routes,
+            results=self.results,
+            privacy=self.privacy,
+            limits=self.limits,
+            redact=self.engine.redact,
+            engine_name=self.engine.name,
+            telemetry=self.telemetry,
+            metrics=self.metrics,
+        )
         if self.audit is not None:
             self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)
 
@@ -344,9 +320,7 @@ class Gateway:
         with self._lock:
             self.policies = policies
             self._views = {}
-            self._plans.clear()
-            self._documents.clear()
-            self._introspections.clear()
+        self.planner.clear()
         log.info("policies reloaded: version %s", policies.version)
         return policies.version
 
@@ -371,111 +345,6 @@ class Gateway:
 
     # -- requests ----------------------------------------------------------------------------
 
-    def _document(self, query: str, view: View) -> DocumentNode | Response:
-        """The parsed and validated document, once per (query, role, policy version)."""
-        key = (query, view.role, view.version)
-        with self._lock:
-            found = self._documents.get(key)
-        if found is not None:
-            self.metrics.count_lookup("document", "hit")
-            return found[1]
-        self.metrics.count_lookup("document", "miss")
-        with self.telemetry.stage("parse"):
-            made = self._validated(query, view)
-        with self._lock, contextlib.suppress(ValueError):
-            # Weighed by the query, which the key holds whether it parsed or was refused: a flood
-            # of distinct megabyte queries over the token limit is as heavy as one that parses.
-            self._documents[key] = (BASE + PER_CHARACTER * len(query), made)
-        return made
-
-    def _validated(self, query: str, view: View) -> DocumentNode | Response:
-        try:
-            document = parse(query, max_tokens=self.config.limits.max_tokens)
-        except GraphQLError as error:
-            return refused([graphql_error(error.message, "GRAPHQL_PARSE_FAILED", locations=error.locations)])
-        too_many = written(document).over(self.limits(view.role))
-        if too_many is not None:  # refused before validation, which takes time in its square
-            return refused([graphql_error(too_many, "COST_LIMIT")])
-        writes = [
-            d for d in document.definitions if isinstance(d, OperationDefinitionNode) and d.operation.value != "query"
-        ]
-        if writes:  # before validation, whose words ("not configured for mutations") say less
-            message = f"{writes[0].operation.value} operations are not supported; citygate is read-only"
-            return refused([graphql_error(message, "BAD_REQUEST", locations=[location(writes[0])])])
-        errors = validate(view.model.schema, document)
-        if errors:
-            invalid = refused(
-                [
-                    graphql_error(friendly(e.message, view.role), validation_code(e), locations=e.locations)
-                    for e in errors
-                ]
-            )
-            invalid.plan = Plan(refused=invalid, access=self._refused_fields(errors))
-            return invalid
-        return document
-
-    def _refused_fields(self, errors: list[GraphQLError]) -> list[dict[str, Any]]:
-        """For the audit: the columns a refused request asked for that its role may not see."""
-        denied: list[dict[str, Any]] = []
-        for error in errors:
-            match = UNKNOWN_FIELD.match(error.message)
-            table = self.model.tables.get(match.group(2)) if match else None
-            if match and table is not None and match.group(1) in table.all_columns:
-                denied.append(
-                    {"department": table.department, "table": table.name, "columns": {match.group(1): "denied"}}
-                )
-        return denied
-
-    def _prepare(
-        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View
-    ) -> Response | tuple[DocumentNode, OperationDefinitionNode, CompileContext]:
-        """Parse, validate, pick the operation and coerce its variables, or refuse the request."""
-        document = self._document(query, view)
-        if isinstance(document, Response):
-            return document
-        model = view.model
-        operation = get_operation_ast(document, operation_name)
-        if operation is None:
-            message = (
-                f"no operation named {operation_name!r}"
-                if operation_name
-                else "the document has several operations; send operationName"
-            )
-            return refused([graphql_error(message, "BAD_REQUEST")])
-        if operation.operation != OperationType.QUERY:
-            message = f"{operation.operation.value} operations are not supported; citygate is read-only"
-            return refused([graphql_error(message, "BAD_REQUEST")])
-        if too_many_values(variables):
-            message = (
-                f"the variables hold more values than the filters of one request may use (more than {MAX_TERMS} "
-                "conditions, `_in` values counted each); ask for less in one request"
-            )
-            return refused([graphql_error(message, "COST_LIMIT")])
-        coerced = get_variable_values(model.schema, operation.variable_definitions or (), dict(variables or {}))
-        if isinstance(coerced, list):
-            return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
-        fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-        return document, operation, CompileContext(model, fragments, coerced, cap=self.config.limits.max_rows + 1)
-
-    def _key(
-        self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, claims: Any
-    ) -> tuple[Any, ...] | None:
-        """The plan key. It holds the variables (compiled trees carry values as literals), the
-        role, the policy version, and the claims the role's policies read (the plan caches its
-        rewritten SQL), so two callers share a plan only when they would run the same statement.
-        None when the variables cannot be keyed."""
-        try:
-            return (
-                query,
-                operation_name,
-                json.dumps(variables, sort_keys=True, default=str) if variables else "",
-                view.role,
-                view.version,
-                json.dumps(claims, sort_keys=True, default=str) if claims else "",
-            )
-        except (TypeError, ValueError, RecursionError):
-            return None
-
     def plan(
         self,
         query: str,
@@ -485,153 +354,10 @@ class Gateway:
         view: View | None = None,
         started: float | None = None,
     ) -> Plan:
-        """Parse, validate and compile a request once; a repeated request reuses its plan.
-        ``view``: the role's view the request already took (a reload meanwhile must not give
-        the plan another's); ``started``: when the request's preparation began (its
-        ``limits.plan_seconds`` count from then)."""
-        started = time.monotonic() if started is None else started
+        """The request's plan, made once per plan key (:class:`Planner`). ``view``: the role's
+        view the request already took; ``started``: when its preparation began."""
         view = view or self.view(identity)
-        key = self._key(query, variables, operation_name, view, view.used_claims(identity))
-        if key is not None:
-            with self._lock:
-                found = self._plans.get(key)
-            if found is not None:
-                self.metrics.count_lookup("plan", "hit")
-                return found
-            self.metrics.count_lookup("plan", "miss")
-        made = self._make_plan(query, variables, operation_name, view, identity, started)
-        if key is None or made.transient:  # planned each time, or refused for time (not for good)
-            return made
-        weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(
-            PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
-        )
-        made = replace(made, weight=weight)
-        with self._lock, contextlib.suppress(ValueError):  # one plan larger than the whole cache is not kept
-            self._plans[key] = made
-        return made
-
-    def _make_plan(
-        self,
-        query: str,
-        variables: Mapping[str, Any] | None,
-        operation_name: str | None,
-        view: View,
-        identity: Identity | None,
-        started: float,
-    ) -> Plan:
-        """Parse, validate and compile the request, weigh it, then make each root field's
-        statement as the role runs it: the whole of a plan, made once."""
-        limits = self.limits(view.role)
-        prepared = self._prepare(query, variables, operation_name, view)
-        if isinstance(prepared, Response):
-            return self._finished(query, view, prepared.plan or Plan(refused=prepared))
-        document, operation, ctx = prepared
-        ctx.deadline, ctx.seconds = started + limits.plan_seconds, limits.plan_seconds
-        root_type = view.model.schema.query_type
-        assert root_type is not None
-        too_much = measure(ctx, operation.selection_set, limits.max_fields).over(limits)
-        if too_much is not None:  # refused before anything is compiled
-            return self._finished(query, view, Plan(refused=refused([graphql_error(too_much, "COST_LIMIT")])))
-        keys: list[str] = []
-        static: dict[str, str] = {}
-        compiled: dict[str, Compiled] = {}
-        errors: list[dict[str, Any]] = []
-        locations: dict[str, dict[str, int]] = {}
-        introspection: dict[str, list[FieldNode]] = {}
-        with self.telemetry.stage("compile"):
-            for key, nodes in collect_fields(ctx, [operation.selection_set]).items():
-                name = nodes[0].name.value
-                keys.append(key)
-                locations[key] = location(nodes[0])
-                if name == "__typename":
-                    static[key] = root_type.name
-                elif name.startswith("__"):
-                    introspection[key] = nodes
-                else:
-                    try:
-                        compiled[key] = compile_root_field(ctx, key, nodes, root_type)
-                    except TooSlow as error:  # the whole request: it may pass when the gateway is less busy
-                        return Plan(refused=refused([graphql_error(error.message, error.code)]), transient=True)
-                    except CompileError as error:
-                        errors.append(
-                            graphql_error(
-                                error.message, error.code, path=error.path or [key], locations=[locations[key]]
-                            )
-                        )
-        cost, too_costly = self._weigh(compiled, limits)
-        if too_costly is not None:
-            plan = Plan(refused=too_costly, access=access(compiled.values(), view), cost=cost)
-            return self._finished(query, view, plan)
-        statements = self._statements(compiled, view, view.used_claims(identity), ctx.deadline)
-        plan = Plan(
-            keys=tuple(keys),
-            static=static,
-            compiled=compiled,
-            statements=statements,
-            errors=tuple(errors),
-            locations=locations,
-            introspection=(document, operation, introspection) if introspection else None,
-            access=access(compiled.values(), view),
-            cost=cost,
-            transient=any(isinstance(s, Refused) and not s.lasting for s in statements.values()),
-        )
-        return self._finished(query, view, plan)
-
-    def _finished(self, query: str, view: View, plan: Plan) -> Plan:
-        """``plan`` with what the audit trail records of it, encoded once, and its version."""
-        audited = document_hash(query), orjson.Fragment(orjson.dumps(plan.access, option=orjson.OPT_SORT_KEYS))
-        return replace(plan, audited=audited, version=view.version)
-
-    def _statements(
-        self, compiled: Mapping[str, Compiled], view: View, claims: Mapping[str, Any], deadline: float
-    ) -> dict[str, Statement | Refused]:
-        """Each root field's statement as the role runs it (:func:`prepare`), or why it has
-        none. The rewrite, the last of the planning, starts only before ``deadline``; a store
-        that fails while its text is made fails that root field, for this request only."""
-        made: dict[str, Statement | Refused] = {}
-        for key, field_plan in compiled.items():
-            if time.monotonic() > deadline:
-                error: CitygateError = TooSlow(too_slow(self.limits(view.role).plan_seconds), [key])
-                made[key] = Refused(field_plan, error, error.message, lasting=False)
-                continue
-            try:
-                with self.telemetry.stage("policy", role=view.role or ""):
-                    made[key] = prepare(field_plan, view, claims, self.routes)
-            except CitygateError as error:  # a store asked while rendering (its collation, its types)
-                detail = self.engine.redact(error.detail or "")
-                made[key] = Refused(
-                    field_plan, error.with_traceback(None), f"{error.message} ({detail})", lasting=False
-                )
-            except Exception as error:  # a bug must not take the server down or leak a trace
-                reason = self.engine.redact(trace_without_messages(error))
-                internal = CitygateError("internal error while running the query")
-                made[key] = Refused(field_plan, internal, reason, lasting=False)
-        return made
-
-    def _weigh(self, compiled: Mapping[str, Compiled], limits: Limits) -> tuple[int, Response | None]:
-        """The rows the statements of ``compiled`` may materialise at worst, or the request's
-        refusal (else None) if that is more than its role may (:mod:`gateway.graphql.cost`). A root field
-        whose stores do not answer the statistics is left to fail by itself, with its own error."""
-        cost = 0
-        worst: tuple[int, str, Node | None] = (-1, "", None)
-        for key, field_plan in compiled.items():
-            try:
-                total, node = rows(field_plan, self.statistics)
-            except CitygateError as error:
-                log.info("no estimate for root field %s: %s", key, error.message)
-                continue
-            cost += total
-            if total > worst[0]:
-                worst = (total, key, node)
-        if cost <= limits.max_cost:
-            return cost, None
-        _, key, node = worst
-        where = ".".join(str(p) for p in node.path) if node is not None else key
-        message = (
-            f"the query may read about {_rounded(cost):,} rows at worst, more than the {limits.max_cost:,} "
-            f"its role may; give `{where}` a smaller `limit`, filter it with `where`, or ask for fewer levels"
-        )
-        return cost, refused([graphql_error(message, "COST_LIMIT", estimate=_rounded(cost), limit=limits.max_cost)])
+        return self.planner.plan(query, variables, operation_name, identity, view, started)
 
     def execute(
         self,
@@ -647,7 +373,7 @@ class Gateway:
         if plan.refused is not None:
             return plan.refused
         if plan.introspection is not None and not plan.compiled and not plan.errors:
-            return self._introspection_only(plan, query, variables, operation_name, view, claims)
+            return self.planner.introspection_only(plan, query, variables, operation_name, view, claims)
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
         errors_out: list[dict[str, Any]] = list(plan.errors)
         if plan.introspection is not None:
@@ -656,7 +382,7 @@ class Gateway:
         response = Response({}, plan=plan, claims=claims)
         budget = RowBudget(self.config.limits.max_rows)
         deadline = started + self.limits(view.role).plan_seconds
-        for key, (outcome, cached, route) in self._run_all(plan.statements, view, budget, deadline).items():
+        for key, (outcome, cached, route) in self.runner.run_all(plan.statements, view, budget, deadline).items():
             response.routes[key] = route
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
@@ -681,37 +407,6 @@ class Gateway:
         response.body = {"errors": errors_out, "data": data} if errors_out else {"data": data}
         return response
 
-    def _introspection_only(
-        self,
-        plan: Plan,
-        query: str,
-        variables: Mapping[str, Any] | None,
-        operation_name: str | None,
-        view: View,
-        claims: dict[str, Any],
-    ) -> Response:
-        """An introspection request, answered once per (document, variables, role, policy
-        version): over a large catalogue graphql-core takes seconds to compute it, and every
-        GraphiQL page load asks for it. Kept encoded (a tenth of its size as Python objects) in
-        a cache bounded by bytes."""
-        key = self._key(query, variables, operation_name, view, None)
-        with self._lock:
-            encoded = self._introspections.get(key) if key is not None else None
-        self.metrics.count_lookup("introspection", "hit" if encoded is not None else "miss")
-        if encoded is None:
-            assert plan.introspection is not None
-            document, operation, fields = plan.introspection
-            errors: list[dict[str, Any]] = []
-            data = {k: plan.static.get(k) for k in plan.keys}
-            data.update(introspect(document, operation, fields, variables, errors, view.model))
-            body: dict[str, Any] = {"errors": errors, "data": data} if errors else {"data": data}
-            encoded = encode(body)
-            if key is not None and not errors and len(encoded) <= self._introspections.maxsize:
-                with self._lock:
-                    self._introspections[key] = encoded
-            return Response(body, plan=plan, claims=claims, encoded=encoded)
-        return Response(orjson.loads(encoded), plan=plan, claims=claims, encoded=encoded)
-
     def execute_cached(
         self,
         query: str,
@@ -726,204 +421,19 @@ class Gateway:
         if view is None:
             return None
         claims = view.used_claims(identity)
-        key = self._key(query, variables, operation_name, view, claims)
-        if key is None:
-            return None
-        with self._lock:
-            plan = self._plans.get(key)
+        key = self.planner.key(query, variables, operation_name, view, claims)
+        plan = self.planner.cached(key) if key is not None else None
         if plan is None or plan.refused is not None or plan.introspection is not None or plan.errors:
             return None
-        rows, left = [], self.config.limits.max_rows
-        for statement in plan.statements.values():
-            found = (
-                self.results.get(statement.route.key, statement.text, statement.release)
-                if isinstance(statement, Statement)
-                else None
-            )
-            if found is None or len(found) > left:  # over the row limit: the full path says so
-                return None
-            rows.append(found)
-            left -= len(found)
-        self.metrics.count_cached(len(rows))
-        # The same cached rows as last time (the very objects; cache entries are never changed
-        # in place): the same answer, shaped and encoded already. Within one plan the claims
-        # are the same too (the plan's key holds them).
-        memo = self._memos.get(plan)
-        if memo is not None and all(map(operator.is_, memo.rows, rows)):
-            return memo.response
-        data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
-        counts: dict[str, int] = {}
-        for (name, statement), found in zip(plan.statements.items(), rows, strict=True):
-            assert isinstance(statement, Statement)
-            with self.telemetry.stage("shape"):
-                data[name] = value = shape(statement.compiled, found, statement.builders)
-            counts[name] = count_rows(value)
-        body = {"data": data}
-        response = Response(
-            body,
-            plan=plan,
-            rows=counts,
-            cache=dict.fromkeys(plan.statements, "hit"),
-            routes={name: _route_name(s) for name, s in plan.statements.items()},
-            claims=claims,
-            encoded=encode(body),
-        )
-        if len(response.encoded or b"") <= MEMO_BYTES:
-            self._memos[plan] = Memo(tuple(rows), response)
-        return response
+        return self.runner.from_cache(plan, claims, self.config.limits.max_rows)
 
     def memo_of(self, plan: Plan) -> Memo | None:
         """``plan``'s last answer made wholly of cached rows, if it has one."""
-        return self._memos.get(plan)
+        return self.runner.memo_of(plan)
 
     def memo_parts(self, plan: Plan) -> list[tuple[str, str, str, Sequence[Any]]]:
-        """The cached rows ``plan``'s memo was made of, each with what the result cache keeps it
-        under (route key, statement text, release): the memo stands while each is still there."""
-        memo = self._memos.get(plan)
-        assert memo is not None
-        return [
-            (statement.route.key, statement.text, statement.release, found)
-            for statement, found in zip(plan.statements.values(), memo.rows, strict=True)
-            if isinstance(statement, Statement)
-        ]
-
-    def _run_all(
-        self, statements: Mapping[str, Statement | Refused], view: View, budget: RowBudget, deadline: float
-    ) -> dict[str, tuple[Any, str, str]]:
-        if len(statements) <= 1:
-            return {key: self._run(statement, view, budget) for key, statement in statements.items()}
-        # Root fields side by side, each in a thread carrying the request's context (request id,
-        # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
-        # many aliases waits behind itself, not others behind it.
-        caller = CALLER.get()
-        deadline = time.monotonic() + self.limits(view.role).statement_seconds
-        waiting = list(statements.items())
-        running: dict[Future[tuple[Any, str, str]], str] = {}
-        done: dict[str, tuple[Any, str, str]] = {}
-        while waiting or running:
-            while waiting and len(running) < ROOT_FIELDS_AT_ONCE:
-                if not self.root_fields.acquire(caller, 0 if running else max(0.0, deadline - time.monotonic())):
-                    if running:  # one of its own ends first
-                        break
-                    key, _ = waiting.pop(0)
-                    done[key] = (busy(), "off", "-")
-                    continue
-                key, statement = waiting.pop(0)
-                future = self.pool.submit(contextvars.copy_context().run, self._run, statement, view, budget)
-                future.add_done_callback(lambda _, c=caller: self.root_fields.release(c))  # type: ignore[misc]
-                running[future] = key
-            if running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    done[running.pop(future)] = future.result()
-        return {key: done[key] for key in statements}
-
-    def _refusal(self, refused_field: Refused, view: View) -> CitygateError:
-        """What a root field without a statement answers, said in the server log as the
-        request's own failure would be (the caller gets only the error)."""
-        key, error = refused_field.compiled.key, refused_field.error
-        if isinstance(error, NoiseRequiredError):
-            log.warning("root field %s for role %s: %s", key, view.role, refused_field.reason)
-        elif isinstance(error, PolicyRefused):
-            log.error("policy check refused root field %s for role %s: %s", key, view.role, refused_field.reason)
-        else:
-            log.warning("root field %s failed: %s", key, refused_field.reason)
-            self.metrics.engine_errors.labels(engine=self.engine.name, code=error.code, route="-").inc()
-        return error
-
-    def _run(self, statement: Statement | Refused, view: View, budget: RowBudget) -> tuple[Any, str, str]:
-        """The root field's value (or its error), whether the cache answered it, and the route
-        it took. Its rows count against the request's ``budget`` (see :class:`RowBudget`)."""
-        if isinstance(statement, Refused):  # nothing runs, nothing is spent
-            return self._refusal(statement, view), "off", "-"
-        started = time.perf_counter()
-        compiled, route = statement.compiled, statement.route
-        engine = route.engine.name
-        cached = "off"
-        try:
-            try:
-                rows, cached = self._fetch(route, statement.text, statement, view, budget)
-            except EngineUnavailableError:
-                other = fallback(statement, self.routes)
-                if other is None:
-                    raise
-                route, text = other
-                engine = route.engine.name
-                rows, cached = self._fetch(route, text, statement, view, budget)
-            self.metrics.count_lookup("result", cached)
-            budget.take(len(rows))
-        except CitygateError as error:
-            detail = self.engine.redact(error.detail or "")
-            log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
-            self.metrics.engine_errors.labels(engine=engine, code=error.code, route=route.name).inc()
-            return error, cached, route.name
-        except Exception as error:  # an engine bug must not take the server down or leak a trace
-            # where it failed, not what it said: an engine's message may quote the values it read
-            # or its key material
-            log.error("root field %s failed: %s", compiled.key, self.engine.redact(trace_without_messages(error)))
-            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL", route=route.name).inc()
-            return CitygateError("internal error while running the query"), cached, route.name
-        with self.telemetry.stage("shape"):
-            value = shape(compiled, rows, statement.builders)
-        elapsed = time.perf_counter() - started
-        for department in compiled.departments:
-            self.metrics.statement_seconds.labels(department=department, engine=engine, route=route.name).observe(
-                elapsed
-            )
-        log.debug(
-            "root field %s: %d rows in %.1f ms on %s (cache %s)",
-            compiled.key,
-            len(rows),
-            elapsed * 1000,
-            engine,
-            cached,
-        )
-        return value, cached, route.name
-
-    def _fetch(
-        self, route: Route, text: str, statement: Statement, view: View, budget: RowBudget
-    ) -> tuple[Sequence[Any], str]:
-        """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there),
-        and whether the cache answered."""
-        statement_seconds = self.limits(view.role).statement_seconds
-        departments = statement.compiled.departments
-        noise = statement.noise
-
-        def run() -> Sequence[Any]:
-            # A noisy answer spends its role's budget before it runs, on whichever route, and is
-            # kept in the cache with its noise: asked again, the same draw comes back and costs
-            # nothing, so repeating a question averages no noise away. A run that fails (on the
-            # engine before its fallback, too) released nothing and gives its spending back.
-            cost = spend(r for node in noise.values() for r in node.values())
-            if cost:
-                self._spend(view, cost)
-            try:
-                with self.telemetry.stage(
-                    "engine", engine=route.engine.name, route=route.name, departments=",".join(departments)
-                ):
-                    # the whole limit, not what this request has left: a run may be shared with
-                    # another request's (the result cache runs one for all who wait on it)
-                    rows = self.statements.run(text, departments, budget.rows, statement_seconds, route.engine)
-            except BaseException:
-                if cost:  # nothing was released
-                    assert view.role is not None and view.privacy is not None
-                    try:
-                        self.privacy.refund(view.role, cost, view.privacy)
-                    except StateUnavailable as error:  # the spending stands: fail closed
-                        log.error("could not give back epsilon %g of role %s: %s", cost, view.role, error.detail)
-                raise
-            return noisy_rows(rows, noise) if cost else rows
-
-        # "off": a department forbids caching, or the answer is too big to keep
-        return self.results.fetch(route.key, text, departments, run, statement.release)
-
-    def _spend(self, view: View, cost: float) -> None:
-        """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
-        if view.role is None or view.privacy is None:  # the policy model requires a budget
-            raise PolicyRefused()
-        self.privacy.spend(view.role, cost, view.privacy)
-
-    # -- tools -----------------------------------------------------------------------------
+        """The cached rows ``plan``'s memo was made of, with what the result cache keeps each under."""
+        return self.runner.memo_parts(plan)
 
     def compile(
         self,
@@ -1031,9 +541,8 @@ class Gateway:
                 self.statements.catalogue = catalogue
                 self.unavailable = {d: why for d, why in self.unavailable.items() if d not in found}
                 self._views = {}
-                self._plans.clear()
-                self._documents.clear()
-                self._introspections.clear()
+                self.planner.model = model
+            self.planner.clear()
         for name in found:
             log.warning("department %s answers again and joins the schema", name)
         return list(found)
@@ -1047,7 +556,7 @@ class Gateway:
     def close(self) -> None:
         """Stop: queued audit records are written first, then spans flushed, then the engine."""
         self._closed.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.runner.close()
         self.statements.close()
         self.flush()
         self.engine.close()
@@ -1078,14 +587,3 @@ def _native(config: Config) -> dict[str, NativeEngine]:
     names = [name for name, spec in config.departments.items() if spec.delegate]
     engines = native_engines(config.engine_settings(), config.limits.statement_seconds, names)
     return {department: engine for engine in engines for department in engine.departments}
-
-
-def _route_name(statement: Statement | Refused) -> str:
-    return statement.route.name if isinstance(statement, Statement) else "-"
-
-
-def _rounded(number: int) -> int:
-    """``number`` to two significant digits: an estimate says no more than it knows, and tells
-    no caller a table's exact size."""
-    digits = max(len(str(number)) - 2, 0)
-    return round(number, -digits)

@@ -1,0 +1,263 @@
+"""Running a plan: each root field's statement on its route within its time, side by side
+and fairly shared between callers, its rows from the result cache when they are there, a
+noisy answer's privacy budget spent before it runs, and the rows shaped into the response.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import operator
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from catalogue.errors import (
+    CitygateError,
+    EngineUnavailableError,
+    NoiseRequiredError,
+    PolicyRefused,
+    trace_without_messages,
+)
+from gateway.config import Limits
+from gateway.execution.budget import RowBudget
+from gateway.execution.cache import ResultCache
+from gateway.execution.fairness import CALLER, CALLER_ROOT_FIELDS, ROOT_FIELDS_AT_ONCE, Shares, busy
+from gateway.execution.plans import MEMO_BYTES, Memo, Plan, Response, count_rows, encode
+from gateway.execution.prepared import Refused, Statement, fallback
+from gateway.execution.privacy import PrivacyBudgets
+from gateway.execution.routes import Route, Routes
+from gateway.execution.statements import Statements
+from gateway.execution.views import View
+from gateway.graphql.shape import shape
+from gateway.observe.metrics import Metrics
+from gateway.observe.telemetry import Telemetry
+from gateway.state import StateUnavailable
+from policies.noise import noisy_rows, spend
+
+log = logging.getLogger("citygate")
+
+
+@dataclass
+class Runner:
+    """Where a gateway's plans run, and what they answered last."""
+
+    statements: Statements  # each statement within its time, on its engine
+    routes: Routes
+    results: ResultCache
+    privacy: PrivacyBudgets
+    limits: Callable[[str | None], Limits]  # a role's own limits
+    redact: Callable[[str], str]  # an engine's text made fit for the log
+    engine_name: str
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    metrics: Metrics = field(default_factory=Metrics)
+    # Root fields of requests that have several, side by side (see run_all).
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate"))
+    root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
+    # each cached plan's last answer, kept beside the plan (which never changes) while it lives
+    _memos: weakref.WeakKeyDictionary[Plan, Memo] = field(default_factory=weakref.WeakKeyDictionary)
+
+    def from_cache(self, plan: Plan, claims: dict[str, Any], max_rows: int) -> Response | None:
+        """``plan``'s response if every root field's rows are in the result cache (and together
+        no more than ``max_rows``), shaped, encoded, and remembered with them; else None."""
+        rows, left = [], max_rows
+        for statement in plan.statements.values():
+            found = (
+                self.results.get(statement.route.key, statement.text, statement.release)
+                if isinstance(statement, Statement)
+                else None
+            )
+            if found is None or len(found) > left:  # over the row limit: the full path says so
+                return None
+            rows.append(found)
+            left -= len(found)
+        self.metrics.count_cached(len(rows))
+        # The same cached rows as last time (the very objects; cache entries are never changed
+        # in place): the same answer, shaped and encoded already. Within one plan the claims
+        # are the same too (the plan's key holds them).
+        memo = self._memos.get(plan)
+        if memo is not None and all(map(operator.is_, memo.rows, rows)):
+            return memo.response
+        data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
+        counts: dict[str, int] = {}
+        for (name, statement), found in zip(plan.statements.items(), rows, strict=True):
+            assert isinstance(statement, Statement)
+            with self.telemetry.stage("shape"):
+                data[name] = value = shape(statement.compiled, found, statement.builders)
+            counts[name] = count_rows(value)
+        body = {"data": data}
+        response = Response(
+            body,
+            plan=plan,
+            rows=counts,
+            cache=dict.fromkeys(plan.statements, "hit"),
+            routes={name: route_name(s) for name, s in plan.statements.items()},
+            claims=claims,
+            encoded=encode(body),
+        )
+        if len(response.encoded or b"") <= MEMO_BYTES:
+            self._memos[plan] = Memo(tuple(rows), response)
+        return response
+
+    def memo_of(self, plan: Plan) -> Memo | None:
+        """``plan``'s last answer made wholly of cached rows, if it has one."""
+        return self._memos.get(plan)
+
+    def memo_parts(self, plan: Plan) -> list[tuple[str, str, str, Sequence[Any]]]:
+        """The cached rows ``plan``'s memo was made of, each with what the result cache keeps it
+        under (route key, statement text, release): the memo stands while each is still there."""
+        memo = self._memos.get(plan)
+        assert memo is not None
+        return [
+            (statement.route.key, statement.text, statement.release, found)
+            for statement, found in zip(plan.statements.values(), memo.rows, strict=True)
+            if isinstance(statement, Statement)
+        ]
+
+    def run_all(
+        self, statements: Mapping[str, Statement | Refused], view: View, budget: RowBudget, deadline: float
+    ) -> dict[str, tuple[Any, str, str]]:
+        if len(statements) <= 1:
+            return {key: self._run(statement, view, budget) for key, statement in statements.items()}
+        # Root fields side by side, each in a thread carrying the request's context (request id,
+        # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
+        # many aliases waits behind itself, not others behind it.
+        caller = CALLER.get()
+        deadline = time.monotonic() + self.limits(view.role).statement_seconds
+        waiting = list(statements.items())
+        running: dict[Future[tuple[Any, str, str]], str] = {}
+        done: dict[str, tuple[Any, str, str]] = {}
+        while waiting or running:
+            while waiting and len(running) < ROOT_FIELDS_AT_ONCE:
+                if not self.root_fields.acquire(caller, 0 if running else max(0.0, deadline - time.monotonic())):
+                    if running:  # one of its own ends first
+                        break
+                    key, _ = waiting.pop(0)
+                    done[key] = (busy(), "off", "-")
+                    continue
+                key, statement = waiting.pop(0)
+                future = self.pool.submit(contextvars.copy_context().run, self._run, statement, view, budget)
+                future.add_done_callback(lambda _, c=caller: self.root_fields.release(c))  # type: ignore[misc]
+                running[future] = key
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done[running.pop(future)] = future.result()
+        return {key: done[key] for key in statements}
+
+    def _refusal(self, refused_field: Refused, view: View) -> CitygateError:
+        """What a root field without a statement answers, said in the server log as the
+        request's own failure would be (the caller gets only the error)."""
+        key, error = refused_field.compiled.key, refused_field.error
+        if isinstance(error, NoiseRequiredError):
+            log.warning("root field %s for role %s: %s", key, view.role, refused_field.reason)
+        elif isinstance(error, PolicyRefused):
+            log.error("policy check refused root field %s for role %s: %s", key, view.role, refused_field.reason)
+        else:
+            log.warning("root field %s failed: %s", key, refused_field.reason)
+            self.metrics.engine_errors.labels(engine=self.engine_name, code=error.code, route="-").inc()
+        return error
+
+    def _run(self, statement: Statement | Refused, view: View, budget: RowBudget) -> tuple[Any, str, str]:
+        """The root field's value (or its error), whether the cache answered it, and the route
+        it took. Its rows count against the request's ``budget`` (see :class:`RowBudget`)."""
+        if isinstance(statement, Refused):  # nothing runs, nothing is spent
+            return self._refusal(statement, view), "off", "-"
+        started = time.perf_counter()
+        compiled, route = statement.compiled, statement.route
+        engine = route.engine.name
+        cached = "off"
+        try:
+            try:
+                rows, cached = self._fetch(route, statement.text, statement, view, budget)
+            except EngineUnavailableError:
+                other = fallback(statement, self.routes)
+                if other is None:
+                    raise
+                route, text = other
+                engine = route.engine.name
+                rows, cached = self._fetch(route, text, statement, view, budget)
+            self.metrics.count_lookup("result", cached)
+            budget.take(len(rows))
+        except CitygateError as error:
+            detail = self.redact(error.detail or "")
+            log.warning("root field %s failed: %s (%s)", compiled.key, error.message, detail)
+            self.metrics.engine_errors.labels(engine=engine, code=error.code, route=route.name).inc()
+            return error, cached, route.name
+        except Exception as error:  # an engine bug must not take the server down or leak a trace
+            # where it failed, not what it said: an engine's message may quote the values it read
+            # or its key material
+            log.error("root field %s failed: %s", compiled.key, self.redact(trace_without_messages(error)))
+            self.metrics.engine_errors.labels(engine=engine, code="INTERNAL", route=route.name).inc()
+            return CitygateError("internal error while running the query"), cached, route.name
+        with self.telemetry.stage("shape"):
+            value = shape(compiled, rows, statement.builders)
+        elapsed = time.perf_counter() - started
+        for department in compiled.departments:
+            self.metrics.statement_seconds.labels(department=department, engine=engine, route=route.name).observe(
+                elapsed
+            )
+        log.debug(
+            "root field %s: %d rows in %.1f ms on %s (cache %s)",
+            compiled.key,
+            len(rows),
+            elapsed * 1000,
+            engine,
+            cached,
+        )
+        return value, cached, route.name
+
+    def _fetch(
+        self, route: Route, text: str, statement: Statement, view: View, budget: RowBudget
+    ) -> tuple[Sequence[Any], str]:
+        """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there),
+        and whether the cache answered."""
+        statement_seconds = self.limits(view.role).statement_seconds
+        departments = statement.compiled.departments
+        noise = statement.noise
+
+        def run() -> Sequence[Any]:
+            # A noisy answer spends its role's budget before it runs, on whichever route, and is
+            # kept in the cache with its noise: asked again, the same draw comes back and costs
+            # nothing, so repeating a question averages no noise away. A run that fails (on the
+            # engine before its fallback, too) released nothing and gives its spending back.
+            cost = spend(r for node in noise.values() for r in node.values())
+            if cost:
+                self._spend(view, cost)
+            try:
+                with self.telemetry.stage(
+                    "engine", engine=route.engine.name, route=route.name, departments=",".join(departments)
+                ):
+                    # the whole limit, not what this request has left: a run may be shared with
+                    # another request's (the result cache runs one for all who wait on it)
+                    rows = self.statements.run(text, departments, budget.rows, statement_seconds, route.engine)
+            except BaseException:
+                if cost:  # nothing was released
+                    assert view.role is not None and view.privacy is not None
+                    try:
+                        self.privacy.refund(view.role, cost, view.privacy)
+                    except StateUnavailable as error:  # the spending stands: fail closed
+                        log.error("could not give back epsilon %g of role %s: %s", cost, view.role, error.detail)
+                raise
+            return noisy_rows(rows, noise) if cost else rows
+
+        # "off": a department forbids caching, or the answer is too big to keep
+        return self.results.fetch(route.key, text, departments, run, statement.release)
+
+    def _spend(self, view: View, cost: float) -> None:
+        """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
+        if view.role is None or view.privacy is None:  # the policy model requires a budget
+            raise PolicyRefused()
+        self.privacy.spend(view.role, cost, view.privacy)
+
+    # -- tools -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def route_name(statement: Statement | Refused) -> str:
+    return statement.route.name if isinstance(statement, Statement) else "-"
