@@ -25,10 +25,10 @@ import pytest
 from sqlglot import exp
 from starlette.testclient import TestClient
 
-from catalogue.errors import EngineQueryError, ResultTooLarge, StoreUnavailableError
-from catalogue.sql import logical_table
+from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, StoreUnavailableError
+from catalogue.sql import Hash, Partial, Slice, Tie, TimestampText, logical_table
 from catalogue.stores import PostgresStore
-from connectors.native import NativeEngine, native_engines
+from connectors.native import MariadbEngine, NativeEngine, PostgresEngine, SqliteEngine, native_engines
 from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
@@ -53,6 +53,36 @@ def native(config: Config, department: str, seconds: float = 5.0) -> NativeEngin
 
 
 # -- which statements are delegated -------------------------------------------------------------
+
+
+# one of each of citygate's SQL building blocks, over a text column
+VOCABULARY: dict[type[exp.Expr], exp.Expr] = {
+    Hash: Hash(this=exp.column("name")),
+    Tie: Tie(this=exp.column("name")),
+    Partial: Partial(this=exp.column("name"), first=exp.Literal.number(1), last=exp.Literal.number(1)),
+    TimestampText: TimestampText(this=exp.column("registered_at")),
+    Slice: Slice(this=exp.column("name"), start=exp.Literal.number(-2)),
+    exp.ILike: exp.ILike(this=exp.column("name"), expression=exp.Literal.string("a%")),
+}
+
+
+@pytest.mark.parametrize("store", [PostgresEngine, MariadbEngine, SqliteEngine], ids=lambda e: e.dialect)
+@pytest.mark.parametrize("node", list(VOCABULARY), ids=lambda n: n.__name__)
+def test_what_a_store_declares_it_cannot_run_is_what_its_dialect_refuses(
+    store: type[NativeEngine], node: type[exp.Expr]
+) -> None:
+    """The route is picked from each store's declaration (NativeEngine.cannot), before anything
+    is rendered: the declaration must name every building block the store's dialect has no
+    rendering for. (``_ilike`` renders everywhere, and is declared for what each store's case
+    folding does to it, not for its text.)"""
+    tree = exp.select(VOCABULARY[node]).from_("t")
+    declared = store.unsupported(tree)
+    try:
+        tree.sql(dialect=store.Dialect(hash_key=b"k" * 32))
+    except CitygateError as refusal:
+        assert declared is not None and declared in refusal.message, (declared, refusal.message)
+    else:
+        assert declared is None or node is exp.ILike, declared
 
 
 def test_a_statement_reading_one_store_runs_there_and_one_reading_two_on_the_engine(
