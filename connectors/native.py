@@ -425,15 +425,19 @@ class MariadbEngine(NativeEngine):
         super().__init__(settings, store, statement_seconds)
         assert isinstance(store, MariadbStore)
         self._params = mariadb_params(store, store.database)
-        self._pool = _Pool(self._connect)
         self._limit = exp.Literal.number(round(max(statement_seconds, 0.001), 3)).sql("mysql")
+        self._pool = _Pool(self._connect)
 
     def _connect(self) -> Any:
         conn = pymysql.connect(**self._params, autocommit=True, read_timeout=self.statement_seconds + 5)
         with conn.cursor() as cursor:
             # Backslashes in literals are escapes (sqlglot writes them so, and doubles them);
-            # every transaction only reads.
-            cursor.execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES', SESSION tx_read_only = 1")
+            # every transaction only reads; every statement stops by itself past its time (set
+            # here, not around each statement: the store receives the very text explain shows).
+            cursor.execute(
+                "SET SESSION sql_mode = 'STRICT_ALL_TABLES', SESSION tx_read_only = 1, "
+                f"SESSION max_statement_time = {self._limit}"
+            )
         return conn
 
     def _collation(self) -> str | None:
@@ -455,16 +459,13 @@ class MariadbEngine(NativeEngine):
     def _once(
         self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
     ) -> Answer:
-        statement = sql
-        if sql.lstrip()[:6].upper().startswith(("SELECT", "WITH")):
-            statement = f"SET STATEMENT max_statement_time={self._limit} FOR {sql}"
         try:
             with self._pool.connection() as conn:
                 if cancel is not None:
                     cancel.on_cancel(lambda: self._kill(conn.thread_id()))
                 try:
                     with conn.cursor() as cursor:
-                        cursor.execute(statement)
+                        cursor.execute(sql)
                         rows = self._fetch(cursor, max_rows)
                         description = cursor.description or []
                 finally:

@@ -186,7 +186,7 @@ def test_spilling_goes_only_where_configured(sqlite_config: Config, tmp_path: Pa
             )
         }
     )
-    gateway = start(sqlite_config.model_copy(update={"engine": engine}), max_cost=10**12, statement_seconds=20)
+    gateway = start(sqlite_config.model_copy(update={"engine": engine}), max_cost=10**12, statement_seconds=60)
     try:
         body = gateway.execute(HEAVY).body  # larger than memory and than the spill it may write
         assert codes(body) in (["ENGINE_ERROR"], ["RESULT_TOO_LARGE"])
@@ -387,5 +387,6 @@ def test_no_accepted_pattern_backtracks_on_a_seed_scale_column() -> None:
             [(count,)] = db.execute(
                 exp.select(exp.Count(this=exp.Star())).from_("t").where(where).sql(dialect)
             ).fetchall()
-            assert count == 0 and time.monotonic() - started < 2.0, (pattern, kind.__name__)
+            # linear: about a second here; a backtracking LIKE took 12 (a busy machine stays far below that)
+            assert count == 0 and time.monotonic() - started < 6.0, (pattern, kind.__name__)
     assert pattern_problem("%0%0%0%0X") is not None  # four are refused
