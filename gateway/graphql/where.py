@@ -20,7 +20,7 @@ from catalogue.names import KEY
 from catalogue.sql import logical_table
 from catalogue.types import LogicalType
 from gateway.graphql.nodes import CompileContext, CompileError, col, literal, marked
-from gateway.graphql.schema import TableInfo
+from gateway.graphql.schema import ColumnInfo, Relation, TableInfo
 from policies.rowfilter import canonical_pattern, pattern_problem
 
 Comparison = Callable[[exp.Expr, Any, LogicalType], exp.Expr]
@@ -102,39 +102,72 @@ def where_sql(
         here = [*path, name]
         if value is None:
             raise CompileError(f"`{name}: null` is not a condition; leave it out", here)
-        if name == "_and":
-            ctx.count(len(value), here)
-            parts = [where_sql(ctx, table, alias, v, here) or exp.true() for v in value]
-            terms.append(exp.and_(*parts, copy=False) if parts else exp.true())
-        elif name == "_or":
-            ctx.count(len(value), here)
-            parts = [where_sql(ctx, table, alias, v, here) or exp.true() for v in value]
-            terms.append(exp.paren(exp.or_(*parts, copy=False), copy=False) if parts else exp.false())
-        elif name == "_not":
-            inner = where_sql(ctx, table, alias, value, here)
-            terms.append(exp.not_(exp.paren(inner, copy=False), copy=False) if inner is not None else exp.false())
+        if name in _CONNECTIVES:
+            terms.append(_CONNECTIVES[name](ctx, table, alias, value, here))
         elif name in table.columns:
-            column = table.columns[name]
-            for op, operand in value.items():
-                if operand is None:
-                    raise CompileError(f"`{op}: null` compares with nothing; use _is_null", [*here, op])
-                ctx.count(len(operand) if isinstance(operand, list) else 1, [*here, op])
-                terms.append(OPERATORS[op](col(alias, name), operand, column.type))
+            terms.extend(_comparisons(ctx, table.columns[name], alias, name, value, here))
         elif name in table.relations:
-            relation = table.relations[name]
-            target = ctx.model.tables[relation.target]
-            inner_alias = ctx.alias()
-            link = marked(inner_alias, relation.target_column, KEY).eq(marked(alias, relation.column, KEY))
-            nested = where_sql(ctx, target, inner_alias, value, here)
-            predicate = exp.and_(link, nested, copy=False) if nested is not None else link
-            subquery = (
-                exp.select(exp.Literal.number(1), copy=False)
-                .from_(logical_table(target.department, target.name).as_(inner_alias, copy=False), copy=False)
-                .where(predicate, copy=False)
-            )
-            terms.append(exp.Exists(this=subquery))
+            terms.append(_exists(ctx, table.relations[name], alias, value, here))
         else:
             raise CompileError(f"unknown filter field {name!r} on {table.root}", here)
     if not terms:
         return None
     return exp.and_(*terms, copy=False) if len(terms) > 1 else terms[0]
+
+
+Connective = Callable[[CompileContext, TableInfo, str, Any, list[str | int]], exp.Expr]
+
+
+def _and(ctx: CompileContext, table: TableInfo, alias: str, value: list[Any], path: list[str | int]) -> exp.Expr:
+    ctx.count(len(value), path)
+    parts = [where_sql(ctx, table, alias, v, path) or exp.true() for v in value]
+    return exp.and_(*parts, copy=False) if parts else exp.true()
+
+
+def _or(ctx: CompileContext, table: TableInfo, alias: str, value: list[Any], path: list[str | int]) -> exp.Expr:
+    ctx.count(len(value), path)
+    parts = [where_sql(ctx, table, alias, v, path) or exp.true() for v in value]
+    return exp.paren(exp.or_(*parts, copy=False), copy=False) if parts else exp.false()
+
+
+def _not(ctx: CompileContext, table: TableInfo, alias: str, value: Any, path: list[str | int]) -> exp.Expr:
+    inner = where_sql(ctx, table, alias, value, path)
+    return exp.not_(exp.paren(inner, copy=False), copy=False) if inner is not None else exp.false()
+
+
+_CONNECTIVES: dict[str, Connective] = {"_and": _and, "_or": _or, "_not": _not}
+
+
+def _comparisons(
+    ctx: CompileContext,
+    column: ColumnInfo,
+    alias: str,
+    name: str,
+    operators: Mapping[str, Any],
+    path: list[str | int],
+) -> list[exp.Expr]:
+    """``{_gte: 3, _lt: 9}`` on one column: a comparison each."""
+    terms: list[exp.Expr] = []
+    for op, operand in operators.items():
+        if operand is None:
+            raise CompileError(f"`{op}: null` compares with nothing; use _is_null", [*path, op])
+        ctx.count(len(operand) if isinstance(operand, list) else 1, [*path, op])
+        terms.append(OPERATORS[op](col(alias, name), operand, column.type))
+    return terms
+
+
+def _exists(
+    ctx: CompileContext, relation: Relation, alias: str, condition: Mapping[str, Any], path: list[str | int]
+) -> exp.Expr:
+    """A condition on a related table: EXISTS a row of it, joined on the relationship's keys, that meets it."""
+    target = ctx.model.tables[relation.target]
+    inner_alias = ctx.alias()
+    link = marked(inner_alias, relation.target_column, KEY).eq(marked(alias, relation.column, KEY))
+    nested = where_sql(ctx, target, inner_alias, condition, path)
+    predicate = exp.and_(link, nested, copy=False) if nested is not None else link
+    subquery = (
+        exp.select(exp.Literal.number(1), copy=False)
+        .from_(logical_table(target.department, target.name).as_(inner_alias, copy=False), copy=False)
+        .where(predicate, copy=False)
+    )
+    return exp.Exists(this=subquery)
