@@ -26,7 +26,8 @@ from sqlglot import exp
 
 from catalogue.sql import logical_table
 from gateway.config import Limits
-from gateway.graphql.compile import MAX_TERMS, CompileContext, Compiled, Node, collect_fields
+from gateway.graphql.compile import collect_fields
+from gateway.graphql.nodes import MAX_TERMS, CompileContext, Compiled, Node
 from gateway.graphql.schema import TableInfo
 
 

@@ -35,9 +35,9 @@ from graphql import (
 )
 
 from catalogue.errors import ConfigError
-from catalogue.model import Catalogue, Column, SharingClass
+from catalogue.model import Catalogue, Column, Department, SharingClass, Table
 from catalogue.types import NUMERIC, ORDERABLE, Kind, LogicalType
-from gateway.config import ColumnRef, Config, TableConfig
+from gateway.config import ColumnRef, Config, DepartmentConfig, RelationshipConfig, TableConfig
 from gateway.graphql.scalars import SCALARS
 from policies.decide import TableDecision
 from policies.masks import output_kind
@@ -177,9 +177,11 @@ def build_model(
     return Model(tables=tables, schema=builder.schema(), roots=builder.roots)
 
 
-def _tables(
-    catalogue: Catalogue, config: Config, decisions: Mapping[tuple[str, str], TableDecision] | None
-) -> dict[str, TableInfo]:
+Decisions = Mapping[tuple[str, str], TableDecision]
+
+
+def _tables(catalogue: Catalogue, config: Config, decisions: Decisions | None) -> dict[str, TableInfo]:
+    """Every table the role sees, by root name, with the relationships it may follow."""
     tables: dict[str, TableInfo] = {}
     for department in catalogue.departments:
         dept_config = config.departments.get(department.name)
@@ -187,59 +189,93 @@ def _tables(
             decision = decisions.get((department.name, table.name)) if decisions is not None else None
             if decisions is not None and (decision is None or not decision.visible):
                 continue
-            visible = decision.visible_columns if decision is not None else None
-            table_config = dept_config.tables.get(table.name) if dept_config else None
-            root = f"{department.name}_{table.name}"
-            primary_key = (
-                tuple(table_config.primary_key) if table_config and table_config.primary_key else table.primary_key
-            )
-            columns = {
-                c.name: _column(c, table_config, visible[c.name] if visible is not None else RAW)
-                for c in table.columns
-                if visible is None or c.name in visible
-            }
-            missing = [k for k in primary_key if k not in {c.name for c in table.columns}]
-            if missing:
-                raise ConfigError(
-                    f"departments.{department.name}.tables.{table.name}.primary_key: "
-                    f"no column {missing[0]!r} in {department.name}.{table.name}"
-                )
-            display = dept_config.display_name if dept_config else department.display_name
-            description = " — ".join(p for p in (display, table_config.description if table_config else "") if p)
-            tables[root] = TableInfo(
-                root,
-                department.name,
-                table.name,
-                columns,
-                primary_key,
-                description,
-                all_columns=frozenset(c.name for c in table.columns),
-                aggregate_only=decision is not None and decision.access == "aggregate_only",
-                group_by=decision.group_by if decision is not None else None,
-                by_pk=visible is None or all(visible.get(k) == RAW for k in primary_key),
-                noisy=frozenset(decision.noise.bounds) if decision is not None and decision.noise is not None else None,
-                entities=decision is not None and decision.k_distinct is not None,
-            )
+            info = _table(department, dept_config, table, decision)
+            tables[info.root] = info
     for index, link in enumerate(config.relationships):
-        source, target = link.source_ref, link.target_ref
-        source_root, target_root = f"{source.department}_{source.table}", f"{target.department}_{target.table}"
-        if source_root not in tables or target_root not in tables:
-            # A department that is down has no tables yet; its links appear when it does.
-            continue
-        for root, column in ((source_root, source.column), (target_root, target.column)):
-            if column not in tables[root].all_columns:
-                raise ConfigError(
-                    f"relationships.{index}: {tables[root].department}.{tables[root].name} has no column {column!r}"
-                )
-        if _follows(decisions, source, link.name, target):
-            tables[source_root].relations[link.name] = Relation(
-                link.name, "object", source.column, target_root, target.column
-            )
-        if link.reverse and _follows(decisions, target, link.reverse.name, source):
-            tables[target_root].relations[link.reverse.name] = Relation(
-                link.reverse.name, link.reverse.kind, target.column, source_root, source.column
-            )
+        _relate(tables, index, link, decisions)
     return tables
+
+
+def _table(
+    department: Department, dept_config: DepartmentConfig | None, table: Table, decision: TableDecision | None
+) -> TableInfo:
+    """One table as the role sees it (or as it is, with no decision): its columns, key and description."""
+    visible = decision.visible_columns if decision is not None else None
+    table_config = dept_config.tables.get(table.name) if dept_config else None
+    root = f"{department.name}_{table.name}"
+    columns = _columns(table, table_config, visible)
+    primary_key = _primary_key(department.name, table, table_config)
+    description = _description(department, dept_config, table_config)
+    info = TableInfo(
+        root,
+        department.name,
+        table.name,
+        columns,
+        primary_key,
+        description,
+        all_columns=frozenset(c.name for c in table.columns),
+        by_pk=visible is None or all(visible.get(k) == RAW for k in primary_key),
+    )
+    if decision is not None:
+        _restrict(info, decision)
+    return info
+
+
+def _description(department: Department, dept_config: DepartmentConfig | None, table_config: TableConfig | None) -> str:
+    """The department's display name (configured, else the catalogue's) and the table's configured description."""
+    display = dept_config.display_name if dept_config else department.display_name
+    return " — ".join(p for p in (display, table_config.description if table_config else "") if p)
+
+
+def _columns(
+    table: Table, table_config: TableConfig | None, visible: dict[str, Treatment] | None
+) -> dict[str, ColumnInfo]:
+    """The columns the role sees (every one with no decision), each with the type its treatment gives it."""
+    if visible is None:
+        return {c.name: _column(c, table_config, RAW) for c in table.columns}
+    return {c.name: _column(c, table_config, visible[c.name]) for c in table.columns if c.name in visible}
+
+
+def _primary_key(department: str, table: Table, table_config: TableConfig | None) -> tuple[str, ...]:
+    """The configured primary key, else the store's; every column of it must exist."""
+    primary_key = tuple(table_config.primary_key) if table_config and table_config.primary_key else table.primary_key
+    missing = [k for k in primary_key if k not in {c.name for c in table.columns}]
+    if missing:
+        raise ConfigError(
+            f"departments.{department}.tables.{table.name}.primary_key: "
+            f"no column {missing[0]!r} in {department}.{table.name}"
+        )
+    return primary_key
+
+
+def _restrict(info: TableInfo, decision: TableDecision) -> None:
+    """What an aggregate-only decision keeps: groups, noise and entity counts."""
+    info.aggregate_only = decision.access == "aggregate_only"
+    info.group_by = decision.group_by
+    info.noisy = frozenset(decision.noise.bounds) if decision.noise is not None else None
+    info.entities = decision.k_distinct is not None
+
+
+def _relate(tables: dict[str, TableInfo], index: int, link: RelationshipConfig, decisions: Decisions | None) -> None:
+    """Add relationship ``link`` (the ``index``-th configured) and its reverse where the role may follow them."""
+    source, target = link.source_ref, link.target_ref
+    source_root, target_root = f"{source.department}_{source.table}", f"{target.department}_{target.table}"
+    if source_root not in tables or target_root not in tables:
+        # A department that is down has no tables yet; its links appear when it does.
+        return
+    for root, column in ((source_root, source.column), (target_root, target.column)):
+        if column not in tables[root].all_columns:
+            raise ConfigError(
+                f"relationships.{index}: {tables[root].department}.{tables[root].name} has no column {column!r}"
+            )
+    if _follows(decisions, source, link.name, target):
+        tables[source_root].relations[link.name] = Relation(
+            link.name, "object", source.column, target_root, target.column
+        )
+    if link.reverse and _follows(decisions, target, link.reverse.name, source):
+        tables[target_root].relations[link.reverse.name] = Relation(
+            link.reverse.name, link.reverse.kind, target.column, source_root, source.column
+        )
 
 
 def _follows(
