@@ -1,0 +1,158 @@
+"""Who a request is and whether it may run now: its token (:meth:`Gate.authenticate`), its
+requests per minute (:meth:`Gate.throttle`), and the networks refused for guessing.
+
+A caller is its token's subject, an anonymous one the network it connects from
+(:func:`gateway.http.envelope.network`). A refused token, or a wrong operator token
+(:func:`gateway.http.admin.guard`), counts against its network's anonymous allowance; a network
+past it is refused before any token it sends is checked, so guessing costs the guesser, and a
+flood of bad tokens costs neither the verifier nor the trail more than the anonymous limit allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from cachetools import TTLCache
+from starlette.concurrency import run_in_threadpool
+
+from gateway.execution.gateway import Gateway
+from gateway.execution.views import role_of
+from gateway.http.envelope import Exchange, Reply, deny, error, network
+from gateway.http.ratelimit import WINDOW, Limiter
+from gateway.identity.caller import Identity
+from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
+from gateway.observe.audit import recorded
+from gateway.state import StateUnavailable
+
+log = logging.getLogger("citygate.http")
+
+BLOCKED = 100_000  # networks remembered as refused at once; the least recently seen go first
+GUESSES = "this network sent more refused tokens than the anonymous limit allows"
+
+
+def caller(identity: Identity | None, net: str) -> str:
+    """Who a request is, for its requests per minute and its fair shares: its token's subject,
+    else the network it connects from (:func:`gateway.http.envelope.network`).
+
+    >>> caller(Identity("police", subject="u-7"), "198.51.100.7/32"), caller(None, "198.51.100.7/32")
+    ('subject:u-7', 'network:198.51.100.7/32')
+    """
+    if identity is not None and identity.subject:
+        return f"subject:{identity.subject}"
+    return f"network:{net}"
+
+
+class Gate:
+    """The identity and the limits of the requests to one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.authenticator = Authenticator(gateway.config.auth) if gateway.config.auth is not None else None
+        self.limiter = Limiter(gateway.state)
+        # Networks refused before their tokens are checked, and until when (the limiter's clock):
+        # those whose failed tokens and admin guesses went past the anonymous limit. This
+        # process's own: the counting is shared (the limiter's state), the shortcut need not be.
+        self.blocked: TTLCache[str, float] = TTLCache(maxsize=BLOCKED, ttl=WINDOW, timer=self._now)
+        limits = gateway.config.limits
+        self.prefixes = (limits.ipv4_prefix, limits.ipv6_prefix)
+
+    def _now(self) -> float:
+        return self.limiter.clock()
+
+    def network_of(self, client: str | None) -> str:
+        """The network an anonymous caller at ``client`` is counted by (``limits.ipv4_prefix``,
+        ``limits.ipv6_prefix``)."""
+        return network(client, *self.prefixes)
+
+    async def authenticate(self, exchange: Exchange) -> Identity | Reply | None:
+        """The caller's identity; a 401/403 reply when the token is refused. Fetching the
+        identity provider's keys is left to a worker thread, never done on the event loop."""
+        if self.authenticator is None:
+            return None
+        refused = self.refused_network(exchange)
+        if refused is not None:
+            return refused
+        authorization, role = exchange.headers.get("authorization"), exchange.headers.get("x-citygate-role")
+        try:
+            try:
+                return self.authenticator.identify(authorization, role, fetch=False)
+            except FetchNeeded:
+                return await run_in_threadpool(self.authenticator.identify, authorization, role)
+        except AuthError as refusal:
+            exchange.outcome = {401: "unauthenticated", 403: "forbidden"}.get(refusal.status, "error")
+            exchange.codes = [refusal.code]
+            if refusal.subject is not None:  # the record names who asked for which role
+                exchange.identity = Identity(
+                    recorded(exchange.headers.get("x-citygate-role")) or "", subject=refusal.subject
+                )
+            reply = error(refusal.message, refusal.code, refusal.status, exchange.media_type)
+            if refusal.status == 401:
+                reply.headers.append((b"www-authenticate", b"Bearer"))
+            return (self.failed_attempt(exchange) if refusal.status in (401, 403) else None) or reply
+
+    async def throttle(self, exchange: Exchange) -> Reply | None:
+        """The 429 of a caller over its requests per minute (its role's ``limits``), else None.
+        A caller is its token's subject, an anonymous one the network it connects from. A state
+        on a server (PostgreSQL) is asked from a worker thread, never on the event loop; the
+        default SQLite file answers in microseconds and is asked here."""
+        identity = exchange.identity
+        role = role_of(self.gateway.policies, identity)
+        per_minute = self.gateway.limits(role).requests_per_minute
+        if not per_minute:
+            return None
+        subject = caller(identity, self.network_of(exchange.client))
+        try:
+            if self.limiter.state.remote:
+                wait = await run_in_threadpool(self.limiter.take, subject, per_minute)
+            else:
+                wait = self.limiter.take(subject, per_minute)
+        except StateUnavailable as unavailable:  # fail closed: no limit known, no request run
+            log.error("request %s refused: %s", exchange.request_id, unavailable.detail)
+            reply = deny(exchange, 503, unavailable.message, unavailable.code)
+            reply.headers.append((b"retry-after", b"1"))
+            return reply
+        if wait is None:
+            return None
+        who = f"role {role}" if role else "this gateway"
+        return self.too_many(exchange, wait, f"{who} allows {per_minute} a minute")
+
+    def too_many(self, exchange: Exchange, wait: float, why: str) -> Reply:
+        seconds = max(1, math.ceil(wait))
+        message = f"too many requests: {why}; try again in {seconds} s"
+        reply = deny(exchange, 429, message, "RATE_LIMITED", retryAfter=seconds)
+        reply.headers.append((b"retry-after", b"%d" % seconds))
+        return reply
+
+    def attempt_failed(self, client: str | None) -> float | None:
+        """Count a refused token or admin guess from ``client`` against its network's anonymous
+        allowance (a caller whose token fails is anonymous): None while it is within it, else the
+        seconds its network is now refused for, before any token it sends is checked."""
+        per_minute = self.gateway.limits("anonymous").requests_per_minute
+        net = self.network_of(client)
+        try:
+            wait = self.limiter.take(f"network:{net}", per_minute)
+        except StateUnavailable as unavailable:  # fail closed: a guess not counted is not let through
+            log.error("a refused token from %s was not counted: %s", net, unavailable.detail)
+            return 1.0
+        if wait is not None:
+            self.blocked[net] = self._now() + wait
+        return wait
+
+    def blocked_for(self, client: str | None) -> float | None:
+        """The seconds ``client``'s network is still refused for (:meth:`attempt_failed`)."""
+        until = self.blocked.get(self.network_of(client))
+        wait = until - self._now() if until is not None else 0.0
+        return wait if wait > 0 else None
+
+    def refused_network(self, exchange: Exchange) -> Reply | None:
+        wait = self.blocked_for(exchange.client)
+        if wait is None:
+            return None
+        return self.too_many(exchange, wait, GUESSES)
+
+    def failed_attempt(self, exchange: Exchange) -> Reply | None:
+        wait = self.attempt_failed(exchange.client)
+        if wait is None:
+            return None
+        return self.too_many(exchange, wait, GUESSES)
