@@ -9,4 +9,8 @@ a security officer's "view as role" page.
 - :mod:`gateway.console.inspect`: what an administrator sees "as" a role (its schema, every
   decision and its reason, the SQL, the answer), with no key material in it;
 - ``static/``: the pages, plain HTML, JavaScript and CSS, with no build step.
+
+Its pages and endpoints are served by :mod:`gateway.http.console`, an application mounted at
+``/console`` (it stands on the edge's envelope and guard, so it lives beside them: a module here
+that imported the edge would make a cycle, since the edge mounts it).
 """
