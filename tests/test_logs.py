@@ -92,3 +92,34 @@ def test_every_request_leaves_one_access_log_line_without_values_or_tokens(
     assert all(line["client"] == "198.51.100.7/32" for line in lines)
     text = json.dumps(lines, ensure_ascii=False)
     assert secret not in text and token not in text and "bad.token" not in text
+
+
+def test_the_console_s_requests_are_logged_by_their_whole_route(sqlite_config: Config) -> None:
+    """The console is an application mounted at ``/console``: its routes are logged by their
+    whole pattern, as the edge's own are; a path under it that names no route by none."""
+    gateway = Gateway.start(sqlite_config, create_engine(sqlite_config))
+    handler = Lines()
+    logger = logging.getLogger("citygate.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with TestClient(create_app(gateway), follow_redirects=False) as client:
+            sent = [
+                client.get("/console"),
+                client.get("/console/static/console.js"),
+                client.get("/console/api/catalogue", params={"search": "secret-search"}),
+                client.get("/console/nothing"),
+                client.get("/console/"),
+            ]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        gateway.close()
+    assert [r.status_code for r in sent] == [200, 200, 200, 404, 307]
+    assert sent[4].headers["location"] == "http://testserver/console"  # the page's own address
+    lines = handler.lines
+    assert [line["request_id"] for line in lines] == [r.headers["x-request-id"] for r in sent]
+    routes = [line["route"] for line in lines[:4]]
+    assert routes == ["/console", "/console/static/{path:path}", "/console/api/catalogue", None]
+    assert lines[2]["outcome"] == "ok"  # audited, as a GraphQL request is
+    assert "secret-search" not in json.dumps(lines)
