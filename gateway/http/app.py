@@ -157,6 +157,7 @@ class Edge:
         self.admission = Admission(REQUESTS_AT_ONCE, parallelism=len(os.sched_getaffinity(0)))
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
+        self.read = self.read_post  # POST's handler, bound once: no method object per request
         self.console = Console(gateway, self.envelope, self.gate, example, demo)
         self.operator = Operator(gateway, self.gate)
         # CORS only where configured, and never on the operator's endpoints: otherwise no header
@@ -214,7 +215,7 @@ class Edge:
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = Exchange.begin(scope)
-        reply = await self.envelope.serve(exchange, self.read_post, receive)
+        reply = await self.envelope.serve(exchange, self.read, receive)
         if exchange.codes == _GONE:  # the client hung up: there is no one to answer
             return
         headers = [*reply.wire_headers(), (b"x-request-id", exchange.request_id.encode("latin-1"))]
