@@ -13,7 +13,8 @@ from tests.conftest import REPO
 _RAISED = (
     re.compile(r'\bcode\s*=\s*"([A-Z][A-Z_]+)"'),  # a CitygateError's class attribute, an AuthError's
     re.compile(r'graphql_error\([^\n]*?"([A-Z][A-Z_]+)"'),  # a GraphQL error made in place
-    re.compile(r'\.deny\([^\n]*?"([A-Z][A-Z_]+)"'),  # the edge's refusals (429, 403)
+    re.compile(r'\bdeny\([^\n]*?"([A-Z][A-Z_]+)"'),  # the edge's refusals (429, 403)
+    re.compile(r'\berror\([^\n]*?"([A-Z][A-Z_]+)"'),  # the edge's one error shape (gateway/http/envelope.py)
     re.compile(r'"extensions": \{"code": "([A-Z][A-Z_]+)"'),  # the edge's own error bodies
     re.compile(r'^_NOT_FOUND = "([A-Z][A-Z_]+)"', re.MULTILINE),
     re.compile(r'^\s+return "([A-Z][A-Z_]+)"$', re.MULTILINE),  # a code a function decides (validation_code)
