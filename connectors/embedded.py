@@ -32,6 +32,7 @@ from catalogue.errors import (
     error_class,
     without_values,
 )
+from catalogue.files import replacing
 from catalogue.model import Column, Department, Table
 from catalogue.stores import PostgresStore, SqliteStore, Store, Tls
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
@@ -70,9 +71,8 @@ def ensure_extensions(directory: Path) -> Path:
                 if not path.exists():
                     raise FileNotFoundError(path)
                 if not destination.exists() or destination.stat().st_size != path.stat().st_size:
-                    partial = destination.with_suffix(".partial")
-                    shutil.copyfile(path, partial)
-                    partial.replace(destination)
+                    with replacing(destination) as partial:
+                        shutil.copyfile(path, partial)
         except (ModuleNotFoundError, FileNotFoundError):
             wheel = package.replace("_", "-")
             raise EngineUnavailableError(

@@ -19,8 +19,8 @@ statement reading such a column goes to the federated engine.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import psycopg
 import pymysql
+from dbutils.pooled_db import PooledDB
 from psycopg_pool import ConnectionPool, PoolTimeout
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
@@ -47,7 +48,6 @@ from connectors.stores import describe_store_failure, mariadb_params, pg_params,
 
 log = logging.getLogger("citygate")
 
-POOL_SIZE = 16  # connections a store keeps open for the route, at most
 CANCEL_SECONDS = 5.0  # a cancel request gets this long to reach a store that may have gone silent
 _TEXT = frozenset({"string"})
 
@@ -135,43 +135,81 @@ class _Sqlite(SQLite, KeyedDialect):
 # -- pools ---------------------------------------------------------------------------------------
 
 
-class _Pool:
-    """Connections kept for reuse, at most ``size`` open at once (PyMySQL and sqlite3 have no
-    pool of their own). A connection that failed is closed, not returned."""
+class _Kept:
+    """PyMySQL and sqlite3 connections kept for reuse by DBUtils' :class:`PooledDB` (neither
+    driver has a pool of its own), at most ``size`` open at once.
 
-    def __init__(self, connect: Callable[[], Any], size: int = POOL_SIZE, wait: float = 10.0) -> None:
+    A statement waits at most ``wait`` seconds for one of them: PooledDB's own wait has no end,
+    so a semaphore of as many slots stands in front of it. A connection that failed is closed
+    at once and never given out again: when PooledDB next takes it from its idle ones, ``alive``
+    (a look at the connection, no round trip) finds it closed and PooledDB opens a fresh one in
+    its place. PooledDB opens connections under its own lock, so a store slow to accept them
+    makes its own statements wait, never another store's.
+    """
+
+    def __init__(self, connect: Callable[[], Any], alive: Callable[[Any], bool], size: int, wait: float) -> None:
         self._connect = connect
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
         self._wait = wait
+        self._failed = threading.local()  # why this thread's last connect failed
+        self._pool = PooledDB(
+            self._open,
+            maxconnections=size,
+            maxcached=size,
+            ping=alive,  # called on a connection taken from the idle ones: reopened if not alive
+            reset=False,  # statements run in autocommit: no ROLLBACK round trip on each return
+            isfatal=lambda _: False,  # its failover would run a statement twice; _run retries once, here
+        )
+        self._alive = alive
+
+    def _open(self) -> Any:
+        try:
+            return self._connect()
+        except Exception as error:
+            self._failed.error = error  # PooledDB keeps a failed reopen to itself: connection() says why
+            raise
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
+    def connection(self, fresh: bool = False) -> Iterator[Any]:
+        """A kept connection, or with ``fresh`` a new one: the kept ones idle now are closed
+        first (one found closed by the store, after a restart or an idle timeout, says the
+        others kept as long are likely closed too)."""
         if not self._slots.acquire(timeout=self._wait):
             raise EngineQueryError("the store's connections are all busy; try again")
         try:
+            if fresh:
+                self._pool.close()  # the idle ones only: those at work come back as they end
+            self._failed.error = None
+            kept = self._pool.connection(shareable=False)
             try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
-            try:
-                yield conn
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.close()
-                raise
-            self._idle.put(conn)
+                conn = kept.dbapi_connection
+                if not self._alive(conn):  # PooledDB could not reopen it: the store's own reason
+                    raise self._failed.error or EngineQueryError("the store's connection was closed")
+                try:
+                    yield conn
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    raise
+            finally:
+                kept.close()  # back to the idle ones (a closed one is reopened when next taken)
         finally:
             self._slots.release()
 
     def close(self) -> None:
-        while True:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                return
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._pool.close()
+
+
+def _pymysql_alive(conn: Any) -> bool:
+    return bool(conn.open)
+
+
+def _sqlite_alive(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.total_changes  # noqa: B018 - a closed connection refuses even this
+    except sqlite3.ProgrammingError:
+        return False
+    return True
 
 
 def _cancel_aside(conn: psycopg.Connection[Any]) -> None:
@@ -267,7 +305,24 @@ class NativeEngine(Engine):
         return self._run(sql, department, max_rows, cancel)
 
     def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
+        # A kept connection may have been closed by the store since (a restart, an idle
+        # timeout): the pool drops it, and the statement, which only reads, runs once more on
+        # a new one, rather than every statement paying a check's round trip first.
+        try:
+            return self._once(sql, department, max_rows, cancel)
+        except _Lost:
+            return self._once(sql, department, max_rows, cancel, last=True)
+
+    def _once(
+        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+    ) -> Answer:
+        """Run ``sql`` once on a kept connection; :class:`_Lost` when that connection turned out
+        closed, unless this is the ``last`` try or the statement was cancelled."""
         raise NotImplementedError
+
+    def _lost(self, last: bool, cancel: Cancel | None) -> bool:
+        """Whether a connection found closed is tried once more on a fresh one."""
+        return not last and not (cancel is not None and cancel.cancelled)
 
     def _fetch(self, cursor: Any, max_rows: int | None) -> list[tuple[Any, ...]]:
         rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows + 1)
@@ -321,7 +376,7 @@ class PostgresEngine(NativeEngine):
         self._pool = ConnectionPool(
             kwargs=self._params,
             min_size=0,
-            max_size=POOL_SIZE,
+            max_size=settings.pool_size,
             timeout=5.0,  # a store that does not answer: as long as its connect_timeout
             open=True,
             name=f"citygate-{store.database}",
@@ -335,15 +390,6 @@ class PostgresEngine(NativeEngine):
             ).rows
             self._c_collation = bool(rows) and rows[0][0] in ("C", "POSIX")
         return None if self._c_collation else "C"
-
-    def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
-        # A kept connection may have been closed by the store since (a restart, an idle
-        # timeout): the pool drops it, and the statement, which only reads, runs once more on
-        # a new one, rather than every statement paying a check's round trip first.
-        try:
-            return self._once(sql, department, max_rows, cancel)
-        except _Lost:
-            return self._once(sql, department, max_rows, cancel, last=True)
 
     def _once(
         self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
@@ -369,7 +415,7 @@ class PostgresEngine(NativeEngine):
             # no answer at all, a connection exception (08) or the server ending the session
             # (57P: shut down, restarting): the connection failed, not the statement
             if (error.sqlstate or "08").startswith(("08", "57P")):
-                if not last and not (cancel is not None and cancel.cancelled):
+                if self._lost(last, cancel):
                     raise _Lost from None
                 raise describe_store_failure(department, self.store, str(error)) from None
             raise self._refused(department, error) from None
@@ -382,7 +428,7 @@ class PostgresEngine(NativeEngine):
         busy; else the pool could not open one, and psycopg_pool keeps the reason to its log
         (a wrong CA, a TLS-only user, a refused password): one connection of this thread's own
         asks the store again, so the error names what to fix."""
-        if self._pool.get_stats().get("pool_size", 0) >= POOL_SIZE:
+        if self._pool.get_stats().get("pool_size", 0) >= self.settings.pool_size:
             return EngineQueryError("the store's connections are all busy; try again")
         try:
             psycopg.connect(**self._params).close()
@@ -426,7 +472,7 @@ class MariadbEngine(NativeEngine):
         assert isinstance(store, MariadbStore)
         self._params = mariadb_params(store, store.database)
         self._limit = exp.Literal.number(round(max(statement_seconds, 0.001), 3)).sql("mysql")
-        self._pool = _Pool(self._connect)
+        self._pool = _Kept(self._connect, _pymysql_alive, settings.pool_size, settings.pool_wait)
 
     def _connect(self) -> Any:
         conn = pymysql.connect(**self._params, autocommit=True, read_timeout=self.statement_seconds + 5)
@@ -450,17 +496,11 @@ class MariadbEngine(NativeEngine):
             return exp.DataType.build("TIMESTAMP(6)")
         return node
 
-    def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
-        try:  # a kept connection the store has closed since: once more on a new one (PostgresEngine._run)
-            return self._once(sql, department, max_rows, cancel)
-        except _Lost:
-            return self._once(sql, department, max_rows, cancel, last=True)
-
     def _once(
         self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
     ) -> Answer:
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(fresh=last) as conn:
                 if cancel is not None:
                     cancel.on_cancel(lambda: self._kill(conn.thread_id()))
                 try:
@@ -475,7 +515,7 @@ class MariadbEngine(NativeEngine):
             code = error.args[0] if error.args else 0
             if code in (1969, 1317):  # max_statement_time exceeded; interrupted by KILL QUERY
                 raise EngineQueryError("the query was cancelled: it ran past its time") from None
-            if code in (2006, 2013) and not last and not (cancel is not None and cancel.cancelled):
+            if code in (2006, 2013) and self._lost(last, cancel):
                 raise _Lost from None  # gone away, lost: perhaps only this connection
             if code >= 2000 or code in (1044, 1045, 1049, 1040, 1203):  # client side; access; no database
                 raise describe_store_failure(department, self.store, str(error)) from None
@@ -543,7 +583,7 @@ class SqliteEngine(NativeEngine):
         super().__init__(settings, store, statement_seconds)
         assert isinstance(store, SqliteStore)
         self._path = store.path
-        self._pool = _Pool(self._connect)
+        self._pool = _Kept(self._connect, _sqlite_alive, settings.pool_size, settings.pool_wait)
 
     def _connect(self) -> sqlite3.Connection:
         if not self._path.is_file():
@@ -553,7 +593,10 @@ class SqliteEngine(NativeEngine):
         conn.execute("PRAGMA case_sensitive_like = ON")
         return conn
 
-    def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
+    def _once(
+        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+    ) -> Answer:
+        # a file is not a server: a kept connection does not go away under it, nothing is retried
         try:
             with self._pool.connection() as conn:
                 deadline = time.monotonic() + self.statement_seconds
@@ -611,6 +654,6 @@ def native_engines(
     engines = []
     for members in groups.values():
         store = next(iter(members.values())).store
-        own = EngineSettings(departments=members, hash_key=None, trino=settings.trino, embedded=settings.embedded)
+        own = dataclasses.replace(settings, departments=members, hash_key=None)
         engines.append(NATIVE[store.kind](own, store, statement_seconds))
     return engines

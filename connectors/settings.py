@@ -81,3 +81,8 @@ class EngineSettings:
     hash_key: bytes | None = None  # the hash mask's key; None: no policies, so no mask needs it
     trino: TrinoSettings = field(default_factory=TrinoSettings)
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
+    # connections a store keeps open for statements run on it directly, at most
+    # (limits.concurrency.store_connections), and how long a statement waits for one of them
+    # when all are busy (PyMySQL and sqlite3; PostgreSQL's pool waits as long as it connects)
+    pool_size: int = 16
+    pool_wait: float = 10.0

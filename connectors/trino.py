@@ -32,6 +32,7 @@ from catalogue.errors import (
     error_class,
     without_values,
 )
+from catalogue.files import write_atomic
 from catalogue.model import Column, Department, Table
 from catalogue.sql import partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store, Tls
@@ -139,8 +140,7 @@ def write_catalog_files(settings: EngineSettings, out: Path) -> list[Path]:
         connector, properties = catalog_properties(name, department.store)
         path = out / f"{department.catalog}.properties"
         lines = [f"connector.name={connector}", *(f"{k}={_escape_property(v)}" for k, v in properties.items())]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        path.chmod(0o600)  # it holds the store's password
+        write_atomic(path, "\n".join(lines) + "\n", mode=0o600)  # it holds the store's password
         written.append(path)
     return written
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from catalogue.errors import CitygateError
+from catalogue.files import write_atomic
 from catalogue.stores import SqliteStore
 from datasets.demo_city import DEPARTMENTS
 from gateway.config import AuditConfig, AuthConfig, Config, PoliciesConfig, TokenGuard
@@ -118,11 +119,8 @@ def ensure_demo_issuer(data_dir: Path) -> dict[str, Any]:
     data_dir.mkdir(parents=True, exist_ok=True)
     key = RSAKey.generate_key(2048, parameters={"kid": f"demo-{secrets.token_hex(4)}", "use": "sig", "alg": "RS256"})
     issuer = {"private_jwk": key.as_dict(private=True), "hash_key": secrets.token_hex(32)}
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(issuer))
-    partial.chmod(0o600)
-    partial.replace(path)
-    (data_dir / "demo-jwks.json").write_text(json.dumps({"keys": [key.as_dict(private=False)]}))
+    write_atomic(path, json.dumps(issuer), mode=0o600)
+    write_atomic(data_dir / "demo-jwks.json", json.dumps({"keys": [key.as_dict(private=False)]}))
     return issuer
 
 
@@ -131,10 +129,7 @@ def admin_token(data_dir: Path) -> str:
     path = data_dir / "admin-token"
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
-        partial.write_text(secrets.token_urlsafe(32))
-        partial.chmod(0o600)
-        partial.replace(path)
+        write_atomic(path, secrets.token_urlsafe(32), mode=0o600)
     return path.read_text().strip()
 
 

@@ -16,6 +16,7 @@ import pymysql
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 
+from catalogue.files import replacing
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from connectors.stores import describe_store_failure, mariadb_params, pg_params
 from datasets.datagen import City
@@ -165,26 +166,24 @@ def _guard(department: str, store: PostgresStore | MariadbStore, action: Callabl
 
 
 def _load_sqlite(store: SqliteStore, tables: Sequence[tuple[TableSpec, list[Row]]], progress: Progress) -> None:
-    # Write a fresh file beside the old one and swap it in, so a reader never sees half a load.
-    store.path.parent.mkdir(parents=True, exist_ok=True)
-    partial = store.path.with_name(store.path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    conn = sqlite3.connect(partial)
-    try:
-        conn.execute("PRAGMA journal_mode = OFF")
-        conn.execute("PRAGMA synchronous = OFF")
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        for spec, rows in tables:
-            conn.execute(create_table_sql(spec, "sqlite"))
-            insert = _insert_sql(spec, "sqlite")
-            for start in range(0, len(rows), BATCH):
-                batch = rows[start : start + BATCH]
-                conn.executemany(insert, [_sqlite_row(r) for r in batch])
-                progress(len(batch))
-        conn.commit()
-    finally:
-        conn.close()
-    partial.replace(store.path)
+    # Write a fresh file beside the old one and swap it in, so a reader never sees half a load
+    # (SQLite's own journal is off: the file is written once, then fsynced whole).
+    with replacing(store.path) as partial:
+        conn = sqlite3.connect(partial)
+        try:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            for spec, rows in tables:
+                conn.execute(create_table_sql(spec, "sqlite"))
+                insert = _insert_sql(spec, "sqlite")
+                for start in range(0, len(rows), BATCH):
+                    batch = rows[start : start + BATCH]
+                    conn.executemany(insert, [_sqlite_row(r) for r in batch])
+                    progress(len(batch))
+            conn.commit()
+        finally:
+            conn.close()
 
 
 def _sqlite_row(row: Row) -> Row:

@@ -9,156 +9,70 @@ file, the key and what is allowed:
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import re
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from catalogue.errors import ConfigError
 from catalogue.files import read_yaml
-from catalogue.model import SharingClass
-from catalogue.stores import STORE_KINDS, MariadbStore, PostgresStore, SqliteStore, Store
+from catalogue.stores import STORE_KINDS, MariadbStore, PostgresStore, SqliteStore
 from connectors.settings import EmbeddedSettings, EngineSettings, Source, TrinoSettings
+from gateway.settings.access import (
+    ASYMMETRIC,
+    Algorithm,
+    AuthConfig,
+    CorsConfig,
+    PoliciesConfig,
+    TokenGuard,
+    TrustedDocumentsConfig,
+)
+from gateway.settings.base import NAME_PATTERN
+from gateway.settings.base import Model as _Model
+from gateway.settings.departments import (
+    ColumnConfig,
+    ColumnRef,
+    DepartmentConfig,
+    RelationshipConfig,
+    ReverseConfig,
+    SharingConfig,
+    TableConfig,
+)
+from gateway.settings.limits import ConcurrencyConfig, Limits, LimitsConfig, RoleLimits
 
-NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+__all__ = [  # the models by concern live in gateway/settings/; importers find them all here
+    "ASYMMETRIC",
+    "NAME_PATTERN",
+    "Algorithm",
+    "AuditConfig",
+    "AuthConfig",
+    "CacheConfig",
+    "ColumnConfig",
+    "ColumnRef",
+    "ConcurrencyConfig",
+    "Config",
+    "CorsConfig",
+    "DepartmentConfig",
+    "EngineConfig",
+    "Limits",
+    "LimitsConfig",
+    "PoliciesConfig",
+    "RelationshipConfig",
+    "ReverseConfig",
+    "RoleLimits",
+    "SharingConfig",
+    "StateConfig",
+    "TableConfig",
+    "TelemetryConfig",
+    "TokenGuard",
+    "TrustedDocumentsConfig",
+    "load_config",
+]
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ColumnConfig(_Model):
-    # The column's meaning where an engine cannot tell it from the store (Trino reads
-    # MariaDB's BOOLEAN, a TINYINT(1), as a number); engines cast to it.
-    type: str | None = None
-    description: str = ""
-
-    @field_validator("type")
-    @classmethod
-    def _known_type(cls, value: str | None) -> str | None:
-        from catalogue.types import UnknownTypeError, logical_type
-
-        if value is not None:
-            try:
-                logical_type(value)
-            except UnknownTypeError:
-                raise ValueError(
-                    f"unknown type {value!r}; use string, boolean, integer, bigint, double, "
-                    "decimal(p,s), date or timestamp"
-                ) from None
-        return value
-
-
-class SharingConfig(_Model):
-    """A table's columns by sharing class, as the city's catalogue lists them: the named
-    columns take their class, every other column the default."""
-
-    # a column the lists do not name: the most restrictive class unless the table says otherwise
-    default: SharingClass = SharingClass.CONFIDENTIAL
-    published: list[str] = Field(default_factory=list)
-    shared: list[str] = Field(default_factory=list)
-    exchange: list[str] = Field(default_factory=list)
-    reported: list[str] = Field(default_factory=list)
-    confidential: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _each_column_once(self) -> SharingConfig:
-        seen: dict[str, str] = {}
-        for sharing in SharingClass:
-            for column in getattr(self, sharing.value):
-                if column in seen:
-                    raise ValueError(f"column {column!r} is listed as both {seen[column]} and {sharing.value}")
-                seen[column] = sharing.value
-        return self
-
-    def of(self, column: str) -> SharingClass:
-        for sharing in SharingClass:
-            if column in getattr(self, sharing.value):
-                return sharing
-        return self.default
-
-
-class TableConfig(_Model):
-    # Trino does not report primary keys; they identify rows for `_by_pk` and make every
-    # ordering total, so the same query pages the same way on every engine.
-    primary_key: list[str] = Field(default_factory=list)
-    description: str = ""
-    sharing: SharingConfig = SharingConfig()
-    columns: dict[str, ColumnConfig] = Field(default_factory=dict)
-
-
-class DepartmentConfig(_Model):
-    display_name: str = ""
-    owner: str = ""
-    store: Store
-    trino_catalog: str | None = Field(None, pattern=NAME_PATTERN)
-    # How long the gateway may keep this department's rows in its result cache: unset takes
-    # `cache.ttl_seconds`; 0 forbids caching anything that reads this department.
-    cache_ttl_seconds: float | None = Field(None, ge=0)
-    tables: dict[str, TableConfig] = Field(default_factory=dict)
-    # the store's tables the gateway serves, as names or patterns (`*`, `report_?`); unset: only
-    # the tables named under `tables`, so a table added to the store later is not served unasked
-    expose: list[str] | None = None
-    # false: this department's statements never run on its store directly (engine.delegate)
-    delegate: bool = True
-
-    def exposes(self, table: str) -> bool:
-        """Whether this department's table ``table`` is served."""
-        if self.expose is None:
-            return table in self.tables
-        return any(fnmatch.fnmatchcase(table, pattern) for pattern in self.expose)
-
-    def column_types(self) -> dict[str, str]:
-        """ "table.column" -> configured logical type."""
-        return {
-            f"{table}.{column}": spec.type
-            for table, table_spec in self.tables.items()
-            for column, spec in table_spec.columns.items()
-            if spec.type
-        }
-
-
-class ColumnRef(_Model):
-    department: str
-    table: str
-    column: str
-
-
-class ReverseConfig(_Model):
-    name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["array", "object"] = "array"
-
-
-class RelationshipConfig(_Model):
-    """A link from one table's column to another's, usually across departments.
-
-    ``from`` holds the key that points (``health.clinic_visits.id_card``), ``to`` the key it
-    points at; ``name`` is the object field on the ``from`` side, ``reverse`` the field on the
-    ``to`` side.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    name: str = Field(pattern=NAME_PATTERN)
-    source: str = Field(alias="from", pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
-    target: str = Field(alias="to", pattern=r"^[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
-    reverse: ReverseConfig | None = None
-
-    @property
-    def source_ref(self) -> ColumnRef:
-        department, table, column = self.source.split(".")
-        return ColumnRef(department=department, table=table, column=column)
-
-    @property
-    def target_ref(self) -> ColumnRef:
-        department, table, column = self.target.split(".")
-        return ColumnRef(department=department, table=table, column=column)
 
 
 class EngineConfig(_Model):
@@ -171,88 +85,6 @@ class EngineConfig(_Model):
     fallback: Literal["embedded"] | None = None
     trino: TrinoSettings = TrinoSettings()
     embedded: EmbeddedSettings = EmbeddedSettings()
-
-
-class PoliciesConfig(_Model):
-    """Where the confidentiality policies are and the secret the `hash` mask is keyed with."""
-
-    files: list[Path] = Field(min_length=1)
-    hash_key: str = Field(min_length=16, description="HMAC key of the hash mask; from the environment")
-    check_min_distinct: int = Field(
-        50, ge=2, description="`policy check`: a hash or partial mask over fewer distinct values is a code book"
-    )
-    check_min_candidates: int = Field(
-        1000,
-        ge=2,
-        description="`policy check`: a masked identifier a role's view narrows to fewer raw values is found "
-        "(the policy files' `checks.min_candidates` wins)",
-    )
-
-
-Algorithm = Literal["RS256", "ES256", "EdDSA", "HS256"]
-ASYMMETRIC: tuple[Algorithm, ...] = ("RS256", "ES256", "EdDSA")
-
-
-class AuthConfig(_Model):
-    """How requests prove who they are: bearer JWTs from the city's identity provider."""
-
-    issuer: str
-    audience: str
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    # the keys' URL from the provider's OIDC discovery document (its `jwks_uri`), read again with
-    # every fetch of the keys: `true` reads `<issuer>/.well-known/openid-configuration` and checks
-    # that it names this issuer; a URL reads that document (a provider this gateway reaches by
-    # another address than the one its tokens name)
-    discovery: bool | str = False
-    jwks_cache_seconds: int = Field(300, ge=0)
-    # an unknown `kid` fetches the set again at most this often: random kids must not make the
-    # gateway hammer the identity provider
-    jwks_refresh_seconds: int = Field(10, ge=0)
-    algorithms: list[Algorithm] = Field(default_factory=lambda: list(ASYMMETRIC))
-    hs256_secret: str | None = Field(None, min_length=32)
-    leeway_seconds: int = Field(30, ge=0, le=300)
-    # a dot path into the token's claims: Keycloak's realm roles are `realm_access.roles`, its
-    # roles of the audience's client `resource_access.<client>.roles`
-    roles_claim: str = "roles"
-    claims_path: str | None = None  # where the attributes policies use live (default: the top level)
-    anonymous: bool = False  # requests without a token act as `anonymous` (else 401)
-
-    @field_validator("discovery", mode="before")
-    @classmethod
-    def _discovery_flag(cls, value: object) -> object:
-        # `${CITYGATE_OIDC_DISCOVERY:-true}` arrives as text
-        value = {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
-        if isinstance(value, str) and not value.startswith(("https://", "http://")):
-            raise ValueError("discovery: give true, false or the discovery document's http(s) URL")
-        return value
-
-    @model_validator(mode="after")
-    def _keys(self) -> AuthConfig:
-        if "HS256" in self.algorithms and not self.hs256_secret:
-            raise ValueError("HS256 needs hs256_secret (a shared secret of at least 32 characters)")
-        if self.hs256_secret and "HS256" not in self.algorithms:
-            raise ValueError("hs256_secret is set but HS256 is not among the algorithms")
-        asymmetric = [a for a in self.algorithms if a != "HS256"]
-        given = [self.jwks_file is not None, self.jwks_url is not None, bool(self.discovery)]
-        if asymmetric and sum(given) != 1:
-            raise ValueError("give exactly one of jwks_file, jwks_url and discovery")
-        return self
-
-    @property
-    def fetches_keys(self) -> bool:
-        """Whether the keys come over the network (and are cached, and fetched again)."""
-        return self.jwks_url is not None or bool(self.discovery)
-
-    def discovery_url(self) -> str | None:
-        """Where the OIDC discovery document is, if the keys are found through one.
-
-        >>> AuthConfig(issuer="https://idp/realms/city", audience="citygate", discovery=True).discovery_url()
-        'https://idp/realms/city/.well-known/openid-configuration'
-        """
-        if isinstance(self.discovery, str):
-            return self.discovery
-        return f"{self.issuer.rstrip('/')}/.well-known/openid-configuration" if self.discovery else None
 
 
 class CacheConfig(_Model):
@@ -296,125 +128,6 @@ class StateConfig(_Model):
     # one machine), or `postgresql://<user>:<password>@<host>:<port>/<database>` (shared by several
     # gateways; `${NAME}` keeps the password out of the file)
     url: str | None = Field(None, pattern=r"^(sqlite:///.+|postgres(ql)?://.+)$")
-
-
-class TokenGuard(_Model):
-    """A bearer token that guards an operator endpoint; unset means the endpoint is open
-    (`/metrics`) or off (`/admin/*`)."""
-
-    token: str | None = Field(None, min_length=16)
-
-    @field_validator("token", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        return None if value == "" else value  # `${TOKEN:-}` with TOKEN unset
-
-
-class RoleLimits(_Model):
-    """What one role's requests may ask; a key left out takes the deployment's own (``limits``)."""
-
-    max_depth: int | None = Field(None, ge=1)
-    max_root_fields: int | None = Field(None, ge=1)
-    max_fields: int | None = Field(None, ge=1)
-    max_cost: int | None = Field(None, ge=1)
-    statement_seconds: float | None = Field(None, gt=0)
-    plan_seconds: float | None = Field(None, gt=0)
-    requests_per_minute: int | None = Field(None, ge=0)
-
-
-# What a caller without a token may ask, unless `limits.roles.anonymous` says otherwise.
-_DEFAULTS: dict[str | None, RoleLimits] = {
-    "anonymous": RoleLimits(
-        max_depth=6,
-        max_root_fields=5,
-        max_fields=200,
-        max_cost=200_000,
-        statement_seconds=10,
-        plan_seconds=1,
-        requests_per_minute=600,
-    )
-}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """One role's limits, every one decided (:meth:`LimitsConfig.of`)."""
-
-    max_depth: int
-    max_root_fields: int
-    max_fields: int
-    max_cost: int
-    statement_seconds: float
-    plan_seconds: float
-    requests_per_minute: int
-
-
-class LimitsConfig(_Model):
-    """What one request may ask of the gateway, so that no request can take all of it."""
-
-    max_tokens: int = Field(20_000, ge=100)  # lexical tokens of a GraphQL document
-    max_rows: int = Field(200_000, ge=1)  # rows the statements of one request may return, together
-    # a statement's answer is waited for this long from its start; then a store that does not
-    # answer a one-row read either is left alone for as long again (requests naming it fail at
-    # once), and a query that was merely slow fails by itself
-    statement_seconds: float = Field(60.0, gt=0)
-    # the work before the engine (parse, validate, compile, the policies' rewrite) past this
-    # long refuses the request: each step is bounded by size, and this bounds them by the clock
-    plan_seconds: float = Field(2.0, gt=0)
-    max_depth: int = Field(12, ge=1)  # nesting of fields, the root field's own level counted
-    max_root_fields: int = Field(20, ge=1)  # root fields of one request, aliases counted each
-    max_fields: int = Field(2_000, ge=1)  # fields of one request, fragments expanded, aliases each
-    # rows the statements of one request may read at worst, estimated before any runs from the
-    # query's shape and the catalogue's row counts
-    max_cost: int = Field(20_000_000, ge=1)
-    requests_per_minute: int = Field(0, ge=0)  # per subject (anonymous: per client network); 0: no limit
-    # an anonymous caller (and a refused token, or a wrong admin token) is counted by the network
-    # it connects from: its IPv4 address cut to this many bits (24: a /24 counts as one caller)
-    ipv4_prefix: int = Field(32, ge=8, le=32)
-    # and an IPv6 address to this many: one client commonly holds a whole /64 to rotate through
-    ipv6_prefix: int = Field(64, ge=16, le=128)
-    # a connection's request headers must arrive within this many seconds, or it is closed
-    header_seconds: float = Field(10.0, gt=0)
-    # open connections at once; a new one past this is answered 503 and closed
-    max_connections: int = Field(1000, ge=1)
-    roles: dict[str, RoleLimits] = Field(default_factory=dict)  # per role; `anonymous` has safe defaults
-
-    def of(self, role: str | None) -> Limits:
-        """The limits of ``role``: its own where ``roles`` gives them, then (for ``anonymous``)
-        the safe defaults, then the deployment's. None: a deployment without policies."""
-        found = (self.roles.get(role), _DEFAULTS.get(role)) if role is not None else ()
-        chain = [r for r in found if r is not None]
-
-        def decided(name: str) -> Any:
-            return next((getattr(r, name) for r in chain if getattr(r, name) is not None), getattr(self, name))
-
-        return Limits(**{name: decided(name) for name in Limits.__dataclass_fields__})
-
-
-class TrustedDocumentsConfig(_Model):
-    """Registered GraphQL documents, and the roles that may run only those.
-
-    ``store`` is a manifest (JSON: the SHA-256 of each document's text -> the text), written by
-    ``citygate documents register``. Any caller may send a registered document by its hash
-    alone; a caller whose role ``roles`` names (or every caller, with ``all``) may run nothing
-    else. Roles are as the policies name them; ``anonymous`` is a caller without a token.
-    """
-
-    store: Path
-    roles: list[str] | Literal["all"] = "all"
-
-    def covers(self, role: str | None) -> bool:
-        """Whether ``role`` (None: a deployment without policies) runs registered documents only."""
-        return self.roles == "all" or (role is not None and role in self.roles)
-
-
-class CorsConfig(_Model):
-    """Browser applications on other origins that may call the API (CORS); none by default."""
-
-    # origins as a browser sends them (`https://app.city.internal`); `*` allows any origin and
-    # then no credentials (a bearer token in `Authorization` still works: it is not a cookie)
-    origins: list[str] = Field(default_factory=list)
-    max_age: int = Field(600, ge=0)  # seconds a browser may keep a preflight's answer
 
 
 class TelemetryConfig(_Model):
@@ -549,6 +262,7 @@ class Config(_Model):
             hash_key=self.policies.hash_key.encode() if self.policies is not None else None,
             trino=self.engine.trino,
             embedded=self.engine.embedded,
+            pool_size=self.limits.concurrency.store_connections,
         )
 
 

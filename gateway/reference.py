@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from catalogue.files import write_atomic
 from gateway.config import Config
 
 _FIELD = re.compile(r"^\s+([A-Za-z_][A-Za-z0-9_]*)\s*:")
@@ -184,5 +185,5 @@ def write(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     pages = {directory / "configuration.md": config_reference(), directory / "errors.md": error_table()}
     for path, text in pages.items():
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)
     return list(pages)

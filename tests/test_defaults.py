@@ -100,3 +100,24 @@ def test_a_column_no_sharing_list_names_is_confidential() -> None:
     from gateway.config import SharingConfig
 
     assert SharingConfig().default is SharingClass.CONFIDENTIAL
+
+
+def test_the_concurrency_defaults_are_the_gateways_own_and_a_bad_value_names_its_key(
+    tmp_path: Path, sqlite_config: Config
+) -> None:
+    concurrency = load_config(deployment(tmp_path, sqlite_config)).limits.concurrency
+    assert concurrency.model_dump() == {
+        "requests_per_caller": 4,
+        "root_fields_per_request": 4,
+        "root_fields_per_caller": 8,
+        "root_field_threads": 32,
+        "statements_per_caller": 8,
+        "statement_threads": 32,
+        "store_connections": 16,
+        "console_estimates": 8,
+    }
+    with pytest.raises(ConfigError) as refused:
+        load_config(deployment(tmp_path, sqlite_config, limits={"concurrency": {"statement_threads": 0, "x": 1}}))
+    message = refused.value.message
+    assert "limits.concurrency.statement_threads: input should be greater than or equal to 1 (got 0)" in message
+    assert "limits.concurrency.x: unknown key; allowed keys: requests_per_caller," in message

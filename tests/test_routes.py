@@ -10,11 +10,13 @@ tests/test_graphql.py, tests/test_policies.py and tests/test_properties.py (the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,9 @@ from starlette.testclient import TestClient
 
 from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, StoreUnavailableError
 from catalogue.sql import Hash, Partial, Slice, Tie, TimestampText, logical_table
-from catalogue.stores import PostgresStore
+from catalogue.stores import MariadbStore, PostgresStore
 from connectors.native import MariadbEngine, NativeEngine, PostgresEngine, SqliteEngine, native_engines
+from connectors.stores import mariadb_params
 from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
@@ -490,5 +493,135 @@ def test_with_trino_down_the_embedded_fallback_answers_the_rest(
         assert "errors" not in response.body, response.body
         assert response.body == gateway_trino.execute(BOTH).body
         assert response.routes == {"one": "delegated", "two": "embedded"}
+    finally:
+        gateway.close()
+
+
+# -- the kept connections (DBUtils' PooledDB for MariaDB and SQLite) -------------------------------
+
+
+def kept(config: Config, department: str, size: int, wait: float) -> NativeEngine:
+    """``department``'s store engine with ``size`` connections at most, waited for ``wait`` s."""
+    settings = dataclasses.replace(config.engine_settings(), pool_size=size, pool_wait=wait)
+    [engine] = native_engines(settings, 5.0, [department])
+    return engine
+
+
+def connection_of(engine: NativeEngine, department: str) -> object:
+    """Which connection a statement ran on, as the store tells it: MariaDB's connection id; for
+    SQLite, whether the connection's own temporary table (made by :func:`mark`) is there."""
+    if engine.dialect == "mysql":
+        return engine.run("SELECT CONNECTION_ID()", [department]).rows[0][0]
+    return engine.run("SELECT COUNT(*) FROM temp.sqlite_master WHERE name = 'mark'", [department]).rows[0][0]
+
+
+def mark(engine: NativeEngine, department: str) -> None:
+    if engine.dialect == "sqlite":
+        engine.run("CREATE TEMP TABLE mark (x INTEGER)", [department])
+
+
+KEPT = [
+    pytest.param("sqlite", "health", id="sqlite"),
+    pytest.param("services", "environment", id="mariadb", marks=pytest.mark.services),
+]
+
+
+@pytest.mark.parametrize(("where", "department"), KEPT)
+def test_a_store_opens_at_most_its_pool_and_the_next_statement_is_told_busy_after_the_wait(
+    where: str, department: str, request: pytest.FixtureRequest
+) -> None:
+    config: Config = request.getfixturevalue(f"{where}_config")
+    if where == "services":  # six statements at once share two connections, waiting their turn
+        patient = kept(config, department, size=2, wait=10.0)
+        try:
+            with ThreadPoolExecutor(6) as pool:
+                answers = pool.map(lambda _: patient.run("SELECT CONNECTION_ID(), SLEEP(0.2)", [department]), range(6))
+                assert len({answer.rows[0][0] for answer in answers}) == 2
+        finally:
+            patient.close()
+    engine = kept(config, department, size=2, wait=0.5)
+    try:
+        pool_of: Any = engine._pool  # type: ignore[attr-defined]
+        with pool_of.connection(), pool_of.connection():  # both at work
+            began = time.monotonic()
+            with pytest.raises(EngineQueryError, match="the store's connections are all busy; try again"):
+                engine.run("SELECT 1", [department])
+            assert 0.5 <= time.monotonic() - began < 3
+        assert engine.run("SELECT 1", [department]).rows == [(1,)]  # free again
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(("where", "department"), KEPT)
+def test_a_connection_that_failed_is_closed_and_not_given_out_again(
+    where: str, department: str, request: pytest.FixtureRequest
+) -> None:
+    config: Config = request.getfixturevalue(f"{where}_config")
+    engine = kept(config, department, size=1, wait=0.5)
+    try:
+        mark(engine, department)
+        before = connection_of(engine, department)
+        assert connection_of(engine, department) == before  # kept: the same one again
+        with pytest.raises(EngineQueryError, match="refused the query"):
+            engine.run("SELECT no_such_function(1)", [department])
+        assert connection_of(engine, department) != before
+        if engine.dialect == "mysql":
+            gone = engine.run(f"SELECT COUNT(*) FROM information_schema.processlist WHERE id = {before}", [department])
+            assert gone.rows == [(0,)]  # closed, not left open on the store
+    finally:
+        engine.close()
+
+
+def test_kept_mariadb_connections_the_store_closed_are_replaced_without_an_error(services_config: Config) -> None:
+    """Every kept connection closed by the store (as a restart does): the statement finds one
+    closed, and its one retry runs on a fresh connection, not on the next closed one."""
+    engine = kept(services_config, "environment", size=2, wait=5.0)
+    store = services_config.departments["environment"].store
+    try:
+        with ThreadPoolExecutor(2) as pool:  # two connections kept
+            answers = list(
+                pool.map(lambda _: engine.run("SELECT CONNECTION_ID(), SLEEP(0.3)", ["environment"]), range(2))
+            )
+        ids = {answer.rows[0][0] for answer in answers}
+        assert len(ids) == 2
+        assert isinstance(store, MariadbStore)
+        admin = pymysql.connect(**mariadb_params(store, store.database), autocommit=True)
+        try:
+            with admin.cursor() as cursor:
+                for connection in ids:
+                    cursor.execute("KILL CONNECTION %s", (connection,))
+        finally:
+            admin.close()
+        [(again,)] = engine.run("SELECT CONNECTION_ID()", ["environment"]).rows
+        assert again not in ids
+    finally:
+        engine.close()
+
+
+def test_the_concurrency_settings_reach_the_threads_shares_and_pools(sqlite_config: Config) -> None:
+    concurrency = {
+        "requests_per_caller": 3,
+        "root_fields_per_caller": 5,
+        "root_field_threads": 7,
+        "statements_per_caller": 2,
+        "statement_threads": 6,
+        "store_connections": 4,
+        "console_estimates": 9,
+    }
+    limits = sqlite_config.limits.model_copy(
+        update={"concurrency": sqlite_config.limits.concurrency.model_validate(concurrency)}
+    )
+    config = sqlite_config.with_delegate("auto").model_copy(update={"limits": limits})
+    gateway = Gateway.start(config, create_engine(config), recording=False)
+    try:
+        edge = create_app(gateway)
+        assert (edge.admission.each, edge.console.estimates.at_once) == (3, 9)
+        assert gateway.runner.pool._max_workers == 7
+        assert gateway.runner.root_fields.each == 5
+        assert gateway.statements.pool._max_workers == 6
+        assert gateway.statements.shares.each == 2
+        assert config.engine_settings().pool_size == 4
+        native: Any = next(iter(gateway.native.values()))  # type: ignore[union-attr]
+        assert native._pool._pool._maxconnections == 4
     finally:
         gateway.close()

@@ -34,7 +34,6 @@ from policies.treatments import DENY, RAW, Treatment
 
 PROBE_SECONDS = 30.0  # a department's status is probed again when the last probe is older
 ESTIMATE_SECONDS = 3600.0  # a row count estimate is read again when older
-ESTIMATES_AT_ONCE = 8  # counts read side by side: a catalogue of 755 tables is not read one by one
 
 
 def treatment_text(treatment: Treatment, access: str, k: int) -> str:
@@ -86,6 +85,9 @@ class Estimates:
 
     count: Callable[[TableInfo], int]
     seconds: float = ESTIMATE_SECONDS
+    # counts read side by side (limits.concurrency.console_estimates): a catalogue of 755 tables
+    # is not read one by one
+    at_once: int = 8
     known: dict[tuple[str, str], tuple[int | None, float]] = field(default_factory=dict)
 
     def of(self, table: TableInfo) -> tuple[int | None, float]:
@@ -104,7 +106,7 @@ class Estimates:
         now = time.time()
         stale = [t for t in tables if now - self.known.get((t.department, t.name), (None, 0.0))[1] > self.seconds]
         if len(stale) > 1:
-            with ThreadPoolExecutor(ESTIMATES_AT_ONCE, thread_name_prefix="citygate-estimates") as pool:
+            with ThreadPoolExecutor(self.at_once, thread_name_prefix="citygate-estimates") as pool:
                 list(pool.map(self.of, stale))
 
 

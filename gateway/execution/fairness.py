@@ -1,12 +1,13 @@
 """Fair shares: no one caller can hold more than a bounded part of the gateway.
 
 A caller is a token's subject, or, for a request without one, the role and the client's
-address. At the edge a caller has at most :data:`REQUESTS_AT_ONCE` requests in the works, fewer
-while others are present (the rest wait their turn without holding a thread); a request runs at most
-:data:`ROOT_FIELDS_AT_ONCE` of its root fields side by side, and a caller's requests together at
-most :data:`CALLER_ROOT_FIELDS`; and a caller's statements hold at most
-:data:`STATEMENTS_AT_ONCE` of the engine's threads. So a caller flooding the gateway waits
-behind itself, while everyone else's work finds threads free.
+address. At the edge a caller has at most ``requests_per_caller`` requests in the works, fewer
+while others are present (the rest wait their turn without holding a thread); a request runs at
+most ``root_fields_per_request`` of its root fields side by side, and a caller's requests
+together at most ``root_fields_per_caller``; and a caller's statements hold at most
+``statements_per_caller`` of the engine's threads (the numbers are the deployment's
+``limits.concurrency``, :class:`gateway.config.ConcurrencyConfig`). So a caller flooding the
+gateway waits behind itself, while everyone else's work finds threads free.
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ from dataclasses import dataclass, field
 
 from catalogue.errors import EngineUnavailableError
 
-REQUESTS_AT_ONCE = 4
-ROOT_FIELDS_AT_ONCE = 4  # of one request
-CALLER_ROOT_FIELDS = 8  # of all of one caller's requests, of the gateway's 32 threads for them
-STATEMENTS_AT_ONCE = 8
 LINGER_SECONDS = 1.0  # a caller counts as present this long after its last request at the edge
 
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("citygate_caller", default="")

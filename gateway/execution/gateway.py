@@ -40,10 +40,6 @@ from connectors.native import NativeEngine, native_engines
 from gateway.config import Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
-from gateway.execution.fairness import (
-    STATEMENTS_AT_ONCE,
-    Shares,
-)
 from gateway.execution.planner import Planner
 from gateway.execution.plans import (
     Memo,
@@ -144,12 +140,8 @@ class Gateway:
         if self.recording:
             adopt(self.config.data_dir / "privacy-budget.json", self.state)  # an earlier version's
         self.privacy = PrivacyBudgets(self.state)
-        self.statements = Statements(
-            self.engine,
-            self.catalogue,
-            self.config.limits.statement_seconds,
-            shares=Shares(STATEMENTS_AT_ONCE, parallelism=self.engine.parallelism),
-        )
+        concurrency = self.config.limits.concurrency
+        self.statements = Statements(self.engine, self.catalogue, self.config.limits.statement_seconds, concurrency)
         self.statistics = Statistics(self._statistic)
         if self.native is None:
             self.native = _native(self.config)
@@ -175,6 +167,7 @@ class Gateway:
             engine_name=self.engine.name,
             telemetry=self.telemetry,
             metrics=self.metrics,
+            concurrency=concurrency,
         )
         if self.audit is not None:
             self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)

@@ -25,7 +25,7 @@ from catalogue.errors import (
 from gateway.config import Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
-from gateway.execution.fairness import CALLER, CALLER_ROOT_FIELDS, ROOT_FIELDS_AT_ONCE, Shares, busy
+from gateway.execution.fairness import CALLER, Shares, busy
 from gateway.execution.plans import MEMO_BYTES, Memo, Plan, Response, count_rows, encode
 from gateway.execution.prepared import Refused, Statement, fallback
 from gateway.execution.privacy import PrivacyBudgets
@@ -35,6 +35,7 @@ from gateway.execution.views import View
 from gateway.graphql.shape import shape
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
+from gateway.settings.limits import ConcurrencyConfig
 from gateway.state import StateUnavailable
 from policies.noise import noisy_rows, spend
 
@@ -54,11 +55,17 @@ class Runner:
     engine_name: str
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    # the root fields' threads and each caller's and request's share of them (limits.concurrency)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
     # Root fields of requests that have several, side by side (see run_all).
-    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate"))
-    root_fields: Shares = field(default_factory=lambda: Shares(CALLER_ROOT_FIELDS))  # per caller, in `pool`
+    pool: ThreadPoolExecutor = field(init=False)
+    root_fields: Shares = field(init=False)  # per caller, in `pool`
     # each cached plan's last answer, kept beside the plan (which never changes) while it lives
     _memos: weakref.WeakKeyDictionary[Plan, Memo] = field(default_factory=weakref.WeakKeyDictionary)
+
+    def __post_init__(self) -> None:
+        self.pool = ThreadPoolExecutor(self.concurrency.root_field_threads, thread_name_prefix="citygate")
+        self.root_fields = Shares(self.concurrency.root_fields_per_caller)
 
     def from_cache(self, plan: Plan, claims: dict[str, Any], max_rows: int) -> Response | None:
         """``plan``'s response if every root field's rows are in the result cache (and together
@@ -123,7 +130,7 @@ class Runner:
         if len(statements) <= 1:
             return {key: self._run(statement, view, budget) for key, statement in statements.items()}
         # Root fields side by side, each in a thread carrying the request's context (request id,
-        # span, caller), but at most ROOT_FIELDS_AT_ONCE of one request at a time: a request of
+        # span, caller), but at most root_fields_per_request of one request at a time: a request of
         # many aliases waits behind itself, not others behind it.
         caller = CALLER.get()
         deadline = time.monotonic() + self.limits(view.role).statement_seconds
@@ -131,7 +138,7 @@ class Runner:
         running: dict[Future[tuple[Any, str, str]], str] = {}
         done: dict[str, tuple[Any, str, str]] = {}
         while waiting or running:
-            while waiting and len(running) < ROOT_FIELDS_AT_ONCE:
+            while waiting and len(running) < self.concurrency.root_fields_per_request:
                 if not self.root_fields.acquire(caller, 0 if running else max(0.0, deadline - time.monotonic())):
                     if running:  # one of its own ends first
                         break

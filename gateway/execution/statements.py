@@ -19,7 +19,8 @@ from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnav
 from catalogue.model import Catalogue
 from catalogue.sql import logical_table
 from connectors.base import Cancel, Engine
-from gateway.execution.fairness import CALLER, STATEMENTS_AT_ONCE, Shares, busy
+from gateway.execution.fairness import CALLER, Shares, busy
+from gateway.settings.limits import ConcurrencyConfig
 
 log = logging.getLogger("citygate")
 
@@ -32,14 +33,18 @@ class Statements:
     engine: Engine
     catalogue: Catalogue
     limit: float  # limits.statement_seconds
-    pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(32, thread_name_prefix="citygate-statement")
-    )
+    # the threads (statement_threads) and each caller's share of them (statements_per_caller)
+    concurrency: ConcurrencyConfig = field(default_factory=ConcurrencyConfig)
+    pool: ThreadPoolExecutor = field(init=False)
     unresponsive: dict[str, float] = field(default_factory=dict)  # department -> left alone until
     _probes: dict[str, Future[bool]] = field(default_factory=dict)  # department -> its probe now out
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    shares: Shares = field(default_factory=lambda: Shares(STATEMENTS_AT_ONCE))  # per caller (fairness)
+    shares: Shares = field(init=False)  # per caller (fairness), of the engine's CPUs
     running: int = 0  # statements in the engine now
+
+    def __post_init__(self) -> None:
+        self.pool = ThreadPoolExecutor(self.concurrency.statement_threads, thread_name_prefix="citygate-statement")
+        self.shares = Shares(self.concurrency.statements_per_caller, parallelism=self.engine.parallelism)
 
     def run(
         self,

@@ -28,6 +28,7 @@ from typing import Any
 from graphql import GraphQLError, parse
 
 from catalogue.errors import ConfigError
+from catalogue.files import write_atomic
 from gateway.config import TrustedDocumentsConfig
 
 _HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -71,10 +72,7 @@ def read_manifest(path: Path, missing_ok: bool = False) -> dict[str, str]:
 
 def write_manifest(path: Path, documents: dict[str, str]) -> None:
     """Write the manifest whole, by rename: a serving gateway never reads half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(documents, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_atomic(path, json.dumps(documents, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
 
 
 def register(path: Path, texts: Iterable[tuple[str, str]], max_tokens: int) -> list[tuple[str, str, bool]]:

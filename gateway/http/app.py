@@ -45,7 +45,7 @@ from catalogue.errors import CitygateError
 from gateway.config import LimitsConfig
 from gateway.console.pages import DemoPage
 from gateway.execution import plans
-from gateway.execution.fairness import CALLER, REQUESTS_AT_ONCE, Admission
+from gateway.execution.fairness import CALLER, Admission
 from gateway.execution.gateway import Gateway
 from gateway.execution.plans import MEMO_BYTES
 from gateway.execution.views import role_of
@@ -154,7 +154,8 @@ class Edge:
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
-        self.admission = Admission(REQUESTS_AT_ONCE, parallelism=len(os.sched_getaffinity(0)))
+        concurrency = gateway.config.limits.concurrency
+        self.admission = Admission(concurrency.requests_per_caller, parallelism=len(os.sched_getaffinity(0)))
         trusted = gateway.config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.read = self.read_post  # POST's handler, bound once: no method object per request

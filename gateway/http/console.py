@@ -55,7 +55,9 @@ class Console:
             log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
         self.pages = Pages.make(self.assets, example, demo)
         self.probe = catalogue.Probe(lambda: gateway.health().departments)
-        self.estimates = catalogue.Estimates(gateway.statistics.rows)
+        self.estimates = catalogue.Estimates(
+            gateway.statistics.rows, at_once=gateway.config.limits.concurrency.console_estimates
+        )
 
     def routes(self) -> list[BaseRoute]:
         """The home page's redirect, the console's page, and the application mounted under it."""
