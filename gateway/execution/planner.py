@@ -332,7 +332,7 @@ class Planner:
             try:
                 with self.telemetry.stage("policy", role=view.role or ""):
                     made[key] = prepare(field_plan, view, claims, self.routes)
-            except CitygateError as error:  # a store asked while rendering (its collation, its types)
+            except CitygateError as error:  # from the rewrite (a store's failure is prepare's Refused)
                 detail = self.redact(error.detail or "")
                 made[key] = Refused(
                     field_plan, error.with_traceback(None), f"{error.message} ({detail})", lasting=False

@@ -56,12 +56,13 @@ class Refused:
     # a policy's refusal stands for this plan; a store that did not answer while its text was
     # made is not the plan's to keep (it is made again at the next request)
     lasting: bool = True
+    route: str = "-"  # the route it would have taken, when one was picked
 
 
 def prepare(compiled: Compiled, view: View, claims: Mapping[str, Any], routes: Routes) -> Statement | Refused:
     """``compiled`` as the role of ``view`` (with ``claims``) runs it: rewritten, routed,
-    rendered. Errors of the stores asked while rendering (a collation, a column's type) are
-    the caller's; a policy's refusal is returned."""
+    rendered; or why it has no statement: a policy's refusal, or a store that failed when
+    asked while its text was made (a collation, a column's type), for this request only."""
     try:
         rewritten = view.rewrite(compiled.tree, claims)
         noise = compiled.positions(view.releases(rewritten))
@@ -70,7 +71,11 @@ def prepare(compiled: Compiled, view: View, claims: Mapping[str, Any], routes: R
     except PolicyViolation as violation:  # fail closed: the caller learns no more
         return Refused(compiled, PolicyRefused(), str(violation))
     route = routes.pick(rewritten)
-    text = routes.render(route, rewritten)
+    try:
+        text = routes.render(route, rewritten)
+    except CitygateError as error:  # the route's failure, named as the run's would be
+        reason = f"{error.message} ({route.engine.redact(error.detail or '')})"
+        return Refused(compiled, error.with_traceback(None), reason, lasting=False, route=route.name)
     return Statement(
         compiled,
         rewritten,

@@ -165,14 +165,14 @@ class Runner:
             log.error("policy check refused root field %s for role %s: %s", key, view.role, refused_field.reason)
         else:
             log.warning("root field %s failed: %s", key, refused_field.reason)
-            self.metrics.engine_errors.labels(engine=self.engine_name, code=error.code, route="-").inc()
+            self.metrics.engine_errors.labels(engine=self.engine_name, code=error.code, route=refused_field.route).inc()
         return error
 
     def _run(self, statement: Statement | Refused, view: View, budget: RowBudget) -> tuple[Any, str, str]:
         """The root field's value (or its error), whether the cache answered it, and the route
         it took. Its rows count against the request's ``budget`` (see :class:`RowBudget`)."""
         if isinstance(statement, Refused):  # nothing runs, nothing is spent
-            return self._refusal(statement, view), "off", "-"
+            return self._refusal(statement, view), "off", statement.route
         started = time.perf_counter()
         compiled, route = statement.compiled, statement.route
         engine = route.engine.name
@@ -267,4 +267,4 @@ class Runner:
 
 
 def route_name(statement: Statement | Refused) -> str:
-    return statement.route.name if isinstance(statement, Statement) else "-"
+    return statement.route.name if isinstance(statement, Statement) else statement.route
