@@ -1,0 +1,295 @@
+"""The audit trail's chain: each record one JSON line, sealed with the hash of the one before.
+
+Each line is the record's canonical JSON (sorted keys, no spaces) with two more keys: ``prev``,
+the previous record's hash, inside the sealed part, and ``hash`` appended last, the SHA-256 of
+everything before it. Changing any byte of a line therefore breaks that line's own hash, and
+removing or reordering lines breaks the next line's ``prev``: :func:`verify` names the first
+record that does not hold.
+
+>>> first, digest = seal(GENESIS, {"seq": 1, "role": "health_analyst"})
+>>> second, _ = seal(digest, {"seq": 2, "role": "anonymous"})
+>>> check([first.decode(), second.decode()]).ok
+True
+>>> check([first.decode().replace("health", "wealth"), second.decode()]).broken
+1
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from catalogue.errors import ConfigError
+
+log = logging.getLogger("citygate.audit")
+
+GENESIS = "0" * 64
+_SUFFIX = len(',"hash":""}') + 64  # what seal() appends to the canonical record
+
+
+def seal(prev: str, record: dict[str, Any]) -> tuple[bytes, str]:
+    """The record as one sealed line (UTF-8, without newline), and its hash; ``record`` gains
+    ``prev``. A value may be an ``orjson.Fragment``: JSON encoded already (sorted keys too)."""
+    record["prev"] = prev
+    return _closed(orjson.dumps(record, option=orjson.OPT_SORT_KEYS, default=str)[:-1])
+
+
+_SHA256 = hashlib.sha256()  # copied for each record: cheaper than a new one
+
+
+def _closed(opened: bytes) -> tuple[bytes, str]:
+    """A record's canonical JSON, given without its closing brace, sealed: its hash (of the
+    whole body) appended as the last key, and the hash."""
+    hashed = _SHA256.copy()
+    hashed.update(opened)
+    hashed.update(b"}")
+    digest = hashed.hexdigest()
+    return b'%s,"hash":"%s"}' % (opened, digest.encode()), digest
+
+
+# The fields that differ between two requests answered alike; the rest of their records match.
+_PER_REQUEST = ("duration_ms", "prev", "purpose", "request_id", "seq", "time")  # sorted
+
+
+class Template:
+    """An audit record's other fields, encoded once, for requests answered alike (a repeated
+    request served from the caches). Sealed, a :class:`Filled` template is the very line
+    :func:`seal` makes of the same record: only the per-request values are encoded each time,
+    into a bytes format of the rest (its own ``%`` doubled), without the closing brace.
+    """
+
+    __slots__ = ("format",)
+
+    def __init__(self, fixed: dict[str, Any]) -> None:
+        # Marks no fixed value can hold: a token's `sub` of "\x00time\x00" must not take the
+        # place of the time (a fresh random part each time, and each mark found exactly once).
+        nonce = secrets.token_hex(16)
+        marks = {key: f"\x00{nonce}{key}\x00" for key in _PER_REQUEST}
+        body = orjson.dumps({**fixed, **marks}, option=orjson.OPT_SORT_KEYS, default=str)
+        parts: list[bytes] = []
+        for key in _PER_REQUEST:  # in sorted order, as they appear in the body
+            mark = orjson.dumps(marks[key])
+            if body.count(mark) != 1:
+                raise ValueError(f"the record template lost its {key!r} field")
+            before, _, body = body.partition(mark)
+            parts.append(before.replace(b"%", b"%%"))
+        parts.append(body[:-1].replace(b"%", b"%%"))  # without the closing brace
+        # duration_ms, prev, purpose, request_id: JSON already; seq: a number; time: text
+        self.format = b"%s".join(parts[:4]) + b"%s" + parts[4] + b"%d" + parts[5] + b'"%s"' + parts[6]
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Template:
+        """The template of requests answered as ``record``'s was: all but its own values."""
+        return cls({k: v for k, v in record.items() if k not in _PER_REQUEST})
+
+
+class Filled:
+    """One request's record: a template and the values that are its own (the sink adds the
+    chain's ``prev`` and ``seq``, and writes ``time`` as text)."""
+
+    __slots__ = ("duration_ms", "purpose", "request_id", "template", "time")
+
+    def __init__(self, template: Template, time: float, request_id: str, purpose: str | None, duration_ms: float):
+        self.template = template
+        self.time = time
+        self.request_id = request_id
+        self.purpose = purpose
+        self.duration_ms = duration_ms
+
+
+def _seal_filled(prev: str, seq: int, filled: Filled) -> tuple[bytes, str]:
+    """What ``seal(prev, record)`` makes of the filled template's record numbered ``seq``."""
+    purpose = b"null" if filled.purpose is None else orjson.dumps(filled.purpose)
+    opened = filled.template.format % (
+        orjson.dumps(filled.duration_ms),
+        b'"%s"' % prev.encode(),
+        purpose,
+        orjson.dumps(filled.request_id),
+        seq,
+        _time_text(filled.time),
+    )
+    return _closed(opened)
+
+
+def _unseal(line: str) -> tuple[dict[str, Any], str] | str:
+    """The record and its hash, or why the line does not hold."""
+    if len(line) <= _SUFFIX or not line.endswith('"}') or line[-_SUFFIX:-66] != ',"hash":"':
+        return "the line is not a sealed record"
+    body, digest = line[:-_SUFFIX] + "}", line[-66:-2]
+    if hashlib.sha256(body.encode()).hexdigest() != digest:
+        return "its hash does not match its content"
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return "the line is not valid JSON"
+    if not isinstance(record, dict) or not isinstance(record.get("prev"), str):
+        return "the record has no `prev` hash"
+    return record, digest
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of checking a chain: how many records hold, and the first that does not."""
+
+    records: int
+    broken: int | None = None  # 1-based line number of the first record that does not hold
+    reason: str = ""
+    # what the gateway itself recorded of its trail: a restart after an unclean stop, a time it
+    # could not write (and refused requests), a file that was deleted or replaced
+    events: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+def check(lines: Iterable[str]) -> Verdict:
+    """Check a chain of sealed lines from its first record."""
+    prev = GENESIS
+    count = 0
+    events: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\n")
+        unsealed = _unseal(line)
+        if isinstance(unsealed, str):
+            return Verdict(count, number, unsealed, tuple(events))
+        record, digest = unsealed
+        if record["prev"] != prev:
+            why = "its `prev` is not the hash of the record before it"
+            if number == 1:
+                why += " (the chain began in another file: this one was rotated, deleted or replaced)"
+            return Verdict(count, number, why, tuple(events))
+        if "event" in record:
+            events.append(_event(number, record))
+        prev = digest
+        count += 1
+    return Verdict(count, events=tuple(events))
+
+
+def _event(number: int, record: dict[str, Any]) -> str:
+    """What a record the gateway wrote of its own trail says, as `audit verify` prints it."""
+    said = f"record {number} ({record.get('time')}): {record.get('event')}: {record.get('reason')}"
+    if record.get("refused"):
+        said += f"; {record['refused']} requests refused, unanswered, since {record.get('since')}"
+    return said
+
+
+def verify(path: Path) -> Verdict:
+    """Check the audit file at ``path``; a missing file is a :class:`ConfigError`."""
+    try:
+        with path.open(encoding="utf-8", newline="\n") as lines:
+            return check(lines)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such audit file") from None
+    except UnicodeDecodeError as error:
+        return _undecodable(path, error)
+
+
+def _undecodable(path: Path, error: UnicodeDecodeError) -> Verdict:
+    """Name the line holding bytes that are not UTF-8 (a tampered or truncated file)."""
+    data = path.read_bytes()
+    line = data.count(b"\n", 0, error.start) + 1
+    prefix = b"".join(data.splitlines(keepends=True)[: line - 1]).decode("utf-8")
+    return Verdict(check(prefix.splitlines()).records, line, "the line is not valid UTF-8")
+
+
+def records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of an audit file, seals removed; lines that do not hold are skipped."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                unsealed = _unseal(line.rstrip("\n"))
+                if not isinstance(unsealed, str):
+                    yield unsealed[0]
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such audit file") from None
+
+
+def tail(path: Path, size: int | None = None) -> tuple[str, int]:
+    """The hash and sequence number a new record continues from (the last sealed line's),
+    reading the file's last few KiB (its whole last 64 KiB only for a longer line)."""
+    if size is None:
+        size = path.stat().st_size if path.exists() else 0
+    if size == 0:
+        return GENESIS, 0
+    with path.open("rb") as file:
+        for span in (4096, 65536):
+            file.seek(max(0, size - span))
+            lines = file.read(span).rstrip(b"\n").rsplit(b"\n", 1)
+            if len(lines) == 2 or span >= size:
+                break
+        last = lines[-1].decode("utf-8", errors="replace")
+    unsealed = _unseal(last)
+    if isinstance(unsealed, str):
+        # Go on from the broken line's own bytes: `audit verify` will name it, and what
+        # follows is still chained.
+        log.error("audit file %s ends with a record that does not hold (%s)", path, unsealed)
+        return hashlib.sha256(last.encode()).hexdigest(), 0
+    record, digest = unsealed
+    seq = record.get("seq")
+    return digest, seq if isinstance(seq, int) else 0
+
+
+@dataclass
+class Chain:
+    """Where a trail stands: the last record's hash and sequence number."""
+
+    prev: str = GENESIS
+    seq: int = 0
+
+    def link(self, record: dict[str, Any] | Filled) -> bytes:
+        """``record`` numbered, stamped and sealed onto the chain, as one line (no newline)."""
+        seq = self.seq + 1  # taken only once the record is sealed: a failure leaves no gap
+        if isinstance(record, Filled):
+            line, prev = _seal_filled(self.prev, seq, record)
+        else:
+            line, prev = seal(self.prev, _stamped(record, seq))
+        self.seq, self.prev = seq, prev
+        return line
+
+
+@functools.lru_cache(maxsize=4)
+def _second(whole: int) -> str:
+    return dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def timestamp(moment: float) -> str:
+    """A Unix time as the trail writes it: ISO 8601, UTC, milliseconds. Requests hand in the
+    float (cheap); the sink formats it, reusing the second's text for every record in it.
+
+    >>> timestamp(1795766400.25)
+    '2026-11-27T08:00:00.250Z'
+    """
+    millisecond = int(moment * 1000)
+    return f"{_second(millisecond // 1000)}.{millisecond % 1000:03d}Z"
+
+
+_last_time: list[Any] = [-1, b""]  # the last millisecond written, and its text
+
+
+def _time_text(moment: float) -> bytes:
+    """``timestamp(moment)`` as bytes, reused within a millisecond."""
+    millisecond = int(moment * 1000)
+    if millisecond != _last_time[0]:
+        _last_time[:] = [millisecond, timestamp(moment).encode()]
+    text: bytes = _last_time[1]
+    return text
+
+
+def _stamped(record: dict[str, Any], seq: int) -> dict[str, Any]:
+    """The record with its sequence number and its time as text (the record is the sink's now)."""
+    moment = record.get("time")
+    if isinstance(moment, float):
+        record["time"] = timestamp(moment)
+    record["seq"] = seq
+    return record
