@@ -1,7 +1,7 @@
 """What the ``citygate`` command line asks of the demo city and the data generators.
 
 They use the gateway and live apart from it: the command line reaches this module, and only
-this one, by name when a command needs it (:func:`gateway.cli.main.datasets`).
+this one, by name when a command needs it (:func:`gateway.cli.common.datasets`).
 """
 
 from __future__ import annotations

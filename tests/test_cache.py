@@ -416,7 +416,7 @@ def test_sighup_asks_for_a_reload_and_never_waits_for_the_gateway(
 ) -> None:
     """Found by a red-team review: the handler reloaded on the main thread, so a signal landing
     while that thread held the gateway's lock (or during another reload) waited on it for good."""
-    from gateway.cli.main import _reloader
+    from gateway.cli.serving import _reloader
 
     _, gateway, central = admin_client
     handler = _reloader(gateway)

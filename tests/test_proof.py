@@ -12,7 +12,7 @@ import pytest
 
 from catalogue.errors import ConfigError
 from datasets.datagen import City
-from gateway.cli.main import _policy_check
+from gateway.cli.policy import _policy_check
 from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
