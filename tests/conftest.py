@@ -30,8 +30,12 @@ from datasets.datagen import City, generate
 from datasets.demo import demo_config
 from datasets.demo_city import TABLES
 from gateway.config import Config, TokenGuard, load_config
+from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
+from gateway.identity.caller import Identity
 from tests.oracle import Oracle
+from tests.policy_support import ENGINES as POLICY_ENGINES
+from tests.policy_support import secured_gateway, with_policies
 from tools.services import export_client_environment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -269,6 +273,28 @@ def gateway(request: pytest.FixtureRequest) -> Gateway:
     """The GraphQL gateway on each engine in turn, and on each store's own (delegated)."""
     value: Gateway = request.getfixturevalue(request.param)
     return value
+
+
+@pytest.fixture(scope="session", params=POLICY_ENGINES)
+def secured(request: pytest.FixtureRequest, sqlite_config: Config, services_config: Config) -> Iterator[Gateway]:
+    """A policy-enforcing gateway on each engine, under the demo's policies (tests/policy_support.py);
+    one for the whole session, as building one proves its masks on every route."""
+    gateway = secured_gateway(request.param, sqlite_config, services_config)
+    yield gateway
+    gateway.close()
+
+
+@pytest.fixture(scope="session")
+def analyst(sqlite_config: Config) -> Iterator[tuple[Gateway, Any]]:
+    """A policy-enforcing gateway on SQLite and health_analyst's rewrite context."""
+    from policies.rewrite import Context
+
+    config = with_policies(sqlite_config)
+    gateway = Gateway.start(config, create_engine(config))
+    view = gateway.view(Identity("health_analyst"))
+    assert view.decisions is not None
+    yield gateway, Context(view.decisions, view.types, {}, view.keys)
+    gateway.close()
 
 
 def with_store(config: Config, department: str, **changes: Any) -> Config:

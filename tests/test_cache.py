@@ -22,7 +22,7 @@ from gateway.execution.gateway import Gateway
 from gateway.execution.plans import Response
 from gateway.http.app import Edge, create_app
 from gateway.identity.caller import Identity
-from tests.test_policies import POLICY_FILES, with_policies
+from tests.policy_support import POLICY_FILES, with_policies
 
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card phone } }"
 STATIONS = "{ transport_stations(limit: 3, order_by: [{station_id: asc}]) { name district } }"

@@ -22,7 +22,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
-from tests.test_policies import ENGINES, run, secured_gateway
+from tests.policy_support import ENGINES, run, secured_gateway
 
 # The demo's citizen (the Keycloak realm's user `citizen` carries the same number): the first
 # resident with two visits or more, a health record with a chronic condition, social insurance

@@ -19,7 +19,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
-from tests.test_policies import with_policies
+from tests.policy_support import with_policies
 
 ROLES: dict[str, dict[str, Any]] = {
     "anonymous": {},

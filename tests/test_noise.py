@@ -37,7 +37,7 @@ from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
 from policies.rewrite import Context, NoiseRequired, PolicyViolation, enforce, spends
 from tests.conftest import free_port, with_store
-from tests.test_policies import ENGINES, engine_config, errors, run, type_fields, with_policies
+from tests.policy_support import ENGINES, engine_config, errors, run, type_fields, with_policies
 from tests.test_routes import Relay, trino_at
 
 DIMS = ["hospital", "department_name", "diagnosis_code", "visit_date"]

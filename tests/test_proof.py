@@ -17,7 +17,7 @@ from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from policies.model import load_policies
-from tests.test_policies import ENGINES, POLICY_FILES, engine_config, run, with_policies, write_policy
+from tests.policy_support import ENGINES, POLICY_FILES, engine_config, run, with_policies, write_policy
 
 # What a security officer writes for "the last four digits", and a few more custom masks whose
 # functions read differently on some store: LENGTH (bytes on MariaDB), `||` (logical OR on

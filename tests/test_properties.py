@@ -163,7 +163,7 @@ def test_random_queries_agree_everywhere(
 @pytest.fixture(scope="module")
 def analysts(sqlite_config: Config, services_config: Config) -> Iterator[list[Gateway]]:
     """A policy-enforcing gateway on each engine."""
-    from tests.test_policies import ENGINES, secured_gateway
+    from tests.policy_support import ENGINES, secured_gateway
 
     gateways = [secured_gateway(engine, sqlite_config, services_config) for engine in ENGINES]
     yield gateways

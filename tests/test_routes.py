@@ -3,8 +3,8 @@ on their own store, that they answer there as on the engines, within the store's
 read-only, and that the hash key never reaches a store.
 
 The three-route equality of every golden fixture, the oracle's and the generated queries is in
-tests/test_graphql.py, tests/test_policies.py and tests/test_properties.py (the
-``gateway_delegated`` and ``gateway_sqlite_delegated`` fixtures).
+tests/test_graphql.py, the policy tests (the ``secured`` fixture, tests/policy_support.py) and
+tests/test_properties.py (the ``gateway_delegated`` and ``gateway_sqlite_delegated`` fixtures).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from tests.conftest import ADMIN, free_port, with_admin, with_store
+from tests.policy_support import KEY, secured_gateway
 from tests.test_graphql import same
-from tests.test_policies import KEY, secured_gateway
 
 
 def routes(gateway: Gateway, query: str, variables: dict[str, Any] | None = None, **identity: Any) -> dict[str, str]:

@@ -10,7 +10,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
 from gateway.observe.telemetry import Telemetry
-from tests.test_policies import with_policies
+from tests.policy_support import with_policies
 
 
 def test_each_stage_is_a_span(sqlite_config: Config) -> None:

@@ -25,7 +25,7 @@ from gateway.config import Config, PoliciesConfig
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
-from tests.test_policies import POLICY_FILES
+from tests.policy_support import POLICY_FILES
 from tests.test_routes import HASHED
 from tools.services import TRINO_ADMIN, TRINO_GATEWAY, TRINO_OTHER, Settings, trino_client
 
