@@ -73,10 +73,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-# The fast layer: lint, types and every test that needs no service (tests/conftest.py marks the
-# others `services`); seconds to a minute or two, no database, no Trino, no browser.
+# The fast layer: lint, types and every test that needs no service and is not slow (tests/conftest.py
+# marks the others `services`; `slow` ones start citygate processes or run long samples), on every
+# core; about a minute, no database, no Trino, no browser. `make test` runs every test.
 check: install lint typecheck
-	$(BIN)/python -m pytest -m "not services" -q
+	$(BIN)/python -m pytest -m "not services and not slow" -n auto -q
 
 test: install services browser nginx compose-check lint typecheck
 	$(BIN)/python -m pytest

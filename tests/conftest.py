@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -114,6 +115,21 @@ def sqlite_config(tmp_path_factory: pytest.TempPathFactory, city: City) -> Confi
         tables = [(t, city.rows(t.department, t.name)) for t in TABLES if t.department == department]
         stores.load(department, store, tables, lambda n: None)
     return demo_config(data_dir)
+
+
+@pytest.fixture
+def demo_dir(sqlite_config: Config, tmp_path: Path) -> Path:
+    """A demo data directory of the test's own (``--data-dir``) with the demo city built in it
+    already: a copy of the session's SQLite files, which are what `citygate` builds on its first
+    run (the same generator and loader). A command run on it skips that build, seconds of CPU
+    each time; tests/test_cli.py::test_schema_print_builds_the_demo_city_on_first_run runs it."""
+    data_dir = tmp_path / "demo"
+    data_dir.mkdir()
+    for department in sqlite_config.departments.values():
+        store = department.store
+        assert isinstance(store, SqliteStore)
+        shutil.copyfile(store.path, data_dir / store.path.name)
+    return data_dir
 
 
 @pytest.fixture(scope="session")

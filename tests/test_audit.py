@@ -221,7 +221,8 @@ def test_an_unwritable_audit_path_is_a_clear_error(tmp_path: Path) -> None:
         audit.FileSink(blocker / "audit.jsonl")
 
 
-def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_served_gateway_writes_every_record_before_it_stops(demo_dir: Path) -> None:
     """A real `citygate demo` process: requests, then SIGTERM at once; the trail is complete."""
     import signal
     import subprocess
@@ -231,7 +232,7 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(tmp_path), "--port", str(port)],
+        [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(demo_dir), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -253,7 +254,7 @@ def test_a_served_gateway_writes_every_record_before_it_stops(tmp_path: Path) ->
         if server.poll() is None:
             server.kill()
             server.wait()
-    trail = tmp_path / "audit.jsonl"
+    trail = demo_dir / "audit.jsonl"
     assert audit.verify(trail) == audit.Verdict(200)
     assert sorted(r["request_id"] for r in read(trail)) == sorted(ids)
 

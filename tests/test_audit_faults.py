@@ -209,11 +209,12 @@ def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: C
     assert answered.headers["x-request-id"] in ids and refused.headers["x-request-id"] not in ids
 
 
-def test_sigkill_under_load_leaves_no_answered_request_unrecorded(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_sigkill_under_load_leaves_no_answered_request_unrecorded(demo_dir: Path) -> None:
     """A `citygate demo` process under 8 connections, killed with SIGKILL mid-load: every
     request it answered is in the trail, and the next start marks the unclean stop."""
     port = free_port()
-    command = [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(tmp_path), "--port", str(port)]
+    command = [sys.executable, "-m", "gateway.cli", "demo", "--data-dir", str(demo_dir), "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     answered: list[str] = []
     stop = threading.Event()
@@ -248,7 +249,7 @@ def test_sigkill_under_load_leaves_no_answered_request_unrecorded(tmp_path: Path
         if server.poll() is None:
             server.kill()
             server.wait()
-    trail = tmp_path / "audit.jsonl"
+    trail = demo_dir / "audit.jsonl"
     recorded = {r.get("request_id") for r in read(trail)}
     missing = [i for i in answered if i not in recorded]
     assert not missing, f"{len(missing)} of {len(answered)} answered requests have no record"

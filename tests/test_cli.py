@@ -21,6 +21,9 @@ from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from tests.conftest import REPO, free_port, wait_until_serving
 
+# Each test runs `citygate` in a process of its own: seconds each, so `make check` leaves them to `make test`.
+pytestmark = pytest.mark.slow
+
 
 def run(*args: str, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -72,8 +75,8 @@ def test_explain_shows_each_root_fields_route_and_the_stores_own_sql() -> None:
     assert "-- two: route trino (it reads more than one store, or needs the engine)" in out
 
 
-def test_explain_reads_standard_input_and_reports_bad_queries(tmp_path: Path) -> None:
-    ok = run("explain", "--data-dir", str(tmp_path), "-", stdin="{ transport_stations { nam } }")
+def test_explain_reads_standard_input_and_reports_bad_queries(demo_dir: Path) -> None:
+    ok = run("explain", "--data-dir", str(demo_dir), "-", stdin="{ transport_stations { nam } }")
     assert ok.returncode == 2
     assert ok.stderr.strip().splitlines()[-1] == (
         'citygate: error: unknown field "nam" on "transport_stations" for role anonymous'
@@ -90,18 +93,18 @@ def test_serve_with_a_bad_config_names_the_file(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_policy_check_and_policy_test_on_the_demo(tmp_path: Path) -> None:
-    check = run("policy", "check", "--data-dir", str(tmp_path))
+def test_policy_check_and_policy_test_on_the_demo(demo_dir: Path) -> None:
+    check = run("policy", "check", "--data-dir", str(demo_dir))
     assert check.returncode == 0, check.stdout + check.stderr
     roles = "anonymous, citizen, district_officer, env_inspector, health_analyst, police, supervisor"
     assert f"roles {roles}" in check.stdout
     # what the demo's policies accept is said in them (checks.accept), with the reason
     assert check.stdout.strip().splitlines()[-1].startswith("no findings, ")
-    tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(tmp_path))
+    tested = run("policy", "test", str(REPO / "policies" / "demo" / "tests.yaml"), "--data-dir", str(demo_dir))
     assert tested.returncode == 0, tested.stdout
     assert tested.stdout.strip().endswith("24 passed, 0 failed")
     # Without its file: a line that says what to give, not a traceback (it was a TypeError's).
-    missing = run("policy", "test", "--data-dir", str(tmp_path))
+    missing = run("policy", "test", "--data-dir", str(demo_dir))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.startswith("citygate: error: `citygate policy test` needs a file of test cases")
 
@@ -136,11 +139,11 @@ def test_policy_check_reports_floors_and_rules_that_match_nothing(tmp_path: Path
     assert "unmatched: floors.health.health_records.chronic_conditions: no role 'health_analyst'" in result.stdout
 
 
-def test_explain_as_a_role_shows_the_policy(tmp_path: Path) -> None:
+def test_explain_as_a_role_shows_the_policy(demo_dir: Path) -> None:
     result = run(
         "explain",
         "--data-dir",
-        str(tmp_path),
+        str(demo_dir),
         "--role",
         "district_officer",
         "--claim",
@@ -150,7 +153,7 @@ def test_explain_as_a_role_shows_the_policy(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "'南城'" in result.stdout and "REPEAT('*', LENGTH(" in result.stdout
     assert "public_security.residents (allow; row filter: district = :claims.district)" in result.stdout
-    printed = run("schema", "print", "--data-dir", str(tmp_path), "--role", "anonymous")
+    printed = run("schema", "print", "--data-dir", str(demo_dir), "--role", "anonymous")
     assert "health_health_records" not in printed.stdout and "type transport_stations" in printed.stdout
 
 

@@ -256,10 +256,11 @@ def test_without_its_assets_the_page_says_how_to_install_them(tmp_path: Path) ->
     assert "make install" in page and "/console/assets/" not in page
 
 
-def test_explain_prints_no_key_material(tmp_path: Path) -> None:
-    result = run("explain", "--data-dir", str(tmp_path), "--role", "supervisor", SUPERVISED)
+@pytest.mark.slow
+def test_explain_prints_no_key_material(demo_dir: Path) -> None:
+    result = run("explain", "--data-dir", str(demo_dir), "--role", "supervisor", SUPERVISED)
     assert result.returncode == 0, result.stderr
-    hash_key = json.loads((tmp_path / "demo-issuer.json").read_text())["hash_key"]
+    hash_key = json.loads((demo_dir / "demo-issuer.json").read_text())["hash_key"]
     assert "<key>" in result.stdout
     for secret in (hash_key, hash_key.encode().hex(), tie_key(hash_key.encode())):
         assert secret not in result.stdout

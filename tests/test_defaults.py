@@ -50,6 +50,7 @@ def test_a_deployment_without_policies_or_auth_is_refused_unless_it_says_so(
     assert off.audit is not None and off.audit.sink == "off"  # turned off in words only
 
 
+@pytest.mark.slow
 def test_serve_fails_closed_and_records_by_default(tmp_path: Path, sqlite_config: Config) -> None:
     command = [sys.executable, "-m", "gateway.cli", "serve", "--config"]
     refused = subprocess.run(

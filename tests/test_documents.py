@@ -163,6 +163,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_cli_registers_documents_from_files(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     raw = {

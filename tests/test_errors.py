@@ -194,6 +194,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ),
     ],
 )
+@pytest.mark.slow
 def test_malformed_config_names_file_and_key(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "deployment.yaml"
     path.write_text(text)
@@ -210,6 +211,7 @@ def test_missing_config_file(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"citygate: error: {tmp_path / 'absent.yaml'}: no such configuration file"
 
 
+@pytest.mark.slow
 def test_cli_check_reports_each_department(tmp_path: Path, sqlite_config: Config) -> None:
     broken = with_store(sqlite_config, "health", path=str(tmp_path / "gone.db"))
     path = tmp_path / "deployment.yaml"

@@ -48,6 +48,7 @@ def check(gateway: Gateway, files: list[Path]) -> list[Finding]:
     return review(load_policies(files), tables, types, measure, primary=primary)
 
 
+@pytest.mark.slow
 def test_the_check_finds_the_code_book_and_the_narrowed_identity_number(
     gateway_sqlite: Gateway, tmp_path: Path
 ) -> None:

@@ -21,6 +21,9 @@ from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from tests.policy_support import with_policies
 
+# Generated queries by the hundred on every role: `make test` runs them, `make check` does not.
+pytestmark = pytest.mark.slow
+
 ROLES: dict[str, dict[str, Any]] = {
     "anonymous": {},
     "health_analyst": {},

@@ -177,6 +177,7 @@ def test_the_embedded_engine_stays_within_its_memory(sqlite_config: Config) -> N
         gateway.close()
 
 
+@pytest.mark.slow
 def test_spilling_goes_only_where_configured(sqlite_config: Config, tmp_path: Path) -> None:
     spill = tmp_path / "spill"
     engine = sqlite_config.engine.model_copy(
@@ -328,7 +329,10 @@ def test_huge_filters_in_variables_are_refused_fast(secured: Gateway) -> None:
     assert "errors" not in secured.execute(query, {"w": allowed}, identity=Identity("supervisor")).body
 
 
-def test_the_estimate_is_in_the_audit_record_and_in_explain(sqlite_config: Config, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_the_estimate_is_in_the_audit_record_and_in_explain(
+    sqlite_config: Config, tmp_path: Path, demo_dir: Path
+) -> None:
     from starlette.testclient import TestClient
 
     from gateway.config import AuditConfig
@@ -352,7 +356,7 @@ def test_the_estimate_is_in_the_audit_record_and_in_explain(sqlite_config: Confi
     from tests.conftest import REPO
 
     shown = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "explain", "--data-dir", str(tmp_path / "demo"), limited],
+        [sys.executable, "-m", "gateway.cli", "explain", "--data-dir", str(demo_dir), limited],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -365,6 +369,7 @@ def test_the_estimate_is_in_the_audit_record_and_in_explain(sqlite_config: Confi
     )  # anonymous
 
 
+@pytest.mark.slow
 def test_no_accepted_pattern_backtracks_on_a_seed_scale_column() -> None:
     """The worst patterns the API accepts (three `%`, after runs of wildcards collapse), on as
     many 18-character codes full of zeros as the seed-scale city's largest table has rows, as

@@ -105,6 +105,7 @@ def check_draws(draws: list[float], truth: float, scale: float) -> None:
     assert abs(spread - 1) < 6 / math.sqrt(n), spread
 
 
+@pytest.mark.slow
 def test_noisy_counts_and_sums_center_on_the_truth_with_the_policys_spread(uncached: Gateway, city: City) -> None:
     visits = list(city.dicts("health", "clinic_visits"))
     true_count, true_sum = len(visits), float(sum(min(max(v["cost"], 0), BOUND) for v in visits))

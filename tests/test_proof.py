@@ -195,6 +195,7 @@ UNPROVEN = {
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.slow
 def test_policy_check_reports_masks_it_cannot_prove_equal_and_masks_that_show_the_raw_value(
     engine: str,
     tmp_path: Path,

@@ -109,6 +109,7 @@ def test_after_the_wait_the_caller_runs_again(served: Served) -> None:
         assert [client.get("/graphql", params=STATIONS).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
+@pytest.mark.slow
 def test_anonymous_callers_are_held_to_600_a_minute_by_default(sqlite_config: Config, tmp_path: Path) -> None:
     for served in serve(secure_demo(sqlite_config, tmp_path), tmp_path):
         with served.client() as client:
@@ -116,6 +117,7 @@ def test_anonymous_callers_are_held_to_600_a_minute_by_default(sqlite_config: Co
         assert statuses[:600] == [200] * 600 and statuses[600] == 429
 
 
+@pytest.mark.slow
 def test_a_limit_of_zero_is_no_limit(sqlite_config: Config, tmp_path: Path) -> None:
     limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=0)})
     config = secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})

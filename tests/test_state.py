@@ -137,6 +137,7 @@ def gateway_on(config: Config, data_dir: Path, url: str, budget: float) -> Gatew
     return Gateway.start(config, create_engine(config))
 
 
+@pytest.mark.slow
 def test_two_gateways_on_one_postgresql_state_have_one_budget_and_one_rate_limit(
     sqlite_config: Config, tmp_path: Path, postgres: Postgres
 ) -> None:

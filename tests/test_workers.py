@@ -13,10 +13,15 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Config
 from gateway.observe import audit
 from tests.conftest import free_port, wait_until_serving
 from tests.test_defaults import deployment
+
+# `citygate serve --workers 2` processes: `make test` runs them, `make check` does not.
+pytestmark = pytest.mark.slow
 
 
 def test_two_workers_share_one_rate_limit_and_one_audit_chain(tmp_path: Path, sqlite_config: Config) -> None:
