@@ -75,7 +75,7 @@ typecheck: install
 
 # The fast layer: lint, types and every test that needs no service and is not slow (tests/conftest.py
 # marks the others `services`; `slow` ones start citygate processes or run long samples), on every
-# core; about a minute, no database, no Trino, no browser. `make test` runs every test.
+# core; no database, no Trino, no browser (docs/development.md says what it costs). `make test` runs every test.
 check: install lint typecheck
 	$(BIN)/python -m pytest -m "not services and not slow" -n auto -q
 
