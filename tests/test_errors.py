@@ -370,7 +370,7 @@ REQUESTS: list[tuple[str, str, Any, str, int]] = [
 
 # Codes a request to a healthy gateway cannot meet; each is shown where its fault is made.
 ELSEWHERE = {
-    "POLICY_REFUSED": "test_policies.py::test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash",
+    "POLICY_REFUSED": "test_last_step.py::test_a_statement_the_last_step_refuses_is_a_policy_refusal_not_a_crash",
     "PRIVACY_BUDGET_EXHAUSTED": "test_noise.py::test_the_budget_refuses_past_its_limit_and_renews_after_the_period",
     "NOISE_REQUIRED": "test_noise.py::test_an_answer_depending_on_noisy_rows_without_spending_is_refused",
     "TIMEOUT": "test_errors.py::test_a_slow_query_fails_alone_and_leaves_its_department_answering",

@@ -26,7 +26,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
 from tests.conftest import REPO, SERVICES_CONFIG
-from tests.test_policies import with_policies
+from tests.policy_support import with_policies
 from tests.test_routes import mariadb_general_log, postgres_statement_log
 from tests.test_trino_history import history
 from tools.services import TRINO_ADMIN, TRINO_GATEWAY, Settings
