@@ -24,13 +24,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import psycopg
 import pymysql
-from dbutils.pooled_db import PooledDB
 from psycopg_pool import ConnectionPool, PoolTimeout
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
@@ -43,6 +41,7 @@ from catalogue.sql import Hash, Partial, Tie, TimestampText, partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Answer, Cancel, Engine, KeyedDialect, vocabulary
+from connectors.pools import Kept, pymysql_alive, sqlite_alive
 from connectors.settings import EngineSettings, Source
 from connectors.stores import describe_store_failure, mariadb_params, pg_params, schema_of
 
@@ -130,86 +129,6 @@ class _Sqlite(SQLite, KeyedDialect):
                 timestamp_text=_unrenderable("a timestamp as text"),
             ),
         }
-
-
-# -- pools ---------------------------------------------------------------------------------------
-
-
-class _Kept:
-    """PyMySQL and sqlite3 connections kept for reuse by DBUtils' :class:`PooledDB` (neither
-    driver has a pool of its own), at most ``size`` open at once.
-
-    A statement waits at most ``wait`` seconds for one of them: PooledDB's own wait has no end,
-    so a semaphore of as many slots stands in front of it. A connection that failed is closed
-    at once and never given out again: when PooledDB next takes it from its idle ones, ``alive``
-    (a look at the connection, no round trip) finds it closed and PooledDB opens a fresh one in
-    its place. PooledDB opens connections under its own lock, so a store slow to accept them
-    makes its own statements wait, never another store's.
-    """
-
-    def __init__(self, connect: Callable[[], Any], alive: Callable[[Any], bool], size: int, wait: float) -> None:
-        self._connect = connect
-        self._slots = threading.BoundedSemaphore(size)
-        self._wait = wait
-        self._failed = threading.local()  # why this thread's last connect failed
-        self._pool = PooledDB(
-            self._open,
-            maxconnections=size,
-            maxcached=size,
-            ping=alive,  # called on a connection taken from the idle ones: reopened if not alive
-            reset=False,  # statements run in autocommit: no ROLLBACK round trip on each return
-            isfatal=lambda _: False,  # its failover would run a statement twice; _run retries once, here
-        )
-        self._alive = alive
-
-    def _open(self) -> Any:
-        try:
-            return self._connect()
-        except Exception as error:
-            self._failed.error = error  # PooledDB keeps a failed reopen to itself: connection() says why
-            raise
-
-    @contextmanager
-    def connection(self, fresh: bool = False) -> Iterator[Any]:
-        """A kept connection, or with ``fresh`` a new one: the kept ones idle now are closed
-        first (one found closed by the store, after a restart or an idle timeout, says the
-        others kept as long are likely closed too)."""
-        if not self._slots.acquire(timeout=self._wait):
-            raise EngineQueryError("the store's connections are all busy; try again")
-        try:
-            if fresh:
-                self._pool.close()  # the idle ones only: those at work come back as they end
-            self._failed.error = None
-            kept = self._pool.connection(shareable=False)
-            try:
-                conn = kept.dbapi_connection
-                if not self._alive(conn):  # PooledDB could not reopen it: the store's own reason
-                    raise self._failed.error or EngineQueryError("the store's connection was closed")
-                try:
-                    yield conn
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    raise
-            finally:
-                kept.close()  # back to the idle ones (a closed one is reopened when next taken)
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        self._pool.close()
-
-
-def _pymysql_alive(conn: Any) -> bool:
-    return bool(conn.open)
-
-
-def _sqlite_alive(conn: sqlite3.Connection) -> bool:
-    try:
-        conn.total_changes  # noqa: B018 - a closed connection refuses even this
-    except sqlite3.ProgrammingError:
-        return False
-    return True
 
 
 def _cancel_aside(conn: psycopg.Connection[Any]) -> None:
@@ -472,7 +391,7 @@ class MariadbEngine(NativeEngine):
         assert isinstance(store, MariadbStore)
         self._params = mariadb_params(store, store.database)
         self._limit = exp.Literal.number(round(max(statement_seconds, 0.001), 3)).sql("mysql")
-        self._pool = _Kept(self._connect, _pymysql_alive, settings.pool_size, settings.pool_wait)
+        self._pool = Kept(self._connect, pymysql_alive, settings.pool_size, settings.pool_wait)
 
     def _connect(self) -> Any:
         conn = pymysql.connect(**self._params, autocommit=True, read_timeout=self.statement_seconds + 5)
@@ -583,7 +502,7 @@ class SqliteEngine(NativeEngine):
         super().__init__(settings, store, statement_seconds)
         assert isinstance(store, SqliteStore)
         self._path = store.path
-        self._pool = _Kept(self._connect, _sqlite_alive, settings.pool_size, settings.pool_wait)
+        self._pool = Kept(self._connect, sqlite_alive, settings.pool_size, settings.pool_wait)
 
     def _connect(self) -> sqlite3.Connection:
         if not self._path.is_file():
