@@ -139,6 +139,31 @@ def test_plans_and_documents_are_bounded_by_their_size_in_memory(sqlite_config: 
         gateway.close()
 
 
+def test_a_plan_the_cache_let_go_is_not_kept_alive_by_its_last_answer(sqlite_config: Config) -> None:
+    """Found by the lead's last read: a plan's last answer (its memo) names the plan, so memos
+    kept in a weak mapping by plan kept every plan ever answered from the cache alive, past the
+    plan cache's budget. Memos are kept by bytes, and a plan the caches let go is freed."""
+    import gc
+
+    from gateway.execution.plans import Plan
+
+    budget = 1 << 20
+    gateway = start(sqlite_config, plan_bytes=budget)
+    try:
+        for n in range(60):  # each answered twice: the second time wholly from the cache, memoised
+            query = f"{{ transport_stations(limit: {n + 1}, order_by: [{{station_id: asc}}]) {{ name }} }}"
+            assert gateway.execute(query).body == gateway.execute_cached(query).body  # type: ignore[union-attr]
+        gc.collect()
+        alive = sum(1 for o in gc.get_objects() if isinstance(o, Plan))
+        memos = gateway.runner._memos
+        kept = len(gateway.planner.plans) + len(memos)  # at most: each cache holds the other's too
+        assert 0 < len(gateway.planner.plans) < 60 and 0 < len(memos) < 60
+        assert alive <= kept + 2, (alive, kept)  # a response or two may still hold one
+        assert memos.currsize <= budget
+    finally:
+        gateway.close()
+
+
 def at_once(callers: int, ask: Callable[[], Any]) -> list[Any]:
     """``ask`` from ``callers`` threads released together."""
     barrier = threading.Barrier(callers)

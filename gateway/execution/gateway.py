@@ -168,6 +168,7 @@ class Gateway:
             telemetry=self.telemetry,
             metrics=self.metrics,
             concurrency=concurrency,
+            memo_bytes=cache.plan_bytes,
         )
         if self.audit is not None:
             self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)

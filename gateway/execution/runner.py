@@ -5,15 +5,18 @@ noisy answer's privacy budget spent before it runs, and the rows shaped into the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import operator
+import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import LRUCache
 
 from catalogue.errors import (
     CitygateError,
@@ -26,7 +29,7 @@ from gateway.config import Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
 from gateway.execution.fairness import CALLER, Shares, busy
-from gateway.execution.plans import MEMO_BYTES, Memo, Plan, Response, count_rows, encode
+from gateway.execution.plans import MEMO_BYTES, Memo, Plan, Response, count_rows, encode, plan_weight
 from gateway.execution.prepared import Refused, Statement, fallback
 from gateway.execution.privacy import PrivacyBudgets
 from gateway.execution.routes import Route, Routes
@@ -60,12 +63,17 @@ class Runner:
     # Root fields of requests that have several, side by side (see run_all).
     pool: ThreadPoolExecutor = field(init=False)
     root_fields: Shares = field(init=False)  # per caller, in `pool`
-    # each cached plan's last answer, kept beside the plan (which never changes) while it lives
-    _memos: weakref.WeakKeyDictionary[Plan, Memo] = field(default_factory=weakref.WeakKeyDictionary)
+    memo_bytes: int = 128 << 20  # cache.plan_bytes: what the last answers, with their plans, may hold
+    # Each plan's last answer, beside the plan (which never changes), by the plan's identity: an
+    # entry holds its plan (a memo's response names it), so the id is never another plan's while
+    # the entry stands. Not a weak mapping: a value that holds its key would keep it for good.
+    _memos: LRUCache[int, tuple[Plan, Memo]] = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(self.concurrency.root_field_threads, thread_name_prefix="citygate")
         self.root_fields = Shares(self.concurrency.root_fields_per_caller)
+        self._memos = LRUCache(maxsize=self.memo_bytes, getsizeof=_memo_weight)
 
     def from_cache(self, plan: Plan, claims: dict[str, Any], max_rows: int) -> Response | None:
         """``plan``'s response if every root field's rows are in the result cache (and together
@@ -85,7 +93,7 @@ class Runner:
         # The same cached rows as last time (the very objects; cache entries are never changed
         # in place): the same answer, shaped and encoded already. Within one plan the claims
         # are the same too (the plan's key holds them).
-        memo = self._memos.get(plan)
+        memo = self.memo_of(plan)
         if memo is not None and all(map(operator.is_, memo.rows, rows)):
             return memo.response
         data: dict[str, Any] = {key: plan.static.get(key) for key in plan.keys}
@@ -106,17 +114,20 @@ class Runner:
             encoded=encode(body),
         )
         if len(response.encoded or b"") <= MEMO_BYTES:
-            self._memos[plan] = Memo(tuple(rows), response)
+            with self._lock, contextlib.suppress(ValueError):
+                self._memos[id(plan)] = (plan, Memo(tuple(rows), response))
         return response
 
     def memo_of(self, plan: Plan) -> Memo | None:
         """``plan``'s last answer made wholly of cached rows, if it has one."""
-        return self._memos.get(plan)
+        with self._lock:
+            entry = self._memos.get(id(plan))
+        return entry[1] if entry is not None and entry[0] is plan else None
 
     def memo_parts(self, plan: Plan) -> list[tuple[str, str, str, Sequence[Any]]]:
         """The cached rows ``plan``'s memo was made of, each with what the result cache keeps it
         under (route key, statement text, release): the memo stands while each is still there."""
-        memo = self._memos.get(plan)
+        memo = self.memo_of(plan)
         assert memo is not None
         return [
             (statement.route.key, statement.text, statement.release, found)
@@ -264,6 +275,13 @@ class Runner:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _memo_weight(entry: tuple[Plan, Memo]) -> int:
+    """What a memo keeps in memory: its plan (which it keeps alive, whether or not the plan
+    cache still does), the answer encoded, and the response it was made from."""
+    plan, memo = entry
+    return plan_weight(plan) + 2 * len(memo.response.encoded or b"")
 
 
 def route_name(statement: Statement | Refused) -> str:
