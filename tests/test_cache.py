@@ -144,17 +144,20 @@ def test_a_plan_the_cache_let_go_is_not_kept_alive_by_its_last_answer(sqlite_con
     kept in a weak mapping by plan kept every plan ever answered from the cache alive, past the
     plan cache's budget. Memos are kept by bytes, and a plan the caches let go is freed."""
     import gc
-
-    from gateway.execution.plans import Plan
+    import weakref
 
     budget = 1 << 20
     gateway = start(sqlite_config, plan_bytes=budget)
     try:
+        made = []  # this gateway's plans (other tests' gateways in this process have their own)
         for n in range(60):  # each answered twice: the second time wholly from the cache, memoised
             query = f"{{ transport_stations(limit: {n + 1}, order_by: [{{station_id: asc}}]) {{ name }} }}"
-            assert gateway.execute(query).body == gateway.execute_cached(query).body  # type: ignore[union-attr]
+            first = gateway.execute(query)
+            assert first.plan is not None and first.body == gateway.execute_cached(query).body  # type: ignore[union-attr]
+            made.append(weakref.ref(first.plan))
+            del first
         gc.collect()
-        alive = sum(1 for o in gc.get_objects() if isinstance(o, Plan))
+        alive = sum(1 for plan in made if plan() is not None)
         memos = gateway.runner._memos
         kept = len(gateway.planner.plans) + len(memos)  # at most: each cache holds the other's too
         assert 0 < len(gateway.planner.plans) < 60 and 0 < len(memos) < 60
