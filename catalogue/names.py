@@ -31,6 +31,27 @@ NODE, PARENT, ID = "__node", "__parent", "__id"
 ARM = frozenset({NODE, PARENT, ID})
 ROW_NUMBER, FIRST, ONE, ROW = "__rn", "__first", "__one", "__row"
 
+# A relationship followed by key between stores (gateway.graphql.parts): the parent's statement
+# returns each parent's raw key under a link's name (``__link<n>``), for the gateway to join on
+# and never to shape; the child's statement reads the keys it is given from ``__keys``, one
+# bound parameter, as rows of the key (``__value``) and its place in the list (``__place``,
+# from 1), which its rows return as their parent's.
+KEYS, KEY_VALUE, KEY_PLACE = "__keys", "__value", "__place"
+
+
+def link(index: int) -> str:
+    """The ``index``-th raw key a statement returns for the gateway to join another store's rows on."""
+    return f"__link{index}"
+
+
+def is_link(name: str) -> bool:
+    """Whether ``name`` is a link (:func:`link`).
+
+    >>> is_link(link(0)), is_link("__link"), is_link("o1_0")
+    (True, False, False)
+    """
+    return _numbered(name, "__link")
+
 
 def output(node: int, index: int) -> str:
     """The ``index``-th output of response node ``node``."""

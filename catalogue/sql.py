@@ -19,6 +19,9 @@ import hmac
 
 from sqlglot import exp
 
+from catalogue import names
+from catalogue.types import LogicalType
+
 
 class Hash(exp.Expression, exp.Func):
     """``h:`` and the first 16 hex digits of the HMAC-SHA256 of a text under the deployment's
@@ -55,6 +58,16 @@ class TimestampText(exp.Expression, exp.Func):
 
     arg_types = {"this": True}  # noqa: RUF012
     _sql_names = ["CITYGATE_TIMESTAMP_TEXT"]  # noqa: RUF012
+
+
+class KeyRows(exp.Expression, exp.Func):
+    """The keys a statement is given, one bound parameter holding them as a JSON array, read as
+    a table of one column (:data:`catalogue.names.KEY_VALUE`): a store renders it in its own
+    JSON functions, with its own placeholder, so the keys never enter the statement's text.
+    Only a store renders it (the engines never run a statement that holds it)."""
+
+    arg_types = {"this": True}  # noqa: RUF012 - the alias it is read under
+    _sql_names = ["CITYGATE_KEY_ROWS"]  # noqa: RUF012
 
 
 class Slice(exp.Expression, exp.Func):
@@ -156,6 +169,21 @@ def partial_sql(value: exp.Expr, first: int, last: int) -> exp.Expr:
     # RPAD('', n, '*'): Trino's REPEAT returns an array, not a string.
     starred = exp.func("RPAD", exp.Literal.string(""), count(length()), exp.Literal.string("*"))
     return exp.Case(ifs=[exp.If(this=longer, true=kept)], default=starred)
+
+
+def keys_sql(kind: LogicalType) -> exp.Select:
+    """The keys a statement is given (:class:`KeyRows`), as rows of the key (of its parent
+    column's ``kind``) and its place in the list (:data:`catalogue.names.KEY_PLACE`).
+
+    >>> keys_sql(LogicalType("integer")).sql()
+    'SELECT CAST(j.__value AS INT) AS __value, j.__place AS __place FROM CITYGATE_KEY_ROWS(j)'
+    """
+    rows = KeyRows(this=exp.to_identifier("j"))
+    return exp.select(
+        exp.alias_(exp.cast(exp.column(names.KEY_VALUE, "j"), kind.to_sqlglot()), names.KEY_VALUE, copy=False),
+        exp.alias_(exp.column(names.KEY_PLACE, "j"), names.KEY_PLACE, copy=False),
+        copy=False,
+    ).from_(rows, copy=False)
 
 
 def logical_table(department: str, table: str) -> exp.Table:

@@ -37,7 +37,8 @@ from sqlglot.dialects.sqlite import SQLite
 
 from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, error_class
 from catalogue.model import Column, Department, Table
-from catalogue.sql import Hash, Partial, Tie, TimestampText, partial_sql
+from catalogue.names import KEY_PLACE, KEY_VALUE
+from catalogue.sql import Hash, KeyRows, Partial, Tie, TimestampText, partial_sql
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
 from connectors.base import Answer, Cancel, Engine, KeyedDialect, vocabulary
@@ -87,6 +88,23 @@ class _Lost(Exception):
 
 # -- dialects: citygate's vocabulary in each store's functions ------------------------------------
 
+# Where a statement's one parameter goes in MariaDB's text until the driver's form is made of it
+# (MariadbEngine.sql): a NUL, which no literal of a statement holds (catalogue.types.text_problem).
+_PARAMETER = "\x00"
+
+
+def _key_rows(source: Callable[[str], str]) -> Callable[[Any, KeyRows], str]:
+    """Render :class:`~catalogue.sql.KeyRows` as ``source(alias)``, quoting the alias."""
+
+    def render(generator: Any, node: KeyRows) -> str:
+        return source(str(generator.sql(exp.to_identifier(node.name, quoted=True))))
+
+    return render
+
+
+def _quoted(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql()
+
 
 class _Postgres(Postgres, KeyedDialect):
     class Generator(Postgres.Generator):  # type: ignore[misc,valid-type]
@@ -99,6 +117,12 @@ class _Postgres(Postgres, KeyedDialect):
                 timestamp_text=lambda value: exp.Anonymous(
                     this="TO_CHAR", expressions=[value, exp.Literal.string("YYYY-MM-DD HH24:MI:SS.US")]
                 ),
+            ),
+            KeyRows: _key_rows(
+                lambda alias: (
+                    "JSON_ARRAY_ELEMENTS_TEXT(CAST($1 AS JSON)) WITH ORDINALITY "
+                    f"AS {alias}({_quoted(KEY_VALUE)}, {_quoted(KEY_PLACE)})"
+                )
             ),
         }
 
@@ -115,6 +139,12 @@ class _Mariadb(MySQL, KeyedDialect):
                     this="DATE_FORMAT", expressions=[value, exp.Literal.string("%Y-%m-%d %H:%i:%s.%f")]
                 ),
             ),
+            KeyRows: _key_rows(
+                lambda alias: (
+                    f"JSON_TABLE({_PARAMETER}, '$[*]' COLUMNS (`{KEY_PLACE}` FOR ORDINALITY, "
+                    f"`{KEY_VALUE}` LONGTEXT PATH '$')) AS {alias}"
+                )
+            ),
         }
 
 
@@ -127,6 +157,12 @@ class _Sqlite(SQLite, KeyedDialect):
                 hmac_hex=_unrenderable("the hash mask"),
                 md5_digest=_unrenderable("a masked key's ordering"),
                 timestamp_text=_unrenderable("a timestamp as text"),
+            ),
+            KeyRows: _key_rows(
+                lambda alias: (
+                    f"(SELECT value AS {_quoted(KEY_VALUE)}, key + 1 AS {_quoted(KEY_PLACE)} "
+                    f"FROM JSON_EACH(?)) AS {alias}"
+                )
             ),
         }
 
@@ -219,21 +255,36 @@ class NativeEngine(Engine):
     def run(
         self, sql: str, departments: Sequence[str], max_rows: int | None = None, cancel: Cancel | None = None
     ) -> Answer:
+        return self.run_keyed(sql, departments, (), max_rows, cancel)
+
+    def run_keyed(
+        self,
+        sql: str,
+        departments: Sequence[str],
+        params: Sequence[Any],
+        max_rows: int | None = None,
+        cancel: Cancel | None = None,
+    ) -> Answer:
+        """:meth:`run`, with ``params`` bound to the statement's placeholders by the driver (a
+        statement that holds :class:`~catalogue.sql.KeyRows` is given its keys so)."""
         self.statements += 1
         department = next(iter(departments), None) or next(iter(self.departments))
-        return self._run(sql, department, max_rows, cancel)
-
-    def _run(self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None) -> Answer:
         # A kept connection may have been closed by the store since (a restart, an idle
         # timeout): the pool drops it, and the statement, which only reads, runs once more on
         # a new one, rather than every statement paying a check's round trip first.
         try:
-            return self._once(sql, department, max_rows, cancel)
+            return self._once(sql, department, max_rows, cancel, params=params)
         except _Lost:
-            return self._once(sql, department, max_rows, cancel, last=True)
+            return self._once(sql, department, max_rows, cancel, last=True, params=params)
 
     def _once(
-        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+        self,
+        sql: str,
+        department: str,
+        max_rows: int | None,
+        cancel: Cancel | None,
+        last: bool = False,
+        params: Sequence[Any] = (),
     ) -> Answer:
         """Run ``sql`` once on a kept connection; :class:`_Lost` when that connection turned out
         closed, unless this is the ``last`` try or the statement was cancelled."""
@@ -302,6 +353,11 @@ class PostgresEngine(NativeEngine):
         )
         self._c_collation: bool | None = None
 
+    def _engine_form(self, node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Union) and not isinstance(node.parent, exp.Union):
+            _typed_nulls(node)
+        return node
+
     def _collation(self) -> str | None:
         if self._c_collation is None:
             rows = self.run(
@@ -311,15 +367,23 @@ class PostgresEngine(NativeEngine):
         return None if self._c_collation else "C"
 
     def _once(
-        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+        self,
+        sql: str,
+        department: str,
+        max_rows: int | None,
+        cancel: Cancel | None,
+        last: bool = False,
+        params: Sequence[Any] = (),
     ) -> Answer:
         try:
             with self._pool.connection() as conn:
-                cursor = conn.cursor()
+                # with parameters, one that takes the text as it is, $1 and all (a cursor of
+                # psycopg's own form would read each % of it as a placeholder)
+                cursor = psycopg.RawCursor(conn) if params else conn.cursor()
                 if cancel is not None:
                     cancel.on_cancel(lambda: _cancel_aside(conn))
                 try:
-                    cursor.execute(sql.encode(), prepare=False)
+                    cursor.execute(sql.encode(), params or None, prepare=False)
                     rows = self._fetch(cursor, max_rows)
                     description = cursor.description or []
                 finally:
@@ -371,6 +435,43 @@ class PostgresEngine(NativeEngine):
         self._pool.close()
 
 
+def _typed_nulls(union: exp.Union) -> None:
+    """Give each NULL an arm of ``union`` fills a column with the type of the column it fills.
+
+    PostgreSQL types a UNION's columns pair by pair, left to right, and a column that is NULL in
+    the first two arms is text before it meets the arm that has it: a statement of several
+    nodes (each arm fills the others' outputs with NULL) would fail on a number or a date. A
+    NULL becomes an empty read of the column it stands for, which has its type.
+
+    >>> union = exp.union(exp.select("1 AS a", "NULL AS b").from_("x"), exp.select("NULL AS a", "c AS b").from_("y"))
+    >>> _typed_nulls(union); union.sql("postgres")
+    'SELECT 1 AS a, (SELECT c FROM y WHERE FALSE) AS b FROM x UNION SELECT NULL AS a, c AS b FROM y'
+    """
+    arms: list[exp.Expr] = []
+    pending: list[exp.Expr] = [union]
+    while pending:
+        part = pending.pop()
+        if isinstance(part, exp.Union):
+            pending += [part.right, part.left]
+        else:
+            arms.append(part)
+    selects = [a for a in arms if isinstance(a, exp.Select)]
+    owners: dict[str, tuple[str, str]] = {}  # an output -> the table of the arm that fills it, and its column
+    for arm in selects:
+        source = arm.args.get("from_") or arm.args.get("from")
+        if source is None or not isinstance(source.this, exp.Table):
+            continue
+        for projection in arm.expressions:
+            if isinstance(projection.unalias(), exp.Column):
+                owners.setdefault(projection.alias_or_name, (source.this.name, projection.unalias().name))
+    for arm in selects:
+        for projection in arm.expressions:
+            owner = owners.get(projection.alias_or_name)
+            if isinstance(projection, exp.Alias) and isinstance(projection.this, exp.Null) and owner is not None:
+                empty = exp.select(exp.column(owner[1])).from_(owner[0]).where(exp.false())
+                projection.set("this", empty.subquery())
+
+
 def _pg_type(name: str) -> str:
     """PostgreSQL's ``format_type`` spelling in the words sqlglot reads."""
     return (
@@ -384,7 +485,6 @@ def _pg_type(name: str) -> str:
 class MariadbEngine(NativeEngine):
     dialect = "mysql"
     Dialect = _Mariadb
-    differs = frozenset({"boolean"})  # a TINYINT(1): the driver returns 0 and 1
 
     def __init__(self, settings: EngineSettings, store: Store, statement_seconds: float) -> None:
         super().__init__(settings, store, statement_seconds)
@@ -408,6 +508,13 @@ class MariadbEngine(NativeEngine):
     def _collation(self) -> str | None:
         return "utf8mb4_nopad_bin"
 
+    def sql(self, tree: exp.Expr) -> str:
+        text = super().sql(tree)
+        if _PARAMETER not in text:
+            return text
+        # PyMySQL binds a parameter by formatting the text with ``%``: every other % is doubled
+        return text.replace("%", "%%").replace(_PARAMETER, "%s")
+
     def _engine_form(self, node: exp.Expr) -> exp.Expr:
         # MariaDB's DATETIME keeps no fraction of a second unless told: a literal timestamp
         # would lose its microseconds.
@@ -416,7 +523,13 @@ class MariadbEngine(NativeEngine):
         return node
 
     def _once(
-        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+        self,
+        sql: str,
+        department: str,
+        max_rows: int | None,
+        cancel: Cancel | None,
+        last: bool = False,
+        params: Sequence[Any] = (),
     ) -> Answer:
         try:
             with self._pool.connection(fresh=last) as conn:
@@ -424,7 +537,7 @@ class MariadbEngine(NativeEngine):
                     cancel.on_cancel(lambda: self._kill(conn.thread_id()))
                 try:
                     with conn.cursor() as cursor:
-                        cursor.execute(sql)
+                        cursor.execute(sql, tuple(params) or None)
                         rows = self._fetch(cursor, max_rows)
                         description = cursor.description or []
                 finally:
@@ -513,7 +626,13 @@ class SqliteEngine(NativeEngine):
         return conn
 
     def _once(
-        self, sql: str, department: str, max_rows: int | None, cancel: Cancel | None, last: bool = False
+        self,
+        sql: str,
+        department: str,
+        max_rows: int | None,
+        cancel: Cancel | None,
+        last: bool = False,
+        params: Sequence[Any] = (),
     ) -> Answer:
         # a file is not a server: a kept connection does not go away under it, nothing is retried
         try:
@@ -524,7 +643,7 @@ class SqliteEngine(NativeEngine):
                 if cancel is not None:
                     cancel.on_cancel(conn.interrupt)
                 try:
-                    cursor = conn.execute(sql)
+                    cursor = conn.execute(sql, tuple(params))
                     rows = self._fetch(cursor, max_rows)
                     description = cursor.description or []
                     cursor.close()

@@ -80,6 +80,13 @@ class EngineConfig(_Model):
     # `auto`: a statement that reads one store runs whole on that store, in its own SQL (the
     # delegated route); `never`: every statement goes to `kind`
     delegate: Literal["auto", "never"] = "auto"
+    # `auto` (with `delegate: auto`): a root field whose relationships reach other stores runs as
+    # one statement per store and level on the stores themselves, joined by key in the gateway,
+    # unless its answer needs the join first (a filter or an ordering through such a
+    # relationship); `never`: such a field runs whole on `kind`
+    batch_relationships: Literal["auto", "never"] = "auto"
+    # keys given to one statement of a relationship followed by key; more are split into batches
+    batch_keys: int = Field(1000, ge=1, le=100_000)
     # `embedded`: while Trino does not answer, statements that cannot be delegated run on the
     # embedded engine attached to the same stores; unset: they fail with ENGINE_UNAVAILABLE
     fallback: Literal["embedded"] | None = None
@@ -245,6 +252,9 @@ class Config(_Model):
 
     def with_delegate(self, mode: Literal["auto", "never"]) -> Config:
         return self.model_copy(update={"engine": self.engine.model_copy(update={"delegate": mode})})
+
+    def with_batching(self, mode: Literal["auto", "never"]) -> Config:
+        return self.model_copy(update={"engine": self.engine.model_copy(update={"batch_relationships": mode})})
 
     def engine_settings(self) -> EngineSettings:
         """What an engine reads of this configuration: the stores, the engines' own settings

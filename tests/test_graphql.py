@@ -88,9 +88,19 @@ def test_three_levels_over_a_thousand_parents_is_one_statement(gateway: Gateway,
       }
     }"""
     engine = gateway.engine
-    before = engine.statements  # type: ignore[attr-defined]
+    gateway.plan(query)  # the cost estimate's first read of the tables' sizes is not the query's
+    stores = {id(n): n for n in gateway.routes.native.values()}.values()
+    before, before_stores = engine.statements, sum(n.statements for n in stores)  # type: ignore[attr-defined]
     response = gateway.execute(query)
-    assert engine.statements - before == 1  # type: ignore[attr-defined]
+    ran = engine.statements - before, sum(n.statements for n in stores) - before_stores  # type: ignore[attr-defined]
+    # On PostgreSQL and MariaDB, one statement per store and level: enterprises, their
+    # representatives, their visits; SQLite holds no decimal (the cost) as the engines do.
+    if gateway.planner.batch and gateway.routes.delegating and gateway.engine.name == "trino":
+        assert response.routes == {"market_regulation_enterprises": "batched"}
+        assert ran == (0, 3)
+    else:
+        assert response.routes["market_regulation_enterprises"] == gateway.engine.name
+        assert ran == (1, 0)
     assert "errors" not in response.body
     enterprises = response.body["data"]["market_regulation_enterprises"]
     assert len(enterprises) == 1000

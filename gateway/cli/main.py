@@ -22,7 +22,7 @@ from gateway.cli import describe, policy, serving, stores, supervision
 from gateway.cli.common import as_role, datasets, demo_or_config, gateway_of, identity_of
 
 if TYPE_CHECKING:
-    from gateway.execution.prepared import Statement
+    from gateway.execution.prepared import Batched, Statement
     from gateway.execution.views import View
     from gateway.graphql.compile import Compiled
 
@@ -31,7 +31,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Print each root field's route, and the SQL it runs there: on its store, in the store's
     dialect, when it is delegated; and on each engine."""
     from gateway.execution.engines import create_engine
-    from gateway.execution.prepared import Statement
+    from gateway.execution.prepared import Batched, Statement
 
     query = sys.stdin.read() if args.query == "-" else args.query
     if query.startswith("@"):
@@ -53,8 +53,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         other = "embedded" if gateway.engine.name == "trino" else "trino"
         if all(d.store.kind != "sqlite" for d in gateway.config.departments.values()):
             engines.append(create_engine(gateway.config.with_engine(other)))
-        for statement in prepared:
-            key = statement.compiled.key
+        for made in prepared:
+            key = made.compiled.key
+            if isinstance(made, Batched):
+                _print_batched(key, made)
+            # what each engine runs, or would run were the field not cut between stores
+            statement = made.whole if isinstance(made, Batched) else made
             if not isinstance(statement, Statement):
                 print(f"-- {key}: not run: {gateway.engine.redact(statement.error.message)}\n")
                 continue
@@ -97,6 +101,14 @@ def _print_decisions(view: View, compiled: list[Compiled]) -> None:
                 threshold = noise.threshold or least_threshold(noise.epsilon, decision.k, noise.delta)
                 extra += f"; groups shown from a noisy count of {threshold} (delta {noise.delta:g})"
             print(f"--   {department}.{table} ({decision.access}{extra}): {shown}")
+
+
+def _print_batched(key: str, batched: Batched) -> None:
+    """A root field cut between stores: each part's text, which runs on its store."""
+    print(f"-- {key}: route batched, one statement per store and level, joined by key in the gateway")
+    for index, statement in enumerate(batched.statements):
+        print(f"-- {key}, {batched.label(index)}")
+        print(statement.route.engine.redact(statement.text) + ";\n")
 
 
 def _print_route(key: str, statement: Statement) -> None:

@@ -16,7 +16,7 @@ from graphql import print_schema
 
 from catalogue.errors import CitygateError, PolicyRefused
 from gateway.execution.gateway import Gateway
-from gateway.execution.prepared import Statement
+from gateway.execution.prepared import BATCHED, Batched, Statement
 from gateway.execution.views import View, sharing_classes
 from gateway.identity.caller import Identity
 
@@ -62,8 +62,22 @@ def explain(gateway: Gateway, view: View, query: str, variables: dict[str, Any] 
         prepared = gateway.prepared(query, variables, identity=identity)
     except CitygateError as error:
         return {"error": error.message}
-    statements = []
+    statements: list[dict[str, Any]] = []
     for statement in prepared:
+        if isinstance(statement, Batched):  # one statement per store and level, as each runs
+            for index, part in enumerate(statement.statements):
+                engine = part.route.engine
+                label = statement.label(index)
+                statements.append(
+                    {
+                        "field": statement.compiled.key,
+                        "engine": engine.name,
+                        "dialect": engine.dialect,
+                        "route": BATCHED,
+                        "sql": f"-- {label}\n{engine.redact(part.text)}",
+                    }
+                )
+            continue
         if isinstance(statement, Statement):
             engine = statement.route.engine
             route, sql = statement.route.name, engine.redact(statement.text)

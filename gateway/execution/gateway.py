@@ -47,7 +47,7 @@ from gateway.execution.plans import (
     Response,
     count_rows,
 )
-from gateway.execution.prepared import Refused, Statement
+from gateway.execution.prepared import Batched, Refused, Statement
 from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
 from gateway.execution.proof import prove_masks, refusal_text
@@ -156,6 +156,7 @@ class Gateway:
             cache=cache,
             telemetry=self.telemetry,
             metrics=self.metrics,
+            batch=self.config.engine.batch_relationships == "auto",
         )
         self.runner = Runner(
             statements=self.statements,
@@ -169,6 +170,7 @@ class Gateway:
             metrics=self.metrics,
             concurrency=concurrency,
             memo_bytes=cache.plan_bytes,
+            batch_keys=self.config.engine.batch_keys,
         )
         if self.audit is not None:
             self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)
@@ -445,7 +447,7 @@ class Gateway:
         variables: Mapping[str, Any] | None = None,
         operation_name: str | None = None,
         identity: Identity | None = None,
-    ) -> list[Statement | Refused]:
+    ) -> list[Statement | Batched | Refused]:
         """Each data root field's statement as ``identity``'s role runs it (or why it has none),
         from the very plan a request runs: what `citygate explain` and the console print.
         :class:`CompileError` if the query does not compile."""

@@ -45,7 +45,7 @@ from gateway.execution.plans import (
     plan_weight,
     refused,
 )
-from gateway.execution.prepared import Refused, Statement, prepare
+from gateway.execution.prepared import Batched, Refused, Statement, prepare
 from gateway.execution.routes import Routes
 from gateway.execution.views import View
 from gateway.graphql.compile import (
@@ -85,6 +85,9 @@ class Planner:
     cache: CacheConfig
     telemetry: Telemetry = field(default_factory=Telemetry)
     metrics: Metrics = field(default_factory=Metrics)
+    # engine.batch_relationships: root fields whose relationships reach other stores are cut
+    # into one statement per store and level (gateway.graphql.parts)
+    batch: bool = False
     plans: LRUCache[Any, Plan] = field(init=False)
     documents: LRUCache[Any, tuple[int, DocumentNode | Response]] = field(init=False)
     introspections: LRUCache[Any, bytes] = field(init=False)
@@ -191,7 +194,12 @@ class Planner:
         if isinstance(coerced, list):
             return refused([graphql_error(e.message, "BAD_USER_INPUT", locations=e.locations) for e in coerced])
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-        return document, operation, CompileContext(model, fragments, coerced, cap=self.settings.max_rows + 1)
+        stores = {d: n.key for d, n in self.routes.native.items()} if self.batch and self.routes.delegating else None
+        return (
+            document,
+            operation,
+            CompileContext(model, fragments, coerced, cap=self.settings.max_rows + 1, stores=stores),
+        )
 
     def key(
         self, query: str, variables: Mapping[str, Any] | None, operation_name: str | None, view: View, claims: Any
@@ -319,11 +327,11 @@ class Planner:
 
     def _statements(
         self, compiled: Mapping[str, Compiled], view: View, claims: Mapping[str, Any], deadline: float
-    ) -> dict[str, Statement | Refused]:
+    ) -> dict[str, Statement | Batched | Refused]:
         """Each root field's statement as the role runs it (:func:`prepare`), or why it has
         none. The rewrite, the last of the planning, starts only before ``deadline``; a store
         that fails while its text is made fails that root field, for this request only."""
-        made: dict[str, Statement | Refused] = {}
+        made: dict[str, Statement | Batched | Refused] = {}
         for key, field_plan in compiled.items():
             if time.monotonic() > deadline:
                 error: CitygateError = TooSlow(too_slow(self.limits(view.role).plan_seconds), [key])

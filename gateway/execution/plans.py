@@ -14,7 +14,7 @@ from sqlglot import exp
 
 from catalogue import names
 from catalogue.names import KEY, TIE
-from gateway.execution.prepared import Refused, Statement
+from gateway.execution.prepared import Batched, Refused, Statement
 from gateway.execution.views import View
 from gateway.graphql.compile import Compiled
 
@@ -61,7 +61,7 @@ class Plan:
     keys: tuple[str, ...] = ()  # response keys, in order
     static: Mapping[str, str] = field(default_factory=dict)  # root __typename
     compiled: Mapping[str, Compiled] = field(default_factory=dict)
-    statements: Mapping[str, Statement | Refused] = field(default_factory=dict)  # by response key
+    statements: Mapping[str, Statement | Batched | Refused] = field(default_factory=dict)  # by response key
     errors: tuple[dict[str, Any], ...] = ()
     locations: Mapping[str, dict[str, int]] = field(default_factory=dict)
     introspection: tuple[DocumentNode, OperationDefinitionNode, dict[str, list[FieldNode]]] | None = None

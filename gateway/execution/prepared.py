@@ -21,9 +21,9 @@ from sqlglot import exp
 
 from catalogue.errors import CitygateError, NoiseRequiredError, PolicyRefused
 from gateway.execution.cache import release
-from gateway.execution.routes import Route, Routes
+from gateway.execution.routes import DELEGATED, Route, Routes
 from gateway.execution.views import View
-from gateway.graphql.compile import Compiled
+from gateway.graphql.compile import Compiled, Part
 from gateway.graphql.shape import Builder, builders
 from policies.noise import Release
 from policies.rewrite import NoiseRequired, PolicyViolation
@@ -59,10 +59,70 @@ class Refused:
     route: str = "-"  # the route it would have taken, when one was picked
 
 
-def prepare(compiled: Compiled, view: View, claims: Mapping[str, Any], routes: Routes) -> Statement | Refused:
+@dataclass(frozen=True)
+class Batched:
+    """A root field cut where its relationships reach another store
+    (:mod:`gateway.graphql.parts`): one statement per part, each on its store's own route,
+    the root's first; and the one statement of the whole field, which the role's policies
+    admitted (a part runs only where the whole would), for what explain shows beside them
+    and for the engine that answers should a store's route not."""
+
+    whole: Statement
+    parts: tuple[Part, ...]
+    statements: tuple[Statement, ...]  # one per part, in the same order
+
+    @property
+    def compiled(self) -> Compiled:
+        return self.whole.compiled
+
+    @property
+    def route(self) -> Route:
+        return self.whole.route
+
+    @property
+    def noise(self) -> dict[int, dict[int, Release]]:
+        return {}  # a field with a noisy table is never cut
+
+    def label(self, index: int) -> str:
+        """What part ``index`` is, for explain: its store, and which keys it is given.
+
+        Its text has one placeholder: the keys of its parents' rows, as a JSON array."""
+        part, statement = self.parts[index], self.statements[index]
+        store = f"on {statement.route.store} ({statement.route.engine.dialect})"
+        if part.parent < 0:
+            return f"part {index + 1} of {len(self.parts)}, {store}"
+        parent = self.compiled.nodes[part.link_node]
+        nodes = self.compiled.nodes
+        relation = nodes[min(part.tops)].relation
+        column = relation.column if relation is not None else "?"
+        return (
+            f"part {index + 1} of {len(self.parts)}, {store}, given the keys {parent.table.name}.{column} "
+            f"of part {part.parent + 1}'s rows as its one parameter (a JSON array)"
+        )
+
+
+BATCHED = "batched"  # the route a batched root field reports (audit, metrics, spans)
+
+
+def prepare(compiled: Compiled, view: View, claims: Mapping[str, Any], routes: Routes) -> Statement | Batched | Refused:
     """``compiled`` as the role of ``view`` (with ``claims``) runs it: rewritten, routed,
-    rendered; or why it has no statement: a policy's refusal, or a store that failed when
-    asked while its text was made (a collation, a column's type), for this request only."""
+    rendered, and cut between stores where it can be (:class:`Batched`); or why it has no
+    statement: a policy's refusal, or a store that failed when asked while its text was made
+    (a collation, a column's type), for this request only."""
+    whole = _prepare(compiled, view, claims, routes)
+    if not compiled.parts or not isinstance(whole, Statement) or whole.route is not routes.main:
+        return whole
+    made = []
+    for part in compiled.parts:
+        statement = _prepare(part.compiled, view, claims, routes)
+        # each part on its own store, or the field runs whole on the engine
+        if not isinstance(statement, Statement) or statement.route.name != DELEGATED or statement.noise:
+            return whole
+        made.append(statement)
+    return Batched(whole, compiled.parts, tuple(made))
+
+
+def _prepare(compiled: Compiled, view: View, claims: Mapping[str, Any], routes: Routes) -> Statement | Refused:
     try:
         rewritten = view.rewrite(compiled.tree, claims)
         noise = compiled.positions(view.releases(rewritten))

@@ -30,12 +30,12 @@ from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
 from gateway.execution.fairness import CALLER, Shares, busy
 from gateway.execution.plans import MEMO_BYTES, Memo, Plan, Response, count_rows, encode, plan_weight
-from gateway.execution.prepared import Refused, Statement, fallback
+from gateway.execution.prepared import BATCHED, Batched, Refused, Statement, fallback
 from gateway.execution.privacy import PrivacyBudgets
 from gateway.execution.routes import Route, Routes
 from gateway.execution.statements import Statements
 from gateway.execution.views import View
-from gateway.graphql.shape import shape
+from gateway.graphql.shape import Joined, shape
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
 from gateway.settings.limits import ConcurrencyConfig
@@ -63,6 +63,7 @@ class Runner:
     # Root fields of requests that have several, side by side (see run_all).
     pool: ThreadPoolExecutor = field(init=False)
     root_fields: Shares = field(init=False)  # per caller, in `pool`
+    batch_keys: int = 1000  # engine.batch_keys: keys given to one statement of a batched relationship
     memo_bytes: int = 128 << 20  # cache.plan_bytes: what the last answers, with their plans, may hold
     # Each plan's last answer, beside the plan (which never changes), by the plan's identity: an
     # entry holds its plan (a memo's response names it), so the id is never another plan's while
@@ -136,7 +137,7 @@ class Runner:
         ]
 
     def run_all(
-        self, statements: Mapping[str, Statement | Refused], view: View, budget: RowBudget, deadline: float
+        self, statements: Mapping[str, Statement | Batched | Refused], view: View, budget: RowBudget, deadline: float
     ) -> dict[str, tuple[Any, str, str]]:
         if len(statements) <= 1:
             return {key: self._run(statement, view, budget) for key, statement in statements.items()}
@@ -179,11 +180,13 @@ class Runner:
             self.metrics.engine_errors.labels(engine=self.engine_name, code=error.code, route=refused_field.route).inc()
         return error
 
-    def _run(self, statement: Statement | Refused, view: View, budget: RowBudget) -> tuple[Any, str, str]:
+    def _run(self, statement: Statement | Batched | Refused, view: View, budget: RowBudget) -> tuple[Any, str, str]:
         """The root field's value (or its error), whether the cache answered it, and the route
         it took. Its rows count against the request's ``budget`` (see :class:`RowBudget`)."""
         if isinstance(statement, Refused):  # nothing runs, nothing is spent
             return self._refusal(statement, view), "off", statement.route
+        if isinstance(statement, Batched):
+            return self._run_batched(statement, view, budget)
         started = time.perf_counter()
         compiled, route = statement.compiled, statement.route
         engine = route.engine.name
@@ -228,11 +231,67 @@ class Runner:
         )
         return value, cached, route.name
 
+    def _run_batched(self, batched: Batched, view: View, budget: RowBudget) -> tuple[Any, str, str]:
+        """A root field cut between stores: the root's part, then each child part given its
+        parents' keys (at most ``batch_keys`` to a statement), each on its own store, shaped
+        and joined by key as its rows arrive. Every statement's rows, and the objects the
+        engine's join would have repeated for parents that share a key, count against the
+        request's ``budget``. The value, whether the cache answered every statement, and the
+        route (``batched``)."""
+        started = time.perf_counter()
+        compiled = batched.compiled
+        joined = Joined(compiled, [s.builders for s in batched.statements])
+        answered: set[str] = set()
+        part_name = "-"
+        try:
+            with self.telemetry.stage("batched", parts=len(batched.parts)):
+                for index, (part, statement) in enumerate(zip(batched.parts, batched.statements, strict=True)):
+                    part_name = ",".join(statement.compiled.departments)
+                    if part.parent < 0:
+                        rows, cached = self._fetch(statement.route, statement.text, statement, view, budget)
+                        budget.take(len(rows))
+                        joined.add(index, rows)
+                        answered.add(cached)
+                        continue
+                    keys = joined.keys(index)
+                    for start in range(0, len(keys), self.batch_keys):
+                        batch = keys[start : start + self.batch_keys]
+                        rows, cached = self._fetch(
+                            statement.route, statement.text, statement, view, budget, (encode(batch).decode(),)
+                        )
+                        budget.take(len(rows))
+                        budget.take(joined.add(index, rows, batch))
+                        answered.add(cached)
+                    self.metrics.batched_keys.observe(len(keys))
+        except CitygateError as error:
+            detail = self.redact(error.detail or "")
+            log.warning("root field %s failed (part %s): %s (%s)", compiled.key, part_name, error.message, detail)
+            self.metrics.engine_errors.labels(engine="delegated", code=error.code, route=BATCHED).inc()
+            return error, "off", BATCHED
+        except Exception as error:  # an engine bug must not take the server down or leak a trace
+            log.error("root field %s failed: %s", compiled.key, self.redact(trace_without_messages(error)))
+            self.metrics.engine_errors.labels(engine="delegated", code="INTERNAL", route=BATCHED).inc()
+            return CitygateError("internal error while running the query"), "off", BATCHED
+        elapsed = time.perf_counter() - started
+        for department in compiled.departments:
+            self.metrics.statement_seconds.labels(department=department, engine="delegated", route=BATCHED).observe(
+                elapsed
+            )
+        cached = "hit" if answered == {"hit"} else "miss" if "miss" in answered else "off"
+        self.metrics.count_lookup("result", cached)
+        return joined.value, cached, BATCHED
+
     def _fetch(
-        self, route: Route, text: str, statement: Statement, view: View, budget: RowBudget
+        self,
+        route: Route,
+        text: str,
+        statement: Statement,
+        view: View,
+        budget: RowBudget,
+        params: tuple[str, ...] = (),
     ) -> tuple[Sequence[Any], str]:
-        """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there),
-        and whether the cache answered."""
+        """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there,
+        with ``params`` bound), and whether the cache answered."""
         statement_seconds = self.limits(view.role).statement_seconds
         departments = statement.compiled.departments
         noise = statement.noise
@@ -251,7 +310,7 @@ class Runner:
                 ):
                     # the whole limit, not what this request has left: a run may be shared with
                     # another request's (the result cache runs one for all who wait on it)
-                    rows = self.statements.run(text, departments, budget.rows, statement_seconds, route.engine)
+                    rows = self.statements.run(text, departments, budget.rows, statement_seconds, route.engine, params)
             except BaseException:
                 if cost:  # nothing was released
                     assert view.role is not None and view.privacy is not None
@@ -262,8 +321,10 @@ class Runner:
                 raise
             return noisy_rows(rows, noise) if cost else rows
 
-        # "off": a department forbids caching, or the answer is too big to keep
-        return self.results.fetch(route.key, text, departments, run, statement.release)
+        # "off": a department forbids caching, or the answer is too big to keep; a statement
+        # given keys is kept under its text and its keys (a NUL apart: no text holds one)
+        key = text if not params else "\x00".join((text, *params))
+        return self.results.fetch(route.key, key, departments, run, statement.release)
 
     def _spend(self, view: View, cost: float) -> None:
         """Spend ``cost`` of the role's privacy budget, or refuse the answer."""
@@ -284,5 +345,7 @@ def _memo_weight(entry: tuple[Plan, Memo]) -> int:
     return plan_weight(plan) + 2 * len(memo.response.encoded or b"")
 
 
-def route_name(statement: Statement | Refused) -> str:
+def route_name(statement: Statement | Batched | Refused) -> str:
+    if isinstance(statement, Batched):
+        return BATCHED
     return statement.route.name if isinstance(statement, Statement) else statement.route

@@ -19,6 +19,7 @@ from catalogue.errors import EngineUnavailableError, StatementTimeout, StoreUnav
 from catalogue.model import Catalogue
 from catalogue.sql import logical_table
 from connectors.base import Cancel, Engine
+from connectors.native import NativeEngine
 from gateway.execution.fairness import CALLER, Shares, busy
 from gateway.settings.limits import ConcurrencyConfig
 
@@ -53,6 +54,7 @@ class Statements:
         max_rows: int,
         limit: float | None = None,
         engine: Engine | None = None,
+        params: Sequence[Any] = (),
     ) -> Sequence[Any]:
         """Run one statement, waiting at most ``limits.statement_seconds`` from its start.
 
@@ -65,7 +67,8 @@ class Statements:
         are free again. A statement still queued behind others when the time runs out is
         dropped unrun, and says the gateway is busy. ``limit``: the caller's role's own
         (``limits.roles``), at most the deployment's. ``engine``: where it runs (a route's),
-        the gateway's own engine unless given."""
+        the gateway's own engine unless given; ``params``: bound to the statement's
+        placeholders (a store's statement given keys: :meth:`NativeEngine.run_keyed`)."""
         limit = min(limit, self.limit) if limit is not None else self.limit
         now = time.monotonic()
         silent = sorted(d for d in departments if self.unresponsive.get(d, 0.0) > now)
@@ -77,9 +80,17 @@ class Statements:
         with self.shares.hold(CALLER.get(), limit) as held:
             if not held:  # the caller's own statements took all its share for all that time
                 raise busy()
-            return self._run(text, departments, max_rows, limit, engine or self.engine)
+            return self._run(text, departments, max_rows, limit, engine or self.engine, params)
 
-    def _run(self, text: str, departments: Sequence[str], max_rows: int, limit: float, engine: Engine) -> Sequence[Any]:
+    def _run(
+        self,
+        text: str,
+        departments: Sequence[str],
+        max_rows: int,
+        limit: float,
+        engine: Engine,
+        params: Sequence[Any] = (),
+    ) -> Sequence[Any]:
         began: list[float] = []
         cancel = Cancel()
 
@@ -88,6 +99,9 @@ class Statements:
             with self._lock:
                 self.running += 1
             try:
+                if params:
+                    assert isinstance(engine, NativeEngine)  # only a store's own statements take keys
+                    return engine.run_keyed(text, departments, params, max_rows, cancel).rows
                 return engine.run(text, departments, max_rows, cancel).rows
             finally:
                 with self._lock:

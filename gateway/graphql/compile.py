@@ -21,6 +21,7 @@ and :mod:`~gateway.graphql.source` (the clauses), :mod:`~gateway.graphql.rows`,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from graphql import (
@@ -51,12 +52,14 @@ from gateway.graphql.nodes import (
     Compiled,
     CompileError,
     Node,
+    Part,
     Slot,
     TooSlow,
     ident,
     too_slow,
 )
 from gateway.graphql.order import check_page
+from gateway.graphql.parts import split
 from gateway.graphql.scalars import OUTPUT
 from gateway.graphql.schema import ColumnInfo, Relation, TableInfo
 from gateway.graphql.statement import statement_sql
@@ -75,6 +78,7 @@ __all__ = [
     "CompileError",
     "Compiled",
     "Node",
+    "Part",
     "Slot",
     "TooSlow",
     "collect_fields",
@@ -145,7 +149,10 @@ def compile_root_field(ctx: CompileContext, key: str, nodes: list[FieldNode], ro
         node = _group_node(ctx, table, args, _subselections(nodes), [key])
         initial = []
     tree = statement_sql(ctx)
-    return Compiled(key, tree, tuple(ctx.nodes), initial, tuple(departments_in(tree)))
+    compiled = Compiled(key, tree, tuple(ctx.nodes), initial, tuple(departments_in(tree)))
+    if ctx.stores is None:
+        return compiled
+    return replace(compiled, parts=split(ctx, compiled, ctx.stores))
 
 
 def _arguments(ctx: CompileContext, field_def: GraphQLField, node: FieldNode, path: list[str | int]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from sqlglot import exp
 
 from catalogue import names
 from catalogue.errors import CitygateError
-from catalogue.types import LITERALS, LogicalType, text_problem
+from catalogue.types import LITERALS, Kind, LogicalType, text_problem
 from gateway.graphql.schema import Model, Relation, TableInfo
 from policies.noise import Release
 
@@ -163,6 +163,9 @@ class Compiled:
     # aggregate's ("composite", template)
     initial: list[Any] | tuple[str, list[Slot]] | None
     departments: tuple[str, ...]
+    # the same field cut at the relationships that reach another store, one statement per
+    # store and level (gateway.graphql.parts); none where it cannot be, or need not be
+    parts: tuple[Part, ...] = ()
 
     def positions(self, outputs: Mapping[str, Release]) -> dict[int, dict[int, Release]]:
         """``outputs`` (by output name) by node and position in the statement's rows: after
@@ -176,6 +179,21 @@ class Compiled:
             node_index, index = (int(part) for part in name[1:].split("_"))
             found.setdefault(node_index, {})[offsets[node_index] + index] = release
         return found
+
+
+@dataclass(frozen=True)
+class Part:
+    """One statement of a root field cut where its relationships reach another store: its
+    nodes (``compiled``, whose tree reads one store), the part whose rows give it the keys it
+    joins on (``parent``, -1 for the root's), which of that part's nodes carries them and
+    where in its rows (``link_node``, ``link_at``), and its nodes that join on them (``tops``:
+    their rows' parent is the place of their key in the list they were given, from 1)."""
+
+    compiled: Compiled
+    parent: int = -1
+    link_node: int = -1
+    link_at: int = -1
+    tops: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -192,6 +210,14 @@ class CompileContext:
     cap: int | None = None
     deadline: float = math.inf  # time.monotonic() past which preparing the request stops (TooSlow)
     seconds: float = math.inf  # the role's limits.plan_seconds, for the message
+    # department -> its store's key, where relationships between stores may be followed by key
+    # (gateway.graphql.parts); None: every root field is one statement
+    stores: Mapping[str, str] | None = None
+    # while a part is made: its nodes that join on the keys they are given, the kind of those
+    # keys, and the parent keys its rows return for other parts ((node, key alias) each)
+    tops: frozenset[int] = frozenset()
+    key_kind: Kind = "string"
+    links: tuple[tuple[int, str], ...] = ()
 
     def in_time(self, path: list[str | int]) -> None:
         if time.monotonic() > self.deadline:

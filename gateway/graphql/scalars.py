@@ -132,7 +132,7 @@ SCALARS: dict[Kind, GraphQLScalarType] = {
 # How an engine's value becomes JSON: None where Python's own value already is.
 OUTPUT: dict[Kind, Callable[[Any], Any] | None] = {
     "string": None,
-    "boolean": None,
+    "boolean": bool,  # MariaDB's BOOLEAN is a TINYINT(1): its driver returns 0 and 1
     "integer": None,
     "bigint": str,
     "double": float,

@@ -76,6 +76,7 @@ class TableInfo:
     description: str = ""
     relations: dict[str, Relation] = field(default_factory=dict)
     all_columns: frozenset[str] = frozenset()  # every column of the store's table (keys join on them)
+    kinds: dict[str, Kind] = field(default_factory=dict)  # every column's logical kind (a key's, hidden or not)
     aggregate_only: bool = False
     group_by: frozenset[str] | None = None  # aggregate_only: the columns groups may use
     by_pk: bool = True  # `_by_pk` exists only where the role sees the whole key raw
@@ -214,6 +215,7 @@ def _table(
         primary_key,
         description,
         all_columns=frozenset(c.name for c in table.columns),
+        kinds={c.name: c.type.kind for c in table.columns},
         by_pk=visible is None or all(visible.get(k) == RAW for k in primary_key),
     )
     if decision is not None:

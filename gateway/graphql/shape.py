@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.graphql.compile import CHILD_LIST, CHILD_ONE, COMPOSITE, CONST, NESTED, VALUE, Compiled, Slot
+from gateway.graphql.compile import CHILD_LIST, CHILD_ONE, COMPOSITE, CONST, NESTED, VALUE, Compiled, Node, Slot
 
 Builder = Callable[[tuple[Any, ...] | None], dict[str, Any]]
 
@@ -78,16 +78,31 @@ def builders(compiled: Compiled) -> tuple[Builder, ...]:
     return tuple(made)
 
 
-def shape(compiled: Compiled, rows: Sequence[Sequence[Any]], made: Sequence[Builder] | None = None) -> Any:
-    """The response value of ``compiled``'s root field from the statement's rows; ``made``:
-    its :func:`builders`, if they are at hand."""
+def _start(compiled: Compiled) -> dict[str, Any]:
+    """What rows are attached to: the root field's value before any arrives, fresh each time
+    (a compiled field is shaped again for every request that uses it)."""
     initial = compiled.initial
-    # A fresh value each time: a compiled field is shaped again for every request that uses it.
     if isinstance(initial, tuple):
         start: Any = builder(initial[1], 0)(None)
     else:
         start = [] if isinstance(initial, list) else None
-    holder: dict[str, Any] = {compiled.key: start}
+    return {compiled.key: start}
+
+
+def _attach(node: Node, container: Any, obj: dict[str, Any]) -> None:
+    for step in node.attach[:-1]:
+        container = container[step]
+    last = node.attach[-1]
+    if node.mode == "append":
+        container[last].append(obj)
+    elif node.mode == "set" or container[last] is None:  # "set", or "first" not yet set
+        container[last] = obj
+
+
+def shape(compiled: Compiled, rows: Sequence[Sequence[Any]], made: Sequence[Builder] | None = None) -> Any:
+    """The response value of ``compiled``'s root field from the statement's rows; ``made``:
+    its :func:`builders`, if they are at hand."""
+    holder = _start(compiled)
     nodes = compiled.nodes
     build = made if made is not None else builders(compiled)
     objects: dict[tuple[int, Any], dict[str, Any]] = {}
@@ -100,16 +115,67 @@ def shape(compiled: Compiled, rows: Sequence[Sequence[Any]], made: Sequence[Buil
         container: Any = holder if node.parent is None else objects.get((node.parent.index, row[1]))
         if container is None:
             continue
-        for step in node.attach[:-1]:
-            container = container[step]
-        last = node.attach[-1]
-        if node.mode == "append":
-            container[last].append(obj)
-        elif node.mode == "set" or container[last] is None:  # "set", or "first" not yet set
-            container[last] = obj
+        _attach(node, container, obj)
         if node.kind == "rows":
             objects[(node.index, row[2])] = obj
     return holder[compiled.key]
+
+
+class Joined:
+    """A root field cut between stores (:mod:`gateway.graphql.parts`), shaped part by part as
+    each part's rows arrive: the root's part first, then each child part's batches, each given
+    the keys its parents' rows carried (:meth:`keys`) and attached to every parent of each key.
+    The rows of one key are shared by all its parents, as the engine's join repeats them."""
+
+    def __init__(self, compiled: Compiled, made: Sequence[Sequence[Builder]] | None = None) -> None:
+        self.compiled = compiled
+        self.parts = compiled.parts
+        self.build = made if made is not None else [builders(p.compiled) for p in self.parts]
+        self.holder = _start(compiled)
+        # child part -> its key -> the parent objects of that key, in the order they came
+        self.parents: list[dict[Any, list[dict[str, Any]]]] = [{} for _ in self.parts]
+        self.children = [[c for c, p in enumerate(self.parts) if p.parent == i] for i in range(len(self.parts))]
+
+    @property
+    def value(self) -> Any:
+        return self.holder[self.compiled.key]
+
+    def keys(self, part: int) -> list[Any]:
+        """The keys part ``part`` is to be given: its parents', each once, in the order they came."""
+        return list(self.parents[part])
+
+    def add(self, part: int, rows: Sequence[tuple[Any, ...]], keys: Sequence[Any] = ()) -> int:
+        """Shape one statement's ``rows`` of ``part`` (given ``keys``); how many objects were
+        attached to parents of other parts beyond the first of each key (what the engine's
+        join would have repeated)."""
+        nodes, spec = self.compiled.nodes, self.parts[part]
+        positions = {n.index: i for i, n in enumerate(spec.compiled.nodes)}
+        build = self.build[part]
+        links = [(c, self.parts[c].link_node, self.parts[c].link_at) for c in self.children[part]]
+        parents = self.parents[part]
+        objects: dict[tuple[int, Any], dict[str, Any]] = {}
+        repeated = 0
+        for row in rows:
+            node = nodes[row[0]]
+            obj = build[positions[node.index]](row)
+            if node.parent is None:
+                _attach(node, self.holder, obj)
+            elif node.index in spec.tops:
+                containers = parents.get(keys[row[1] - 1], ())
+                for container in containers:
+                    _attach(node, container, obj)
+                repeated += max(0, len(containers) - 1)
+            else:
+                parent = objects.get((node.parent.index, row[1]))
+                if parent is None:
+                    continue
+                _attach(node, parent, obj)
+            if node.kind == "rows":
+                objects[(node.index, row[2])] = obj
+                for child, link_node, link_at in links:
+                    if link_node == node.index and row[link_at] is not None:
+                        self.parents[child].setdefault(row[link_at], []).append(obj)
+        return repeated
 
 
 def paged_late(rows: Sequence[Sequence[Any]], pages: dict[int, dict[str, Any]]) -> list[Sequence[Any]]:

@@ -23,7 +23,17 @@ def node_base(
     select = exp.select(*extra, copy=False).from_(
         logical_table(table.department, table.name).as_(alias, copy=False), copy=False
     )
-    if node.parent is not None and node.relation is not None:
+    if node.index in ctx.tops and node.relation is not None:
+        # Its parents are another store's: it joins on the keys the gateway gives it (one
+        # parameter, gateway.graphql.parts), and its rows say which key each belongs to by
+        # the key's place in the list (a number, as every other node's parent is).
+        select = select.join(
+            exp.Table(this=exp.to_identifier(names.KEYS)).as_("p", copy=False),
+            on=marked(alias, node.relation.target_column, KEY).eq(exp.column(names.KEY_VALUE, "p")),
+            copy=False,
+        )
+        select = select.select(exp.alias_(exp.column(names.KEY_PLACE, "p"), names.PARENT, copy=False), copy=False)
+    elif node.parent is not None and node.relation is not None:
         parent = node.parent
         select = select.join(
             exp.Table(this=exp.to_identifier(parent.cte)).as_("p", copy=False),

@@ -111,6 +111,12 @@ class Metrics:
             ["engine", "code", "route"],
             registry=self.registry,
         )
+        self.batched_keys = Histogram(
+            "citygate_batched_keys",
+            "Keys a relationship followed by key between stores was given (one observation per part and request)",
+            buckets=(1, 10, 100, 1_000, 10_000, 100_000),
+            registry=self.registry,
+        )
         self.engine_up = Gauge(
             "citygate_engine_up",
             "Whether the engine answered the last health check",

@@ -4,14 +4,28 @@ or orders rows (:func:`verify_flows`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlglot import exp
 from sqlglot.errors import OptimizeError
 from sqlglot.optimizer.scope import Scope, ScopeType, traverse_scope
 
-from catalogue.names import ENTITY, KEY, RAW_VALUE, ROW, TIE, hidden, is_join_key, is_raw, is_tie
+from catalogue.names import (
+    ENTITY,
+    KEY,
+    KEY_VALUE,
+    KEYS,
+    RAW_VALUE,
+    ROW,
+    TIE,
+    hidden,
+    is_join_key,
+    is_link,
+    is_raw,
+    is_tie,
+)
+from catalogue.sql import KeyRows, keys_sql
 from catalogue.types import LogicalType
 from policies.decide import TableDecision
 from policies.masks import mask, tie
@@ -44,7 +58,12 @@ def verify_flows(tree: exp.Expr, ctx: Context) -> None:
     for scope in scopes:
         node = scope.expression
         policy = node.parent.meta.get(POLICY) if isinstance(node.parent, exp.Subquery) else None
-        if policy:
+        if _key_list(scope):
+            # the keys a statement is given: each compares only with a relationship's key
+            out = {KEY_VALUE: (LIST, (("", ""), KEY_VALUE))}
+        elif any(isinstance(n, KeyRows) for n in _own(node)):
+            raise PolicyViolation("a statement's keys are read through something else than their list")
+        elif policy:
             if not isinstance(node, exp.Select):
                 raise PolicyViolation(f"{policy[0]}.{policy[1]} is read through something else than its policy")
             out = _policy_outputs(node, policy, ctx)
@@ -53,13 +72,36 @@ def verify_flows(tree: exp.Expr, ctx: Context) -> None:
             tables = (ScopeType.DERIVED_TABLE, ScopeType.CTE, ScopeType.SET_OPERATION, ScopeType.ROOT)
             if out and scope.scope_type not in tables:  # an arm's and the root's are refused below
                 raise PolicyViolation("a raw value or hidden key would pass out of a subquery that is not a table")
-        elif any(carried.get(id(s.expression)) for s in scope.set_operation_scopes):
-            raise PolicyViolation("a raw value or hidden key would pass through a UNION")
+        elif isinstance(node, exp.SetOperation):
+            out = _links(carried.get(id(s.expression), {}) for s in scope.set_operation_scopes)
         else:
             out = {}
         carried[id(node)] = out
-    if scopes and carried[id(scopes[-1].expression)]:
+    leaving = carried[id(scopes[-1].expression)] if scopes else {}
+    if any(kind != KEY or not is_link(name) for name, (kind, _) in leaving.items()):
         raise PolicyViolation("a raw value or hidden key would leave in the response")
+
+
+def _links(arms: Iterable[Mapping[str, Value]]) -> dict[str, Value]:
+    """What a UNION passes on of its arms': relationship keys under a link's name, returned
+    for the gateway to join another store's rows on (gateway.graphql.parts); nothing else."""
+    out: dict[str, Value] = {}
+    for values in arms:
+        for name, value in values.items():
+            if value[0] != KEY or not is_link(name):
+                raise PolicyViolation("a raw value or hidden key would pass through a UNION")
+            if out.setdefault(name, value) != value:
+                raise PolicyViolation(f"two hidden values would pass on as {name}")
+    return out
+
+
+def _key_list(scope: Scope) -> bool:
+    """Whether ``scope`` is the list of keys a statement is given, exactly as the compiler
+    makes it (:func:`catalogue.sql.keys_sql`), as a common table expression of its name."""
+    node = scope.expression
+    if scope.scope_type != ScopeType.CTE or not isinstance(node.parent, exp.CTE) or node.parent.alias != KEYS:
+        return False
+    return any(node == keys_sql(LogicalType(kind)) for kind in ("string", "integer", "bigint"))
 
 
 Origin = tuple[tuple[str, str], str]  # the table and the column a raw value is of
@@ -71,10 +113,13 @@ Value = tuple[str, Origin]  # a hidden value passed on: RAW, KEY or TIE, and who
 RAWS = hidden(RAW_VALUE, "")
 
 
+LIST = "list"  # a key of the list a statement is given (catalogue.sql.keys_sql)
+
 PASSED_AS: dict[str, Callable[[str], bool]] = {
-    KEY: is_join_key,
+    KEY: lambda name: is_join_key(name) or is_link(name),
     TIE: is_tie,
-}  # the names a key or tie-break passes on under
+    LIST: lambda name: False,
+}  # the names a key, a tie-break or a given key passes on under
 
 
 def _visible(decision: TableDecision, name: str, kind: LogicalType) -> exp.Expr:
@@ -219,7 +264,7 @@ def _hidden_reads(
     return out
 
 
-def _own(node: exp.Select) -> list[exp.Expr]:
+def _own(node: exp.Expr) -> list[exp.Expr]:
     """The nodes of ``node`` itself, not of the queries nested in it."""
     return list(node.walk(prune=lambda n: n is not node and isinstance(n, (exp.Query, exp.Subquery, exp.With))))
 
@@ -312,15 +357,17 @@ def _hidden_read(
             raise PolicyViolation(f"a hidden {kind} would pass on as {passed}")
         return passed
     holder = column.parent
-    if kind == KEY and isinstance(holder, exp.EQ) and _condition(holder, node):
+    if kind in (KEY, LIST) and isinstance(holder, exp.EQ) and _condition(holder, node):
+        # a key equal to another key, or to one of the keys the statement is given
         other = holder.expression if column is holder.this else holder.this
-        if isinstance(other, exp.Column) and (_value_of(other, scope, inputs, carried) or ("", ""))[0] == KEY:
+        other_kind = (_value_of(other, scope, inputs, carried) or ("", ""))[0] if isinstance(other, exp.Column) else ""
+        if KEY in (kind, other_kind) and other_kind in (KEY, LIST):
             return None
     if kind == TIE and isinstance(holder, exp.Ordered) and isinstance(holder.parent, exp.Order):
         owner = holder.parent.parent
         if owner is node or isinstance(owner, exp.Window):
             return None
-    use = "link records" if kind == KEY else "order rows"
+    use = "order rows" if kind == TIE else "link records"
     raise PolicyViolation(f"a hidden {kind} is read other than to {use}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from catalogue.names import ARM, is_hidden, is_join_key, is_output
+from catalogue.names import ARM, is_hidden, is_join_key, is_link, is_output
 from policies.rewrite.aggregated import verify_aggregated
 from policies.rewrite.context import POLICY, RAW_TABLE, Context, PolicyViolation, is_policy_table
 from policies.rewrite.flows import verify_flows
@@ -54,12 +54,14 @@ def _verify_names(tree: exp.Expr) -> None:
 
 
 def _arm_output(projection: exp.Expr) -> bool:
-    """One output of a UNION arm: an output (``o0_1``), or the node's tag, parent or row number
-    as a literal, a null or the column of the same name."""
+    """One output of a UNION arm: an output (``o0_1``), the node's tag, parent or row number as
+    a literal, a null or the column of the same name, or a link: a null or a node's key."""
     name = projection.alias_or_name.lower()
     if is_output(name):
         return True
     value = projection.this if isinstance(projection, exp.Alias) else projection
+    if is_link(name):  # a node's raw key, for the gateway to join another store's rows on
+        return isinstance(value, exp.Null) or (isinstance(value, exp.Column) and is_join_key(value.name.lower()))
     return name in ARM and (
         isinstance(value, exp.Literal | exp.Null) or (isinstance(value, exp.Column) and value.name.lower() == name)
     )
