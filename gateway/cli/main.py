@@ -108,7 +108,8 @@ def _print_batched(key: str, batched: Batched) -> None:
     print(f"-- {key}: route batched, one statement per store and level, joined by key in the gateway")
     for index, statement in enumerate(batched.statements):
         print(f"-- {key}, {batched.label(index)}")
-        print(statement.route.engine.redact(statement.text) + ";\n")
+        if isinstance(statement, Statement):
+            print(statement.route.engine.redact(statement.text) + ";\n")
 
 
 def _print_route(key: str, statement: Statement) -> None:

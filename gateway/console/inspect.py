@@ -66,15 +66,16 @@ def explain(gateway: Gateway, view: View, query: str, variables: dict[str, Any] 
     for statement in prepared:
         if isinstance(statement, Batched):  # one statement per store and level, as each runs
             for index, part in enumerate(statement.statements):
-                engine = part.route.engine
-                label = statement.label(index)
+                engine = part.route.engine if isinstance(part, Statement) else gateway.engine
+                label = f"-- {statement.label(index)}"
+                text = f"{label}\n{engine.redact(part.text)}" if isinstance(part, Statement) else label
                 statements.append(
                     {
                         "field": statement.compiled.key,
                         "engine": engine.name,
                         "dialect": engine.dialect,
                         "route": BATCHED,
-                        "sql": f"-- {label}\n{engine.redact(part.text)}",
+                        "sql": text,
                     }
                 )
             continue

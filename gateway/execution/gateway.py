@@ -52,7 +52,7 @@ from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
 from gateway.execution.proof import prove_masks, refusal_text
 from gateway.execution.routes import Routes
-from gateway.execution.runner import Runner
+from gateway.execution.runner import Partly, Runner
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
@@ -393,8 +393,20 @@ class Gateway:
                     )
                 )
             else:
-                data[key] = outcome
-                response.rows[key] = count_rows(outcome)
+                if isinstance(outcome, Partly):  # some of its fields failed alone (a store down)
+                    errors_out.extend(
+                        graphql_error(
+                            error.message,
+                            error.code,
+                            path=path,
+                            locations=[plan.locations[key]],
+                            **({"department": error.department} if isinstance(error, StoreUnavailableError) else {}),
+                        )
+                        for path, error in outcome.errors
+                    )
+                value = outcome.value if isinstance(outcome, Partly) else outcome
+                data[key] = value
+                response.rows[key] = count_rows(value)
                 response.statements += cached != "hit"
                 statement = plan.statements[key]
                 noise = statement.noise if isinstance(statement, Statement) else None

@@ -316,7 +316,7 @@ class Planner:
             introspection=(document, operation, introspection) if introspection else None,
             access=access(compiled.values(), view),
             cost=cost,
-            transient=any(isinstance(s, Refused) and not s.lasting for s in statements.values()),
+            transient=any(isinstance(s, Refused | Batched) and not s.lasting for s in statements.values()),
         )
         return self._finished(query, view, plan)
 

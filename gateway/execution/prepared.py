@@ -69,7 +69,13 @@ class Batched:
 
     whole: Statement
     parts: tuple[Part, ...]
-    statements: tuple[Statement, ...]  # one per part, in the same order
+    # one per part, in the same order; a part whose store did not answer while its text was
+    # made fails the fields it holds, for this request only (the plan is not kept)
+    statements: tuple[Statement | Refused, ...]
+
+    @property
+    def lasting(self) -> bool:
+        return all(isinstance(s, Statement) for s in self.statements)
 
     @property
     def compiled(self) -> Compiled:
@@ -88,7 +94,10 @@ class Batched:
 
         Its text has one placeholder: the keys of its parents' rows, as a JSON array."""
         part, statement = self.parts[index], self.statements[index]
-        store = f"on {statement.route.store} ({statement.route.engine.dialect})"
+        if isinstance(statement, Refused):
+            store = f"not run: {statement.error.message}"
+        else:
+            store = f"on {statement.route.store} ({statement.route.engine.dialect})"
         if part.parent < 0:
             return f"part {index + 1} of {len(self.parts)}, {store}"
         parent = self.compiled.nodes[part.link_node]
@@ -112,9 +121,12 @@ def prepare(compiled: Compiled, view: View, claims: Mapping[str, Any], routes: R
     whole = _prepare(compiled, view, claims, routes)
     if not compiled.parts or not isinstance(whole, Statement) or whole.route is not routes.main:
         return whole
-    made = []
+    made: list[Statement | Refused] = []
     for part in compiled.parts:
         statement = _prepare(part.compiled, view, claims, routes)
+        if isinstance(statement, Refused) and not statement.lasting and part.parent >= 0:
+            made.append(statement)  # its store did not answer: its fields fail, not the field
+            continue
         # each part on its own store, or the field runs whole on the engine
         if not isinstance(statement, Statement) or statement.route.name != DELEGATED or statement.noise:
             return whole

@@ -23,6 +23,7 @@ from catalogue.errors import (
     EngineUnavailableError,
     NoiseRequiredError,
     PolicyRefused,
+    StoreUnavailableError,
     trace_without_messages,
 )
 from gateway.config import Limits
@@ -240,28 +241,45 @@ class Runner:
         route (``batched``)."""
         started = time.perf_counter()
         compiled = batched.compiled
-        joined = Joined(compiled, [s.builders for s in batched.statements])
+        joined = Joined(compiled, [s.builders if isinstance(s, Statement) else () for s in batched.statements])
         answered: set[str] = set()
         part_name = "-"
+        failed: list[tuple[list[str | int], CitygateError]] = []  # fields of a part that failed alone
+        skipped: set[int] = set()
         try:
             with self.telemetry.stage("batched", parts=len(batched.parts)):
                 for index, (part, statement) in enumerate(zip(batched.parts, batched.statements, strict=True)):
                     part_name = ",".join(statement.compiled.departments)
+                    if index in skipped:  # under a part that failed: no parents, nothing to ask
+                        skipped.update(c for c, p in enumerate(batched.parts) if p.parent == index)
+                        continue
                     if part.parent < 0:
+                        assert isinstance(statement, Statement)  # a root part that fails is the whole's
                         rows, cached = self._fetch(statement.route, statement.text, statement, view, budget)
                         budget.take(len(rows))
                         joined.add(index, rows)
                         answered.add(cached)
                         continue
                     keys = joined.keys(index)
-                    for start in range(0, len(keys), self.batch_keys):
-                        batch = keys[start : start + self.batch_keys]
-                        rows, cached = self._fetch(
-                            statement.route, statement.text, statement, view, budget, (encode(batch).decode(),)
-                        )
-                        budget.take(len(rows))
-                        budget.take(joined.add(index, rows, batch))
-                        answered.add(cached)
+                    try:
+                        if isinstance(statement, Refused):  # its store failed while its text was made
+                            raise statement.error
+                        for start in range(0, len(keys), self.batch_keys):
+                            batch = keys[start : start + self.batch_keys]
+                            rows, cached = self._fetch(
+                                statement.route, statement.text, statement, view, budget, (encode(batch).decode(),)
+                            )
+                            budget.take(len(rows))
+                            budget.take(joined.add(index, rows, batch))
+                            answered.add(cached)
+                    except StoreUnavailableError as error:
+                        if not joined.nullable(index):  # a list or an aggregate: null takes its parents
+                            raise
+                        # its fields are null in every parent, each with the error; the rest stands
+                        log.warning("root field %s: part %s failed: %s", compiled.key, part_name, error.message)
+                        self.metrics.engine_errors.labels(engine="delegated", code=error.code, route=BATCHED).inc()
+                        failed.extend((path, error) for path in joined.paths(index))
+                        skipped.update(c for c, p in enumerate(batched.parts) if p.parent == index)
                     self.metrics.batched_keys.observe(len(keys))
         except CitygateError as error:
             detail = self.redact(error.detail or "")
@@ -279,7 +297,7 @@ class Runner:
             )
         cached = "hit" if answered == {"hit"} else "miss" if "miss" in answered else "off"
         self.metrics.count_lookup("result", cached)
-        return joined.value, cached, BATCHED
+        return (Partly(joined.value, failed) if failed else joined.value), cached, BATCHED
 
     def _fetch(
         self,
@@ -336,6 +354,15 @@ class Runner:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class Partly:
+    """A root field's value with some of its fields null for an error of their own: the fields
+    of a relationship whose store did not answer (its path, and why)."""
+
+    value: Any
+    errors: list[tuple[list[str | int], CitygateError]]
 
 
 def _memo_weight(entry: tuple[Plan, Memo]) -> int:

@@ -140,6 +140,32 @@ class Joined:
     def value(self) -> Any:
         return self.holder[self.compiled.key]
 
+    def nullable(self, part: int) -> bool:
+        """Whether part ``part`` can fail alone: every one of its nodes its parents reach is an
+        object relationship (nullable: null in each parent, and the rest stands)."""
+        nodes = self.compiled.nodes
+        return all(nodes[top].mode == "first" and len(nodes[top].attach) == 1 for top in self.parts[part].tops)
+
+    def paths(self, part: int) -> list[list[str | int]]:
+        """The response paths of part ``part``'s fields in every parent that asked for them (one
+        error each, should the part fail), in the order of the response."""
+        fields = sorted({self.compiled.nodes[top].attach[0] for top in self.parts[part].tops})
+        wanted = {id(obj) for objects in self.parents[part].values() for obj in objects}
+        found: list[list[str | int]] = []
+
+        def walk(value: Any, path: list[str | int]) -> None:
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    walk(item, [*path, index])
+            elif isinstance(value, dict):
+                if id(value) in wanted:
+                    found.extend([*path, name] for name in fields)
+                for name, item in value.items():
+                    walk(item, [*path, name])
+
+        walk(self.value, [self.compiled.key])
+        return found
+
     def keys(self, part: int) -> list[Any]:
         """The keys part ``part`` is to be given: its parents', each once, in the order they came."""
         return list(self.parents[part])

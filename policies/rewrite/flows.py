@@ -271,7 +271,9 @@ def _own(node: exp.Expr) -> list[exp.Expr]:
 
 # What a SELECT over hidden values (raw values, keys, tie-breaks) may have: the compiler builds
 # nothing else there.
-_PLAIN_ARGS = frozenset({"expressions", "from", "from_", "joins", "where", "order", "limit", "offset"})
+# (A statement's WITH holds its common table expressions, each a scope checked on its own: a
+# statement that returns links reads hidden values where its WITH is.)
+_PLAIN_ARGS = frozenset({"expressions", "from", "from_", "joins", "where", "order", "limit", "offset", "with", "with_"})
 
 
 _PLAIN_JOIN = frozenset({"this", "on", "side", "kind"})
