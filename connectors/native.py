@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import sqlite3
 import threading
@@ -91,6 +92,8 @@ class _Lost(Exception):
 # Where a statement's one parameter goes in MariaDB's text until the driver's form is made of it
 # (MariadbEngine.sql): a NUL, which no literal of a statement holds (catalogue.types.text_problem).
 _PARAMETER = "\x00"
+# MariaDB's exact collation: by code point, trailing spaces counted, as the engines compare text
+_NOPAD = "utf8mb4_nopad_bin"
 
 
 def _key_rows(source: Callable[[str], str]) -> Callable[[Any, KeyRows], str]:
@@ -118,10 +121,11 @@ class _Postgres(Postgres, KeyedDialect):
                     this="TO_CHAR", expressions=[value, exp.Literal.string("YYYY-MM-DD HH24:MI:SS.US")]
                 ),
             ),
+            # an array, not JSON: the planner counts a bound array's elements (a JSON function
+            # it takes for 100 rows, and scans tables where it would look keys up)
             KeyRows: _key_rows(
                 lambda alias: (
-                    "JSON_ARRAY_ELEMENTS_TEXT(CAST($1 AS JSON)) WITH ORDINALITY "
-                    f"AS {alias}({_quoted(KEY_VALUE)}, {_quoted(KEY_PLACE)})"
+                    f"UNNEST(CAST($1 AS TEXT[])) WITH ORDINALITY AS {alias}({_quoted(KEY_VALUE)}, {_quoted(KEY_PLACE)})"
                 )
             ),
         }
@@ -378,12 +382,14 @@ class PostgresEngine(NativeEngine):
         try:
             with self._pool.connection() as conn:
                 # with parameters, one that takes the text as it is, $1 and all (a cursor of
-                # psycopg's own form would read each % of it as a placeholder)
+                # psycopg's own form would read each % of it as a placeholder); the keys, given
+                # as a JSON array, bound as an array of text (see KeyRows above)
                 cursor = psycopg.RawCursor(conn) if params else conn.cursor()
+                bound = [[str(key) for key in json.loads(p)] for p in params]
                 if cancel is not None:
                     cancel.on_cancel(lambda: _cancel_aside(conn))
                 try:
-                    cursor.execute(sql.encode(), params or None, prepare=False)
+                    cursor.execute(sql.encode(), bound or None, prepare=False)
                     rows = self._fetch(cursor, max_rows)
                     description = cursor.description or []
                 finally:
@@ -492,6 +498,7 @@ class MariadbEngine(NativeEngine):
         self._params = mariadb_params(store, store.database)
         self._limit = exp.Literal.number(round(max(statement_seconds, 0.001), 3)).sql("mysql")
         self._pool = Kept(self._connect, pymysql_alive, settings.pool_size, settings.pool_wait)
+        self._nopad: bool | None = None
 
     def _connect(self) -> Any:
         conn = pymysql.connect(**self._params, autocommit=True, read_timeout=self.statement_seconds + 5)
@@ -506,7 +513,17 @@ class MariadbEngine(NativeEngine):
         return conn
 
     def _collation(self) -> str | None:
-        return "utf8mb4_nopad_bin"
+        # Every text column of the store already compares and orders under it (the demo city's
+        # loader makes them so): read as they are, where their indexes find a key; else read
+        # under it, which no index of another collation serves.
+        if self._nopad is None:
+            rows = self.run(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                f"AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> '{_NOPAD}'",
+                list(self.departments)[:1],
+            ).rows
+            self._nopad = bool(rows) and rows[0][0] == 0
+        return None if self._nopad else _NOPAD
 
     def sql(self, tree: exp.Expr) -> str:
         text = super().sql(tree)

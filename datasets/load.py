@@ -20,7 +20,7 @@ from catalogue.files import replacing
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from connectors.stores import describe_store_failure, mariadb_params, pg_params
 from datasets.datagen import City
-from datasets.demo_city import TABLES, TableSpec
+from datasets.demo_city import RELATIONSHIPS, TABLES, TableSpec
 
 # What marks a store as citygate's own: a SQLite file's application id ("CGTY"), a database's
 # comment on PostgreSQL and MariaDB. The loader replaces tables only where it finds the mark, or
@@ -67,6 +67,35 @@ def create_table_sql(spec: TableSpec, dialect: str) -> str:
         this=exp.Schema(this=exp.Table(this=exp.to_identifier(spec.name, quoted=True)), expressions=columns),
     )
     return create.sql("postgres" if dialect == "sqlite" else dialect)
+
+
+def index_sql(spec: TableSpec, dialect: str) -> list[str]:
+    """CREATE INDEX on each of ``spec``'s columns a relationship joins on that is not its key:
+    a department's own database indexes the identifiers other departments look its rows up by,
+    and a relationship followed by key (one statement per store, given the parents' keys) reads
+    the rows of those keys alone.
+
+    >>> from datasets.demo_city import table_spec
+    >>> index_sql(table_spec("transport", "vehicles"), "postgres")
+    ['CREATE INDEX "vehicles_owner_credit_code_idx" ON "vehicles"("owner_credit_code")']
+    """
+    linked = {
+        column
+        for r in RELATIONSHIPS
+        for department, table, column in (r.source, r.target)
+        if (department, table) == (spec.department, spec.name) and (column,) != spec.primary_key
+    }
+    return [
+        exp.Create(
+            kind="INDEX",
+            this=exp.Index(
+                this=exp.to_identifier(f"{spec.name}_{column}_idx", quoted=True),
+                table=exp.Table(this=exp.to_identifier(spec.name, quoted=True)),
+                params=exp.IndexParameters(columns=[exp.column(column, quoted=True)]),
+            ),
+        ).sql("postgres" if dialect == "sqlite" else dialect)
+        for column in sorted(linked)
+    ]
 
 
 def _insert_sql(spec: TableSpec, dialect: str | type[MySQL]) -> str:
@@ -181,6 +210,8 @@ def _load_sqlite(store: SqliteStore, tables: Sequence[tuple[TableSpec, list[Row]
                     batch = rows[start : start + BATCH]
                     conn.executemany(insert, [_sqlite_row(r) for r in batch])
                     progress(len(batch))
+                for index in index_sql(spec, "sqlite"):
+                    conn.execute(index)
             conn.commit()
         finally:
             conn.close()
@@ -212,6 +243,8 @@ def _load_postgres(store: PostgresStore, tables: Sequence[tuple[TableSpec, list[
                     for row in batch:
                         writer.write_row(row)
                     progress(len(batch))
+            for index in index_sql(spec, "postgres"):
+                cur.execute(index)
             cur.execute(f"ANALYZE {exp.to_identifier(spec.name, quoted=True).sql('postgres')}")
         database = exp.to_identifier(store.database, quoted=True).sql("postgres")
         cur.execute(f"COMMENT ON DATABASE {database} IS {exp.Literal.string(MARK).sql('postgres')}")
@@ -231,8 +264,11 @@ def _load_mariadb(store: MariadbStore, tables: Sequence[tuple[TableSpec, list[Ro
     try:
         with conn.cursor() as cur:
             name = exp.to_identifier(store.database, quoted=True).sql("mysql")
-            # utf8mb4_bin: exact, case-sensitive comparison, as Trino and DuckDB compare.
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            # utf8mb4_nopad_bin: exact comparison by code point, trailing spaces counted, as Trino
+            # and DuckDB compare: the gateway reads the columns as they are, through their indexes
+            # (connectors.native.MariadbEngine._collation).
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin")
+            cur.execute(f"ALTER DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin")
             cur.execute(f"USE {name}")
             for spec, rows in tables:
                 cur.execute(_drop_sql(spec, "mysql"))
@@ -242,6 +278,8 @@ def _load_mariadb(store: MariadbStore, tables: Sequence[tuple[TableSpec, list[Ro
                     batch = rows[start : start + BATCH]
                     cur.executemany(insert, batch)
                     progress(len(batch))
+                for index in index_sql(spec, "mysql"):
+                    cur.execute(index)
                 conn.commit()
             cur.execute(f"ALTER DATABASE {name} COMMENT = %s", (MARK,))
     finally:

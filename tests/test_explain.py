@@ -43,7 +43,9 @@ QUERY = """{
 SUPERVISOR = Identity("supervisor", {})
 # Without policies: a relationship between two stores goes to the engine.
 ACROSS = """{
-  visits: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } }
+  visits: health_clinic_visits(where: {resident: {gender: {_eq: "F"}}}, limit: 2, order_by: [{visit_id: asc}]) {
+    visit_id resident { name } }
+  linked: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } }
   stations: transport_stations(where: {district: {_eq: "南城"}}, limit: 5, order_by: [{station_id: asc}]) { name }
   sites: environment_monitored_sites(limit: 3, order_by: [{site_id: asc}]) { site_name district }
 }"""
@@ -107,7 +109,7 @@ def test_the_console_shows_byte_for_byte_what_each_route_received(
         assert shown["stations"]["sql"] in pg_statements, shown["stations"]["sql"]
         assert shown["stations"]["dialect"] == "postgres" and "'南城'" in shown["stations"]["sql"]
         assert shown["sites"]["sql"] in mariadb_log, shown["sites"]["sql"]
-        assert shown["sites"]["dialect"] == "mysql" and "utf8mb4_nopad_bin" in shown["sites"]["sql"]
+        assert shown["sites"]["dialect"] == "mysql" and "`environment`.`monitored_sites`" in shown["sites"]["sql"]
         hashed = shown["residents"]["sql"]
         assert "<key>" in hashed
         if engine == "trino":
@@ -146,6 +148,14 @@ def test_the_command_line_shows_what_the_stores_and_trino_received(services_conf
     sites = blocks[f"-- sites: route delegated, to mariadb://127.0.0.1:{port}/environment (mysql)"]
     visits = blocks["-- visits on trino (trino)"]
     assert "-- visits: route trino (it reads more than one store, or needs the engine)" in lines
+    # a relationship between stores followed by key: each part's text, as its store receives it
+    assert "-- linked: route batched, one statement per store and level, joined by key in the gateway" in lines
+    pg_port = os.environ.get("CITYGATE_PG_PORT", "5432")
+    linked = [
+        blocks[f"-- linked, part 1 of 2, on postgresql://127.0.0.1:{pg_port}/health (postgres)"],
+        next(t for h, t in blocks.items() if h.startswith("-- linked, part 2 of 2, on postgresql://")),
+    ]
+    assert "$1" not in linked[0] and "UNNEST(CAST($1 AS TEXT[]))" in linked[1]
 
     config = services_config.with_delegate("auto")
     gateway = Gateway.start(config, create_engine(config))
@@ -155,9 +165,13 @@ def test_the_command_line_shows_what_the_stores_and_trino_received(services_conf
     finally:
         gateway.close()
     assert "errors" not in response.body, response.body
-    assert response.routes == {"visits": "trino", "stations": "delegated", "sites": "delegated"}
+    assert response.routes == {"visits": "trino", "linked": "batched", "stations": "delegated", "sites": "delegated"}
     pg_statements = statements_in(pg_log)
     assert stations in pg_statements, stations
+    for text in linked:
+        assert text in pg_statements, text
+    # the keys travel as the statement's parameter, never in its text
+    assert any("parameters: $1 = '{" in line for line in pg_log)
     assert sites in mariadb_log, sites
     settings = Settings.from_env()
     received = [q for _, q in history(settings.trino_https_port, TRINO_ADMIN, f"WHERE \"user\" = '{TRINO_GATEWAY}'")]

@@ -94,14 +94,16 @@ def test_a_statement_reading_one_store_runs_there_and_one_reading_two_on_the_eng
     query = """{
       one: transport_stations(limit: 2, order_by: [{station_id: asc}]) { name }
       mariadb: environment_monitored_sites(limit: 2, order_by: [{site_id: asc}]) { site_name }
-      two: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } }
+      two: health_clinic_visits(where: {resident: {gender: {_eq: "F"}}}, limit: 2) { visit_id }
+      batched: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } }
       folded: transport_stations(where: {name: {_ilike: "%站"}}, limit: 1) { name }
       boolean: environment_emission_readings(limit: 1, order_by: [{reading_id: asc}]) { exceeded }
     }"""
     assert routes(gateway_delegated, query) == {
         "one": "delegated",
         "mariadb": "delegated",
-        "two": "trino",  # health and public_security: two PostgreSQL databases
+        "two": "trino",  # health and public_security: two PostgreSQL databases, joined before a filter
+        "batched": "batched",  # the same two, followed by key from each visit to its resident
         "folded": "trino",  # each store folds case its own way
         "boolean": "delegated",  # MariaDB's BOOLEAN comes back as 0 and 1, shaped as false and true
     }
@@ -185,6 +187,42 @@ def test_each_store_answers_as_the_engines_do(
     same(bodies[2]["data"], bodies[0]["data"])
     same(bodies[1]["data"], bodies[0]["data"])
     assert set(gateway_delegated.execute(query).routes.values()) == {"delegated"}
+
+
+def test_a_mariadb_store_that_compares_loosely_is_read_under_the_exact_collation(
+    services_config: Config, gateway_trino: Gateway
+) -> None:
+    """The demo's MariaDB databases compare exactly (utf8mb4_nopad_bin), and are read as they
+    are, through their indexes; a department's database under MariaDB's default collation
+    (case- and accent-insensitive, trailing spaces ignored) is read under the exact one."""
+    store = services_config.departments["market_regulation"].store
+    assert isinstance(store, MariadbStore)
+    params = mariadb_params(store, "market_regulation")
+    conn = pymysql.connect(**params, autocommit=True)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("DROP DATABASE IF EXISTS citygate_loose")
+            cursor.execute("CREATE DATABASE citygate_loose CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
+            cursor.execute("CREATE TABLE citygate_loose.enterprises AS SELECT * FROM market_regulation.enterprises")
+            cursor.execute(
+                "ALTER TABLE citygate_loose.enterprises CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+            )
+            cursor.execute("ALTER TABLE citygate_loose.enterprises ADD PRIMARY KEY (credit_code)")
+        config = with_store(services_config.with_delegate("auto"), "market_regulation", database="citygate_loose")
+        loose = Gateway.start(config, create_engine(config))
+        try:
+            for name in ("case", "trailing space", "lower case first", "group by text"):
+                response = loose.execute(DIFFERENCES[name])
+                assert set(response.routes.values()) == {"delegated"}
+                same(response.body, gateway_trino.execute(DIFFERENCES[name]).body)
+            [statement] = loose.prepared(DIFFERENCES["case"])
+            assert "COLLATE utf8mb4_nopad_bin" in statement.text  # type: ignore[union-attr]
+        finally:
+            loose.close()
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute("DROP DATABASE IF EXISTS citygate_loose")
+        conn.close()
 
 
 # -- the route's own limits --------------------------------------------------------------------
@@ -447,8 +485,12 @@ def trino_at(config: Config, port: int, **engine: Any) -> Config:
     return config.model_copy(update={"engine": config.engine.model_copy(update={"trino": trino, **engine})})
 
 
+# one: one store; two: a join before a filter, across two stores, on the engine alone; three: a
+# relationship between two stores followed by key, on the stores (engine.batch_relationships)
 BOTH = """{ one: transport_stations(limit: 2, order_by: [{station_id: asc}]) { name }
-  two: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } } }"""
+  two: health_clinic_visits(where: {resident: {district: {_eq: "莞城"}}}, limit: 2, order_by: [{visit_id: asc}]) {
+    visit_id resident { name } }
+  three: health_clinic_visits(limit: 2, order_by: [{visit_id: asc}]) { visit_id resident { name } } }"""
 
 
 def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_until_it_is_back(
@@ -462,6 +504,8 @@ def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_unti
         assert not gateway.unavailable and len(gateway.catalogue.departments) == 6  # read from the stores
         response = gateway.execute(BOTH)
         assert response.body["data"]["one"] == gateway_trino.execute(BOTH).body["data"]["one"]
+        assert response.body["data"]["three"] == gateway_trino.execute(BOTH).body["data"]["three"]
+        assert response.routes["three"] == "batched"
         assert response.body["data"]["two"] is None
         [error] = response.body["errors"]
         assert error["path"] == ["two"] and error["extensions"]["code"] == "ENGINE_UNAVAILABLE"
@@ -476,7 +520,7 @@ def test_with_trino_down_the_gateway_starts_and_delegated_statements_answer_unti
         back = gateway.execute(BOTH)  # no restart
         assert "errors" not in back.body, back.body
         assert back.body == gateway_trino.execute(BOTH).body
-        assert back.routes == {"one": "delegated", "two": "trino"}
+        assert back.routes == {"one": "delegated", "two": "trino", "three": "batched"}
     finally:
         if relay is not None:
             relay.close()
@@ -492,7 +536,7 @@ def test_with_trino_down_the_embedded_fallback_answers_the_rest(
         response = gateway.execute(BOTH)
         assert "errors" not in response.body, response.body
         assert response.body == gateway_trino.execute(BOTH).body
-        assert response.routes == {"one": "delegated", "two": "embedded"}
+        assert response.routes == {"one": "delegated", "two": "embedded", "three": "batched"}
     finally:
         gateway.close()
 

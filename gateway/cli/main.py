@@ -105,6 +105,8 @@ def _print_decisions(view: View, compiled: list[Compiled]) -> None:
 
 def _print_batched(key: str, batched: Batched) -> None:
     """A root field cut between stores: each part's text, which runs on its store."""
+    from gateway.execution.prepared import Statement
+
     print(f"-- {key}: route batched, one statement per store and level, joined by key in the gateway")
     for index, statement in enumerate(batched.statements):
         print(f"-- {key}, {batched.label(index)}")
