@@ -83,7 +83,7 @@ def run(runs: int, progress: Callable[[str], None]) -> dict[str, Any]:
                 raise AssertionError(f"{name}: the ways answer differently:\n{bodies}")
             routes = sorted(set(answers["batched"].routes.values()))
             progress(f"batched: {name} ({runs} runs of each way, in turns)")
-            actions: dict[str, Callable[[], Any]] = {way: functools.partial(gateways[way].execute, query) for way in WAYS}
+            actions: dict[str, Callable[[], Any]] = {w: functools.partial(gateways[w].execute, query) for w in WAYS}
             samples = interleaved(actions, runs)
             figures[name] = {"routes": routes, **{way: summary(samples[way]) for way in WAYS}}
         base = figures["visits"]["batched"]["p50_ms"]
