@@ -156,6 +156,7 @@ def _raw_driver(runs: int) -> list[dict[str, Any]]:
     import pymysql
 
     from connectors.stores import mariadb_params, pg_params
+    from gateway.execution.prepared import Statement
 
     out = []
     with _gateway() as gateway:
@@ -163,8 +164,9 @@ def _raw_driver(runs: int) -> list[dict[str, Any]]:
             response = gateway.execute(query)
             if "errors" in response.body or set(response.routes.values()) != {"delegated"}:
                 raise AssertionError(f"{name}: not answered on the delegated route: {response.body} {response.routes}")
-            [compiled] = gateway.compile(query)
-            text = compiled.sql[compiled.route.key]
+            [statement] = gateway.prepared(query)
+            assert isinstance(statement, Statement)
+            text = statement.text
             store = gateway.config.departments[key].store
             if store.kind == "postgresql":
                 conn: Any = psycopg.connect(**pg_params(store, store.database), autocommit=True)

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from bench import delegation, durability
+from bench import batched, delegation, durability
 
 PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
 
@@ -174,6 +174,7 @@ def markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
     lines += _peer(report.get("peer"), plots)
     lines += _load_section(report.get("load"), plots)
     lines += delegation.markdown(report.get("delegation"))
+    lines += batched.markdown(report.get("batched"))
     lines += durability.markdown(report.get("durability"))
     lines += _overhead_section(report, plots)
     lines += _shaping(report.get("shaping"))
@@ -204,7 +205,7 @@ def _interval(row: dict[str, Any]) -> str:
 
 def _checks(report: dict[str, Any]) -> list[str]:
     rows = []
-    for section in ("peer", "load", "delegation", "durability"):
+    for section in ("peer", "load", "delegation", "batched", "durability"):
         for check in (report.get(section) or {}).get("checks", []):
             rows.append(
                 f"| {section} | {check['name']} | {_value(check['value'])} | {check['target']} | {_met(check['met'])} |"

@@ -11,6 +11,8 @@ p50, p95 (and p99 where a load generator measures it) and its number of runs:
 - load: a bounded run of 10,000 requests from 32 connections (``bench/load.py``);
 - delegation: the delegated route against PostGraphile, the engines and the raw driver
   (``bench/delegation.py``), citygate with its default worker processes;
+- batched: relationships between stores followed by key, against Trino's and the embedded
+  engine's joins (``bench/batched.py``);
 - durability: every answer after its durable audit record, against the trail off
   (``bench/durability.py``);
 - seed: the seed-scale profile (``bench/seed.py``), when that module is there.
@@ -48,6 +50,7 @@ SECTIONS = (
     "peer",
     "load",
     "delegation",
+    "batched",
     "durability",
     "seed",
 )
@@ -160,6 +163,10 @@ def _plan(
                 )
             },
         )
+    if "batched" in chosen:
+        from bench import batched
+
+        yield "batched", lambda: {"batched": batched.run(max(30, settings.runs // 2), progress)}
     if "durability" in chosen:
         from bench import durability
 
