@@ -156,8 +156,9 @@ def _load_mariadb(
     try:
         with conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name}")
-            # utf8mb4_bin: exact, case-sensitive comparison, as Trino and DuckDB compare.
-            cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            # utf8mb4_nopad_bin: exact comparison, trailing spaces counted, as Trino and DuckDB
+            # compare: the gateway reads the columns as they are, through their indexes.
+            cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin")
             cur.execute(f"USE {name}")
             for table, path in files:
                 starting(table)

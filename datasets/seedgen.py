@@ -46,7 +46,7 @@ from datasets.seed_scale import SeedDepartment, SeedPlan, plan
 from gateway.config import Config
 
 # Bump when the files' format or the loaders change in a way the digest cannot see.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: MariaDB databases under utf8mb4_nopad_bin
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "seed-scale.yaml"
 
