@@ -199,3 +199,43 @@ def test_a_store_that_does_not_answer_fails_only_its_fields(services_config: Con
         assert error["extensions"]["code"] == "DEPARTMENT_UNAVAILABLE"
     finally:
         gateway.close()
+
+
+def test_many_batches_run_within_one_statements_time(services_config: Config) -> None:
+    """A thousand parents, one key a statement: each statement is quick, but together they have
+    the role's statement limit, as the one statement on the engine would, and no more."""
+    config = services_config.with_delegate("auto")
+    config = config.model_copy(
+        update={
+            "engine": config.engine.model_copy(update={"batch_keys": 1}),
+            "limits": config.limits.model_copy(update={"statement_seconds": 0.5}),
+        }
+    )
+    gateway = started(config)
+    try:
+        query = "{ health_clinic_visits(limit: 1000, order_by: [{visit_id: asc}]) { visit_id resident { name } } }"
+        stores = {id(n): n for n in gateway.routes.native.values()}.values()
+        before = sum(n.statements for n in stores)
+        response = gateway.execute(query)
+        ran = sum(n.statements for n in stores) - before
+        assert response.routes == {"health_clinic_visits": "batched"}
+        [error] = response.body["errors"]
+        assert error["extensions"]["code"] == "TIMEOUT" and error["path"] == ["health_clinic_visits"]
+        assert 1 < ran < 1000, ran  # stopped when the time was up, not after every batch
+    finally:
+        gateway.close()
+
+
+def test_the_batched_route_shows_in_metrics(services_config: Config) -> None:
+    from prometheus_client import generate_latest
+
+    gateway = started(services_config.with_delegate("auto"))
+    try:
+        query = "{ health_clinic_visits(limit: 5, order_by: [{visit_id: asc}]) { visit_id resident { name } } }"
+        assert gateway.execute(query).routes == {"health_clinic_visits": "batched"}
+        text = generate_latest(gateway.metrics.registry).decode()
+        labels = 'department="health",engine="delegated",route="batched"'
+        assert f"citygate_statement_duration_seconds_count{{{labels}}} 1.0" in text
+        assert "citygate_batched_keys_count 1.0" in text and "citygate_batched_keys_sum 5.0" in text
+    finally:
+        gateway.close()

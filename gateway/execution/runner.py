@@ -23,6 +23,7 @@ from catalogue.errors import (
     EngineUnavailableError,
     NoiseRequiredError,
     PolicyRefused,
+    StatementTimeout,
     StoreUnavailableError,
     trace_without_messages,
 )
@@ -237,53 +238,19 @@ class Runner:
         parents' keys (at most ``batch_keys`` to a statement), each on its own store, shaped
         and joined by key as its rows arrive. Every statement's rows, and the objects the
         engine's join would have repeated for parents that share a key, count against the
-        request's ``budget``. The value, whether the cache answered every statement, and the
-        route (``batched``)."""
+        request's ``budget``; all the statements together run within the role's statement
+        limit, as the one statement on the engine would. The value, whether the cache answered
+        every statement, and the route (``batched``)."""
         started = time.perf_counter()
         compiled = batched.compiled
-        joined = Joined(compiled, [s.builders if isinstance(s, Statement) else () for s in batched.statements])
-        answered: set[str] = set()
-        part_name = "-"
-        failed: list[tuple[list[str | int], CitygateError]] = []  # fields of a part that failed alone
-        skipped: set[int] = set()
+        run = _Parts(batched, self.limits(view.role).statement_seconds)
         try:
             with self.telemetry.stage("batched", parts=len(batched.parts)):
-                for index, (part, statement) in enumerate(zip(batched.parts, batched.statements, strict=True)):
-                    part_name = ",".join(statement.compiled.departments)
-                    if index in skipped:  # under a part that failed: no parents, nothing to ask
-                        skipped.update(c for c, p in enumerate(batched.parts) if p.parent == index)
-                        continue
-                    if part.parent < 0:
-                        assert isinstance(statement, Statement)  # a root part that fails is the whole's
-                        rows, cached = self._fetch(statement.route, statement.text, statement, view, budget)
-                        budget.take(len(rows))
-                        joined.add(index, rows)
-                        answered.add(cached)
-                        continue
-                    keys = joined.keys(index)
-                    try:
-                        if isinstance(statement, Refused):  # its store failed while its text was made
-                            raise statement.error
-                        for start in range(0, len(keys), self.batch_keys):
-                            batch = keys[start : start + self.batch_keys]
-                            rows, cached = self._fetch(
-                                statement.route, statement.text, statement, view, budget, (encode(batch).decode(),)
-                            )
-                            budget.take(len(rows))
-                            budget.take(joined.add(index, rows, batch))
-                            answered.add(cached)
-                    except StoreUnavailableError as error:
-                        if not joined.nullable(index):  # a list or an aggregate: null takes its parents
-                            raise
-                        # its fields are null in every parent, each with the error; the rest stands
-                        log.warning("root field %s: part %s failed: %s", compiled.key, part_name, error.message)
-                        self.metrics.engine_errors.labels(engine="delegated", code=error.code, route=BATCHED).inc()
-                        failed.extend((path, error) for path in joined.paths(index))
-                        skipped.update(c for c, p in enumerate(batched.parts) if p.parent == index)
-                    self.metrics.batched_keys.observe(len(keys))
+                for index in range(len(batched.parts)):
+                    self._run_part(run, index, view, budget)
         except CitygateError as error:
             detail = self.redact(error.detail or "")
-            log.warning("root field %s failed (part %s): %s (%s)", compiled.key, part_name, error.message, detail)
+            log.warning("root field %s failed (part %s): %s (%s)", compiled.key, run.name, error.message, detail)
             self.metrics.engine_errors.labels(engine="delegated", code=error.code, route=BATCHED).inc()
             return error, "off", BATCHED
         except Exception as error:  # an engine bug must not take the server down or leak a trace
@@ -295,9 +262,47 @@ class Runner:
             self.metrics.statement_seconds.labels(department=department, engine="delegated", route=BATCHED).observe(
                 elapsed
             )
+        answered = run.answered
         cached = "hit" if answered == {"hit"} else "miss" if "miss" in answered else "off"
         self.metrics.count_lookup("result", cached)
-        return (Partly(joined.value, failed) if failed else joined.value), cached, BATCHED
+        value = run.joined.value
+        return (Partly(value, run.failed) if run.failed else value), cached, BATCHED
+
+    def _run_part(self, run: _Parts, index: int, view: View, budget: RowBudget) -> None:
+        """Part ``index`` of ``run``: its statement, once for the root's part, else once per
+        batch of its parents' keys; a part whose store does not answer, where its fields may be
+        null alone, fails them (and the parts under it) and leaves the rest."""
+        part, statement = run.batched.parts[index], run.batched.statements[index]
+        run.name = ",".join(statement.compiled.departments)
+        if index in run.skipped:  # under a part that failed: no parents, nothing to ask
+            run.skip_under(index)
+            return
+        if part.parent < 0:
+            assert isinstance(statement, Statement)  # a root part that fails is the whole's
+            rows, cached = self._fetch(statement.route, statement.text, statement, view, budget, seconds=run.left())
+            budget.take(len(rows))
+            run.joined.add(index, rows)
+            run.answered.add(cached)
+            return
+        keys = run.joined.keys(index)
+        try:
+            if isinstance(statement, Refused):  # its store failed while its text was made
+                raise statement.error
+            for start in range(0, len(keys), self.batch_keys):
+                batch = keys[start : start + self.batch_keys]
+                given = (encode(batch).decode(),)
+                rows, cached = self._fetch(statement.route, statement.text, statement, view, budget, given, run.left())
+                budget.take(len(rows))
+                budget.take(run.joined.add(index, rows, batch))
+                run.answered.add(cached)
+        except StoreUnavailableError as error:
+            if not run.joined.nullable(index):  # a list or an aggregate: null takes its parents
+                raise
+            log.warning("root field %s: part %s failed: %s", run.batched.compiled.key, run.name, error.message)
+            self.metrics.engine_errors.labels(engine="delegated", code=error.code, route=BATCHED).inc()
+            run.failed.extend((path, error) for path in run.joined.paths(index))
+            run.skip_under(index)
+        self.metrics.batched_keys.observe(len(keys))
 
     def _fetch(
         self,
@@ -307,10 +312,12 @@ class Runner:
         view: View,
         budget: RowBudget,
         params: tuple[str, ...] = (),
+        seconds: float | None = None,
     ) -> tuple[Sequence[Any], str]:
         """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there,
-        with ``params`` bound), and whether the cache answered."""
-        statement_seconds = self.limits(view.role).statement_seconds
+        with ``params`` bound, within ``seconds`` if given, else the role's statement limit),
+        and whether the cache answered."""
+        statement_seconds = self.limits(view.role).statement_seconds if seconds is None else seconds
         departments = statement.compiled.departments
         noise = statement.noise
 
@@ -354,6 +361,32 @@ class Runner:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Parts:
+    """One run of a batched field: its rows joined so far, what the cache answered, the
+    fields that failed alone and the parts under them, and its deadline."""
+
+    def __init__(self, batched: Batched, seconds: float) -> None:
+        self.batched = batched
+        made = [s.builders if isinstance(s, Statement) else () for s in batched.statements]
+        self.joined = Joined(batched.compiled, made)
+        self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
+        self.answered: set[str] = set()
+        self.failed: list[tuple[list[str | int], CitygateError]] = []
+        self.skipped: set[int] = set()
+        self.name = "-"  # the departments of the part now running
+
+    def left(self) -> float:
+        """The seconds the next statement has: what is left of the field's."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise StatementTimeout(self.seconds)
+        return remaining
+
+    def skip_under(self, index: int) -> None:
+        self.skipped.update(c for c, p in enumerate(self.batched.parts) if p.parent == index)
 
 
 @dataclass(frozen=True)
