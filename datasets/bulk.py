@@ -25,7 +25,7 @@ from sqlglot import exp
 from catalogue.stores import MariadbStore, PostgresStore
 from connectors.stores import describe_store_failure, mariadb_params, pg_params
 from datasets.demo_city import TableSpec
-from datasets.load import create_table_sql
+from datasets.load import create_index_sql, create_table_sql
 
 Landed = Callable[[TableSpec, Path], None]
 Starting = Callable[[TableSpec], None]
@@ -50,17 +50,7 @@ def table_ddl(table: TableSpec, kind: str) -> str:
     CREATE TABLE `residents` (`id_card` VARCHAR(18) NOT NULL, `n
     """
     statements = [create_table_sql(table, _dialect(kind))]
-    statements += [
-        exp.Create(
-            kind="INDEX",
-            this=exp.Index(
-                this=exp.to_identifier(f"{table.name}_{column}_idx", quoted=True),
-                table=exp.Table(this=exp.to_identifier(table.name, quoted=True)),
-                params=exp.IndexParameters(columns=[exp.column(column, quoted=True)]),
-            ),
-        ).sql(_dialect(kind))
-        for column in index_columns(table)
-    ]
+    statements += [create_index_sql(table.name, column, _dialect(kind)) for column in index_columns(table)]
     return "\n".join(statements)
 
 

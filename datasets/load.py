@@ -85,17 +85,20 @@ def index_sql(spec: TableSpec, dialect: str) -> list[str]:
         for department, table, column in (r.source, r.target)
         if (department, table) == (spec.department, spec.name) and (column,) != spec.primary_key
     }
-    return [
-        exp.Create(
-            kind="INDEX",
-            this=exp.Index(
-                this=exp.to_identifier(f"{spec.name}_{column}_idx", quoted=True),
-                table=exp.Table(this=exp.to_identifier(spec.name, quoted=True)),
-                params=exp.IndexParameters(columns=[exp.column(column, quoted=True)]),
-            ),
-        ).sql("postgres" if dialect == "sqlite" else dialect)
-        for column in sorted(linked)
-    ]
+    written = "postgres" if dialect == "sqlite" else dialect
+    return [create_index_sql(spec.name, column, written) for column in sorted(linked)]
+
+
+def create_index_sql(table: str, column: str, dialect: str) -> str:
+    """CREATE INDEX ``<table>_<column>_idx`` on one column."""
+    return exp.Create(
+        kind="INDEX",
+        this=exp.Index(
+            this=exp.to_identifier(f"{table}_{column}_idx", quoted=True),
+            table=exp.Table(this=exp.to_identifier(table, quoted=True)),
+            params=exp.IndexParameters(columns=[exp.column(column, quoted=True)]),
+        ),
+    ).sql(dialect)
 
 
 def _insert_sql(spec: TableSpec, dialect: str | type[MySQL]) -> str:

@@ -25,6 +25,7 @@ from gateway.execution.prepared import Batched
 from gateway.identity.caller import Identity
 from tests.conftest import free_port, with_store
 from tests.policy_support import with_policies
+from tests.test_graphql import same
 
 FIXTURES = Path(__file__).parent / "fixtures" / "compile"
 DEMO_CITIZEN = "441900197407169777"
@@ -66,22 +67,6 @@ ACROSS = [
 
 def queries() -> list[str]:
     return [p.read_text(encoding="utf-8") for p in sorted(FIXTURES.glob("*.graphql"))] + ACROSS
-
-
-def same(got: Any, want: Any, path: str = "") -> None:
-    """Equal, with floats to 1e-9 relative (stores and engines add in any order)."""
-    if isinstance(want, float) and isinstance(got, float):
-        assert math.isclose(got, want, rel_tol=1e-9), f"{path}: {got} != {want}"
-    elif isinstance(want, dict):
-        assert isinstance(got, dict) and list(got) == list(want), f"{path}: keys {list(got)} != {list(want)}"
-        for key in want:
-            same(got[key], want[key], f"{path}.{key}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), f"{path}: {len(got)} items != {len(want)}"
-        for index, (g, w) in enumerate(zip(got, want, strict=True)):
-            same(g, w, f"{path}[{index}]")
-    else:
-        assert got == want, f"{path}: {got!r} != {want!r}"
 
 
 def started(config: Config) -> Gateway:
