@@ -245,9 +245,9 @@ class Planner:
         made = self._make_plan(query, variables, operation_name, view, identity, started)
         if key is None or made.transient:  # planned each time, or refused for time (not for good)
             return made
-        weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(
-            PER_NODE * sum(1 for _ in c.tree.walk()) for c in made.compiled.values()
-        )
+        # a field cut between stores keeps each part's tree too
+        trees = [t for c in made.compiled.values() for t in (c.tree, *(p.compiled.tree for p in c.parts))]
+        weight = PER_CHARACTER * (len(query) + len(key[2])) + sum(PER_NODE * sum(1 for _ in t.walk()) for t in trees)
         made = replace(made, weight=weight)
         with self._lock, contextlib.suppress(ValueError):  # one plan larger than the whole cache is not kept
             self.plans[key] = made
