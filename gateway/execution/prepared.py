@@ -64,8 +64,9 @@ class Batched:
     """A root field cut where its relationships reach another store
     (:mod:`gateway.graphql.parts`): one statement per part, each on its store's own route,
     the root's first; and the one statement of the whole field, which the role's policies
-    admitted (a part runs only where the whole would), for what explain shows beside them
-    and for the engine that answers should a store's route not."""
+    admitted first (a part runs only where the whole would), and which explain shows beside
+    them as each engine would run it. Its ``route`` is the whole's (the engine's); it reports
+    itself as :data:`BATCHED`."""
 
     whole: Statement
     parts: tuple[Part, ...]
@@ -90,9 +91,8 @@ class Batched:
         return {}  # a field with a noisy table is never cut
 
     def label(self, index: int) -> str:
-        """What part ``index`` is, for explain: its store, and which keys it is given.
-
-        Its text has one placeholder: the keys of its parents' rows, as a JSON array."""
+        """What part ``index`` is, for explain: its store, and which keys it is given (its
+        text's one placeholder: the keys of its parents' rows, bound by the driver)."""
         part, statement = self.parts[index], self.statements[index]
         if isinstance(statement, Refused):
             store = f"not run: {statement.error.message}"
@@ -106,7 +106,7 @@ class Batched:
         column = relation.column if relation is not None else "?"
         return (
             f"part {index + 1} of {len(self.parts)}, {store}, given the keys {parent.table.name}.{column} "
-            f"of part {part.parent + 1}'s rows as its one parameter (a JSON array)"
+            f"of part {part.parent + 1}'s rows as its one parameter"
         )
 
 
