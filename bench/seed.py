@@ -180,7 +180,7 @@ def _start(engine: str, say: Callable[[str], None]) -> tuple[dict[str, Any], Any
     builds = []
     for _ in range(3):
         began = time.perf_counter()
-        build_model(gateway.catalogue, config)
+        build_model(gateway.catalogue, config.catalogue_settings())
         builds.append((time.perf_counter() - began) * 1000)
     result["schema_build"] = summary(builds)
     gc.collect()

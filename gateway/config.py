@@ -33,6 +33,7 @@ from gateway.settings.access import (
 from gateway.settings.base import NAME_PATTERN
 from gateway.settings.base import Model as _Model
 from gateway.settings.departments import (
+    CatalogueSettings,
     ColumnConfig,
     ColumnRef,
     DepartmentConfig,
@@ -50,6 +51,7 @@ __all__ = [  # the models by concern live in gateway/settings/; importers find t
     "AuditConfig",
     "AuthConfig",
     "CacheConfig",
+    "CatalogueSettings",
     "ColumnConfig",
     "ColumnRef",
     "ConcurrencyConfig",
@@ -246,6 +248,11 @@ class Config(_Model):
     def catalog_of(self, department: str) -> str:
         """The Trino catalog that serves ``department`` (its own name unless configured)."""
         return self.departments[department].trino_catalog or department
+
+    def catalogue_settings(self) -> CatalogueSettings:
+        """What the schema, the views and the proofs read of this configuration: the
+        departments' tables and columns, and the relationships."""
+        return CatalogueSettings(self.departments, tuple(self.relationships))
 
     def with_engine(self, kind: Literal["trino", "embedded"]) -> Config:
         return self.model_copy(update={"engine": self.engine.model_copy(update={"kind": kind})})

@@ -11,7 +11,6 @@ import yaml
 from sqlglot import exp
 
 from gateway.execution.gateway import Gateway
-from gateway.execution.views import sharing_classes
 from policies.decide import decide
 from policies.exposure import probes
 from policies.model import load_policies
@@ -39,7 +38,9 @@ def before_the_mend(tmp_path: Path) -> list[Path]:
 
 def check(gateway: Gateway, files: list[Path]) -> list[Finding]:
     tables = {
-        (t.department, t.name): sharing_classes(gateway.config, t.department, t.name, [c.name for c in t.columns])
+        (t.department, t.name): gateway.catalogue_settings.sharing_classes(
+            t.department, t.name, [c.name for c in t.columns]
+        )
         for t in gateway.catalogue.tables
     }
     types = {(t.department, t.name): {c.name: c.type for c in t.columns} for t in gateway.catalogue.tables}
@@ -77,7 +78,9 @@ def test_the_measurements_agree_across_engines(request: pytest.FixtureRequest, e
     tables = {t: t for t in gateway.catalogue.tables if (t.department, t.name) in keys}
     decisions = {
         role: {
-            key: decide(policies, role, *key, sharing_classes(gateway.config, *key, [c.name for c in t.columns]))
+            key: decide(
+                policies, role, *key, gateway.catalogue_settings.sharing_classes(*key, [c.name for c in t.columns])
+            )
             for key, t in ((k, next(t for t in tables if (t.department, t.name) == k)) for k in keys)
         }
         for role in ("supervisor", "health_analyst")

@@ -86,7 +86,7 @@ def test_the_floor_keeps_a_code_inside_aggregates_whatever_the_central_policy_gr
     """Without the demo's own `diagnosis_code: deny`, the supervisor's exchange default grants the
     code; the floor takes it back and the checker names the conflict. An aggregate-only grant
     with k above 1 keeps it; one with k of 1 (groups of one are rows) does not."""
-    from gateway.execution.views import build_view, sharing_classes
+    from gateway.execution.views import build_view
     from policies.review import review
 
     central = yaml.safe_load(POLICY_FILES[0].read_text(encoding="utf-8"))
@@ -107,11 +107,11 @@ def test_the_floor_keeps_a_code_inside_aggregates_whatever_the_central_policy_gr
     assert not decide(policies, "counter", "health", "clinic_visits", classes).columns["diagnosis_code"].visible
     officer = decide(policies, "district_officer", "health", "clinic_visits", classes)
     assert officer.columns["diagnosis_code"].kind == "raw" and not officer.floor_conflicts
-    view = build_view("supervisor", policies, gateway_sqlite.catalogue, gateway_sqlite.config)
+    settings = gateway_sqlite.catalogue_settings
+    view = build_view("supervisor", policies, gateway_sqlite.catalogue, settings)
     assert "diagnosis_code" not in view.model.tables["health_clinic_visits"].columns
-    config = gateway_sqlite.config
     tables = {
-        (t.department, t.name): sharing_classes(config, t.department, t.name, [c.name for c in t.columns])
+        (t.department, t.name): settings.sharing_classes(t.department, t.name, [c.name for c in t.columns])
         for t in gateway_sqlite.catalogue.tables
     }
     found = [f.message for f in review(policies, tables) if f.kind == "floor"]

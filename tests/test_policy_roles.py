@@ -155,7 +155,7 @@ def test_anonymous_sees_only_published_columns(secured: Gateway) -> None:
 def relations_of(gateway: Gateway, files: list[Path], role: str, root: str) -> set[str]:
     from gateway.execution.views import build_view
 
-    view = build_view(role, load_policies(files), gateway.catalogue, gateway.config)
+    view = build_view(role, load_policies(files), gateway.catalogue, gateway.catalogue_settings)
     return set(view.model.tables[root].relations)
 
 

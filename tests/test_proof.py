@@ -207,7 +207,8 @@ def test_policy_check_reports_masks_it_cannot_prove_equal_and_masks_that_show_th
     policy = write_policy(tmp_path / "unproven.yaml", UNPROVEN)
     gateway = gateway_with(engine, [policy], sqlite_config, services_config, prove=False)
     try:
-        assert _policy_check(gateway) == 1
+        assert gateway.config.policies is not None
+        assert _policy_check(gateway, gateway.config.policies) == 1
     finally:
         gateway.close()
     found = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("mask:")]

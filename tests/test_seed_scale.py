@@ -185,7 +185,7 @@ def test_the_schema_builds_with_all_755_tables(seed: SeedPlan) -> None:
     catalogue = Catalogue(
         tuple(Department(d.name, tuple(t.to_table() for t in d.tables), d.display_name) for d in seed.departments)
     )
-    model = build_model(catalogue, config)
+    model = build_model(catalogue, config.catalogue_settings())
     assert len(model.tables) == 755
     kinds = Counter(kind for kind, _ in model.roots.values())
     assert kinds == {"list": 755, "by_pk": 755, "aggregate": 755, "group_by": 755}

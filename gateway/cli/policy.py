@@ -12,6 +12,9 @@ from catalogue.errors import CitygateError
 from gateway.cli.common import Command, demo_or_config, gateway_of
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from gateway.config import PoliciesConfig, RelationshipConfig
     from gateway.execution.gateway import Gateway
 
 
@@ -25,7 +28,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
         if gateway.policies is None:
             raise CitygateError("the configuration has no policies section")
         if args.action == "check":
-            return _policy_check(gateway)
+            assert gateway.config.policies is not None
+            return _policy_check(gateway, gateway.config.policies)
         from gateway.execution.privacy import PrivacyBudgets
 
         # Test cases spend a budget of their own: a run must not use up the deployment's.
@@ -35,22 +39,22 @@ def cmd_policy(args: argparse.Namespace) -> int:
         gateway.close()
 
 
-def _policy_check(gateway: Gateway) -> int:
+def _policy_check(gateway: Gateway, settings: PoliciesConfig) -> int:
+    """``settings``: the thresholds of the disclosure review (``policies.check_*``)."""
     import time
 
     from gateway.execution.measure import run_all
     from gateway.execution.proof import prove_masks
-    from gateway.execution.views import sharing_classes
     from policies.review import Finding, review
 
     began = time.perf_counter()
+    catalogue = gateway.catalogue_settings
     tables = {
-        (t.department, t.name): sharing_classes(gateway.config, t.department, t.name, [c.name for c in t.columns])
+        (t.department, t.name): catalogue.sharing_classes(t.department, t.name, [c.name for c in t.columns])
         for t in gateway.catalogue.tables
     }
     policies = gateway.policies
-    settings = gateway.config.policies
-    assert policies is not None and settings is not None
+    assert policies is not None
     types = {(t.department, t.name): {c.name: c.type for c in t.columns} for t in gateway.catalogue.tables}
     findings = review(
         policies,
@@ -59,13 +63,13 @@ def _policy_check(gateway: Gateway) -> int:
         lambda tree: gateway.engine.execute(tree).rows[0],
         settings.check_min_distinct,
         settings.check_min_candidates,
-        _relations(gateway),
+        _relations(catalogue.relationships),
         primary=_primary_keys(gateway),
         run=lambda trees: run_all(gateway.engine, trees),
     )
     # masks tried on every route: what start-up refuses to serve
     findings += [
-        Finding("mask", r.message) for r in prove_masks(gateway.routes, policies, gateway.catalogue, gateway.config)
+        Finding("mask", r.message) for r in prove_masks(gateway.routes, policies, gateway.catalogue, catalogue)
     ]
     print(f"policies {policies.version}: roles {', '.join(sorted(policies.roles))}; {len(tables)} tables")
     open_ = [f for f in findings if not f.accepted]
@@ -87,10 +91,10 @@ def _primary_keys(gateway: Gateway) -> dict[tuple[str, str], tuple[str, ...]]:
     return {(t.department, t.name): t.primary_key for t in gateway.model.tables.values()}
 
 
-def _relations(gateway: Gateway) -> dict[tuple[str, str], frozenset[str]]:
+def _relations(relationships: Iterable[RelationshipConfig]) -> dict[tuple[str, str], frozenset[str]]:
     """The relationship fields on each table, as the configuration declares them."""
     names: dict[tuple[str, str], set[str]] = {}
-    for link in gateway.config.relationships:
+    for link in relationships:
         names.setdefault((link.source_ref.department, link.source_ref.table), set()).add(link.name)
         if link.reverse is not None:
             names.setdefault((link.target_ref.department, link.target_ref.table), set()).add(link.reverse.name)

@@ -27,8 +27,8 @@ from typing import Any
 
 from catalogue.errors import CitygateError
 from catalogue.model import Table
-from gateway.config import Config
-from gateway.execution.views import View, sharing_classes
+from gateway.config import CatalogueSettings
+from gateway.execution.views import View
 from gateway.graphql.schema import TableInfo
 from policies.treatments import DENY, RAW, Treatment
 
@@ -130,11 +130,13 @@ def sample_query(table: TableInfo) -> str:
     return f"{{\n  {table.root}(limit: 5) {{\n{shown}\n  }}\n}}\n"
 
 
-def _resource(table: Table, info: TableInfo, view: View, config: Config, estimates: Estimates) -> dict[str, Any]:
+def _resource(
+    table: Table, info: TableInfo, view: View, settings: CatalogueSettings, estimates: Estimates
+) -> dict[str, Any]:
     decision = view.decisions.get((table.department, table.name)) if view.decisions is not None else None
     access, k = (decision.access, decision.k) if decision is not None else ("allow", 1)
-    classes = sharing_classes(config, table.department, table.name, [c.name for c in table.columns])
-    table_config = config.departments[table.department].tables.get(table.name)
+    classes = settings.sharing_classes(table.department, table.name, [c.name for c in table.columns])
+    table_config = settings.departments[table.department].tables.get(table.name)
     rows, refreshed = estimates.of(info)
     if decision is not None and decision.row_filter is not None:
         # the estimate counts every row of the table, not the rows this caller may see: an
@@ -178,7 +180,7 @@ def _resource(table: Table, info: TableInfo, view: View, config: Config, estimat
 def entries(
     view: View,
     tables: tuple[Table, ...],
-    config: Config,
+    settings: CatalogueSettings,
     estimates: Estimates,
     states: dict[str, str],
     unavailable: dict[str, str],
@@ -192,7 +194,7 @@ def entries(
     needle = search.strip().casefold()
     infos = {(t.department, t.name): t for t in view.model.tables.values()}
     chosen: dict[str, list[tuple[Table, TableInfo]]] = {}
-    for name, spec in config.departments.items():
+    for name, spec in settings.departments.items():
         if department and name != department:
             continue
         whole = not needle or _matches(needle, name, spec.display_name, spec.owner)
@@ -207,8 +209,8 @@ def entries(
     estimates.read(info for found in chosen.values() for _, info in found)
     out = []
     for name, found in chosen.items():
-        spec = config.departments[name]
-        resources = [_resource(table, info, view, config, estimates) for table, info in found]
+        spec = settings.departments[name]
+        resources = [_resource(table, info, view, settings, estimates) for table, info in found]
         status = "down" if name in unavailable else states.get(name, "unknown")
         out.append(
             {

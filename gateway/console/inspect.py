@@ -17,7 +17,7 @@ from graphql import print_schema
 from catalogue.errors import CitygateError, PolicyRefused
 from gateway.execution.gateway import Gateway
 from gateway.execution.prepared import BATCHED, Batched, Statement
-from gateway.execution.views import View, sharing_classes
+from gateway.execution.views import View
 from gateway.identity.caller import Identity
 
 
@@ -26,7 +26,9 @@ def decisions(gateway: Gateway, view: View) -> list[dict[str, Any]]:
     out = []
     for table in gateway.catalogue.tables:
         decision = view.decisions.get((table.department, table.name)) if view.decisions is not None else None
-        classes = sharing_classes(gateway.config, table.department, table.name, [c.name for c in table.columns])
+        classes = gateway.catalogue_settings.sharing_classes(
+            table.department, table.name, [c.name for c in table.columns]
+        )
         columns = []
         for column in table.columns:
             sharing = classes.get(column.name)

@@ -37,7 +37,7 @@ from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
 from connectors.base import Engine, Health
 from connectors.native import NativeEngine, native_engines
-from gateway.config import Config, Limits
+from gateway.config import CatalogueSettings, Config, Limits
 from gateway.execution.budget import RowBudget
 from gateway.execution.cache import ResultCache
 from gateway.execution.planner import Planner
@@ -145,7 +145,15 @@ class Gateway:
         self.statistics = Statistics(self._statistic)
         if self.native is None:
             self.native = _native(self.config)
-        self.routes = Routes(self.config, self.engine, self.catalogue, self.native)
+        engine = self.config.engine
+        self.routes = Routes(
+            self.engine,
+            self.catalogue,
+            self.native,
+            delegates=engine.delegate == "auto",
+            kept=[name for name, spec in self.config.departments.items() if not spec.delegate],
+            fallback=self.config.engine_settings() if engine.fallback == "embedded" else None,
+        )
         self.planner = Planner(
             settings=self.config.limits,
             limits=self.limits,
@@ -200,7 +208,7 @@ class Gateway:
                 unavailable[name] = error.message
                 log.warning("department left out of the schema: %s", error.message)
         catalogue = Catalogue(tuple(departments))
-        model = build_model(catalogue, config)
+        model = build_model(catalogue, config.catalogue_settings())
         stamp = _stamp(config)  # before reading: an edit meanwhile is read again
         policies = load_policies(config.policies.files) if config.policies is not None else None
         if recording and (config.audit is None or config.audit.sink == "off"):
@@ -222,7 +230,7 @@ class Gateway:
         gateway._stamp = stamp
         if policies is not None:
             try:
-                validate_decisions(policies, catalogue, config)
+                validate_decisions(policies, catalogue, config.catalogue_settings())
                 if prove:
                     gateway.require_proven(policies)
             except ConfigError:
@@ -235,7 +243,7 @@ class Gateway:
     def require_proven(self, policies: Policies) -> None:
         """:class:`ConfigError` unless every mask of ``policies`` gives the same values on every
         route and hides what it should (:func:`~gateway.execution.proof.prove_masks`)."""
-        refusals = prove_masks(self.routes, policies, self.catalogue, self.config)
+        refusals = prove_masks(self.routes, policies, self.catalogue, self.catalogue_settings)
         if refusals:
             assert self.config.policies is not None
             raise ConfigError(refusal_text(refusals, self.config.policies.files))
@@ -263,6 +271,11 @@ class Gateway:
         if found is None:
             found = self._limits[role] = self.config.limits.of(role)
         return found
+
+    @property
+    def catalogue_settings(self) -> CatalogueSettings:
+        """What the schema, the views and the proofs read of the configuration."""
+        return self.config.catalogue_settings()
 
     @property
     def _unresponsive(self) -> dict[str, float]:
@@ -311,7 +324,7 @@ class Gateway:
     def _reload(self) -> str:
         assert self.config.policies is not None
         policies = load_policies(self.config.policies.files)
-        validate_decisions(policies, self.catalogue, self.config)
+        validate_decisions(policies, self.catalogue, self.catalogue_settings)
         self.require_proven(policies)
         with self._lock:
             self.policies = policies
@@ -333,7 +346,7 @@ class Gateway:
         if policies is None or role is None:
             view = View(None, self.model, version=policies.version if policies is not None else "-")
         else:
-            view = build_view(role, policies, self.catalogue, self.config)
+            view = build_view(role, policies, self.catalogue, self.catalogue_settings)
         with self._lock:
             if self.policies is policies:  # not replaced by a reload meanwhile
                 self._views[role] = view
@@ -531,8 +544,8 @@ class Gateway:
             policies = self.policies
             if policies is not None:  # what start-up requires of the policies, over the new tables too
                 try:
-                    validate_decisions(policies, catalogue, self.config)
-                    refusals = prove_masks(self.routes, policies, catalogue, self.config)
+                    validate_decisions(policies, catalogue, self.catalogue_settings)
+                    refusals = prove_masks(self.routes, policies, catalogue, self.catalogue_settings)
                 except CitygateError as error:
                     refusals, text = [], error.message
                 else:
@@ -542,7 +555,7 @@ class Gateway:
                     log.error("departments %s stay out of the schema: %s", ", ".join(found), text)
                     self._refused_joins.update(dict.fromkeys(found, policies.version))
                     return []
-            model = build_model(catalogue, self.config)
+            model = build_model(catalogue, self.catalogue_settings)
             with self._lock:
                 self.catalogue = catalogue
                 self.model = model

@@ -41,9 +41,8 @@ from catalogue.model import Catalogue
 from catalogue.sql import logical_table
 from catalogue.types import LogicalType
 from connectors.base import Engine
-from gateway.config import Config
+from gateway.config import CatalogueSettings
 from gateway.execution.routes import DELEGATED, Routes
-from gateway.execution.views import sharing_classes
 from policies.decide import decide
 from policies.masks import REDACTED, mask
 from policies.model import Policies
@@ -126,12 +125,12 @@ class _Table:
         return sorted({m.column for m in self.masks})
 
 
-def masked_columns(policies: Policies, catalogue: Catalogue, config: Config) -> list[_Table]:
+def masked_columns(policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> list[_Table]:
     """Every table with a masked column, and its masks: one per column and treatment, with
     every role that sees the column so."""
     found = []
     for table in catalogue.tables:
-        classes = sharing_classes(config, table.department, table.name, [c.name for c in table.columns])
+        classes = settings.sharing_classes(table.department, table.name, [c.name for c in table.columns])
         seen: dict[tuple[str, Treatment], list[tuple[str, str]]] = {}
         for role in sorted(policies.roles):
             decision = decide(policies, role, table.department, table.name, classes)
@@ -302,7 +301,7 @@ def _routes(routes: Routes, department: str, masked: Masked) -> list[_Route]:
     if fallback is not None:  # where the engine's statements run while it does not answer
         found.append(_Route(f"{fallback.name} (fallback)", fallback))
     native = routes.native.get(department)
-    delegated = routes.delegating and native is not None and routes.config.departments[department].delegate
+    delegated = routes.delegating and native is not None and department not in routes.kept
     if delegated and native is not None and masked.kind.kind not in native.differs:
         found.append(_Route(f"{DELEGATED}:{native.key}", native))
     return found
@@ -498,20 +497,21 @@ def _prove_table(routes: Routes, table: _Table, down: set[str]) -> list[Refusal]
     return refusals
 
 
-def _proof_key(routes: Routes, tables: Sequence[_Table], config: Config) -> str:
+def _proof_key(routes: Routes, tables: Sequence[_Table]) -> str:
     """What a proof's outcome depends on besides the columns' values: the masks (role, column,
-    type, treatment), every route that runs them, and the hash key."""
+    type, treatment), every route that runs them, and the hash key each engine renders with."""
     stores = sorted((department, native.key) for department, native in routes.native.items())
-    key = config.policies.hash_key if config.policies is not None else ""
-    described = (repr(tables), routes.main.key, routes.delegating, stores, config.engine.fallback, key)
+    fallback = routes.fallback_settings
+    keys = (routes.engine.settings.hash_key, fallback.hash_key if fallback is not None else None)
+    described = (repr(tables), routes.main.key, routes.delegating, stores, fallback is not None, keys)
     return hashlib.sha256(repr(described).encode()).hexdigest()
 
 
-def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, config: Config) -> list[Refusal]:
+def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> list[Refusal]:
     """Every mask of every role, tried on every route it can take (see the module's text)."""
     began = time.perf_counter()
-    tables = masked_columns(policies, catalogue, config)
-    key = _proof_key(routes, tables, config)
+    tables = masked_columns(policies, catalogue, settings)
+    key = _proof_key(routes, tables)
     with _proven_lock:
         earlier = _proven.get(key)
     if earlier is not None:

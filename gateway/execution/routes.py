@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -31,7 +31,7 @@ from catalogue.model import Catalogue
 from catalogue.sql import departments_in, is_logical
 from connectors.base import Engine
 from connectors.native import NativeEngine
-from gateway.config import Config
+from connectors.settings import EngineSettings
 
 log = logging.getLogger("citygate")
 
@@ -54,19 +54,32 @@ class Routes:
     """The routes of one gateway: its engine, each store's own, and the fallback if any."""
 
     def __init__(
-        self, config: Config, engine: Engine, catalogue: Catalogue, native: Mapping[str, NativeEngine] | None = None
+        self,
+        engine: Engine,
+        catalogue: Catalogue,
+        native: Mapping[str, NativeEngine] | None = None,
+        *,
+        delegates: bool = True,
+        kept: Iterable[str] = (),
+        fallback: EngineSettings | None = None,
     ) -> None:
-        self.config = config
+        """``delegates``: whether statements may run on their store at all (``engine.delegate:
+        auto``); ``kept``: the departments whose statements never do (``delegate: false``);
+        ``fallback``: the settings of the embedded engine that answers while ``engine`` does
+        not (``engine.fallback: embedded``), None for none."""
         self.engine = engine
         self.main = Route(engine.name, engine.name, engine)
         self.native = dict(native or {})  # department -> its store's engine
+        self.delegates = delegates
+        self.kept = frozenset(kept)
+        self.fallback_settings = fallback
         self._kinds = {(t.department, t.name): {c.name: c.type.kind for c in t.columns} for t in catalogue.tables}
         self._fallback: Engine | None = None
         self._lock = threading.Lock()
 
     @property
     def delegating(self) -> bool:
-        return self.config.engine.delegate == "auto" and bool(self.native)
+        return self.delegates and bool(self.native)
 
     def pick(self, tree: exp.Expr) -> Route:
         """The route ``tree`` takes: its store's own if the store can run it as the engines
@@ -87,13 +100,13 @@ class Routes:
 
     def _store_of(self, tree: exp.Expr) -> NativeEngine | None:
         """The one store that can run ``tree`` as the engines would, if any."""
-        if self.config.engine.delegate != "auto":
+        if not self.delegates:
             return None
         departments = departments_in(tree)
         engines = {id(self.native.get(d)): self.native.get(d) for d in departments}
         if len(engines) != 1 or None in engines.values():
             return None
-        if not all(self.config.departments[d].delegate for d in departments if d in self.config.departments):
+        if self.kept.intersection(departments):
             return None
         native = next(iter(engines.values()))
         assert native is not None
@@ -121,13 +134,13 @@ class Routes:
     def fallback_engine(self) -> Engine | None:
         """The embedded engine that answers when the engine does not, if the configuration
         asks for one; made at the first need."""
-        if self.config.engine.fallback != "embedded" or self.engine.name == "embedded":
+        if self.fallback_settings is None or self.engine.name == "embedded":
             return None
         with self._lock:
             if self._fallback is None:
                 from connectors.embedded import EmbeddedEngine
 
-                self._fallback = EmbeddedEngine(self.config.with_engine("embedded").engine_settings())
+                self._fallback = EmbeddedEngine(self.fallback_settings)
         return self._fallback
 
     def pings(self) -> dict[str, Callable[[], None]]:

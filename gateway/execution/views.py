@@ -11,9 +11,9 @@ from typing import Any
 from sqlglot import exp
 
 from catalogue.errors import ConfigError
-from catalogue.model import Catalogue, SharingClass
+from catalogue.model import Catalogue
 from catalogue.types import NUMERIC, TEMPORAL, WHOLE, LogicalType
-from gateway.config import Config
+from gateway.config import CatalogueSettings
 from gateway.graphql.schema import Model, build_model
 from gateway.identity.caller import Identity
 from policies.decide import TableDecision, decide
@@ -77,15 +77,7 @@ def role_of(policies: Policies | None, identity: Identity | None) -> str | None:
     return identity.role if identity is not None else ANONYMOUS
 
 
-def sharing_classes(config: Config, department: str, table: str, columns: list[str]) -> dict[str, SharingClass | None]:
-    """Each column's sharing class from the catalogue configuration; unclassified: None."""
-    table_config = config.departments[department].tables.get(table)
-    if table_config is None or "sharing" not in table_config.model_fields_set:
-        return dict.fromkeys(columns)
-    return {c: table_config.sharing.of(c) for c in columns}
-
-
-def build_view(role: str, policies: Policies, catalogue: Catalogue, config: Config) -> View:
+def build_view(role: str, policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> View:
     """What ``role`` sees: each table's decision, the schema made of them, and the claims its
     row filters read."""
     decisions: dict[tuple[str, str], TableDecision] = {}
@@ -93,12 +85,12 @@ def build_view(role: str, policies: Policies, catalogue: Catalogue, config: Conf
     claims: set[str] = set()
     for table in catalogue.tables:
         key = (table.department, table.name)
-        classes = sharing_classes(config, table.department, table.name, [c.name for c in table.columns])
+        classes = settings.sharing_classes(table.department, table.name, [c.name for c in table.columns])
         decision = decisions[key] = decide(policies, role, table.department, table.name, classes)
         if decision.row_filter is not None:
             claims |= claims_used(parse_filter(decision.row_filter))
         types[key] = {c.name: c.type for c in table.columns}
-    model = build_model(catalogue, config, decisions)
+    model = build_model(catalogue, settings, decisions)
     policy = policies.role(role)
     return View(
         role,
@@ -112,11 +104,13 @@ def build_view(role: str, policies: Policies, catalogue: Catalogue, config: Conf
     )
 
 
-def validate_decisions(policies: Policies, catalogue: Catalogue, config: Config) -> None:
+def validate_decisions(policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> None:
     """Every role's decision on every table can be made and fits the table: a row filter over a
     column the table lacks, or `year` of a text column, fails here, naming its key, rather than
     at each of the role's requests."""
-    tables = [(t, sharing_classes(config, t.department, t.name, [c.name for c in t.columns])) for t in catalogue.tables]
+    tables = [
+        (t, settings.sharing_classes(t.department, t.name, [c.name for c in t.columns])) for t in catalogue.tables
+    ]
     for role in sorted(policies.roles):
         for table, classes in tables:
             try:

@@ -37,7 +37,7 @@ from graphql import (
 from catalogue.errors import ConfigError
 from catalogue.model import Catalogue, Column, Department, SharingClass, Table
 from catalogue.types import NUMERIC, ORDERABLE, Kind, LogicalType
-from gateway.config import ColumnRef, Config, DepartmentConfig, RelationshipConfig, TableConfig
+from gateway.config import CatalogueSettings, ColumnRef, DepartmentConfig, RelationshipConfig, TableConfig
 from gateway.graphql.scalars import SCALARS
 from policies.decide import TableDecision
 from policies.masks import output_kind
@@ -168,12 +168,14 @@ def sum_type(column: LogicalType) -> GraphQLScalarType:
 
 
 def build_model(
-    catalogue: Catalogue, config: Config, decisions: Mapping[tuple[str, str], TableDecision] | None = None
+    catalogue: Catalogue,
+    settings: CatalogueSettings,
+    decisions: Mapping[tuple[str, str], TableDecision] | None = None,
 ) -> Model:
     """Build the schema for every table the catalogue lists, or, given a role's decisions,
     for what that role may see: denied tables and columns are absent, masked columns carry
     their masked type, aggregate-only tables have only their aggregate fields."""
-    tables = _tables(catalogue, config, decisions)
+    tables = _tables(catalogue, settings, decisions)
     builder = _Builder(tables)
     return Model(tables=tables, schema=builder.schema(), roots=builder.roots)
 
@@ -181,18 +183,18 @@ def build_model(
 Decisions = Mapping[tuple[str, str], TableDecision]
 
 
-def _tables(catalogue: Catalogue, config: Config, decisions: Decisions | None) -> dict[str, TableInfo]:
+def _tables(catalogue: Catalogue, settings: CatalogueSettings, decisions: Decisions | None) -> dict[str, TableInfo]:
     """Every table the role sees, by root name, with the relationships it may follow."""
     tables: dict[str, TableInfo] = {}
     for department in catalogue.departments:
-        dept_config = config.departments.get(department.name)
+        dept_config = settings.departments.get(department.name)
         for table in department.tables:
             decision = decisions.get((department.name, table.name)) if decisions is not None else None
             if decisions is not None and (decision is None or not decision.visible):
                 continue
             info = _table(department, dept_config, table, decision)
             tables[info.root] = info
-    for index, link in enumerate(config.relationships):
+    for index, link in enumerate(settings.relationships):
         _relate(tables, index, link, decisions)
     return tables
 

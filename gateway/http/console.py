@@ -123,7 +123,7 @@ class Console:
         found = catalogue.entries(
             view,
             gateway.catalogue.tables,
-            gateway.config,
+            gateway.catalogue_settings,
             self.estimates,
             states,
             gateway.unavailable,

@@ -4,6 +4,8 @@ between tables across departments."""
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -139,3 +141,27 @@ class RelationshipConfig(Model):
     def target_ref(self) -> ColumnRef:
         department, table, column = self.target.split(".")
         return ColumnRef(department=department, table=table, column=column)
+
+
+@dataclass(frozen=True)
+class CatalogueSettings:
+    """What the schema, the views and the proofs read of a configuration: each department's
+    tables and columns as configured, and the relationships between them; nothing of engines,
+    tokens or limits (:meth:`gateway.config.Config.catalogue_settings`).
+
+    >>> from catalogue.stores import SqliteStore
+    >>> health = DepartmentConfig(store=SqliteStore(kind="sqlite", path="h.db"),
+    ...     tables={"visits": TableConfig(sharing=SharingConfig(published=["year"]))})
+    >>> CatalogueSettings({"health": health}).sharing_classes("health", "visits", ["year", "id_card"])
+    {'year': <SharingClass.PUBLISHED: 'published'>, 'id_card': <SharingClass.CONFIDENTIAL: 'confidential'>}
+    """
+
+    departments: Mapping[str, DepartmentConfig]
+    relationships: Sequence[RelationshipConfig] = ()
+
+    def sharing_classes(self, department: str, table: str, columns: list[str]) -> dict[str, SharingClass | None]:
+        """Each column's sharing class from the catalogue configuration; unclassified: None."""
+        table_config = self.departments[department].tables.get(table)
+        if table_config is None or "sharing" not in table_config.model_fields_set:
+            return dict.fromkeys(columns)
+        return {c: table_config.sharing.of(c) for c in columns}
