@@ -187,7 +187,7 @@ def test_a_guarded_scrape_refuses_wrong_tokens_in_the_common_shape_and_counts_th
     from gateway.config import TokenGuard
 
     scrape = "a-scrape-token-of-the-test-0123"
-    served.gateway.config = served.gateway.config.model_copy(update={"metrics": TokenGuard(token=scrape)})
+    served.app.operator.metrics = TokenGuard(token=scrape)  # the edge's operator reads `metrics` when made
     with served.client() as client:
         assert client.get("/metrics", headers={"authorization": f"Bearer {scrape}"}).status_code == 200
         wrong = [client.get("/metrics", headers={"authorization": "Bearer " + "z" * 32}) for _ in range(4)]

@@ -1,4 +1,4 @@
-"""The operator's endpoints and the one guard in front of them.
+"""The operator's endpoints, each behind the gate's one guard (:meth:`gateway.http.gate.Gate.guard`).
 
 - ``GET /healthz``: the process answers;
 - ``GET /readyz``: whether this instance can serve (its details to the admin token only);
@@ -6,14 +6,12 @@
 - ``POST /admin/cache/clear`` and ``POST /admin/policies/reload``, behind ``admin.token``.
 
 The console's administrator endpoints (:mod:`gateway.http.console`: roles, view as role) stand
-behind the same :func:`guard`.
+behind the same guard.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
-import math
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,45 +22,20 @@ from starlette.routing import BaseRoute, Route
 from catalogue.errors import CitygateError
 from gateway.config import TokenGuard
 from gateway.execution.gateway import Gateway
-from gateway.http.envelope import ACCESS, Reply, address, error, response
-from gateway.http.gate import GUESSES, Gate
+from gateway.http.envelope import error, response
+from gateway.http.gate import Gate
 
 log = logging.getLogger("citygate.http")
 
 
-def guard(gate: Gate, token: TokenGuard, request: Request, what: str) -> Reply | None:
-    """None if ``request`` carries ``token`` as its bearer token (compared in constant time);
-    else its refusal: 401, or 429 once its network's wrong guesses (:meth:`Gate.attempt_failed`)
-    are past the anonymous limit. A network past it is refused before its token is even
-    compared. ``what`` names the token in the refusal; the admin token also names the caller's
-    role in the access log (``admin``)."""
-    client = address(request.scope)
-    wait = gate.blocked_for(client)
-    if wait is None:
-        if token.token is not None:
-            scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.token.encode()):
-                entry = ACCESS.get()
-                if what == "admin" and entry is not None:
-                    entry["role"] = "admin"  # the operator's token, for the access log
-                return None
-        wait = gate.attempt_failed(client)
-        if wait is None:
-            refusal = error(f"a valid {what} token is required", "UNAUTHENTICATED", 401)
-            refusal.headers.append((b"www-authenticate", b"Bearer"))
-            return refusal
-    seconds = max(1, math.ceil(wait))
-    refusal = error(f"too many requests: {GUESSES}; try again in {seconds} s", "RATE_LIMITED", 429)
-    refusal.headers.append((b"retry-after", b"%d" % seconds))
-    return refusal
-
-
 class Operator:
-    """The operator's endpoints over one gateway."""
+    """The operator's endpoints over one gateway; ``metrics``: the token that guards
+    ``/metrics`` (unset: open). The admin token is the gate's."""
 
-    def __init__(self, gateway: Gateway, gate: Gate) -> None:
+    def __init__(self, gateway: Gateway, gate: Gate, metrics: TokenGuard) -> None:
         self.gateway = gateway
         self.gate = gate
+        self.metrics = metrics
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -92,7 +65,7 @@ class Operator:
         status = "ready" if every and serving else "degraded" if serving else "unavailable"
         body: dict[str, Any] = {"status": status}
         operator = bool(request.headers.get("authorization"))
-        if operator and guard(self.gate, self.gateway.config.admin, request, "admin") is None:
+        if operator and self.gate.guard(self.gate.admin, request.scope, "admin") is None:
             body |= {
                 "engine": health.engine,
                 "audit": trail,
@@ -102,8 +75,8 @@ class Operator:
         return JSONResponse(body, status_code=200 if serving else 503, headers={"Cache-Control": "no-store"})
 
     async def prometheus(self, request: Request) -> Response:
-        token = self.gateway.config.metrics
-        refusal = guard(self.gate, token, request, "scrape") if token.token is not None else None
+        token = self.metrics
+        refusal = self.gate.guard(token, request.scope, "scrape") if token.token is not None else None
         if refusal is not None:
             return response(refusal)
         await run_in_threadpool(self.gateway.health)  # the health gauges, at most HEALTH_SECONDS old
@@ -111,13 +84,13 @@ class Operator:
         return Response(exposition, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def admin(self, request: Request) -> Response:
-        refusal = guard(self.gate, self.gateway.config.admin, request, "admin")
+        refusal = self.gate.guard(self.gate.admin, request.scope, "admin")
         if refusal is not None:
             return response(refusal)
         action = request.path_params["action"]
         if action == "cache/clear":
             department = request.query_params.get("department") or None
-            if department is not None and department not in self.gateway.config.departments:
+            if department is not None and department not in self.gateway.catalogue_settings.departments:
                 return response(error(f"no department {department!r}", "BAD_REQUEST", 404))
             dropped = self.gateway.results.clear(department)
             log.info("admin: result cache cleared (%s): %d entries", department or "all departments", dropped)

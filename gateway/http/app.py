@@ -147,23 +147,26 @@ class Edge:
         self.metrics = gateway.metrics
         self.engine_name = gateway.engine.name
         self.app = app
+        # The edge's composition: each part gets the settings it reads, none the whole Config.
+        config = gateway.config
+        limits = config.limits
         self.envelope = Envelope(gateway)
-        self.gate = Gate(gateway)
+        self.gate = Gate(gateway, config.auth, config.admin, (limits.ipv4_prefix, limits.ipv6_prefix))
         # the gate's, read here on the hot path without a hop
         self.authenticator, self.blocked = self.gate.authenticator, self.gate.blocked
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
         # own, in insertion order (the oldest goes first).
         self.hot: dict[tuple[Any, ...], Hot] = {}
-        concurrency = gateway.config.limits.concurrency
+        concurrency = limits.concurrency
         self.admission = Admission(concurrency.requests_per_caller, parallelism=len(os.sched_getaffinity(0)))
-        trusted = gateway.config.trusted_documents
+        trusted = config.trusted_documents
         self.documents = TrustedDocuments(trusted) if trusted is not None else None
         self.read = self.read_post  # POST's handler, bound once: no method object per request
-        self.console = Console(gateway, self.envelope, self.gate, example, demo)
-        self.operator = Operator(gateway, self.gate)
+        self.console = Console(gateway, self.envelope, self.gate, concurrency.console_estimates, example, demo)
+        self.operator = Operator(gateway, self.gate, config.metrics)
         # CORS only where configured, and never on the operator's endpoints: otherwise no header
         # says another origin may call
-        cors = gateway.config.cors
+        cors = config.cors
         self.front: ASGIApp = self.dispatch
         if cors.origins:
             self.front = CORSMiddleware(
@@ -281,13 +284,10 @@ class Edge:
             return refuse(exchange, parsed)
         exchange.query, exchange.document, variables, operation_name = parsed
         exchange.operation_name = operation_name
-        identity = await self.gate.authenticate(exchange)
-        if isinstance(identity, Reply):
-            return identity
-        exchange.identity = identity
-        limited = await self.gate.throttle(exchange)
-        if limited is not None:
-            return limited
+        refusal = await self.gate.admit(exchange)
+        if refusal is not None:
+            return refusal
+        identity = exchange.identity
         query = self.trust(exchange)
         if isinstance(query, Reply):
             return query

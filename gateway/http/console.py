@@ -7,8 +7,10 @@
 - ``GET /console/api/roles`` and ``POST /console/api/view-as`` (admin): the roles, and what a
   role sees, audited.
 
-The audited requests go through the edge's one envelope (:class:`gateway.http.envelope.Envelope`),
-the administrator's through its one guard (:func:`gateway.http.admin.guard`).
+The audited requests go through the edge's one envelope (:class:`gateway.http.envelope.Envelope`)
+and are let in by its one gate (:meth:`gateway.http.gate.Gate.admit`, the administrator's by
+:meth:`~gateway.http.gate.Gate.admit_operator`); the administrator's through the gate's one guard
+(:meth:`gateway.http.gate.Gate.guard`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from gateway.console.assets import Assets
 from gateway.console.inspect import view_as
 from gateway.console.pages import DemoPage, Pages
 from gateway.execution.gateway import Gateway
-from gateway.http.admin import guard
 from gateway.http.envelope import Envelope, Exchange, Reply, error, outcome, refuse, reply_json, response
 from gateway.http.gate import Gate
 from gateway.identity.caller import Identity
@@ -45,8 +46,16 @@ class Console:
     is first asked for, and again when they are old."""
 
     def __init__(
-        self, gateway: Gateway, envelope: Envelope, gate: Gate, example: str = "", demo: DemoPage | None = None
+        self,
+        gateway: Gateway,
+        envelope: Envelope,
+        gate: Gate,
+        estimates_at_once: int,
+        example: str = "",
+        demo: DemoPage | None = None,
     ) -> None:
+        """``estimates_at_once``: how many row estimates it reads side by side
+        (``limits.concurrency.console_estimates``)."""
         self.gateway = gateway
         self.envelope = envelope
         self.gate = gate
@@ -55,9 +64,7 @@ class Console:
             log.warning("GraphiQL will not start in browsers: %s", self.assets.missing)
         self.pages = Pages.make(self.assets, example, demo)
         self.probe = catalogue.Probe(lambda: gateway.health().departments)
-        self.estimates = catalogue.Estimates(
-            gateway.statistics.rows, at_once=gateway.config.limits.concurrency.console_estimates
-        )
+        self.estimates = catalogue.Estimates(gateway.statistics.rows, at_once=estimates_at_once)
 
     def routes(self) -> list[BaseRoute]:
         """The home page's redirect, the console's page, and the application mounted under it."""
@@ -107,13 +114,9 @@ class Console:
         return response(await self.envelope.serve(exchange, self.catalogue_reply, (search, department)))
 
     async def catalogue_reply(self, exchange: Exchange, asked: tuple[str, str]) -> Reply:
-        identity = await self.gate.authenticate(exchange)
-        if isinstance(identity, Reply):
-            return identity
-        exchange.identity = identity
-        limited = await self.gate.throttle(exchange)
-        if limited is not None:
-            return limited
+        refused = await self.gate.admit(exchange)
+        if refused is not None:
+            return refused
         return await run_in_threadpool(self.entries, exchange, *asked)
 
     def entries(self, exchange: Exchange, search: str, department: str) -> Reply:
@@ -139,7 +142,7 @@ class Console:
 
     async def roles(self, request: Request) -> Response:
         """``GET /console/api/roles`` (admin): the roles, and the claims each one's policies read."""
-        refusal = guard(self.gate, self.gateway.config.admin, request, "admin")
+        refusal = self.gate.guard(self.gate.admin, request.scope, "admin")
         if refusal is not None:
             return response(refusal)
         policies = self.gateway.policies
@@ -159,12 +162,9 @@ class Console:
         return response(await self.envelope.serve(exchange, self.view_as_reply, request))
 
     async def view_as_reply(self, exchange: Exchange, request: Request) -> Reply:
-        refusal = guard(self.gate, self.gateway.config.admin, request, "admin")
-        if refusal is not None:
-            limited = refusal.status == 429
-            exchange.outcome = "refused" if limited else "unauthenticated"
-            exchange.codes = ["RATE_LIMITED" if limited else "UNAUTHENTICATED"]
-            return refusal
+        refused = self.gate.admit_operator(exchange, request.scope)
+        if refused is not None:
+            return refused
         try:
             params = orjson.loads(await request.body())
         except orjson.JSONDecodeError:

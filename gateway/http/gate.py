@@ -1,24 +1,30 @@
 """Who a request is and whether it may run now: its token (:meth:`Gate.authenticate`), its
-requests per minute (:meth:`Gate.throttle`), and the networks refused for guessing.
+requests per minute (:meth:`Gate.throttle`), both in that order for every audited request
+(:meth:`Gate.admit`), the operator's token (:meth:`Gate.guard`), and the networks refused for
+guessing.
 
 A caller is its token's subject, an anonymous one the network it connects from
 (:func:`gateway.http.envelope.network`). A refused token, or a wrong operator token
-(:func:`gateway.http.admin.guard`), counts against its network's anonymous allowance; a network
-past it is refused before any token it sends is checked, so guessing costs the guesser, and a
-flood of bad tokens costs neither the verifier nor the trail more than the anonymous limit allows.
+(:meth:`Gate.guard`), counts against its network's anonymous allowance; a network past it is
+refused before any token it sends is checked, so guessing costs the guesser, and a flood of bad
+tokens costs neither the verifier nor the trail more than the anonymous limit allows.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 
 from cachetools import TTLCache
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
+from gateway.config import AuthConfig, TokenGuard
 from gateway.execution.gateway import Gateway
 from gateway.execution.views import role_of
-from gateway.http.envelope import Exchange, Reply, deny, error, network
+from gateway.http.envelope import ACCESS, Exchange, Reply, address, deny, error, network
 from gateway.http.ratelimit import WINDOW, Limiter
 from gateway.identity.caller import Identity
 from gateway.identity.tokens import Authenticator, AuthError, FetchNeeded
@@ -44,21 +50,81 @@ def caller(identity: Identity | None, net: str) -> str:
 
 
 class Gate:
-    """The identity and the limits of the requests to one gateway."""
+    """The identity and the limits of the requests to one gateway: ``auth``, how callers prove
+    who they are (None: every caller is anonymous); ``admin``, the operator's token;
+    ``prefixes``, the networks anonymous callers are counted by (``limits.ipv4_prefix``,
+    ``limits.ipv6_prefix``)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        auth: AuthConfig | None,
+        admin: TokenGuard,
+        prefixes: tuple[int, int],
+    ) -> None:
         self.gateway = gateway
-        self.authenticator = Authenticator(gateway.config.auth) if gateway.config.auth is not None else None
+        self.authenticator = Authenticator(auth) if auth is not None else None
+        self.admin = admin
         self.limiter = Limiter(gateway.state)
         # Networks refused before their tokens are checked, and until when (the limiter's clock):
         # those whose failed tokens and admin guesses went past the anonymous limit. This
         # process's own: the counting is shared (the limiter's state), the shortcut need not be.
         self.blocked: TTLCache[str, float] = TTLCache(maxsize=BLOCKED, ttl=WINDOW, timer=self._now)
-        limits = gateway.config.limits
-        self.prefixes = (limits.ipv4_prefix, limits.ipv6_prefix)
+        self.prefixes = prefixes
 
     def _now(self) -> float:
         return self.limiter.clock()
+
+    async def admit(self, exchange: Exchange) -> Reply | None:
+        """Let an audited request in, or refuse it: its token checked (:meth:`authenticate`),
+        its identity set on ``exchange``, then its requests per minute counted
+        (:meth:`throttle`). Returns the refusal (401, 403, 429 or 503), the outcome and codes
+        already noted on ``exchange`` for its record; None: it may run, as
+        ``exchange.identity``."""
+        identity = await self.authenticate(exchange)
+        if isinstance(identity, Reply):
+            return identity
+        exchange.identity = identity
+        return await self.throttle(exchange)
+
+    def admit_operator(self, exchange: Exchange, scope: Scope) -> Reply | None:
+        """Let an audited request of the operator in (the console's view as role), or refuse
+        it: it carries the admin token (:meth:`guard`); it is not counted per minute, nor has it
+        an identity of its own (it names the role it acts as). Returns the refusal, its outcome
+        and code noted on ``exchange``; None: it may run."""
+        refusal = self.guard(self.admin, scope, "admin")
+        if refusal is not None:
+            limited = refusal.status == 429
+            exchange.outcome = "refused" if limited else "unauthenticated"
+            exchange.codes = ["RATE_LIMITED" if limited else "UNAUTHENTICATED"]
+        return refusal
+
+    def guard(self, token: TokenGuard, scope: Scope, what: str) -> Reply | None:
+        """None if the request of ``scope`` carries ``token`` as its bearer token (compared in
+        constant time); else its refusal: 401, or 429 once its network's wrong guesses
+        (:meth:`attempt_failed`) are past the anonymous limit. A network past it is refused
+        before its token is even compared. ``what`` names the token in the refusal; the admin
+        token also names the caller's role in the access log (``admin``). The one guard of the
+        operator's endpoints (:mod:`gateway.http.admin`) and the console's."""
+        client = address(scope)
+        wait = self.blocked_for(client)
+        if wait is None:
+            if token.token is not None:
+                scheme, _, sent = Headers(scope=scope).get("authorization", "").partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(sent.strip().encode(), token.token.encode()):
+                    entry = ACCESS.get()
+                    if what == "admin" and entry is not None:
+                        entry["role"] = "admin"  # the operator's token, for the access log
+                    return None
+            wait = self.attempt_failed(client)
+            if wait is None:
+                refusal = error(f"a valid {what} token is required", "UNAUTHENTICATED", 401)
+                refusal.headers.append((b"www-authenticate", b"Bearer"))
+                return refusal
+        seconds = max(1, math.ceil(wait))
+        refusal = error(f"too many requests: {GUESSES}; try again in {seconds} s", "RATE_LIMITED", 429)
+        refusal.headers.append((b"retry-after", b"%d" % seconds))
+        return refusal
 
     def network_of(self, client: str | None) -> str:
         """The network an anonymous caller at ``client`` is counted by (``limits.ipv4_prefix``,
