@@ -145,14 +145,14 @@ class Gateway:
         self.statistics = Statistics(self._statistic)
         if self.native is None:
             self.native = _native(self.config)
-        engine = self.config.engine
+        engine_config = self.config.engine
         self.routes = Routes(
             self.engine,
             self.catalogue,
             self.native,
-            delegates=engine.delegate == "auto",
+            delegates=engine_config.delegate == "auto",
             kept=[name for name, spec in self.config.departments.items() if not spec.delegate],
-            fallback=self.config.engine_settings() if engine.fallback == "embedded" else None,
+            fallback=self.config.engine_settings() if engine_config.fallback == "embedded" else None,
         )
         self.planner = Planner(
             settings=self.config.limits,
