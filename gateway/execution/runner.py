@@ -247,7 +247,14 @@ class Runner:
         try:
             with self.telemetry.stage("batched", parts=len(batched.parts)):
                 for index in range(len(batched.parts)):
-                    self._run_part(run, index, view, budget)
+                    try:
+                        self._run_part(run, index, view, budget)
+                    except EngineUnavailableError:
+                        # a statement still queued when the field's time ran out: the field's
+                        # time is what ran out
+                        if time.monotonic() < run.deadline:
+                            raise
+                        raise StatementTimeout(run.seconds) from None
         except CitygateError as error:
             detail = self.redact(error.detail or "")
             log.warning("root field %s failed (part %s): %s (%s)", compiled.key, run.name, error.message, detail)
