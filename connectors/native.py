@@ -9,11 +9,12 @@ a statement that needs it cannot be rendered here, and goes to the federated eng
 What each store does differently by default is undone where the statement reads a table
 (:meth:`NativeEngine._source`) or when it connects: MariaDB compares text under its column's
 collation (case- and accent-insensitive by default, trailing spaces ignored), so text columns
-are read under ``utf8mb4_nopad_bin``; a PostgreSQL database whose collation is not ``C``
-orders text by its locale, so text columns are read under ``"C"``; SQLite's LIKE ignores ASCII
-case unless told otherwise. What a driver returns differently (SQLite has no decimal, date or
-boolean; MariaDB's BOOLEAN is a number) is declared in :attr:`NativeEngine.differs`, and a
-statement reading such a column goes to the federated engine.
+are read under ``utf8mb4_nopad_bin`` unless they all have it already; a PostgreSQL database
+whose collation is not ``C`` orders text by its locale, so text columns are read under ``"C"``;
+SQLite's LIKE ignores ASCII case unless told otherwise. What a driver returns differently
+(SQLite has no decimal, date or boolean) is declared in :attr:`NativeEngine.differs`, and a
+statement reading such a column goes to the federated engine. How each store's text is
+written is :mod:`connectors.dialects`.
 """
 
 from __future__ import annotations
@@ -25,24 +26,21 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import psycopg
 import pymysql
 from psycopg_pool import ConnectionPool, PoolTimeout
 from sqlglot import exp
-from sqlglot.dialects.mysql import MySQL
-from sqlglot.dialects.postgres import Postgres
-from sqlglot.dialects.sqlite import SQLite
 
 from catalogue.errors import CitygateError, EngineQueryError, ResultTooLarge, error_class
 from catalogue.model import Column, Department, Table
-from catalogue.names import KEY_PLACE, KEY_VALUE
-from catalogue.sql import Hash, KeyRows, Partial, Tie, TimestampText, partial_sql
+from catalogue.sql import Partial, TimestampText
 from catalogue.stores import MariadbStore, PostgresStore, SqliteStore, Store
 from catalogue.types import LogicalType, UnknownTypeError, logical_type
-from connectors.base import Answer, Cancel, Engine, KeyedDialect, vocabulary
+from connectors.base import Answer, Cancel, Engine
+from connectors.dialects import CANNOT, NOPAD, PARAMETER, MariadbDialect, PostgresDialect, SqliteDialect, typed_nulls
 from connectors.pools import Kept, pymysql_alive, sqlite_alive
 from connectors.settings import EngineSettings, Source
 from connectors.stores import describe_store_failure, mariadb_params, pg_params, schema_of
@@ -65,110 +63,8 @@ def store_key(store: Store) -> str:
     return f"{store.kind}://{store.host}:{store.port}/{store.database}"
 
 
-# What no store runs as the engines do: the hash mask and a masked key's order need the hash
-# key, which a store's engine is never given; each store folds case its own way. The route is
-# chosen by these before anything is rendered (:meth:`NativeEngine.unsupported`); the dialects
-# below still refuse the first two, should a tree holding them ever reach one.
-_CANNOT: dict[type[exp.Expr], str] = {
-    Hash: "the hash mask",
-    Tie: "a masked key's ordering",
-    exp.ILike: "a case-insensitive comparison",
-}
-
-
-def _unrenderable(what: str) -> Callable[..., exp.Expr]:
-    def refuse(*_: Any) -> exp.Expr:
-        raise CitygateError(f"{what} has no rendering on this store")
-
-    return refuse
-
-
 class _Lost(Exception):
     """A kept connection turned out closed: try once more on a fresh one."""
-
-
-# -- dialects: citygate's vocabulary in each store's functions ------------------------------------
-
-# Where a statement's one parameter goes in MariaDB's text until the driver's form is made of it
-# (MariadbEngine.sql): a NUL, which no literal of a statement holds (catalogue.types.text_problem).
-_PARAMETER = "\x00"
-# MariaDB's exact collation: by code point, trailing spaces counted, as the engines compare text
-_NOPAD = "utf8mb4_nopad_bin"
-
-
-def _key_rows(source: Callable[[str], str]) -> Callable[[Any, KeyRows], str]:
-    """Render :class:`~catalogue.sql.KeyRows` as ``source(alias)``, quoting the alias."""
-
-    def render(generator: Any, node: KeyRows) -> str:
-        return source(str(generator.sql(exp.to_identifier(node.name, quoted=True))))
-
-    return render
-
-
-def _quoted(name: str) -> str:
-    return exp.to_identifier(name, quoted=True).sql()
-
-
-class _Postgres(Postgres, KeyedDialect):
-    class Generator(Postgres.Generator):  # type: ignore[misc,valid-type]
-        TRANSFORMS: ClassVar = {
-            **Postgres.Generator.TRANSFORMS,
-            **vocabulary(
-                partial=partial_sql,
-                hmac_hex=_unrenderable("the hash mask"),
-                md5_digest=_unrenderable("a masked key's ordering"),
-                timestamp_text=lambda value: exp.Anonymous(
-                    this="TO_CHAR", expressions=[value, exp.Literal.string("YYYY-MM-DD HH24:MI:SS.US")]
-                ),
-            ),
-            # an array, not JSON: the planner counts a bound array's elements (a JSON function
-            # it takes for 100 rows, and scans tables where it would look keys up)
-            KeyRows: _key_rows(
-                lambda alias: (
-                    f"UNNEST(CAST($1 AS TEXT[])) WITH ORDINALITY AS {alias}({_quoted(KEY_VALUE)}, {_quoted(KEY_PLACE)})"
-                )
-            ),
-        }
-
-
-class _Mariadb(MySQL, KeyedDialect):
-    class Generator(MySQL.Generator):  # type: ignore[misc,valid-type]
-        TRANSFORMS: ClassVar = {
-            **MySQL.Generator.TRANSFORMS,
-            **vocabulary(
-                partial=partial_sql,
-                hmac_hex=_unrenderable("the hash mask"),
-                md5_digest=_unrenderable("a masked key's ordering"),
-                timestamp_text=lambda value: exp.Anonymous(
-                    this="DATE_FORMAT", expressions=[value, exp.Literal.string("%Y-%m-%d %H:%i:%s.%f")]
-                ),
-            ),
-            KeyRows: _key_rows(
-                lambda alias: (
-                    f"JSON_TABLE({_PARAMETER}, '$[*]' COLUMNS (`{KEY_PLACE}` FOR ORDINALITY, "
-                    f"`{KEY_VALUE}` LONGTEXT PATH '$')) AS {alias}"
-                )
-            ),
-        }
-
-
-class _Sqlite(SQLite, KeyedDialect):
-    class Generator(SQLite.Generator):  # type: ignore[misc,valid-type]
-        TRANSFORMS: ClassVar = {
-            **SQLite.Generator.TRANSFORMS,
-            **vocabulary(
-                partial=_unrenderable("the partial mask"),  # SQLite has no RPAD
-                hmac_hex=_unrenderable("the hash mask"),
-                md5_digest=_unrenderable("a masked key's ordering"),
-                timestamp_text=_unrenderable("a timestamp as text"),
-            ),
-            KeyRows: _key_rows(
-                lambda alias: (
-                    f"(SELECT value AS {_quoted(KEY_VALUE)}, key + 1 AS {_quoted(KEY_PLACE)} "
-                    f"FROM JSON_EACH(?)) AS {alias}"
-                )
-            ),
-        }
 
 
 def _cancel_aside(conn: psycopg.Connection[Any]) -> None:
@@ -196,7 +92,7 @@ class NativeEngine(Engine):
     # columns of these kinds are not delegated
     differs: ClassVar[frozenset[str]] = frozenset()
     # the nodes this store cannot run as the engines do, and what each is (the route's reason)
-    cannot: ClassVar[Mapping[type[exp.Expr], str]] = _CANNOT
+    cannot: ClassVar[Mapping[type[exp.Expr], str]] = CANNOT
 
     def __init__(self, settings: EngineSettings, store: Store, statement_seconds: float) -> None:
         super().__init__(settings)
@@ -333,7 +229,7 @@ class NativeEngine(Engine):
 
 class PostgresEngine(NativeEngine):
     dialect = "postgres"
-    Dialect = _Postgres
+    Dialect = PostgresDialect
 
     def __init__(self, settings: EngineSettings, store: Store, statement_seconds: float) -> None:
         super().__init__(settings, store, statement_seconds)
@@ -359,7 +255,7 @@ class PostgresEngine(NativeEngine):
 
     def _engine_form(self, node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.Union) and not isinstance(node.parent, exp.Union):
-            _typed_nulls(node)
+            typed_nulls(node)
         return node
 
     def _collation(self) -> str | None:
@@ -441,43 +337,6 @@ class PostgresEngine(NativeEngine):
         self._pool.close()
 
 
-def _typed_nulls(union: exp.Union) -> None:
-    """Give each NULL an arm of ``union`` fills a column with the type of the column it fills.
-
-    PostgreSQL types a UNION's columns pair by pair, left to right, and a column that is NULL in
-    the first two arms is text before it meets the arm that has it: a statement of several
-    nodes (each arm fills the others' outputs with NULL) would fail on a number or a date. A
-    NULL becomes an empty read of the column it stands for, which has its type.
-
-    >>> union = exp.union(exp.select("1 AS a", "NULL AS b").from_("x"), exp.select("NULL AS a", "c AS b").from_("y"))
-    >>> _typed_nulls(union); union.sql("postgres")
-    'SELECT 1 AS a, (SELECT c FROM y WHERE FALSE) AS b FROM x UNION SELECT NULL AS a, c AS b FROM y'
-    """
-    arms: list[exp.Expr] = []
-    pending: list[exp.Expr] = [union]
-    while pending:
-        part = pending.pop()
-        if isinstance(part, exp.Union):
-            pending += [part.right, part.left]
-        else:
-            arms.append(part)
-    selects = [a for a in arms if isinstance(a, exp.Select)]
-    owners: dict[str, tuple[str, str]] = {}  # an output -> the table of the arm that fills it, and its column
-    for arm in selects:
-        source = arm.args.get("from_") or arm.args.get("from")
-        if source is None or not isinstance(source.this, exp.Table):
-            continue
-        for projection in arm.expressions:
-            if isinstance(projection.unalias(), exp.Column):
-                owners.setdefault(projection.alias_or_name, (source.this.name, projection.unalias().name))
-    for arm in selects:
-        for projection in arm.expressions:
-            owner = owners.get(projection.alias_or_name)
-            if isinstance(projection, exp.Alias) and isinstance(projection.this, exp.Null) and owner is not None:
-                empty = exp.select(exp.column(owner[1])).from_(owner[0]).where(exp.false())
-                projection.set("this", empty.subquery())
-
-
 def _pg_type(name: str) -> str:
     """PostgreSQL's ``format_type`` spelling in the words sqlglot reads."""
     return (
@@ -490,7 +349,7 @@ def _pg_type(name: str) -> str:
 
 class MariadbEngine(NativeEngine):
     dialect = "mysql"
-    Dialect = _Mariadb
+    Dialect = MariadbDialect
 
     def __init__(self, settings: EngineSettings, store: Store, statement_seconds: float) -> None:
         super().__init__(settings, store, statement_seconds)
@@ -519,18 +378,18 @@ class MariadbEngine(NativeEngine):
         if self._nopad is None:
             rows = self.run(
                 "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
-                f"AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> '{_NOPAD}'",
+                f"AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> '{NOPAD}'",
                 list(self.departments)[:1],
             ).rows
             self._nopad = bool(rows) and rows[0][0] == 0
-        return None if self._nopad else _NOPAD
+        return None if self._nopad else NOPAD
 
     def sql(self, tree: exp.Expr) -> str:
         text = super().sql(tree)
-        if _PARAMETER not in text:
+        if PARAMETER not in text:
             return text
         # PyMySQL binds a parameter by formatting the text with ``%``: every other % is doubled
-        return text.replace("%", "%%").replace(_PARAMETER, "%s")
+        return text.replace("%", "%%").replace(PARAMETER, "%s")
 
     def _engine_form(self, node: exp.Expr) -> exp.Expr:
         # MariaDB's DATETIME keeps no fraction of a second unless told: a literal timestamp
@@ -618,12 +477,12 @@ def _mariadb_type(name: str) -> str:
 
 class SqliteEngine(NativeEngine):
     dialect = "sqlite"
-    Dialect = _Sqlite
+    Dialect = SqliteDialect
     # stored as REAL or text, read back as such: the engines read them as their declared type
     differs = frozenset({"decimal", "date", "timestamp", "boolean"})
     # SQLite has no RPAD (the partial mask) and no timestamp format of the engines'
     cannot: ClassVar[Mapping[type[exp.Expr], str]] = {
-        **_CANNOT,
+        **CANNOT,
         Partial: "the partial mask",
         TimestampText: "a timestamp as text",
     }
