@@ -30,8 +30,6 @@ from catalogue.errors import (
     CitygateError,
     ConfigError,
     EngineUnavailableError,
-    PrivacyBudgetExhausted,
-    StoreUnavailableError,
 )
 from catalogue.model import Catalogue, Department
 from catalogue.sql import departments_in
@@ -60,7 +58,7 @@ from gateway.graphql.compile import (
     CompileError,
 )
 from gateway.graphql.cost import Statistics
-from gateway.graphql.errors import graphql_error
+from gateway.graphql.errors import field_error
 from gateway.graphql.introspection import introspect
 from gateway.graphql.schema import Model, build_model
 from gateway.identity.caller import Identity
@@ -395,28 +393,10 @@ class Gateway:
             response.routes[key] = route
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
-                extensions: dict[str, Any] = {}
-                if isinstance(outcome, StoreUnavailableError):
-                    extensions["department"] = outcome.department
-                elif isinstance(outcome, PrivacyBudgetExhausted):
-                    extensions["renews"] = outcome.renews.strftime("%Y-%m-%dT%H:%M:%SZ")
-                errors_out.append(
-                    graphql_error(
-                        outcome.message, outcome.code, path=[key], locations=[plan.locations[key]], **extensions
-                    )
-                )
+                errors_out.append(field_error(outcome, [key], [plan.locations[key]]))
             else:
                 if isinstance(outcome, Partly):  # some of its fields failed alone (a store down)
-                    errors_out.extend(
-                        graphql_error(
-                            error.message,
-                            error.code,
-                            path=path,
-                            locations=[plan.locations[key]],
-                            **({"department": error.department} if isinstance(error, StoreUnavailableError) else {}),
-                        )
-                        for path, error in outcome.errors
-                    )
+                    errors_out.extend(field_error(e, path, [plan.locations[key]]) for path, e in outcome.errors)
                 value = outcome.value if isinstance(outcome, Partly) else outcome
                 data[key] = value
                 response.rows[key] = count_rows(value)

@@ -18,6 +18,8 @@ from graphql import (
     StringValueNode,
 )
 
+from catalogue.errors import CitygateError, PrivacyBudgetExhausted, StoreUnavailableError
+
 UNKNOWN_FIELD = re.compile(r"Cannot query field '([^']+)' on type '([^']+)'\.(?: Did you mean (.+)\?)?")
 
 
@@ -81,3 +83,14 @@ def graphql_error(
         error["path"] = list(path)
     error["extensions"] = {"code": code, **extensions}
     return error
+
+
+def field_error(error: CitygateError, path: list[str | int], locations: Any) -> dict[str, Any]:
+    """A field's error in GraphQL's shape, with what its caller can act on: the department
+    whose store did not answer, or when an exhausted privacy budget renews."""
+    extensions: dict[str, Any] = {}
+    if isinstance(error, StoreUnavailableError):
+        extensions["department"] = error.department
+    elif isinstance(error, PrivacyBudgetExhausted):
+        extensions["renews"] = error.renews.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return graphql_error(error.message, error.code, path=path, locations=locations, **extensions)
