@@ -12,6 +12,12 @@ STAMP := $(VENV)/.installed
 # gateway serves them from its own origin and no browser asks a CDN (Node from Debian if none).
 CONSOLE_MODULES := gateway/console/node_modules/.package-lock.json
 
+# Python keeps the bytecode of what it compiles (`__pycache__/`, ignored by git), pytest its
+# assertion-rewritten test modules beside it: without them every pytest process (each xdist
+# worker too) compiles the project and rewrites every test module again, about 4 s of CPU each.
+# Some shells and container images set PYTHONDONTWRITEBYTECODE; the checks do not inherit it.
+unexport PYTHONDONTWRITEBYTECODE
+
 install: $(STAMP) $(CONSOLE_MODULES)
 
 $(CONSOLE_MODULES): gateway/console/package-lock.json
