@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from catalogue.errors import CitygateError
 from catalogue.stores import SqliteStore
 from connectors.base import Engine
 from connectors.embedded import EmbeddedEngine
+from connectors.settings import EngineSettings
 from connectors.trino import TrinoEngine
 from datasets import load as stores
 from datasets.datagen import City, generate
@@ -130,6 +131,37 @@ def demo_dir(sqlite_config: Config, tmp_path: Path) -> Path:
         assert isinstance(store, SqliteStore)
         shutil.copyfile(store.path, data_dir / store.path.name)
     return data_dir
+
+
+# Embedded engines by the settings they read, shared by the gateways of one test process (see
+# shared_engine), with each one's own close, which the session's end calls.
+_SHARED_ENGINES: list[tuple[EngineSettings, Engine, Callable[[], None]]] = []
+
+
+def shared_engine(config: Config) -> Engine:
+    """The engine :func:`create_engine` makes for ``config``, shared by every gateway this test
+    process starts on the same engine settings (stores, hash key, DuckDB's settings). Building
+    an embedded engine costs about 0.5 s of CPU, nearly all of it DuckDB checking the signatures
+    of the scanner extensions it loads; tests that start a gateway of their own (its policies,
+    limits, cache or audit differ) paid it again each time. ``Gateway.close`` leaves a shared
+    engine open (the session's end closes it). Trino's are made afresh: they cost nothing.
+    A test's own gateway: ``Gateway.start(config, shared_engine(config))``."""
+    if config.engine.kind != "embedded":
+        return create_engine(config)
+    settings = config.engine_settings()
+    for known, engine, _ in _SHARED_ENGINES:
+        if known == settings:
+            return engine
+    engine = create_engine(config)
+    _SHARED_ENGINES.append((settings, engine, engine.close))
+    engine.close = lambda: None  # type: ignore[method-assign]
+    return engine
+
+
+def pytest_sessionfinish() -> None:
+    for _, _, close in _SHARED_ENGINES:
+        close()
+    _SHARED_ENGINES.clear()
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,11 @@ from starlette.testclient import TestClient
 
 from datasets.demo import issue_token, secure_demo
 from gateway.config import Config, TrustedDocumentsConfig
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.graphql.documents import REFRESH_SECONDS, document_hash, write_manifest
 from gateway.http.app import GRAPHQL_RESPONSE, create_app
 from gateway.observe import audit
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_engine
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
 OTHER = "{ transport_stations(limit: 3, order_by: [{station_id: asc}]) { name } }"
@@ -63,7 +62,7 @@ def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
     config = secure_demo(sqlite_config, tmp_path).model_copy(
         update={"trusted_documents": TrustedDocumentsConfig(store=manifest, roles=["anonymous"])}
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     with TestClient(create_app(gateway)) as client:
         yield Served(client, gateway, tmp_path, manifest)
     gateway.close()
@@ -142,7 +141,7 @@ def test_all_roles_covered_without_policies(sqlite_config: Config, tmp_path: Pat
     manifest = tmp_path / "documents.json"
     write_manifest(manifest, {document_hash(STATIONS): STATIONS})
     config = sqlite_config.model_copy(update={"trusted_documents": TrustedDocumentsConfig(store=manifest)})
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         with TestClient(create_app(gateway)) as client:
             assert client.post("/graphql", json={"query": STATIONS}).status_code == 200

@@ -17,10 +17,10 @@ from starlette.testclient import TestClient
 
 from datasets.demo import admin_token, issue_token, secure_demo
 from gateway.config import CacheConfig, Config, PoliciesConfig
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import Edge, create_app
 from gateway.observe import audit
+from tests.conftest import shared_engine
 
 RESIDENTS = {"query": "{ public_security_residents(limit: 3, order_by: [{registered_at: asc}]) { id_card name } }"}
 RECORDS = {"query": "{ health_health_records(limit: 2, order_by: [{record_id: asc}]) { record_id blood_type } }"}
@@ -66,7 +66,7 @@ def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
             "cache": CacheConfig(ttl_seconds=60),
         }
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     app = create_app(gateway)
     with TestClient(app) as client:
         yield Served(client, app, gateway, tmp_path, files[0])

@@ -36,7 +36,7 @@ from gateway.state import State
 from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
 from policies.rewrite import Context, NoiseRequired, PolicyViolation, enforce, spends
-from tests.conftest import free_port, with_store
+from tests.conftest import free_port, shared_engine, with_store
 from tests.policy_support import ENGINES, engine_config, errors, run, type_fields, with_policies
 from tests.test_routes import Relay, trino_at
 
@@ -75,7 +75,7 @@ def stored(data_dir: Path) -> State:
 
 def start(config: Config, files: list[Path], tmp_path: Path, cache: bool = False) -> Gateway:
     config = with_policies(config, files).model_copy(update={"data_dir": tmp_path, "cache": CacheConfig(enabled=cache)})
-    return Gateway.start(config, create_engine(config))
+    return Gateway.start(config, shared_engine(config))
 
 
 @pytest.fixture(scope="module")

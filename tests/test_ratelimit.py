@@ -13,10 +13,10 @@ from starlette.testclient import TestClient
 
 from datasets.demo import issue_token, secure_demo
 from gateway.config import Config, LimitsConfig, RoleLimits
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import Edge, create_app
 from gateway.observe import audit
+from tests.conftest import shared_engine
 
 STATIONS = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
 
@@ -43,7 +43,7 @@ class Served:
 
 
 def serve(config: Config, data_dir: Path) -> Iterator[Served]:
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     app = create_app(gateway)
     now = [1000.0]
     app.limiter.clock = lambda: now[0]
