@@ -17,13 +17,13 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import Config, TrustedDocumentsConfig
 from gateway.execution.gateway import Gateway
 from gateway.graphql.documents import REFRESH_SECONDS, document_hash, write_manifest
 from gateway.http.app import GRAPHQL_RESPONSE, create_app
 from gateway.observe import audit
-from tests.conftest import REPO, shared_engine
+from tests.conftest import REPO, shared_engine, shared_secure_demo
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
 OTHER = "{ transport_stations(limit: 3, order_by: [{station_id: asc}]) { name } }"
@@ -59,7 +59,7 @@ def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
     """The demo city with its policies; anonymous callers run registered documents only."""
     manifest = tmp_path / "documents.json"
     write_manifest(manifest, {document_hash(STATIONS): STATIONS})
-    config = secure_demo(sqlite_config, tmp_path).model_copy(
+    config = shared_secure_demo(sqlite_config, tmp_path).model_copy(
         update={"trusted_documents": TrustedDocumentsConfig(store=manifest, roles=["anonymous"])}
     )
     gateway = Gateway.start(config, shared_engine(config))

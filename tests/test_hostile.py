@@ -23,7 +23,7 @@ from gateway.config import Config, LimitsConfig
 from gateway.execution.fairness import CALLER
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
-from tests.conftest import shared_engine, with_store
+from tests.conftest import shared_engine, shared_secure_demo, with_store
 from tools.relay import Relay
 
 # The nesting that drove the gateway to 14.5 GB and 6.5 GB of spill files (159 bytes).
@@ -62,9 +62,8 @@ def codes(body: dict[str, Any]) -> list[str]:
 @pytest.fixture
 def secured(sqlite_config: Config, tmp_path: Path) -> Iterator[Gateway]:
     """The demo city with its policies: callers without a token are anonymous."""
-    from datasets.demo import secure_demo
 
-    gateway = start(secure_demo(sqlite_config, tmp_path))
+    gateway = start(shared_secure_demo(sqlite_config, tmp_path))
     yield gateway
     gateway.close()
 

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from datasets.demo import admin_token, issue_token, secure_demo
+from datasets.demo import admin_token, issue_token
 from gateway.config import CacheConfig, Config, PoliciesConfig
 from gateway.execution.gateway import Gateway
 from gateway.http.app import Edge, create_app
 from gateway.observe import audit
-from tests.conftest import shared_engine
+from tests.conftest import shared_engine, shared_secure_demo
 
 RESIDENTS = {"query": "{ public_security_residents(limit: 3, order_by: [{registered_at: asc}]) { id_card name } }"}
 RECORDS = {"query": "{ health_health_records(limit: 2, order_by: [{record_id: asc}]) { record_id blood_type } }"}
@@ -54,7 +54,7 @@ class Served:
 
 @pytest.fixture
 def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
-    config = secure_demo(sqlite_config, tmp_path)
+    config = shared_secure_demo(sqlite_config, tmp_path)
     assert config.policies is not None and config.auth is not None
     files = [tmp_path / p.name for p in config.policies.files]
     for source, copy in zip(config.policies.files, files, strict=True):
