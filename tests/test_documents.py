@@ -89,7 +89,7 @@ def test_an_unregistered_document_is_refused_with_its_hash_in_the_error_and_the_
 
 def test_a_role_not_covered_still_runs_any_document(served: Served) -> None:
     status, answer = served.post({"query": OTHER}, served.analyst())
-    assert status == 200 and len(answer["data"]["transport_stations"]) == 3
+    assert status == 200 and len(answer["data"]["transport_stations"]) == 3, answer
 
 
 def test_a_registered_document_runs_by_its_hash_alone(served: Served) -> None:
@@ -134,7 +134,7 @@ def test_documents_registered_while_serving_are_trusted(served: Served) -> None:
     write_manifest(served.manifest, {document_hash(d): d for d in (STATIONS, OTHER)})
     time.sleep(REFRESH_SECONDS + 0.1)
     status, answer = served.post({"query": OTHER})
-    assert status == 200 and len(answer["data"]["transport_stations"]) == 3
+    assert status == 200 and len(answer["data"]["transport_stations"]) == 3, answer
 
 
 def test_all_roles_covered_without_policies(sqlite_config: Config, tmp_path: Path) -> None:

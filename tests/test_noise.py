@@ -37,7 +37,7 @@ from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
 from policies.rewrite import Context, NoiseRequired, PolicyViolation, enforce, spends
 from tests.conftest import free_port, shared_engine, shared_secure_demo, with_store
-from tests.policy_support import ENGINES, engine_config, errors, run, type_fields, with_policies
+from tests.policy_support import ENGINES, engine_config, engines_slow_on, errors, run, type_fields, with_policies
 from tests.test_routes import Relay, trino_at
 
 DIMS = ["hospital", "department_name", "diagnosis_code", "visit_date"]
@@ -613,7 +613,7 @@ def recover(present: Any, first: dt.date, last: dt.date) -> set[dt.date]:
     return found
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", engines_slow_on("sqlite_delegated"))
 def test_presence_by_binary_search_now_spends_and_the_budget_runs_out_long_before_recovery(
     engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
 ) -> None:
@@ -774,7 +774,7 @@ SINGLES = """{ health_clinic_visits_group_by(by: [hospital, department_name, dia
   where: {hospital: {_eq: "%s"}}) { keys { visit_date department_name diagnosis_code } } }"""
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", engines_slow_on("sqlite_delegated"))
 def test_partition_selection_keeps_large_groups_and_almost_never_a_group_of_one(
     engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
 ) -> None:
