@@ -82,8 +82,12 @@ typecheck: install
 # The fast layer: lint, types and every test that needs no service and is not slow (tests/conftest.py
 # marks the others `services`; `slow` ones start citygate processes or run long samples), on every
 # core; no database, no Trino, no browser (docs/development.md says what it costs). `make test` runs every test.
-check: install lint typecheck
-	$(BIN)/python -m pytest -m "not services and not slow" -n auto -q
+# mypy runs beside the tests: it takes one core, about 20 s without its cache (.mypy_cache, kept
+# between runs), which the tests would otherwise wait for with the other core idle.
+check: install lint
+	$(BIN)/mypy & mypy=$$!; \
+	$(BIN)/python -m pytest -m "not services and not slow" -n auto -q; tests=$$?; \
+	wait $$mypy && exit $$tests
 
 test: install services browser nginx compose-check lint typecheck
 	$(BIN)/python -m pytest
