@@ -12,6 +12,12 @@ STAMP := $(VENV)/.installed
 # gateway serves them from its own origin and no browser asks a CDN (Node from Debian if none).
 CONSOLE_MODULES := gateway/console/node_modules/.package-lock.json
 
+# Python keeps the bytecode of what it compiles (`__pycache__/`, ignored by git), pytest its
+# assertion-rewritten test modules beside it: without them every pytest process (each xdist
+# worker too) compiles the project and rewrites every test module again, about 4 s of CPU each.
+# Some shells and container images set PYTHONDONTWRITEBYTECODE; the checks do not inherit it.
+unexport PYTHONDONTWRITEBYTECODE
+
 install: $(STAMP) $(CONSOLE_MODULES)
 
 $(CONSOLE_MODULES): gateway/console/package-lock.json
@@ -76,8 +82,12 @@ typecheck: install
 # The fast layer: lint, types and every test that needs no service and is not slow (tests/conftest.py
 # marks the others `services`; `slow` ones start citygate processes or run long samples), on every
 # core; no database, no Trino, no browser (docs/development.md says what it costs). `make test` runs every test.
-check: install lint typecheck
-	$(BIN)/python -m pytest -m "not services and not slow" -n auto -q
+# mypy runs beside the tests: it takes one core, about 20 s without its cache (.mypy_cache, kept
+# between runs), which the tests would otherwise wait for with the other core idle.
+check: install lint
+	$(BIN)/mypy & mypy=$$!; \
+	$(BIN)/python -m pytest -m "not services and not slow" -n auto -q; tests=$$?; \
+	wait $$mypy && exit $$tests
 
 test: install services browser nginx compose-check lint typecheck
 	$(BIN)/python -m pytest

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
-from functools import cmp_to_key
 from typing import Any
 
 from graphql import GraphQLResolveInfo, execute_sync, parse
@@ -19,6 +18,7 @@ from datasets.datagen import City
 from gateway.graphql.schema import Model, TableInfo
 
 Row = dict[str, Any]
+Term = tuple[Callable[[Any], Any], bool, bool]  # a value of a row, descending, NULLs first
 
 
 class Oracle:
@@ -107,7 +107,7 @@ class Oracle:
     def select(self, table: TableInfo, rows: Iterable[Row], args: Mapping[str, Any]) -> list[Row]:
         where = args.get("where")
         kept = [r for r in rows if not where or self.test(table, r, where) is True]
-        kept.sort(key=cmp_to_key(self.comparator(table, args.get("order_by") or [])))
+        sort_by_terms(kept, self.terms(table, args.get("order_by") or []))
         distinct = args.get("distinct_on")
         if distinct:
             seen: set[tuple[Any, ...]] = set()
@@ -141,8 +141,8 @@ class Oracle:
                 values.append(any(self.test(target, r, value) is True for r in linked))
         return and_(values)
 
-    def comparator(self, table: TableInfo, order_by: list[Mapping[str, Any]]) -> Callable[[Row, Row], int]:
-        terms: list[tuple[Callable[[Row], Any], bool, bool]] = []
+    def terms(self, table: TableInfo, order_by: list[Mapping[str, Any]]) -> list[Term]:
+        terms: list[Term] = []
 
         def visit(current: TableInfo, path: Callable[[Row], Row | None], spec: Mapping[str, Any]) -> None:
             for name, value in spec.items():
@@ -168,8 +168,7 @@ class Oracle:
             visit(table, lambda r: r, spec)
         for key in table.primary_key:
             terms.append((lambda r, k=key: r[k], False, False))
-
-        return by_terms(terms)
+        return terms
 
     def group(self, table: TableInfo, rows: list[Row], args: Mapping[str, Any]) -> list[dict[str, Any]]:
         kept = [r for r in self.select(table, rows, {"where": args.get("where")})]
@@ -179,7 +178,7 @@ class Oracle:
         entries = [
             {"__group": (table, dict(zip(args["by"], key, strict=True)), members)} for key, members in groups.items()
         ]
-        terms: list[tuple[Callable[[dict[str, Any]], Any], bool, bool]] = []
+        terms: list[Term] = []
         for spec in args.get("order_by") or []:
             for name, value in spec.items():
                 if name == "aggregate":
@@ -200,27 +199,31 @@ class Oracle:
         for column in args["by"]:
             terms.append((lambda e, c=column: e["__group"][1][c], False, False))
 
-        entries.sort(key=cmp_to_key(by_terms(terms)))
+        sort_by_terms(entries, terms)
         offset = args.get("offset") or 0
         limit = args.get("limit")
         return entries[offset : None if limit is None else offset + limit]
 
 
-def by_terms(terms: list[tuple[Callable[[Any], Any], bool, bool]]) -> Callable[[Any, Any], int]:
-    """A comparison by (value, descending, nulls first) terms, as SQL's ORDER BY compares."""
+def sort_by_terms(items: list[Any], terms: list[Term]) -> None:
+    """Sort ``items`` as SQL's ORDER BY does by (value, descending, nulls first) terms: one
+    stable sort per term, the last term first, so that each term orders what all the terms
+    before it leave tied. A NULL goes first or last as its term says, in either direction.
 
-    def compare(a: Any, b: Any) -> int:
-        for get, desc, nulls_first in terms:
-            x, y = get(a), get(b)
-            if x == y:
-                continue
-            if x is None or y is None:
-                return (-1 if x is None else 1) * (1 if nulls_first else -1)
-            result = -1 if x < y else 1
-            return -result if desc else result
-        return 0
+    >>> rows = [{"a": 1, "b": "x"}, {"a": None, "b": "y"}, {"a": 1, "b": "w"}, {"a": 2, "b": "z"}]
+    >>> sort_by_terms(rows, [(lambda r: r["a"], True, False), (lambda r: r["b"], False, False)])
+    >>> [r["b"] for r in rows]
+    ['z', 'w', 'x', 'y']
+    """
+    for get, desc, nulls_first in reversed(terms):
+        # Sorted in reverse for a descending term, which reverses where NULLs go too.
+        null = (0,) if nulls_first != desc else (2,)
 
-    return compare
+        def key(item: Any, get: Callable[[Any], Any] = get, null: tuple[int] = null) -> tuple[Any, ...]:
+            value = get(item)
+            return null if value is None else (1, value)
+
+        items.sort(key=key, reverse=desc)
 
 
 # -- SQL semantics in Python -------------------------------------------------------------------
@@ -296,19 +299,22 @@ def compare(op: str, value: Any, operand: Any) -> bool | None:
         return value in operand
     if op == "_nin":
         return value not in operand
-    table: dict[str, Callable[[Any, Any], bool]] = {
-        "_eq": lambda a, b: a == b,
-        "_neq": lambda a, b: a != b,
-        "_gt": lambda a, b: a > b,
-        "_gte": lambda a, b: a >= b,
-        "_lt": lambda a, b: a < b,
-        "_lte": lambda a, b: a <= b,
-        "_like": _like,
-        "_nlike": lambda a, b: not _like(a, b),
-        "_ilike": lambda a, b: _like(a.lower(), b.lower()),
-        "_nilike": lambda a, b: not _like(a.lower(), b.lower()),
-    }
-    return table[op](value, operand)
+    return OPERATORS[op](value, operand)
+
+
+# Made once: a filter tests every row of a table, millions of calls in a session.
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "_eq": lambda a, b: a == b,
+    "_neq": lambda a, b: a != b,
+    "_gt": lambda a, b: a > b,
+    "_gte": lambda a, b: a >= b,
+    "_lt": lambda a, b: a < b,
+    "_lte": lambda a, b: a <= b,
+    "_like": _like,
+    "_nlike": lambda a, b: not _like(a, b),
+    "_ilike": lambda a, b: _like(a.lower(), b.lower()),
+    "_nilike": lambda a, b: not _like(a.lower(), b.lower()),
+}
 
 
 def count(rows: list[Row], columns: list[str], distinct: bool) -> int:

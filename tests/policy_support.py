@@ -14,6 +14,7 @@ import hmac
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from graphql import GraphQLObjectType
 from sqlglot import exp
@@ -34,6 +35,13 @@ def with_policies(config: Config, files: list[Path] = POLICY_FILES) -> Config:
 
 
 ENGINES = ("embedded_sqlite", "embedded_services", "trino", "delegated", "sqlite_delegated")
+
+
+def engines_slow_on(*slow: str) -> list[Any]:
+    """:data:`ENGINES` as a test's parameters, those in ``slow`` marked `slow`: `make test` runs
+    the test on every engine, `make check` (the fast layer) on the SQLite ones left, where one
+    route shows what the test checks and running it on another costs seconds."""
+    return [pytest.param(engine, marks=pytest.mark.slow) if engine in slow else engine for engine in ENGINES]
 
 
 def engine_config(engine: str, sqlite_config: Config, services_config: Config) -> Config:

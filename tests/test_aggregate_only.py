@@ -13,9 +13,9 @@ import yaml
 
 from datasets.datagen import City
 from gateway.config import Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
+from tests.conftest import shared_engine
 from tests.policy_support import (
     errors,
     run,
@@ -91,7 +91,7 @@ def test_k_counts_distinct_patients_not_visits(sqlite_config: Config, city: City
     body["roles"]["by_people"] = {"tables": {"health.clinic_visits": {**rule, "k_distinct": "id_card"}}}
     files[0].write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
     config = with_policies(sqlite_config, files)
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         query = "{ health_clinic_visits_group_by(by: [hospital, department_name, visit_date]) { keys { %s } } }"
         patients: dict[tuple[str, ...], set[str]] = {}

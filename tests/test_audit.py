@@ -13,14 +13,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from datasets.datagen import City
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.cli.main import main
 from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.observe import audit
-from tests.conftest import free_port, wait_until_serving, with_store
+from tests.conftest import free_port, shared_engine, shared_secure_demo, wait_until_serving, with_store
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card name phone } }"
@@ -39,8 +39,8 @@ def trail(services_config: Config, tmp_path_factory: pytest.TempPathFactory) -> 
     masked, denied, refused tokens, malformed requests, an engine error, a partial answer, an
     aggregate below k, and a cache hit. The gateway is then closed, which writes the trail."""
     data_dir = tmp_path_factory.mktemp("audit")
-    config = secure_demo(services_config.with_engine("embedded"), data_dir)
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(services_config.with_engine("embedded"), data_dir)
+    gateway = Gateway.start(config, shared_engine(config))
     broken = with_store(config, "health", port=free_port())
     # the same trail; its stores' own engines (the delegated route) made anew, from the broken config
     down = dataclasses.replace(gateway, config=broken, engine=create_engine(broken), native=None)
@@ -280,8 +280,8 @@ def test_odd_tokens_and_requests_keep_the_trail_whole(sqlite_config: Config, tmp
     place in the records of repeated requests, and is now refused like any claim with a NUL; a
     refused role switch named nobody; a GET without a query left no record; a purpose in
     Chinese was garbled."""
-    config = secure_demo(sqlite_config, tmp_path)
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, shared_engine(config))
     huge = {"authorization": "Bearer " + demo_token(tmp_path, "district_officer", district=10**40)}
     marked = {"authorization": "Bearer " + demo_token(tmp_path, "police", sub="\x00time\x00")}
     switch = {"authorization": "Bearer " + demo_token(tmp_path, "police"), "x-citygate-role": "supervisor"}
@@ -314,8 +314,8 @@ def test_every_recorded_text_is_checked_bounded_and_the_request_id_is_the_gatewa
     left no record (JSON cannot hold one); a 900 KB operationName went into the trail whole; a
     role header was recorded with U+202E and U+2028 in it; and any caller could take another's
     request id in the trail by sending it as X-Request-Id."""
-    config = secure_demo(sqlite_config, tmp_path)
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, shared_engine(config))
 
     def bearer(role: str, **payload: Any) -> dict[str, str]:
         """A validly signed token whose JSON escapes what UTF-8 cannot encode (a lone surrogate)."""
@@ -409,7 +409,7 @@ def test_audit_sink_off_as_written_turns_the_trail_off_with_a_warning(
     path.write_text(path.read_text(encoding="utf-8") + f"audit:\n  sink: {written}\n", encoding="utf-8")
     config, _ = load_config(path).served()
     assert config.audit is not None and config.audit.sink == "off"
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     gateway.close()
     assert gateway.audit is None
     assert any("the audit trail is off" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

@@ -17,11 +17,11 @@ from starlette.testclient import TestClient
 from catalogue.errors import CitygateError
 from gateway.config import CacheConfig, Config, TokenGuard
 from gateway.execution.cache import ResultCache
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.execution.plans import Response
 from gateway.http.app import Edge, create_app
 from gateway.identity.caller import Identity
+from tests.conftest import shared_engine
 from tests.policy_support import POLICY_FILES, with_policies
 
 RESIDENTS = "{ public_security_residents(limit: 5, order_by: [{registered_at: asc}]) { id_card phone } }"
@@ -30,7 +30,7 @@ STATIONS = "{ transport_stations(limit: 3, order_by: [{station_id: asc}]) { name
 
 def start(config: Config, **cache: Any) -> Gateway:
     config = config.model_copy(update={"cache": CacheConfig(**cache)})
-    return Gateway.start(config, create_engine(config))
+    return Gateway.start(config, shared_engine(config))
 
 
 @pytest.fixture(scope="module", params=["embedded_sqlite", "trino"])
@@ -276,7 +276,7 @@ def admin_client(sqlite_config: Config, tmp_path: Path) -> Iterator[tuple[TestCl
             "metrics": TokenGuard(token="scrape-token-for-tests-01"),
         }
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     with TestClient(create_app(gateway)) as client:
         yield client, gateway, files[0]
     gateway.close()
@@ -384,7 +384,7 @@ def test_metrics_need_the_scrape_token_when_one_is_set(admin_client: tuple[TestC
 
 def test_introspection_is_answered_once_per_role_and_policy_version(sqlite_config: Config) -> None:
     config = with_policies(sqlite_config)
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         query = "{ __schema { queryType { fields { name } } } }"
 

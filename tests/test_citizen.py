@@ -16,12 +16,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from datasets.datagen import City
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
+from tests.conftest import shared_engine, shared_secure_demo
 from tests.policy_support import ENGINES, run, secured_gateway
 
 # The demo's citizen (the Keycloak realm's user `citizen` carries the same number): the first
@@ -154,8 +154,8 @@ def test_a_citizen_reaches_nobody_else_by_filter_relationship_or_aggregate(secur
 def test_every_read_of_a_citizen_is_in_the_audit_trail(services_config: Config, tmp_path: Path, city: City) -> None:
     data_dir = tmp_path / "audit"
     data_dir.mkdir()
-    config = secure_demo(services_config.with_engine("embedded"), data_dir)
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(services_config.with_engine("embedded"), data_dir)
+    gateway = Gateway.start(config, shared_engine(config))
     token = issue_token(data_dir, "citizen", {"id_card": DEMO_CITIZEN}, 60)
     bare = issue_token(data_dir, "citizen", {}, 60)
     with TestClient(create_app(gateway)) as client:

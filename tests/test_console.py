@@ -15,14 +15,14 @@ from starlette.testclient import TestClient
 
 from catalogue.sql import tie_key
 from datasets.commands import ANONYMOUS_EXAMPLE, demo_page
-from datasets.demo import admin_token, issue_token, secure_demo
+from datasets.demo import admin_token, issue_token
 from gateway.config import Config
 from gateway.console.assets import Assets
 from gateway.console.pages import Pages
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.observe import audit
+from tests.conftest import shared_engine, shared_secure_demo
 from tests.test_cli import run
 
 # Ordering by name breaks ties on the resident's ID number, which a supervisor sees hashed: the
@@ -54,8 +54,8 @@ class Demo:
 @pytest.fixture(scope="module")
 def demo(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     data_dir = tmp_path_factory.mktemp("console")
-    config = secure_demo(sqlite_config, data_dir)
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(sqlite_config, data_dir)
+    gateway = Gateway.start(config, shared_engine(config))
     with TestClient(create_app(gateway, example="{ transport_stations { name } }")) as client:
         yield Demo(client, gateway, data_dir)
     gateway.close()

@@ -14,10 +14,9 @@ from playwright.sync_api import sync_playwright
 from starlette.testclient import TestClient
 
 from gateway.config import Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from tests.conftest import free_port, uvicorn_thread
+from tests.conftest import free_port, shared_engine, uvicorn_thread
 from tests.test_console_browser import CHROMIUM, FLAGS
 
 QUERY = "{ transport_stations(limit: 1) { name } }"
@@ -34,7 +33,7 @@ def test_cors_is_off_by_default_and_answers_only_the_origins_configured(sqlite_c
         "access-control-request-headers": "authorization,content-type",
     }
     for config, expected in ((sqlite_config, None), (cors(sqlite_config, allowed), allowed)):
-        gateway = Gateway.start(config, create_engine(config))
+        gateway = Gateway.start(config, shared_engine(config))
         try:
             with TestClient(create_app(gateway)) as client:
                 answered = client.post("/graphql", json={"query": QUERY}, headers={"origin": allowed})
@@ -96,7 +95,7 @@ def test_a_page_on_an_allowed_origin_calls_the_api_in_chromium_and_another_canno
         pytest.fail(f"no chromium at {CHROMIUM}: install it with `make browser` (apt-get install chromium)", False)
     allowed, other = sites
     config = cors(sqlite_config, allowed.origin)
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     call = """async ([url, query]) => {
         try {
             const response = await fetch(url, {method: "POST", headers: {"content-type": "application/json",
@@ -133,7 +132,7 @@ def test_cors_never_opens_the_operator_s_endpoints(sqlite_config: Config) -> Non
         "access-control-request-method": "POST",
         "access-control-request-headers": "authorization",
     }
-    gateway = Gateway.start(cors(sqlite_config, "*"), create_engine(sqlite_config))
+    gateway = Gateway.start(cors(sqlite_config, "*"), shared_engine(sqlite_config))
     try:
         with TestClient(create_app(gateway)) as client:
             assert client.options("/graphql", headers=preflight).headers["access-control-allow-origin"] == "*"

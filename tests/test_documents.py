@@ -17,14 +17,13 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import Config, TrustedDocumentsConfig
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.graphql.documents import REFRESH_SECONDS, document_hash, write_manifest
 from gateway.http.app import GRAPHQL_RESPONSE, create_app
 from gateway.observe import audit
-from tests.conftest import REPO
+from tests.conftest import REPO, shared_engine, shared_secure_demo
 
 STATIONS = "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name district } }"
 OTHER = "{ transport_stations(limit: 3, order_by: [{station_id: asc}]) { name } }"
@@ -60,10 +59,10 @@ def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
     """The demo city with its policies; anonymous callers run registered documents only."""
     manifest = tmp_path / "documents.json"
     write_manifest(manifest, {document_hash(STATIONS): STATIONS})
-    config = secure_demo(sqlite_config, tmp_path).model_copy(
+    config = shared_secure_demo(sqlite_config, tmp_path).model_copy(
         update={"trusted_documents": TrustedDocumentsConfig(store=manifest, roles=["anonymous"])}
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     with TestClient(create_app(gateway)) as client:
         yield Served(client, gateway, tmp_path, manifest)
     gateway.close()
@@ -90,7 +89,7 @@ def test_an_unregistered_document_is_refused_with_its_hash_in_the_error_and_the_
 
 def test_a_role_not_covered_still_runs_any_document(served: Served) -> None:
     status, answer = served.post({"query": OTHER}, served.analyst())
-    assert status == 200 and len(answer["data"]["transport_stations"]) == 3
+    assert status == 200 and len(answer["data"]["transport_stations"]) == 3, answer
 
 
 def test_a_registered_document_runs_by_its_hash_alone(served: Served) -> None:
@@ -135,14 +134,14 @@ def test_documents_registered_while_serving_are_trusted(served: Served) -> None:
     write_manifest(served.manifest, {document_hash(d): d for d in (STATIONS, OTHER)})
     time.sleep(REFRESH_SECONDS + 0.1)
     status, answer = served.post({"query": OTHER})
-    assert status == 200 and len(answer["data"]["transport_stations"]) == 3
+    assert status == 200 and len(answer["data"]["transport_stations"]) == 3, answer
 
 
 def test_all_roles_covered_without_policies(sqlite_config: Config, tmp_path: Path) -> None:
     manifest = tmp_path / "documents.json"
     write_manifest(manifest, {document_hash(STATIONS): STATIONS})
     config = sqlite_config.model_copy(update={"trusted_documents": TrustedDocumentsConfig(store=manifest)})
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         with TestClient(create_app(gateway)) as client:
             assert client.post("/graphql", json={"query": STATIONS}).status_code == 200

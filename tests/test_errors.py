@@ -20,13 +20,13 @@ from catalogue.errors import ERROR_CODES, EngineUnavailableError, StoreUnavailab
 from catalogue.sql import logical_table
 from connectors.embedded import EmbeddedEngine
 from connectors.trino import TrinoEngine
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import AuthConfig, Config, LimitsConfig, RoleLimits, TrustedDocumentsConfig
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.graphql.documents import write_manifest
 from gateway.http.app import create_app
-from tests.conftest import REPO, free_port, trino_with, with_store
+from tests.conftest import REPO, free_port, shared_engine, shared_secure_demo, trino_with, with_store
 from tools.relay import Relay as StallingProxy
 
 WRONG_PASSWORD = "not-the-password-7f3a"
@@ -254,7 +254,7 @@ def test_an_answer_over_the_row_limit_is_refused_by_name(
     request's answer now holds at most `limits.max_rows` rows, and no statement reads more."""
     config = sqlite_config if kind == "embedded_sqlite" else services_config
     config = config.model_copy(update={"limits": LimitsConfig(max_rows=100)})
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         whole = gateway.execute("{ public_security_residents { district } }").body
         assert whole["data"] == {"public_security_residents": None}
@@ -286,7 +286,7 @@ def test_a_store_that_stops_answering_fails_its_requests_in_time_and_holds_no_ot
             "cache": config.cache.model_copy(update={"enabled": False}),
         }
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     sites = "{ environment_monitored_sites(limit: 1) { site_id } }"
     try:
         assert "errors" not in gateway.execute(sites).body  # through the proxy while it relays
@@ -316,7 +316,7 @@ def test_a_slow_query_fails_alone_and_leaves_its_department_answering(services_c
             "cache": config.cache.model_copy(update={"enabled": False}),
         }
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         slow = """{ health_clinic_visits_group_by(by: [id_card, visit_date, cost]) {
             keys { id_card } aggregate { count(columns: [diagnosis], distinct: true) } } }"""
@@ -393,7 +393,7 @@ def documented(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) 
     data_dir = tmp_path_factory.mktemp("documented")
     manifest = data_dir / "documents.json"
     write_manifest(manifest, {})
-    config = secure_demo(sqlite_config, data_dir).model_copy(
+    config = shared_secure_demo(sqlite_config, data_dir).model_copy(
         update={
             "limits": LimitsConfig(max_rows=10, roles={"supervisor": RoleLimits(requests_per_minute=1)}),
             "trusted_documents": TrustedDocumentsConfig(store=manifest, roles=["district_officer"]),
@@ -505,7 +505,7 @@ def test_a_delegated_store_that_stops_answering_mid_byte_fails_its_department_in
             "cache": config.cache.model_copy(update={"enabled": False}),
         }
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     both = "{ health_clinic_visits(limit: 1) { visit_id } transport_stations(limit: 1) { name } }"
     try:
         warm = gateway.execute(both)

@@ -20,11 +20,10 @@ import pytest
 
 from catalogue.errors import CitygateError
 from gateway.config import Config, LimitsConfig
-from gateway.execution.engines import create_engine
 from gateway.execution.fairness import CALLER
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
-from tests.conftest import with_store
+from tests.conftest import shared_engine, shared_secure_demo, with_store
 from tools.relay import Relay
 
 # The nesting that drove the gateway to 14.5 GB and 6.5 GB of spill files (159 bytes).
@@ -53,7 +52,7 @@ def start(config: Config, **limits: Any) -> Gateway:
             "cache": config.cache.model_copy(update={"enabled": False}),
         }
     )
-    return Gateway.start(config, create_engine(config))
+    return Gateway.start(config, shared_engine(config))
 
 
 def codes(body: dict[str, Any]) -> list[str]:
@@ -63,9 +62,8 @@ def codes(body: dict[str, Any]) -> list[str]:
 @pytest.fixture
 def secured(sqlite_config: Config, tmp_path: Path) -> Iterator[Gateway]:
     """The demo city with its policies: callers without a token are anonymous."""
-    from datasets.demo import secure_demo
 
-    gateway = start(secure_demo(sqlite_config, tmp_path))
+    gateway = start(shared_secure_demo(sqlite_config, tmp_path))
     yield gateway
     gateway.close()
 

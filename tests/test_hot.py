@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from datasets.demo import admin_token, issue_token, secure_demo
+from datasets.demo import admin_token, issue_token
 from gateway.config import CacheConfig, Config, PoliciesConfig
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import Edge, create_app
 from gateway.observe import audit
+from tests.conftest import shared_engine, shared_secure_demo
 
 RESIDENTS = {"query": "{ public_security_residents(limit: 3, order_by: [{registered_at: asc}]) { id_card name } }"}
 RECORDS = {"query": "{ health_health_records(limit: 2, order_by: [{record_id: asc}]) { record_id blood_type } }"}
@@ -54,7 +54,7 @@ class Served:
 
 @pytest.fixture
 def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
-    config = secure_demo(sqlite_config, tmp_path)
+    config = shared_secure_demo(sqlite_config, tmp_path)
     assert config.policies is not None and config.auth is not None
     files = [tmp_path / p.name for p in config.policies.files]
     for source, copy in zip(config.policies.files, files, strict=True):
@@ -66,7 +66,7 @@ def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
             "cache": CacheConfig(ttl_seconds=60),
         }
     )
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     app = create_app(gateway)
     with TestClient(app) as client:
         yield Served(client, app, gateway, tmp_path, files[0])
@@ -111,12 +111,14 @@ def test_another_caller_never_gets_a_hot_reply(served: Served) -> None:
 def test_an_expired_token_is_refused_though_its_reply_is_hot(served: Served) -> None:
     # `exp` is whole seconds after a whole-second `iat`: a 5-second token is good for 4 to 5
     # seconds (time for three requests on a busy machine; 1 second could end at once), and
-    # over for certain 6.1 seconds after it was made
+    # over for certain 6.1 seconds after it was made: the tokens' clock is moved on that far
     short = served.token("health_analyst", ttl=5)
     for _ in range(3):
         assert served.post(RESIDENTS, short)["status"] == 200
     assert len(served.app.hot) == 1
-    time.sleep(6.1)
+    assert served.app.authenticator is not None
+    made = time.time()
+    served.app.authenticator.clock = lambda: made + 6.1
     expired = served.post(RESIDENTS, short)
     assert expired["status"] == 401 and "data" not in expired
     assert served.trail()[-1]["outcome"] == "unauthenticated"

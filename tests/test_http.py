@@ -12,11 +12,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from gateway.config import AuditConfig, Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import GRAPHQL_RESPONSE, create_app
 from gateway.observe import audit
-from tests.conftest import ADMIN, as_operator
+from tests.conftest import ADMIN, as_operator, shared_engine
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +251,7 @@ def test_a_body_growing_past_the_limit_is_413_without_a_content_length(gateway_s
 
 def test_a_client_that_hangs_up_is_audited_and_not_answered(sqlite_config: Config, tmp_path: Path) -> None:
     config = sqlite_config.model_copy(update={"audit": AuditConfig(sink="file", path=tmp_path / "audit.jsonl")})
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         first = {"type": "http.request", "body": b'{"query": "{ transport_', "more_body": True}
         assert asgi(create_app(gateway), [first, {"type": "http.disconnect"}], JSON) == []

@@ -18,13 +18,12 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from starlette.testclient import TestClient
 
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import AuthConfig, Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.tokens import UNKNOWN_KEY, Authenticator, AuthError, FetchNeeded
-from tests.conftest import free_port
+from tests.conftest import free_port, shared_engine, shared_secure_demo
 
 ISSUER, AUDIENCE = "https://id.city.example", "citygate"
 
@@ -171,8 +170,8 @@ def test_no_token(keys: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def demo_client(sqlite_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Path]]:
     data_dir = tmp_path_factory.mktemp("demo-issuer")
-    config = secure_demo(sqlite_config, data_dir)
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(sqlite_config, data_dir)
+    gateway = Gateway.start(config, shared_engine(config))
     with TestClient(create_app(gateway)) as client:
         yield client, data_dir
     gateway.close()
@@ -366,7 +365,8 @@ def test_a_cached_verification_still_expires_with_its_token(keys: dict[str, Any]
     token = "Bearer " + sign(keys["rsa"], "RS256", claims(exp=int(time.time()) + 1))
     assert strict.identify(token).role == strict.identify(token).role == "police"  # the second from the cache
     assert len(strict._verified) == 1
-    time.sleep(2.1)
+    later = time.time() + 2.1  # past `exp` for certain
+    strict.clock = lambda: later
     with pytest.raises(AuthError, match="the token has expired"):
         strict.identify(token)
     forged = "Bearer " + sign(keys["rsa"], "RS256", claims())[:-4] + "AAAA"

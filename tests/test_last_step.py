@@ -14,9 +14,9 @@ from sqlglot import exp
 
 from catalogue.types import LogicalType
 from gateway.config import Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
+from tests.conftest import shared_engine
 from tests.policy_support import (
     LATE_QUERIES,
     raw_of,
@@ -279,7 +279,7 @@ def test_the_last_step_keeps_an_aggregate_only_table_aggregated(sqlite_config: C
     from policies.rewrite import AGGREGATED, Context, PolicyViolation, enforce, verify
 
     config = with_policies(sqlite_config)
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         identity = Identity("district_officer", {"district": "南城"})
         view = gateway.view(identity)

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import Config, LimitsConfig, RoleLimits
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import MAX_BODY, create_app
 from gateway.observe.logs import JsonFormatter
-from tests.conftest import free_port, with_store
+from tests.conftest import free_port, shared_engine, shared_secure_demo, with_store
 
 
 class Lines(logging.Handler):
@@ -55,8 +55,8 @@ def test_every_request_leaves_one_access_log_line_without_values_or_tokens(
     each request is one line at `citygate.access` with its id, role, status, duration and
     route, and no query, variable, header value or token in it."""
     limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=2)})
-    config = secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
-    gateway = Gateway.start(config, create_engine(config))
+    config = shared_secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
+    gateway = Gateway.start(config, shared_engine(config))
     token = issue_token(tmp_path, "health_analyst", {}, 600)
     secret = "南城-secret-value"
     query = '{ transport_stations(where: {name: {_eq: "SECRET"}}) { name } }'.replace("SECRET", secret)

@@ -24,7 +24,7 @@ from starlette.testclient import TestClient
 
 from catalogue.errors import ConfigError, NoiseRequiredError
 from datasets.datagen import City
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import CacheConfig, Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
@@ -36,8 +36,8 @@ from gateway.state import State
 from policies.model import PrivacyBudget
 from policies.noise import Release, draw, privacy_loss
 from policies.rewrite import Context, NoiseRequired, PolicyViolation, enforce, spends
-from tests.conftest import free_port, with_store
-from tests.policy_support import ENGINES, engine_config, errors, run, type_fields, with_policies
+from tests.conftest import free_port, shared_engine, shared_secure_demo, with_store
+from tests.policy_support import ENGINES, engine_config, engines_slow_on, errors, run, type_fields, with_policies
 from tests.test_routes import Relay, trino_at
 
 DIMS = ["hospital", "department_name", "diagnosis_code", "visit_date"]
@@ -75,7 +75,7 @@ def stored(data_dir: Path) -> State:
 
 def start(config: Config, files: list[Path], tmp_path: Path, cache: bool = False) -> Gateway:
     config = with_policies(config, files).model_copy(update={"data_dir": tmp_path, "cache": CacheConfig(enabled=cache)})
-    return Gateway.start(config, create_engine(config))
+    return Gateway.start(config, shared_engine(config))
 
 
 @pytest.fixture(scope="module")
@@ -220,14 +220,14 @@ def test_a_noisy_aggregate_answered_on_the_delegated_route_is_noised_and_spends_
 ) -> None:
     """Through HTTP as a token's role, with the audit trail on: each record says the statement
     ran on PostgreSQL itself and what it spent; the draws have the policy's spread there too."""
-    config = secure_demo(services_config.with_delegate("auto"), tmp_path)
+    config = shared_secure_demo(services_config.with_delegate("auto"), tmp_path)
     assert config.policies is not None
     policies = config.policies.model_copy(update={"files": [policy_file(tmp_path / "noise.yaml")]})
     config = config.model_copy(update={"policies": policies, "data_dir": tmp_path, "cache": CacheConfig(enabled=False)})
     token = {"authorization": "Bearer " + issue_token(tmp_path, "noisy", {}, 600)}
     visits = list(city.dicts("health", "clinic_visits"))
     true_count, true_sum = len(visits), float(sum(min(max(v["cost"], 0), BOUND) for v in visits))
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     try:
         with TestClient(create_app(gateway)) as client:
             answers = [client.post("/graphql", json={"query": TOTAL}, headers=token).json() for _ in range(60)]
@@ -613,7 +613,7 @@ def recover(present: Any, first: dt.date, last: dt.date) -> set[dt.date]:
     return found
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", engines_slow_on("sqlite_delegated"))
 def test_presence_by_binary_search_now_spends_and_the_budget_runs_out_long_before_recovery(
     engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
 ) -> None:
@@ -774,7 +774,7 @@ SINGLES = """{ health_clinic_visits_group_by(by: [hospital, department_name, dia
   where: {hospital: {_eq: "%s"}}) { keys { visit_date department_name diagnosis_code } } }"""
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", engines_slow_on("sqlite_delegated"))
 def test_partition_selection_keeps_large_groups_and_almost_never_a_group_of_one(
     engine: str, sqlite_config: Config, services_config: Config, city: City, tmp_path: Path
 ) -> None:

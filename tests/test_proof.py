@@ -17,6 +17,7 @@ from gateway.config import Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from policies.model import load_policies
+from tests.conftest import shared_engine
 from tests.policy_support import ENGINES, POLICY_FILES, engine_config, run, with_policies, write_policy
 
 # What a security officer writes for "the last four digits", and a few more custom masks whose
@@ -49,7 +50,7 @@ def gateway_with(
     engine: str, files: list[Path], sqlite_config: Config, services_config: Config, **start: Any
 ) -> Gateway:
     config = with_policies(engine_config(engine, sqlite_config, services_config), [*POLICY_FILES, *files])
-    return Gateway.start(config, create_engine(config), **start)
+    return Gateway.start(config, shared_engine(config), **start)
 
 
 @pytest.fixture(scope="module", params=ENGINES)

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from datasets.demo import issue_token, secure_demo
+from datasets.demo import issue_token
 from gateway.config import Config, LimitsConfig, RoleLimits
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import Edge, create_app
 from gateway.observe import audit
+from tests.conftest import shared_engine, shared_secure_demo
 
 STATIONS = {"query": "{ transport_stations(limit: 2, order_by: [{station_id: asc}]) { name } }"}
 
@@ -43,7 +43,7 @@ class Served:
 
 
 def serve(config: Config, data_dir: Path) -> Iterator[Served]:
-    gateway = Gateway.start(config, create_engine(config))
+    gateway = Gateway.start(config, shared_engine(config))
     app = create_app(gateway)
     now = [1000.0]
     app.limiter.clock = lambda: now[0]
@@ -57,7 +57,7 @@ def serve(config: Config, data_dir: Path) -> Iterator[Served]:
 def served(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
     """The demo city with its policies; anonymous callers may send 3 requests a minute, health
     analysts 2."""
-    config = secure_demo(sqlite_config, tmp_path)
+    config = shared_secure_demo(sqlite_config, tmp_path)
     limits = LimitsConfig(
         roles={"anonymous": RoleLimits(requests_per_minute=3), "health_analyst": RoleLimits(requests_per_minute=2)}
     )
@@ -111,7 +111,7 @@ def test_after_the_wait_the_caller_runs_again(served: Served) -> None:
 
 @pytest.mark.slow
 def test_anonymous_callers_are_held_to_600_a_minute_by_default(sqlite_config: Config, tmp_path: Path) -> None:
-    for served in serve(secure_demo(sqlite_config, tmp_path), tmp_path):
+    for served in serve(shared_secure_demo(sqlite_config, tmp_path), tmp_path):
         with served.client() as client:
             statuses = [client.post("/graphql", json=STATIONS).status_code for _ in range(601)]
         assert statuses[:600] == [200] * 600 and statuses[600] == 429
@@ -120,7 +120,7 @@ def test_anonymous_callers_are_held_to_600_a_minute_by_default(sqlite_config: Co
 @pytest.mark.slow
 def test_a_limit_of_zero_is_no_limit(sqlite_config: Config, tmp_path: Path) -> None:
     limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=0)})
-    config = secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
+    config = shared_secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
     for served in serve(config, tmp_path):
         with served.client() as client:
             assert all(client.post("/graphql", json=STATIONS).status_code == 200 for _ in range(700))
@@ -175,7 +175,7 @@ def test_anonymous_callers_are_counted_by_network_prefix(
     sqlite_config: Config, tmp_path: Path, ipv4_prefix: int, first: str, same: str, other: str
 ) -> None:
     limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=3)}, ipv4_prefix=ipv4_prefix)
-    config = secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
+    config = shared_secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
     for served in serve(config, tmp_path):
         with served.client(first) as one, served.client(same) as neighbour, served.client(other) as stranger:
             assert [one.post("/graphql", json=STATIONS).status_code for _ in range(3)] == [200] * 3

@@ -12,10 +12,10 @@ from catalogue.errors import ConfigError
 from catalogue.types import LogicalType
 from datasets.datagen import City
 from gateway.config import Config
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
 from policies.model import load_policies
+from tests.conftest import shared_engine
 from tests.policy_support import (
     run,
     with_policies,
@@ -149,14 +149,14 @@ def test_a_policy_the_tables_cannot_take_stops_the_gateway_naming_its_key(
     failed every request of the role with a stack trace; a file not in UTF-8 crashed loading."""
     central = write_policy(tmp_path / "c.yaml", {"officer": {"public_security.residents": {"row_filter": "nope = 1"}}})
     with pytest.raises(ConfigError, match=r"roles\.officer\.tables\.public_security\.residents\.row_filter: no column"):
-        Gateway.start(with_policies(sqlite_config, [central]), create_engine(sqlite_config)).close()
+        Gateway.start(with_policies(sqlite_config, [central]), shared_engine(sqlite_config)).close()
     year_of_text = write_policy(
         tmp_path / "y.yaml", {"officer": {"public_security.residents": {"columns": {"name": "year"}}}}
     )
     with pytest.raises(
         ConfigError, match=r"officer: public_security\.residents\.name is string, which year cannot mask"
     ):
-        Gateway.start(with_policies(sqlite_config, [year_of_text]), create_engine(sqlite_config)).close()
+        Gateway.start(with_policies(sqlite_config, [year_of_text]), shared_engine(sqlite_config)).close()
     latin = tmp_path / "latin.yaml"
     latin.write_bytes("roles: {}\n# café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text"):

@@ -6,10 +6,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import Config, TelemetryConfig
-from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
 from gateway.observe.telemetry import Telemetry
+from tests.conftest import shared_engine
 from tests.policy_support import with_policies
 
 
@@ -17,7 +17,7 @@ def test_each_stage_is_a_span(sqlite_config: Config) -> None:
     exporter = InMemorySpanExporter()
     config = with_policies(sqlite_config)
     telemetry = Telemetry.configure(TelemetryConfig(exporter="console"), SimpleSpanProcessor(exporter))
-    gateway = Gateway.start(config, create_engine(config), telemetry=telemetry)
+    gateway = Gateway.start(config, shared_engine(config), telemetry=telemetry)
     try:
         query = "{ health_clinic_visits(limit: 2) { visit_id } transport_stations(limit: 1) { name } }"
         gateway.execute(query, identity=Identity("health_analyst"))

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,12 @@ class FetchNeeded(Exception):
 
 
 class Authenticator:
-    def __init__(self, auth: AuthConfig) -> None:
+    """Verifies bearer tokens; ``clock`` gives the wall-clock time their ``exp``, ``nbf`` and
+    ``iat`` are checked against (injected in tests, as the rate limiter's is)."""
+
+    def __init__(self, auth: AuthConfig, clock: Callable[[], float] = time.time) -> None:
         self.auth = auth
+        self.clock = clock
         self._lock = threading.Lock()  # the verified tokens
         self._fetching = threading.Lock()  # one fetch of the keys at a time
         self._keys: KeySet | None = None
@@ -78,6 +82,7 @@ class Authenticator:
         self._file_stamp: tuple[int, int, int] | None = None  # the jwks_file's, when it was read
         self._retry_at = -float("inf")
         self._claims = jwt.JWTClaimsRegistry(
+            now=lambda: int(self.clock()),
             leeway=auth.leeway_seconds,
             iss={"essential": True, "value": auth.issuer},
             aud={"essential": True, "value": auth.audience},
@@ -218,7 +223,7 @@ class Authenticator:
         with self._lock:
             known = self._verified.get(token)
         if known is not None:
-            if time.time() > known["exp"] + self.auth.leeway_seconds:
+            if self.clock() > known["exp"] + self.auth.leeway_seconds:
                 raise AuthError(EXPIRED)
             return known
         claims = self._check(token, fetch)
