@@ -165,6 +165,7 @@ def synthetic() -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # matplotlib draws the plots
 def test_report_writes_markdown_json_and_plots(tmp_path: Path) -> None:
     result = synthetic()
     markdown_path = report.write(result, tmp_path / "results" / "2026-11-27")

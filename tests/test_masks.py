@@ -88,6 +88,7 @@ def test_masks_read_numbers_and_times_as_the_same_text_on_every_engine(
     assert secured.engine.execute(tree).rows == [want]
 
 
+@pytest.mark.slow  # 300 generated values on two engines
 @settings(max_examples=300)
 @given(value=st.text(max_size=24), first=st.integers(0, 8), last=st.integers(0, 8))
 def test_both_formulations_of_partial_give_the_contracts_format(value: str, first: int, last: int) -> None:

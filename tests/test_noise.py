@@ -311,6 +311,7 @@ def day_with_one_visit(city: City) -> tuple[str, Any, Decimal]:
     return hospital, day, cost
 
 
+@pytest.mark.slow  # 80 noisy answers
 def test_differencing_two_large_sums_yields_one_visit_exactly_without_noise_and_not_with_it(
     uncached: Gateway, city: City
 ) -> None:
@@ -528,6 +529,7 @@ def test_bounds_must_fit_their_column(sqlite_config: Config, tmp_path: Path) -> 
         start(sqlite_config, [path], tmp_path).close()
 
 
+@pytest.mark.slow  # 40 generated queries
 def test_what_the_noisy_schema_offers_the_last_step_accepts(uncached: Gateway) -> None:
     """Queries generated from the noisy role's own schema of the noisy table: none is refused by
     the policy's last step (the schema offers nothing it refuses) or fails inside."""
@@ -841,6 +843,7 @@ def test_a_whole_aggregate_is_selected_too_and_a_sum_alone_pays_for_its_selectio
         gateway.close()
 
 
+@pytest.mark.slow  # 100,000 draws
 def test_select_is_opendps_threshold_with_the_policys_delta() -> None:
     """:func:`select` on counts directly. 100,000 groups of one at delta 1e-6 (threshold 27 at
     epsilon 0.5): 0.09 appear on average, six or more with probability below 0.09^6 / 6! < 1e-9.
