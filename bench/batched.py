@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import functools
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.batched")
     parser.add_argument("--runs", type=int, default=60)
     args = parser.parse_args()
-    print(json.dumps(run(args.runs, lambda m: print(m, flush=True)), indent=2, ensure_ascii=False))
+    print(json.dumps(run(args.runs, lambda m: print(m, file=sys.stderr, flush=True)), indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
