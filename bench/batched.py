@@ -49,17 +49,11 @@ WAYS = ("batched", "trino", "embedded")
 
 @contextlib.contextmanager
 def _gateways() -> Iterator[dict[str, Any]]:
-    from gateway.config import RoleLimits, load_config
+    from bench.inprocess import services_config
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
-    config = load_config(REPO / "configs" / "services.yaml").with_delegate("auto")
-    config = config.model_copy(
-        update={
-            "cache": config.cache.model_copy(update={"enabled": False}),
-            "limits": config.limits.model_copy(update={"roles": {"anonymous": RoleLimits(requests_per_minute=0)}}),
-        }
-    )
+    config = services_config("auto")
     configs = {
         "batched": config.with_batching("auto"),
         "trino": config.with_batching("never"),

@@ -24,8 +24,6 @@ from bench import peer, servers, wrk
 from bench.queries import SELECTIVE
 from bench.stats import interleaved, percentile, summary
 
-REPO = Path(__file__).resolve().parent.parent
-
 # 10 readings of one site and pollutant, in key order: one MariaDB database, no BOOLEAN column
 # (a statement reading one goes to the engine).
 MARIADB = """{ environment_emission_readings(where: {site_id: {_eq: 17}, pollutant: {_eq: "NOx"}},
@@ -132,17 +130,11 @@ def _over_http(workdir: Path, rounds: int, seconds: float, progress: Callable[[s
 
 @contextlib.contextmanager
 def _gateway() -> Iterator[Any]:
-    from gateway.config import RoleLimits, load_config
+    from bench.inprocess import services_config
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
-    config = load_config(REPO / "configs" / "services.yaml").with_delegate("auto")
-    config = config.model_copy(
-        update={
-            "cache": config.cache.model_copy(update={"enabled": False}),
-            "limits": config.limits.model_copy(update={"roles": {"anonymous": RoleLimits(requests_per_minute=0)}}),
-        }
-    )
+    config = services_config("auto")
     gateway = Gateway.start(config, create_engine(config))
     try:
         yield gateway

@@ -17,7 +17,8 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import strawberry
 from strawberry.schema.config import StrawberryConfig
@@ -25,9 +26,12 @@ from strawberry.schema.config import StrawberryConfig
 from bench.queries import NESTED, POLICY_QUERIES, SELECTIVE
 from bench.stats import interleaved, percentile, ratio_interval, summary, timed
 from connectors.base import Engine
+from gateway.config import Config
 from gateway.execution.gateway import Gateway
 from gateway.graphql.shape import shape
 from gateway.identity.caller import Identity
+
+REPO = Path(__file__).resolve().parent.parent
 
 # -- shaping: citygate's templates against strawberry's default resolvers -------------------
 
@@ -203,3 +207,18 @@ def bench_statements(gateway: Gateway) -> dict[str, Any]:
         assert "errors" not in response.body
         counts[f"depth_{depth}"] = gateway.engine.statements - before  # type: ignore[attr-defined]
     return {"statements_per_request": counts, "target": "1 per root field", "met": set(counts.values()) == {1}}
+
+
+def services_config(delegate: Literal["auto", "never"]) -> Config:
+    """``configs/services.yaml`` as the in-process figures measure it: the work of answering,
+    sent from one address without a token. A result cache hit would skip the work, and the
+    anonymous rate limit would refuse the load: both are off."""
+    from gateway.config import RoleLimits, load_config
+
+    config = load_config(REPO / "configs" / "services.yaml").with_delegate(delegate)
+    return config.model_copy(
+        update={
+            "cache": config.cache.model_copy(update={"enabled": False}),
+            "limits": config.limits.model_copy(update={"roles": {"anonymous": RoleLimits(requests_per_minute=0)}}),
+        }
+    )

@@ -181,21 +181,13 @@ def _plan(
 @contextlib.contextmanager
 def _gateways() -> Iterator[tuple[Any, Any]]:
     """A gateway on each engine over the services, in this process."""
-    from gateway.config import RoleLimits, load_config
+    from bench.inprocess import services_config
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
 
     # the engines' own figures: every statement on the engine (bench/delegation.py measures the
     # delegated route)
-    config = load_config(REPO / "configs" / "services.yaml").with_delegate("never")
-    # These sections measure the work of answering, sent from one address without a token: a
-    # result cache hit would skip the work, and the anonymous rate limit would refuse the load.
-    config = config.model_copy(
-        update={
-            "cache": config.cache.model_copy(update={"enabled": False}),
-            "limits": config.limits.model_copy(update={"roles": {"anonymous": RoleLimits(requests_per_minute=0)}}),
-        }
-    )
+    config = services_config("never")
     embedded = Gateway.start(config.with_engine("embedded"), create_engine(config.with_engine("embedded")))
     try:
         trino = Gateway.start(config, create_engine(config))

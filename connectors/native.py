@@ -279,7 +279,7 @@ class PostgresEngine(NativeEngine):
             with self._pool.connection() as conn:
                 # with parameters, one that takes the text as it is, $1 and all (a cursor of
                 # psycopg's own form would read each % of it as a placeholder); the keys, given
-                # as a JSON array, bound as an array of text (see KeyRows above)
+                # as a JSON array, bound as an array of text (connectors.dialects renders KeyRows so)
                 cursor = psycopg.RawCursor(conn) if params else conn.cursor()
                 bound = [[str(key) for key in json.loads(p)] for p in params]
                 if cancel is not None:
