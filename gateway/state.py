@@ -150,6 +150,14 @@ def _spending(role: str, held: Any) -> float:
     return float(held)
 
 
+def _period(role: str, held: Any) -> int:
+    """A period read back, checked: an integer (periods are compared, newest wins), else the
+    state is not to be trusted (:class:`StateUnavailable`)."""
+    if isinstance(held, bool) or not isinstance(held, int):
+        raise StateUnavailable(f"the privacy budget of role {role} holds period {held!r}, which cannot be a period")
+    return held
+
+
 class State:
     """The shared state behind one URL; thread-safe."""
 
@@ -210,24 +218,33 @@ class State:
     def spend(self, role: str, period: int, epsilon: float, limit: float) -> bool:
         """Spend ``epsilon`` of ``role``'s budget in ``period`` if what it has spent there and
         ``epsilon`` stay within ``limit``: True; else nothing changes and False.
-        :class:`StateUnavailable` if the database fails, or holds a spending that cannot be."""
+        :class:`StateUnavailable` if the database fails, or holds a spending that cannot be.
+
+        Only a newer period renews a budget. Gateways' clocks differ by a little: at a period's
+        boundary one may already spend in the new period while another still asks for the old
+        one. Its spending counts against the newer period the state holds, so the two cannot
+        take turns resetting the budget (each reset granting it again), and a gateway whose
+        clock is behind never resets a period that has begun."""
         if not (math.isfinite(epsilon) and epsilon >= 0):
             raise ValueError(f"cannot spend epsilon {epsilon}")
 
         def work(run: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]) -> bool:
             run(_NEW_BUDGET, (role, period))
             [(held_period, held)] = run(_HOLD_BUDGET + self._db.hold, (role,))
-            spent = _spending(role, held) if held_period == period else 0.0
+            held_period = _period(role, held_period)
+            spent = _spending(role, held) if held_period >= period else 0.0
             if spent + epsilon > limit:
                 return False
-            run(_SET_BUDGET, (period, spent + epsilon, role))
+            run(_SET_BUDGET, (max(held_period, period), spent + epsilon, role))
             return True
 
         result: bool = self._run(work)
         return result
 
     def refund(self, role: str, period: int, epsilon: float) -> None:
-        """Give back what an answer that was never released spent (never below zero)."""
+        """Give back what an answer that was never released spent (never below zero), while the
+        state still holds ``period``: once a newer one has begun, what was spent may have been
+        counted in either, and giving it back to the newer one could grant more than its budget."""
 
         def work(run: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]) -> None:
             [(held_period, held)] = run(_HOLD_BUDGET + self._db.hold, (role,)) or [(None, 0)]
@@ -243,6 +260,7 @@ class State:
         def work(run: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]) -> None:
             run(_NEW_BUDGET, (role, period))
             [(held_period, held)] = run(_HOLD_BUDGET + self._db.hold, (role,))
+            held_period = _period(role, held_period)
             if held_period == period:
                 run(_SET_BUDGET, (period, max(_spending(role, held), spent), role))
             elif held_period < period:
@@ -251,13 +269,14 @@ class State:
         self._run(work)
 
     def spent(self, role: str, period: int) -> float:
-        """What ``role`` has spent in ``period``; :class:`StateUnavailable` for a value that
+        """What ``role`` has spent in ``period`` (or in a newer period already begun, which a
+        spending in ``period`` would count against); :class:`StateUnavailable` for a value that
         cannot be a spending."""
         rows = self._run(lambda run: run(_SPENT, (role,)))
         if not rows:
             return 0.0
         [(held_period, held)] = rows
-        return _spending(role, held) if held_period == period else 0.0
+        return _spending(role, held) if _period(role, held_period) >= period else 0.0
 
     # -- rate limits -----------------------------------------------------------------------------
 

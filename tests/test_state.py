@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from catalogue.errors import ConfigError
+from catalogue.errors import ConfigError, PrivacyBudgetExhausted
 from datasets.demo import secure_demo
 from gateway.config import CacheConfig, Config, LimitsConfig, RoleLimits, StateConfig
 from gateway.execution.engines import create_engine
@@ -84,12 +84,51 @@ def test_values_read_back_are_checked_and_refuse(tmp_path: Path) -> None:
         assert "cannot be a spending" in str(refused.value.detail)
         with pytest.raises(StateUnavailable):
             state.spent("officer", 7)
+    with editor:  # periods are compared (only a newer one renews): one that is no number refuses
+        editor.execute("UPDATE citygate_budget SET period = 'next week', spent = 1.0 WHERE role = 'officer'")
+    with pytest.raises(StateUnavailable) as refused:
+        state.spend("officer", 7, 1.0, 10.0)
+    assert "cannot be a period" in str(refused.value.detail)
     editor.close()
     with pytest.raises(ValueError):
         state.spend("officer", 7, float("nan"), 10.0)
     with pytest.raises(ValueError):
         state.spend("officer", 7, -1.0, 10.0)
     state.close()
+
+
+def test_gateways_whose_clocks_differ_at_a_period_boundary_never_renew_a_budget(tmp_path: Path) -> None:
+    """Two gateways (two State objects on one database), one clock a second ahead of the other,
+    at midnight UTC: one already spends in the new day, the other still in the old. Spending in
+    turn, they once reset the budget for each other at every turn (each reset granting it again);
+    only a newer period renews, and the older caller counts against it."""
+    from gateway.execution.privacy import PrivacyBudgets
+    from policies.model import PrivacyBudget
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    midnight = 86_400.0 * 20_000
+    ahead = PrivacyBudgets(State.open(url), clock=lambda: midnight + 0.5)
+    behind = PrivacyBudgets(State.open(url), clock=lambda: midnight - 0.5)
+    budget = PrivacyBudget(epsilon=1.0, period="1d")
+    granted = 0
+    for _ in range(5):
+        for gateway in (ahead, behind):
+            try:
+                gateway.spend("noisy", 0.5, budget)
+                granted += 1
+            except PrivacyBudgetExhausted:
+                pass
+    assert granted == 2  # the new day's budget, once
+    assert ahead.left("noisy", budget) == behind.left("noisy", budget) == pytest.approx(0.0)
+
+    # a clock that is behind never resets a period that has begun, even first thing in it
+    late = State.open(url)
+    assert late.spend("officer", 20_001, 1.0, 1.0)
+    assert not late.spend("officer", 20_000, 1.0, 1.0)
+    assert late.spent("officer", 20_000) == pytest.approx(1.0)
+    assert late.spend("officer", 20_002, 1.0, 1.0)  # a newer period renews it
+    late.refund("officer", 20_001, 1.0)  # not given back to the newer period
+    assert late.spent("officer", 20_002) == pytest.approx(1.0)
 
 
 SPENDER = """

@@ -1,6 +1,7 @@
 """Each role's privacy budget: the epsilon its noisy answers have spent in the current period.
 
-Periods are fixed windows from the Unix epoch (a ``1d`` budget renews at 00:00 UTC). What each
+Periods are fixed windows from the Unix epoch (a ``1d`` budget renews at 00:00 UTC; only a newer
+period renews it, so gateways whose clocks differ by a little never renew it for each other). What each
 role has spent is kept in the gateway's shared state (:mod:`gateway.state`, ``state.url``), so a
 restart renews no budget and every worker and every gateway on one state spends one budget.
 Spending checks and spends in one transaction; a state that cannot be reached, or that holds a
