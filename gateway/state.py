@@ -304,13 +304,12 @@ class State:
         wait: float | None = self._run(work)
         return wait
 
-    def check(self) -> str | None:
-        """Why the state cannot be reached, or None while it can (for ``/readyz``)."""
-        try:
-            self._run(lambda run: run(_SPENT, ("",)))
-        except StateUnavailable as error:
-            return error.detail
-        return None
+    def ping(self) -> None:
+        """Read the state as a spending would (:class:`StateUnavailable` if it cannot be), for
+        the health check behind ``/readyz`` and ``citygate_state_up``. A server that is gone
+        fails it within the pool's bounded wait (2 s), and after a failure it is refused at once
+        for :data:`RETRY` seconds; the change either way is logged once, by :meth:`_run`."""
+        self._run(lambda run: run(_SPENT, ("",)))
 
     def close(self) -> None:
         self._db.close()

@@ -65,6 +65,7 @@ def test_every_department_up_is_ready(gateway_services: Gateway) -> None:
             "status": "ready",
             "engine": "embedded",
             "audit": "off",  # the session's gateways record nothing
+            "state": "ok",
             "departments": dict.fromkeys(DEPARTMENTS, "ok"),
             "routes": {"embedded": "ok"},  # this gateway delegates nothing
         }

@@ -198,14 +198,26 @@ def test_two_gateways_on_one_postgresql_state_have_one_budget_and_one_rate_limit
         b.close()
 
 
+def state_up(client: TestClient) -> float:
+    """``citygate_state_up`` as a scrape reads it."""
+    [line] = [line for line in client.get("/metrics").text.splitlines() if line.startswith("citygate_state_up ")]
+    return float(line.split()[1])
+
+
 def test_a_state_database_stopped_refuses_and_serving_resumes_when_it_is_back(
-    sqlite_config: Config, tmp_path: Path, postgres: Postgres
+    sqlite_config: Config, tmp_path: Path, postgres: Postgres, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """While the state is down, requests that need it are refused, and the probes say so:
+    `/readyz` 503 (its reason to the operator only), `citygate_state_up` 0, one log line each way."""
     gateway = gateway_on(sqlite_config, tmp_path / "g", postgres.url, budget=100.0)
     noisy = Identity("noisy")
+    operator = {"authorization": f"Bearer {gateway.config.admin.token}"}
     try:
         with TestClient(create_app(gateway), client=("203.0.113.41", 40000)) as client:
             assert client.post("/graphql", json=STATIONS).status_code == 200
+            assert client.get("/readyz").status_code == 200
+            assert client.get("/readyz", headers=operator).json()["state"] == "ok"
+            assert state_up(client) == 1.0
             postgres.stop()
             try:
                 refused = client.post("/graphql", json=STATIONS)  # the rate limit cannot be counted
@@ -214,12 +226,27 @@ def test_a_state_database_stopped_refuses_and_serving_resumes_when_it_is_back(
                 assert "postgresql" not in refused.text  # where the state is: the operator's, in the log
                 [error] = gateway.execute(TOTAL, identity=noisy).body["errors"]  # nothing unbudgeted
                 assert error["extensions"]["code"] == "STATE_UNAVAILABLE"
+                until(lambda: client.get("/readyz").status_code == 503)  # the last check stands 2 s
+                assert client.get("/readyz").json() == {"status": "unavailable"}  # nothing of where
+                why = client.get("/readyz", headers=operator).json()["state"]
+                assert why.startswith("postgresql://citygate:***@127.0.0.1:") and "Error" in why, why
+                assert state_up(client) == 0.0
+                started = time.monotonic()
+                for _ in range(20):  # a flood of probes is answered from the last check, not each waiting
+                    assert client.get("/readyz").status_code == 503
+                assert time.monotonic() - started < 2.0
             finally:
                 postgres.start()
+            until(lambda: client.get("/readyz").status_code == 200)
+            assert client.get("/readyz", headers=operator).json()["state"] == "ok"
+            assert state_up(client) == 1.0
             until(lambda: client.post("/graphql", json=STATIONS).status_code == 200)
         until(lambda: "errors" not in gateway.execute(TOTAL, identity=noisy).body)
     finally:
         gateway.close()
+    changes = [r.getMessage() for r in caplog.records if r.name == "citygate.state"]
+    assert sum("cannot be reached" in m for m in changes) == 1, changes  # once, not once a request
+    assert sum("answers again" in m for m in changes) == 1, changes
 
 
 def test_an_earlier_versions_budget_file_is_taken_over_not_renewed(sqlite_config: Config, tmp_path: Path) -> None:

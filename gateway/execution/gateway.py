@@ -65,7 +65,7 @@ from gateway.identity.caller import Identity
 from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
-from gateway.state import State
+from gateway.state import State, StateUnavailable
 from policies.model import Policies, load_policies
 from policies.noise import spend
 
@@ -74,6 +74,8 @@ log = logging.getLogger("citygate")
 # How long one health check of the engine and the stores stands: probes and scrapes in between
 # are answered from it, so a flood of them costs the stores one check per interval.
 HEALTH_SECONDS = 2.0
+# The shared state's name among the health checks (no route or department is named so).
+STATE_CHECK = "state:"
 # How often a gateway with departments left out at start-up checks them by itself.
 REJOIN_SECONDS = 10.0
 
@@ -118,6 +120,9 @@ class Gateway:
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
     _health: tuple[float, Health] | None = None  # the last check: when, and what it found
+    # why the shared state could not be read at the last check (None: it could); its detail
+    # names the database, so it goes to the log and the operator, never to an anonymous probe
+    state_trouble: str | None = None
     checks: Checks = field(default_factory=Checks)  # the health checks, each bounded in time
     _closed: threading.Event = field(default_factory=threading.Event)
     _refused_joins: dict[str, str] = field(default_factory=dict)  # department -> the policy version refusing it
@@ -476,9 +481,10 @@ class Gateway:
         try:
             if self._health is not None and self._health is not last:
                 return self._health[1]  # checked while this caller waited for the first check
-            found = self._check()
+            found, self.state_trouble = self._check()
             self._health = (time.monotonic(), found)
             self.metrics.record_health(found.engine, found.reachable, found.departments, found.routes)
+            self.metrics.record_state(self.state_trouble is None)
         finally:
             self._probing.release()
         back = [d for d in self.unavailable if found.departments.get(d) == "ok"]
@@ -486,21 +492,32 @@ class Gateway:
             self.rejoin(back)
         return found
 
-    def _check(self) -> Health:
+    def _check(self) -> tuple[Health, str | None]:
         """The engine, each department through it and each store's own route, checked side by
         side, each within :data:`~gateway.execution.probes.CHECK_SECONDS`: a store that stopped
-        answering mid-conversation is named, and holds neither the probe nor the others' checks."""
+        answering mid-conversation is named, and holds neither the probe nor the others' checks.
+        Beside them the shared state (budgets, rate limits): why it cannot be read, or None."""
         engine = self.engine
-        checks: dict[str, Callable[[], object]] = {"": engine.ping}
+        checks: dict[str, Callable[[], object]] = {"": engine.ping, STATE_CHECK: self._ping_state}
         checks |= {f"department:{d}": functools.partial(engine.ping_department, d) for d in engine.departments}
         checks |= self.routes.pings()
         states = self.checks.run(checks)
+        state = states.pop(STATE_CHECK)
+        trouble = None if state == "ok" else state
         reachable = states.pop("") == "ok"
         departments = {d: states.pop(f"department:{d}") for d in engine.departments}
         if not reachable:
             departments = dict.fromkeys(departments, "unknown: the engine does not answer")
         routes = {engine.name: "ok" if reachable else "the engine does not answer", **states}
-        return Health(engine.name, reachable, departments, routes=routes)
+        return Health(engine.name, reachable, departments, routes=routes), trouble
+
+    def _ping_state(self) -> None:
+        """The shared state read once; what failed (where, the driver's error: no password) is
+        the operator's reason, so it becomes the check's message."""
+        try:
+            self.state.ping()
+        except StateUnavailable as error:
+            raise CitygateError(error.detail or error.message) from None
 
     def rejoin(self, departments: Sequence[str]) -> list[str]:
         """Read again departments left out at start-up (down or slow then) and serve them,

@@ -52,15 +52,18 @@ class Operator:
         """Whether this instance can serve: 200 while its engine answers, or any store runs its
         own statements (the delegated route), even with departments down (their root fields
         fail alone, the others answer), so a load balancer never takes every replica out for
-        one department or for the engine; 503 when no route answers, or while the audit trail
-        cannot be written (every request would be refused). The body names each department's
-        state and each route's, and the trail's (``ok`` or ``unavailable``; the log says why), to
-        the operator (the admin token); anyone else learns only the status, since the states name
-        stores, their addresses and their errors."""
+        one department or for the engine; 503 when no route answers, while the audit trail
+        cannot be written (every request would be refused), or while the shared state cannot be
+        read (every rate-limited request and every noisy answer would be refused). The body names
+        each department's state and each route's, the trail's (``ok`` or ``unavailable``; the log
+        says why) and the shared state's (``ok`` or why not), to the operator (the admin token);
+        anyone else learns only the status, since the states name stores, their addresses and
+        their errors. The state is checked with the rest, at most every ``HEALTH_SECONDS``."""
         health = await run_in_threadpool(self.gateway.health)
         audit = self.gateway.audit
         trail = "off" if audit is None else "ok" if audit.trouble() is None else "unavailable"
-        serving = health.serving and trail != "unavailable"
+        state = self.gateway.state_trouble or "ok"
+        serving = health.serving and trail != "unavailable" and state == "ok"
         every = health.ok and all(state == "ok" for state in health.routes.values())
         status = "ready" if every and serving else "degraded" if serving else "unavailable"
         body: dict[str, Any] = {"status": status}
@@ -69,6 +72,7 @@ class Operator:
             body |= {
                 "engine": health.engine,
                 "audit": trail,
+                "state": state,
                 "departments": health.departments,
                 "routes": health.routes,
             }

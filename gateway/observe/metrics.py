@@ -143,6 +143,12 @@ class Metrics:
             "Whether the audit trail can be written (0: every request is refused until it can)",
             registry=self.registry,
         )
+        self.state_up = Gauge(
+            "citygate_state_up",
+            "Whether the shared state (privacy budgets, rate limits) answered the last health check "
+            "(0: noisy answers and rate-limited requests are refused until it does)",
+            registry=self.registry,
+        )
         self.audit_refused = Counter(
             "citygate_audit_refused_requests",
             "Requests refused because their audit record could not be written",
@@ -174,6 +180,9 @@ class Metrics:
             self.route_up.labels(route).set(1.0 if state == "ok" else 0.0)
         for department, state in departments.items():
             self.department_up.labels(department).set(1.0 if state == "ok" else 0.0)
+
+    def record_state(self, up: bool) -> None:
+        self.state_up.set(1.0 if up else 0.0)
 
     def watch_audit(self, backlog: Callable[[], int], trouble: Callable[[], str | None]) -> None:
         """The trail's backlog and whether it can be written, read at each scrape."""
