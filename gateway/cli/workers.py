@@ -21,10 +21,19 @@ from typing import Any
 WORKER = "CITYGATE_WORKER"  # what each worker is to serve, as JSON: set by the command, read here
 
 
-def default_workers() -> int:
-    """One worker per core this process may run on, at most 8 (each holds its own engine and
-    caches; past that the engine or the stores, not the gateway, set the pace)."""
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+MOST_WORKERS = 8
+
+
+def default_workers(cores: int | None = None) -> int:
+    """One worker per core this process may run on (``cores``: that many), at most
+    :data:`MOST_WORKERS`: each holds its own engine and caches, and past that the engine or the
+    stores, not the gateway, set the pace. The cores it may run on, not the machine's: a
+    container or ``taskset`` given one core runs one worker.
+
+    >>> default_workers(2), default_workers(32)
+    (2, 8)
+    """
+    return max(1, min(len(os.sched_getaffinity(0)) if cores is None else cores, MOST_WORKERS))
 
 
 def spec(args: Any, example: str) -> str:
