@@ -7,6 +7,7 @@ since the test stops and starts it: the shared services are never touched."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
 from gateway.state import State, StateUnavailable
+from tests.conftest import free_port
 from tests.own_postgres import Postgres
 from tests.test_noise import TOTAL, policy_file
 
@@ -196,6 +198,48 @@ def test_two_gateways_on_one_postgresql_state_have_one_budget_and_one_rate_limit
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.slow
+def test_two_gateway_processes_on_one_postgresql_state_have_one_budget_and_one_rate_limit(
+    sqlite_config: Config, tmp_path: Path, postgres: Postgres
+) -> None:
+    """Two `citygate serve` processes, each with its own data dir and audit trail, on one
+    PostgreSQL state; requests alternate between them. A limit of 10 a minute answers 10 across
+    both (each counting its own would answer 20), a budget of 4 noisy answers 4 (not 8)."""
+    import psycopg
+
+    from tests.test_workers import answered, bearer, noisy_deployment, post, served
+
+    with psycopg.connect(postgres.url, autocommit=True) as admin:
+        admin.execute("CREATE DATABASE two_processes")  # a state of this test's own: nothing spent yet
+    url = postgres.url.rsplit("/", 1)[0] + "/two_processes"
+    limits = {"roles": {"exact": {"requests_per_minute": 10}}}
+    issuer = tmp_path / "issuer"
+    configs = [
+        noisy_deployment(tmp_path / name, sqlite_config, 4.0, issuer, state={"url": url}, limits=limits)
+        for name in ("a", "b")
+    ]
+    tokens = configs[0][1]
+    ports = [free_port(), free_port()]
+    with (
+        served(configs[0][0], 1, ports[0], tmp_path / "a.log"),
+        served(configs[1][0], 1, ports[1], tmp_path / "b.log"),
+    ):
+        for port in ports:  # plans made, engines warm, under a subject of its own (the limit is per subject)
+            assert post(port, TOTAL, bearer(issuer, "exact", "warm-up"))[0] == 200
+        started = time.monotonic()
+        limited = [post(ports[n % 2], TOTAL, tokens["exact"]) for n in range(20)]
+        took = time.monotonic() - started
+        noisy = [post(ports[n % 2], TOTAL, tokens["noisy"]) for n in range(8)]
+    # one every 6 s after the first 10: exactly 10 while the 20 took less than 6 s
+    assert 10 <= answered(limited) <= 10 + took / 6, took
+    if took < 6:
+        assert [status for status, _, _ in limited] == [200] * 10 + [429] * 10
+    assert answered(noisy) == 4
+    assert [status for status, _, _ in noisy[:4]] == [200] * 4  # two from each gateway, then refused on both
+    assert {body["errors"][0]["extensions"]["code"] for _, body, _ in noisy[4:]} == {"PRIVACY_BUDGET_EXHAUSTED"}
+    assert State.open(url).spent("noisy", math.floor(time.time() / 86_400)) == pytest.approx(4.0)
 
 
 def state_up(client: TestClient) -> float:
