@@ -167,7 +167,7 @@ def test_processes_share_one_file_and_one_chain_and_a_kill_leaves_a_visible_mark
     verdict = audit.verify(path)
     assert verdict.ok and verdict.records == 8
     [event] = verdict.events
-    assert "record 7" in event and "unclean_start" in event and "did not stop cleanly" in event
+    assert "line 7" in event and "unclean_start" in event and "did not stop cleanly" in event
     assert [r["seq"] for r in read(path)] == list(range(1, 9))
     again = audit.FileSink(path)  # after a clean stop, no mark
     again.close()
