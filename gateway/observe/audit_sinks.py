@@ -296,13 +296,13 @@ class FileSink:
         does not answer. Refuse it, what waits for the next batch, and everything after them
         until a write succeeds (the writer, once its write returns, writes ``resumed``)."""
         with self._cond:
-            self._refused += 1
             if self._trouble is not None or batch.done.is_set():
+                self._refused += 1
                 return
             self._trouble = f"the audit file was not written within {self._seconds} s (its disk does not answer)"
             self._since, self._event, self._full = time.time(), "resumed", False
-            pending, self._batch = self._batch, self._new()
-            self._refused += len(pending.records)
+            pending, self._batch = self._batch, self._new()  # may be ``batch``, whose writer waits on another
+            self._refused = 1 + len(pending.records) - pending.late  # this request, and what waits on
             trouble = self._trouble
         log.error("the audit trail %s cannot be written, requests are refused until it can: %s", self.path, trouble)
         pending.settle(trouble)
