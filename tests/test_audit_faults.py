@@ -24,6 +24,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from datasets.demo import secure_demo
+from gateway.cli.main import main
 from gateway.config import AuditConfig, Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
@@ -269,7 +270,9 @@ def lines(path: Path) -> list[dict[str, object] | None]:
 
 
 @pytest.mark.parametrize("tear", ["half a line", "zeroed blocks"])
-def test_a_torn_last_line_is_marked_numbered_after_and_verified_past(tmp_path: Path, tear: str) -> None:
+def test_a_torn_last_line_is_marked_numbered_after_and_verified_past(
+    tmp_path: Path, tear: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A machine crash mid-write leaves half a record (or, with delayed allocation, blocks of
     zeros) at the end of the file. The next start goes on numbering after the last whole
     record, ends the torn line and marks it; `audit verify` names exactly that line and checks
@@ -284,7 +287,10 @@ def test_a_torn_last_line_is_marked_numbered_after_and_verified_past(tmp_path: P
     with path.open("ab") as file:
         file.write(torn)
     before = audit.verify(path)
-    assert (before.broken, before.records) == (4, 3) and "a write cut short by a crash" in before.reason
+    assert (before.broken, before.records) == (
+        4,
+        3,
+    ) and "the file ends there: perhaps a write a crash cut short" in before.reason
     again = audit.FileSink(path)
     try:
         for n in range(3, 6):
@@ -302,6 +308,9 @@ def test_a_torn_last_line_is_marked_numbered_after_and_verified_past(tmp_path: P
     assert verdict.ok and verdict.records == 7 and verdict.torn == (4,)
     [event] = verdict.events
     assert event.startswith(f"line 4: torn: {len(torn)} bytes that are not a record") and "line 5" in event
+    assert main(["audit", "verify", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert f"{path}: {event}" in printed.err and "7 records, the chain holds" in printed.out
     # checked past the tear: an edit after it is still found
     edited = path.read_bytes().replace(b'"n":4', b'"n":9')
     path.write_bytes(edited)

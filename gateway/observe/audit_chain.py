@@ -196,7 +196,7 @@ def _check(lines: Iterable[bytes]) -> Verdict:
         count += 1
     if bad:
         first, _, why = bad[0]
-        why += "; the file ends there: a write cut short by a crash, which the next start marks as torn"
+        why += "; the file ends there: perhaps a write a crash cut short, marked as torn at the next write"
         return Verdict(count, first, why, tuple(events), tuple(torn))
     return Verdict(count, events=tuple(events), torn=tuple(torn))
 
