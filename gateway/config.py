@@ -115,6 +115,10 @@ class AuditConfig(_Model):
     sink: Literal["file", "log", "off"] = "file"
     path: Path | None = None  # the file sink's file; required for `file`
     fsync: bool = True  # fsync each batch before its answers leave: records survive a machine crash too
+    # how long a request waits for its record to be written (and flushed); past it the request is
+    # refused with 503 `AUDIT_UNAVAILABLE` and so is every request after it, until a write succeeds
+    # (a hung disk or network file system must not hold every request forever)
+    write_seconds: float = Field(5.0, gt=0, le=300)
 
     @field_validator("sink", mode="before")
     @classmethod

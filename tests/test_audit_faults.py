@@ -6,6 +6,7 @@ in the trail itself once it can be written again."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,12 +16,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from datasets.demo import secure_demo
+from gateway.cli.main import main
 from gateway.config import AuditConfig, Config
 from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
@@ -55,6 +59,40 @@ def tiny(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@dataclass
+class Disk:
+    """A file system of its own on a loop device: where it is mounted, and the device's count of
+    writes that reached it (what an fsync sends, and a write left in the page cache does not)."""
+
+    mount: Path
+    stat: Path
+
+    def writes(self) -> int:
+        return int(self.stat.read_text().split()[4])  # /sys/block/<dev>/stat: write I/Os completed
+
+
+@pytest.fixture
+def ext4(tmp_path: Path) -> Iterator[Disk]:
+    """A 16 MiB ext4 on a loop device, its journal committed only when asked (commit=300: no
+    write reaches the device unless flushed), unfrozen and unmounted afterwards."""
+    image, mount = tmp_path / "ext4.img", tmp_path / "ext4"
+    mount.mkdir()
+    with image.open("wb") as file:
+        file.truncate(16 << 20)
+    for command in (["mkfs.ext4", "-q", str(image)], ["mount", "-o", "loop,commit=300", str(image), str(mount)]):
+        done = subprocess.run(command, check=False, capture_output=True)
+        if done.returncode != 0:
+            pytest.fail(f"{command[0]}: {done.stderr.decode()} (the fault tests run as root, with loop devices)")
+    try:
+        found = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(mount)], check=True, capture_output=True, text=True
+        )
+        yield Disk(mount, Path("/sys/block") / Path(found.stdout.strip()).name / "stat")
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mount)], check=False, capture_output=True)
+        subprocess.run(["umount", str(mount)], check=False)
+
+
 def fill(directory: Path) -> Path:
     """A file taking every byte left on ``directory``'s file system."""
     filler = directory / "filler"
@@ -73,7 +111,8 @@ def read(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_a_full_disk_refuses_cuts_no_line_and_resumes_by_itself(tiny: Path) -> None:
+def test_a_full_disk_refuses_cuts_no_line_and_resumes_by_itself(tiny: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "citygate.audit")
     path = tiny / "audit.jsonl"
     sink = audit.FileSink(path)
     try:
@@ -99,6 +138,10 @@ def test_a_full_disk_refuses_cuts_no_line_and_resumes_by_itself(tiny: Path) -> N
     assert verdict.events and all("resumed: No space left" in e and "requests refused" in e for e in verdict.events)
     assert [r.get("seq") for r in records] == list(range(1, len(records) + 1))  # no number twice
     assert sum(int(str(m["refused"])) for m in markers) >= 2
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "citygate.audit"]
+    cannot = f"the audit trail {path} cannot be written, requests are refused until it can: No space left on device"
+    assert (logging.ERROR, cannot) in said  # the operator learns which file, and why
+    assert any(level == logging.WARNING and f"the audit trail {path} is written again" in m for level, m in said)
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
@@ -167,7 +210,7 @@ def test_processes_share_one_file_and_one_chain_and_a_kill_leaves_a_visible_mark
     verdict = audit.verify(path)
     assert verdict.ok and verdict.records == 8
     [event] = verdict.events
-    assert "record 7" in event and "unclean_start" in event and "did not stop cleanly" in event
+    assert "line 7" in event and "unclean_start" in event and "did not stop cleanly" in event
     assert [r["seq"] for r in read(path)] == list(range(1, 9))
     again = audit.FileSink(path)  # after a clean stop, no mark
     again.close()
@@ -182,7 +225,8 @@ def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: C
         with TestClient(create_app(gateway)) as client:
             assert client.post("/graphql", json=STATIONS).status_code == 200
             filler = fill(tiny)
-            statuses = [client.post("/graphql", json=STATIONS).status_code for _ in range(40)]
+            replies = [client.post("/graphql", json=STATIONS) for _ in range(40)]
+            statuses = [reply.status_code for reply in replies]
             assert statuses[-1] == 503 and set(statuses) <= {200, 503}
             refused = client.post("/graphql", json=STATIONS)
             assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
@@ -206,7 +250,204 @@ def test_a_full_disk_answers_503_until_the_trail_can_be_written(sqlite_config: C
     # a resumed record is short: it may fit where a batch did not, and the trail fail again
     assert verdict.ok and verdict.events and all("resumed: No space left" in e for e in verdict.events)
     ids = {r.get("request_id") for r in read(trail)}
-    assert answered.headers["x-request-id"] in ids and refused.headers["x-request-id"] not in ids
+    by_status: dict[int, set[str]] = {200: set(), 503: set()}
+    for reply in [*replies, refused, answered]:
+        by_status[reply.status_code].add(reply.headers["x-request-id"])
+    assert len(by_status[200]) >= 2 and len(by_status[503]) >= 2
+    assert by_status[200] <= ids, "answered without a record"
+    assert not by_status[503] & ids, "refused, yet recorded as if answered"
+
+
+def lines(path: Path) -> list[dict[str, object] | None]:
+    """Each line of ``path`` as JSON, or None for one that is not (a torn line)."""
+    found: list[dict[str, object] | None] = []
+    for line in path.read_bytes().split(b"\n")[:-1]:
+        try:
+            found.append(json.loads(line))
+        except ValueError:
+            found.append(None)
+    return found
+
+
+@pytest.mark.parametrize("tear", ["half a line", "zeroed blocks"])
+def test_a_torn_last_line_is_marked_numbered_after_and_verified_past(
+    tmp_path: Path, tear: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A machine crash mid-write leaves half a record (or, with delayed allocation, blocks of
+    zeros) at the end of the file. The next start goes on numbering after the last whole
+    record, ends the torn line and marks it; `audit verify` names exactly that line and checks
+    everything after it."""
+    path = tmp_path / "audit.jsonl"
+    sink = audit.FileSink(path)
+    for n in range(3):
+        sink.write({"n": n}).wait(5)
+    sink.close()
+    last = path.read_bytes().splitlines()[-1]
+    torn = last[: len(last) // 2] if tear == "half a line" else b"\0" * 5000  # more than tail's first read
+    with path.open("ab") as file:
+        file.write(torn)
+    before = audit.verify(path)
+    assert (before.broken, before.records) == (
+        4,
+        3,
+    ) and "the file ends there: perhaps a write a crash cut short" in before.reason
+    again = audit.FileSink(path)
+    try:
+        for n in range(3, 6):
+            again.write({"n": n}).wait(5)
+    finally:
+        again.close()
+    found = lines(path)
+    seqs = [r["seq"] for r in found if r is not None]
+    assert seqs == [1, 2, 3, 4, 5, 6, 7]  # never a number twice
+    assert found[3] is None and len(found) == 8  # the torn line, ended, and nothing else lost
+    mark = found[4]
+    assert mark is not None and mark["event"] == "torn" and mark["torn"]["bytes"] == len(torn)  # type: ignore[index]
+    assert [r["n"] for r in found[5:] if r is not None] == [3, 4, 5]
+    verdict = audit.verify(path)
+    assert verdict.ok and verdict.records == 7 and verdict.torn == (4,)
+    [event] = verdict.events
+    assert event.startswith(f"line 4: torn: {len(torn)} bytes that are not a record") and "line 5" in event
+    assert main(["audit", "verify", str(path)]) == 0
+    printed = capsys.readouterr()
+    assert f"{path}: {event}" in printed.err and "7 records, the chain holds" in printed.out
+    # checked past the tear: an edit after it is still found
+    edited = path.read_bytes().replace(b'"n":4', b'"n":9')
+    path.write_bytes(edited)
+    assert (audit.verify(path).broken, audit.verify(path).records) == (7, 5)
+
+
+def instance(pid: int) -> tuple[str, int]:
+    """The boot id and the start time (field 22 of /proc/<pid>/stat) of process ``pid``."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    return boot, int(stat[stat.rindex(b")") + 2 :].split()[19])
+
+
+@pytest.mark.parametrize(
+    "who", ["this process's pid, another start", "a live pid, another start", "a live pid, its own start"]
+)
+def test_a_mark_left_by_a_process_whose_pid_is_reused_is_an_unclean_start(tmp_path: Path, who: str) -> None:
+    """After a container restart pids repeat (1, 7, 8...): a mark left by the killed gateway
+    may bear the pid of a process alive now, even this one. The mark names the process's start
+    and the machine's boot too, so the new start still sees the old one is gone."""
+    path = tmp_path / "audit.jsonl"
+    sink = audit.FileSink(path)
+    sink.write({"n": 0}).wait(5)
+    sink.close()
+    other = None if who.startswith("this") else subprocess.Popen(["sleep", "60"])
+    try:
+        pid = os.getpid() if other is None else other.pid
+        boot, start = instance(pid)
+        if "another start" in who:
+            start -= 1  # the process that left the mark started earlier: it is not this one
+        (tmp_path / f"audit.jsonl.open.{pid}").write_text(f"{pid} {boot} {start}\n", encoding="ascii")
+        again = audit.FileSink(path)
+        try:
+            until(lambda: again.trouble() is None)
+            again.write({"n": 1}).wait(5)
+        finally:
+            again.close()
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
+    verdict = audit.verify(path)
+    assert verdict.ok
+    if "another start" in who:
+        [event] = verdict.events
+        assert "line 2" in event and "unclean_start" in event
+        assert not (tmp_path / f"audit.jsonl.open.{pid}").exists()  # nor this process's own, closed cleanly
+    else:  # the process that left it runs still: it writes the file too
+        assert verdict.events == () and (tmp_path / f"audit.jsonl.open.{pid}").exists()
+
+
+def test_the_trail_is_fsynced_by_default(ext4: Disk) -> None:
+    """A record reaches the disk itself before its wait ends, by default: the device counts a
+    write. Without fsync it stays in the page cache (the control: the count does not move)."""
+    assert AuditConfig(sink="file", path=ext4.mount / "a.jsonl").fsync is True
+    for fsync, name in ((True, "durable.jsonl"), (False, "cached.jsonl")):
+        settings = {"path": ext4.mount / name} | ({} if fsync else {"fsync": False})
+        sink = audit.open_sink(AuditConfig(sink="file", **settings))
+        assert isinstance(sink, audit.FileSink)
+        try:
+            sink.write({"n": 0}).wait(5)
+            os.sync()  # everything so far on the device, the journal too
+            before = ext4.writes()
+            sink.write({"n": 1}).wait(5)
+            after = ext4.writes()
+        finally:
+            sink.close()
+        assert (after > before) is fsync, f"fsync {fsync}: {before} -> {after} writes"
+
+
+def test_a_write_that_hangs_is_refused_within_write_seconds_and_serving_resumes(
+    sqlite_config: Config, ext4: Disk, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The trail's file system stops answering (frozen, as a hung NFS server would): the
+    request waiting for its record is refused after `audit.write_seconds`, so is every one
+    after it at once, `/readyz` says so, and serving resumes when the disk answers again."""
+    caplog.set_level(logging.WARNING, "citygate.audit")
+    trail = ext4.mount / "audit.jsonl"
+    config = with_admin(secure_demo(sqlite_config, tmp_path))
+    config = config.model_copy(update={"audit": AuditConfig(sink="file", path=trail, write_seconds=0.5)})
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        with TestClient(create_app(gateway)) as client:
+            first = client.post("/graphql", json=STATIONS)
+            assert first.status_code == 200
+            subprocess.run(["fsfreeze", "-f", str(ext4.mount)], check=True)
+            try:
+                began = time.monotonic()
+                late = client.post("/graphql", json=STATIONS)
+                waited = time.monotonic() - began
+                assert late.status_code == 503 and 0.5 <= waited < 3, waited
+                assert late.json()["errors"][0]["extensions"] == {"code": "AUDIT_UNAVAILABLE"}
+                began = time.monotonic()
+                at_once = client.post("/graphql", json=STATIONS)
+                assert at_once.status_code == 503 and time.monotonic() - began < 0.5
+                ready = client.get("/readyz", headers=ADMIN)
+                assert ready.status_code == 503 and ready.json()["audit"] == "unavailable"
+                assert "citygate_audit_up 0.0" in client.get("/metrics").text
+            finally:
+                subprocess.run(["fsfreeze", "-u", str(ext4.mount)], check=True)
+            until(lambda: client.get("/readyz").status_code == 200)
+            answered = client.post("/graphql", json=STATIONS)
+            assert answered.status_code == 200
+    finally:
+        gateway.close()
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "citygate.audit"]
+    assert f"the audit trail {trail} cannot be written, requests are refused until it can: " in said[0]
+    assert "not written within 0.5 s" in said[0]
+    verdict = audit.verify(trail)
+    assert (
+        verdict.ok
+        and len(verdict.events) == 1
+        and "resumed: the audit file was not written within 0.5 s" in verdict.events[0]
+    )
+    ids = {r.get("request_id") for r in read(trail)}
+    assert {first.headers["x-request-id"], answered.headers["x-request-id"]} <= ids
+    assert at_once.headers["x-request-id"] not in ids  # refused before its record was taken
+    # the late request's record was written once the disk answered: in the trail, though refused
+
+
+def test_concurrent_requests_share_one_write_and_one_flush(sqlite_config: Config, tmp_path: Path) -> None:
+    """Group commit: requests that finish while a batch is on its way to the disk share the next
+    write and fsync, so 64 requests from 16 connections take fewer flushes than records."""
+    config = secure_demo(sqlite_config, tmp_path)
+    gateway = Gateway.start(config, create_engine(config))
+    try:
+        with TestClient(create_app(gateway)) as client, ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(lambda _: client.post("/graphql", json=STATIONS).status_code, range(64)))
+            metrics = client.get("/metrics").text
+    finally:
+        gateway.close()
+    assert statuses == [200] * 64
+    [flushes] = [
+        float(line.split()[1]) for line in metrics.splitlines() if line.startswith("citygate_audit_flushes_total ")
+    ]
+    records = len(read(tmp_path / "audit.jsonl"))
+    assert records == 64 and 0 < flushes < records, (flushes, records)
 
 
 @pytest.mark.slow

@@ -184,7 +184,7 @@ class Gateway:
             batch_keys=self.config.engine.batch_keys,
         )
         if self.audit is not None:
-            self.metrics.watch_audit(self.audit.backlog, self.audit.trouble)
+            self.metrics.watch_audit(self.audit.backlog, self.audit.trouble, self.audit.flushes)
 
     @classmethod
     def start(

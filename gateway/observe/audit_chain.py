@@ -20,7 +20,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import logging
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,8 +29,6 @@ from typing import Any
 import orjson
 
 from catalogue.errors import ConfigError
-
-log = logging.getLogger("citygate.audit")
 
 GENESIS = "0" * 64
 _SUFFIX = len(',"hash":""}') + 64  # what seal() appends to the canonical record
@@ -145,40 +142,101 @@ class Verdict:
     broken: int | None = None  # 1-based line number of the first record that does not hold
     reason: str = ""
     # what the gateway itself recorded of its trail: a restart after an unclean stop, a time it
-    # could not write (and refused requests), a file that was deleted or replaced
+    # could not write (and refused requests), a file that was deleted or replaced, a torn line
     events: tuple[str, ...] = ()
+    torn: tuple[int, ...] = ()  # lines a crash cut short, each marked by the record after it
 
     @property
     def ok(self) -> bool:
         return self.broken is None
 
 
+TORN = "torn"  # the event of the record that marks bytes a crash left that are not a record
+
+
 def check(lines: Iterable[str]) -> Verdict:
     """Check a chain of sealed lines from its first record."""
+    return _check(line.encode() for line in lines)
+
+
+def _check(lines: Iterable[bytes]) -> Verdict:
+    """Check a chain of sealed lines (bytes, with or without their newline) from its first record.
+
+    A line that does not hold breaks the chain, unless the record after it is the gateway's own
+    ``torn`` mark naming exactly those bytes (a write a crash cut short, marked by the next
+    gateway to write the file): then the line is reported, and the chain is checked on past it
+    from the record before it, as the gateway went on from there."""
     prev = GENESIS
     count = 0
     events: list[str] = []
+    torn: list[int] = []
+    bad: list[tuple[int, bytes, str]] = []  # lines that do not hold, since the last that does
     for number, raw in enumerate(lines, start=1):
-        line = raw.rstrip("\n")
-        unsealed = _unseal(line)
+        line = raw.removesuffix(b"\n")
+        unsealed = _unseal_bytes(line)
         if isinstance(unsealed, str):
-            return Verdict(count, number, unsealed, tuple(events))
+            bad.append((number, line, unsealed))
+            continue
         record, digest = unsealed
-        if record["prev"] != prev:
+        if bad:
+            if not _marks(record, prev, bad):
+                first, _, why = bad[0]
+                return Verdict(count, first, why, tuple(events), tuple(torn))
+            torn.extend(n for n, _, _ in bad)
+            events.append(_tear(number, record, bad))
+            bad = []
+        elif record["prev"] != prev:
             why = "its `prev` is not the hash of the record before it"
             if number == 1:
                 why += " (the chain began in another file: this one was rotated, deleted or replaced)"
-            return Verdict(count, number, why, tuple(events))
-        if "event" in record:
+            return Verdict(count, number, why, tuple(events), tuple(torn))
+        elif "event" in record:
             events.append(_event(number, record))
         prev = digest
         count += 1
-    return Verdict(count, events=tuple(events))
+    if bad:
+        first, _, why = bad[0]
+        why += "; the file ends there: perhaps a write a crash cut short, marked as torn at the next write"
+        return Verdict(count, first, why, tuple(events), tuple(torn))
+    return Verdict(count, events=tuple(events), torn=tuple(torn))
+
+
+def _unseal_bytes(line: bytes) -> tuple[dict[str, Any], str] | str:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the line is not valid UTF-8"
+    return _unseal(text)
+
+
+def torn_hash(torn: bytes) -> str:
+    """What a ``torn`` mark names the bytes after the last record by: the SHA-256 of the lines
+    they make (without the last newline, as `audit verify` reads them)."""
+    return hashlib.sha256(torn.removesuffix(b"\n")).hexdigest()
+
+
+def _marks(record: dict[str, Any], prev: str, bad: list[tuple[int, bytes, str]]) -> bool:
+    """Whether ``record`` is the gateway's mark of exactly the lines ``bad``, chained onto the
+    record before them."""
+    mark = record.get(TORN)
+    if record.get("event") != TORN or not isinstance(mark, dict) or record["prev"] != prev:
+        return False
+    return bool(mark.get("hash") == torn_hash(b"\n".join(line for _, line, _ in bad)))
+
+
+def _tear(number: int, record: dict[str, Any], bad: list[tuple[int, bytes, str]]) -> str:
+    first, last = bad[0][0], bad[-1][0]
+    lines = f"line {first}" if first == last else f"lines {first}-{last}"
+    size = record[TORN].get("bytes")
+    return (
+        f"{lines}: torn: {size} bytes that are not a record (a write a crash cut short); "
+        f"line {number} ({record.get('time')}) marks them and the chain goes on past them"
+    )
 
 
 def _event(number: int, record: dict[str, Any]) -> str:
     """What a record the gateway wrote of its own trail says, as `audit verify` prints it."""
-    said = f"record {number} ({record.get('time')}): {record.get('event')}: {record.get('reason')}"
+    said = f"line {number} ({record.get('time')}): {record.get('event')}: {record.get('reason')}"
     if record.get("refused"):
         said += f"; {record['refused']} requests refused, unanswered, since {record.get('since')}"
     return said
@@ -187,20 +245,10 @@ def _event(number: int, record: dict[str, Any]) -> str:
 def verify(path: Path) -> Verdict:
     """Check the audit file at ``path``; a missing file is a :class:`ConfigError`."""
     try:
-        with path.open(encoding="utf-8", newline="\n") as lines:
-            return check(lines)
+        with path.open("rb") as lines:
+            return _check(lines)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such audit file") from None
-    except UnicodeDecodeError as error:
-        return _undecodable(path, error)
-
-
-def _undecodable(path: Path, error: UnicodeDecodeError) -> Verdict:
-    """Name the line holding bytes that are not UTF-8 (a tampered or truncated file)."""
-    data = path.read_bytes()
-    line = data.count(b"\n", 0, error.start) + 1
-    prefix = b"".join(data.splitlines(keepends=True)[: line - 1]).decode("utf-8")
-    return Verdict(check(prefix.splitlines()).records, line, "the line is not valid UTF-8")
 
 
 def records(path: Path) -> Iterator[dict[str, Any]]:
@@ -215,29 +263,61 @@ def records(path: Path) -> Iterator[dict[str, Any]]:
         raise ConfigError(f"{path}: no such audit file") from None
 
 
-def tail(path: Path, size: int | None = None) -> tuple[str, int]:
-    """The hash and sequence number a new record continues from (the last sealed line's),
-    reading the file's last few KiB (its whole last 64 KiB only for a longer line)."""
+@dataclass(frozen=True)
+class Tail:
+    """Where a file's chain ends: its last record's hash and sequence number, and what follows
+    that record which is not one (bytes a crash left mid-write), if anything."""
+
+    prev: str = GENESIS
+    seq: int = 0
+    torn: bytes = b""  # after the last record and its newline
+    at: int = 0  # where ``torn`` begins in the file
+    newline: bool = False  # the file does not end with a newline: the next write starts one
+
+
+def tail(path: Path, size: int | None = None) -> Tail:
+    """Where a new record continues the file's chain: after its last sealed record, reading its
+    last few KiB (more only if its last lines do not hold). A torn last line, or any bytes after
+    the last record that are not one, are no record: numbering goes on from the record before
+    them, never from 0 again."""
     if size is None:
         size = path.stat().st_size if path.exists() else 0
     if size == 0:
-        return GENESIS, 0
+        return Tail()
     with path.open("rb") as file:
-        for span in (4096, 65536):
-            file.seek(max(0, size - span))
-            lines = file.read(span).rstrip(b"\n").rsplit(b"\n", 1)
-            if len(lines) == 2 or span >= size:
+        span = 4096
+        while True:
+            start = max(0, size - span)
+            file.seek(start)
+            data = file.read(size - start)
+            found = _last_record(data, start == 0)
+            if found is not None or start == 0:
                 break
-        last = lines[-1].decode("utf-8", errors="replace")
-    unsealed = _unseal(last)
-    if isinstance(unsealed, str):
-        # Go on from the broken line's own bytes: `audit verify` will name it, and what
-        # follows is still chained.
-        log.error("audit file %s ends with a record that does not hold (%s)", path, unsealed)
-        return hashlib.sha256(last.encode()).hexdigest(), 0
+            span *= 16
+    newline = not data.endswith(b"\n")
+    if found is None:  # not one record in the file
+        return Tail(torn=data, at=0, newline=newline)
+    end, unsealed = found  # ``end``: just past the record, in ``data``
     record, digest = unsealed
     seq = record.get("seq")
-    return digest, seq if isinstance(seq, int) else 0
+    torn = data[end + 1 :]
+    return Tail(digest, seq if isinstance(seq, int) else 0, torn, start + min(end + 1, len(data)), newline)
+
+
+def _last_record(data: bytes, whole: bool) -> tuple[int, tuple[dict[str, Any], str]] | None:
+    """The end (in ``data``) of the last line in ``data`` that is a sealed record, and the
+    record; None if none is (the first line counts only if ``data`` begins the file)."""
+    end = len(data)
+    while True:
+        begin = data.rfind(b"\n", 0, end) + 1
+        if begin == 0 and not whole:
+            return None  # the first line may begin before ``data``
+        unsealed = _unseal_bytes(data[begin:end])
+        if not isinstance(unsealed, str):
+            return end, unsealed
+        if begin == 0:
+            return None
+        end = begin - 1
 
 
 @dataclass

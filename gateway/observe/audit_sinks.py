@@ -12,12 +12,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from catalogue.errors import CitygateError, ConfigError
 from gateway.config import AuditConfig
-from gateway.observe.audit_chain import Chain, Filled, tail, timestamp
+from gateway.observe.audit_chain import TORN, Chain, Filled, tail, timestamp, torn_hash
 
 log = logging.getLogger("citygate.audit")
 
@@ -36,16 +37,24 @@ class Batch:
     """Records that go to the trail in one write and one flush (group commit). A request
     waits for its batch, on its thread (:meth:`wait`) or on its event loop (:meth:`written`):
     every request of a batch shares one future per event loop, resolved by one wake-up.
+
+    The wait is bounded (``seconds``, the setting ``audit.write_seconds``): a disk or network
+    file system that hangs must not hold every request forever. A waiter whose batch is not
+    written in time is refused with :class:`AuditUnavailable`, and tells its sink (``late``),
+    which then refuses everything until a write succeeds.
     """
 
-    __slots__ = ("_futures", "_lock", "done", "failure", "records")
+    __slots__ = ("_futures", "_late", "_lock", "done", "failure", "late", "records", "seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float | None = None, late: Callable[[Batch], None] | None = None) -> None:
         self.records: list[dict[str, Any] | Filled] = []
         self.done = threading.Event()
         self.failure: str | None = None
+        self.seconds = seconds
+        self.late = 0  # waiters refused because the batch was not written in time
+        self._late = late
         self._lock = threading.Lock()
-        self._futures: dict[asyncio.AbstractEventLoop, asyncio.Future[None]] = {}
+        self._futures: dict[asyncio.AbstractEventLoop, tuple[asyncio.Future[bool], asyncio.TimerHandle | None]] = {}
 
     def settle(self, failure: str | None) -> None:
         """The batch is on disk (``failure`` None) or is not: wake whoever waits."""
@@ -53,37 +62,59 @@ class Batch:
             self.failure = failure
             self.done.set()
             futures, self._futures = self._futures, {}
-        for loop, future in futures.items():
+        for loop, (future, timer) in futures.items():
             with contextlib.suppress(RuntimeError):  # a loop closed meanwhile has no one waiting
-                loop.call_soon_threadsafe(_resolve, future)
+                loop.call_soon_threadsafe(_resolve, future, timer)
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the batch is written; :class:`AuditUnavailable` if it cannot be."""
+        """Block until the batch is written; :class:`AuditUnavailable` if it cannot be, or is
+        not within ``timeout`` seconds (the batch's own bound if None)."""
+        timeout = self.seconds if timeout is None else timeout
         if not self.done.wait(timeout):
-            raise AuditUnavailable(f"the audit trail was not written within {timeout} s")
+            self._too_late(timeout)
         if self.failure is not None:
             raise AuditUnavailable(self.failure)
 
     async def written(self) -> None:
         """Wait on the event loop until the batch is written; :class:`AuditUnavailable` if it
-        cannot be."""
+        cannot be, or is not within the batch's bound."""
         future = None
         if not self.done.is_set():
             loop = asyncio.get_running_loop()
             with self._lock:
                 if not self.done.is_set():
-                    future = self._futures.get(loop)
-                    if future is None:
-                        future = self._futures[loop] = loop.create_future()
-        if future is not None:
-            await asyncio.shield(future)  # a waiter cancelled must not cancel the others' future
+                    waiting = self._futures.get(loop)
+                    if waiting is None:  # one timer per batch and loop, not one per request
+                        future = loop.create_future()
+                        timer = None if self.seconds is None else loop.call_later(self.seconds, _expire, future)
+                        waiting = self._futures[loop] = (future, timer)
+                    future = waiting[0]
+        # a waiter cancelled must not cancel the others' future
+        if future is not None and not await asyncio.shield(future) and not self.done.is_set():
+            self._too_late(self.seconds)
         if self.failure is not None:
             raise AuditUnavailable(self.failure)
 
+    def _too_late(self, seconds: float | None) -> None:
+        with self._lock:
+            if self.done.is_set():  # written just now after all
+                return
+            self.late += 1
+        if self._late is not None:
+            self._late(self)
+        raise AuditUnavailable(f"the audit trail was not written within {seconds} s")
 
-def _resolve(future: asyncio.Future[None]) -> None:
+
+def _resolve(future: asyncio.Future[bool], timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
     if not future.done():
-        future.set_result(None)  # the batch holds any failure; each waiter raises its own
+        future.set_result(True)  # the batch holds any failure; each waiter raises its own
+
+
+def _expire(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)  # not written in time
 
 
 _WRITTEN = Batch()
@@ -100,6 +131,8 @@ class Sink(Protocol):
 
     def backlog(self) -> int: ...
 
+    def flushes(self) -> int: ...
+
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
@@ -107,7 +140,9 @@ class Sink(Protocol):
 
 _RETRY = 0.25  # seconds between attempts to write to a trail that could not be written
 UNCLEAN = "the gateway before this one did not stop cleanly (killed or crashed)"
-_OPEN = ".open"  # beside the file while a gateway writes it: left behind, the gateway did not stop cleanly
+# beside the file while a process writes it, as `.open.<pid>`: left behind, it did not stop cleanly
+_OPEN = ".open"
+WRITE_SECONDS = 5.0  # what `audit.write_seconds` defaults to
 
 
 class FileSink:
@@ -119,35 +154,45 @@ class FileSink:
     the file ends (another worker process, or another gateway, may have written since), writes
     it in one call and flushes it once: requests that finish while one batch is on its way to
     the disk share the next write and the next fsync (group commit, as PostgreSQL's commits
-    share a WAL flush).
+    share a WAL flush). :meth:`flushes` counts those writes.
 
     When a batch cannot be written (disk full, the file deleted or replaced, permissions) its
     bytes are cut off again, so no half line is left, and every request still waiting is
     refused with :class:`AuditUnavailable`; so is every request after it, at once, until the
     writer manages to write a ``resumed`` record saying what happened, every ``_RETRY``
-    seconds. A file that was deleted or replaced is opened anew at its path; the chain goes on
-    from the last record written, so `audit verify` of the new file shows where it begins.
+    seconds. A batch not written within ``write_seconds`` (a hung disk or network file system)
+    is the same trouble: its waiters are refused, and so is everything after them until a
+    write succeeds. A file that was deleted or replaced is opened anew at its path; the chain
+    goes on from the last record written, so `audit verify` of the new file shows where it
+    begins.
 
     Each process writing the file leaves ``<file>.open.<pid>`` beside it until it closes the
-    trail. A process that starts and finds one whose process is gone (killed, crashed) writes
-    an ``unclean_start`` record first: records that one had not yet written are missing, and
-    none of their requests was answered.
+    trail, naming the process by its pid, its start time and the machine's boot (pids repeat
+    after a restart, in a container from 1). A process that starts and finds one whose process
+    is gone (killed, crashed) writes an ``unclean_start`` record first: records that one had
+    not yet written are missing, and none of their requests was answered. Bytes a crash left
+    after the file's last record (a write cut short) are no record: the next write ends their
+    line and marks them with a ``torn`` record, numbered after the last record.
     """
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, write_seconds: float = WRITE_SECONDS) -> None:
         self.path = path
         self._fsync = fsync
+        self._seconds = write_seconds
         self._beside = path.with_name(f"{path.name}{_OPEN}.{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = self._open()
             gone = _gone(path)
-            self._beside.write_text(str(os.getpid()), encoding="utf-8")
+            for stale in gone:  # before this process's own mark, which may bear the same pid
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+            _mark(self._beside)
         except OSError as error:
             raise ConfigError(f"audit.path: cannot write the audit file {path}: {error.strerror}") from None
         self._chain = Chain()  # where the file ends, as this process last saw it (the writer's)
         self._cond = threading.Condition()  # the open batch and the trouble
-        self._batch = Batch()
+        self._batch = self._new()
         self._committing: Batch | None = None
         self._trouble: str | None = None
         self._since = 0.0
@@ -155,15 +200,16 @@ class FileSink:
         self._event = "resumed"  # the record that ends the trouble
         self._full = False  # the trouble is a full disk
         self._closed = False
+        self._flushes = 0
         if gone:  # say so in the trail before any record goes on
             self._trouble, self._since, self._event = UNCLEAN, time.time(), "unclean_start"
             log.warning("audit trail %s: %s; its last records may be missing (none was answered)", path, UNCLEAN)
-            for stale in gone:
-                with contextlib.suppress(OSError):
-                    stale.unlink()
         self._thread = threading.Thread(target=self._drain, name="citygate-audit", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+
+    def _new(self) -> Batch:
+        return Batch(self._seconds, self._late)
 
     def _open(self) -> int:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -193,12 +239,17 @@ class FileSink:
     def backlog(self) -> int:
         return len(self._batch.records)
 
+    def flushes(self) -> int:
+        """Batches written and flushed so far (one write and one fsync each)."""
+        return self._flushes
+
     def flush(self) -> None:
-        """Wait until every record taken so far is written (or could not be)."""
+        """Wait until every record taken so far is written (or could not be, or
+        ``write_seconds`` passed)."""
         with self._cond:
             batches = [b for b in (self._committing, self._batch) if b is not None and b.records]
         for batch in batches:
-            batch.done.wait()
+            batch.done.wait(self._seconds)
 
     def _drain(self) -> None:
         while True:
@@ -211,7 +262,7 @@ class FileSink:
                     self._cond.wait(_RETRY if self._refused or self._event != "unclean_start" else 0)
                     batch = None
                 else:
-                    batch, self._batch = self._batch, Batch()
+                    batch, self._batch = self._batch, self._new()
                     if not batch.records:  # closed, and nothing left
                         return
                     self._committing = batch
@@ -225,11 +276,13 @@ class FileSink:
             self._append(batch.records)
         except _Trouble as trouble:
             with self._cond:
-                pending, self._batch = self._batch, Batch()
+                pending, self._batch = self._batch, self._new()
                 self._committing = None
-                self._trouble, self._since, self._event = str(trouble), time.time(), "resumed"
-                self._full = trouble.full
-                self._refused = len(batch.records) + len(pending.records)
+                if self._trouble is None:
+                    self._since, self._refused, self._event = time.time(), 0, "resumed"
+                self._trouble, self._full = str(trouble), trouble.full
+                # requests whose wait ran out were counted as refused then
+                self._refused += max(0, len(batch.records) - batch.late) + len(pending.records)
             log.error("the audit trail %s cannot be written, requests are refused until it can: %s", self.path, trouble)
             batch.settle(str(trouble))
             pending.settle(str(trouble))
@@ -237,6 +290,22 @@ class FileSink:
         with self._cond:
             self._committing = None
         batch.settle(None)
+
+    def _late(self, batch: Batch) -> None:
+        """A request waited ``write_seconds`` for ``batch`` in vain: the disk or the file system
+        does not answer. Refuse it, what waits for the next batch, and everything after them
+        until a write succeeds (the writer, once its write returns, writes ``resumed``)."""
+        with self._cond:
+            if self._trouble is not None or batch.done.is_set():
+                self._refused += 1
+                return
+            self._trouble = f"the audit file was not written within {self._seconds} s (its disk does not answer)"
+            self._since, self._event, self._full = time.time(), "resumed", False
+            pending, self._batch = self._batch, self._new()  # may be ``batch``, whose writer waits on another
+            self._refused = 1 + len(pending.records) - pending.late  # this request, and what waits on
+            trouble = self._trouble
+        log.error("the audit trail %s cannot be written, requests are refused until it can: %s", self.path, trouble)
+        pending.settle(trouble)
 
     def _resume(self) -> None:
         """Try to write the record that says what happened; serving resumes once it is on disk
@@ -272,24 +341,21 @@ class FileSink:
             raise _Trouble(f"the audit file cannot be locked: {error.strerror}") from None
         try:
             size = os.fstat(self._fd).st_size
-            torn = False
+            start = b""
             if size != self._size:  # another process wrote since: go on from its last record
-                self._chain = Chain(*tail(self.path, size))
-                self._size = size
-                torn = size > 0 and not _ends_line(self.path, size)
+                start, self._chain = self._tail(size)
             chain = Chain(self._chain.prev, self._chain.seq)
-            data = b"\n".join([chain.link(record) for record in records]) + b"\n"
-            if torn:  # a line torn by a machine crash stays on its own line: `verify` names it
-                data = b"\n" + data
+            data = start + b"\n".join([chain.link(record) for record in records]) + b"\n"
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(self._fd, view) :]
             except OSError as error:
                 with contextlib.suppress(OSError):  # no half line: the next record starts a line
-                    os.ftruncate(self._fd, self._size)
+                    os.ftruncate(self._fd, size)
+                self._size = -1  # read the tail again: the next write marks it anew
                 raise _Trouble(f"{error.strerror or error}", full=error.errno in _FULL) from None
-            self._size += len(data)
+            self._size = size + len(data)
             self._chain = chain
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -298,6 +364,27 @@ class FileSink:
                 os.fsync(self._fd)
             except OSError as error:  # written, perhaps not durable: refused, and never cut off
                 raise _Trouble(f"fsync: {error.strerror or error}", full=error.errno in _FULL) from None
+        self._flushes += 1
+
+    def _tail(self, size: int) -> tuple[bytes, Chain]:
+        """What the next write begins with, and the chain it goes on from: after the file's
+        last record. Bytes after it that are not a record (a machine crash cut a write short)
+        get their line ended and a ``torn`` record naming them, so `audit verify` shows them
+        and checks on past them, and no sequence number is used twice."""
+        found = tail(self.path, size)
+        chain = Chain(found.prev, found.seq)
+        start = b"\n" if found.newline else b""
+        if found.torn:
+            reason = f"{len(found.torn)} bytes after record {found.seq} are not a record: a write a crash cut short"
+            log.error("audit trail %s: %s; the chain goes on from record %d", self.path, reason, found.seq)
+            mark = {
+                "time": time.time(),
+                "event": TORN,
+                "reason": reason,
+                TORN: {"at": found.at, "bytes": len(found.torn), "hash": torn_hash(found.torn)},
+            }
+            start += chain.link(mark) + b"\n"
+        return start, chain
 
     def _moved(self) -> str | None:
         """Why the path no longer names the open file (deleted, moved, replaced), having opened
@@ -330,13 +417,17 @@ class FileSink:
                 return
             self._closed = True
             self._cond.notify_all()
-        self._thread.join()
+        # a write that hangs (a hung disk) must not hold the process's exit forever
+        self._thread.join(self._seconds + 2 * _RETRY)
+        atexit.unregister(self.close)
+        if self._thread.is_alive():  # its file stays open (the writer holds it); the mark stays
+            log.error("audit trail %s: the last write did not finish; closed without it", self.path)
+            return
         clean = self._trouble is None
         os.close(self._fd)
         if clean:
             with contextlib.suppress(OSError):
                 self._beside.unlink()
-        atexit.unregister(self.close)
 
 
 def _room(directory: Path) -> bool:
@@ -348,10 +439,50 @@ def _room(directory: Path) -> bool:
     return found.f_bavail * found.f_frsize >= HEADROOM
 
 
-def _ends_line(path: Path, size: int) -> bool:
-    with path.open("rb") as file:
-        file.seek(size - 1)
-        return file.read(1) == b"\n"
+def _instance(pid: int) -> str | None:
+    """Which process ``pid`` is, as no other process on any boot is: the machine's boot id and
+    the process's start time (clock ticks since boot, field 22 of /proc/<pid>/stat). None if
+    there is no such process, or no /proc to ask."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the name, in parentheses, may hold spaces
+    return f"{boot} {int(fields[19])}"
+
+
+def _mark(beside: Path) -> None:
+    """This process's mark beside the file: its pid and :func:`_instance`, written whole (a
+    process reading it meanwhile finds the last mark or this one, never half of it)."""
+    pid = os.getpid()
+    text = f"{pid} {_instance(pid) or ''}".strip() + "\n"
+    temporary = beside.with_name(f".{beside.name}.new")  # not named as a mark
+    temporary.write_text(text, encoding="ascii")
+    os.replace(temporary, beside)
+
+
+def _alive(mark: Path, pid: int) -> bool:
+    """Whether the process that left ``mark`` runs still: the pid alone is not enough, since
+    pids repeat (a container restarted counts from 1 again, and may give this very process the
+    pid of the one before it)."""
+    try:
+        said = mark.read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return True  # closed meanwhile: cleanly
+    except (OSError, UnicodeDecodeError):
+        said = []
+    if len(said) == 3 and said[0] == str(pid):
+        return _instance(pid) == f"{said[1]} {said[2]}"
+    if pid == os.getpid():  # a mark without an instance, bearing this process's pid: not this one's
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
 
 
 def _gone(path: Path) -> list[Path]:
@@ -359,14 +490,8 @@ def _gone(path: Path) -> list[Path]:
     gone = []
     for mark in path.parent.glob(f"{path.name}{_OPEN}.*"):
         pid = mark.name.rsplit(".", 1)[-1]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and not _alive(mark, int(pid)):
             gone.append(mark)
-        except PermissionError:  # alive, another user's
-            pass
     return gone
 
 
@@ -401,6 +526,9 @@ class LogSink:
     def backlog(self) -> int:
         return 0
 
+    def flushes(self) -> int:
+        return 0
+
     def flush(self) -> None:
         pass
 
@@ -415,4 +543,4 @@ def open_sink(config: AuditConfig | None) -> Sink | None:
     if config.sink == "log":
         return LogSink()
     assert config.path is not None  # the model requires it for the file sink
-    return FileSink(config.path, fsync=config.fsync)
+    return FileSink(config.path, fsync=config.fsync, write_seconds=config.write_seconds)

@@ -93,11 +93,25 @@ class _Hot(Collector):
         yield latency
 
 
+class _Flushes(Collector):
+    """The audit trail's writes so far, each flushed once: fewer than its records while
+    concurrent requests share them (group commit)."""
+
+    def __init__(self) -> None:
+        self.flushes: Callable[[], int] = lambda: 0  # the trail's, once a gateway has one
+
+    def collect(self) -> Iterator[Metric]:
+        meaning = "Writes of the audit trail, each flushed once (fsync): fewer than its records under concurrency"
+        yield CounterMetricFamily("citygate_audit_flushes", meaning, value=self.flushes())
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._tally = Tally(_SLOTS)
         self.registry.register(_Hot(self._tally))
+        self.audit_flushes = _Flushes()
+        self.registry.register(self.audit_flushes)
         self.statement_seconds = Histogram(
             "citygate_statement_duration_seconds",
             "Root-field statements by department read, engine and route (cache hits included)",
@@ -184,10 +198,14 @@ class Metrics:
     def record_state(self, up: bool) -> None:
         self.state_up.set(1.0 if up else 0.0)
 
-    def watch_audit(self, backlog: Callable[[], int], trouble: Callable[[], str | None]) -> None:
-        """The trail's backlog and whether it can be written, read at each scrape."""
+    def watch_audit(
+        self, backlog: Callable[[], int], trouble: Callable[[], str | None], flushes: Callable[[], int]
+    ) -> None:
+        """The trail's backlog, whether it can be written and how many writes it took, read at
+        each scrape."""
         self.audit_backlog.set_function(lambda: float(backlog()))
         self.audit_up.set_function(lambda: 0.0 if trouble() is not None else 1.0)
+        self.audit_flushes.flushes = flushes
 
     def count_audit_refusal(self) -> None:
         self.audit_refused.inc()
