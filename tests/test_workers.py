@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,3 +85,44 @@ def test_two_workers_share_one_rate_limit_and_one_audit_chain(tmp_path: Path, sq
     prefixes = {r["request_id"].split("-")[0] for r in audit.records(trail)}
     assert len(prefixes) == 2, "both workers answered"
     assert sorted(r["request_id"] for r in audit.records(trail)) == sorted(i for _, i in answers)
+
+
+def test_workers_apply_the_configured_header_timeout_and_connection_cap(tmp_path: Path, sqlite_config: Config) -> None:
+    """The default `serve` (one worker per core) bounds connections by `limits`, not by the
+    built-in 10 s and 1,000: slow-header connections are cut off after `header_seconds`, and
+    each worker holds at most `max_connections` (the cap is per worker)."""
+    limits = {"header_seconds": 1.0, "max_connections": 5}
+    config = deployment(tmp_path, sqlite_config, policies="open", auth="none", limits=limits)
+    port = free_port()
+    command = ["serve", "--config", str(config), "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen([sys.executable, "-m", "gateway.cli", *command], stdout=subprocess.DEVNULL)
+    slow: list[socket.socket] = []
+    try:
+        wait_until_serving(port, server, "citygate serve --workers 2")
+        workers: set[str] = set()  # both started, so each connection meets a configured worker
+        deadline = time.monotonic() + 60
+        while len(workers) < 2:
+            assert server.poll() is None and time.monotonic() < deadline, "the second worker did not start"
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                workers.add(str(response.headers["x-request-id"]).split("-")[0])
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(b"POST /graphql HTTP/1.1\r\nHost: citygate\r\nX-Slow: ")  # never finished
+            slow.append(sock)
+        started = time.monotonic()
+        answers = []
+        for sock in slow:  # each: a 503 and a close, or a close at the timeout (the default: 10 s)
+            try:
+                answers.append(sock.recv(1024))
+            except TimeoutError:
+                answers.append(b"still open after 5 s")
+        waited = time.monotonic() - started
+    finally:
+        for sock in slow:
+            sock.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    assert all(a in (b"", *refused) for a in answers), {a[:40] for a in answers}
+    assert len(refused) >= 40 - 2 * 5, len(refused)  # at most five held by each of the two
+    assert waited < 4.0, waited  # cut off after a second, not held for ten
