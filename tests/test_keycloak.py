@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -227,6 +228,31 @@ def test_an_application_with_client_credentials(served: tuple[Gateway, TestClien
     assert answer == gateway.execute(sites, identity=Identity("env_inspector", {"department": "environment"})).body
     residents = ask(client, QUERIES[0], token).json()
     assert residents["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def keycloak_example() -> tuple[dict[str, str], dict[str, Any]]:
+    """The application's example in docs/api.md ("A token from Keycloak"), as the doc writes
+    it: the form of its token request, and the GraphQL request it then sends."""
+    doc = (Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    section = doc.split("### A token from Keycloak", 1)[1].split("**A person**", 1)[0]
+    [script] = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    token_call, graphql_call = script.split("\ncurl ", 1)
+    form = dict(field.split("=", 1) for field in re.findall(r"-d (\w+=[^ )]+)", token_call))
+    [body] = re.findall(r"-d '(\{.*\})'", graphql_call)
+    return form, json.loads(body)
+
+
+def test_the_documented_application_example_runs(served: tuple[Gateway, TestClient]) -> None:
+    """docs/api.md's commands for an application, run as written: its token request gets a
+    token, and its query, sent with it, answers rows (it asked for a column that is not there)."""
+    _, client = served
+    form, body = keycloak_example()
+    assert form["grant_type"] == "client_credentials" and form["client_id"] == "citygate-app"
+    token = str(post_form(f"{REALM}/protocol/openid-connect/token", form)["access_token"])
+    answer = client.post("/graphql", json=body, headers={"authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and "errors" not in answer.json(), answer.json()
+    sites = answer.json()["data"]["environment_monitored_sites"]
+    assert len(sites) == 3 and all(site["site_name"] for site in sites)
 
 
 def test_the_roles_claim_is_chosen_in_config(
