@@ -442,3 +442,24 @@ def test_audit_query_escapes_control_characters_in_what_it_prints(
     assert "\x1b" not in out and "\r" not in out and chr(0x202E) not in out
     assert len(out.splitlines()) == 4  # header, rule, one record, the count
     assert "u-1\\n2026-01-01" in out and "\\x1b[2K" in out and "analyst\\r" in out
+
+
+def test_audit_query_json_escapes_control_and_format_characters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--json` escapes what JSON's own escaping leaves raw (a bidi override, a C1 control such
+    as CSI, U+2028, DEL) as \\uXXXX; Chinese stays readable, and each line reads back as the
+    record it printed."""
+    path = tmp_path / "audit.jsonl"
+    sink = audit.FileSink(path)
+    sub = "u-1" + chr(0x202E) + "\x9b2K" + chr(0x2028) + "\x7f" + chr(0x200B) + "\x1b"
+    sink.write({"request_id": "r-1", "role": "analyst", "subject": sub, "purpose": "案件调查"}).wait(5)
+    sink.close()
+    assert main(["audit", "query", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    [line] = out.splitlines()
+    assert all(c.isprintable() for c in line)
+    assert "\\u202e" in line and "\\u009b" in line and "\\u2028" in line and "\\u007f" in line
+    assert "案件调查" in line  # not \\u6848...
+    record = json.loads(line)
+    assert record["subject"] == sub and record["purpose"] == "案件调查"

@@ -22,7 +22,7 @@ from datasets.demo import issue_token
 from gateway.config import AuthConfig, Config
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
-from gateway.identity.tokens import UNKNOWN_KEY, Authenticator, AuthError, FetchNeeded
+from gateway.identity.tokens import INVALID, UNKNOWN_KEY, Authenticator, AuthError, FetchNeeded
 from tests.conftest import free_port, shared_engine, shared_secure_demo
 
 ISSUER, AUDIENCE = "https://id.city.example", "citygate"
@@ -111,16 +111,23 @@ def test_forged_and_invalid_tokens_are_401(authenticator: Authenticator, keys: d
 
 def test_each_refused_token_says_why(authenticator: Authenticator, keys: dict[str, Any]) -> None:
     now = int(time.time())
-    for body, reason in (
-        (claims(exp=now - 120), "the token has expired; get a new token from the identity provider and send it again"),
-        (claims(nbf=now + 600), "the token is not valid yet"),
-        (claims(iss="https://evil.example"), "the token was not issued for this gateway"),
-        (claims(aud="someone-else"), "the token was not issued for this gateway"),
-        (claims(exp="tomorrow"), "the token is not valid"),
+    for body, why, then in (
+        (claims(exp=now - 120), "the token has expired", "get a new token from the identity provider"),
+        (claims(nbf=now + 600), "the token is not valid yet", "send it again in a moment"),
+        (claims(iss="https://evil.example"), "the token was not issued for this gateway", "this gateway's audience"),
+        (claims(aud="someone-else"), "the token was not issued for this gateway", "get a token from the identity"),
+        (claims(exp="tomorrow"), "the token is not valid", "exactly as the identity provider issued it"),
     ):
         with pytest.raises(AuthError) as caught:
             authenticator.identify("Bearer " + sign(keys["rsa"], "RS256", body))
-        assert caught.value.message == reason
+        # why, then what to do about it
+        said, _, next_step = caught.value.message.partition("; ")
+        assert said.startswith(why) and then in next_step, caught.value.message
+    assert caught.value.message == INVALID
+    tampered = sign(keys["rsa"], "RS256", claims())[:-4] + "abcd"  # a signature that does not hold
+    with pytest.raises(AuthError) as caught:
+        authenticator.identify("Bearer " + tampered)
+    assert caught.value.message == INVALID
 
 
 def test_unknown_key_names_the_next_step(authenticator: Authenticator) -> None:
@@ -188,9 +195,7 @@ def test_demo_issuer_tokens_over_http(demo_client: tuple[TestClient, Path]) -> N
     assert row["id_card"][6:14] == "********" and row["name"].endswith("*")
     refused = client.post("/graphql", json=query, headers={"authorization": "Bearer " + token[:-3] + "abc"})
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
-    assert refused.json() == {
-        "errors": [{"message": "the token is not valid", "extensions": {"code": "UNAUTHENTICATED"}}]
-    }
+    assert refused.json() == {"errors": [{"message": INVALID, "extensions": {"code": "UNAUTHENTICATED"}}]}
     officer = issue_token(data_dir, "district_officer", {"district": "虎门"}, 60)
     rows = client.post(
         "/graphql",

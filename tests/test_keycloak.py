@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -29,7 +30,7 @@ from gateway.execution.engines import create_engine
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
-from gateway.identity.tokens import EXPIRED, UNKNOWN_KEY
+from gateway.identity.tokens import EXPIRED, INVALID, NOT_FOR_US, UNKNOWN_KEY
 from tools.relay import Relay
 
 # Keycloak, started by `make services`
@@ -229,6 +230,31 @@ def test_an_application_with_client_credentials(served: tuple[Gateway, TestClien
     assert residents["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
 
 
+def keycloak_example() -> tuple[dict[str, str], dict[str, Any]]:
+    """The application's example in docs/api.md ("A token from Keycloak"), as the doc writes
+    it: the form of its token request, and the GraphQL request it then sends."""
+    doc = (Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    section = doc.split("### A token from Keycloak", 1)[1].split("**A person**", 1)[0]
+    [script] = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    token_call, graphql_call = script.split("\ncurl ", 1)
+    form = dict(field.split("=", 1) for field in re.findall(r"-d (\w+=[^ )]+)", token_call))
+    [body] = re.findall(r"-d '(\{.*\})'", graphql_call)
+    return form, json.loads(body)
+
+
+def test_the_documented_application_example_runs(served: tuple[Gateway, TestClient]) -> None:
+    """docs/api.md's commands for an application, run as written: its token request gets a
+    token, and its query, sent with it, answers rows (it asked for a column that is not there)."""
+    _, client = served
+    form, body = keycloak_example()
+    assert form["grant_type"] == "client_credentials" and form["client_id"] == "citygate-app"
+    token = str(post_form(f"{REALM}/protocol/openid-connect/token", form)["access_token"])
+    answer = client.post("/graphql", json=body, headers={"authorization": f"Bearer {token}"})
+    assert answer.status_code == 200 and "errors" not in answer.json(), answer.json()
+    sites = answer.json()["data"]["environment_monitored_sites"]
+    assert len(sites) == 3 and all(site["site_name"] for site in sites)
+
+
 def test_the_roles_claim_is_chosen_in_config(
     keycloak: str, sqlite_config: Config, tmp_path: Path, served: tuple[Gateway, TestClient]
 ) -> None:
@@ -265,21 +291,21 @@ def test_expired_foreign_and_tampered_tokens_are_401(served: tuple[Gateway, Test
     assert "aud" not in payload(other) or "citygate" not in payload(other)["aud"]
     refused = ask(client, query, other)
     assert refused.status_code == 401
-    assert refused.json()["errors"][0]["message"] == "the token was not issued for this gateway"
+    assert refused.json()["errors"][0]["message"] == NOT_FOR_US
 
     # the same realm and keys, reached as `localhost`: Keycloak names that address as issuer
     foreign = password_token("ines", base=f"http://localhost:{PORT}")
     assert payload(foreign)["iss"] == f"http://localhost:{PORT}/realms/citygate"
     refused = ask(client, query, foreign)
     assert refused.status_code == 401
-    assert refused.json()["errors"][0]["message"] == "the token was not issued for this gateway"
+    assert refused.json()["errors"][0]["message"] == NOT_FOR_US
 
     token = password_token("otto")
     head, _, signature = token.split(".")
     claims = payload(token) | {"district": "虎门"}
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     tampered = ask(client, "{ public_security_residents { district } }", f"{head}.{forged}.{signature}")
-    assert tampered.status_code == 401 and tampered.json()["errors"][0]["message"] == "the token is not valid"
+    assert tampered.status_code == 401 and tampered.json()["errors"][0]["message"] == INVALID
 
 
 def test_a_rotated_realm_key_is_followed_without_a_restart(

@@ -8,13 +8,17 @@ import re
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from datasets.datagen import City
+from gateway.config import Config
 from gateway.execution.gateway import Gateway
+from gateway.execution.views import build_view
 from gateway.identity.caller import Identity
 from policies.model import load_policies
+from tests.conftest import REPO, shared_engine
 from tests.policy_support import (
     POLICY_FILES,
     errors,
@@ -23,6 +27,7 @@ from tests.policy_support import (
     partial,
     run,
     type_fields,
+    with_policies,
 )
 
 
@@ -153,8 +158,6 @@ def test_anonymous_sees_only_published_columns(secured: Gateway) -> None:
 
 
 def relations_of(gateway: Gateway, files: list[Path], role: str, root: str) -> set[str]:
-    from gateway.execution.views import build_view
-
     view = build_view(role, load_policies(files), gateway.catalogue, gateway.catalogue_settings)
     return set(view.model.tables[root].relations)
 
@@ -183,3 +186,38 @@ def test_a_relationship_follows_only_a_join_column_the_role_sees_or_a_grant(
     files = [granted, POLICY_FILES[1]]
     assert "legal_representative" in relations_of(gateway_sqlite, files, "health_analyst", enterprises)
     assert "resident" not in relations_of(gateway_sqlite, files, "health_analyst", visits)
+
+
+def test_the_documented_deny_by_default_start_gives_only_what_the_rules_grant(
+    sqlite_config: Config, tmp_path: Path
+) -> None:
+    """docs/policies.md's starting point for a new role, as the doc writes it: with the two
+    open classes turned off, transport_planner's schema holds the stations it is granted and
+    nothing else; without that line, every table with a published or shared column."""
+    section = (REPO / "docs" / "policies.md").read_text(encoding="utf-8").split("## Sharing classes", 1)[1]
+    [snippet] = re.findall(r"```yaml\n(.*?)```", section.split("\n## ", 1)[0], re.DOTALL)
+    [(role, rules)] = yaml.safe_load(snippet)["roles"].items()
+    assert rules["classes"] == {"published": "deny", "shared": "deny"}
+
+    def policies_with(rules: dict[str, Any], name: str) -> list[Path]:
+        central = yaml.safe_load(POLICY_FILES[0].read_text(encoding="utf-8"))
+        central["roles"][role] = rules
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(central, allow_unicode=True), encoding="utf-8")
+        return [path, POLICY_FILES[1]]
+
+    config = with_policies(sqlite_config.with_delegate("never"), policies_with(rules, "central.yaml"))
+    gateway = Gateway.start(config, shared_engine(config))
+    try:
+        assert set(gateway.view(Identity(role)).model.tables) == {"transport_stations"}
+        assert fields_of(gateway, role, "transport_stations") == {"station_id", "name", "district"}
+        stations = run(gateway, role, "{ transport_stations(limit: 2) { station_id name district } }")
+        assert len(stations["transport_stations"]) == 2
+        for other in ("{ transport_vehicles { plate } }", "{ environment_monitored_sites { district } }"):
+            assert errors(gateway, role, other)[0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        # the `classes` line is what closes the rest: without it, every published or shared table
+        files = policies_with({k: v for k, v in rules.items() if k != "classes"}, "open.yaml")
+        view = build_view(role, load_policies(files), gateway.catalogue, gateway.catalogue_settings)
+        assert "transport_stations" in view.model.tables and len(view.model.tables) > 1
+    finally:
+        gateway.close()

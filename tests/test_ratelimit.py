@@ -38,8 +38,16 @@ class Served:
         assert self.gateway.audit is not None
         self.gateway.audit.flush()
         path = self.data_dir / "audit.jsonl"
-        [found] = [r for r in audit.records(path) if r["request_id"] == request_id]
+        [found] = [r for r in audit.records(path) if r.get("request_id") == request_id]
         return found
+
+    def trail(self) -> list[dict[str, Any]]:
+        assert self.gateway.audit is not None
+        self.gateway.audit.flush()
+        return list(audit.records(self.data_dir / "audit.jsonl"))
+
+    def unrecorded(self) -> float | None:
+        return self.gateway.metrics.registry.get_sample_value("citygate_audit_unrecorded_refusals_total")
 
 
 def serve(config: Config, data_dir: Path) -> Iterator[Served]:
@@ -134,8 +142,8 @@ def test_refused_tokens_count_against_the_network_and_then_are_not_checked(serve
     analyst = served.token("health_analyst")
     with served.client() as client, served.client("203.0.113.9") as elsewhere:
         assert client.post("/graphql", json=STATIONS, headers=analyst).status_code == 200  # a hot reply now
-        statuses = [client.post("/graphql", json=STATIONS, headers=bad).status_code for _ in range(5)]
-        assert statuses == [401, 401, 401, 429, 429]
+        answers = [client.post("/graphql", json=STATIONS, headers=bad) for _ in range(5)]
+        assert [a.status_code for a in answers] == [401, 401, 401, 429, 429]
         refused = client.post("/graphql", json=STATIONS, headers=analyst)  # not even the hot reply
         assert refused.status_code == 429 and refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
         assert "refused tokens" in refused.json()["errors"][0]["message"]
@@ -143,8 +151,50 @@ def test_refused_tokens_count_against_the_network_and_then_are_not_checked(serve
         assert elsewhere.post("/graphql", json=STATIONS).status_code == 200
         served.now[0] += 60  # past the network's wait, and the analyst's own allowance (2 a minute) whole
         assert client.post("/graphql", json=STATIONS, headers=analyst).status_code == 200
-    record = served.record(refused.headers["x-request-id"])
+    # the network's first refusal of the minute is recorded; the next two are counted, and the
+    # count recorded once the minute is over
+    record = served.record(answers[3].headers["x-request-id"])
     assert (record["status"], record["errors"], record["role"]) == (429, ["RATE_LIMITED"], None)
+    [counted] = [r for r in served.trail() if r.get("event") == "throttled"]
+    assert (counted["network"], counted["count"], counted["status"]) == ("198.51.100.7/32", 2, 429)
+    assert served.unrecorded() == 2
+
+
+def test_a_flood_of_bad_tokens_leaves_a_bounded_trail_and_its_count(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """500 requests with a bad token from one network: the three the allowance lets through are
+    refused 401 and recorded, and the first 429; the rest of the minute is counted, in the
+    metric at once and in one `throttled` record once the minute is over. The access log still
+    has a line for each; a known caller's request goes on being recorded whole."""
+    bad = {"authorization": "Bearer not.a.token"}
+    before = len(served.trail())
+    with caplog.at_level("INFO", logger="citygate.access"), served.client() as client:
+        statuses = [client.post("/graphql", json=STATIONS, headers=bad).status_code for _ in range(500)]
+        assert statuses == [401] * 3 + [429] * 497
+        assert len(served.trail()) - before == 4
+        assert served.unrecorded() == 496
+        served.now[0] += 60  # the minute is over: the next audited request, from anyone, records its count
+        assert client.post("/graphql", json=STATIONS, headers=served.token("police")).status_code == 200
+    added = served.trail()[before:]
+    assert len(added) == 6
+    assert [r.get("status") for r in added] == [401, 401, 401, 429, 429, 200]
+    counted = added[4]
+    assert (counted["event"], counted["network"], counted["count"]) == ("throttled", "198.51.100.7/32", 496)
+    assert counted["errors"] == ["RATE_LIMITED"] and "496 more requests from 198.51.100.7/32" in counted["reason"]
+    assert audit.verify(served.data_dir / "audit.jsonl").ok
+    assert len([r for r in caplog.records if r.name == "citygate.access"]) == 501
+
+
+def test_a_flood_still_open_at_shutdown_leaves_its_count(sqlite_config: Config, tmp_path: Path) -> None:
+    limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=1)})
+    config = shared_secure_demo(sqlite_config, tmp_path).model_copy(update={"limits": limits})
+    for served in serve(config, tmp_path):
+        with served.client() as client:  # the client's lifespan ends with the block: a shutdown
+            assert [client.post("/graphql", json=STATIONS).status_code for _ in range(10)] == [200] + [429] * 9
+        trail = served.trail()
+        assert [r.get("status") for r in trail] == [200, 429, 429]
+        assert (trail[-1]["event"], trail[-1]["count"]) == ("throttled", 8)
 
 
 def test_admin_token_guesses_are_throttled_before_the_token_is_compared(served: Served) -> None:

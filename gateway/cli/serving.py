@@ -87,6 +87,7 @@ def _serve_workers(args: argparse.Namespace, banner: str, example: str) -> int:
 
     from gateway.cli import workers
     from gateway.http.app import SERVER_OPTIONS
+    from gateway.http.wire import WorkerProtocol
 
     if getattr(args, "config", None):
         _, warnings = config_of(args).served()
@@ -105,7 +106,8 @@ def _serve_workers(args: argparse.Namespace, banner: str, example: str) -> int:
         host=args.host,
         port=args.port,
         log_config=None,
-        **SERVER_OPTIONS,
+        # each worker bounds its connections by its configuration's limits (workers.app)
+        **{**SERVER_OPTIONS, "http": WorkerProtocol},
     )
     return 0
 

@@ -36,7 +36,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     found = [r for r in audit.records(path) if _matches(r, args, since, until)]
     if args.json:
         for record in found:
-            print(json.dumps(record, ensure_ascii=False))
+            print(_json_line(record))
     else:
         print(_audit_table(found))
     return 0
@@ -132,6 +132,36 @@ def _shown(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+_UNSHOWN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})  # control, format, surrogate, line and paragraph separators
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    """A record as one JSON line a terminal may show: every control, format or line-separating
+    character as ``\\uXXXX`` (JSON's own escaping leaves U+202E, the C1 controls and U+2028
+    raw, which reorder or rewrite what a terminal shows), the rest as it is, Chinese too.
+
+    >>> print(_json_line({"sub": "案件" + chr(0x202E) + chr(0x9B) + chr(0x2028) + chr(0xE0001)}))
+    {"sub": "案件\\u202e\\u009b\\u2028\\udb40\\udc01"}
+    """
+    import unicodedata
+
+    line = json.dumps(record, ensure_ascii=False)
+    if line.isprintable():
+        return line
+    # such characters stand only inside JSON strings (its syntax is ASCII), where an escape
+    # means the same character
+    return "".join(c if c.isprintable() or unicodedata.category(c) not in _UNSHOWN else _escaped(c) for c in line)
+
+
+def _escaped(c: str) -> str:
+    """``c`` as JSON escapes it; past U+FFFF, as its UTF-16 surrogate pair."""
+    code = ord(c)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ state: the audit trail (one file, one chain, written under a lock) and the share
 one that dies and stops them all on SIGTERM; SIGHUP restarts them, which reads the policies
 again. An admin call reaches one worker, so each worker looks at the policy files before each request
 and reads them again when they changed (`Gateway.follow_files`): a reload through
-`/admin/policies/reload` or an edit reaches every worker by its next request.
+`/admin/policies/reload` or an edit reaches every worker by its next request. Each worker
+bounds its connections by its configuration's `limits.header_seconds` and
+`limits.max_connections` (the cap per worker: N workers hold up to N times as many).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def app() -> Any:
     from gateway.execution.engines import create_engine
     from gateway.execution.gateway import Gateway
     from gateway.http.app import create_app
+    from gateway.http.wire import WorkerProtocol
     from gateway.observe import logs
 
     wanted = json.loads(os.environ[WORKER])
@@ -66,6 +69,8 @@ def app() -> Any:
             config = config.with_engine(wanted["engine"])
     else:  # the demo city; datasets/ lives apart from the gateway and is reached by name
         config = importlib.import_module("datasets.commands").demo(Path(wanted["data_dir"]))
+    # uvicorn calls this before the worker accepts a connection
+    WorkerProtocol.bound(config.limits.header_seconds, config.limits.max_connections)
     gateway = Gateway.start(config, create_engine(config))
     gateway.follows_files = gateway.policies is not None  # an admin reload reaches one worker
     return create_app(gateway, example=wanted["example"])

@@ -15,7 +15,8 @@ hash in the message) for the roles they cover; any caller may send a registered 
 hash alone.
 
 Every GraphQL request, answered or refused at any step, leaves exactly one audit record
-(:mod:`gateway.http.envelope`), and every response and log line names the gateway's own request
+(:mod:`gateway.http.envelope`), but for a flood the throttle refuses before anyone is known,
+which is counted (:mod:`gateway.http.floods`); and every response and log line names the gateway's own request
 id (``X-Request-Id``), unique, as the record's ``request_id`` is. A caller's own
 ``X-Request-Id``, which any caller may reuse, is recorded beside it (``client_request_id``),
 never instead of it. A repeated request whose plan and rows are cached is answered on the event
@@ -67,6 +68,7 @@ from gateway.http.envelope import (
     reply_json,
     response,
 )
+from gateway.http.floods import Floods
 from gateway.http.gate import Gate, caller
 from gateway.http.params import parameters
 from gateway.http.ratelimit import Limiter
@@ -150,8 +152,8 @@ class Edge:
         # The edge's composition: each part gets the settings it reads, none the whole Config.
         config = gateway.config
         limits = config.limits
-        self.envelope = Envelope(gateway)
         self.gate = Gate(gateway, config.auth, config.admin, (limits.ipv4_prefix, limits.ipv6_prefix))
+        self.envelope = Envelope(gateway, Floods(self.gate.now))
         # the gate's, read here on the hot path without a hop
         self.authenticator, self.blocked = self.gate.authenticator, self.gate.blocked
         # Hot requests, by (body, Authorization, X-Citygate-Role, media type); the event loop's
@@ -430,7 +432,9 @@ def create_app(gateway: Gateway, example: str = "", demo: DemoPage | None = None
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         # uvicorn ends a SIGTERM'd process by raising the signal again once it has shut down,
-        # so code after `uvicorn.run` may never run: the trail is written here, at shutdown.
+        # so code after `uvicorn.run` may never run: the trail is written here, at shutdown,
+        # with the count of each flood's refusals not yet recorded (gateway/http/floods.py).
+        edge.envelope.close()
         await run_in_threadpool(gateway.flush)
 
     edge.app = Starlette(routes=routes, lifespan=lifespan)

@@ -39,6 +39,7 @@ from gateway.execution import plans
 from gateway.execution.gateway import Gateway
 from gateway.execution.plans import encode
 from gateway.execution.views import role_of
+from gateway.http.floods import Floods
 from gateway.identity.caller import Identity
 from gateway.observe.audit import AuditUnavailable, Filled, Template, recorded
 from gateway.observe.audit import record as audit_record
@@ -163,6 +164,7 @@ class Exchange:
     codes: list[str] = field(default_factory=list)
     template: Template | None = None  # a hot request's audit record, but for its own values
     console: dict[str, Any] | None = None  # a console request's own parts of its record (what it read)
+    throttled: str | None = None  # the network a refusal of the throttle before identity counts for
 
     @classmethod
     def begin(cls, scope: Scope, media_type: str | None = None, console: dict[str, Any] | None = None) -> Exchange:
@@ -249,10 +251,11 @@ Given = TypeVar("Given")
 class Envelope:
     """Serves audited requests over one gateway (:meth:`serve`)."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, floods: Floods) -> None:
         self.gateway = gateway
         self.metrics = gateway.metrics
         self.engine_name = gateway.engine.name
+        self.floods = floods  # the throttle's refusals before identity: one record per network and window
 
     async def serve(
         self, exchange: Exchange, handler: Callable[[Exchange, Given], Awaitable[Reply]], given: Given
@@ -270,8 +273,18 @@ class Envelope:
         finally:
             REQUEST_ID.reset(token)
         audit = self.gateway.audit
+        counted = self.floods.due() if audit is not None else []
+        if audit is not None and exchange.throttled is not None:
+            before = self.floods.refused(exchange.throttled)
+            if before is None:  # counted in its network's `throttled` record (gateway/http/floods.py)
+                audit = None
+                self.metrics.count_unrecorded()
+            else:
+                counted += before
         if audit is not None:
             try:
+                for summary in counted:  # sealed before this record: they go with its write
+                    audit.write(summary)
                 # a template holds no caller's id: a request that sends one is recorded whole
                 if exchange.template is None or exchange.client_request_id is not None:
                     batch = audit.write(record(exchange, reply.status, self.engine_name))
@@ -296,6 +309,17 @@ class Envelope:
             entry["role"] = None if refused else role_of(self.gateway.policies, exchange.identity)
             entry["outcome"], entry["codes"] = exchange.outcome, exchange.codes
         return reply
+
+    def close(self) -> None:
+        """At shutdown: record the count of each flood's refusals not yet recorded."""
+        audit = self.gateway.audit
+        if audit is None:
+            return
+        for counted in self.floods.rest():
+            try:
+                audit.write(counted)
+            except Exception as failure:  # the metric still holds the count
+                log.error("a count of unrecorded refusals was not written: %s", failure)
 
     def failed(self, exchange: Exchange) -> Reply:
         """The reply to a request that failed unexpectedly (called in its ``except``): logged,

@@ -7,7 +7,9 @@ A caller is its token's subject, an anonymous one the network it connects from
 (:func:`gateway.http.envelope.network`). A refused token, or a wrong operator token
 (:meth:`Gate.guard`), counts against its network's anonymous allowance; a network past it is
 refused before any token it sends is checked, so guessing costs the guesser, and a flood of bad
-tokens costs neither the verifier nor the trail more than the anonymous limit allows.
+tokens costs neither the verifier nor the trail more than the anonymous limit allows: a refusal
+of the throttle before anyone is known (``Exchange.throttled``) is recorded once per network
+and minute, the rest counted (:mod:`gateway.http.floods`).
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ class Gate:
         # Networks refused before their tokens are checked, and until when (the limiter's clock):
         # those whose failed tokens and admin guesses went past the anonymous limit. This
         # process's own: the counting is shared (the limiter's state), the shortcut need not be.
-        self.blocked: TTLCache[str, float] = TTLCache(maxsize=BLOCKED, ttl=WINDOW, timer=self._now)
+        self.blocked: TTLCache[str, float] = TTLCache(maxsize=BLOCKED, ttl=WINDOW, timer=self.now)
         self.prefixes = prefixes
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The limiter's clock (a test moves it), read each time: it may be replaced."""
         return self.limiter.clock()
 
     async def admit(self, exchange: Exchange) -> Reply | None:
@@ -180,6 +183,8 @@ class Gate:
             return reply
         if wait is None:
             return None
+        if subject.startswith("network:"):  # no subject: refused before anyone is known
+            exchange.throttled = subject.removeprefix("network:")
         who = f"role {role}" if role else "this gateway"
         return self.too_many(exchange, wait, f"{who} allows {per_minute} a minute")
 
@@ -202,23 +207,25 @@ class Gate:
             log.error("a refused token from %s was not counted: %s", net, unavailable.detail)
             return 1.0
         if wait is not None:
-            self.blocked[net] = self._now() + wait
+            self.blocked[net] = self.now() + wait
         return wait
 
     def blocked_for(self, client: str | None) -> float | None:
         """The seconds ``client``'s network is still refused for (:meth:`attempt_failed`)."""
         until = self.blocked.get(self.network_of(client))
-        wait = until - self._now() if until is not None else 0.0
+        wait = until - self.now() if until is not None else 0.0
         return wait if wait > 0 else None
 
     def refused_network(self, exchange: Exchange) -> Reply | None:
         wait = self.blocked_for(exchange.client)
         if wait is None:
             return None
+        exchange.throttled = self.network_of(exchange.client)  # its token is not even looked at
         return self.too_many(exchange, wait, GUESSES)
 
     def failed_attempt(self, exchange: Exchange) -> Reply | None:
         wait = self.attempt_failed(exchange.client)
         if wait is None:
             return None
+        exchange.throttled = self.network_of(exchange.client)  # its token was refused: no one is known
         return self.too_many(exchange, wait, GUESSES)

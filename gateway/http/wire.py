@@ -139,3 +139,24 @@ def protocol(header_seconds: float = HEADER_SECONDS, max_connections: int = MAX_
     """
     bounds = {"header_seconds": header_seconds, "max_connections": max_connections}
     return type("BoundedOneWriteProtocol", (OneWriteProtocol,), bounds)
+
+
+class WorkerProtocol(OneWriteProtocol):
+    """The protocol of each `citygate serve --workers N` process, bounded by that worker's own
+    configuration (:meth:`bound`, called as the worker builds its gateway).
+
+    uvicorn hands its options to each worker process pickled, and a class pickles by its name:
+    one made by :func:`protocol` does not exist in the worker, so the bounds are set there. The
+    cap counts the connections of one worker (one process, its own open-file limit).
+    """
+
+    @classmethod
+    def bound(cls, header_seconds: float, max_connections: int) -> None:
+        """Set this process's bounds, before it accepts a connection.
+
+        >>> WorkerProtocol.bound(5, 10); (WorkerProtocol.header_seconds, WorkerProtocol.max_connections)
+        (5, 10)
+        >>> WorkerProtocol.bound(HEADER_SECONDS, MAX_CONNECTIONS)
+        """
+        cls.header_seconds = header_seconds
+        cls.max_connections = max_connections

@@ -46,6 +46,18 @@ UNKNOWN_KEY = (
     "the token was signed by a key this gateway does not know; get a new token from the identity "
     "provider this gateway trusts (if that provider has just rotated its keys, try again in a minute)"
 )
+NOT_FOR_US = (
+    "the token was not issued for this gateway (another issuer, or another audience); get a token from "
+    "the identity provider this gateway trusts, for this gateway's audience (your client's settings there)"
+)
+NOT_YET = (
+    "the token is not valid yet; if it was just issued, the identity provider's clock and this "
+    "gateway's disagree: send it again in a moment, and have the clocks synchronised (NTP)"
+)
+INVALID = (
+    "the token is not valid (malformed, altered, or signed with an algorithm this gateway does not "
+    "accept); send the token exactly as the identity provider issued it, or get a new one"
+)
 
 
 class AuthError(CitygateError):
@@ -247,9 +259,9 @@ class Authenticator:
         except InvalidKeyIdError:
             raise AuthError(UNKNOWN_KEY) from None
         except (InvalidClaimError, MissingClaimError) as error:
-            raise AuthError(_CLAIM_REASONS.get(error.claim, "the token is not valid")) from None
+            raise AuthError(_CLAIM_REASONS.get(error.claim, INVALID)) from None
         except (JoseError, ValueError):
-            raise AuthError("the token is not valid") from None
+            raise AuthError(INVALID) from None
         return dict(decoded.claims)
 
 
@@ -295,12 +307,12 @@ def _unreachable() -> AuthError:
 
 
 # Why a token whose claim fails is refused; any other claim (a malformed `exp`, `sub`, ...)
-# makes it "not valid". joserfc raises one error class for all of them, naming the claim.
+# makes it not valid (INVALID). joserfc raises one error class for all of them, naming the claim.
 _CLAIM_REASONS = {
-    "nbf": "the token is not valid yet",
-    "iat": "the token is not valid yet",
-    "iss": "the token was not issued for this gateway",
-    "aud": "the token was not issued for this gateway",
+    "nbf": NOT_YET,
+    "iat": NOT_YET,
+    "iss": NOT_FOR_US,
+    "aud": NOT_FOR_US,
 }
 
 

@@ -168,6 +168,12 @@ class Metrics:
             "Requests refused because their audit record could not be written",
             registry=self.registry,
         )
+        self.audit_unrecorded = Counter(
+            "citygate_audit_unrecorded_refusals",
+            "Requests refused by the throttle before identity and counted in a `throttled` audit record,"
+            " not recorded one by one",
+            registry=self.registry,
+        )
 
     def count_request(self, outcome: str, seconds: float) -> None:
         """A finished request: its outcome and how long it took."""
@@ -209,6 +215,9 @@ class Metrics:
 
     def count_audit_refusal(self) -> None:
         self.audit_refused.inc()
+
+    def count_unrecorded(self) -> None:
+        self.audit_unrecorded.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

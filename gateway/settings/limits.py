@@ -124,7 +124,7 @@ class LimitsConfig(Model):
     ipv6_prefix: int = Field(64, ge=16, le=128)
     # a connection's request headers must arrive within this many seconds, or it is closed
     header_seconds: float = Field(10.0, gt=0)
-    # open connections at once; a new one past this is answered 503 and closed
+    # open connections at once, per worker process; a new one past this is answered 503 and closed
     max_connections: int = Field(1000, ge=1)
     roles: dict[str, RoleLimits] = Field(default_factory=dict)  # per role; `anonymous` has safe defaults
     concurrency: ConcurrencyConfig = ConcurrencyConfig()
