@@ -4,6 +4,7 @@ every route at start-up and in `citygate policy check` (gateway/execution/proof.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from catalogue.errors import ConfigError
+from catalogue.sql import Slice
 from datasets.datagen import City
 from gateway.cli.policy import _policy_check
 from gateway.config import Config
@@ -178,6 +180,57 @@ def test_a_custom_mask_that_reads_differently_on_some_store_is_refused_at_load_w
     )
     with pytest.raises(ConfigError, match=reason):
         load_policies([policy])
+
+
+# One mask that calls each function a custom mask may call: a function added to the list needs
+# one here, and a line in docs/policies.md's table.
+EACH_FUNCTION = {
+    "UPPER": "UPPER(value)",
+    "LOWER": "LOWER(value)",
+    "SUBSTRING": "SUBSTRING(value, 1, 2)",
+    "LENGTH": "LENGTH(value)",
+    "CONCAT": "CONCAT(SUBSTRING(value, 1, 2), '-')",
+    "COALESCE": "COALESCE(SUBSTRING(value, 1, 2), '-')",
+    "FLOOR": "FLOOR(LENGTH(value) / 2)",
+    "CEIL": "CEIL(LENGTH(value) / 2)",
+    "ABS": "ABS(LENGTH(value) - 20)",
+    "LPAD": "LPAD(SUBSTRING(value, -2), 4, '*')",
+    "RPAD": "RPAD(SUBSTRING(value, 1, 2), 4, '*')",
+    "TRIM": "TRIM(SUBSTRING(value, 1, 2))",
+    "REPLACE": "REPLACE(SUBSTRING(value, 1, 4), '1', '*')",
+    "NULLIF": "NULLIF(SUBSTRING(value, 1, 2), '')",
+}
+
+
+def test_the_functions_a_custom_mask_may_call_are_those_it_is_allowed_and_those_the_docs_list() -> None:
+    from policies.masks import ALLOWED_FUNCTIONS, parse_custom
+    from tests.conftest import REPO
+
+    assert set(EACH_FUNCTION) == set(ALLOWED_FUNCTIONS)
+    for name, text in EACH_FUNCTION.items():
+        parse_custom(text)  # accepted: no ValueError
+        assert name in function_names(parse_custom(text)), name
+    docs = (REPO / "docs" / "policies.md").read_text(encoding="utf-8")
+    section = docs.split("### Custom masks", 1)[1].split("\n### ", 1)[0]
+    table, refused = section.split("These are refused", 1)
+    firsts = [re.split(r"(?<!\\)\|", line)[1] for line in table.splitlines() if line.startswith("| `")]
+    for name in ALLOWED_FUNCTIONS:  # `NAME` or `NAME(...)` in the first column of a row
+        assert any(re.search(rf"`{name}[`(]", cell) for cell in firsts), f"{name} is not in the docs' table"
+    # every function the docs say is refused is refused when the policy loads, with its reason
+    for name in ("ROUND", "MOD", "GREATEST", "LEAST"):
+        assert f"`{name}`" in refused and name not in ALLOWED_FUNCTIONS
+        with pytest.raises(ValueError, match=rf"may not use {name}|calls {name}|`%` and MOD"):
+            parse_custom(f"{name}(value, 1)" if name != "ROUND" else "ROUND(value)")
+
+
+def function_names(tree: Any) -> set[str]:
+    from sqlglot import exp
+
+    from policies.masks import function_name
+
+    return {function_name(node) for node in tree.walk() if isinstance(node, exp.Func)} | {
+        "SUBSTRING" for _ in tree.find_all(Slice)
+    }
 
 
 # UPPER folds only ASCII on SQLite and under PostgreSQL's C collation (the delegated route's);
