@@ -5,6 +5,7 @@ every route at start-up and in `citygate policy check` (gateway/execution/proof.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from catalogue.errors import ConfigError
 from catalogue.sql import Slice
+from catalogue.stores import PostgresStore
 from datasets.datagen import City
 from gateway.cli.policy import _policy_check
 from gateway.config import Config
@@ -422,3 +424,124 @@ def test_with_trino_down_the_masks_are_tried_on_the_fallback_and_the_stores(
     message = str(refused.value)
     assert "residents.phone as sql(SUBSTRING(value, 1, 100)) shows the raw value on embedded (fallback)" in message
     assert "columns.name:" in message and "embedded (fallback) and delegated:postgresql://" in message
+
+
+@pytest.mark.parametrize("fallback", ["embedded", None])
+def test_a_route_down_while_the_masks_are_tried_takes_no_statement_until_they_are_proven_there(
+    fallback: str | None, tmp_path: Path, services_config: Config, city: City
+) -> None:
+    """Trino down at start (nothing listens on its port): the masks are tried on the stores
+    (and the fallback), and Trino is left unproven. Clerk's list, which no store can run, takes
+    the fallback or fails with ENGINE_UNAVAILABLE, still once Trino answers again, until the
+    masks are proven on it: its next use asks for that proof, and then the list runs on Trino."""
+    from tests.conftest import free_port
+    from tests.test_routes import Relay, trino_at
+
+    port = free_port()
+    policy = write_policy(tmp_path / "clerk.yaml", CUSTOM)
+    config = with_policies(trino_at(services_config, port, fallback=fallback), [*POLICY_FILES, policy])
+    query = "{ public_security_residents(order_by: [{id_card: asc}], limit: 30) { id_card } }"
+    tails = sorted(row["id_card"][-4:] for row in city.dicts("public_security", "residents"))[:30]
+    gateway = Gateway.start(config, create_engine(config))
+    relay = None
+
+    def ask() -> tuple[Any, str]:
+        response = gateway.execute(query, identity=Identity("clerk", {}))
+        [(_, route)] = response.routes.items()
+        if "errors" in response.body:
+            [error] = response.body["errors"]
+            return error, route
+        return [r["id_card"] for r in response.body["data"]["public_security_residents"]], route
+
+    try:
+        assert set(gateway.routes.unproven) == {"trino"}
+        down, route = ask()
+        if fallback:
+            assert (down, route) == (tails, "embedded")
+        else:
+            assert down["extensions"]["code"] == "ENGINE_UNAVAILABLE"
+        relay = Relay(port, (services_config.engine.trino.host, services_config.engine.trino.port))
+        unproven, route = ask()  # Trino answers, and is not proven
+        if fallback:
+            assert (unproven, route) == (tails, "embedded")
+        else:
+            assert unproven["extensions"]["code"] == "ENGINE_UNAVAILABLE", unproven
+            assert "masks are being checked" in unproven["message"] and route == "trino"
+        deadline = time.monotonic() + 120  # a proof on Trino takes seconds on a busy machine
+        while gateway.routes.unproven and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not gateway.routes.unproven
+        assert ask() == (tails, "trino")
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
+
+
+def test_policy_check_reports_a_route_the_masks_could_not_be_tried_on(
+    tmp_path: Path, services_config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import free_port
+    from tests.test_routes import trino_at
+
+    policy = write_policy(tmp_path / "clerk.yaml", CUSTOM)
+    config = with_policies(trino_at(services_config, free_port(), fallback="embedded"), [*POLICY_FILES, policy])
+    gateway = Gateway.start(config, create_engine(config), prove=False, recording=False)
+    try:
+        assert config.policies is not None
+        assert _policy_check(gateway, config.policies) == 1
+    finally:
+        gateway.close()
+    found = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("mask:")]
+    [line] = found  # the masks themselves are proven on the fallback and the stores
+    assert line.startswith(
+        "mask: masks not tried on trino, which did not answer; a serving gateway sends it no statement until "
+        "they are proven there: Trino at "
+    )
+
+
+def test_a_store_down_while_the_masks_are_tried_takes_no_delegated_statement_until_they_are_proven_there(
+    tmp_path: Path, services_config: Config, city: City
+) -> None:
+    """PostgreSQL's own route down at start (nothing listens where the gateway reaches it;
+    Trino reaches it by its own catalog): clerk's groups of the masked identity number, which
+    are delegated, fail with DEPARTMENT_UNAVAILABLE, still once the store answers again, until
+    the masks are proven on it; then they run on it. They are not tried on the engine instead."""
+    from tests.conftest import free_port, with_store
+    from tests.test_routes import Relay
+
+    port = free_port()
+    policy = write_policy(tmp_path / "clerk.yaml", CUSTOM)
+    config = with_policies(with_store(services_config, "public_security", port=port), [*POLICY_FILES, policy])
+    query = "{ public_security_residents_group_by(by: [id_card]) { keys { id_card } aggregate { count } } }"
+    tails = [row["id_card"][-4:] for row in city.dicts("public_security", "residents")]
+    gateway = Gateway.start(config, create_engine(config))
+    store = f"delegated:postgresql://127.0.0.1:{port}/public_security"
+    relay = None
+
+    def ask() -> tuple[Any, str]:
+        response = gateway.execute(query, identity=Identity("clerk", {}))
+        [(_, route)] = response.routes.items()
+        if "errors" in response.body:
+            [error] = response.body["errors"]
+            return error, route
+        groups = response.body["data"]["public_security_residents_group_by"]
+        return {g["keys"]["id_card"]: g["aggregate"]["count"] for g in groups}, route
+
+    try:
+        assert set(gateway.routes.unproven) == {store}
+        postgres = services_config.departments["public_security"].store
+        assert isinstance(postgres, PostgresStore)
+        relay = Relay(port, (postgres.host, postgres.port))
+        unproven, route = ask()  # the store answers, and is not proven
+        assert route == DELEGATED and unproven["extensions"]["code"] == "DEPARTMENT_UNAVAILABLE", unproven
+        assert "the masks are tried on its store again once it answers" in unproven["message"]
+        deadline = time.monotonic() + 120
+        while gateway.routes.unproven and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not gateway.routes.unproven
+        assert ask() == ({tail: tails.count(tail) for tail in set(tails)}, DELEGATED)
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
