@@ -53,6 +53,20 @@ class EngineUnavailableError(CitygateError):
     code = "ENGINE_UNAVAILABLE"
 
 
+class RouteUnproven(EngineUnavailableError):
+    """The engine a statement would run on may answer, but the masks are not proven on it yet
+    (it did not answer when they were tried): no statement goes there until they are. The
+    caller hears what any engine that cannot serve says, and may try again shortly."""
+
+    def __init__(self, route: str) -> None:
+        super().__init__(
+            "the engine that runs this query is back, and the masks are being checked on it before it "
+            "serves; try again shortly",
+            detail=f"masks not proven on route {route}",
+        )
+        self.route = route
+
+
 class PolicyRefused(CitygateError):
     """The policies' final check refused a statement: the caller learns no more than that."""
 
@@ -356,7 +370,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "field",
         "200",
         "the query engine cannot be reached, or the caller's own "
-        "queries took all its share of the gateway for all their time",
+        "queries took all its share of the gateway for all their time, or it answers again and the "
+        "masks are not yet proven on it (and no proven engine can run the query meanwhile)",
         "yes, later",
     ),
     ErrorCode(

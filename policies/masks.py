@@ -30,7 +30,9 @@ from policies.treatments import Treatment
 
 REDACTED = "[REDACTED]"
 
-# Functions a custom mask may call: pure, deterministic, present on both engines.
+# Functions a custom mask (and a row filter) may call: pure, deterministic, present on every
+# engine and store, each with one meaning on all of them (:func:`one_meaning`). docs/policies.md
+# ("Custom masks") lists the same; ROUND is not here: it is refused with its reason (_REFUSED).
 ALLOWED_FUNCTIONS = frozenset(
     {
         "UPPER",
@@ -39,7 +41,6 @@ ALLOWED_FUNCTIONS = frozenset(
         "LENGTH",
         "CONCAT",
         "COALESCE",
-        "ROUND",
         "FLOOR",
         "CEIL",
         "ABS",
@@ -231,6 +232,9 @@ def require_allowed(tree: exp.Expr, what: str, text: str, nodes: tuple[type[exp.
             continue
         if not isinstance(node, exp.Func):
             raise ValueError(f"{what} {text!r} " + other.format(node=type(node).__name__))
+        refused = _REFUSED.get(type(node))
+        if refused is not None:  # a function we know reads differently somewhere: say how
+            raise ValueError(f"{what} {text!r} may not use {refused}")
         name = function_name(node)
         if name not in ALLOWED_FUNCTIONS:
             allowed = ", ".join(sorted(ALLOWED_FUNCTIONS))

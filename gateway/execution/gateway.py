@@ -48,10 +48,11 @@ from gateway.execution.plans import (
 from gateway.execution.prepared import Batched, Refused, Statement
 from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
-from gateway.execution.proof import prove_masks, refusal_text
+from gateway.execution.proof import Proof, prove_masks, refusal_text
 from gateway.execution.routes import Routes
 from gateway.execution.runner import Partly, Runner
 from gateway.execution.statements import Statements
+from gateway.execution.unproven import Unproven
 from gateway.execution.views import View, build_view, role_of, validate_decisions
 from gateway.graphql.compile import (
     Compiled,
@@ -116,6 +117,7 @@ class Gateway:
     privacy: PrivacyBudgets = field(init=False)  # each role's noisy answers' spending
     planner: Planner = field(init=False)  # requests made into plans, once per plan key
     runner: Runner = field(init=False)  # plans run, each root field on its route
+    unproven: Unproven = field(init=False)  # routes that take no statement until the masks are proven there
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _reloading: threading.Lock = field(default_factory=threading.Lock)  # one reload at a time
     _probing: threading.Lock = field(default_factory=threading.Lock)  # one health check at a time
@@ -183,6 +185,7 @@ class Gateway:
             memo_bytes=cache.plan_bytes,
             batch_keys=self.config.engine.batch_keys,
         )
+        self.unproven = Unproven(self.routes, self._prove_again, self.planner.clear, self._reloading, self._closed)
         if self.audit is not None:
             self.metrics.watch_audit(self.audit.backlog, self.audit.trouble, self.audit.flushes)
 
@@ -239,22 +242,27 @@ class Gateway:
             except ConfigError:
                 gateway.close()
                 raise
-        if unavailable:  # with no probe or scrape to notice, the gateway looks for them itself
+        if unavailable or gateway.routes.unproven:  # with no probe or scrape to notice, it looks itself
             threading.Thread(target=gateway._watch, name="citygate-rejoin", daemon=True).start()
         return gateway
 
     def require_proven(self, policies: Policies) -> None:
         """:class:`ConfigError` unless every mask of ``policies`` gives the same values on every
         route and hides what it should (:func:`~gateway.execution.proof.prove_masks`)."""
-        refusals = prove_masks(self.routes, policies, self.catalogue, self.catalogue_settings)
-        if refusals:
+        proof = prove_masks(self.routes, policies, self.catalogue, self.catalogue_settings)
+        if proof.refusals:
             assert self.config.policies is not None
-            raise ConfigError(refusal_text(refusals, self.config.policies.files))
+            raise ConfigError(refusal_text(proof.refusals, self.config.policies.files))
+        self.unproven.take(proof)  # a route that did not answer serves once proven (Unproven)
+
+    def _prove_again(self) -> Proof | None:  # the masks tried again under the policies in force (Unproven)
+        policies = self.policies
+        return None if policies is None else prove_masks(self.routes, policies, self.catalogue, self.catalogue_settings)
 
     def _watch(self) -> None:
         """Check again every :data:`REJOIN_SECONDS` until every department left out at start-up
-        has joined (:meth:`rejoin`, from :meth:`health`), or the gateway closes."""
-        while self.unavailable and not self._closed.wait(REJOIN_SECONDS):
+        has joined (:meth:`rejoin`) and every route is proven (:class:`Unproven`), or it closes."""
+        while (self.unavailable or self.routes.unproven) and not self._closed.wait(REJOIN_SECONDS):
             try:
                 self.health()
             except Exception:  # the watch must outlive a failed check, or nothing rejoins
@@ -490,6 +498,7 @@ class Gateway:
         back = [d for d in self.unavailable if found.departments.get(d) == "ok"]
         if back:
             self.rejoin(back)
+        self.unproven.wanted()  # a route left unproven may answer now
         return found
 
     def _check(self) -> tuple[Health, str | None]:
@@ -542,16 +551,17 @@ class Gateway:
             if policies is not None:  # what start-up requires of the policies, over the new tables too
                 try:
                     validate_decisions(policies, catalogue, self.catalogue_settings)
-                    refusals = prove_masks(self.routes, policies, catalogue, self.catalogue_settings)
+                    proof = prove_masks(self.routes, policies, catalogue, self.catalogue_settings)
                 except CitygateError as error:
-                    refusals, text = [], error.message
+                    proof, text = Proof([], []), error.message
                 else:
                     assert self.config.policies is not None
-                    text = refusal_text(refusals, self.config.policies.files) if refusals else ""
+                    text = refusal_text(proof.refusals, self.config.policies.files) if proof.refusals else ""
                 if text:  # not tried again under these policies: a proof costs statements on every route
                     log.error("departments %s stay out of the schema: %s", ", ".join(found), text)
                     self._refused_joins.update(dict.fromkeys(found, policies.version))
                     return []
+                self.unproven.add(proof)  # the new tables' masks are untried where a route was down
             model = build_model(catalogue, self.catalogue_settings)
             with self._lock:
                 self.catalogue = catalogue

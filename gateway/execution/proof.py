@@ -16,8 +16,10 @@ route that would run it, over the same values, and the outputs are compared:
   should hide it (:func:`should_hide`), is refused (:class:`Refusal`), with a message that
   shows the column's own values only by their shape (:func:`shape`).
 
-A route that does not answer is left unproven and logged; the gateway serves the others as it
-does today when a store is down.
+A route that does not answer is left unchecked (:class:`Unchecked`): the proof says so
+(:class:`Proof`), ``policy check`` reports it as a finding, and a serving gateway sends that
+route no statement until the masks are proven there too, which it tries when the route is next
+found answering (:meth:`gateway.execution.gateway.Gateway.prove_routes`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,30 @@ class Refusal:
 
     masked: Masked
     message: str
+
+
+@dataclass(frozen=True)
+class Unchecked:
+    """A route the masks could not be tried on: it did not answer."""
+
+    key: str  # what the route is known by (:attr:`gateway.execution.routes.Route.key`)
+    name: str
+    why: str
+
+    @property
+    def message(self) -> str:
+        return (
+            f"masks not tried on {self.name}, which did not answer; a serving gateway sends it no statement "
+            f"until they are proven there: {self.why}"
+        )
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What a proof found: masks refused, and routes it could not try them on."""
+
+    refusals: list[Refusal]
+    unchecked: list[Unchecked]
 
 
 @dataclass(frozen=True)
@@ -291,19 +317,24 @@ def _describe(sample: Sample) -> str:
 class _Route:
     name: str
     engine: Engine
+    key: str  # the route's key in :class:`Routes` (the fallback's is its engine's name)
+
+
+# route name -> why it did not answer, and its key: each route is asked until it fails once
+_Down = dict[str, tuple[str, str]]
 
 
 def _routes(routes: Routes, department: str, masked: Masked) -> list[_Route]:
     """The routes a statement showing ``masked`` can take: the engine, and the department's
     store when statements are delegated to it and it reads the column as the engines do."""
-    found = [_Route(routes.main.name, routes.engine)]
+    found = [_Route(routes.main.name, routes.engine, routes.main.key)]
     fallback = routes.fallback_engine()
     if fallback is not None:  # where the engine's statements run while it does not answer
-        found.append(_Route(f"{fallback.name} (fallback)", fallback))
+        found.append(_Route(f"{fallback.name} (fallback)", fallback, fallback.name))
     native = routes.native.get(department)
     delegated = routes.delegating and native is not None and department not in routes.kept
     if delegated and native is not None and masked.kind.kind not in native.differs:
-        found.append(_Route(f"{DELEGATED}:{native.key}", native))
+        found.append(_Route(f"{DELEGATED}:{native.key}", native, f"{DELEGATED}:{native.key}"))
     return found
 
 
@@ -355,7 +386,7 @@ def _evaluate(route: _Route, table: _Table, masks: Sequence[Masked], rows: Seque
     return [[row[n + 1] for row in answer.rows] for n in range(len(masks))]
 
 
-def _read_samples(routes: Routes, table: _Table, down: set[str]) -> list[dict[str, Any]]:
+def _read_samples(routes: Routes, table: _Table, down: _Down) -> list[dict[str, Any]]:
     """Up to :data:`SAMPLE_ROWS` rows of the table's masked columns, read raw through the
     engine (or the department's store, when the engine does not answer). Never shown."""
     columns = table.columns
@@ -364,16 +395,20 @@ def _read_samples(routes: Routes, table: _Table, down: set[str]) -> list[dict[st
     )
     tree = tree.limit(SAMPLE_ROWS)
     native = routes.native.get(table.department)
-    engines = [(routes.main.name, routes.engine)] + ([(f"{DELEGATED}:{native.key}", native)] if native else [])
-    for name, engine in engines:
-        if name in down:
+    engines = [_Route(routes.main.name, routes.engine, routes.main.key)]
+    if native is not None:
+        engines.append(_Route(f"{DELEGATED}:{native.key}", native, f"{DELEGATED}:{native.key}"))
+    for route in engines:
+        if route.name in down:
             continue
         try:
-            return [dict(zip(columns, row, strict=True)) for row in engine.execute(tree).rows]
+            return [dict(zip(columns, row, strict=True)) for row in route.engine.execute(tree).rows]
         except CitygateError as error:
             if isinstance(error, _UNREACHABLE):
-                down.add(name)
-            log.warning("masks: cannot sample %s.%s on %s: %s", table.department, table.table, name, error.message)
+                down[route.name] = (route.key, error.message)
+            log.warning(
+                "masks: cannot sample %s.%s on %s: %s", table.department, table.table, route.name, error.message
+            )
     return []
 
 
@@ -388,7 +423,7 @@ def _rows(table: _Table, own: list[dict[str, Any]], extremes: bool) -> list[Row]
 
 
 def _outputs(
-    table: _Table, masks: Sequence[Masked], routes: Mapping[str, _Route], rows: list[Row], down: set[str]
+    table: _Table, masks: Sequence[Masked], routes: Mapping[str, _Route], rows: list[Row], down: _Down
 ) -> tuple[dict[tuple[int, str], list[Any]], dict[tuple[int, str], str]]:
     """Each (mask, route)'s outputs, the masks on a route together and, if that statement
     fails, each alone; and each (mask, route) that failed alone, with the error's class. A
@@ -399,7 +434,7 @@ def _outputs(
         try:
             found, errors = _on_route(route, table, masks, rows) if name not in down else ({}, {})
         except _UNREACHABLE as error:
-            down.add(name)
+            down[name] = (route.key, error.message)
             log.warning("masks not proven on %s: %s", name, error.message)
             continue
         outputs.update(((n, name), values) for n, values in found.items())
@@ -460,7 +495,12 @@ def _judge(masked: Masked, column: str, rows: list[Row], results: dict[str, list
 
 
 def _again_without_extremes(
-    by_route: Mapping[str, _Route], table: _Table, masked: Masked, own: list[dict[str, Any]], names: list[str]
+    by_route: Mapping[str, _Route],
+    table: _Table,
+    masked: Masked,
+    own: list[dict[str, Any]],
+    names: list[str],
+    down: _Down,
 ) -> tuple[list[Row], dict[str, list[Any]]] | Refusal:
     """A mask that failed somewhere, once more without the type's extremes (where an overflow
     fails on one store and not on another): its rows and outputs, or why it is refused."""
@@ -470,13 +510,14 @@ def _again_without_extremes(
         try:
             results[name] = _evaluate(by_route[name], table, [masked], rows)[0]
         except _UNREACHABLE as error:
+            down[name] = (by_route[name].key, error.message)
             log.warning("mask not proven on %s: %s", name, error.message)
         except CitygateError as error:
             return Refusal(masked, f"{masked.where} fails on {name} ({type(error).__name__}) over the column's values")
     return rows, results
 
 
-def _prove_table(routes: Routes, table: _Table, down: set[str]) -> list[Refusal]:
+def _prove_table(routes: Routes, table: _Table, down: _Down) -> list[Refusal]:
     own = _read_samples(routes, table, down)
     by_route = {r.name: r for m in table.masks for r in _routes(routes, table.department, m)}
     rows = _rows(table, own, extremes=True)
@@ -486,7 +527,7 @@ def _prove_table(routes: Routes, table: _Table, down: set[str]) -> list[Refusal]
         names = [r.name for r in _routes(routes, table.department, masked) if (n, r.name) in outputs | failed]
         use_rows, results = rows, {name: outputs[(n, name)] for name in names if (n, name) in outputs}
         if any((n, name) in failed for name in names):
-            again = _again_without_extremes(by_route, table, masked, own, names)
+            again = _again_without_extremes(by_route, table, masked, own, names, down)
             if isinstance(again, Refusal):
                 refusals.append(again)
                 continue
@@ -499,16 +540,20 @@ def _prove_table(routes: Routes, table: _Table, down: set[str]) -> list[Refusal]
 
 def _proof_key(routes: Routes, tables: Sequence[_Table]) -> str:
     """What a proof's outcome depends on besides the columns' values: the masks (role, column,
-    type, treatment), every route that runs them, and the hash key each engine renders with."""
+    type, treatment), every route that runs them (Trino by its address: another is another
+    server, and one proven does not prove it), and the hash key each engine renders with."""
     stores = sorted((department, native.key) for department, native in routes.native.items())
     fallback = routes.fallback_settings
     keys = (routes.engine.settings.hash_key, fallback.hash_key if fallback is not None else None)
-    described = (repr(tables), routes.main.key, routes.delegating, stores, fallback is not None, keys)
+    trino = routes.engine.settings.trino
+    main = (routes.main.key, trino.host, trino.port) if routes.main.key == "trino" else routes.main.key
+    described = (repr(tables), main, routes.delegating, stores, fallback is not None, keys)
     return hashlib.sha256(repr(described).encode()).hexdigest()
 
 
-def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> list[Refusal]:
-    """Every mask of every role, tried on every route it can take (see the module's text)."""
+def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> Proof:
+    """Every mask of every role, tried on every route it can take (see the module's text): the
+    masks refused, and the routes that did not answer (their masks untried)."""
     began = time.perf_counter()
     tables = masked_columns(policies, catalogue, settings)
     key = _proof_key(routes, tables)
@@ -516,10 +561,10 @@ def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, settin
         earlier = _proven.get(key)
     if earlier is not None:
         log.info("masks: %d masks proven on every route in this process already", sum(len(t.masks) for t in tables))
-        return list(earlier)
+        return Proof(list(earlier), [])
     # Tables side by side: on Trino most of a statement's time is its round trips and planning.
     with ThreadPoolExecutor(min(len(tables), 4) or 1, thread_name_prefix="citygate-proof") as pool:
-        down: set[str] = set()  # routes that did not answer: not asked again
+        down: _Down = {}  # routes that did not answer: not asked again
         found = pool.map(lambda table: _prove_table(routes, table, down), tables)
         refusals = [refusal for some in found for refusal in some]
     if not down:
@@ -531,7 +576,7 @@ def prove_masks(routes: Routes, policies: Policies, catalogue: Catalogue, settin
         len(tables),
         time.perf_counter() - began,
     )
-    return refusals
+    return Proof(refusals, [Unchecked(key, name, why) for name, (key, why) in sorted(down.items())])
 
 
 def refusal_text(refusals: Iterable[Refusal], files: Sequence[Any]) -> str:

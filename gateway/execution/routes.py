@@ -16,17 +16,24 @@ as the engines would:
 
 With ``engine.fallback: embedded``, a statement whose engine (Trino) does not answer runs on
 the embedded engine attached to the same stores instead.
+
+A route the masks are not proven on (it did not answer when they were tried:
+:mod:`gateway.execution.proof`) takes no statement until they are: the engine's take the
+fallback, or fail with :class:`RouteUnproven` where there is none; a store's own fail as when
+it does not answer (the engine is not tried instead, for the reason :meth:`Routes.render`
+gives). Meeting one asks the gateway to prove it again (``on_unproven``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlglot import exp
 
+from catalogue.errors import RouteUnproven, StoreUnavailableError
 from catalogue.model import Catalogue
 from catalogue.sql import departments_in, is_logical
 from connectors.base import Engine
@@ -76,6 +83,34 @@ class Routes:
         self._kinds = {(t.department, t.name): {c.name: c.type.kind for c in t.columns} for t in catalogue.tables}
         self._fallback: Engine | None = None
         self._lock = threading.Lock()
+        self._unproven: dict[str, str] = {}  # route key -> why the masks are not proven there
+        self.on_unproven: Callable[[], None] = lambda: None  # the gateway's: try the proof again
+
+    @property
+    def unproven(self) -> dict[str, str]:
+        """The routes (by key) that take no statement until the masks are proven on them, and why."""
+        return dict(self._unproven)
+
+    def set_unproven(self, unproven: Mapping[str, str]) -> None:
+        self._unproven = dict(unproven)  # replaced whole: a reader sees one state or the other
+
+    def proven(self, route: Route) -> bool:
+        return route.key not in self._unproven
+
+    def require_proven(self, route: Route, departments: Sequence[str]) -> None:
+        """Nothing if the masks are proven on ``route``; else the gateway is asked to prove
+        them (once the route answers), and a statement reading ``departments`` fails: on a
+        store's own route as when the store does not answer, with why it did not when they
+        were tried; on the engine with :class:`RouteUnproven` (an
+        :class:`EngineUnavailableError`: the engine's statements take the fallback)."""
+        why = self._unproven.get(route.key)
+        if why is None:
+            return
+        self.on_unproven()
+        if route.store:
+            again = "; the masks are tried on its store again once it answers: try again shortly"
+            raise StoreUnavailableError(departments[0] if departments else "", why + again)
+        raise RouteUnproven(route.name)
 
     @property
     def delegating(self) -> bool:
@@ -129,7 +164,11 @@ class Routes:
         engine = self.fallback_engine()
         if engine is None:
             return None
-        return Route(engine.name, engine.name, engine), engine.sql(tree)
+        route = Route(engine.name, engine.name, engine)
+        if not self.proven(route):
+            self.on_unproven()
+            return None
+        return route, engine.sql(tree)
 
     def fallback_engine(self) -> Engine | None:
         """The embedded engine that answers when the engine does not, if the configuration
@@ -147,6 +186,14 @@ class Routes:
         """How to check each store's own route: ``delegated:<store>`` -> its ping."""
         stores = {id(n): n for n in self.native.values()}.values()
         return {f"{DELEGATED}:{native.key}": native.ping for native in stores}
+
+    def every_ping(self) -> dict[str, Callable[[], None]]:
+        """How to check every route, by its key: the engine, each store's own and the fallback."""
+        found = {self.main.key: self.engine.ping, **self.pings()}
+        fallback = self.fallback_engine()
+        if fallback is not None:
+            found[fallback.name] = fallback.ping
+        return found
 
     def learn(self, catalogue: Catalogue) -> None:
         """Take the columns of a catalogue that gained departments (they came back)."""

@@ -83,9 +83,11 @@ class Runner:
         no more than ``max_rows``), shaped, encoded, and remembered with them; else None."""
         rows, left = [], max_rows
         for statement in plan.statements.values():
+            # a route the masks are not proven on answers nothing, cached or not: the full path
+            # takes the fallback or says so
             found = (
                 self.results.get(statement.route.key, statement.text, statement.release)
-                if isinstance(statement, Statement)
+                if isinstance(statement, Statement) and self.routes.proven(statement.route)
                 else None
             )
             if found is None or len(found) > left:  # over the row limit: the full path says so
@@ -323,9 +325,11 @@ class Runner:
     ) -> tuple[Sequence[Any], str]:
         """``statement``'s rows as ``text`` on ``route`` (from the result cache, or run there,
         with ``params`` bound, within ``seconds`` if given, else the role's statement limit),
-        and whether the cache answered."""
-        statement_seconds = self.limits(view.role).statement_seconds if seconds is None else seconds
+        and whether the cache answered. Nothing is asked of a route the masks are not proven on
+        (:meth:`Routes.require_proven`: an engine's statement takes the fallback)."""
         departments = statement.compiled.departments
+        self.routes.require_proven(route, departments)
+        statement_seconds = self.limits(view.role).statement_seconds if seconds is None else seconds
         noise = statement.noise
 
         def run() -> Sequence[Any]:
