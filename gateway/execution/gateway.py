@@ -15,12 +15,11 @@ their reloads, the views, health and the departments that come back.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -66,7 +65,7 @@ from gateway.identity.caller import Identity
 from gateway.observe.audit import Sink, open_sink
 from gateway.observe.metrics import Metrics
 from gateway.observe.telemetry import Telemetry
-from gateway.state import State, StateUnavailable
+from gateway.state import State
 from policies.model import Policies, load_policies
 from policies.noise import spend
 
@@ -75,8 +74,6 @@ log = logging.getLogger("citygate")
 # How long one health check of the engine and the stores stands: probes and scrapes in between
 # are answered from it, so a flood of them costs the stores one check per interval.
 HEALTH_SECONDS = 2.0
-# The shared state's name among the health checks (no route or department is named so).
-STATE_CHECK = "state:"
 # How often a gateway with departments left out at start-up checks them by itself.
 REJOIN_SECONDS = 10.0
 
@@ -489,7 +486,7 @@ class Gateway:
         try:
             if self._health is not None and self._health is not last:
                 return self._health[1]  # checked while this caller waited for the first check
-            found, self.state_trouble = self._check()
+            found, self.state_trouble = self.checks.everything(self.engine, self.routes, self.state)
             self._health = (time.monotonic(), found)
             self.metrics.record_health(found.engine, found.reachable, found.departments, found.routes)
             self.metrics.record_state(self.state_trouble is None)
@@ -500,33 +497,6 @@ class Gateway:
             self.rejoin(back)
         self.unproven.wanted()  # a route left unproven may answer now
         return found
-
-    def _check(self) -> tuple[Health, str | None]:
-        """The engine, each department through it and each store's own route, checked side by
-        side, each within :data:`~gateway.execution.probes.CHECK_SECONDS`: a store that stopped
-        answering mid-conversation is named, and holds neither the probe nor the others' checks.
-        Beside them the shared state (budgets, rate limits): why it cannot be read, or None."""
-        engine = self.engine
-        checks: dict[str, Callable[[], object]] = {"": engine.ping, STATE_CHECK: self._ping_state}
-        checks |= {f"department:{d}": functools.partial(engine.ping_department, d) for d in engine.departments}
-        checks |= self.routes.pings()
-        states = self.checks.run(checks)
-        state = states.pop(STATE_CHECK)
-        trouble = None if state == "ok" else state
-        reachable = states.pop("") == "ok"
-        departments = {d: states.pop(f"department:{d}") for d in engine.departments}
-        if not reachable:
-            departments = dict.fromkeys(departments, "unknown: the engine does not answer")
-        routes = {engine.name: "ok" if reachable else "the engine does not answer", **states}
-        return Health(engine.name, reachable, departments, routes=routes), trouble
-
-    def _ping_state(self) -> None:
-        """The shared state read once; what failed (where, the driver's error: no password) is
-        the operator's reason, so it becomes the check's message."""
-        try:
-            self.state.ping()
-        except StateUnavailable as error:
-            raise CitygateError(error.detail or error.message) from None
 
     def rejoin(self, departments: Sequence[str]) -> list[str]:
         """Read again departments left out at start-up (down or slow then) and serve them,

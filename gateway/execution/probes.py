@@ -16,6 +16,7 @@ thread, not one per probe.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,10 +24,15 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
 from catalogue.errors import CitygateError
+from connectors.base import Engine, Health
+from gateway.execution.routes import Routes
+from gateway.state import State, StateUnavailable
 
 log = logging.getLogger("citygate")
 
 CHECK_SECONDS = 3.0  # a probe's checks are waited for this long, together
+# The shared state's name among the health checks (no route or department is named so).
+STATE_CHECK = "state:"
 
 
 class Checks:
@@ -50,6 +56,23 @@ class Checks:
                 states[name] = f"did not answer within {self.within:g} s"
         return states
 
+    def everything(self, engine: Engine, routes: Routes, state: State) -> tuple[Health, str | None]:
+        """The engine, each department through it and each store's own route, checked side by
+        side: a store that stopped answering mid-conversation is named, and holds neither the
+        probe nor the others' checks. Beside them the shared state (budgets, rate limits): why it
+        cannot be read, or None."""
+        checks: dict[str, Callable[[], object]] = {"": engine.ping, STATE_CHECK: functools.partial(_ping, state)}
+        checks |= {f"department:{d}": functools.partial(engine.ping_department, d) for d in engine.departments}
+        checks |= routes.pings()
+        states = self.run(checks)
+        held = states.pop(STATE_CHECK)
+        reachable = states.pop("") == "ok"
+        departments = {d: states.pop(f"department:{d}") for d in engine.departments}
+        if not reachable:
+            departments = dict.fromkeys(departments, "unknown: the engine does not answer")
+        found = {engine.name: "ok" if reachable else "the engine does not answer", **states}
+        return Health(engine.name, reachable, departments, routes=found), None if held == "ok" else held
+
     def _start(self, name: str, check: Callable[[], object]) -> Future[str]:
         with self._lock:
             future = self._out.get(name)
@@ -57,6 +80,15 @@ class Checks:
                 future = self._out[name] = Future()
                 threading.Thread(target=_check, args=(future, check), name="citygate-check", daemon=True).start()
         return future
+
+
+def _ping(state: State) -> None:
+    """The shared state read once; what failed (where, the driver's error: no password) is the
+    operator's reason, so it becomes the check's message."""
+    try:
+        state.ping()
+    except StateUnavailable as error:
+        raise CitygateError(error.detail or error.message) from None
 
 
 def _check(future: Future[str], check: Callable[[], object]) -> None:
