@@ -136,6 +136,59 @@ def test_a_column_anyone_sees_without_a_token_is_no_linkage_key(gateway_sqlite: 
     assert message.startswith("roles.analyst and roles.officer both see public_security.residents.registered_at as raw")
 
 
+def test_columns_two_roles_see_together_join_their_views_though_none_is_a_key(
+    gateway_sqlite: Gateway, tmp_path: Path
+) -> None:
+    """The issue's finding 4: what the health analyst sees of a resident is unique for nearly
+    every one, and a district officer computes each of those columns from the raw values it
+    sees: no column alone is a key, together they join the views (and the analyst's row leads
+    to the patient's diagnoses)."""
+    visits = {
+        "health.clinic_visits": {"only_listed": True, "columns": {"id_card": "partial(6,4)", "diagnosis": "allow"}}
+    }
+    analyst = residents(
+        id_card="partial(6,4)", name="partial(1,0)", gender="allow", district="allow", registered_at="year"
+    )
+    analyst["tables"].update(visits)
+
+    def officer(**changed: str) -> dict[str, Any]:
+        columns = {"id_card": "partial(6,4)", "name": "allow", "gender": "allow", "district": "allow"}
+        made = residents(**{**columns, "phone": "partial(3,4)", "registered_at": "year", **changed})
+        made["tables"]["public_security.residents"]["row_filter"] = "district = :claims.district"
+        return made
+
+    seen = "district, gender, id_card as partial(6,4), name as partial(1,0), registered_at as year"
+    assert found(gateway_sqlite, policy(tmp_path, {"analyst": analyst, "officer": officer()}), "linkage") == [
+        f"roles.analyst and roles.officer both see, or can compute, public_security.residents as {seen}: 9,998 of "
+        "10,000 rows are unique on these columns together, so anyone holding both tokens joins the two views row "
+        "by row on them; show one of the roles a column of them coarser, or not at all"
+    ]
+    # one column less is not enough: the last four digits, sex, district and year still join
+    [message] = found(
+        gateway_sqlite, policy(tmp_path, {"analyst": analyst, "officer": officer(name="deny")}), "linkage"
+    )
+    assert (
+        "public_security.residents as district, gender, id_card as partial(6,4), registered_at as year: 9,920 "
+        in message
+    )
+    # the officer shown the identity number without its last digits: nothing left to join on
+    coarser = {"analyst": analyst, "officer": officer(id_card="partial(6,0)")}
+    assert found(gateway_sqlite, policy(tmp_path, coarser), "linkage") == []
+
+
+def test_the_demo_accepts_the_analysts_and_the_officers_joined_views_by_name(gateway_sqlite: Gateway) -> None:
+    demo = REPO / "policies" / "demo"
+    findings = check(gateway_sqlite, [demo / "central.yaml", demo / "health-floor.yaml"])
+    [joined] = [
+        f
+        for f in findings
+        if f.kind == "linkage" and f.roles == ("district_officer", "health_analyst") and f.table.endswith("residents")
+    ]
+    assert "9,998 of 10,000 rows are unique on these columns together" in joined.message
+    assert joined.accepted.startswith("the contract fixes both views")
+    assert [f.message for f in findings if not f.accepted] == []
+
+
 def test_rows_unique_on_what_the_role_sees(gateway_sqlite: Gateway, tmp_path: Path) -> None:
     # what the issue's health analyst saw of a resident: last four ID digits, surname, name
     # length, gender, district
@@ -258,3 +311,4 @@ def test_a_measurement_the_engine_cannot_make_fails_the_check_by_name(gateway_sq
     types = {ghost: {"id_card": LogicalType("string")}}
     found = measure_views(decisions, types, {}, {}, Checks(), lambda trees: run_all(gateway_sqlite.engine, trees))
     assert [(f.kind, f.message.split(":")[0]) for f in found] == [("unmeasured", "profile of health.ghost")]
+

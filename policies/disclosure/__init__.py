@@ -24,7 +24,9 @@ sqlglot trees over the raw tables; the caller runs them, since this package know
   the two: raw to one and ``year`` to the other is ``year``), with a distinct value on nearly
   every row. Anyone holding both tokens joins the two views on it. A table's primary key links
   every role's view of a record by design (relationships join on it): it is left out, and so
-  are two roles that both see it raw or hashed, whose views it joins already.
+  are two roles that both see it raw or hashed, whose views it joins already. Columns none of
+  which is such a key can be one together: the rows unique on all the columns two roles both
+  see or compute (each in the coarser form, a masked key included) join the views row by row.
 
 Each measurement is a module of its own (:mod:`~policies.disclosure.profiles`: profiles and
 uniqueness; :mod:`~policies.disclosure.identifiers`; :mod:`~policies.disclosure.dependency`;
@@ -42,7 +44,7 @@ from sqlglot import exp
 from policies.disclosure.context import Decisions, Found, Types, Unmeasured, row_level, unmeasured
 from policies.disclosure.dependency import dependency_probes
 from policies.disclosure.identifiers import identifier_probes
-from policies.disclosure.linkage import linkage_probes
+from policies.disclosure.linkage import composite_probes, joined_once, linkage_probes
 from policies.disclosure.profiles import profile_probe, uniqueness_probe
 from policies.exposure import Probe
 from policies.model import Checks, FloorRule
@@ -78,6 +80,7 @@ def measure_views(
             second += identifier_probes(decisions, key, kinds, profile, checks)
         second += dependency_probes(decisions, key, kinds, floors.get(key[0], {}), checks)
         second += linkage_probes(decisions, key, kinds, primary.get(key, ()), checks)
+        second += composite_probes(decisions, key, kinds, primary.get(key, ()), checks)
     for probe, row in zip(second, run([p.tree for p in second]), strict=True):
         found += [unmeasured(probe, row.reason)] if isinstance(row, Unmeasured) else probe.judge(row)
-    return found
+    return joined_once(found)
