@@ -311,4 +311,3 @@ def test_a_measurement_the_engine_cannot_make_fails_the_check_by_name(gateway_sq
     types = {ghost: {"id_card": LogicalType("string")}}
     found = measure_views(decisions, types, {}, {}, Checks(), lambda trees: run_all(gateway_sqlite.engine, trees))
     assert [(f.kind, f.message.split(":")[0]) for f in found] == [("unmeasured", "profile of health.ghost")]
-
