@@ -52,7 +52,7 @@ from gateway.execution.proof import prove_masks, refusal_text
 from gateway.execution.routes import Routes
 from gateway.execution.runner import Partly, Runner
 from gateway.execution.statements import Statements
-from gateway.execution.views import View, build_view, role_of, validate_decisions
+from gateway.execution.views import View, build_view, missing_claims, role_of, unclaimed_view, validate_decisions
 from gateway.graphql.compile import (
     Compiled,
     CompileError,
@@ -338,16 +338,21 @@ class Gateway:
             self.follow_files()
         policies = self.policies
         role = role_of(policies, identity)
-        found = self._views.get(role)
+        # a token without a claim its role requires sees nothing: a view of its own
+        missing = missing_claims(policies, role, identity)
+        kept = f"{role}\x00{','.join(missing)}" if missing else role  # NUL: no role name holds one
+        found = self._views.get(kept)
         if found is not None:
             return found
         if policies is None or role is None:
             view = View(None, self.model, version=policies.version if policies is not None else "-")
+        elif missing:
+            view = unclaimed_view(role, missing, policies, self.catalogue, self.catalogue_settings)
         else:
             view = build_view(role, policies, self.catalogue, self.catalogue_settings)
         with self._lock:
             if self.policies is policies:  # not replaced by a reload meanwhile
-                self._views[role] = view
+                self._views[kept] = view
         return view
 
     # -- requests ----------------------------------------------------------------------------
