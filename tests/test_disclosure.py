@@ -82,6 +82,27 @@ def test_a_mask_that_shows_the_birth_date_whole_is_found(
     ]
 
 
+def test_an_identifier_that_repeats_is_analysed_too(gateway_sqlite: Gateway, tmp_path: Path) -> None:
+    """A visit's id_card repeats (about a third of its values are distinct) and is a person's ID
+    all the same: a relationship joins on it, and residents' id_card is an identifier. The
+    table holds no birth date; the eight characters that read as a date on every row are one."""
+
+    def visits(mask: Any) -> dict[str, Any]:
+        columns = {"id_card": mask, "hospital": "allow"}
+        return {"tables": {"health.clinic_visits": {"only_listed": True, "columns": columns}}}
+
+    files = policy(tmp_path, {"r": visits({"sql": "SUBSTRING(value, 7, 8)"})})
+    assert found(gateway_sqlite, files, "identifier") == [
+        "roles.r sees health.clinic_visits.id_card as sql(SUBSTRING(value, 7, 8)), which shows the date in "
+        "characters 7 to 14 whole (a birth date, in an identity number), which no column of the table it sees "
+        "shows: mask those characters too"
+    ]
+    # the last four digits alone: about 70 years of 366 days, over 11, as on residents
+    assert found(gateway_sqlite, policy(tmp_path, {"r": visits("partial(6,4)")}), "identifier") == []
+    [message] = found(gateway_sqlite, policy(tmp_path, {"r": visits("partial(10,4)")}), "identifier")
+    assert "which hides 4 of its 18 characters: each shown value stands for about 33 raw values" in message
+
+
 def test_a_mask_that_hides_enough_is_not_found(gateway_sqlite: Gateway, tmp_path: Path) -> None:
     # partial(6,4) without the birth date: about 70 years of 366 days, over 11
     files = policy(tmp_path, {"r": residents(id_card="partial(6,4)", gender="allow")})
@@ -285,6 +306,8 @@ def test_the_findings_are_the_same_on_trino(gateway_sqlite: Gateway, gateway_tri
         "analyst": residents(id_card="partial(10,4)", name="partial(1,0)", registered_at="allow", gender="allow"),
         "officer": {"tables": {**residents(name="allow", registered_at="allow")["tables"], **visits}},
         "clerk": residents(id_card={"sql": "SUBSTRING(value, 7, 8)"}, district="allow"),
+        # a repeating identifier, with a date no column of its table holds
+        "nurse": {"tables": {"health.clinic_visits": {"only_listed": True, "columns": {"id_card": "partial(10,4)"}}}},
     }
     files = policy(tmp_path, roles)
     kinds = ("identifier", "uniqueness", "dependency", "linkage")
@@ -293,6 +316,7 @@ def test_the_findings_are_the_same_on_trino(gateway_sqlite: Gateway, gateway_tri
         for name, g in (("embedded", gateway_sqlite), ("trino", gateway_trino))
     }
     assert on["embedded"] == on["trino"]
+    assert any(kind == "identifier" and "health.clinic_visits.id_card" in m for kind, m in on["trino"])
     assert {kind for kind, _ in on["trino"]} == set(kinds)
 
 
