@@ -310,8 +310,10 @@ def test_a_noisy_group_by_past_max_rows_spends_its_epsilon(sqlite_config: Config
     gateway = start(config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
     budget = PrivacyBudget(epsilon=2.0)
     try:
-        [error] = errors(gateway, "noisy", BY_HOSPITAL)
+        response = gateway.execute(BY_HOSPITAL, identity=Identity("noisy"))
+        [error] = response.body["errors"]
         assert error["extensions"]["code"] == "RESULT_TOO_LARGE", error
+        assert response.epsilon == {"health_clinic_visits_group_by": EPSILON}  # as the audit record says
         assert gateway.privacy.left("noisy", budget) == pytest.approx(2.0 - EPSILON)
         assert PrivacyBudgets(stored(tmp_path)).left("noisy", budget) == pytest.approx(2.0 - EPSILON)
     finally:

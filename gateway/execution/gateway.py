@@ -50,7 +50,7 @@ from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
 from gateway.execution.proof import prove_masks, refusal_text
 from gateway.execution.routes import Routes
-from gateway.execution.runner import Partly, Runner
+from gateway.execution.runner import Partly, Runner, spent_on
 from gateway.execution.statements import Statements
 from gateway.execution.views import View, build_view, missing_claims, role_of, unclaimed_view, validate_decisions
 from gateway.graphql.compile import (
@@ -399,6 +399,10 @@ class Gateway:
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 errors_out.append(field_error(outcome, [key], [plan.locations[key]]))
+                statement = plan.statements[key]
+                noise = statement.noise if isinstance(statement, Statement) else None
+                if noise and spent_on(outcome):  # a failure the rows caused keeps what it spent
+                    response.epsilon[key] = spend(r for node in noise.values() for r in node.values())
             else:
                 if isinstance(outcome, Partly):  # some of its fields failed alone (a store down)
                     errors_out.extend(field_error(e, path, [plan.locations[key]]) for path, e in outcome.errors)

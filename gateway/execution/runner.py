@@ -20,9 +20,11 @@ from cachetools import LRUCache
 
 from catalogue.errors import (
     CitygateError,
+    EngineQueryError,
     EngineUnavailableError,
     NoiseRequiredError,
     PolicyRefused,
+    ResultTooLarge,
     StatementTimeout,
     StoreUnavailableError,
     trace_without_messages,
@@ -418,6 +420,13 @@ def route_name(statement: Statement | Batched | Refused) -> str:
     if isinstance(statement, Batched):
         return BATCHED
     return statement.route.name if isinstance(statement, Statement) else statement.route
+
+
+def spent_on(error: BaseException) -> bool:
+    """Whether a noisy root field that failed with ``error`` kept what it spent, as the audit
+    record says: the failures the rows cause (:func:`_read_nothing`), once the spending was
+    made (a refusal of the budget or of the policy spent nothing)."""
+    return isinstance(error, (ResultTooLarge, StatementTimeout, EngineQueryError, SilentAfterRunning))
 
 
 def _read_nothing(error: BaseException) -> bool:
