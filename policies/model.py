@@ -201,6 +201,30 @@ class RolePolicy(_Model):
     tables: dict[str, TableRule] = Field(default_factory=dict)
     # what the role's noisy answers may spend per period; needed by any rule with `noise`
     privacy_budget: PrivacyBudget | None = None
+    # claims a token must carry, each with a value, for the role to see anything: without one,
+    # the role's view is empty (every field refused, as for a role with no policy), published
+    # tables included (a citizen's token without their identity number: `[id_card]`)
+    requires_claims: list[str] = Field(default_factory=list)
+
+    @field_validator("requires_claims")
+    @classmethod
+    def _claim_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                raise ValueError(f"claim {name!r} must be a name: letters, digits and _, not starting with a digit")
+        if len(set(value)) != len(value):
+            raise ValueError("a claim is named twice")
+        return value
+
+    def missing_claims(self, claims: dict[str, Any] | None) -> tuple[str, ...]:
+        """The claims of ``requires_claims`` that ``claims`` lacks or holds empty (``None``,
+        blank text, an empty list).
+
+        >>> RolePolicy(requires_claims=["id_card"]).missing_claims({"id_card": "  "})
+        ('id_card',)
+        """
+        given = claims or {}
+        return tuple(name for name in self.requires_claims if _empty(given.get(name)))
 
     @model_validator(mode="after")
     def _budgeted(self) -> RolePolicy:
@@ -310,6 +334,10 @@ class Checks(_Model):
     accept: list[Accepted] = Field(default_factory=list)
 
 
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value in ([], {}, ())
+
+
 class PolicyFile(_Model):
     roles: dict[str, RolePolicy] = Field(default_factory=dict)
     floors: list[Floor] = Field(default_factory=list)
@@ -351,6 +379,11 @@ def load_policies(paths: list[Path]) -> Policies:
         for name, role in parsed.roles.items():
             if name in roles:
                 raise ConfigError(f"{path}: roles.{name}: defined in two policy files")
+            if name == ANONYMOUS and role.requires_claims:
+                raise ConfigError(
+                    f"{path}: roles.{name}.requires_claims: a request without a token carries no claims, so the "
+                    "role would see nothing; leave it out, or deny what anonymous requests may not see"
+                )
             roles[name] = role
         for floor in parsed.floors:
             floors.setdefault(floor.department, {}).update(floor.columns)

@@ -60,11 +60,13 @@ def review(
     relations: Mapping[tuple[str, str], frozenset[str]] | None = None,
     primary: Mapping[tuple[str, str], Sequence[str]] | None = None,
     run: RunAll | None = None,
+    joins: Mapping[tuple[str, str], Sequence[str]] | None = None,
 ) -> list[Finding]:
     """Findings of the policy files alone and, given column ``types`` and a way to ``measure``
     through the engine, of what the roles' masks reveal together (:mod:`policies.exposure`,
     :mod:`policies.disclosure`; ``run``: how to run several measurements, by default one after
-    the other; ``primary``: each table's primary key). Given each table's ``relations`` (the
+    the other; ``primary``: each table's primary key; ``joins``: the columns relationships join
+    on). Given each table's ``relations`` (the
     relationship fields on it), a table rule's ``relationships`` that name none of them are
     reported too. Findings ``checks.accept`` names carry its reason."""
     findings = _review_files(policies, tables)
@@ -97,7 +99,7 @@ def review(
     checks = policies.checks
     if min_candidates != checks.min_candidates and "min_candidates" not in checks.model_fields_set:
         checks = checks.model_copy(update={"min_candidates": min_candidates})  # the config's, unless the files say
-    measured = measure_views(decisions, types, primary or {}, policies.floors, checks, runner)
+    measured = measure_views(decisions, types, primary or {}, policies.floors, checks, runner, joins)
     findings += [Finding(f.kind, f.message, f.roles, f.table, f.column) for f in measured]
     return accept(findings, checks)
 

@@ -259,7 +259,7 @@ def test_a_repeated_request_skips_parse_validation_compile_and_engine(sqlite_con
         document = "query($n: Int) { transport_stations(limit: $n) { name } }"
         for n in (1, 2, 1):
             gateway.execute(document, {"n": n})
-        key = (document, None, gateway.policy_version)
+        key = (document, None, gateway.policy_version, ())  # no claim the role requires is missing
         assert key in gateway.planner.documents
     finally:
         gateway.close()

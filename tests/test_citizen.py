@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from catalogue.errors import ConfigError
 from datasets.datagen import City
 from datasets.demo import issue_token
 from gateway.config import Config
 from gateway.execution.gateway import Gateway
 from gateway.http.app import create_app
 from gateway.identity.caller import Identity
+from policies.model import load_policies
 from tests.conftest import shared_engine, shared_secure_demo
 from tests.policy_support import ENGINES, run, secured_gateway
 
@@ -89,14 +91,40 @@ def test_a_citizen_reads_every_row_about_them_unmasked_and_nothing_else(secured:
     assert run(secured, "citizen", OWN, id_card=other) == about(city, other)
 
 
+# What anyone may read without a token: a citizen with the claim sees these too
+PUBLISHED = """{
+  environment_monitored_sites(limit: 2) { site_id site_name }
+  environment_emission_readings(limit: 2) { reading_id pollutant }
+  transport_stations(limit: 2) { station_id name }
+  transport_vehicles(limit: 2) { owner_credit_code vehicle_type seats }
+  market_regulation_enterprises_aggregate { aggregate { count } }
+  public_security_residents_group_by(by: [district]) { keys { district } }
+}"""
+SCHEMA = "{ __schema { queryType { fields { name } } } }"
+
+
 def test_a_citizen_token_without_the_claim_sees_nothing(secured: Gateway) -> None:
-    """The row filters compare with a claim the token lacks: false, no rows, no counts."""
+    """The contract: "without the claim, nothing". The role requires the claim
+    (``requires_claims``): a token without it, or with it empty, gets the view of a role with no
+    policy, published tables included, and every field is refused naming the claim."""
+    claimed = run(secured, "citizen", PUBLISHED, id_card=DEMO_CITIZEN)
+    assert claimed["transport_stations"] and claimed["transport_vehicles"] and claimed["environment_monitored_sites"]
+    nobody = secured.execute(SCHEMA, identity=Identity("no_such_role")).body
+    for claims in ({}, {"id_card": ""}, {"id_card": "   "}, {"id_card": None}):
+        for query in (OWN, PUBLISHED, "{ public_security_residents_aggregate { aggregate { count } } }"):
+            body = secured.execute(query, identity=Identity("citizen", claims)).body
+            assert set(body) == {"errors"}, body  # no data at all, not even null
+            assert {e["extensions"]["code"] for e in body["errors"]} == {"GRAPHQL_VALIDATION_FAILED"}
+            assert all(
+                "the token has no claim id_card, which the role requires" in e["message"] for e in body["errors"]
+            )
+            unknown = secured.execute(query, identity=Identity("no_such_role")).body
+            assert len(body["errors"]) == len(unknown["errors"])  # each root field, as for a role with no policy
+        assert secured.execute(SCHEMA, identity=Identity("citizen", claims)).body == nobody
+    assert run(secured, "citizen", PUBLISHED, id_card=DEMO_CITIZEN) == claimed  # the empty view is kept apart
+    # a claim that names nobody is a claim: the role's view, and no rows
     nothing: dict[str, list[Any]] = {key: [] for key in TABLES}
-    assert run(secured, "citizen", OWN) == nothing
-    assert run(secured, "citizen", OWN, id_card="") == nothing
     assert run(secured, "citizen", OWN, id_card="441900197407169777' OR '1'='1") == nothing
-    counted = run(secured, "citizen", "{ public_security_residents_aggregate { aggregate { count } } }")
-    assert counted == {"public_security_residents_aggregate": {"aggregate": {"count": 0}}}
 
 
 def test_a_citizen_reaches_nobody_else_by_filter_relationship_or_aggregate(secured: Gateway, city: City) -> None:
@@ -170,24 +198,36 @@ def test_every_read_of_a_citizen_is_in_the_audit_trail(services_config: Config, 
         )
     gateway.close()
     assert answers[0]["data"] == about(city, DEMO_CITIZEN)
-    assert answers[1]["data"] == {key: [] for key in TABLES}
+    assert "data" not in answers[1] and len(answers[1]["errors"]) == len(TABLES)  # refused, naming the claim
+    assert all("the token has no claim id_card" in e["message"] for e in answers[1]["errors"])
     assert refused.status_code == 403
     assert config.audit is not None and config.audit.path is not None
     records = [json.loads(line) for line in config.audit.path.read_text(encoding="utf-8").splitlines()]
     assert [(r["role"], r["outcome"]) for r in records] == [
         ("citizen", "ok"),
-        ("citizen", "ok"),
+        ("citizen", "refused"),  # without the claim: every field refused, nothing read
         ("police", "forbidden"),  # the role it asked for, refused
     ]
     assert records[2]["subject"] == "demo-citizen"
     first, second = records[0], records[1]
     assert first["subject"] == "demo-citizen" and first["claims"] == {"id_card": DEMO_CITIZEN}
-    assert second["claims"] == {"id_card": None}  # the claim its row filters use, missing
+    # refused before anything was planned or read: no table accessed, no rows
+    assert second["errors"] == ["GRAPHQL_VALIDATION_FAILED"] and second["access"] == []
     assert first["rows"] == {root: len(rows) for root, rows in about(city, DEMO_CITIZEN).items()}
-    assert second["rows"] == dict.fromkeys(TABLES, 0)
+    assert second["rows"] == {}
     read = {(a["department"], a["table"]): a for a in first["access"]}
     assert set(read) == {(d, t) for d, t, _ in TABLES.values()}
     for department, table, key in TABLES.values():
         access = read[(department, table)]
         assert access["row_filter"] == f"{key} = :claims.id_card"
         assert set(access["columns"].values()) == {"raw"}, access
+
+
+def test_required_claims_are_names_and_not_asked_of_anonymous_requests(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("roles:\n  citizen:\n    requires_claims: [id-card]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"p.yaml: roles.citizen.requires_claims: claim 'id-card' must be a name"):
+        load_policies([path])
+    path.write_text("roles:\n  anonymous:\n    requires_claims: [id_card]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"p.yaml: roles.anonymous.requires_claims: a request without a token"):
+        load_policies([path])

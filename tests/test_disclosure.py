@@ -82,6 +82,27 @@ def test_a_mask_that_shows_the_birth_date_whole_is_found(
     ]
 
 
+def test_an_identifier_that_repeats_is_analysed_too(gateway_sqlite: Gateway, tmp_path: Path) -> None:
+    """A visit's id_card repeats (about a third of its values are distinct) and is a person's ID
+    all the same: a relationship joins on it, and residents' id_card is an identifier. The
+    table holds no birth date; the eight characters that read as a date on every row are one."""
+
+    def visits(mask: Any) -> dict[str, Any]:
+        columns = {"id_card": mask, "hospital": "allow"}
+        return {"tables": {"health.clinic_visits": {"only_listed": True, "columns": columns}}}
+
+    files = policy(tmp_path, {"r": visits({"sql": "SUBSTRING(value, 7, 8)"})})
+    assert found(gateway_sqlite, files, "identifier") == [
+        "roles.r sees health.clinic_visits.id_card as sql(SUBSTRING(value, 7, 8)), which shows the date in "
+        "characters 7 to 14 whole (a birth date, in an identity number), which no column of the table it sees "
+        "shows: mask those characters too"
+    ]
+    # the last four digits alone: about 70 years of 366 days, over 11, as on residents
+    assert found(gateway_sqlite, policy(tmp_path, {"r": visits("partial(6,4)")}), "identifier") == []
+    [message] = found(gateway_sqlite, policy(tmp_path, {"r": visits("partial(10,4)")}), "identifier")
+    assert "which hides 4 of its 18 characters: each shown value stands for about 33 raw values" in message
+
+
 def test_a_mask_that_hides_enough_is_not_found(gateway_sqlite: Gateway, tmp_path: Path) -> None:
     # partial(6,4) without the birth date: about 70 years of 366 days, over 11
     files = policy(tmp_path, {"r": residents(id_card="partial(6,4)", gender="allow")})
@@ -134,6 +155,59 @@ def test_a_column_anyone_sees_without_a_token_is_no_linkage_key(gateway_sqlite: 
     roles["anonymous"] = residents(registered_at="year")  # public only as a year: the raw time still joins
     [message] = found(gateway_sqlite, policy(tmp_path, roles), "linkage")
     assert message.startswith("roles.analyst and roles.officer both see public_security.residents.registered_at as raw")
+
+
+def test_columns_two_roles_see_together_join_their_views_though_none_is_a_key(
+    gateway_sqlite: Gateway, tmp_path: Path
+) -> None:
+    """The issue's finding 4: what the health analyst sees of a resident is unique for nearly
+    every one, and a district officer computes each of those columns from the raw values it
+    sees: no column alone is a key, together they join the views (and the analyst's row leads
+    to the patient's diagnoses)."""
+    visits = {
+        "health.clinic_visits": {"only_listed": True, "columns": {"id_card": "partial(6,4)", "diagnosis": "allow"}}
+    }
+    analyst = residents(
+        id_card="partial(6,4)", name="partial(1,0)", gender="allow", district="allow", registered_at="year"
+    )
+    analyst["tables"].update(visits)
+
+    def officer(**changed: str) -> dict[str, Any]:
+        columns = {"id_card": "partial(6,4)", "name": "allow", "gender": "allow", "district": "allow"}
+        made = residents(**{**columns, "phone": "partial(3,4)", "registered_at": "year", **changed})
+        made["tables"]["public_security.residents"]["row_filter"] = "district = :claims.district"
+        return made
+
+    seen = "district, gender, id_card as partial(6,4), name as partial(1,0), registered_at as year"
+    assert found(gateway_sqlite, policy(tmp_path, {"analyst": analyst, "officer": officer()}), "linkage") == [
+        f"roles.analyst and roles.officer both see, or can compute, public_security.residents as {seen}: 9,998 of "
+        "10,000 rows are unique on these columns together, so anyone holding both tokens joins the two views row "
+        "by row on them; show one of the roles a column of them coarser, or not at all"
+    ]
+    # one column less is not enough: the last four digits, sex, district and year still join
+    [message] = found(
+        gateway_sqlite, policy(tmp_path, {"analyst": analyst, "officer": officer(name="deny")}), "linkage"
+    )
+    assert (
+        "public_security.residents as district, gender, id_card as partial(6,4), registered_at as year: 9,920 "
+        in message
+    )
+    # the officer shown the identity number without its last digits: nothing left to join on
+    coarser = {"analyst": analyst, "officer": officer(id_card="partial(6,0)")}
+    assert found(gateway_sqlite, policy(tmp_path, coarser), "linkage") == []
+
+
+def test_the_demo_accepts_the_analysts_and_the_officers_joined_views_by_name(gateway_sqlite: Gateway) -> None:
+    demo = REPO / "policies" / "demo"
+    findings = check(gateway_sqlite, [demo / "central.yaml", demo / "health-floor.yaml"])
+    [joined] = [
+        f
+        for f in findings
+        if f.kind == "linkage" and f.roles == ("district_officer", "health_analyst") and f.table.endswith("residents")
+    ]
+    assert "9,998 of 10,000 rows are unique on these columns together" in joined.message
+    assert joined.accepted.startswith("the contract fixes both views")
+    assert [f.message for f in findings if not f.accepted] == []
 
 
 def test_rows_unique_on_what_the_role_sees(gateway_sqlite: Gateway, tmp_path: Path) -> None:
@@ -232,6 +306,8 @@ def test_the_findings_are_the_same_on_trino(gateway_sqlite: Gateway, gateway_tri
         "analyst": residents(id_card="partial(10,4)", name="partial(1,0)", registered_at="allow", gender="allow"),
         "officer": {"tables": {**residents(name="allow", registered_at="allow")["tables"], **visits}},
         "clerk": residents(id_card={"sql": "SUBSTRING(value, 7, 8)"}, district="allow"),
+        # a repeating identifier, with a date no column of its table holds
+        "nurse": {"tables": {"health.clinic_visits": {"only_listed": True, "columns": {"id_card": "partial(10,4)"}}}},
     }
     files = policy(tmp_path, roles)
     kinds = ("identifier", "uniqueness", "dependency", "linkage")
@@ -240,6 +316,7 @@ def test_the_findings_are_the_same_on_trino(gateway_sqlite: Gateway, gateway_tri
         for name, g in (("embedded", gateway_sqlite), ("trino", gateway_trino))
     }
     assert on["embedded"] == on["trino"]
+    assert any(kind == "identifier" and "health.clinic_visits.id_card" in m for kind, m in on["trino"])
     assert {kind for kind, _ in on["trino"]} == set(kinds)
 
 

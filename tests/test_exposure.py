@@ -10,6 +10,7 @@ import pytest
 import yaml
 from sqlglot import exp
 
+from gateway.cli.policy import join_keys
 from gateway.execution.gateway import Gateway
 from policies.decide import decide
 from policies.exposure import probes
@@ -46,7 +47,8 @@ def check(gateway: Gateway, files: list[Path]) -> list[Finding]:
     types = {(t.department, t.name): {c.name: c.type for c in t.columns} for t in gateway.catalogue.tables}
     primary = {(t.department, t.name): t.primary_key for t in gateway.model.tables.values()}  # config or store
     measure = lambda tree: gateway.engine.execute(tree).rows[0]  # noqa: E731
-    return review(load_policies(files), tables, types, measure, primary=primary)
+    joins = join_keys(gateway.catalogue_settings.relationships)
+    return review(load_policies(files), tables, types, measure, primary=primary, joins=joins)
 
 
 @pytest.mark.slow

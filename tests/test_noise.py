@@ -302,6 +302,24 @@ def test_a_noisy_statement_the_engine_cannot_run_spends_once_on_its_fallback(
         gateway.close()
 
 
+def test_a_noisy_group_by_past_max_rows_spends_its_epsilon(sqlite_config: Config, tmp_path: Path) -> None:
+    """Whether more groups than ``max_rows`` passed the noisy selection is what the rows say:
+    given back on RESULT_TOO_LARGE, the spending made that answer an exact signal for free."""
+    limits = sqlite_config.limits.model_copy(update={"max_rows": 3})  # the demo has 6 hospitals
+    config = sqlite_config.model_copy(update={"limits": limits})
+    gateway = start(config, [policy_file(tmp_path / "p.yaml", budget=2.0)], tmp_path)
+    budget = PrivacyBudget(epsilon=2.0)
+    try:
+        response = gateway.execute(BY_HOSPITAL, identity=Identity("noisy"))
+        [error] = response.body["errors"]
+        assert error["extensions"]["code"] == "RESULT_TOO_LARGE", error
+        assert response.epsilon == {"health_clinic_visits_group_by": EPSILON}  # as the audit record says
+        assert gateway.privacy.left("noisy", budget) == pytest.approx(2.0 - EPSILON)
+        assert PrivacyBudgets(stored(tmp_path)).left("noisy", budget) == pytest.approx(2.0 - EPSILON)
+    finally:
+        gateway.close()
+
+
 def day_with_one_visit(city: City) -> tuple[str, Any, Decimal]:
     """A hospital and a day with exactly one visit, and that visit's cost."""
     visits = list(city.dicts("health", "clinic_visits"))

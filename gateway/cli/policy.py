@@ -66,6 +66,7 @@ def _policy_check(gateway: Gateway, settings: PoliciesConfig) -> int:
         _relations(catalogue.relationships),
         primary=_primary_keys(gateway),
         run=lambda trees: run_all(gateway.engine, trees),
+        joins=join_keys(catalogue.relationships),
     )
     # masks tried on every route: what start-up refuses to serve; a route that did not answer
     # is a finding too, as nothing says its masks mean what they do elsewhere
@@ -90,6 +91,16 @@ def _policy_check(gateway: Gateway, settings: PoliciesConfig) -> int:
 def _primary_keys(gateway: Gateway) -> dict[tuple[str, str], tuple[str, ...]]:
     """Each table's primary key: the configuration's, else the store's (Trino reports none)."""
     return {(t.department, t.name): t.primary_key for t in gateway.model.tables.values()}
+
+
+def join_keys(relationships: Iterable[RelationshipConfig]) -> dict[tuple[str, str], tuple[str, ...]]:
+    """The columns of each table that a relationship joins on, at either end: identifiers,
+    however often a value repeats (a visit's ``id_card``)."""
+    columns: dict[tuple[str, str], set[str]] = {}
+    for link in relationships:
+        for ref in (link.source_ref, link.target_ref):
+            columns.setdefault((ref.department, ref.table), set()).add(ref.column)
+    return {key: tuple(sorted(value)) for key, value in columns.items()}
 
 
 def _relations(relationships: Iterable[RelationshipConfig]) -> dict[tuple[str, str], frozenset[str]]:

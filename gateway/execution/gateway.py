@@ -49,10 +49,10 @@ from gateway.execution.privacy import PrivacyBudgets, adopt
 from gateway.execution.probes import Checks
 from gateway.execution.proof import Proof, prove_masks, refusal_text
 from gateway.execution.routes import Routes
-from gateway.execution.runner import Partly, Runner
+from gateway.execution.runner import Partly, Runner, spent_on
 from gateway.execution.statements import Statements
 from gateway.execution.unproven import Unproven
-from gateway.execution.views import View, build_view, role_of, validate_decisions
+from gateway.execution.views import View, build_view, missing_claims, role_of, unclaimed_view, validate_decisions
 from gateway.graphql.compile import (
     Compiled,
     CompileError,
@@ -348,16 +348,21 @@ class Gateway:
             self.follow_files()
         policies = self.policies
         role = role_of(policies, identity)
-        found = self._views.get(role)
+        # a token without a claim its role requires sees nothing: a view of its own
+        missing = missing_claims(policies, role, identity)
+        kept = f"{role}\x00{','.join(missing)}" if missing else role  # NUL: no role name holds one
+        found = self._views.get(kept)
         if found is not None:
             return found
         if policies is None or role is None:
             view = View(None, self.model, version=policies.version if policies is not None else "-")
+        elif missing:
+            view = unclaimed_view(role, missing, policies, self.catalogue, self.catalogue_settings)
         else:
             view = build_view(role, policies, self.catalogue, self.catalogue_settings)
         with self._lock:
             if self.policies is policies:  # not replaced by a reload meanwhile
-                self._views[role] = view
+                self._views[kept] = view
         return view
 
     # -- requests ----------------------------------------------------------------------------
@@ -404,6 +409,10 @@ class Gateway:
             response.cache[key] = "miss" if isinstance(outcome, CitygateError) else cached
             if isinstance(outcome, CitygateError):
                 errors_out.append(field_error(outcome, [key], [plan.locations[key]]))
+                statement = plan.statements[key]
+                noise = statement.noise if isinstance(statement, Statement) else None
+                if noise and spent_on(outcome):  # a failure the rows caused keeps what it spent
+                    response.epsilon[key] = spend(r for node in noise.values() for r in node.values())
             else:
                 if isinstance(outcome, Partly):  # some of its fields failed alone (a store down)
                     errors_out.extend(field_error(e, path, [plan.locations[key]]) for path, e in outcome.errors)

@@ -111,8 +111,9 @@ class Planner:
             return self.plans.get(key)
 
     def document(self, query: str, view: View) -> DocumentNode | Response:
-        """The parsed and validated document, once per (query, role, policy version)."""
-        key = (query, view.role, view.version)
+        """The parsed and validated document, once per (query, role, policy version, and the
+        claims the role requires that the token lacks: that view is empty)."""
+        key = (query, view.role, view.version, view.missing_claims)
         with self._lock:
             found = self.documents.get(key)
         if found is not None:
@@ -145,7 +146,9 @@ class Planner:
         if errors:
             invalid = refused(
                 [
-                    graphql_error(friendly(e.message, view.role), validation_code(e), locations=e.locations)
+                    graphql_error(
+                        friendly(e.message, view.role, view.missing_claims), validation_code(e), locations=e.locations
+                    )
                     for e in errors
                 ]
             )
@@ -215,6 +218,7 @@ class Planner:
                 json.dumps(variables, sort_keys=True, default=str) if variables else "",
                 view.role,
                 view.version,
+                view.missing_claims,  # the claims' values below may say it too; the view is another
                 json.dumps(claims, sort_keys=True, default=str) if claims else "",
             )
         except (TypeError, ValueError, RecursionError):

@@ -20,9 +20,11 @@ from cachetools import LRUCache
 
 from catalogue.errors import (
     CitygateError,
+    EngineQueryError,
     EngineUnavailableError,
     NoiseRequiredError,
     PolicyRefused,
+    ResultTooLarge,
     StatementTimeout,
     StoreUnavailableError,
     trace_without_messages,
@@ -35,7 +37,7 @@ from gateway.execution.plans import MEMO_BYTES, Memo, Plan, Response, count_rows
 from gateway.execution.prepared import BATCHED, Batched, Refused, Statement, fallback
 from gateway.execution.privacy import PrivacyBudgets
 from gateway.execution.routes import Route, Routes
-from gateway.execution.statements import Statements
+from gateway.execution.statements import SilentAfterRunning, Statements
 from gateway.execution.views import View
 from gateway.graphql.shape import Joined, shape
 from gateway.observe.metrics import Metrics
@@ -335,8 +337,10 @@ class Runner:
         def run() -> Sequence[Any]:
             # A noisy answer spends its role's budget before it runs, on whichever route, and is
             # kept in the cache with its noise: asked again, the same draw comes back and costs
-            # nothing, so repeating a question averages no noise away. A run that fails (on the
-            # engine before its fallback, too) released nothing and gives its spending back.
+            # nothing, so repeating a question averages no noise away. A run that fails before
+            # anything read the rows (a store or engine unreachable, the gateway busy: on the
+            # engine before its fallback, too) gives its spending back; one that fails because of
+            # them does not (see _read_nothing).
             cost = spend(r for node in noise.values() for r in node.values())
             if cost:
                 self._spend(view, cost)
@@ -347,8 +351,8 @@ class Runner:
                     # the whole limit, not what this request has left: a run may be shared with
                     # another request's (the result cache runs one for all who wait on it)
                     rows = self.statements.run(text, departments, budget.rows, statement_seconds, route.engine, params)
-            except BaseException:
-                if cost:  # nothing was released
+            except BaseException as error:
+                if cost and _read_nothing(error):
                     assert view.role is not None and view.privacy is not None
                     try:
                         self.privacy.refund(view.role, cost, view.privacy)
@@ -420,3 +424,24 @@ def route_name(statement: Statement | Batched | Refused) -> str:
     if isinstance(statement, Batched):
         return BATCHED
     return statement.route.name if isinstance(statement, Statement) else statement.route
+
+
+def spent_on(error: BaseException) -> bool:
+    """Whether a noisy root field that failed with ``error`` kept what it spent, as the audit
+    record says: the failures the rows cause (:func:`_read_nothing`), once the spending was
+    made (a refusal of the budget or of the policy spent nothing)."""
+    return isinstance(error, (ResultTooLarge, StatementTimeout, EngineQueryError, SilentAfterRunning))
+
+
+def _read_nothing(error: BaseException) -> bool:
+    """Whether a noisy statement's failure says nothing of the rows it would have read, so that
+    its spending may be given back. A failure the rows cause tells something for free that the
+    noise was paid to hide: more than ``max_rows`` groups passed the noisy selection
+    (``RESULT_TOO_LARGE``), the statement ran long (``TIMEOUT``), the engine failed on a value
+    (``ENGINE_ERROR``). So only a store or an engine that could not be reached, or a gateway too
+    busy to start it, gives it back; a store found silent after the statement ran past its time
+    (:class:`~gateway.execution.statements.SilentAfterRunning`), and anything unforeseen, keep
+    the spending: fail closed."""
+    if isinstance(error, SilentAfterRunning):
+        return False
+    return isinstance(error, (StoreUnavailableError, EngineUnavailableError))

@@ -26,6 +26,11 @@ from gateway.settings.limits import ConcurrencyConfig
 log = logging.getLogger("citygate")
 
 
+class SilentAfterRunning(StoreUnavailableError):
+    """A store that answered no one-row read once a statement on it had run past its time. The
+    statement did read the store: a noisy one keeps what it spent (``Runner._fetch``)."""
+
+
 @dataclass
 class Statements:
     """Where a gateway's statements run: a pool of threads, so that a request waits for one no
@@ -124,7 +129,7 @@ class Statements:
             until = time.monotonic() + limit
             with self._lock:
                 self.unresponsive.update(dict.fromkeys(silent, until))
-            raise StoreUnavailableError(silent[0], f"department {', '.join(silent)} did not answer within {limit:g} s")
+            raise SilentAfterRunning(silent[0], f"department {', '.join(silent)} did not answer within {limit:g} s")
         raise StatementTimeout(limit)
 
     def _answers(self, department: str, engine: Engine, within: float = 2.0) -> bool:

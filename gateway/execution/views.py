@@ -5,7 +5,7 @@ policy rewrite of its statements.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlglot import exp
@@ -51,6 +51,7 @@ class View:
     keys: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)  # columns relationships join on
     version: str = "-"  # the policies' version it was made of: every cache key holds this one
     privacy: PrivacyBudget | None = None  # what the role's noisy answers may spend per period
+    missing_claims: tuple[str, ...] = ()  # the role's required claims the token lacks: the view is empty
 
     def used_claims(self, identity: Identity | None) -> dict[str, Any]:
         """The caller's claims that this role's policies read: all that can change its SQL."""
@@ -102,6 +103,27 @@ def build_view(role: str, policies: Policies, catalogue: Catalogue, settings: Ca
         version=policies.version,
         privacy=policy.privacy_budget if policy is not None else None,
     )
+
+
+def missing_claims(policies: Policies | None, role: str | None, identity: Identity | None) -> tuple[str, ...]:
+    """The claims ``role`` requires (``requires_claims``) that the caller's token lacks, or
+    holds empty."""
+    policy = policies.role(role) if policies is not None and role is not None else None
+    if policy is None:
+        return ()
+    return policy.missing_claims(dict(identity.claims) if identity is not None else None)
+
+
+def unclaimed_view(
+    role: str, missing: tuple[str, ...], policies: Policies, catalogue: Catalogue, settings: CatalogueSettings
+) -> View:
+    """What ``role`` sees with a token that lacks a claim it requires: nothing, as a role with
+    no policy, published tables included. Errors name the claim (``missing_claims``); the claims
+    the role reads are kept, so the audit record shows them missing."""
+    others = replace(policies, roles={name: p for name, p in policies.roles.items() if name != role})
+    empty = build_view(role, others, catalogue, settings)
+    named = build_view(role, policies, catalogue, settings).claim_names
+    return replace(empty, claim_names=tuple(sorted({*named, *missing})), missing_claims=missing)
 
 
 def validate_decisions(policies: Policies, catalogue: Catalogue, settings: CatalogueSettings) -> None:

@@ -23,20 +23,29 @@ from catalogue.errors import CitygateError, PrivacyBudgetExhausted, StoreUnavail
 UNKNOWN_FIELD = re.compile(r"Cannot query field '([^']+)' on type '([^']+)'\.(?: Did you mean (.+)\?)?")
 
 
-def friendly(message: str, role: str | None = None) -> str:
+def friendly(message: str, role: str | None = None, missing: tuple[str, ...] = ()) -> str:
     """graphql-core's unknown-field message, as one that says what to change. With policies,
     it names the caller's role and where to see what that role may read. It reads the same for
     a column the role may not see and one that does not exist: the suggestions come from the
-    role's own schema, so nothing in it tells a hidden column from a typo.
+    role's own schema, so nothing in it tells a hidden column from a typo. ``missing``: claims
+    the role requires that the token lacks, so the role sees nothing.
 
     >>> friendly("Cannot query field 'cost' on type 'visits'.", "anon")
     'unknown field "cost" on "visits" for role anon (the catalogue at /console lists what it may read)'
+    >>> print(friendly("Cannot query field 'cost' on type 'Query'.", "citizen", ("id_card",)))
+    unknown field "cost" on "Query" for role citizen: the token has no claim id_card, which the role requires; ...
     """
     match = UNKNOWN_FIELD.match(message)
     if not match:
         return message
     field_name, type_name, suggestions = match.groups()
     text = f'unknown field "{field_name}" on "{type_name}"'
+    if role is not None and missing:
+        claims = ", ".join(missing)
+        return (
+            f"{text} for role {role}: the token has no claim {claims}, which the role requires; "
+            "without it the role sees nothing"
+        )
     if role is not None:
         text += f" for role {role} (the catalogue at /console lists what it may read)"
     if suggestions:

@@ -35,7 +35,8 @@ WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 @dataclass(frozen=True)
 class DateBlock:
     """A date column whose ``YYYYMMDD`` sits at ``start`` (1-based) in an identifier, on
-    nearly every row, and how many distinct ``years`` it has."""
+    nearly every row, and how many distinct ``years`` it has; ``column`` ``""``: a date the
+    identifier holds that no column of its table does (a birth date in a visit's ID number)."""
 
     column: str
     start: int
@@ -82,6 +83,24 @@ def _changed(value: exp.Expr, position: int, width: int) -> exp.Expr:
         this=value.copy(), start=exp.Literal.number(position + 1), length=exp.Literal.number(width - position)
     )
     return exp.Concat(expressions=[before, other, after])
+
+
+def _part(value: exp.Expr, start: int, length: int) -> exp.Expr:
+    return exp.Substring(this=value.copy(), start=exp.Literal.number(start), length=exp.Literal.number(length))
+
+
+def _dated(value: exp.Expr, start: int) -> exp.Expr:
+    """Whether the eight characters of ``value`` at ``start`` read as a date ``YYYYMMDD`` of
+    1900 to 2099, compared as text (of digits, one width: text orders them as numbers)."""
+
+    def within(part: exp.Expr, low: str, high: str) -> exp.Expr:
+        return exp.Between(this=part, low=exp.Literal.string(low), high=exp.Literal.string(high))
+
+    return exp.and_(
+        within(_part(value, start, 4), "1900", "2099"),
+        within(_part(value, start + 4, 2), "01", "12"),
+        within(_part(value, start + 6, 2), "01", "31"),
+    )
 
 
 def _date_text(column: str) -> exp.Expr:
@@ -154,6 +173,9 @@ def identifier_probe(
         measures += [sum_when(inside), exp.Min(this=at.copy()), exp.Max(this=at.copy())]
         year = exp.DateTrunc(this=raw_column(date), unit=exp.var("YEAR"))  # type: ignore[no-untyped-call]
         measures.append(exp.Count(this=exp.Distinct(expressions=[year])))
+    starts = range(1, width - 6)
+    for start in starts:  # a date the table holds in no column of its own (a birth date in a visit's ID)
+        measures += [sum_when(_dated(value, start)), exp.Count(this=exp.Distinct(expressions=[_part(value, start, 4)]))]
     measures.append(sum_when(_checked(value.copy())) if width == 18 else exp.Literal.number(0))
     values = exp.select(value.copy()).from_(raw_table(department, table)).where(fits.copy()).limit(SAMPLE)
     sample = exp.select(*tried).from_(values.subquery("raw")).subquery("tried")
@@ -169,32 +191,34 @@ def identifier_probe(
         hidden = {p for p in range(1, width + 1) if values[p] >= SHARE * tried}
         alphabet = {p: values[width + 1 + p] for p in range(1, width + 1)}
         rest = values[2 * width + 2 :]
-        blocks = []
-        for i, date in enumerate(dates):
-            hits, first, last, years = rest[4 * i : 4 * i + 4]
-            if hits >= SHARE * rows and first == last:
-                blocks.append(DateBlock(date, first, years))
+        blocks = _blocks(dates, starts, rest, rows)
         check = width == 18 and rest[-1] >= SHARE * rows
         if not hidden:
             return []
         found = []
         for role, decision in holders:
-            seen = {b.column: decision.columns.get(b.column, RAW) for b in blocks}
+            seen = {b.column: decision.columns.get(b.column, RAW) for b in blocks if b.column}
             count, shows = candidates_of(width, hidden, alphabet, blocks, seen, check)
             for block in shows:
+                what = (
+                    f"{block.column} whole (characters {block.start} to {block.start + 7}), while it sees "
+                    f"{block.column} as {seen[block.column]}"
+                    if block.column
+                    else f"the date in characters {block.start} to {block.start + 7} whole (a birth date, in an "
+                    "identity number), which no column of the table it sees shows"
+                )
                 found.append(
                     Found(
                         "identifier",
-                        f"roles.{role} sees {where}.{column} as {treatment}, which shows {block.column} whole "
-                        f"(characters {block.start} to {block.start + 7}), while it sees {block.column} as "
-                        f"{seen[block.column]}: mask those characters too",
+                        f"roles.{role} sees {where}.{column} as {treatment}, which shows {what}: mask those "
+                        "characters too",
                         (role,),
                         where,
                         column,
                     )
                 )
             if count < checks.min_candidates:
-                dates_seen = "".join(f", {b.column} as {seen[b.column]}" for b in blocks)
+                dates_seen = "".join(f", {b.column} as {seen[b.column]}" for b in blocks if b.column)
                 found.append(
                     Found(
                         "identifier",
@@ -212,12 +236,65 @@ def identifier_probe(
     return Probe(department, table, tree, judge, "identifier")
 
 
+def _blocks(dates: Sequence[str], starts: Sequence[int], measured: Sequence[int], rows: int) -> list[DateBlock]:
+    """The dates inside an identifier, from what :func:`identifier_probe` measured: the table's
+    date columns found at one place on nearly every row, then the places where eight characters
+    read as a date on nearly every row that no column's date covers (a column named ``""``)."""
+    blocks = []
+    for i, date in enumerate(dates):
+        hits, first, last, years = measured[4 * i : 4 * i + 4]
+        if hits >= SHARE * rows and first == last:
+            blocks.append(DateBlock(date, first, years))
+    found = measured[4 * len(dates) : 4 * len(dates) + 2 * len(starts)]
+    for i, start in enumerate(starts):
+        hits, years = found[2 * i : 2 * i + 2]
+        covered = any(abs(b.start - start) < 8 for b in blocks)  # a column's, or one found before
+        if hits >= SHARE * rows and not covered:
+            blocks.append(DateBlock("", start, years))
+    return blocks
+
+
+def identifying(
+    profiles: Mapping[tuple[str, str], Profile], keys: Mapping[tuple[str, str], Sequence[str]]
+) -> dict[tuple[str, str], set[str]]:
+    """The identifiers of each table: its fixed-length text columns that are mostly distinct, or
+    a key (its primary key, a column a relationship joins on), or named as an identifier of
+    another table is. A visit's ``id_card`` repeats (three visits a person) and is still the
+    person's ID number, as it is in the residents' table: what its mask shows is measured too.
+
+    ``keys``: each table's key columns (primary key and relationship join columns)."""
+    fixed: dict[tuple[str, str], set[str]] = {}
+    mostly: dict[tuple[str, str], set[str]] = {}
+    for key, profile in profiles.items():
+        for column, (shortest, longest, distinct) in (profile.lengths or {}).items():
+            if shortest == longest and 0 < longest <= LONGEST:
+                fixed.setdefault(key, set()).add(column)
+                if distinct >= IDENTIFIER_SHARE * profile.rows:
+                    mostly.setdefault(key, set()).add(column)
+    named = {
+        column
+        for key, columns in fixed.items()
+        for column in columns
+        if column in mostly.get(key, set()) or column in keys.get(key, ())
+    }
+    return {key: {c for c in columns if c in named or c in keys.get(key, ())} for key, columns in fixed.items()}
+
+
 def identifier_probes(
-    decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], profile: Profile, checks: Checks
+    decisions: Decisions,
+    key: tuple[str, str],
+    types: Mapping[str, LogicalType],
+    profile: Profile,
+    checks: Checks,
+    identifiers: set[str] | None = None,
 ) -> list[Probe[Found]]:
-    """One probe per masked identifier of the table and mask, with every role shown it so."""
+    """One probe per masked identifier of the table and mask, with every role shown it so.
+    ``identifiers``: the table's (:func:`identifying`); by default, its fixed-length text
+    columns distinct on half its rows or more."""
     if profile.lengths is None:
         return []
+    if identifiers is None:
+        identifiers = set(identifying({key: profile}, {}).get(key, set()))
     holders: dict[tuple[str, Treatment], list[tuple[str, TableDecision]]] = {}
     for role, tables in sorted(decisions.items()):
         decision = tables.get(key)
@@ -228,8 +305,8 @@ def identifier_probes(
                 holders.setdefault((column, treatment), []).append((role, decision))
     found = []
     for (column, treatment), roles in sorted(holders.items(), key=lambda i: (i[0][0], str(i[0][1]))):
-        shortest, longest, distinct = profile.lengths[column]
-        if shortest != longest or not 0 < longest <= LONGEST or distinct < IDENTIFIER_SHARE * profile.rows:
+        if column not in identifiers:
             continue
+        longest = profile.lengths[column][1]
         found.append(identifier_probe(key[0], key[1], column, treatment, roles, types, longest, checks))
     return found

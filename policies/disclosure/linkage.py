@@ -1,5 +1,6 @@
 """Linkage keys across roles: a column two roles both see, or can both compute, in one form, with
-a distinct value on nearly every row, which anyone holding both tokens joins their views on."""
+a distinct value on nearly every row, or columns that do so together, which anyone holding both
+tokens joins their views on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from sqlglot import exp
 
 from catalogue.types import LogicalType
 from policies.decide import reveals
-from policies.disclosure.context import Decisions, Found, as_shown, raw_table, row_level, share_of, shown_columns
+from policies.disclosure.context import (
+    Decisions,
+    Found,
+    as_shown,
+    raw_table,
+    row_level,
+    share_of,
+    shown_columns,
+    sum_when,
+)
 from policies.exposure import Probe
 from policies.model import ANONYMOUS, Checks
 from policies.treatments import Treatment
@@ -60,14 +70,10 @@ def _keyed(a: Treatment | None, b: Treatment | None) -> bool:
     return a is not None and a == b and a.kind in ("raw", "hash")
 
 
-def linkage_probes(
-    decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], primary: Sequence[str], checks: Checks
-) -> list[Probe[Found]]:
-    """One probe per column and form that two roles share, where they see the table's rows
-    differently and each sees something (in any table) the other does not: the column's
-    distinct values, of its rows. A column anonymous requests see in that form is public:
-    anyone joins on it without a token, so two tokens add nothing (a vehicle's owner's
-    published credit code)."""
+def _pairs(decisions: Decisions, key: tuple[str, str], primary: Sequence[str]) -> list[tuple[str, str]]:
+    """The pairs of roles that read the table row by row, see its rows differently and each see
+    something (in any table) the other does not, and do not both see its key as a key: the
+    pairs whose views two tokens join to more than either shows."""
     shown = {
         role: shown_columns(decision)
         for role, tables in sorted(decisions.items())
@@ -77,8 +83,7 @@ def linkage_probes(
         role: {(t, c): f for t in tables if row_level(tables[t]) for c, f in shown_columns(tables[t]).items()}
         for role, tables in decisions.items()
     }
-    public = shown.get(ANONYMOUS, {})
-    shared: dict[tuple[str, Treatment], list[tuple[str, Treatment, str, Treatment]]] = {}
+    pairs = []
     roles = sorted(shown)
     for i, first in enumerate(roles):
         for second in roles[i + 1 :]:
@@ -87,15 +92,36 @@ def linkage_probes(
                 continue  # the same rows, or one role sees all the other does: joining adds nothing
             if primary and all(_keyed(shown[first].get(c), shown[second].get(c)) for c in primary):
                 continue  # both see the key itself: their views join on it by design
-            for column in sorted(set(shown[first]) & set(shown[second]) - set(primary)):
-                a, b = shown[first][column], shown[second][column]
-                form = common_form(a, b)
-                if form is not None and not (column in public and finer(public[column], form)):
-                    shared.setdefault((column, form), []).append((first, a, second, b))
+            pairs.append((first, second))
+    return pairs
+
+
+def linkage_probes(
+    decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], primary: Sequence[str], checks: Checks
+) -> list[Probe[Found]]:
+    """One probe per column and form that two roles share, where they see the table's rows
+    differently and each sees something (in any table) the other does not: the column's
+    distinct values, of its rows. A column anonymous requests see in that form is public:
+    anyone joins on it without a token, so two tokens add nothing (a vehicle's owner's
+    published credit code)."""
+    public = _public(decisions, key)
+    shared: dict[tuple[str, Treatment], list[tuple[str, Treatment, str, Treatment]]] = {}
+    for first, second in _pairs(decisions, key, primary):
+        one, other = shown_columns(decisions[first][key]), shown_columns(decisions[second][key])
+        for column in sorted(set(one) & set(other) - set(primary)):
+            a, b = one[column], other[column]
+            form = common_form(a, b)
+            if form is not None and not (column in public and finer(public[column], form)):
+                shared.setdefault((column, form), []).append((first, a, second, b))
     return [
         _linkage(key, column, form, pairs, types, checks)
         for (column, form), pairs in sorted(shared.items(), key=lambda i: (i[0][0], str(i[0][1])))
     ]
+
+
+def _public(decisions: Decisions, key: tuple[str, str]) -> dict[str, Treatment]:
+    decision = decisions.get(ANONYMOUS, {}).get(key)
+    return shown_columns(decision) if row_level(decision) else {}
 
 
 def _linkage(
@@ -133,3 +159,93 @@ def _linkage(
         return found
 
     return Probe(key[0], key[1], tree, judge, "linkage")
+
+
+# -- linkage by a combination of columns ---------------------------------------------------------
+
+
+def composite_probes(
+    decisions: Decisions, key: tuple[str, str], types: Mapping[str, LogicalType], primary: Sequence[str], checks: Checks
+) -> list[Probe[Found]]:
+    """One probe per combination of columns two roles both see, or can both compute, each in
+    the coarser of their two forms (raw gives any mask but a keyed hash; equal forms match):
+    the rows unique on all of them together. No column of it need be a key for the two views to
+    join row by row on all of them: the health analyst's last four ID digits, surname, sex,
+    district and registration year, which a district officer computes from the raw values. A
+    masked primary key counts (its shown digits tell residents apart); one non-key column alone
+    is :func:`linkage_probes`'. What anonymous requests see of the combination is public: when
+    that part alone tells the rows apart, anyone joins on it without a token, as on a public
+    column."""
+    public = _public(decisions, key)
+    shared: dict[tuple[tuple[str, Treatment], ...], list[tuple[str, str]]] = {}
+    for first, second in _pairs(decisions, key, primary):
+        one, other = shown_columns(decisions[first][key]), shown_columns(decisions[second][key])
+        combination = tuple(
+            (column, form)
+            for column in sorted(set(one) & set(other))
+            if (form := common_form(one[column], other[column])) is not None
+        )
+        if not combination or (len(combination) == 1 and combination[0][0] not in primary):
+            continue
+        shared.setdefault(combination, []).append((first, second))
+    return [
+        _composite(key, combination, pairs, types, public, checks)
+        for combination, pairs in sorted(shared.items(), key=lambda i: [(c, str(f)) for c, f in i[0]])
+    ]
+
+
+def _composite(
+    key: tuple[str, str],
+    combination: tuple[tuple[str, Treatment], ...],
+    pairs: list[tuple[str, str]],
+    types: Mapping[str, LogicalType],
+    public: Mapping[str, Treatment],
+    checks: Checks,
+) -> Probe[Found]:
+    published = [(c, f) for c, f in combination if c in public and finer(public[c], f)]
+    tree = exp.select(exp.Star()).from_(_unique_rows(key, combination, types, "g").subquery("together"))
+    if published:
+        tree = tree.join(_unique_rows(key, published, types, "p").subquery("published"), join_type="cross")
+    where = f"{key[0]}.{key[1]}"
+    seen = ", ".join(column if form.kind == "raw" else f"{column} as {form}" for column, form in combination)
+
+    def judge(row: Sequence[Any]) -> list[Found]:
+        rows, unique, *rest = (int(v or 0) for v in row)
+        if not rows or unique < checks.linkage_share * rows or (rest and rest[1] >= checks.linkage_share * rows):
+            return []
+        return [
+            Found(
+                "linkage",
+                f"roles.{first} and roles.{second} both see, or can compute, {where} as {seen}: "
+                f"{share_of(unique, rows)} rows are unique on these columns together, so anyone holding both tokens "
+                "joins the two views row by row on them; show one of the roles a column of them coarser, or not at all",
+                (first, second),
+                where,
+            )
+            for first, second in pairs
+        ]
+
+    return Probe(key[0], key[1], tree, judge, "linkage")
+
+
+def _unique_rows(
+    key: tuple[str, str], combination: Sequence[tuple[str, Treatment]], types: Mapping[str, LogicalType], alias: str
+) -> exp.Select:
+    """The table's rows, and those unique on the columns in their forms."""
+    # by the expressions: Trino groups by no output's name
+    forms = [as_shown(form, column, types[column]) for column, form in combination]
+    count = exp.alias_(exp.Count(this=exp.Star()), "n")
+    classes = exp.select(count).from_(raw_table(*key)).group_by(*forms).subquery(alias)
+    n = exp.column("n", table=alias)
+    unique = sum_when(exp.EQ(this=n.copy(), expression=exp.Literal.number(1)))
+    return exp.select(exp.alias_(exp.Sum(this=n), f"{alias}_rows"), exp.alias_(unique, f"{alias}_unique")).from_(
+        classes
+    )
+
+
+def joined_once(found: Sequence[Found]) -> list[Found]:
+    """``found`` without the combinations (a linkage finding without a column) of a pair and
+    table that one column joins already: the views join on it whatever else they share, and an
+    accepted exception for that column speaks for the pair."""
+    single = {(f.roles, f.table) for f in found if f.kind == "linkage" and f.column}
+    return [f for f in found if not (f.kind == "linkage" and not f.column and (f.roles, f.table) in single)]
