@@ -315,7 +315,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "request or field",
         "200/400",
         "the query is over its role's limits before it runs: "
-        "depth, root fields, fields, filter conditions, estimated rows (`extensions.estimate`, `limit`), "
+        "depth, root fields, fields, filter conditions, estimated rows (`extensions.estimate`, unless a "
+        "table it reads is row-filtered for the role; `limit`), "
         "or the time to prepare it (`limits.plan_seconds`)",
         "no: ask for less as the message says (a preparation past its time: yes, later)",
     ),

@@ -11,7 +11,7 @@ import pytest
 from catalogue.errors import ConfigError
 from catalogue.types import LogicalType
 from datasets.datagen import City
-from gateway.config import Config
+from gateway.config import Config, LimitsConfig
 from gateway.execution.gateway import Gateway
 from gateway.identity.caller import Identity
 from policies.model import load_policies
@@ -161,3 +161,24 @@ def test_a_policy_the_tables_cannot_take_stops_the_gateway_naming_its_key(
     latin.write_bytes("roles: {}\n# café\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_policies([latin])
+
+
+def test_a_cost_refusal_tells_no_size_of_a_table_whose_rows_are_filtered(sqlite_config: Config) -> None:
+    """The cost estimate counts a table's every row. An officer who may read one district's
+    residents is refused without it (it would say there are 10,000); a role that reads every row
+    is told the estimate, which it could count itself."""
+    limits = LimitsConfig(roles={"district_officer": {"max_cost": 5}, "police": {"max_cost": 5}})
+    config = with_policies(sqlite_config.model_copy(update={"limits": limits}))
+    gateway = Gateway.start(config, shared_engine(config))
+    try:
+        query = "{ public_security_residents { district } }"
+        [officer] = gateway.execute(query, identity=Identity("district_officer", {"district": "南城街道"})).body[
+            "errors"
+        ]
+        [police] = gateway.execute(query, identity=Identity("police", {})).body["errors"]
+    finally:
+        gateway.close()
+    assert officer["extensions"] == {"code": "COST_LIMIT", "limit": 5}
+    assert not any(ch.isdigit() for ch in officer["message"].replace("5 its role", "")), officer["message"]
+    assert police["extensions"] == {"code": "COST_LIMIT", "estimate": 10_000, "limit": 5}
+    assert "about 10,000 rows" in police["message"]

@@ -305,7 +305,7 @@ class Planner:
                                 error.message, error.code, path=error.path or [key], locations=[locations[key]]
                             )
                         )
-        cost, too_costly = self._weigh(compiled, limits)
+        cost, too_costly = self._weigh(compiled, limits, view)
         if too_costly is not None:
             plan = Plan(refused=too_costly, access=access(compiled.values(), view), cost=cost)
             return self._finished(query, view, plan)
@@ -355,10 +355,15 @@ class Planner:
                 made[key] = Refused(field_plan, internal, reason, lasting=False)
         return made
 
-    def _weigh(self, compiled: Mapping[str, Compiled], limits: Limits) -> tuple[int, Response | None]:
+    def _weigh(self, compiled: Mapping[str, Compiled], limits: Limits, view: View) -> tuple[int, Response | None]:
         """The rows the statements of ``compiled`` may materialise at worst, or the request's
         refusal (else None) if that is more than its role may (:mod:`gateway.graphql.cost`). A root field
-        whose stores do not answer the statistics is left to fail by itself, with its own error."""
+        whose stores do not answer the statistics is left to fail by itself, with its own error.
+
+        The estimate counts every row of a table, not the rows the caller may see: a refusal
+        that reads a table the role's rows are filtered on does not say it (an officer who may
+        read one district's 1,240 residents must not learn there are 10,000, as the console's
+        catalogue does not show it either)."""
         cost = 0
         worst: tuple[int, str, Node | None] = (-1, "", None)
         for key, field_plan in compiled.items():
@@ -374,9 +379,13 @@ class Planner:
             return cost, None
         _, key, node = worst
         where = ".".join(str(p) for p in node.path) if node is not None else key
+        advice = f"give `{where}` a smaller `limit`, filter it with `where`, or ask for fewer levels"
+        if _filtered(compiled, view):
+            message = f"the query may read more rows at worst than the {limits.max_cost:,} its role may; {advice}"
+            return cost, refused([graphql_error(message, "COST_LIMIT", limit=limits.max_cost)])
         message = (
             f"the query may read about {_rounded(cost):,} rows at worst, more than the {limits.max_cost:,} "
-            f"its role may; give `{where}` a smaller `limit`, filter it with `where`, or ask for fewer levels"
+            f"its role may; {advice}"
         )
         return cost, refused([graphql_error(message, "COST_LIMIT", estimate=_rounded(cost), limit=limits.max_cost)])
 
@@ -410,6 +419,14 @@ class Planner:
                     self.introspections[key] = encoded
             return Response(body, plan=plan, claims=claims, encoded=encoded)
         return Response(orjson.loads(encoded), plan=plan, claims=claims, encoded=encoded)
+
+
+def _filtered(compiled: Mapping[str, Compiled], view: View) -> bool:
+    """Whether any table ``compiled`` reads has its rows filtered for ``view``'s role."""
+    if view.decisions is None:
+        return False
+    read = {(n.table.department, n.table.name) for field_plan in compiled.values() for n in field_plan.nodes}
+    return any(decision.row_filter is not None for table, decision in view.decisions.items() if table in read)
 
 
 def _rounded(number: int) -> int:
