@@ -66,8 +66,12 @@ class Health:
 
     @property
     def serving(self) -> bool:
-        """Whether some route answers: the engine, or a store that runs its own statements."""
-        return self.reachable or any(state == "ok" for state in self.routes.values())
+        """Whether some route takes statements: the engine, or a store that runs its own. Where
+        the routes are known, their states say it (the engine's is not ``ok`` while it answers
+        but may not be sent statements), else whether the engine answers."""
+        if self.routes:
+            return any(state == "ok" for state in self.routes.values())
+        return self.reachable
 
     @property
     def ok(self) -> bool:

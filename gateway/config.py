@@ -27,6 +27,7 @@ from gateway.settings.access import (
     AuthConfig,
     CorsConfig,
     PoliciesConfig,
+    ServerConfig,
     TokenGuard,
     TrustedDocumentsConfig,
 )
@@ -65,6 +66,7 @@ __all__ = [  # the models by concern live in gateway/settings/; importers find t
     "RelationshipConfig",
     "ReverseConfig",
     "RoleLimits",
+    "ServerConfig",
     "SharingConfig",
     "StateConfig",
     "TableConfig",
@@ -172,6 +174,7 @@ class Config(_Model):
     admin: TokenGuard = TokenGuard()
     telemetry: TelemetryConfig = TelemetryConfig()
     cors: CorsConfig = CorsConfig()
+    server: ServerConfig = ServerConfig()
     trusted_documents: TrustedDocumentsConfig | None = None
     departments: dict[str, DepartmentConfig]
     relationships: list[RelationshipConfig] = Field(default_factory=list)

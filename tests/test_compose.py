@@ -166,3 +166,27 @@ def test_keycloak_runs_in_production_mode_on_the_compose_postgresql() -> None:
     assert keycloak["environment"]["KC_DB"] == "postgres"
     assert keycloak["environment"]["KC_DB_URL"] == "jdbc:postgresql://postgres:5432/keycloak"
     assert "CREATE DATABASE keycloak OWNER keycloak" in (COMPOSE / "postgres" / "init.sh").read_text()
+
+
+def test_the_gateways_take_the_client_nginx_names_and_only_from_nginx(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind nginx every connection is nginx's: the gateways trust its X-Forwarded-For (so one
+    client guessing tokens is refused as itself, not as everyone), from nginx's fixed address
+    alone, and nginx appends the address it saw connect in every location it proxies."""
+    import ipaddress
+
+    resolved = compose_config()
+    services = resolved["services"]
+    balancer = services["balancer"]["networks"]["edge"]["ipv4_address"]
+    [subnet] = resolved["networks"]["edge"]["ipam"]["config"]
+    assert ipaddress.ip_address(balancer) in ipaddress.ip_network(subnet["subnet"])
+    for gateway in ("gateway-a", "gateway-b"):
+        assert set(services[gateway]["networks"]) == {"default", "edge"}
+    for line in (COMPOSE / "example.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            monkeypatch.setenv(*line.split("=", 1))
+    assert load_config(COMPOSE / "citygate.yaml").server.trusted_proxies == [f"{balancer}/32"]
+    conf = (COMPOSE / "nginx" / "nginx.conf").read_text()
+    locations = re.findall(r"location [^{]+\{([^}]*)\}", conf)
+    proxying = [body for body in locations if "proxy_pass" in body]
+    assert len(proxying) == 3
+    assert all("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in body for body in proxying)

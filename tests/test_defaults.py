@@ -122,3 +122,19 @@ def test_the_concurrency_defaults_are_the_gateways_own_and_a_bad_value_names_its
     message = refused.value.message
     assert "limits.concurrency.statement_threads: input should be greater than or equal to 1 (got 0)" in message
     assert "limits.concurrency.x: unknown key; allowed keys: requests_per_caller," in message
+
+
+def test_no_proxy_is_trusted_by_default_and_a_bad_one_names_its_key(tmp_path: Path, sqlite_config: Config) -> None:
+    """Trusting a proxy lets it name the client: by default no one is trusted, and a value that
+    names no network, or every address, stops the gateway from starting, naming the key."""
+    assert load_config(deployment(tmp_path, sqlite_config)).server.trusted_proxies == []
+    given = load_config(deployment(tmp_path, sqlite_config, server={"trusted_proxies": ["10.0.0.2", "fd00::/64"]}))
+    assert given.server.trusted_proxies == ["10.0.0.2/32", "fd00::/64"]
+    for bad, why in (
+        ("nginx", "'nginx' is not an IP address or a network (CIDR, such as 172.30.0.0/24)"),
+        ("10.0.0.2/24", "'10.0.0.2/24' has host bits set: write the network, 10.0.0.0/24"),
+        ("0.0.0.0/0", "'0.0.0.0/0' trusts every address, so any client could name its own: name the proxies"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load_config(deployment(tmp_path, sqlite_config, server={"trusted_proxies": ["10.0.0.2", bad]}))
+        assert f"citygate.yaml: server.trusted_proxies: {why}" in refused.value.message

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +472,60 @@ def test_a_route_down_while_the_masks_are_tried_takes_no_statement_until_they_ar
             time.sleep(0.2)
         assert not gateway.routes.unproven
         assert ask() == (tails, "trino")
+    finally:
+        if relay is not None:
+            relay.close()
+        gateway.close()
+
+
+def test_a_probe_shows_a_route_the_masks_are_not_proven_on_as_not_ok_until_they_are(
+    tmp_path: Path, services_config: Config
+) -> None:
+    """Trino down at start, then answering but not proven, takes no statement: `/readyz` names
+    it not ok and why, the instance degraded (the stores' own routes serve), and its
+    `citygate_route_up` is 0 the whole time; it read `ok` and 1 as soon as Trino answered. Once
+    the masks are proven there: ok, 1, ready."""
+    from starlette.testclient import TestClient
+
+    from gateway.http.app import create_app
+    from tests.conftest import ADMIN, free_port, with_admin
+    from tests.test_routes import Relay, trino_at
+
+    port = free_port()
+    policy = write_policy(tmp_path / "clerk.yaml", CUSTOM)
+    config = with_admin(with_policies(trino_at(services_config, port), [*POLICY_FILES, policy]))
+    gateway = Gateway.start(config, create_engine(config))
+    relay = None
+
+    def probe(client: TestClient) -> tuple[int, dict[str, Any], float]:
+        ready = client.get("/readyz")
+        found = re.search(r'^citygate_route_up\{route="trino"\} (\S+)$', client.get("/metrics").text, re.MULTILINE)
+        assert found is not None
+        return ready.status_code, ready.json(), float(found.group(1))
+
+    def until(wanted: Callable[[dict[str, Any]], bool], client: TestClient) -> tuple[int, dict[str, Any], float]:
+        deadline = time.monotonic() + 120  # a health check stands 2 s; a proof on Trino takes seconds
+        while not wanted((seen := probe(client))[1]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return seen
+
+    try:
+        assert set(gateway.routes.unproven) == {"trino"} and not gateway.unavailable
+        with TestClient(create_app(gateway), headers=ADMIN) as client:
+            status, body, up = probe(client)
+            assert (status, body["status"], up) == (200, "degraded", 0.0)
+            assert body["routes"]["trino"] == "the engine does not answer; masks not proven yet"
+            assert all(state == "ok" for key, state in body["routes"].items() if key.startswith(DELEGATED))
+            # the proof runs under the reload lock: held here, Trino answers and stays unproven
+            with gateway._reloading:
+                relay = Relay(port, (services_config.engine.trino.host, services_config.engine.trino.port))
+                status, body, up = until(lambda body: body["routes"]["trino"].startswith("masks"), client)
+                assert body["routes"]["trino"].startswith("masks not proven yet: "), body
+                assert len(body["routes"]["trino"]) > len("masks not proven yet: ")  # and why
+                assert (status, body["status"], up) == (200, "degraded", 0.0)
+            status, body, up = until(lambda body: body["status"] == "ready", client)
+            assert not gateway.routes.unproven
+            assert (status, body["status"], body["routes"]["trino"], up) == (200, "ready", "ok", 1.0)
     finally:
         if relay is not None:
             relay.close()

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from httpx2 import Response
 from starlette.testclient import TestClient
 
 from datasets.demo import issue_token
-from gateway.config import Config, LimitsConfig, RoleLimits
+from gateway.config import Config, LimitsConfig, RoleLimits, ServerConfig
 from gateway.execution.gateway import Gateway
 from gateway.http.app import Edge, create_app
 from gateway.observe import audit
@@ -246,3 +247,73 @@ def test_a_guarded_scrape_refuses_wrong_tokens_in_the_common_shape_and_counts_th
             "errors": [{"message": "a valid scrape token is required", "extensions": {"code": "UNAUTHENTICATED"}}]
         }
         assert client.get("/metrics", headers={"authorization": f"Bearer {scrape}"}).status_code == 429
+
+
+PROXY = "10.0.0.2"  # a trusted proxy's address (the fixture's `server.trusted_proxies`)
+
+
+@pytest.fixture
+def proxied(sqlite_config: Config, tmp_path: Path) -> Iterator[Served]:
+    """:func:`served` behind two trusted proxies (10.0.0.0/30): anonymous callers may send 3
+    requests a minute."""
+    config = shared_secure_demo(sqlite_config, tmp_path)
+    limits = LimitsConfig(roles={"anonymous": RoleLimits(requests_per_minute=3)})
+    server = ServerConfig(trusted_proxies=["10.0.0.0/30"])
+    yield from serve(config.model_copy(update={"limits": limits, "server": server}), tmp_path)
+
+
+def via(proxy: TestClient, forwarded_for: str, authorization: str | None = None) -> Response:
+    """A GraphQL request through ``proxy`` for the client ``forwarded_for`` names."""
+    headers = {"x-forwarded-for": forwarded_for, **({"authorization": authorization} if authorization else {})}
+    return proxy.post("/graphql", json=STATIONS, headers=headers)
+
+
+def test_behind_a_trusted_proxy_one_client_guessing_tokens_is_refused_alone(
+    proxied: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every request comes from the proxy's address: counted by it, one client's bad tokens
+    refused everyone, valid tokens too. The client the proxy names is the caller: for the
+    network refused, the throttle's record and the access log."""
+    bad = "Bearer not.a.token"
+    police = proxied.token("police")["authorization"]
+    with caplog.at_level("INFO", logger="citygate.access"), proxied.client(PROXY) as proxy:
+        answers = [via(proxy, "198.51.100.7", bad) for _ in range(5)]
+        assert [a.status_code for a in answers] == [401, 401, 401, 429, 429]
+        assert "refused tokens" in answers[3].json()["errors"][0]["message"]
+        # the guesser is refused even with a valid token, and through a second trusted proxy
+        assert via(proxy, "198.51.100.7", police).status_code == 429
+        assert via(proxy, "198.51.100.7, 10.0.0.1").status_code == 429
+        # another client of the same proxy is answered, with a token and without
+        assert via(proxy, "203.0.113.9", police).status_code == 200
+        assert via(proxy, "203.0.113.9").status_code == 200
+        assert via(proxy, "192.0.2.1, 10.0.0.1").status_code == 200
+        proxied.now[0] += 60  # the minute is over: the next audited request records the flood's count
+        assert via(proxy, "203.0.113.9").status_code == 200
+    [counted] = [r for r in proxied.trail() if r.get("event") == "throttled"]
+    assert (counted["network"], counted["count"]) == ("198.51.100.7/32", 3)
+    clients = [r.fields["client"] for r in caplog.records if r.name == "citygate.access"]  # type: ignore[attr-defined]
+    assert clients == ["198.51.100.7/32"] * 7 + ["203.0.113.9/32"] * 2 + ["192.0.2.1/32", "203.0.113.9/32"]
+
+
+def test_from_an_untrusted_address_the_forwarded_header_is_ignored(proxied: Served) -> None:
+    """A client that connects itself cannot name its own address: its guesses count against
+    the address it connects from, whatever its X-Forwarded-For says, and refuse no one else."""
+    with proxied.client("203.0.113.9") as direct, proxied.client(PROXY) as proxy:
+        statuses = [via(direct, "198.51.100.7", "Bearer not.a.token").status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        assert via(direct, "192.0.2.99").status_code == 429  # another made-up address: still itself
+        assert via(proxy, "198.51.100.7").status_code == 200
+        assert via(proxy, "203.0.113.9").status_code == 429
+
+
+def test_a_spoofed_left_most_address_is_not_the_client(proxied: Served) -> None:
+    """The proxy appends the address it saw connect; what lies left of it the client wrote. A
+    guesser that writes a new address there each time is still counted as itself, and one that
+    writes another client's does not get that client refused."""
+    with proxied.client(PROXY) as proxy:
+        statuses = [via(proxy, f"192.0.2.{n}, 198.51.100.7", "Bearer not.a.token").status_code for n in range(5)]
+        assert statuses == [401, 401, 401, 429, 429]
+        assert via(proxy, "192.0.2.1").status_code == 200
+        # naming another client does not get the guesser out, nor a client naming it in
+        assert via(proxy, "198.51.100.8, 198.51.100.7").status_code == 429
+        assert via(proxy, "198.51.100.7, 198.51.100.8").status_code == 200

@@ -8,6 +8,7 @@ in front of them, the service names replaced by loopback addresses.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -23,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from gateway.config import Config
 from tests.conftest import REPO, free_port
 from tests.own_postgres import Postgres
+from tests.test_defaults import deployment as configured
 from tests.test_keycloak import REALM, password_token, require_keycloak
 
 # nginx and the services
@@ -219,3 +222,58 @@ def test_a_policy_reload_through_the_balancer_reaches_both(deployment: Deploymen
         assert ask(deployment.balancer, SITES, token)[1]["errors"][0]["extensions"]["code"] == (
             "GRAPHQL_VALIDATION_FAILED"
         )
+
+
+def test_behind_nginx_each_client_is_counted_as_itself(tmp_path: Path, sqlite_config: Config) -> None:
+    """compose's nginx.conf in front of a gateway that trusts it (on loopback, 127.0.0.1):
+    clients connecting to nginx from 127.0.0.2, .3 and .4 are three callers with a limit each,
+    and a wrong admin token sent through `/admin/` counts against its sender, not against nginx
+    (whose address every client shares)."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx).exists(), "nginx is missing: `make test` installs it (Debian package nginx-light)"
+    from tests.test_workers import served
+
+    limits = {"requests_per_minute": 3, "roles": {"anonymous": {"requests_per_minute": 3}}}
+    config = configured(
+        tmp_path,
+        sqlite_config,
+        policies="open",
+        auth="none",
+        limits=limits,
+        admin={"token": ADMIN_TOKEN},
+        server={"trusted_proxies": ["127.0.0.1"]},
+    )
+    port, balancer = free_port(), free_port()
+    conf = (
+        (REPO / "compose" / "nginx" / "nginx.conf").read_text().replace("listen 8000;", f"listen 127.0.0.1:{balancer};")
+    )
+    conf = conf.replace("gateway-a:8000", f"127.0.0.1:{port}").replace("gateway-b:8000", f"127.0.0.1:{port}")
+    (tmp_path / "nginx.conf").write_text(conf)
+    directives = f"daemon off; pid {tmp_path / 'nginx.pid'}; error_log {tmp_path / 'nginx.log'};"
+
+    def send(client: str, path: str, token: str | None = None) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", balancer, timeout=60, source_address=(client, 0))
+        try:
+            body = json.dumps({"query": "{ transport_stations(limit: 1) { name } }"})
+            headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
+            connection.request("POST", path, body, headers)
+            return connection.getresponse().status
+        finally:
+            connection.close()
+
+    with served(config, 1, port, tmp_path / "serve.log"):
+        proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", directives])
+        try:
+            deadline = time.monotonic() + 20
+            while call(balancer, "GET", "/healthz")[0] != 200:
+                assert time.monotonic() < deadline, (tmp_path / "nginx.log").read_text()
+                time.sleep(0.2)
+            assert [send("127.0.0.2", "/graphql") for _ in range(4)] == [200, 200, 200, 429]
+            assert send("127.0.0.3", "/graphql") == 200
+            guesses = [send("127.0.0.3", "/admin/cache/clear", "x" * 32) for _ in range(3)]
+            assert set(guesses) <= {401, 429} and guesses[0] == 401
+            assert send("127.0.0.3", "/graphql") == 429  # its guesses were its own
+            assert send("127.0.0.4", "/graphql") == 200
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=30)

@@ -267,3 +267,34 @@ def test_workers_apply_the_configured_header_timeout_and_connection_cap(tmp_path
     assert all(a in (b"", *refused) for a in answers), {a[:40] for a in answers}
     assert len(refused) >= 40 - 2 * 5, len(refused)  # at most five held by each of the two
     assert waited < 4.0, waited  # cut off after a second, not held for ten
+
+
+def test_workers_take_the_client_a_trusted_proxy_names(tmp_path: Path, sqlite_config: Config) -> None:
+    """Each worker process applies `server.trusted_proxies`: from the proxy (here loopback) the
+    caller is the client its X-Forwarded-For names, so one client past the limit (one limit,
+    shared by the workers) leaves the others, and the proxy's own requests, answered."""
+    config = deployment(
+        tmp_path,
+        sqlite_config,
+        policies="open",
+        auth="none",
+        limits={"requests_per_minute": 3},
+        server={"trusted_proxies": ["127.0.0.1"]},
+    )
+    port = free_port()
+
+    def ask(client: str | None) -> int:
+        body = json.dumps({"query": "{ transport_stations(limit: 1) { name } }"}).encode()
+        headers = {"content-type": "application/json", **({"x-forwarded-for": client} if client else {})}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", body, headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - loopback
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with served(config, 2, port, tmp_path / "serve.log") as server:
+        both_workers_serve(port, server)
+        assert [ask("198.51.100.7") for _ in range(6)] == [200] * 3 + [429] * 3
+        assert [ask("192.0.2.1, 203.0.113.9") for _ in range(3)] == [200] * 3
+        assert ask(None) == 200

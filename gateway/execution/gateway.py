@@ -46,7 +46,7 @@ from gateway.execution.plans import (
 )
 from gateway.execution.prepared import Batched, Refused, Statement
 from gateway.execution.privacy import PrivacyBudgets, adopt
-from gateway.execution.probes import Checks
+from gateway.execution.probes import Checks, mark_unproven
 from gateway.execution.proof import Proof, prove_masks, refusal_text
 from gateway.execution.routes import Routes
 from gateway.execution.runner import Partly, Runner, spent_on
@@ -482,6 +482,13 @@ class Gateway:
         return list(plan.statements.values())
 
     def health(self) -> Health:
+        """:meth:`checked`, each route the masks are not proven on not ok (probes.mark_unproven): read
+        at each call, as are the gauges, so a route proven since the last check shows so at once."""
+        shown = mark_unproven(self.checked(), self.routes.unproven)
+        self.metrics.record_health(shown.engine, shown.reachable, shown.departments, shown.routes)
+        return shown
+
+    def checked(self) -> Health:
         """The engine's and each department's health, checked at most every
         :data:`HEALTH_SECONDS`. While one check runs (a store that does not answer can hold it
         for its connect timeout), other callers get the last answer rather than a thread of
@@ -497,7 +504,6 @@ class Gateway:
                 return self._health[1]  # checked while this caller waited for the first check
             found, self.state_trouble = self.checks.everything(self.engine, self.routes, self.state)
             self._health = (time.monotonic(), found)
-            self.metrics.record_health(found.engine, found.reachable, found.departments, found.routes)
             self.metrics.record_state(self.state_trouble is None)
         finally:
             self._probing.release()

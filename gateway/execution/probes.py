@@ -12,6 +12,9 @@ thread, not one per probe.
 >>> states = checks.run({"quick": lambda: None, "silent": lambda: time.sleep(1)})
 >>> states["quick"], states["silent"]
 ('ok', 'did not answer within 0.2 s')
+
+A route the masks are not proven on takes no statement (:mod:`gateway.execution.unproven`),
+whatever its check finds; :func:`mark_unproven` says so in the health a probe shows.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
+from dataclasses import replace
 
 from catalogue.errors import CitygateError
 from connectors.base import Engine, Health
@@ -80,6 +84,27 @@ class Checks:
                 future = self._out[name] = Future()
                 threading.Thread(target=_check, args=(future, check), name="citygate-check", daemon=True).start()
         return future
+
+
+def mark_unproven(health: Health, routes: Mapping[str, str]) -> Health:
+    """``health`` with each of ``routes`` (route key -> why the masks are not proven there) not
+    ok: a route that answers is not serving until the masks are proven on it. A route never
+    checked (the fallback) is named too.
+
+    >>> found = Health("trino", True, routes={"trino": "ok", "delegated:pg": "ok"})
+    >>> shown = mark_unproven(found, {"trino": "it did not answer"})
+    >>> shown.routes["trino"], shown.routes["delegated:pg"], shown.serving
+    ('masks not proven yet: it did not answer', 'ok', True)
+    >>> mark_unproven(Health("trino", False, routes={"trino": "the engine does not answer"}), {"trino": "down"}).routes
+    {'trino': 'the engine does not answer; masks not proven yet'}
+    """
+    if not routes:
+        return health
+    states = dict(health.routes)
+    for key, why in routes.items():
+        state = states.get(key, "ok")
+        states[key] = f"masks not proven yet: {why}" if state == "ok" else f"{state}; masks not proven yet"
+    return replace(health, routes=states)
 
 
 def _ping(state: State) -> None:

@@ -54,7 +54,9 @@ class Operator:
         fail alone, the others answer), so a load balancer never takes every replica out for
         one department or for the engine; 503 when no route answers, while the audit trail
         cannot be written (every request would be refused), or while the shared state cannot be
-        read (every rate-limited request and every noisy answer would be refused). The body names
+        read (every rate-limited request and every noisy answer would be refused). A route the
+        masks are not proven on takes no statement, so it is not ``ok`` even when it answers
+        ("masks not proven yet: ..."), nor does it make the instance ready. The body names
         each department's state and each route's, the trail's (``ok`` or ``unavailable``; the log
         says why) and the shared state's (``ok`` or why not), to the operator (the admin token);
         anyone else learns only the status, since the states name stores, their addresses and

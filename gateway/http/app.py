@@ -69,7 +69,7 @@ from gateway.http.envelope import (
     response,
 )
 from gateway.http.floods import Floods
-from gateway.http.gate import Gate, caller
+from gateway.http.gate import Gate, caller, forwarded
 from gateway.http.params import parameters
 from gateway.http.ratelimit import Limiter
 from gateway.http.wire import OneWriteProtocol, protocol
@@ -87,10 +87,11 @@ MAX_BODY = 1 << 20  # 1 MiB: far above any real query, far below what could hurt
 _NO_CORS = ("/admin/", "/console/api/view-as", "/console/api/roles", "/metrics")
 
 # How uvicorn serves the edge. The edge writes its own access log (`citygate.access`: with the
-# request id, role and outcome, which uvicorn's cannot know); X-Forwarded-* are not rewritten
-# (that middleware costs a layer per request), so anonymous callers are limited and shared
-# fairly by the network that connects, which behind a proxy is the proxy's; and the server need
-# not name itself.
+# request id, role and outcome, which uvicorn's cannot know); uvicorn rewrites no X-Forwarded-*
+# (by default it would believe any process on the gateway's own machine): the edge takes the
+# client from them only behind the proxies `server.trusted_proxies` names, a layer only there
+# (gateway.http.gate.forwarded), in every worker process alike; and the server need not name
+# itself.
 # Each response leaves in one write (gateway/http/wire.py).
 SERVER_OPTIONS: dict[str, Any] = {
     "access_log": False,
@@ -179,6 +180,10 @@ class Edge:
                 expose_headers=["x-request-id", "retry-after"],
                 max_age=cors.max_age,
             )
+        # Behind trusted proxies, the client they name is the caller's address for everything
+        # after (gate, envelope, access log); without any, no layer at all.
+        proxies = config.server.trusted_proxies
+        self.front, self.operated = forwarded(self.front, proxies), forwarded(self.dispatch, proxies)
 
     @property
     def limiter(self) -> Limiter:
@@ -205,7 +210,7 @@ class Edge:
 
         try:
             path = scope["path"]
-            front = self.dispatch if path.startswith(_NO_CORS) else self.front
+            front = self.operated if path.startswith(_NO_CORS) else self.front
             await front(scope, receive, sending)
         finally:
             ACCESS.reset(token)

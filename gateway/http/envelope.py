@@ -154,7 +154,9 @@ class Exchange:
     headers: dict[str, str]
     media_type: str
     purpose: str | None
-    client: str | None = None  # the address that connects: who an anonymous caller is, for the limits
+    # the client's address (the one trusted proxies name, else the one that connects): who an
+    # anonymous caller is, for the limits
+    client: str | None = None
     query: str | None = None
     document: str | None = None  # the hash the request named its document by, if it did
     operation_name: str | None = None

@@ -10,18 +10,26 @@ refused before any token it sends is checked, so guessing costs the guesser, and
 tokens costs neither the verifier nor the trail more than the anonymous limit allows: a refusal
 of the throttle before anyone is known (``Exchange.throttled``) is recorded once per network
 and minute, the rest counted (:mod:`gateway.http.floods`).
+
+Behind proxies the gateway trusts (``server.trusted_proxies``) the address that connects is a
+proxy's, shared by every caller: there the client is the one the proxies name in
+``X-Forwarded-For`` (:func:`forwarded`), for all of the above and for the access log.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import math
+from collections.abc import Sequence
+from typing import cast
 
 from cachetools import TTLCache
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
-from starlette.types import Scope
+from starlette.types import ASGIApp, Scope
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.config import AuthConfig, TokenGuard
 from gateway.execution.gateway import Gateway
@@ -49,6 +57,31 @@ def caller(identity: Identity | None, net: str) -> str:
     if identity is not None and identity.subject:
         return f"subject:{identity.subject}"
     return f"network:{net}"
+
+
+def forwarded(app: ASGIApp, proxies: Sequence[str]) -> ASGIApp:
+    """``app`` with each request's client (``scope["client"]``) the one named by the trusted
+    ``proxies`` (networks, as ``server.trusted_proxies`` holds them) that it came through.
+
+    uvicorn's own middleware does it as it should: only for a connection from a trusted proxy,
+    and the client is the right-most address of ``X-Forwarded-For`` that is not a trusted proxy
+    itself, the one the last trusted proxy saw connect. What lies left of it was written by the
+    client, or by proxies no one vouches for. An IPv4 network is trusted in its IPv6-mapped form
+    too: a dual-stack socket names an IPv4 peer so.
+
+    >>> sorted(map(str, forwarded(print, ["172.30.0.10/32"]).trusted_hosts.trusted_networks))
+    ['172.30.0.10/32', '::ffff:ac1e:a/128']
+    """
+    if not proxies:
+        return app
+    trusted = []
+    for proxy in proxies:
+        network = ipaddress.ip_network(proxy)
+        trusted.append(str(network))
+        if network.version == 4:
+            trusted.append(f"::ffff:{network.network_address}/{96 + network.prefixlen}")
+    # one ASGI, typed twice: uvicorn's messages are TypedDicts, starlette's mappings
+    return cast(ASGIApp, ProxyHeadersMiddleware(app, trusted_hosts=trusted))  # type: ignore[arg-type]
 
 
 class Gate:

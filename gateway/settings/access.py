@@ -1,8 +1,10 @@
 """Who may call the gateway and how: the policies and their key, bearer tokens, the tokens
-that guard operator endpoints, registered documents, and browser origins."""
+that guard operator endpoints, registered documents, browser origins, and the proxies whose
+word on a client's address is taken."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -129,3 +131,42 @@ class CorsConfig(Model):
     # then no credentials (a bearer token in `Authorization` still works: it is not a cookie)
     origins: list[str] = Field(default_factory=list)
     max_age: int = Field(600, ge=0)  # seconds a browser may keep a preflight's answer
+
+
+class ServerConfig(Model):
+    """How the gateway meets the connections it serves."""
+
+    # the proxies in front of the gateway (addresses, or networks as CIDR) whose
+    # `X-Forwarded-For` names the client: from one of them the client is the right-most address
+    # in it that is not itself a trusted proxy, never the left-most (a client writes anything
+    # there); from anyone else the header is ignored. No proxy by default: the client is the address
+    # that connects, which behind a proxy is the proxy's for every caller
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return [_proxy_network(given) for given in value]
+
+
+def _proxy_network(given: str) -> str:
+    """A trusted proxy's address or network as ``ipaddress`` writes it, or why it cannot be.
+
+    >>> _proxy_network("172.30.0.10"), _proxy_network("fd00:30::/64")
+    ('172.30.0.10/32', 'fd00:30::/64')
+    >>> _proxy_network("172.30.0.10/24")
+    Traceback (most recent call last):
+    ...
+    ValueError: '172.30.0.10/24' has host bits set: write the network, 172.30.0.0/24
+    """
+    try:
+        network = ipaddress.ip_network(given.strip())
+    except ValueError:
+        try:
+            loose = ipaddress.ip_network(given.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{given!r} is not an IP address or a network (CIDR, such as 172.30.0.0/24)") from None
+        raise ValueError(f"{given!r} has host bits set: write the network, {loose}") from None
+    if network.prefixlen == 0:
+        raise ValueError(f"{given!r} trusts every address, so any client could name its own: name the proxies")
+    return str(network)
