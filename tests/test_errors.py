@@ -322,7 +322,7 @@ def test_a_slow_query_fails_alone_and_leaves_its_department_answering(services_c
             keys { id_card } aggregate { count(columns: [diagnosis], distinct: true) } } }"""
         [error] = gateway.execute(slow).body["errors"]
         assert error["extensions"]["code"] == "TIMEOUT" and "ran longer than 0.02 s" in error["message"], error
-        assert not gateway._unresponsive  # the store answered the probe
+        assert not gateway.statements.unresponsive  # the store answered the probe
     finally:
         gateway.close()
 

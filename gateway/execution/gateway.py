@@ -286,11 +286,6 @@ class Gateway:
         return self.config.catalogue_settings()
 
     @property
-    def _unresponsive(self) -> dict[str, float]:
-        """The departments left alone for now, and until when (:class:`Statements`)."""
-        return self.statements.unresponsive
-
-    @property
     def policy_version(self) -> str:
         return self.policies.version if self.policies is not None else "-"
 
@@ -482,8 +477,7 @@ class Gateway:
         return list(plan.statements.values())
 
     def health(self) -> Health:
-        """:meth:`checked`, each route the masks are not proven on not ok (probes.mark_unproven): read
-        at each call, as are the gauges, so a route proven since the last check shows so at once."""
+        """:meth:`checked`, with the routes the masks are not proven on not ok, read at each call."""
         shown = mark_unproven(self.checked(), self.routes.unproven)
         self.metrics.record_health(shown.engine, shown.reachable, shown.departments, shown.routes)
         return shown
