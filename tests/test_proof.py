@@ -426,6 +426,25 @@ def test_with_trino_down_the_masks_are_tried_on_the_fallback_and_the_stores(
     assert "columns.name:" in message and "embedded (fallback) and delegated:postgresql://" in message
 
 
+def clerk_asks(gateway: Gateway, query: str) -> tuple[Any, str]:
+    """``query``'s one root field as clerk: its value, or its error when it failed, and the
+    route the gateway sent it to."""
+    response = gateway.execute(query, identity=Identity("clerk", {}))
+    [(key, route)] = response.routes.items()
+    if "errors" in response.body:
+        [error] = response.body["errors"]
+        return error, route
+    return response.body["data"][key], route
+
+
+def until_proven(gateway: Gateway) -> None:
+    """Wait for the proof of the routes left unproven (seconds on a busy machine)."""
+    deadline = time.monotonic() + 120
+    while gateway.routes.unproven and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not gateway.routes.unproven
+
+
 @pytest.mark.parametrize("fallback", ["embedded", None])
 def test_a_route_down_while_the_masks_are_tried_takes_no_statement_until_they_are_proven_there(
     fallback: str | None, tmp_path: Path, services_config: Config, city: City
@@ -446,12 +465,8 @@ def test_a_route_down_while_the_masks_are_tried_takes_no_statement_until_they_ar
     relay = None
 
     def ask() -> tuple[Any, str]:
-        response = gateway.execute(query, identity=Identity("clerk", {}))
-        [(_, route)] = response.routes.items()
-        if "errors" in response.body:
-            [error] = response.body["errors"]
-            return error, route
-        return [r["id_card"] for r in response.body["data"]["public_security_residents"]], route
+        value, route = clerk_asks(gateway, query)
+        return ([r["id_card"] for r in value] if isinstance(value, list) else value), route
 
     try:
         assert set(gateway.routes.unproven) == {"trino"}
@@ -467,10 +482,7 @@ def test_a_route_down_while_the_masks_are_tried_takes_no_statement_until_they_ar
         else:
             assert unproven["extensions"]["code"] == "ENGINE_UNAVAILABLE", unproven
             assert "masks are being checked" in unproven["message"] and route == "trino"
-        deadline = time.monotonic() + 120  # a proof on Trino takes seconds on a busy machine
-        while gateway.routes.unproven and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not gateway.routes.unproven
+        until_proven(gateway)
         assert ask() == (tails, "trino")
     finally:
         if relay is not None:
@@ -574,13 +586,10 @@ def test_a_store_down_while_the_masks_are_tried_takes_no_delegated_statement_unt
     relay = None
 
     def ask() -> tuple[Any, str]:
-        response = gateway.execute(query, identity=Identity("clerk", {}))
-        [(_, route)] = response.routes.items()
-        if "errors" in response.body:
-            [error] = response.body["errors"]
-            return error, route
-        groups = response.body["data"]["public_security_residents_group_by"]
-        return {g["keys"]["id_card"]: g["aggregate"]["count"] for g in groups}, route
+        value, route = clerk_asks(gateway, query)
+        return (
+            {g["keys"]["id_card"]: g["aggregate"]["count"] for g in value} if isinstance(value, list) else value
+        ), route
 
     try:
         assert set(gateway.routes.unproven) == {store}
@@ -590,10 +599,7 @@ def test_a_store_down_while_the_masks_are_tried_takes_no_delegated_statement_unt
         unproven, route = ask()  # the store answers, and is not proven
         assert route == DELEGATED and unproven["extensions"]["code"] == "DEPARTMENT_UNAVAILABLE", unproven
         assert "the masks are tried on its store again once it answers" in unproven["message"]
-        deadline = time.monotonic() + 120
-        while gateway.routes.unproven and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not gateway.routes.unproven
+        until_proven(gateway)
         assert ask() == ({tail: tails.count(tail) for tail in set(tails)}, DELEGATED)
     finally:
         if relay is not None:
